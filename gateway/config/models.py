@@ -1,0 +1,141 @@
+"""Pydantic models of the configuration files. Every model forbids unknown keys: a typo is an
+error naming the key, never a silent default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from gateway.states import State
+
+REGION_CODE = r"^\d{6}(\d{3})?$"
+MATTER_CODE = r"^[A-Z]{2,4}\d{8}$"
+DEPARTMENT_CODE = r"^[a-z][a-z0-9_]{1,31}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Region(_Strict):
+    code: str = Field(pattern=REGION_CODE)
+    name: str
+    kind: Literal["city", "district", "township"]
+    parent: str | None = None
+
+
+class Centre(_Strict):
+    code: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    name: str
+    region: str = Field(pattern=REGION_CODE)
+
+
+class StaticKey(_Strict):
+    """An API key given in config (as a sha256 hash, or a ``${ENV}`` reference to the key)."""
+
+    name: str
+    centre: str | None = None
+    ops: bool = False
+    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    key: SecretStr | None = None
+
+
+class ApiSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str | None = None
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    material_max_bytes: int = Field(default=10_485_760, gt=0)
+    material_types: list[str] = Field(
+        default_factory=lambda: ["application/pdf", "image/jpeg", "image/png"]
+    )
+    page_size: int = Field(default=50, ge=1, le=500)
+
+
+class DispatchSettings(_Strict):
+    batch_size: int = Field(default=64, ge=1, le=1000)
+    lease_seconds: float = Field(default=60.0, gt=0)
+    sweep_interval_seconds: float = Field(default=0.5, gt=0)
+    poll_sweep_seconds: float = Field(default=2.0, gt=0)
+
+
+class PluginSettings(_Strict):
+    load: list[str] = Field(default_factory=list, description="only these plugins (empty: all)")
+    block: list[str] = Field(default_factory=list, description="never these plugins")
+    trace: bool = False
+
+
+class GatewaySettings(_Strict):
+    name: str = "OneWindow Gateway"
+    city: str = Field(pattern=REGION_CODE)
+    database_url: str = "sqlite+aiosqlite:///var/gateway.db"
+    data_dir: Path = Path("var")
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
+    plugins: PluginSettings = Field(default_factory=PluginSettings)
+    regions: list[Region] = Field(default_factory=list)
+    centres: list[Centre] = Field(default_factory=list)
+    api_keys: list[StaticKey] = Field(default_factory=list)
+
+
+class RetryPolicy(_Strict):
+    """One retry policy: short in-call retries (tenacity), then persisted backoff across calls."""
+
+    max_attempts: int = Field(default=8, ge=1, description="calls before the case is failed")
+    base_seconds: float = Field(default=1.0, gt=0)
+    max_seconds: float = Field(default=600.0, gt=0)
+    jitter: float = Field(default=0.25, ge=0, le=1)
+    in_call_attempts: int = Field(default=2, ge=1, le=5)
+    in_call_wait_seconds: float = Field(default=0.05, ge=0)
+
+
+class DepartmentConfig(_Strict):
+    code: str = Field(pattern=DEPARTMENT_CODE)
+    name: str
+    connector: str
+    enabled: bool = True
+    options: dict[str, Any] = Field(default_factory=dict)
+    status_map: dict[str, State] = Field(default_factory=dict)
+    poll_interval_seconds: float | None = Field(default=None, gt=0)
+    callback_secrets: list[SecretStr] = Field(default_factory=list, max_length=2)
+    concurrency: int = Field(default=8, ge=1, le=1024)
+    rate_limit_per_second: float | None = Field(default=None, gt=0)
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    reconcile_cron: str = "0 2 * * *"
+    simulator: dict[str, Any] | None = None
+
+    def map_status(self, raw: str) -> State | None:
+        """The gateway state for a department status code; gateway state names map to
+        themselves unless the map says otherwise. None if the code is unknown."""
+        if raw in self.status_map:
+            return self.status_map[raw]
+        try:
+            return State(raw)
+        except ValueError:
+            return None
+
+
+class Matter(_Strict):
+    code: str = Field(pattern=MATTER_CODE)
+    name: str
+    department: str
+    regions: list[str]
+    promised_days: int = Field(ge=1, le=365)
+    materials: list[str] = Field(default_factory=list)
+    form_schema: dict[str, Any] | None = None
+    pickup_anywhere: bool = True
+
+    @field_validator("regions")
+    @classmethod
+    def _regions(cls, value: list[str]) -> list[str]:
+        import re
+
+        bad = [r for r in value if not re.fullmatch(REGION_CODE, r)]
+        if bad:
+            raise ValueError(f"not 6- or 9-digit division codes: {', '.join(bad)}")
+        if not value:
+            raise ValueError("a matter needs at least one region")
+        return value

@@ -1,0 +1,175 @@
+"""The connector contract: what a department plugin implements.
+
+A connector is shaped like an httpx transport: pydantic models in, pydantic models out, one
+instance per department, given everything it needs in a :class:`ConnectorContext` (its validated
+options, the department's config, a shared ``httpx.AsyncClient``, the material store). Connectors
+never touch the database; the dispatcher and the daemon do that with what they return.
+
+Department status codes travel raw (``Receipt.status``, ``CaseUpdate.status``); the core maps them
+through the department's ``status_map``, whose defaults accept the gateway's own state names.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, ClassVar
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MaterialRef(_Model):
+    """A document the applicant handed in, stored content-addressed by the gateway."""
+
+    id: str
+    sha256: str
+    filename: str
+    content_type: str
+    size: int
+
+
+class Applicant(_Model):
+    """Who applies. ``id_number`` and ``phone`` are PII: never log them unmasked."""
+
+    kind: str = "person"  # person | organization
+    name: str
+    id_type: str = "resident_id"
+    id_number: str
+    phone: str | None = None
+
+
+class Envelope(_Model):
+    """One delivery of one version of an application to its department."""
+
+    application_id: str
+    idempotency_key: str = Field(
+        description="Stable for this application and version; sent on every attempt."
+    )
+    version: int = 1
+    department: str
+    matter_code: str
+    matter_name: str
+    region: str
+    receipt_number: str
+    centre: str
+    applicant: Applicant
+    form: dict[str, Any] = Field(default_factory=dict)
+    materials: list[MaterialRef] = Field(default_factory=list)
+    submitted_at: dt.datetime
+
+
+class ResultDocument(_Model):
+    """A document the department issued (licence, certificate, decision letter)."""
+
+    name: str
+    content_type: str = "application/pdf"
+    content: bytes | None = None
+    url: str | None = None
+
+
+class Receipt(_Model):
+    """The department's acknowledgement of a submission."""
+
+    case_id: str
+    status: str | None = None  # department status code, if it says one
+    detail: str | None = None
+
+
+class CaseUpdate(_Model):
+    """A status the department reports for one case (from a poll, callback or result file)."""
+
+    case_id: str
+    status: str
+    detail: str | None = None
+    occurred_at: dt.datetime | None = None
+    event_id: str | None = None
+    documents: list[ResultDocument] = Field(default_factory=list)
+    supplement_items: list[str] = Field(default_factory=list)
+
+
+class CaseSummary(_Model):
+    """One line of a department's case list, for reconciliation."""
+
+    case_id: str
+    idempotency_key: str | None = None
+    status: str
+    updated_at: dt.datetime | None = None
+
+
+class Health(_Model):
+    ok: bool
+    detail: str = ""
+
+
+MaterialReader = Callable[[MaterialRef], Awaitable[bytes]]
+
+
+class ConnectorContext:
+    """What the gateway hands a connector when it builds one for a department."""
+
+    def __init__(
+        self,
+        *,
+        department: str,
+        options: BaseModel,
+        http: httpx.AsyncClient,
+        read_material: MaterialReader,
+    ) -> None:
+        self.department = department
+        self.options = options
+        self.http = http
+        self.read_material = read_material
+
+
+class Connector:
+    """Base class of department connectors.
+
+    Subclasses set ``kind`` (the ``connector = "..."`` value in a department file) and ``Options``
+    (a pydantic model with ``extra="forbid"``, validated from the department's ``[options]``).
+    Raise :mod:`gateway.errors` classes; anything else is treated as transient and logged.
+    """
+
+    kind: ClassVar[str]
+    Options: ClassVar[type[BaseModel]]
+
+    def __init__(self, context: ConnectorContext) -> None:
+        self.context = context
+
+    async def submit(self, envelope: Envelope) -> Receipt:
+        """Deliver one application version. MUST be idempotent on ``envelope.idempotency_key``:
+        a second call with the same key returns the same case, never creates another."""
+        raise NotImplementedError
+
+    async def poll(self, receipt: Receipt) -> CaseUpdate | None:
+        """Current status of a case, or None if the department cannot be polled."""
+        return None
+
+    def list_cases(self, since: dt.datetime, until: dt.datetime) -> AsyncIterator[CaseSummary]:
+        """Every case the department has that changed in ``[since, until)``."""
+        raise NotImplementedError(f"{self.kind} connector cannot list cases")
+
+    async def health(self) -> Health:
+        return Health(ok=True)
+
+    async def aclose(self) -> None:
+        """Release what the connector holds (the shared http client is not its to close)."""
+
+
+__all__ = [
+    "Applicant",
+    "CaseSummary",
+    "CaseUpdate",
+    "Connector",
+    "ConnectorContext",
+    "Envelope",
+    "Health",
+    "MaterialReader",
+    "MaterialRef",
+    "Receipt",
+    "ResultDocument",
+]

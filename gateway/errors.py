@@ -1,0 +1,96 @@
+"""Errors raised across the gateway.
+
+The hierarchy::
+
+    GatewayError
+    ├── ConfigError            configuration is invalid (carries every problem found)
+    ├── PluginError            a plugin failed to import or register (names the plugin)
+    └── ConnectorError         raised by a connector while talking to a department
+        ├── TransientError     try again later; may carry ``retry_after`` seconds
+        ├── PermanentError     retrying cannot help; the case goes to ``failed`` for an operator
+        └── DepartmentRejected a business answer from the department; becomes a case status
+
+Connectors translate library errors at their boundary (``raise TransientError(...) from exc``).
+Anything else a connector raises is caught by the dispatcher, logged with the plugin's name and
+treated as transient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class GatewayError(Exception):
+    """Base class of every error the gateway raises on purpose."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem in one configuration file."""
+
+    file: str
+    key: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        key = f" [{self.key}]" if self.key else ""
+        return f"{where}{key}: {self.message}"
+
+
+class ConfigError(GatewayError):
+    """Configuration is invalid; ``problems`` lists every problem found, not just the first."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class PluginError(GatewayError):
+    """A plugin could not be imported or registered."""
+
+    def __init__(self, plugin: str, message: str) -> None:
+        self.plugin = plugin
+        super().__init__(f'Error in plugin "{plugin}": {message}')
+
+
+class ConnectorError(GatewayError):
+    """Base class of errors a connector raises about a department call."""
+
+
+class TransientError(ConnectorError):
+    """The call may succeed later (timeout, 5xx, 429, connection refused)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class PermanentError(ConnectorError):
+    """Retrying cannot help (bad mapping, 4xx the department will never accept)."""
+
+
+class DepartmentRejected(ConnectorError):
+    """The department gave a business answer instead of a case (e.g. 不予受理).
+
+    ``status`` is the department's own status code, mapped through the department's
+    status map like any other; ``reason`` is shown to the front desk.
+    """
+
+    def __init__(self, reason: str, *, status: str = "not_accepted") -> None:
+        self.reason = reason
+        self.status = status
+        super().__init__(reason)
+
+
+__all__ = [
+    "ConfigError",
+    "ConfigProblem",
+    "ConnectorError",
+    "DepartmentRejected",
+    "GatewayError",
+    "PermanentError",
+    "PluginError",
+    "TransientError",
+]

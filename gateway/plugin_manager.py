@@ -1,0 +1,187 @@
+"""Loading plugins and calling their hooks.
+
+Built-in connectors and third-party plugins load the same way: from the ``gateway`` entry-point
+group. A plugin that fails to import is recorded by name and the others still load. The
+:class:`Plugins` wrapper is the only place the core touches ``pm.hook``, so the rest of the code
+works with typed values and every call runs inside an error boundary per plugin.
+
+Ops switches (environment, or ``[plugins]`` in gateway.toml):
+``GATEWAY_LOAD_PLUGINS=a,b`` loads only those, ``GATEWAY_BLOCK_PLUGINS=c`` never loads c,
+``GATEWAY_TRACE_PLUGINS=1`` logs every hook call.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+import structlog
+
+from gateway import hookspecs
+from gateway.errors import PluginError
+
+if TYPE_CHECKING:
+    import typer
+
+    from gateway.config.models import DepartmentConfig, Matter
+    from gateway.connector import Connector, Envelope
+    from gateway.events import StatusChange
+
+log = structlog.get_logger("gateway.plugins")
+GROUP = "gateway"
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    version: str | None
+    origin: str  # "entry point <dist>" or "registered in code"
+    hooks: tuple[str, ...]
+
+
+@dataclass
+class Plugins:
+    pm: pluggy.PluginManager
+    failures: dict[str, str] = field(default_factory=dict)
+    trace: bool = False
+    _origins: dict[str, tuple[str | None, str]] = field(default_factory=dict)
+    _connectors: dict[str, type[Connector]] | None = None
+
+    # -- loading -------------------------------------------------------------------------------
+
+    def register(self, plugin: object, name: str, *, version: str | None = None,
+                 origin: str = "registered in code") -> None:
+        """Register a plugin object (a module or an instance); the same call entry points use."""
+        try:
+            self.pm.register(plugin, name=name)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            raise PluginError(name, str(exc)) from exc
+        self._origins[name] = (version, origin)
+        self._connectors = None
+
+    def info(self) -> list[PluginInfo]:
+        out = []
+        for name, plugin in sorted(self.pm.list_name_plugin()):
+            if plugin is None or name is None:
+                continue
+            version, origin = self._origins.get(name, (None, "registered in code"))
+            hooks = tuple(sorted(h.name for h in self.pm.get_hookcallers(plugin) or []))
+            out.append(PluginInfo(name, version, origin, hooks))
+        return out
+
+    # -- typed hook calls ----------------------------------------------------------------------
+
+    def connectors(self) -> dict[str, type[Connector]]:
+        """Every registered connector class by kind; a kind registered twice is an error."""
+        if self._connectors is not None:
+            return self._connectors
+        found: dict[str, type[Connector]] = {}
+        owners: dict[str, str] = {}
+        for impl in self.pm.hook.register_connectors.get_hookimpls():
+            registered: list[type[Connector]] = []
+            self._call(impl, registered.append)
+            for cls in registered:
+                kind = getattr(cls, "kind", None)
+                if not isinstance(kind, str) or not hasattr(cls, "Options"):
+                    raise PluginError(impl.plugin_name, f"{cls!r} lacks a `kind` or `Options`")
+                if kind in found:
+                    raise PluginError(
+                        impl.plugin_name,
+                        f'connector kind "{kind}" is already registered by "{owners[kind]}"',
+                    )
+                found[kind] = cls
+                owners[kind] = impl.plugin_name
+        self._connectors = found
+        return found
+
+    def map_payload(self, envelope: Envelope, department: DepartmentConfig) -> dict[str, Any] | None:
+        for impl in reversed(self.pm.hook.map_payload.get_hookimpls()):
+            result = self._call(impl, envelope, department)
+            if result is not None:
+                return dict(result)
+        return None
+
+    def validate_application(self, form: dict[str, Any], matter: Matter, region: str) -> list[str]:
+        problems: list[str] = []
+        for impl in self.pm.hook.validate_application.get_hookimpls():
+            problems.extend(self._call(impl, form, matter, region) or [])
+        return problems
+
+    def status_changed(self, change: StatusChange) -> None:
+        for impl in self.pm.hook.status_changed.get_hookimpls():
+            try:
+                self._call(impl, change)
+            except Exception:
+                log.exception("status_changed hook failed", plugin=impl.plugin_name)
+
+    def register_commands(self, cli: typer.Typer) -> None:
+        for impl in self.pm.hook.register_commands.get_hookimpls():
+            try:
+                self._call(impl, cli)
+            except Exception as exc:
+                self.failures[impl.plugin_name] = f"register_commands: {exc}"
+
+    def _call(self, impl: pluggy.HookImpl, *args: Any) -> Any:
+        # pluggy stops a whole hook call at the first raising impl; calling impls one by one
+        # keeps each plugin in its own error boundary and lets us name the culprit.
+        result = impl.function(*args[: len(impl.argnames)])
+        if self.trace:
+            log.info("hook", plugin=impl.plugin_name, hook=impl.function.__name__, result=result)
+        return result
+
+
+def _wanted(name: str, load: Iterable[str], block: Iterable[str]) -> bool:
+    load, block = set(load), set(block)
+    return (not load or name in load) and name not in block
+
+
+def _env_list(var: str) -> list[str]:
+    return [p.strip() for p in os.environ.get(var, "").split(",") if p.strip()]
+
+
+def load_plugins(
+    *,
+    load: Iterable[str] = (),
+    block: Iterable[str] = (),
+    trace: bool = False,
+    entry_points: bool = True,
+    extra: Iterable[tuple[str, ModuleType | object]] = (),
+) -> Plugins:
+    """Build the plugin manager: every ``gateway`` entry point, then ``extra`` (name, plugin).
+
+    Import errors are recorded in ``Plugins.failures`` by plugin name; the other plugins load.
+    """
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    plugins = Plugins(pm)
+    load = [*load, *_env_list("GATEWAY_LOAD_PLUGINS")]
+    block = [*block, *_env_list("GATEWAY_BLOCK_PLUGINS")]
+    if entry_points:
+        for ep in md.entry_points(group=GROUP):
+            if not _wanted(ep.name, load, block):
+                continue
+            dist = ep.dist
+            try:
+                module = ep.load()
+                plugins.register(
+                    module,
+                    ep.name,
+                    version=dist.version if dist else None,
+                    origin=f"entry point {dist.name if dist else '?'}:{ep.value}",
+                )
+            except Exception as exc:
+                plugins.failures[ep.name] = f"{type(exc).__name__}: {exc}"
+                log.error("plugin failed to load", plugin=ep.name, error=str(exc))
+    for name, plugin in extra:
+        plugins.register(plugin, name)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(str(pm.get_name(exc.plugin)), str(exc)) from exc
+    plugins.trace = trace or bool(os.environ.get("GATEWAY_TRACE_PLUGINS"))
+    return plugins
