@@ -107,6 +107,7 @@ class Health(_Model):
 
 
 MaterialReader = Callable[[MaterialRef], Awaitable[bytes]]
+PayloadMapper = Callable[[Envelope], "dict[str, Any] | None"]
 
 
 class ConnectorContext:
@@ -119,11 +120,14 @@ class ConnectorContext:
         options: BaseModel,
         http: httpx.AsyncClient,
         read_material: MaterialReader,
+        map_payload: PayloadMapper | None = None,
     ) -> None:
         self.department = department
         self.options = options
         self.http = http
         self.read_material = read_material
+        # The ``map_payload`` hook; connectors that build payloads ask it before their own mapping.
+        self.map_payload: PayloadMapper = map_payload or (lambda envelope: None)
 
 
 class Connector:
@@ -170,6 +174,7 @@ __all__ = [
     "Health",
     "MaterialReader",
     "MaterialRef",
+    "PayloadMapper",
     "Receipt",
     "ResultDocument",
 ]
