@@ -1,0 +1,519 @@
+"""A simulated department back-office system with a REST API, all in memory.
+
+It behaves like the real ones the gateway talks to: cases take time to decide, some are refused,
+some need supplements, some are not accepted, results come back with a document, and it can be
+told to fail (``POST /_control``). Used by the demo, the benchmarks, ``gateway simulate`` and tests.
+
+Department status codes (strings, as real systems send them)::
+
+    "0" received   "1" accepted (受理)   "5" in review   "2" not accepted (不予受理)
+    "3" supplement required (补正)   "4" refused (不予许可)   "9" approved, certificate issued
+
+Endpoints::
+
+    POST /api/v1/cases            Idempotency-Key header; 201 {"case"} new, 200 {"case"} duplicate
+    GET  /api/v1/cases/{id}       {"case": {id, status, opinion, updated_at, supplement_items,
+                                            documents: [{name, content_type, content_b64}]}}
+    GET  /api/v1/cases            ?since&until&cursor&limit -> {"items": [...], "next": cursor|null}
+    POST /_control                {"mode": ok|fail503|fail429|timeout|slow,
+                                   "slow_seconds", "retry_after"}
+    GET  /_stats                  {"submissions", "cases", "duplicates"}
+
+A case's status is computed from the clock when read; only callbacks (``callbacks = true``) run
+as tasks, owned by :class:`RestDepartmentState` and cancelled when the app shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+__all__ = [
+    "STATUS_ACCEPTED",
+    "STATUS_APPROVED",
+    "STATUS_IN_REVIEW",
+    "STATUS_NOT_ACCEPTED",
+    "STATUS_RECEIVED",
+    "STATUS_REFUSED",
+    "STATUS_SUPPLEMENT",
+    "ControlRequest",
+    "RestDepartmentState",
+    "RestSimulatorSettings",
+    "SimCase",
+    "create_rest_department",
+    "sign",
+]
+
+_log = logging.getLogger(__name__)
+
+STATUS_RECEIVED = "0"
+STATUS_ACCEPTED = "1"
+STATUS_NOT_ACCEPTED = "2"
+STATUS_SUPPLEMENT = "3"
+STATUS_REFUSED = "4"
+STATUS_IN_REVIEW = "5"
+STATUS_APPROVED = "9"
+
+Outcome = Literal["approve", "reject", "supplement", "not_accept"]
+_OUTCOMES: tuple[Outcome, ...] = ("approve", "reject", "supplement", "not_accept")
+_FINAL_STATUS: dict[str, str] = {
+    "approve": STATUS_APPROVED,
+    "reject": STATUS_REFUSED,
+    "supplement": STATUS_SUPPLEMENT,
+    "not_accept": STATUS_NOT_ACCEPTED,
+}
+_OPINIONS: dict[str, str] = {
+    "approve": "准予许可",
+    "reject": "不予许可：申请材料不符合法定条件",
+    "supplement": "请补正以下材料",
+    "not_accept": "不予受理：申请事项不属于本机关职权范围",
+}
+_SUPPLEMENT_ITEMS = ["营业场所使用证明", "法定代表人身份证明复印件"]
+# The longest a request hangs in "timeout" mode: far beyond any client timeout.
+_HANG_SECONDS = 3600.0
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The callback signature: ``sha256=`` + hex HMAC-SHA256(secret, ``f"{timestamp}."`` + body)."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def _default_mix() -> dict[str, float]:
+    return {"approve": 0.7, "reject": 0.15, "supplement": 0.1, "not_accept": 0.05}
+
+
+class RestSimulatorSettings(BaseModel):
+    """The ``[simulator]`` table of a department file whose simulator kind is ``rest``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["rest"] = "rest"
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)
+    seed: int = 1
+    decision_delay_seconds: float = Field(default=2.0, ge=0)
+    mix: dict[str, float] = Field(default_factory=_default_mix)
+    callbacks: bool = False
+    callback_url: str | None = None
+    callback_secret: str | None = None
+    callback_attempts: int = Field(default=4, ge=1, le=20)
+    callback_backoff_seconds: float = Field(default=0.2, ge=0)
+    auth_token: str | None = None
+    case_prefix: str = "AMR"
+    required_fields: list[str] = Field(
+        default_factory=list,
+        description="dotted body paths that must be present; missing = 422 business answer",
+    )
+
+    @field_validator("mix")
+    @classmethod
+    def _check_mix(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(_OUTCOMES))
+        if unknown:
+            raise ValueError(f"unknown outcomes {unknown}; use {list(_OUTCOMES)}")
+        if any(w < 0 for w in value.values()) or sum(value.values()) <= 0:
+            raise ValueError("weights must be >= 0 and not all zero")
+        return value
+
+
+class ControlRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["ok", "fail503", "fail429", "timeout", "slow"] = "ok"
+    slow_seconds: float = Field(default=1.0, ge=0)
+    retry_after: int = Field(default=1, ge=0)
+
+
+@dataclass
+class SimCase:
+    """One case in the simulated department; its status follows from the clock."""
+
+    seq: int
+    id: str
+    idempotency_key: str
+    outcome: Outcome
+    body: dict[str, Any]
+    created_at: dt.datetime
+    version: Any = None
+
+    def phase(self, now: dt.datetime, delay: float) -> tuple[str, dt.datetime]:
+        """The status at ``now`` and when the case entered it."""
+        at = self.created_at
+        if delay <= 0:
+            return _FINAL_STATUS[self.outcome], at
+        steps = (
+            (delay, _FINAL_STATUS[self.outcome]),
+            (delay * 0.75, STATUS_IN_REVIEW),
+            (delay * 0.5, STATUS_ACCEPTED),
+        )
+        for after, status in steps:
+            when = at + dt.timedelta(seconds=after)
+            if now >= when:
+                return status, when
+        return STATUS_RECEIVED, at
+
+    def decided_at(self, delay: float) -> dt.datetime:
+        return self.created_at + dt.timedelta(seconds=max(delay, 0.0))
+
+    def view(self, now: dt.datetime, delay: float) -> dict[str, Any]:
+        status, updated = self.phase(now, delay)
+        final = status == _FINAL_STATUS[self.outcome] and now >= self.decided_at(delay)
+        documents: list[dict[str, str]] = []
+        if final and self.outcome == "approve":
+            documents.append(
+                {
+                    "name": f"certificate-{self.id}.pdf",
+                    "content_type": "application/pdf",
+                    "content_b64": base64.b64encode(_certificate(self.id)).decode(),
+                }
+            )
+        return {
+            "id": self.id,
+            "status": status,
+            "idempotency_key": self.idempotency_key,
+            "version": self.version,
+            "opinion": _OPINIONS[self.outcome] if final else None,
+            "supplement_items": list(_SUPPLEMENT_ITEMS)
+            if final and self.outcome == "supplement"
+            else [],
+            "documents": documents,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(updated),
+        }
+
+    def summary(self, now: dt.datetime, delay: float) -> dict[str, Any]:
+        status, updated = self.phase(now, delay)
+        return {
+            "id": self.id,
+            "idempotency_key": self.idempotency_key,
+            "status": status,
+            "updated_at": _iso(updated),
+        }
+
+
+def _certificate(case_id: str) -> bytes:
+    return b"%PDF-1.4\n% simulated certificate\n" + case_id.encode() + b"\n%%EOF\n"
+
+
+def _iso(value: dt.datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class RestDepartmentState:
+    """Everything the simulated department holds; tests read it directly."""
+
+    settings: RestSimulatorSettings
+    clock: Callable[[], dt.datetime] = _utcnow
+    cases: dict[str, SimCase] = field(default_factory=dict)
+    by_key: dict[str, str] = field(default_factory=dict)
+    submissions: int = 0
+    duplicates: int = 0
+    mode: str = "ok"
+    slow_seconds: float = 1.0
+    retry_after: int = 1
+    callbacks_sent: int = 0
+    callbacks_failed: int = 0
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    http: httpx.AsyncClient | None = None
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "submissions": self.submissions,
+            "cases": len(self.cases),
+            "duplicates": self.duplicates,
+            "callbacks_sent": self.callbacks_sent,
+            "callbacks_failed": self.callbacks_failed,
+        }
+
+    def outcome_for(self, idempotency_key: str) -> Outcome:
+        """Deterministic in (seed, key): the same key always gets the same decision."""
+        digest = hashlib.sha256(f"{self.settings.seed}:{idempotency_key}".encode()).digest()
+        point = int.from_bytes(digest[:8], "big") / 2**64
+        weights = [max(self.settings.mix.get(o, 0.0), 0.0) for o in _OUTCOMES]
+        total = sum(weights)
+        acc = 0.0
+        for outcome, weight in zip(_OUTCOMES, weights, strict=True):
+            acc += weight / total
+            if point < acc and weight > 0:
+                return outcome
+        return next(o for o, w in zip(_OUTCOMES, weights, strict=True) if w > 0)
+
+    def create(self, idempotency_key: str, body: dict[str, Any]) -> tuple[SimCase, bool]:
+        """Record a submission; returns the case and whether it is new."""
+        self.submissions += 1
+        existing = self.by_key.get(idempotency_key)
+        if existing is not None:
+            self.duplicates += 1
+            return self.cases[existing], False
+        now = self.clock()
+        seq = len(self.cases) + 1
+        case = SimCase(
+            seq=seq,
+            id=f"{self.settings.case_prefix}-{now.year}-{seq:06d}",
+            idempotency_key=idempotency_key,
+            outcome=self.outcome_for(idempotency_key),
+            body=body,
+            created_at=now,
+            version=body.get("version"),
+        )
+        self.cases[case.id] = case
+        self.by_key[idempotency_key] = case.id
+        if self.settings.callbacks and self.settings.callback_url:
+            self._spawn(self._callback_when_decided(case))
+        return case, True
+
+    def view(self, case: SimCase) -> dict[str, Any]:
+        return case.view(self.clock(), self.settings.decision_delay_seconds)
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _callback_when_decided(self, case: SimCase) -> None:
+        delay = self.settings.decision_delay_seconds
+        wait = (case.decided_at(delay) - self.clock()).total_seconds()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        view = self.view(case)
+        event = {
+            "event_id": str(uuid.uuid4()),
+            "case_id": case.id,
+            "idempotency_key": case.idempotency_key,
+            "status": view["status"],
+            "opinion": view["opinion"],
+            "occurred_at": view["updated_at"],
+            "documents": view["documents"],
+            "supplement_items": view["supplement_items"],
+        }
+        await self._deliver(event)
+
+    async def _deliver(self, event: dict[str, Any]) -> None:
+        url = self.settings.callback_url
+        assert url is not None
+        body = json.dumps(event, ensure_ascii=False).encode()
+        backoff = self.settings.callback_backoff_seconds
+        for attempt in range(1, self.settings.callback_attempts + 1):
+            timestamp = str(int(time.time()))
+            headers = {
+                "Content-Type": "application/json",
+                "X-Timestamp": timestamp,
+                "X-Event-Id": event["event_id"],
+            }
+            if self.settings.callback_secret:
+                headers["X-Signature"] = sign(self.settings.callback_secret, timestamp, body)
+            try:
+                response = await self._client().post(url, content=body, headers=headers)
+                if response.status_code < 300:
+                    self.callbacks_sent += 1
+                    return
+                problem = f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                problem = type(exc).__name__
+            _log.warning("callback %s attempt %d failed: %s", event["case_id"], attempt, problem)
+            if attempt < self.settings.callback_attempts:
+                await asyncio.sleep(backoff * 2 ** (attempt - 1))
+        self.callbacks_failed += 1
+
+    def _client(self) -> httpx.AsyncClient:
+        if self.http is None:
+            self.http = httpx.AsyncClient(timeout=5.0)
+        return self.http
+
+    async def aclose(self) -> None:
+        """Cancel pending callbacks and close the callback client."""
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.http is not None:
+            await self.http.aclose()
+            self.http = None
+
+
+class _FaultMiddleware:
+    """Applies the ``/_control`` fault mode to the department API (never to ``/_control``)."""
+
+    def __init__(self, app: ASGIApp, state: RestDepartmentState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
+        mode = self.state.mode
+        if mode == "fail503":
+            response: Response = _error(503, "unavailable", "department system is down")
+            await response(scope, receive, send)
+        elif mode == "fail429":
+            response = _error(429, "rate_limited", "too many requests")
+            response.headers["Retry-After"] = str(self.state.retry_after)
+            await response(scope, receive, send)
+        elif mode == "timeout":
+            await _hang_until_disconnect(receive)
+        else:
+            if mode == "slow":
+                await asyncio.sleep(self.state.slow_seconds)
+            await self.app(scope, receive, send)
+
+
+async def _hang_until_disconnect(receive: Receive) -> None:
+    # Never answer; return when the client gives up (so the server can shut down promptly).
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_HANG_SECONDS):
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def _has_path(body: dict[str, Any], dotted: str) -> bool:
+    node: Any = body
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return node is not None
+
+
+def _parse_time(value: str | None, name: str) -> dt.datetime | None:
+    if value is None or value == "":
+        return None
+    parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed
+
+
+def create_rest_department(
+    settings: RestSimulatorSettings,
+    *,
+    clock: Callable[[], dt.datetime] = _utcnow,
+) -> tuple[FastAPI, RestDepartmentState]:
+    """Build the simulated department's ASGI app and the state it serves from."""
+    state = RestDepartmentState(settings=settings, clock=clock)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await state.aclose()
+
+    app = FastAPI(title="Simulated department (REST)", lifespan=lifespan)
+    app.add_middleware(_FaultMiddleware, state=state)
+
+    def unauthorized(request: Request) -> JSONResponse | None:
+        token = settings.auth_token
+        if token is None:
+            return None
+        given = request.headers.get("authorization", "")
+        if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return None
+        response = _error(401, "unauthorized", "missing or wrong bearer token")
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    @app.post("/api/v1/cases")
+    async def create_case(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        key = request.headers.get("idempotency-key")
+        if not key:
+            return _error(400, "missing_idempotency_key", "Idempotency-Key header is required")
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return _error(400, "bad_json", "body is not JSON")
+        if not isinstance(body, dict):
+            return _error(422, "bad_body", "body must be a JSON object")
+        missing = [p for p in settings.required_fields if not _has_path(body, p)]
+        if missing and key not in state.by_key:
+            return _error(422, "missing_fields", f"required fields missing: {', '.join(missing)}")
+        case, new = state.create(key, body)
+        return JSONResponse({"case": state.view(case)}, status_code=201 if new else 200)
+
+    @app.get("/api/v1/cases/{case_id}")
+    async def get_case(case_id: str, request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        case = state.cases.get(case_id)
+        if case is None:
+            return _error(404, "not_found", f"no case {case_id}")
+        return JSONResponse({"case": state.view(case)})
+
+    @app.get("/api/v1/cases")
+    async def list_cases(
+        request: Request,
+        since: str | None = None,
+        until: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        try:
+            lower = _parse_time(since, "since")
+            upper = _parse_time(until, "until")
+            after = int(cursor) if cursor else 0
+        except ValueError:
+            return _error(400, "bad_query", "since/until must be ISO 8601, cursor from a page")
+        limit = min(max(limit, 1), 1000)
+        now = state.clock()
+        delay = settings.decision_delay_seconds
+        items: list[dict[str, Any]] = []
+        next_cursor: str | None = None
+        for case in state.cases.values():  # insertion order is seq order
+            if case.seq <= after:
+                continue
+            _, updated = case.phase(now, delay)
+            if (lower and updated < lower) or (upper and updated >= upper):
+                continue
+            if len(items) == limit:
+                next_cursor = str(items[-1]["_seq"])
+                break
+            items.append({**case.summary(now, delay), "_seq": case.seq})
+        for item in items:
+            del item["_seq"]
+        return JSONResponse({"items": items, "next": next_cursor})
+
+    @app.post("/_control")
+    async def control(request: ControlRequest) -> dict[str, Any]:
+        state.mode = request.mode
+        state.slow_seconds = request.slow_seconds
+        state.retry_after = request.retry_after
+        return {"mode": state.mode}
+
+    @app.get("/_stats")
+    async def stats() -> dict[str, int]:
+        return state.stats()
+
+    return app, state
