@@ -1,0 +1,632 @@
+"""Loading the configuration: ``gateway.toml``, ``departments/*.toml`` and ``matters.csv``.
+
+Every problem in every file is collected and raised together as one :class:`ConfigError`, each
+naming the file, the key (or CSV column) and, where it can be found, the line. Secrets are
+``${ENV_NAME}`` references resolved from the environment; a literal secret is a problem.
+
+Layout (all next to ``gateway.toml``)::
+
+    gateway.toml            [gateway] with [gateway.api], [gateway.dispatch], [gateway.plugins],
+                            [[gateway.regions]], [[gateway.centres]], [[gateway.api_keys]]
+    departments/<code>.toml one department per file; the file stem is its ``code``
+    matters.csv             the catalog (see :data:`MATTER_COLUMNS`)
+    schemas/*.json          JSON Schemas of forms, named from the catalog's form_schema column
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import json
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from gateway.config.catalog import Catalog, overlapping_routes
+from gateway.config.models import DepartmentConfig, GatewaySettings, Matter, Region
+from gateway.errors import ConfigError, ConfigProblem
+
+MATTER_COLUMNS = (
+    "code",
+    "name",
+    "department",
+    "regions",
+    "promised_days",
+    "materials",
+    "pickup_anywhere",
+    "form_schema",
+)
+_REQUIRED_COLUMNS = frozenset(MATTER_COLUMNS) - {"form_schema", "materials", "pickup_anywhere"}
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SECRET_NAMES = frozenset({"token", "password", "passwd", "key", "secret"})
+_SECRET_SUFFIXES = ("_token", "_password", "_secret", "_key")
+_TOML_POSITION = re.compile(r"\(at line (\d+), column \d+\)")
+_HEADER = re.compile(r"^\s*(\[\[?)([^\[\]]+)\]\]?\s*(?:#.*)?$")
+_KEY_PART = r"(?:\"[^\"]*\"|'[^']*'|[A-Za-z0-9_-]+)"
+_KEY_LINE = re.compile(rf"^\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*=")
+_SEGMENT = re.compile(r"\"([^\"]*)\"|'([^']*)'|([A-Za-z0-9_-]+)")
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated configuration."""
+
+    path: Path  # the gateway.toml
+    gateway: GatewaySettings
+    departments: dict[str, DepartmentConfig]  # by code
+    catalog: Catalog
+    department_files: dict[str, Path] = field(default_factory=dict)  # by code
+
+    @property
+    def config_dir(self) -> Path:
+        return self.path.parent
+
+
+def load_config(
+    path: str | Path = "config/gateway.toml", *, env: Mapping[str, str] | None = None
+) -> Config:
+    """Load and validate the configuration rooted at ``path``; ``${NAME}`` references are
+    resolved from ``env`` (default ``os.environ``). Raises :class:`ConfigError` listing every
+    problem found in every file."""
+    path = Path(path)
+    loader = _Loader(path, os.environ if env is None else env)
+    config = loader.load()
+    if loader.problems or config is None:
+        raise ConfigError(loader.problems)
+    return config
+
+
+def check_connector_options(config: Config, connectors: Mapping[str, type]) -> list[ConfigProblem]:
+    """Problems with enabled departments' connectors: a kind that is not installed, or
+    ``[options]`` that the connector's ``Options`` model rejects. Disabled departments are
+    skipped (they may name a connector that is not installed yet)."""
+    problems: list[ConfigProblem] = []
+    installed = ", ".join(sorted(connectors)) or "none"
+    for code, department in sorted(config.departments.items()):
+        if not department.enabled:
+            continue
+        source = _Source.read(
+            config.department_files.get(code, config.config_dir / "departments" / f"{code}.toml")
+        )
+        cls = connectors.get(department.connector)
+        if cls is None:
+            problems.append(
+                source.problem(
+                    ("connector",),
+                    f"connector kind {department.connector!r} is not installed "
+                    f"(installed: {installed})",
+                )
+            )
+            continue
+        options = getattr(cls, "Options", None)
+        if not (isinstance(options, type) and issubclass(options, BaseModel)):
+            problems.append(
+                source.problem(
+                    ("connector",), f"connector kind {department.connector!r} has no Options model"
+                )
+            )
+            continue
+        try:
+            options.model_validate(department.options)
+        except ValidationError as exc:
+            problems.extend(source.validation_problems(exc, options, prefix=("options",)))
+    return problems
+
+
+# -- internals -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Source:
+    """One config file: its label for messages and its text for finding lines."""
+
+    file: str
+    text: str = ""
+
+    @classmethod
+    def read(cls, path: Path) -> _Source:
+        try:
+            return cls(str(path), path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            return cls(str(path))
+
+    def problem(self, loc: Loc, message: str, line: int | None = None) -> ConfigProblem:
+        if line is None and loc:
+            line = _find_line(self.text, loc)
+        return ConfigProblem(self.file, _dotted(loc), message, line)
+
+    def validation_problems(
+        self,
+        exc: ValidationError,
+        model: type[BaseModel],
+        *,
+        prefix: Loc = (),
+        line: int | None = None,
+        show_input: bool = True,
+    ) -> list[ConfigProblem]:
+        out = []
+        for error in exc.errors():
+            loc: Loc = tuple(error["loc"])
+            message = _error_message(error, model, loc, show_input=show_input)
+            out.append(self.problem((*prefix, *loc), message, line))
+        return out
+
+
+def _dotted(loc: Loc) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _error_message(
+    error: Mapping[str, Any], model: type[BaseModel], loc: Loc, *, show_input: bool
+) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        key = str(loc[-1]) if loc else "?"
+        known = _fields_at(model, loc[:-1])
+        message = f"unknown key {key!r}"
+        close = difflib.get_close_matches(key, known, n=1)
+        if close:
+            message += f" (did you mean {close[0]!r}?)"
+        elif known:
+            message += f" (known keys: {', '.join(sorted(known))})"
+        return message
+    if kind == "missing":
+        return "required key is missing"
+    message = str(error["msg"])
+    value = error.get("input")
+    secret = any(isinstance(part, str) and _is_secret_name(part) for part in loc)
+    if show_input and not secret and isinstance(value, str | int | float | bool):
+        message += f" (got {value!r})"
+    return message
+
+
+def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:
+    """Field names of the pydantic model found at ``loc`` under ``model`` (best effort)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        info = current.model_fields.get(part)
+        if info is None:
+            return []
+        current = _model_in(info.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (list, typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _segments(key: str) -> list[str]:
+    return [a or b or c for a, b, c in _SEGMENT.findall(key)]
+
+
+def _find_line(text: str, target: Loc) -> int | None:
+    """Best-effort line of the TOML key at ``target`` (a pydantic-style location): the line of
+    the longest table header or ``key =`` whose path is a prefix of ``target``."""
+    wanted = tuple(str(part) for part in target)
+    arrays: dict[tuple[str, ...], int] = {}  # array-of-tables path -> last index
+    table: tuple[str, ...] = ()
+    best_length, best_line = 0, None
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        header = _HEADER.match(raw)
+        if header:
+            *parents, last = _segments(header.group(2)) or [""]
+            path: tuple[str, ...] = ()
+            for part in parents:
+                path += (part,)
+                if path in arrays:
+                    path += (str(arrays[path]),)
+            path += (last,)
+            if header.group(1) == "[[":
+                arrays[path] = arrays.get(path, -1) + 1
+                path += (str(arrays[path]),)
+            table = candidate = path
+        else:
+            key = _KEY_LINE.match(raw)
+            if not key:
+                continue
+            candidate = table + tuple(_segments(key.group(1)))
+        length = len(candidate)
+        if length > best_length and wanted[:length] == candidate:
+            best_length, best_line = length, lineno
+    return best_line
+
+
+def _is_secret_name(name: str) -> bool:
+    name = name.lower()
+    return name in _SECRET_NAMES or name.endswith(_SECRET_SUFFIXES)
+
+
+class _Loader:
+    def __init__(self, path: Path, env: Mapping[str, str]) -> None:
+        self.path = path
+        self.dir = path.parent
+        self.env = env
+        self.problems: list[ConfigProblem] = []
+
+    def load(self) -> Config | None:
+        gateway, gateway_source = self._gateway()
+        departments, files = self._departments()
+        matters, matters_source, lines = self._matters()
+        if gateway is not None:
+            self._check_places(gateway, gateway_source)
+            self._check_matters(gateway, departments, matters, matters_source, lines)
+        if self.problems or gateway is None:
+            return None
+        return Config(
+            path=self.path,
+            gateway=gateway,
+            departments=departments,
+            catalog=Catalog(matters, gateway.regions),
+            department_files=files,
+        )
+
+    # -- TOML files --------------------------------------------------------------------------
+
+    def _toml(self, source: _Source) -> dict[str, Any] | None:
+        try:
+            data = tomllib.loads(source.text)
+        except tomllib.TOMLDecodeError as exc:
+            position = _TOML_POSITION.search(str(exc))
+            message = _TOML_POSITION.sub("", str(exc)).strip()
+            line = int(position.group(1)) if position else None
+            self.problems.append(ConfigProblem(source.file, "", f"TOML syntax: {message}", line))
+            return None
+        return data
+
+    def _read(self, path: Path) -> _Source | None:
+        try:
+            return _Source(str(path), path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            self.problems.append(ConfigProblem(str(path), "", "file not found"))
+        except (OSError, UnicodeDecodeError) as exc:
+            self.problems.append(ConfigProblem(str(path), "", f"cannot read: {exc}"))
+        return None
+
+    def _resolve(self, value: Any, loc: Loc, source: _Source) -> Any:
+        """``value`` with every ``${NAME}`` in its strings replaced from the environment."""
+        if isinstance(value, dict):
+            return {k: self._resolve(v, (*loc, k), source) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._resolve(v, (*loc, i), source) for i, v in enumerate(value)]
+        if not isinstance(value, str):
+            return value
+
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name in self.env:
+                return self.env[name]
+            self.problems.append(
+                source.problem(loc, f"environment variable {name} is not set")
+            )
+            return match.group(0)
+
+        return _ENV_REF.sub(replace, value)
+
+    def _check_secret(self, value: Any, loc: Loc, source: _Source) -> None:
+        """A secret value must be given as a ``${ENV}`` reference, never literally."""
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                self._check_secret(item, (*loc, i), source)
+        elif value is not None and not (isinstance(value, str) and _ENV_REF.search(value)):
+            self.problems.append(
+                source.problem(loc, "secrets must be ${ENV} references, not literal values")
+            )
+
+    def _check_secrets_in(self, table: Any, loc: Loc, source: _Source) -> None:
+        """Check every value under a key named like a secret (token, password, key, ...)."""
+        if isinstance(table, dict):
+            for key, value in table.items():
+                if _is_secret_name(key) and not isinstance(value, dict):
+                    self._check_secret(value, (*loc, key), source)
+                else:
+                    self._check_secrets_in(value, (*loc, key), source)
+        elif isinstance(table, list):
+            for i, item in enumerate(table):
+                self._check_secrets_in(item, (*loc, i), source)
+
+    def _gateway(self) -> tuple[GatewaySettings | None, _Source]:
+        source = self._read(self.path)
+        if source is None:
+            return None, _Source(str(self.path))
+        data = self._toml(source)
+        if data is None:
+            return None, source
+        for key in data:
+            if key != "gateway":
+                self.problems.append(
+                    source.problem((key,), f"unknown top-level key {key!r}: use [gateway]")
+                )
+        raw = data.get("gateway")
+        if not isinstance(raw, dict):
+            self.problems.append(source.problem(("gateway",), "the [gateway] table is missing"))
+            return None, source
+        keys = raw.get("api_keys")
+        if isinstance(keys, list):
+            for i, item in enumerate(keys):
+                if isinstance(item, dict) and "key" in item:
+                    self._check_secret(item["key"], ("gateway", "api_keys", i, "key"), source)
+        raw = self._resolve(raw, ("gateway",), source)
+        try:
+            return GatewaySettings.model_validate(raw), source
+        except ValidationError as exc:
+            self.problems.extend(
+                source.validation_problems(exc, GatewaySettings, prefix=("gateway",))
+            )
+            return None, source
+
+    def _departments(self) -> tuple[dict[str, DepartmentConfig], dict[str, Path]]:
+        folder = self.dir / "departments"
+        departments: dict[str, DepartmentConfig] = {}
+        files: dict[str, Path] = {}
+        if not folder.is_dir():
+            self.problems.append(ConfigProblem(str(folder), "", "the departments folder is missing"))
+            return departments, files
+        for path in sorted(folder.glob("*.toml")):
+            source = self._read(path)
+            data = self._toml(source) if source else None
+            if source is None or data is None:
+                continue
+            self._check_secret(data.get("callback_secrets"), ("callback_secrets",), source)
+            for table in ("options", "simulator"):
+                self._check_secrets_in(data.get(table), (table,), source)
+            data = self._resolve(data, (), source)
+            try:
+                department = DepartmentConfig.model_validate(data)
+            except ValidationError as exc:
+                self.problems.extend(source.validation_problems(exc, DepartmentConfig))
+                continue
+            if department.code != path.stem:
+                self.problems.append(
+                    source.problem(
+                        ("code",),
+                        f"code {department.code!r} must equal the file name "
+                        f"(rename the file to {department.code}.toml or fix the code)",
+                    )
+                )
+            elif department.code in departments:
+                self.problems.append(
+                    source.problem(
+                        ("code",),
+                        f"department {department.code!r} is already defined in "
+                        f"{files[department.code]}",
+                    )
+                )
+            else:
+                departments[department.code] = department
+                files[department.code] = path
+        return departments, files
+
+    # -- matters.csv -------------------------------------------------------------------------
+
+    def _matters(self) -> tuple[list[Matter], _Source, list[int]]:
+        path = self.dir / "matters.csv"
+        source = self._read(path)
+        if source is None:
+            return [], _Source(str(path)), []
+        reader = csv.reader(io.StringIO(source.text, newline=""))
+        try:
+            header = [column.strip() for column in next(reader)]
+        except StopIteration:
+            self.problems.append(ConfigProblem(source.file, "", "the catalog is empty", 1))
+            return [], source, []
+        except csv.Error as exc:
+            self.problems.append(ConfigProblem(source.file, "", f"CSV: {exc}", 1))
+            return [], source, []
+        bad = False
+        for column in header:
+            if column not in MATTER_COLUMNS:
+                bad = True
+                self.problems.append(
+                    ConfigProblem(
+                        source.file,
+                        column,
+                        f"unknown column (columns: {', '.join(MATTER_COLUMNS)})",
+                        1,
+                    )
+                )
+        for column in sorted(_REQUIRED_COLUMNS - set(header)):
+            bad = True
+            self.problems.append(ConfigProblem(source.file, column, "required column is missing", 1))
+        if bad:
+            return [], source, []
+        matters: list[Matter] = []
+        lines: list[int] = []
+        line = reader.line_num + 1
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                self.problems.append(ConfigProblem(source.file, "", f"CSV: {exc}", line))
+                break
+            row_line, line = line, reader.line_num + 1
+            if not any(cell.strip() for cell in cells):
+                continue
+            if len(cells) != len(header):
+                self.problems.append(
+                    ConfigProblem(
+                        source.file,
+                        "",
+                        f"row has {len(cells)} cells, the header has {len(header)}",
+                        row_line,
+                    )
+                )
+                continue
+            matter = self._matter(dict(zip(header, cells, strict=True)), source, row_line)
+            if matter is not None:
+                matters.append(matter)
+                lines.append(row_line)
+        return matters, source, lines
+
+    def _matter(self, row: dict[str, str], source: _Source, line: int) -> Matter | None:
+        row = {k: v.strip() for k, v in row.items()}
+        data: dict[str, Any] = {
+            "code": row["code"],
+            "name": row["name"],
+            "department": row["department"],
+            "regions": [r.strip() for r in row["regions"].split(";") if r.strip()],
+            "promised_days": row["promised_days"],
+            "materials": [m.strip() for m in row.get("materials", "").split(";") if m.strip()],
+        }
+        if row.get("pickup_anywhere"):
+            data["pickup_anywhere"] = row["pickup_anywhere"].lower()
+        schema_path = row.get("form_schema", "")
+        problems_before = len(self.problems)
+        if schema_path:
+            data["form_schema"] = self._schema(schema_path, source, line)
+        try:
+            matter = Matter.model_validate(data)
+        except ValidationError as exc:
+            self.problems.extend(source.validation_problems(exc, Matter, line=line))
+            return None
+        return matter if len(self.problems) == problems_before else None
+
+    def _schema(self, name: str, source: _Source, line: int) -> dict[str, Any] | None:
+        path = self.dir / name
+        try:
+            schema = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            message = f"cannot read form schema {path}: {exc.strerror or exc}"
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            message = f"form schema {path} is not valid JSON: {exc}"
+        else:
+            if isinstance(schema, dict) and schema.get("type", "object") == "object":
+                return schema
+            message = f'form schema {path} must be a JSON object schema ("type": "object")'
+        self.problems.append(ConfigProblem(source.file, "form_schema", message, line))
+        return None
+
+    # -- cross-file checks -------------------------------------------------------------------
+
+    def _check_places(self, gateway: GatewaySettings, source: _Source) -> None:
+        regions: dict[str, Region] = {}
+        for i, region in enumerate(gateway.regions):
+            if region.code in regions:
+                self.problems.append(
+                    source.problem(
+                        ("gateway", "regions", i, "code"), f"duplicate region {region.code}"
+                    )
+                )
+            regions.setdefault(region.code, region)
+        for i, region in enumerate(gateway.regions):
+            loc: Loc = ("gateway", "regions", i, "parent")
+            if region.parent is not None and region.parent not in regions:
+                self.problems.append(source.problem(loc, f"unknown parent region {region.parent}"))
+            elif region.parent is None and region.kind != "city":
+                self.problems.append(source.problem(loc, f"a {region.kind} needs a parent region"))
+            elif _has_cycle(region.code, regions):
+                self.problems.append(source.problem(loc, "region parents form a cycle"))
+        if gateway.city not in regions:
+            self.problems.append(
+                source.problem(("gateway", "city"), f"city {gateway.city} is not a listed region")
+            )
+        centres: set[str] = set()
+        for i, centre in enumerate(gateway.centres):
+            if centre.code in centres:
+                self.problems.append(
+                    source.problem(
+                        ("gateway", "centres", i, "code"), f"duplicate centre {centre.code}"
+                    )
+                )
+            centres.add(centre.code)
+            if centre.region not in regions:
+                self.problems.append(
+                    source.problem(
+                        ("gateway", "centres", i, "region"), f"unknown region {centre.region}"
+                    )
+                )
+        for i, key in enumerate(gateway.api_keys):
+            if key.centre is not None and key.centre not in centres:
+                self.problems.append(
+                    source.problem(
+                        ("gateway", "api_keys", i, "centre"), f"unknown centre {key.centre}"
+                    )
+                )
+            if (key.key is None) == (key.key_sha256 is None):
+                self.problems.append(
+                    source.problem(
+                        ("gateway", "api_keys", i), "give exactly one of key_sha256 or key"
+                    )
+                )
+
+    def _check_matters(
+        self,
+        gateway: GatewaySettings,
+        departments: Mapping[str, DepartmentConfig],
+        matters: Sequence[Matter],
+        source: _Source,
+        lines: Sequence[int],
+    ) -> None:
+        regions = {r.code for r in gateway.regions}
+        names: dict[str, str] = {}
+        for matter, line in zip(matters, lines, strict=True):
+            if matter.department not in departments:
+                known = ", ".join(sorted(departments)) or "none"
+                self.problems.append(
+                    ConfigProblem(
+                        source.file,
+                        "department",
+                        f"unknown department {matter.department!r} (departments: {known})",
+                        line,
+                    )
+                )
+            unknown = [r for r in matter.regions if r not in regions]
+            if unknown:
+                self.problems.append(
+                    ConfigProblem(
+                        source.file, "regions", f"unknown regions: {', '.join(unknown)}", line
+                    )
+                )
+            name = names.setdefault(matter.code, matter.name)
+            if name != matter.name:
+                self.problems.append(
+                    ConfigProblem(
+                        source.file,
+                        "name",
+                        f"matter {matter.code} is named {name!r} in an earlier row; "
+                        "rows of one matter must share its name",
+                        line,
+                    )
+                )
+        for index, message in overlapping_routes(matters, gateway.regions):
+            self.problems.append(ConfigProblem(source.file, "regions", message, lines[index]))
+
+
+def _has_cycle(code: str, regions: Mapping[str, Region]) -> bool:
+    seen = {code}
+    parent = regions[code].parent
+    while parent is not None and parent in regions:
+        if parent in seen:
+            return True
+        seen.add(parent)
+        parent = regions[parent].parent
+    return False
+
+
+__all__ = ["MATTER_COLUMNS", "Config", "check_connector_options", "load_config"]
