@@ -1,1 +1,2 @@
 """Imports every command module so each registers itself on ``app``."""
+from gateway.cli import config_cmd  # noqa: F401

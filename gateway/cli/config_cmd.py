@@ -1,0 +1,114 @@
+"""``gateway check-config``: validate every configuration file and the connectors they name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gateway.cli import app
+from gateway.config.loader import Config, check_connector_options, load_config
+from gateway.errors import ConfigError, ConfigProblem, GatewayError, PluginError
+from gateway.plugin_manager import load_plugins
+
+
+def _problems(config_path: Path) -> tuple[Config | None, list[ConfigProblem]]:
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        return None, list(exc.problems)
+    settings = config.gateway.plugins
+    try:
+        plugins = load_plugins(load=settings.load, block=settings.block, trace=settings.trace)
+        connectors = plugins.connectors()
+    except PluginError as exc:
+        return config, [ConfigProblem(f"plugin {exc.plugin}", "", str(exc))]
+    problems = [
+        ConfigProblem(f"plugin {name}", "", f"failed to load: {error}")
+        for name, error in sorted(plugins.failures.items())
+    ]
+    problems.extend(check_connector_options(config, connectors))
+    return config, problems
+
+
+def _summary(config: Config) -> dict[str, Any]:
+    return {
+        "config": str(config.path),
+        "departments": [
+            {
+                "code": d.code,
+                "name": d.name,
+                "connector": d.connector,
+                "enabled": d.enabled,
+                "matters": sum(
+                    1
+                    for m in config.catalog.all()
+                    for row in config.catalog.rows(m.code)
+                    if row.department == d.code
+                ),
+            }
+            for d in sorted(config.departments.values(), key=lambda d: d.code)
+        ],
+        "matters": len(config.catalog),
+        "regions": [r.code for r in config.gateway.regions],
+        "centres": [c.code for c in config.gateway.centres],
+    }
+
+
+@app.command("check-config")
+def check_config(
+    config: Path = typer.Option(
+        Path("config/gateway.toml"),
+        "--config",
+        envvar="GATEWAY_CONFIG",
+        help="the gateway.toml (departments/ and matters.csv sit next to it)",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Validate gateway.toml, every department file and the matter catalog; list every problem."""
+    try:
+        loaded, problems = _problems(config)
+    except GatewayError as exc:  # anything unexpected still ends as a readable problem
+        loaded, problems = None, [ConfigProblem(str(config), "", str(exc))]
+    if as_json:
+        out: dict[str, Any] = {
+            "ok": not problems,
+            "problems": [
+                {"file": p.file, "line": p.line, "key": p.key, "message": p.message}
+                for p in problems
+            ],
+        }
+        if loaded is not None and not problems:
+            out["summary"] = _summary(loaded)
+        typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
+        raise typer.Exit(1 if problems else 0)
+    if problems:
+        err = Console(stderr=True, highlight=False, soft_wrap=True)
+        for problem in problems:
+            err.print(str(problem), markup=False)
+        err.print(f"{len(problems)} problem(s) found", style="bold red")
+        raise typer.Exit(1)
+    assert loaded is not None
+    _print_summary(loaded)
+
+
+def _print_summary(config: Config) -> None:
+    console = Console(highlight=False)
+    summary = _summary(config)
+    table = Table(title=f"Departments ({config.path})")
+    for column in ("code", "name", "connector", "state", "matters"):
+        table.add_column(column)
+    for d in summary["departments"]:
+        state = "enabled" if d["enabled"] else "[yellow]disabled[/yellow]"
+        table.add_row(d["code"], d["name"], d["connector"], state, str(d["matters"]))
+    console.print(table)
+    regions = ", ".join(f"{r.code} {r.name}" for r in config.gateway.regions)
+    centres = ", ".join(f"{c.code} {c.name}" for c in config.gateway.centres)
+    console.print(f"matters: {summary['matters']}")
+    console.print(f"regions: {regions}")
+    console.print(f"centres: {centres}")
+    console.print("[green]configuration OK[/green]")
