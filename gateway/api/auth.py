@@ -1,0 +1,75 @@
+"""Bearer-key authentication. Keys are looked up by their sha256; config keys first, then the
+database (cached briefly, so a request costs no query once its client is known)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from gateway.api.problems import Problem
+from gateway.runtime import Runtime
+from gateway.store.clients import Client, find_by_hash, hash_key
+
+_CACHE_SECONDS = 30.0
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def _unauthorized(detail: str) -> Problem:
+    return Problem(401, "Unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class KeyRing:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.static: dict[str, Client] = {}
+        for i, k in enumerate(runtime.config.gateway.api_keys):
+            digest = k.key_sha256 or (hash_key(k.key.get_secret_value()) if k.key else None)
+            if digest:
+                self.static[digest] = Client(f"static{i}", k.name, k.centre, k.ops)
+        self._cache: dict[str, tuple[float, Client]] = {}
+
+    async def find(self, key: str) -> Client | None:
+        digest = hash_key(key)
+        if digest in self.static:
+            return self.static[digest]
+        hit = self._cache.get(digest)
+        if hit and hit[0] > time.monotonic():
+            return hit[1]
+        async with self.runtime.engine.connect() as conn:
+            client = await find_by_hash(conn, digest)
+        if client:
+            self._cache[digest] = (time.monotonic() + _CACHE_SECONDS, client)
+        return client
+
+
+async def authenticate(request: Request) -> Client:
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise _unauthorized("send an API key as 'Authorization: Bearer <key>'; ops can create "
+                            "one with 'gateway keys create --centre NAME'")
+    keyring: KeyRing = request.app.state.keyring
+    client = await keyring.find(key.strip())
+    if client is None:
+        raise _unauthorized("this API key is not known or was revoked")
+    return client
+
+
+async def require_ops(client: Annotated[Client, Depends(authenticate)]) -> Client:
+    if not client.ops:
+        raise Problem(403, "Ops key required", "this endpoint needs an ops key "
+                      "('gateway keys create --ops')")
+    return client
+
+
+ClientDep = Annotated[Client, Depends(authenticate)]
+OpsDep = Annotated[Client, Depends(require_ops)]

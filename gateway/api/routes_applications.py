@@ -1,0 +1,163 @@
+"""Front-desk endpoints: matters, materials, applications."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Response, UploadFile
+from pydantic import BaseModel
+from sqlalchemy import insert
+
+from gateway import intake, metrics
+from gateway.api.auth import ClientDep, RuntimeDep
+from gateway.api.problems import Problem
+from gateway.api.views import ApplicationView, application_view
+from gateway.clock import new_id, now
+from gateway.config.models import Matter
+from gateway.store import cases
+from gateway.states import State
+from gateway.store.clients import Client
+from gateway.store.tables import materials
+
+router = APIRouter(prefix="/v1")
+
+
+@router.get("/matters", response_model=list[Matter], tags=["matters"])
+async def list_matters(runtime: RuntimeDep, _client: ClientDep) -> list[Matter]:
+    return runtime.config.catalog.all()
+
+
+@router.get("/matters/{code}", response_model=Matter, tags=["matters"])
+async def get_matter(code: str, runtime: RuntimeDep, _client: ClientDep) -> Matter:
+    matter = runtime.config.catalog.get(code)
+    if matter is None:
+        raise Problem(404, "Unknown matter", f"no matter with code '{code}' in the catalog",
+                      field="code")
+    return matter
+
+
+class MaterialOut(BaseModel):
+    id: str
+    sha256: str
+    filename: str
+    content_type: str
+    size: int
+
+
+@router.post("/materials", status_code=201, response_model=MaterialOut, tags=["materials"])
+async def upload_material(file: UploadFile, runtime: RuntimeDep, client: ClientDep) -> MaterialOut:
+    api = runtime.config.gateway.api
+    content_type = (file.content_type or "").split(";")[0].strip().lower()
+    if content_type not in api.material_types:
+        raise Problem(415, "Unsupported material type",
+                      f"'{content_type or 'unknown'}' is not accepted; send one of "
+                      f"{', '.join(api.material_types)}", field="file")
+    data = await file.read(api.material_max_bytes + 1)
+    if len(data) > api.material_max_bytes:
+        raise Problem(413, "Payload too large",
+                      f"the file is larger than {api.material_max_bytes} bytes", field="file")
+    if not data:
+        raise Problem(422, "Empty file", "the uploaded file is empty", field="file")
+    sha = await runtime.blobs.put(data)
+    out = MaterialOut(id=new_id("m"), sha256=sha, filename=_safe_name(file.filename),
+                      content_type=content_type, size=len(data))
+    async with runtime.engine.begin() as conn:
+        await conn.execute(insert(materials).values(
+            **out.model_dump(), client_id=client.id, centre=client.centre, created_at=now()))
+    assert hashlib.sha256(data).hexdigest() == sha
+    return out
+
+
+def _safe_name(name: str | None) -> str:
+    # a display name only: never used as a path
+    base = (name or "upload").replace("\\", "/").rsplit("/", 1)[-1]
+    return "".join(ch for ch in base if ch.isprintable())[:200] or "upload"
+
+
+@router.post("/applications", status_code=201, response_model=intake.ApplicationAccepted,
+             tags=["applications"])
+async def submit_application(
+    body: intake.ApplicationIn,
+    runtime: RuntimeDep,
+    client: ClientDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
+) -> intake.ApplicationAccepted:
+    if not idempotency_key:
+        raise Problem(400, "Idempotency-Key required",
+                      "send a unique Idempotency-Key header per application (a UUID works); "
+                      "resending with the same key is then safe", field="Idempotency-Key")
+    try:
+        result = await intake.submit(runtime, client, idempotency_key, body)
+    except intake.IntakeProblem:
+        metrics.INTAKE.labels("rejected").inc()
+        raise
+    metrics.INTAKE.labels("replayed" if result.replayed else "accepted").inc()
+    if result.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return result.accepted
+
+
+def _visible(client: Client, row: Any) -> bool:
+    if client.ops:
+        return True
+    return client.centre in (row.centre, (row.delivery or {}).get("centre"))
+
+
+@router.get("/applications/{app_id}", response_model=ApplicationView, tags=["applications"])
+async def get_application(app_id: str, runtime: RuntimeDep, client: ClientDep) -> ApplicationView:
+    async with runtime.engine.connect() as conn:
+        row = await cases.get_application(conn, app_id)
+        if row is None or not _visible(client, row):
+            raise Problem(404, "Unknown application", f"no application '{app_id}' visible to "
+                          "this key", field="id")
+        history = await cases.history(conn, app_id)
+    return application_view(row, history)
+
+
+class ApplicationPage(BaseModel):
+    items: list[ApplicationView]
+    next_cursor: str | None
+
+
+def _cursor(value: str | None) -> str | None:
+    if not value:
+        return None
+    try:
+        return base64.urlsafe_b64decode(value.encode()).decode()
+    except Exception as exc:
+        raise Problem(400, "Bad cursor", "cursor is not one this API returned",
+                      field="cursor") from exc
+
+
+@router.get("/applications", response_model=ApplicationPage, tags=["applications"])
+async def list_applications(
+    runtime: RuntimeDep,
+    client: ClientDep,
+    status: Annotated[State | None, Query()] = None,
+    centre: Annotated[str | None, Query(max_length=32)] = None,
+    department: Annotated[str | None, Query(max_length=32)] = None,
+    updated_since: Annotated[dt.datetime | None, Query()] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int | None, Query(ge=1, le=500)] = None,
+) -> ApplicationPage:
+    if not client.ops:
+        if centre and centre != client.centre:
+            raise Problem(403, "Other centre", "a centre key lists only its own centre's "
+                          "applications", field="centre")
+        centre = client.centre
+    if updated_since and updated_since.tzinfo is None:
+        raise Problem(422, "Invalid request", "updated_since needs a time zone (e.g. +08:00)",
+                      field="updated_since")
+    size = limit or runtime.config.gateway.api.page_size
+    async with runtime.engine.connect() as conn:
+        rows = await cases.list_applications(
+            conn, status=status.value if status else None, centre=centre, department=department,
+            updated_since=updated_since, after_id=_cursor(cursor), limit=size,
+        )
+    nxt = (base64.urlsafe_b64encode(rows[-1].id.encode()).decode()
+           if len(rows) == size else None)
+    return ApplicationPage(items=[application_view(r) for r in rows], next_cursor=nxt)

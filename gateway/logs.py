@@ -1,0 +1,30 @@
+"""Structured logging setup (structlog), with PII scrubbed from every event."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+from gateway.pii import scrub_event
+
+
+def configure(level: str = "INFO", *, json: bool = False) -> None:
+    logging.basicConfig(stream=sys.stderr, level=level, format="%(message)s")
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            scrub_event,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )

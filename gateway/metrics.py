@@ -1,0 +1,17 @@
+"""Prometheus metrics, named gateway_*; served at /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+INTAKE = Counter("gateway_intake_total", "Applications submitted", ["outcome"])
+DISPATCH = Counter("gateway_dispatch_total", "Dispatch attempts", ["department", "outcome"])
+DISPATCH_SECONDS = Histogram(
+    "gateway_dispatch_seconds", "Time of one submit call to a department", ["department"]
+)
+STATUS_CHANGES = Counter(
+    "gateway_status_changes_total", "Committed status changes", ["department", "source", "to"]
+)
+INFLIGHT = Gauge("gateway_dispatch_inflight", "Submit calls in flight", ["department"])
+BREAKER_OPEN = Gauge("gateway_breaker_open", "1 while a department's breaker is open",
+                     ["department"])

@@ -1,0 +1,46 @@
+"""Operator actions shared by the CLI and the ops API: replaying failed cases."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Row, select
+
+from gateway.events import Source, StatusChange
+from gateway.runtime import Runtime
+from gateway.states import State
+from gateway.store import cases, jobs
+from gateway.store.tables import applications
+
+
+class NotReplayable(Exception):
+    pass
+
+
+async def replay(runtime: Runtime, app_id: str, actor: str) -> StatusChange:
+    """Put a failed case back to dispatching with a fresh retry budget (same idempotency key, so
+    the department cannot get a second case)."""
+    async with runtime.engine.begin() as conn:
+        app = await cases.lock_application(conn, app_id)
+        if app is None:
+            raise NotReplayable(f"no application '{app_id}'")
+        if app.status != State.FAILED.value:
+            raise NotReplayable(f"application {app_id} is {app.status}, only failed cases can be "
+                                "replayed")
+        result = await cases.change_status(
+            conn, app, State.DISPATCHING, source=Source.OPERATOR, actor=actor, restart=True,
+            detail={"action": "retry"}, extra={"last_error": None},
+        )
+        assert result.change is not None
+        await jobs.revive(conn, app_id, app.version)
+    runtime.wakeup.set()
+    runtime.plugins.status_changed(result.change)
+    return result.change
+
+
+async def failures(runtime: Runtime, limit: int = 500) -> Sequence[Row[Any]]:
+    async with runtime.engine.connect() as conn:
+        q = (select(applications).where(applications.c.status == State.FAILED.value)
+             .order_by(applications.c.updated_at.desc()).limit(limit))
+        return (await conn.execute(q)).all()

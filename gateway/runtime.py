@@ -1,0 +1,99 @@
+"""Everything a running gateway holds: config, database, plugins, blob store, connectors.
+
+The API, the dispatcher, the daemon and the CLI all start from one :class:`Runtime`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import structlog
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.blobs import BlobStore
+from gateway.connector import Connector, ConnectorContext, Envelope, MaterialRef
+from gateway.http import make_client
+from gateway.plugin_manager import Plugins, load_plugins
+from gateway.store.db import create_engine, migrate, needs_migration
+
+if TYPE_CHECKING:
+    from gateway.config.loader import Config
+
+log = structlog.get_logger("gateway")
+
+
+class Runtime:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        plugins: Plugins | None = None,
+        engine: AsyncEngine | None = None,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.config = config
+        settings = config.gateway
+        self.plugins = plugins or load_plugins(
+            load=settings.plugins.load, block=settings.plugins.block, trace=settings.plugins.trace
+        )
+        self.engine = engine or create_engine(settings.database_url)
+        self.blobs = BlobStore(settings.data_dir / "blobs")
+        self.http = http or make_client()
+        self.connectors: dict[str, Connector] = {}
+        #: department code -> why it cannot be dispatched to (disabled, connector missing, ...)
+        self.unavailable: dict[str, str] = {}
+        #: set when new work is committed in this process, so the dispatcher need not wait a sweep
+        self.wakeup = asyncio.Event()
+        self._build_connectors()
+
+    def _build_connectors(self) -> None:
+        kinds = self.plugins.connectors()
+        for code, dept in self.config.departments.items():
+            if not dept.enabled:
+                self.unavailable[code] = f"disabled in config ({dept.connector} connector)"
+                continue
+            cls = kinds.get(dept.connector)
+            if cls is None:
+                self.unavailable[code] = (
+                    f"connector kind '{dept.connector}' is not installed "
+                    f"(installed: {', '.join(sorted(kinds)) or 'none'})"
+                )
+                continue
+            try:
+                options = cls.Options.model_validate(dept.options)
+            except ValidationError as exc:
+                self.unavailable[code] = f"invalid options: {exc.errors()[0]['msg']}"
+                continue
+
+            def mapper(envelope: Envelope, _dept: Any = dept) -> dict[str, Any] | None:
+                return self.plugins.map_payload(envelope, _dept)
+
+            context = ConnectorContext(
+                department=code,
+                options=options,
+                http=self.http,
+                read_material=self.read_material,
+                map_payload=mapper,
+            )
+            self.connectors[code] = cls(context)
+
+    async def read_material(self, ref: MaterialRef) -> bytes:
+        return await self.blobs.get(ref.sha256)
+
+    async def prepare_database(self, *, auto_migrate: bool = True) -> None:
+        """Migrate an empty or older database (``serve``/``daemon`` do this on start)."""
+        if auto_migrate and await needs_migration(self.engine):
+            log.info("migrating database")
+            await migrate(self.engine)
+
+    async def aclose(self) -> None:
+        for connector in self.connectors.values():
+            try:
+                await connector.aclose()
+            except Exception:
+                log.exception("connector close failed", department=connector.context.department)
+        await self.http.aclose()
+        await self.engine.dispose()

@@ -1,0 +1,123 @@
+"""Dispatch jobs: claimed with leases, finished with a fence on the lease owner."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Row, and_, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.clock import now
+from gateway.store.tables import dispatch_jobs
+
+PENDING, LEASED, DONE, DEAD = "pending", "leased", "done", "dead"
+
+
+async def enqueue(
+    conn: AsyncConnection, application_id: str, version: int, department: str,
+    *, at: dt.datetime | None = None,
+) -> None:
+    t = at or now()
+    await conn.execute(
+        insert(dispatch_jobs).values(
+            application_id=application_id, version=version, department=department,
+            state=PENDING, attempts=0, next_attempt_at=t, created_at=t, updated_at=t,
+        )
+    )
+
+
+async def claim(
+    conn: AsyncConnection, department: str, owner: str, limit: int, lease_seconds: float
+) -> Sequence[Row[Any]]:
+    """Lease up to ``limit`` due jobs of one department: pending ones whose time has come and
+    leased ones whose lease ran out (their worker died). SKIP LOCKED on PostgreSQL lets any number
+    of daemons claim at once without waiting on each other or taking the same job."""
+    t = now()
+    due = (
+        select(dispatch_jobs.c.id)
+        .where(
+            and_(
+                dispatch_jobs.c.department == department,
+                dispatch_jobs.c.state.in_((PENDING, LEASED)),
+                dispatch_jobs.c.next_attempt_at <= t,
+            )
+        )
+        .order_by(dispatch_jobs.c.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    q = (
+        update(dispatch_jobs)
+        .where(dispatch_jobs.c.id.in_(due.scalar_subquery()))
+        .values(
+            state=LEASED,
+            lease_owner=owner,
+            next_attempt_at=t + dt.timedelta(seconds=lease_seconds),
+            updated_at=t,
+        )
+        .returning(dispatch_jobs)
+    )
+    return (await conn.execute(q)).all()
+
+
+async def finish(
+    conn: AsyncConnection, job_id: int, owner: str, *, state: str, error: str | None = None,
+    next_attempt_at: dt.datetime | None = None, attempts: int | None = None,
+) -> bool:
+    """Settle a leased job; False if the lease was lost to another worker meanwhile."""
+    values: dict[str, Any] = {"state": state, "updated_at": now(), "lease_owner": None}
+    if error is not None:
+        values["last_error"] = error
+    if next_attempt_at is not None:
+        values["next_attempt_at"] = next_attempt_at
+    if attempts is not None:
+        values["attempts"] = attempts
+    q = (
+        update(dispatch_jobs)
+        .where(and_(dispatch_jobs.c.id == job_id, dispatch_jobs.c.lease_owner == owner,
+                    dispatch_jobs.c.state == LEASED))
+        .values(**values)
+    )
+    return bool((await conn.execute(q)).rowcount)
+
+
+async def release(conn: AsyncConnection, owner: str) -> int:
+    """Hand back every job this owner holds (graceful shutdown): due again at once."""
+    q = (
+        update(dispatch_jobs)
+        .where(and_(dispatch_jobs.c.lease_owner == owner, dispatch_jobs.c.state == LEASED))
+        .values(state=PENDING, lease_owner=None, next_attempt_at=now(), updated_at=now())
+    )
+    return int((await conn.execute(q)).rowcount)
+
+
+async def depth(conn: AsyncConnection) -> dict[str, dict[str, int]]:
+    """Job counts per department and state."""
+    q = select(dispatch_jobs.c.department, dispatch_jobs.c.state, func.count()).group_by(
+        dispatch_jobs.c.department, dispatch_jobs.c.state
+    )
+    out: dict[str, dict[str, int]] = {}
+    for dept, state, n in (await conn.execute(q)).all():
+        out.setdefault(dept, {})[state] = n
+    return out
+
+
+async def job_for(conn: AsyncConnection, application_id: str, version: int) -> Row[Any] | None:
+    q = select(dispatch_jobs).where(
+        and_(dispatch_jobs.c.application_id == application_id, dispatch_jobs.c.version == version)
+    )
+    return (await conn.execute(q)).first()
+
+
+async def revive(conn: AsyncConnection, application_id: str, version: int) -> None:
+    """Make a dead (or finished) job of this version due again with a fresh retry budget."""
+    t = now()
+    q = (
+        update(dispatch_jobs)
+        .where(and_(dispatch_jobs.c.application_id == application_id,
+                    dispatch_jobs.c.version == version))
+        .values(state=PENDING, attempts=0, next_attempt_at=t, lease_owner=None, updated_at=t)
+    )
+    await conn.execute(q)

@@ -1,0 +1,182 @@
+"""The schema. Changing it means a new Alembic revision in gateway/migrations/versions/."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Aware UTC datetimes on both engines (SQLite keeps no zone, so store naive UTC)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, dt.datetime)
+        return value.replace(tzinfo=dt.UTC)
+
+
+# BIGINT autoincrement on PostgreSQL, INTEGER PRIMARY KEY (rowid) on SQLite.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+api_clients = Table(
+    "api_clients",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("centre", String(32)),
+    Column("ops", Boolean, nullable=False, default=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime),
+)
+
+materials = Table(
+    "materials",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("sha256", String(64), nullable=False),
+    Column("filename", String(255), nullable=False),
+    Column("content_type", String(100), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("client_id", String(32), nullable=False),
+    Column("centre", String(32)),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+applications = Table(
+    "applications",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("receipt_number", String(48), nullable=False, unique=True),
+    Column("client_id", String(32), nullable=False),
+    Column("centre", String(32), nullable=False),
+    Column("window", String(32)),
+    Column("clerk", String(64)),
+    Column("matter_code", String(16), nullable=False),
+    Column("matter_name", String(200), nullable=False),
+    Column("region", String(9), nullable=False),
+    Column("department", String(32), nullable=False),
+    Column("status", String(24), nullable=False),
+    Column("version", Integer, nullable=False, default=1),
+    Column("applicant", JSON, nullable=False),  # PII: never logged
+    Column("form", JSON, nullable=False),
+    Column("materials", JSON, nullable=False),
+    Column("delivery", JSON, nullable=False),
+    Column("idempotency_key", String(200), nullable=False),
+    Column("department_case_id", String(128)),
+    Column("promised_by", Date),
+    Column("last_error", Text),
+    Column("next_poll_at", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("decided_at", UTCDateTime),
+    Index("ix_applications_department_status", "department", "status"),
+    Index("ix_applications_department_case", "department", "department_case_id"),
+    Index("ix_applications_updated_at", "updated_at"),
+    Index("ix_applications_centre_status", "centre", "status"),
+    Index("ix_applications_poll", "department", "next_poll_at"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("application_id", String(32), ForeignKey("applications.id"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("actor", String(100), nullable=False),
+    Column("from_status", String(24)),
+    Column("to_status", String(24), nullable=False),
+    Column("detail", JSON, nullable=False),
+    Index("ix_events_application", "application_id", "id"),
+)
+
+dispatch_jobs = Table(
+    "dispatch_jobs",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("application_id", String(32), ForeignKey("applications.id"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("department", String(32), nullable=False),
+    # pending -> leased -> done | dead; a leased job's next_attempt_at is its lease expiry, so
+    # one index finds both due jobs and abandoned leases.
+    Column("state", String(12), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("lease_owner", String(64)),
+    Column("last_error", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("application_id", "version"),
+    Index("ix_dispatch_jobs_due", "department", "state", "next_attempt_at"),
+)
+
+idempotency_records = Table(
+    "idempotency_records",
+    metadata,
+    Column("client_id", String(32), primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("response", JSON, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+receipt_counters = Table(
+    "receipt_counters",
+    metadata,
+    Column("centre", String(32), primary_key=True),
+    Column("day", String(8), primary_key=True),
+    Column("last", Integer, nullable=False),
+)
+
+__all__ = [
+    "api_clients",
+    "applications",
+    "dispatch_jobs",
+    "events",
+    "idempotency_records",
+    "materials",
+    "metadata",
+    "receipt_counters",
+]
