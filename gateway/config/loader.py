@@ -267,6 +267,9 @@ class _Loader:
         self.dir = path.parent
         self.env = env
         self.problems: list[ConfigProblem] = []
+        # departments whose file exists but is invalid: matters naming them are not reported
+        # again as naming an unknown department
+        self.broken: set[str] = set()
 
     def load(self) -> Config | None:
         gateway, gateway_source = self._gateway()
@@ -320,9 +323,7 @@ class _Loader:
             name = match.group(1)
             if name in self.env:
                 return self.env[name]
-            self.problems.append(
-                source.problem(loc, f"environment variable {name} is not set")
-            )
+            self.problems.append(source.problem(loc, f"environment variable {name} is not set"))
             return match.group(0)
 
         return _ENV_REF.sub(replace, value)
@@ -384,12 +385,15 @@ class _Loader:
         departments: dict[str, DepartmentConfig] = {}
         files: dict[str, Path] = {}
         if not folder.is_dir():
-            self.problems.append(ConfigProblem(str(folder), "", "the departments folder is missing"))
+            self.problems.append(
+                ConfigProblem(str(folder), "", "the departments folder is missing")
+            )
             return departments, files
         for path in sorted(folder.glob("*.toml")):
             source = self._read(path)
             data = self._toml(source) if source else None
             if source is None or data is None:
+                self.broken.add(path.stem)
                 continue
             self._check_secret(data.get("callback_secrets"), ("callback_secrets",), source)
             for table in ("options", "simulator"):
@@ -399,6 +403,7 @@ class _Loader:
                 department = DepartmentConfig.model_validate(data)
             except ValidationError as exc:
                 self.problems.extend(source.validation_problems(exc, DepartmentConfig))
+                self.broken.add(path.stem)
                 continue
             if department.code != path.stem:
                 self.problems.append(
@@ -451,7 +456,9 @@ class _Loader:
                 )
         for column in sorted(_REQUIRED_COLUMNS - set(header)):
             bad = True
-            self.problems.append(ConfigProblem(source.file, column, "required column is missing", 1))
+            self.problems.append(
+                ConfigProblem(source.file, column, "required column is missing", 1)
+            )
         if bad:
             return [], source, []
         matters: list[Matter] = []
@@ -586,7 +593,7 @@ class _Loader:
         regions = {r.code for r in gateway.regions}
         names: dict[str, str] = {}
         for matter, line in zip(matters, lines, strict=True):
-            if matter.department not in departments:
+            if matter.department not in departments and matter.department not in self.broken:
                 known = ", ".join(sorted(departments)) or "none"
                 self.problems.append(
                     ConfigProblem(
