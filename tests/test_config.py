@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 from typing import ClassVar
 
-import click
 import pytest
 import typer
 from pydantic import BaseModel, ConfigDict
@@ -436,7 +435,7 @@ def test_example_options_fit_the_installed_rest_connector() -> None:
 def invoke(args: list[str]) -> tuple[int, str]:
     # with a single registered command typer runs it without a sub-command name
     command = typer.main.get_command(app)
-    if isinstance(command, click.Group):
+    if isinstance(command, typer.core.TyperGroup):
         args = ["check-config", *args]
     result = CliRunner().invoke(app, args)
     return result.exit_code, result.output

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from gateway.config.catalog import Catalog, overlapping_routes
 from gateway.config.models import DepartmentConfig, GatewaySettings, Matter, Region
@@ -51,8 +52,8 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SECRET_NAMES = frozenset({"token", "password", "passwd", "key", "secret"})
 _SECRET_SUFFIXES = ("_token", "_password", "_secret", "_key")
 _TOML_POSITION = re.compile(r"\(at line (\d+), column \d+\)")
-_HEADER = re.compile(r"^\s*(\[\[?)([^\[\]]+)\]\]?\s*(?:#.*)?$")
 _KEY_PART = r"(?:\"[^\"]*\"|'[^']*'|[A-Za-z0-9_-]+)"
+_HEADER = re.compile(rf"^\s*(\[\[?)\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*\]\]?\s*(?:#.*)?$")
 _KEY_LINE = re.compile(rf"^\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*=")
 _SEGMENT = re.compile(r"\"([^\"]*)\"|'([^']*)'|([A-Za-z0-9_-]+)")
 
@@ -121,7 +122,10 @@ def check_connector_options(config: Config, connectors: Mapping[str, type]) -> l
         try:
             options.model_validate(department.options)
         except ValidationError as exc:
-            problems.extend(source.validation_problems(exc, options, prefix=("options",)))
+            # values here are resolved: never echo them, they may hold secrets
+            problems.extend(
+                source.validation_problems(exc, options, prefix=("options",), show_input=False)
+            )
     return problems
 
 
@@ -158,7 +162,7 @@ class _Source:
     ) -> list[ConfigProblem]:
         out = []
         for error in exc.errors():
-            loc: Loc = tuple(error["loc"])
+            loc, _ = _walk(model, tuple(error["loc"]))
             message = _error_message(error, model, loc, show_input=show_input)
             out.append(self.problem((*prefix, *loc), message, line))
         return out
@@ -174,7 +178,7 @@ def _error_message(
     kind = error["type"]
     if kind == "extra_forbidden":
         key = str(loc[-1]) if loc else "?"
-        known = _fields_at(model, loc[:-1])
+        known = _keys_of(_walk(model, tuple(error["loc"])[:-1])[1])
         message = f"unknown key {key!r}"
         close = difflib.get_close_matches(key, known, n=1)
         if close:
@@ -184,7 +188,7 @@ def _error_message(
         return message
     if kind == "missing":
         return "required key is missing"
-    message = str(error["msg"])
+    message = str(error["msg"]).removeprefix("Value error, ")
     value = error.get("input")
     secret = any(isinstance(part, str) and _is_secret_name(part) for part in loc)
     if show_input and not secret and isinstance(value, str | int | float | bool):
@@ -192,32 +196,57 @@ def _error_message(
     return message
 
 
-def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:
-    """Field names of the pydantic model found at ``loc`` under ``model`` (best effort)."""
-    current: Any = model
-    for part in loc:
+def _walk(model: type[BaseModel], loc: Loc) -> tuple[Loc, list[type[BaseModel]]]:
+    """``loc`` as the user wrote it (union tags that pydantic inserts dropped) and the models
+    that may sit at its end (several for a union, none for plain values); best effort."""
+    out: list[str | int] = []
+    candidates: list[type[BaseModel]] = [model]
+    for i, part in enumerate(loc):
         if isinstance(part, int):
+            out.append(part)
             continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return []
-        info = current.model_fields.get(part)
-        if info is None:
-            return []
-        current = _model_in(info.annotation)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
+        info = next((f for m in candidates if (f := _field(m, part)) is not None), None)
+        if info is not None:
+            out.append(part)
+            candidates = _models_in(info.annotation)
+        elif len(candidates) > 1 and i < len(loc) - 1:
+            # a union tag ("bearer" or "BearerAuth"): not in the file, but names the member
+            candidates = [m for m in candidates if _is_tag(m, part)] or candidates
+        else:
+            out.append(part)
+            candidates = []
+    return tuple(out), candidates
+
+
+def _field(model: type[BaseModel], name: str) -> FieldInfo | None:
+    for field_name, info in model.model_fields.items():
+        if name in (field_name, info.alias):
+            return info
+    return None
+
+
+def _is_tag(model: type[BaseModel], tag: str) -> bool:
+    if model.__name__ == tag:
+        return True
+    return any(tag in typing.get_args(f.annotation) for f in model.model_fields.values())
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    if typing.get_origin(annotation) in (list, typing.Union, types.UnionType, typing.Annotated):
+        return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
     return []
 
 
-def _model_in(annotation: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if typing.get_origin(annotation) in (list, typing.Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            found = _model_in(arg)
-            if found is not None:
-                return found
-    return None
+def _keys_of(models: list[type[BaseModel]]) -> list[str]:
+    keys: list[str] = []
+    for model in models:
+        for name, info in model.model_fields.items():
+            key = info.alias or name
+            if key not in keys:
+                keys.append(key)
+    return keys
 
 
 def _segments(key: str) -> list[str]:
@@ -257,7 +286,7 @@ def _find_line(text: str, target: Loc) -> int | None:
 
 
 def _is_secret_name(name: str) -> bool:
-    name = name.lower()
+    name = name.lower().replace("-", "_")
     return name in _SECRET_NAMES or name.endswith(_SECRET_SUFFIXES)
 
 
@@ -433,7 +462,8 @@ class _Loader:
         source = self._read(path)
         if source is None:
             return [], _Source(str(path)), []
-        reader = csv.reader(io.StringIO(source.text, newline=""))
+        # spreadsheet programs save UTF-8 with a byte-order mark
+        reader = csv.reader(io.StringIO(source.text.removeprefix("\ufeff"), newline=""))
         try:
             header = [column.strip() for column in next(reader)]
         except StopIteration:
