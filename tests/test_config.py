@@ -497,3 +497,37 @@ def test_check_config_json_problems(cfg: Path, monkeypatch: pytest.MonkeyPatch) 
     assert data["ok"] is False
     assert {p["key"] for p in data["problems"]} == {"options.auth.key", "simulator.auth_key"}
     assert all(p["line"] for p in data["problems"])
+
+
+def test_rest_options_problem_keys_match_the_file(cfg: Path) -> None:
+    options = pytest.importorskip("gateway_rest.options")
+    amr = cfg / "departments" / "amr.toml"
+    token_line = 1 + edit(
+        amr,
+        'type = "bearer"\ntoken = "${AMR_API_TOKEN}"',
+        'type = "bearer"\ntokn = "${AMR_API_TOKEN}"',
+    )
+    list_line = edit(amr, '[options.list]\npath = "/cases"', '[options.list]\npathh = "/cases"')
+    config = load_config(cfg / "gateway.toml", env=ENV)
+
+    class Rest:
+        kind = "rest"
+        Options = options.RestOptions
+
+    found = {p.key: p for p in check_connector_options(config, {"rest": Rest})}
+    # pydantic's union tag ("bearer") is not part of the key the operator wrote
+    assert set(found) == {"options.auth.token", "options.auth.tokn", "options.list.pathh"}
+    assert found["options.auth.tokn"].line == token_line
+    assert "did you mean 'token'" in found["options.auth.tokn"].message
+    assert found["options.list.pathh"].line == list_line + 1
+    assert "tok" not in found["options.auth.token"].message
+
+
+def test_region_parent_cycle(cfg: Path) -> None:
+    text = (cfg / "gateway.toml").read_text(encoding="utf-8")
+    text = text.replace(
+        'name = "示范市"\nkind = "city"', 'name = "示范市"\nkind = "city"\nparent = "339901"'
+    )
+    (cfg / "gateway.toml").write_text(text, encoding="utf-8")
+    found = problems(cfg)
+    assert any(p.key.endswith(".parent") and "cycle" in p.message for p in found)

@@ -178,7 +178,7 @@ def _error_message(
     kind = error["type"]
     if kind == "extra_forbidden":
         key = str(loc[-1]) if loc else "?"
-        known = _keys_of(_walk(model, tuple(error["loc"])[:-1])[1])
+        known = _keys_of(_walk(model, tuple(error["loc"]))[1])
         message = f"unknown key {key!r}"
         close = difflib.get_close_matches(key, known, n=1)
         if close:
@@ -198,10 +198,12 @@ def _error_message(
 
 def _walk(model: type[BaseModel], loc: Loc) -> tuple[Loc, list[type[BaseModel]]]:
     """``loc`` as the user wrote it (union tags that pydantic inserts dropped) and the models
-    that may sit at its end (several for a union, none for plain values); best effort."""
+    that may hold its last key (several for a union, none for plain values); best effort."""
     out: list[str | int] = []
     candidates: list[type[BaseModel]] = [model]
+    parents = candidates
     for i, part in enumerate(loc):
+        parents = candidates
         if isinstance(part, int):
             out.append(part)
             continue
@@ -215,7 +217,7 @@ def _walk(model: type[BaseModel], loc: Loc) -> tuple[Loc, list[type[BaseModel]]]
         else:
             out.append(part)
             candidates = []
-    return tuple(out), candidates
+    return tuple(out), parents
 
 
 def _field(model: type[BaseModel], name: str) -> FieldInfo | None:
