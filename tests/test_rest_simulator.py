@@ -264,6 +264,19 @@ async def test_bearer_auth() -> None:
     assert state.stats()["cases"] == 1
 
 
+async def test_api_key_auth() -> None:
+    async with department_client(auth_key="k1", auth_header="X-Dept-Key") as (base, state, client):
+        anonymous = await _submit(client, base, "a")
+        right = await client.post(
+            f"{base}/api/v1/cases",
+            json={},
+            headers={"Idempotency-Key": "a", "X-Dept-Key": "k1"},
+        )
+    assert anonymous.status_code == 401
+    assert right.status_code == 201
+    assert state.stats()["cases"] == 1
+
+
 def test_sign_matches_hmac_definition() -> None:
     body = b'{"a":1}'
     expected = hmac.new(b"k", b"1700000000." + body, "sha256").hexdigest()

@@ -116,7 +116,9 @@ class RestSimulatorSettings(BaseModel):
     callback_secret: str | None = None
     callback_attempts: int = Field(default=4, ge=1, le=20)
     callback_backoff_seconds: float = Field(default=0.2, ge=0)
-    auth_token: str | None = None
+    auth_token: str | None = Field(default=None, description="require Authorization: Bearer")
+    auth_header: str = Field(default="X-Api-Key", description="header checked for auth_key")
+    auth_key: str | None = Field(default=None, description="require this key in auth_header")
     case_prefix: str = "AMR"
     required_fields: list[str] = Field(
         default_factory=list,
@@ -404,7 +406,7 @@ def _has_path(body: dict[str, Any], dotted: str) -> bool:
     return node is not None
 
 
-def _parse_time(value: str | None, name: str) -> dt.datetime | None:
+def _parse_time(value: str | None) -> dt.datetime | None:
     if value is None or value == "":
         return None
     parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -432,15 +434,17 @@ def create_rest_department(
     app.add_middleware(_FaultMiddleware, state=state)
 
     def unauthorized(request: Request) -> JSONResponse | None:
-        token = settings.auth_token
-        if token is None:
-            return None
-        given = request.headers.get("authorization", "")
-        if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            return None
-        response = _error(401, "unauthorized", "missing or wrong bearer token")
-        response.headers["WWW-Authenticate"] = "Bearer"
-        return response
+        if settings.auth_token is not None:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {settings.auth_token}".encode()):
+                response = _error(401, "unauthorized", "missing or wrong bearer token")
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return response
+        if settings.auth_key is not None:
+            given = request.headers.get(settings.auth_header, "")
+            if not hmac.compare_digest(given.encode(), settings.auth_key.encode()):
+                return _error(401, "unauthorized", f"missing or wrong {settings.auth_header}")
+        return None
 
     @app.post("/api/v1/cases")
     async def create_case(request: Request) -> Response:
@@ -481,8 +485,8 @@ def create_rest_department(
         if (denied := unauthorized(request)) is not None:
             return denied
         try:
-            lower = _parse_time(since, "since")
-            upper = _parse_time(until, "until")
+            lower = _parse_time(since)
+            upper = _parse_time(until)
             after = int(cursor) if cursor else 0
         except ValueError:
             return _error(400, "bad_query", "since/until must be ISO 8601, cursor from a page")
