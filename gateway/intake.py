@@ -4,11 +4,13 @@ transaction, so a 201 always means the case is durable and will be dispatched.""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -120,29 +122,17 @@ def _validate_form(runtime: Runtime, body: ApplicationIn, matter: Matter) -> Non
 
 
 def _schema_problems(form: dict[str, Any], schema: dict[str, Any]) -> list[str]:
-    """The subset of JSON Schema catalog forms use: required, and property types/enums/lengths."""
-    out = [f"form.{name}: is required" for name in schema.get("required", []) if name not in form]
-    types = {"string": str, "integer": int, "number": (int, float), "boolean": bool,
-             "object": dict, "array": list}
-    for name, rule in schema.get("properties", {}).items():
-        if name not in form:
-            continue
-        value = form[name]
-        want = rule.get("type")
-        if want in types and (not isinstance(value, types[want]) or
-                              (want in ("integer", "number") and isinstance(value, bool))):
-            out.append(f"form.{name}: must be of type {want}")
-            continue
-        if "enum" in rule and value not in rule["enum"]:
-            out.append(f"form.{name}: must be one of {', '.join(map(str, rule['enum']))}")
-        if isinstance(value, str) and len(value) > rule.get("maxLength", 10**9):
-            out.append(f"form.{name}: longer than {rule['maxLength']} characters")
-        if isinstance(value, int | float) and value < rule.get("minimum", float("-inf")):
-            out.append(f"form.{name}: must be at least {rule['minimum']}")
-    if schema.get("additionalProperties") is False:
-        allowed = set(schema.get("properties", {}))
-        out.extend(f"form.{k}: is not a field of this matter" for k in form if k not in allowed)
+    validator = _validator(json.dumps(schema, sort_keys=True))
+    out = []
+    for error in sorted(validator.iter_errors(form), key=lambda e: list(e.absolute_path)):
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+        out.append(f"form{path}: {error.message}")
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _validator(schema_json: str) -> Draft202012Validator:
+    return Draft202012Validator(json.loads(schema_json))
 
 
 async def _next_receipt(conn: AsyncConnection, centre: str, at: dt.datetime) -> str:

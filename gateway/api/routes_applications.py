@@ -127,10 +127,13 @@ def _cursor(value: str | None) -> str | None:
     if not value:
         return None
     try:
-        return base64.urlsafe_b64decode(value.encode()).decode()
-    except Exception as exc:
-        raise Problem(400, "Bad cursor", "cursor is not one this API returned",
-                      field="cursor") from exc
+        decoded = base64.b64decode(value.encode(), altchars=b"-_", validate=True).decode()
+    except ValueError:
+        decoded = ""
+    if not decoded.isalnum():
+        raise Problem(400, "Bad cursor", "cursor is not one this API returned; start again "
+                      "without it", field="cursor")
+    return decoded
 
 
 @router.get("/applications", response_model=ApplicationPage, tags=["applications"])

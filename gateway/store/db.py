@@ -20,7 +20,14 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     """An async engine for ``url``; SQLite gets WAL, a busy timeout and immediate transactions."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_async_engine(url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True)
+        # ?search_path=name puts the gateway's tables in one schema (tests use one per test)
+        search_path = parsed.query.get("search_path")
+        connect_args: dict[str, Any] = {}
+        if isinstance(search_path, str):
+            parsed = parsed.difference_update_query(["search_path"])
+            connect_args["server_settings"] = {"search_path": search_path}
+        return create_async_engine(parsed, echo=echo, pool_size=10, max_overflow=10,
+                                   pool_pre_ping=True, connect_args=connect_args)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     # SQLite has one writer. One pooled connection serialises this process's transactions in an

@@ -1,0 +1,160 @@
+"""Operator commands: ``keys create``, ``replay``, ``status``, ``plugins``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from gateway import operations
+from gateway.cli import app
+from gateway.cli.common import (
+    DEFAULT_CONFIG,
+    ConfigOption,
+    JsonOption,
+    console,
+    emit_json,
+    err,
+    load,
+    run,
+)
+from gateway.plugin_manager import load_plugins
+from gateway.runtime import Runtime
+from gateway.store import cases
+from gateway.store.clients import create_client
+
+keys = typer.Typer(help="API keys for front-desk systems and ops.", no_args_is_help=True)
+app.add_typer(keys, name="keys")
+
+
+@keys.command("create")
+def keys_create(
+    config: ConfigOption = DEFAULT_CONFIG,
+    centre: Annotated[str | None, typer.Option(help="centre code the key acts for")] = None,
+    ops: Annotated[bool, typer.Option("--ops", help="an ops key (ops endpoints, all centres)")]
+    = False,
+    name: Annotated[str | None, typer.Option(help="who holds the key")] = None,
+) -> None:
+    """Create an API key; it is printed once and only its hash is stored."""
+    if bool(centre) == ops:
+        err.print("give exactly one of --centre NAME or --ops")
+        raise typer.Exit(2)
+    cfg = load(config)
+    if centre and centre not in {c.code for c in cfg.gateway.centres}:
+        known = ", ".join(c.code for c in cfg.gateway.centres)
+        err.print(f"unknown centre '{centre}' (configured: {known})")
+        raise typer.Exit(2)
+
+    async def go() -> str:
+        runtime = Runtime(cfg)
+        try:
+            await runtime.prepare_database()
+            async with runtime.engine.begin() as conn:
+                _client, key = await create_client(
+                    conn, name=name or (centre or "ops"), centre=centre, ops=ops)
+            return key
+        finally:
+            await runtime.aclose()
+
+    key = run(go())
+    console.print("New API key (shown only now; store it in the front-desk system's secrets):",
+                  highlight=False)
+    print(key)
+
+
+@app.command()
+def replay(
+    application_id: Annotated[str | None, typer.Argument(help="application id")] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="replay every failed case")] = False,
+    config: ConfigOption = DEFAULT_CONFIG,
+) -> None:
+    """Put failed cases back to dispatching (same idempotency key: no second case)."""
+    if bool(application_id) == failed:
+        err.print("give an application id or --failed")
+        raise typer.Exit(2)
+    cfg = load(config)
+
+    async def go() -> tuple[int, list[str]]:
+        runtime = Runtime(cfg)
+        try:
+            await runtime.prepare_database()
+            ids = ([application_id] if application_id else
+                   [r.id for r in await operations.failures(runtime, limit=100_000)])
+            done, problems = 0, []
+            for app_id in ids:
+                assert app_id is not None
+                try:
+                    await operations.replay(runtime, app_id, actor="cli")
+                    done += 1
+                except operations.NotReplayable as exc:
+                    problems.append(str(exc))
+            return done, problems
+        finally:
+            await runtime.aclose()
+
+    done, problems = run(go())
+    for p in problems:
+        err.print(p)
+    console.print(f"{done} case(s) put back to dispatching")
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    application_id: str, config: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False
+) -> None:
+    """Show one application and its history."""
+    from gateway.api.views import application_view
+
+    cfg = load(config)
+
+    async def go() -> Any:
+        runtime = Runtime(cfg)
+        try:
+            async with runtime.engine.connect() as conn:
+                row = await cases.get_application(conn, application_id)
+                if row is None:
+                    return None
+                return application_view(row, await cases.history(conn, application_id))
+        finally:
+            await runtime.aclose()
+
+    view = run(go())
+    if view is None:
+        err.print(f"no application '{application_id}'")
+        raise typer.Exit(1)
+    if as_json:
+        emit_json(view.model_dump(mode="json"))
+        return
+    console.print(f"[bold]{view.receipt_number}[/bold] {view.matter_name} -> {view.department}"
+                  f" ({view.department_case_id or 'no case id yet'}): [bold]{view.status}[/bold]")
+    table = Table("at", "source", "actor", "from", "to", "detail")
+    for e in view.history or []:
+        table.add_row(e.at.isoformat(timespec="seconds"), e.source, e.actor,
+                      e.from_status or "", e.to_status, str(e.detail or ""))
+    console.print(table)
+
+
+@app.command()
+def plugins(config: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False) -> None:
+    """List loaded plugins: name, version, hooks and where each came from."""
+    settings = load(config).gateway.plugins if config.exists() else None
+    pm = load_plugins(load=settings.load if settings else (),
+                      block=settings.block if settings else ())
+    info = pm.info()
+    kinds = {kind: cls.__module__ for kind, cls in pm.connectors().items()}
+    if as_json:
+        emit_json({"plugins": [p.__dict__ for p in info], "failures": pm.failures,
+                   "connectors": kinds})
+        return
+    table = Table("name", "version", "hooks", "origin")
+    for p in info:
+        table.add_row(p.name, p.version or "", ", ".join(p.hooks), p.origin)
+    console.print(table)
+    console.print("connector kinds: " + (", ".join(sorted(kinds)) or "none"))
+    for name, why in pm.failures.items():
+        err.print(f"[red]plugin {name} failed to load:[/red] {why}")
+    if pm.failures:
+        raise typer.Exit(1)

@@ -1,0 +1,335 @@
+"""The dispatcher: claims due jobs with leases and delivers them through connectors.
+
+Retry state lives in the database (attempts, next_attempt_at, last_error): tenacity only retries
+briefly inside one call; across calls the job waits with exponential backoff and jitter (at least
+Retry-After), and after the department's budget the case goes to ``failed`` with the reason.
+Per department, in this process: a concurrency cap, a token-bucket rate limit and a breaker that
+stops claiming after repeated transient failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import random
+import socket
+import time
+from typing import Any
+
+import structlog
+from sqlalchemy import Row
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_fixed
+
+from gateway import metrics
+from gateway.clock import new_id, now
+from gateway.config.models import DepartmentConfig, RetryPolicy
+from gateway.connector import Applicant, Connector, Envelope, MaterialRef, Receipt
+from gateway.errors import DepartmentRejected, PermanentError, TransientError
+from gateway.events import Source, StatusChange
+from gateway.runtime import Runtime
+from gateway.states import State
+from gateway.store import cases, jobs
+from gateway.updates import announce, move
+
+log = structlog.get_logger("gateway.dispatcher")
+
+BREAKER_THRESHOLD = 5
+BREAKER_COOLDOWN_SECONDS = 15.0
+
+
+def idempotency_key(application_id: str, version: int) -> str:
+    """What the department sees: stable across attempts, new per supplement version."""
+    return f"ow-{application_id}-v{version}"
+
+
+def backoff(policy: RetryPolicy, attempts: int, retry_after: float | None,
+            rng: random.Random) -> float:
+    """Seconds to wait before attempt ``attempts + 1``."""
+    delay = min(policy.max_seconds, policy.base_seconds * 2 ** max(attempts - 1, 0))
+    delay *= 1 - policy.jitter + 2 * policy.jitter * rng.random()
+    return max(delay, retry_after or 0.0)
+
+
+def envelope_for(app: Row[Any]) -> Envelope:
+    return Envelope(
+        application_id=app.id,
+        idempotency_key=idempotency_key(app.id, app.version),
+        version=app.version,
+        department=app.department,
+        matter_code=app.matter_code,
+        matter_name=app.matter_name,
+        region=app.region,
+        receipt_number=app.receipt_number,
+        centre=app.centre,
+        applicant=Applicant.model_validate(app.applicant),
+        form=app.form,
+        materials=[MaterialRef.model_validate(m) for m in app.materials],
+        submitted_at=app.created_at,
+    )
+
+
+class _Bucket:
+    def __init__(self, rate: float) -> None:
+        self.rate, self.capacity = rate, max(1.0, rate)
+        self.tokens, self.at = self.capacity, time.monotonic()
+
+    def take(self, want: int) -> int:
+        t = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (t - self.at) * self.rate)
+        self.at = t
+        got = min(want, int(self.tokens))
+        self.tokens -= got
+        return got
+
+
+class _Breaker:
+    def __init__(self) -> None:
+        self.failures = 0
+        self.open_until = 0.0
+
+    def is_open(self) -> bool:
+        return time.monotonic() < self.open_until
+
+    def record(self, ok: bool) -> None:
+        if ok:
+            self.failures, self.open_until = 0, 0.0
+            return
+        self.failures += 1
+        if self.failures >= BREAKER_THRESHOLD:
+            self.open_until = time.monotonic() + BREAKER_COOLDOWN_SECONDS
+
+
+class Dispatcher:
+    def __init__(self, runtime: Runtime, *, owner: str | None = None, seed: int | None = None):
+        self.runtime = runtime
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-6:]}"
+        self.settings = runtime.config.gateway.dispatch
+        self.inflight: dict[str, int] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.stopping = asyncio.Event()
+        self._rng = random.Random(seed)
+        self._buckets: dict[str, _Bucket] = {}
+        self._breakers: dict[str, _Breaker] = {}
+        runtime.dispatcher = self  # type: ignore[attr-defined]
+
+    def breaker_open(self, department: str) -> bool:
+        breaker = self._breakers.get(department)
+        return bool(breaker and breaker.is_open())
+
+    def _capacity(self, code: str, dept: DepartmentConfig) -> int:
+        free = min(dept.concurrency - self.inflight.get(code, 0), self.settings.batch_size)
+        breaker = self._breakers.setdefault(code, _Breaker())
+        if breaker.is_open():
+            return 0
+        if breaker.failures >= BREAKER_THRESHOLD:  # half-open: one probe at a time
+            free = min(free, 1 - self.inflight.get(code, 0))
+        if free > 0 and dept.rate_limit_per_second:
+            bucket = self._buckets.setdefault(code, _Bucket(dept.rate_limit_per_second))
+            free = bucket.take(free)
+        return max(free, 0)
+
+    async def sweep(self) -> int:
+        """Claim what every available department can take now and start delivering it."""
+        claimed = 0
+        for code, connector in self.runtime.connectors.items():
+            if self.stopping.is_set():
+                break
+            dept = self.runtime.config.departments[code]
+            want = self._capacity(code, dept)
+            if want <= 0:
+                continue
+            async with self.runtime.engine.begin() as conn:
+                rows = await jobs.claim(conn, code, self.owner, want, self.settings.lease_seconds)
+            if dept.rate_limit_per_second and len(rows) < want:
+                self._buckets[code].tokens += want - len(rows)  # unused tokens go back
+            for job in rows:
+                self.inflight[code] = self.inflight.get(code, 0) + 1
+                task = asyncio.create_task(self._deliver(job, connector, dept))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            claimed += len(rows)
+        return claimed
+
+    async def run(self) -> None:
+        """Sweep until stopped; new local work (``runtime.wakeup``) starts a sweep at once."""
+        wakeup = self.runtime.wakeup
+        while not self.stopping.is_set():
+            wakeup.clear()
+            try:
+                claimed = await self.sweep()
+            except Exception:
+                log.exception("dispatch sweep failed")
+                claimed = 0
+            if claimed:
+                continue
+            waiter = asyncio.create_task(wakeup.wait())
+            stopper = asyncio.create_task(self.stopping.wait())
+            await asyncio.wait({waiter, stopper}, timeout=self.settings.sweep_interval_seconds,
+                               return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
+
+    async def stop(self, grace_seconds: float = 10.0) -> None:
+        """Stop claiming, let in-flight calls finish for ``grace_seconds``, release the rest."""
+        self.stopping.set()
+        if self.tasks:
+            _done, pending = await asyncio.wait(set(self.tasks), timeout=grace_seconds)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        async with self.runtime.engine.begin() as conn:
+            released = await jobs.release(conn, self.owner)
+        if released:
+            log.info("released leased jobs", count=released)
+
+    async def drain(self) -> None:
+        """Wait for the deliveries started so far (tests and the benchmark use this)."""
+        while self.tasks:
+            await asyncio.gather(*set(self.tasks), return_exceptions=True)
+
+    # -- one delivery ----------------------------------------------------------------------------
+
+    async def _deliver(self, job: Row[Any], connector: Connector, dept: DepartmentConfig) -> None:
+        code = dept.code
+        metrics.INFLIGHT.labels(code).inc()
+        try:
+            await self._deliver_job(job, connector, dept)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # a bug or a database outage: the lease runs out and another sweep retries the job
+            log.exception("delivery crashed", department=code, application=job.application_id)
+        finally:
+            self.inflight[code] -= 1
+            metrics.INFLIGHT.labels(code).dec()
+
+    async def _deliver_job(self, job: Row[Any], connector: Connector,
+                           dept: DepartmentConfig) -> None:
+        async with self.runtime.engine.begin() as conn:
+            app = await cases.get_application(conn, job.application_id)
+            if (app is None or app.version != job.version
+                    or app.status not in (State.RECEIVED, State.DISPATCHING)):
+                await jobs.finish(conn, job.id, self.owner, state=jobs.DONE,
+                                  error=f"superseded: case is {app.status if app else 'gone'}")
+                return
+            changes = await move(conn, app.id, [State.DISPATCHING], source=Source.DISPATCH,
+                                 actor=self.owner, version=job.version,
+                                 detail={"attempt": job.attempts + 1})
+            envelope = envelope_for(app)
+        announce(self.runtime, changes)
+
+        started = time.perf_counter()
+        outcome = "delivered"
+        try:
+            receipt = await self._submit(connector, dept, envelope)
+        except DepartmentRejected as exc:
+            outcome = "rejected"
+            await self._record_rejection(job, dept, exc)
+        except PermanentError as exc:
+            outcome = "permanent"
+            await self._record_failure(job, dept, f"permanent: {exc}", final=True)
+        except Exception as exc:
+            outcome = "transient"
+            retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+            if not isinstance(exc, TransientError):
+                log.error("connector raised an unexpected error; treated as transient",
+                          plugin=dept.connector, department=dept.code,
+                          error=f"{type(exc).__name__}: {exc}")
+            await self._record_failure(job, dept, f"{type(exc).__name__}: {exc}",
+                                       retry_after=retry_after)
+        else:
+            await self._record_receipt(job, dept, receipt)
+        finally:
+            metrics.DISPATCH_SECONDS.labels(dept.code).observe(time.perf_counter() - started)
+            metrics.DISPATCH.labels(dept.code, outcome).inc()
+        self._breakers.setdefault(dept.code, _Breaker()).record(outcome != "transient")
+
+    async def _submit(self, connector: Connector, dept: DepartmentConfig,
+                      envelope: Envelope) -> Receipt:
+        policy = dept.retry
+
+        def short_wait(exc: BaseException) -> bool:
+            if isinstance(exc, TransientError):
+                return exc.retry_after is None or exc.retry_after <= 1.0
+            return False
+
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(policy.in_call_attempts),
+            wait=wait_fixed(policy.in_call_wait_seconds),
+            retry=retry_if_exception(short_wait),
+            reraise=True,
+        ):
+            with attempt:
+                try:
+                    async with asyncio.timeout(dept.timeout_seconds):
+                        return await connector.submit(envelope)
+                except TimeoutError as exc:
+                    raise TransientError(
+                        f"no answer from {dept.code} within {dept.timeout_seconds}s") from exc
+        raise AssertionError("unreachable")
+
+    async def _record_receipt(self, job: Row[Any], dept: DepartmentConfig,
+                              receipt: Receipt) -> None:
+        targets = [State.DELIVERED]
+        mapped = dept.map_status(receipt.status) if receipt.status else None
+        if mapped and mapped is not State.DELIVERED:
+            targets.append(mapped)
+        next_poll = (now() + dt.timedelta(seconds=dept.poll_interval_seconds)
+                     if dept.poll_interval_seconds else None)
+        changes: list[StatusChange] = []
+        async with self.runtime.engine.begin() as conn:
+            if not await jobs.finish(conn, job.id, self.owner, state=jobs.DONE,
+                                     attempts=job.attempts + 1):
+                await conn.rollback()  # lease lost: the new holder records the same receipt
+                return
+            changes = await move(
+                conn, job.application_id, targets, source=Source.DISPATCH, actor=self.owner,
+                version=job.version, detail={"case_id": receipt.case_id},
+                extra={"department_case_id": receipt.case_id, "last_error": None,
+                       "next_poll_at": next_poll},
+            )
+        announce(self.runtime, changes)
+
+    async def _record_rejection(self, job: Row[Any], dept: DepartmentConfig,
+                                exc: DepartmentRejected) -> None:
+        state = dept.map_status(exc.status) or State.NOT_ACCEPTED
+        async with self.runtime.engine.begin() as conn:
+            if not await jobs.finish(conn, job.id, self.owner, state=jobs.DONE,
+                                     attempts=job.attempts + 1):
+                await conn.rollback()
+                return
+            changes = await move(conn, job.application_id, [State.DELIVERED, state],
+                                 source=Source.DISPATCH, actor=self.owner, version=job.version,
+                                 detail={"reason": exc.reason})
+        announce(self.runtime, changes)
+
+    async def _record_failure(self, job: Row[Any], dept: DepartmentConfig, error: str, *,
+                              final: bool = False, retry_after: float | None = None) -> None:
+        attempts = job.attempts + 1
+        final = final or attempts >= dept.retry.max_attempts
+        changes: list[StatusChange] = []
+        async with self.runtime.engine.begin() as conn:
+            if final:
+                if not await jobs.finish(conn, job.id, self.owner, state=jobs.DEAD, error=error,
+                                         attempts=attempts):
+                    await conn.rollback()
+                    return
+                reason = error if "permanent" in error else (
+                    f"gave up after {attempts} attempts: {error}")
+                changes = await move(conn, job.application_id, [State.FAILED],
+                                     source=Source.DISPATCH, actor=self.owner,
+                                     version=job.version, detail={"reason": reason},
+                                     extra={"last_error": reason})
+            else:
+                delay = backoff(dept.retry, attempts, retry_after, self._rng)
+                ok = await jobs.finish(conn, job.id, self.owner, state=jobs.PENDING, error=error,
+                                       attempts=attempts,
+                                       next_attempt_at=now() + dt.timedelta(seconds=delay))
+                if not ok:
+                    await conn.rollback()
+                    return
+                log.info("delivery will be retried", department=dept.code,
+                         application=job.application_id, attempt=attempts,
+                         in_seconds=round(delay, 2), error=error)
+        announce(self.runtime, changes)

@@ -1,0 +1,94 @@
+"""Applying what a department says about a case (receipt, poll, callback, reconcile) through the
+state machine, in one transaction, and telling the status_changed hook after commit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.connector import CaseUpdate
+from gateway.events import Source, StatusChange
+from gateway.metrics import STATUS_CHANGES
+from gateway.runtime import Runtime
+from gateway.states import State, Verdict
+from gateway.store import cases
+from gateway.store.tables import applications
+
+log = structlog.get_logger("gateway.updates")
+
+
+async def move(
+    conn: AsyncConnection, app_id: str, targets: list[State], *, source: Source, actor: str,
+    detail: dict[str, Any] | None = None, version: int | None = None,
+    extra: dict[str, Any] | None = None,
+) -> list[StatusChange]:
+    """Move a case through ``targets`` in order; each step is judged by the state machine, so
+    duplicate and stale steps store nothing. ``extra`` columns go with the first applied step."""
+    changes: list[StatusChange] = []
+    for target in targets:
+        app = await cases.lock_application(conn, app_id)
+        if app is None:
+            break
+        result = await cases.change_status(
+            conn, app, target, source=source, actor=actor, detail=detail, version=version,
+            extra=None if changes else extra,
+        )
+        if result.change:
+            changes.append(result.change)
+        elif result.verdict is Verdict.ILLEGAL:
+            log.warning("illegal status update ignored", application=app_id,
+                        current=result.current, target=target, source=source)
+    return changes
+
+
+def announce(runtime: Runtime, changes: list[StatusChange]) -> None:
+    """After commit: metrics and the status_changed hook."""
+    for change in changes:
+        STATUS_CHANGES.labels(change.department, change.source, change.to_status).inc()
+        runtime.plugins.status_changed(change)
+
+
+async def apply_case_update(
+    runtime: Runtime, app_id: str, upd: CaseUpdate, *, source: Source, actor: str,
+    version: int | None = None,
+) -> list[StatusChange]:
+    """Apply a department's report about one case; unknown status codes change nothing and are
+    logged for ops (the department's status map needs the code)."""
+    async with runtime.engine.begin() as conn:
+        app = await cases.get_application(conn, app_id)
+        if app is None:
+            return []
+        dept = runtime.config.departments[app.department]
+        state = dept.map_status(upd.status)
+        if state is None:
+            log.warning("unknown department status code", department=app.department,
+                        code=upd.status, application=app_id)
+            return []
+        detail: dict[str, Any] = {}
+        if upd.detail:
+            detail["opinion"] = upd.detail
+        if upd.supplement_items:
+            detail["supplement_items"] = upd.supplement_items
+        if upd.event_id:
+            detail["event_id"] = upd.event_id
+        if upd.documents:
+            docs = []
+            for doc in upd.documents:
+                if doc.content is None:
+                    docs.append({"name": doc.name, "content_type": doc.content_type,
+                                 "url": doc.url})
+                    continue
+                sha = await runtime.blobs.put(doc.content)
+                docs.append({"name": doc.name, "content_type": doc.content_type, "sha256": sha,
+                             "size": len(doc.content)})
+            detail["documents"] = docs
+        if app.department_case_id is None:
+            await conn.execute(update(applications).where(applications.c.id == app_id)
+                               .values(department_case_id=upd.case_id))
+        changes = await move(conn, app_id, [state], source=source, actor=actor, detail=detail,
+                             version=version)
+    announce(runtime, changes)
+    return changes

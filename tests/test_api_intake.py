@@ -1,0 +1,218 @@
+"""The front-desk API: intake, idempotency, problem+json on every kind of bad input."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import application
+
+FOOD_FORM = {
+    "business_name": "小店",
+    "premises_address": "东城区一号",
+    "business_type": "餐饮服务经营者",
+    "food_categories": ["热食类食品制售"],
+}
+
+
+def key() -> dict[str, str]:
+    return {"Idempotency-Key": str(uuid.uuid4())}
+
+
+def assert_problem(resp: httpx.Response, status: int, field: str | None = None) -> dict[str, Any]:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = resp.json()
+    assert body["status"] == status and body["title"] and body["detail"]
+    if field:
+        assert field in [e["field"] for e in body.get("errors", [])], body
+    assert "Traceback" not in resp.text
+    return body
+
+
+async def test_submit_returns_durable_answer(api: httpx.AsyncClient, centre_headers: dict[str, str]) -> None:
+    resp = await api.post("/v1/applications", json=application(matter_code="XK00123000", form=FOOD_FORM),
+                          headers={**centre_headers, **key()})
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    assert body["status"] == "received"
+    assert body["department"] == "amr"
+    assert body["receipt_number"].startswith("C01-")
+    assert body["promised_by"]
+    got = await api.get(f"/v1/applications/{body['id']}", headers=centre_headers)
+    assert got.status_code == 200
+    view = got.json()
+    assert view["history"][0]["to_status"] == "received"
+    # PII is masked in every view
+    assert view["applicant"]["id_number"] == "1101**********4518"
+    assert "110101199003074518" not in got.text
+
+
+async def test_same_key_same_body_same_answer(api: httpx.AsyncClient, centre_headers: dict[str, str]) -> None:
+    headers = {**centre_headers, **key()}
+    first = await api.post("/v1/applications", json=application(matter_code="XK00123000", form=FOOD_FORM), headers=headers)
+    second = await api.post("/v1/applications", json=application(matter_code="XK00123000", form=FOOD_FORM), headers=headers)
+    assert first.status_code == second.status_code == 201
+    assert first.json() == second.json()
+    assert second.headers.get("Idempotent-Replayed") == "true"
+    listing = await api.get("/v1/applications", headers=centre_headers)
+    assert len(listing.json()["items"]) == 1
+
+
+async def test_same_key_other_body_is_409(api: httpx.AsyncClient, centre_headers: dict[str, str]) -> None:
+    headers = {**centre_headers, **key()}
+    await api.post("/v1/applications", json=application(matter_code="XK00123000", form=FOOD_FORM), headers=headers)
+    other = application(matter_code="XK00123000", form={**FOOD_FORM, "business_name": "另一家"})
+    assert_problem(await api.post("/v1/applications", json=other, headers=headers), 409,
+                   "Idempotency-Key")
+
+
+async def test_receipt_numbers_are_sequential_per_centre(
+    api: httpx.AsyncClient, centre_headers: dict[str, str]
+) -> None:
+    numbers = []
+    for _ in range(3):
+        resp = await api.post("/v1/applications", json=application(matter_code="GG00301000",
+                              region="339900"), headers={**centre_headers, **key()})
+        numbers.append(resp.json()["receipt_number"])
+    seqs = [int(n.rsplit("-", 1)[1]) for n in numbers]
+    assert seqs == [seqs[0], seqs[0] + 1, seqs[0] + 2]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"region": "339900", "applicant": {"name": "a", "id_number": "1"}}, 422, "matter_code"),
+        (application(matter_code="XK99999000"), 422, "matter_code"),
+        (application(region="123456"), 422, "region"),
+        (application(region="33990"), 422, "region"),
+        (application(matter_code="QR00201000", region="339900"), 422, "region"),
+        (application(matter_code="XK00123000", form={"business_name": "x"}), 422, "form"),
+        (application(applicant={"name": "a"}), 422, "applicant.id_number"),
+        (application(materials=["m-does-not-exist"]), 422, "materials[0]"),
+        (application(unexpected=1), 422, "unexpected"),
+        (application(matter_code="XK00301000", region="339900"), 422, "matter_code"),
+        (application(delivery={"method": "mail"}), 422, "delivery"),
+    ],
+    ids=["missing-field", "unknown-matter", "unknown-region", "bad-region-code",
+         "region-not-offered", "form-schema", "missing-id-number", "unknown-material",
+         "extra-field", "department-not-enabled", "mail-without-address"],
+)
+async def test_bad_applications_get_problem_json(
+    api: httpx.AsyncClient, centre_headers: dict[str, str], body: dict[str, Any], status: int,
+    field: str,
+) -> None:
+    resp = await api.post("/v1/applications", json=body, headers={**centre_headers, **key()})
+    assert_problem(resp, status, field)
+
+
+async def test_malformed_json(api: httpx.AsyncClient, centre_headers: dict[str, str]) -> None:
+    resp = await api.post("/v1/applications", content=b'{"matter_code": ',
+                          headers={**centre_headers, **key(), "content-type": "application/json"})
+    assert_problem(resp, 400, "body")
+
+
+async def test_oversized_body(api: httpx.AsyncClient, centre_headers: dict[str, str]) -> None:
+    big = application(form={"note": "x" * 2_000_000})
+    assert_problem(await api.post("/v1/applications", json=big,
+                                  headers={**centre_headers, **key()}), 413)
+
+
+async def test_oversized_chunked_body(api: httpx.AsyncClient, centre_headers: dict[str, str]) -> None:
+    async def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(40):
+            yield b"x" * 65536
+
+    resp = await api.post("/v1/applications", content=chunks(),
+                          headers={**centre_headers, **key(), "content-type": "application/json"})
+    assert_problem(resp, 413)
+
+
+async def test_missing_idempotency_key(api: httpx.AsyncClient, centre_headers: dict[str, str]) -> None:
+    assert_problem(await api.post("/v1/applications", json=application(matter_code="XK00123000", form=FOOD_FORM),
+                                  headers=centre_headers), 400, "Idempotency-Key")
+
+
+@pytest.mark.parametrize("auth", [None, "Bearer owk_wrong", "Basic abc", "Bearer "])
+async def test_wrong_key(api: httpx.AsyncClient, auth: str | None) -> None:
+    headers = {"Authorization": auth} if auth else {}
+    resp = await api.post("/v1/applications", json=application(), headers={**headers, **key()})
+    assert_problem(resp, 401)
+    assert resp.headers["www-authenticate"] == "Bearer"
+
+
+async def test_ops_endpoints_need_ops_key(api: httpx.AsyncClient, centre_headers: dict[str, str],
+                                          ops_headers: dict[str, str]) -> None:
+    assert_problem(await api.get("/v1/ops/failures", headers=centre_headers), 403)
+    assert (await api.get("/v1/ops/failures", headers=ops_headers)).status_code == 200
+
+
+async def test_ops_key_cannot_submit(api: httpx.AsyncClient, ops_headers: dict[str, str]) -> None:
+    assert_problem(await api.post("/v1/applications", json=application(matter_code="XK00123000", form=FOOD_FORM),
+                                  headers={**ops_headers, **key()}), 403)
+
+
+async def test_other_centre_cannot_read(api: httpx.AsyncClient, centre_headers: dict[str, str],
+                                        make_key: Any) -> None:
+    resp = await api.post("/v1/applications", json=application(matter_code="XK00123000", form=FOOD_FORM),
+                          headers={**centre_headers, **key()})
+    other = await make_key("C02")
+    assert_problem(await api.get(f"/v1/applications/{resp.json()['id']}", headers=other), 404)
+    assert (await api.get("/v1/applications", headers=other)).json()["items"] == []
+
+
+async def test_list_pages_with_cursor(api: httpx.AsyncClient, centre_headers: dict[str, str]) -> None:
+    ids = []
+    for _ in range(5):
+        r = await api.post("/v1/applications", json=application(matter_code="GG00301000",
+                           region="339900"), headers={**centre_headers, **key()})
+        ids.append(r.json()["id"])
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = (await api.get("/v1/applications", params=params, headers=centre_headers)).json()
+        seen += [i["id"] for i in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == ids
+    assert_problem(await api.get("/v1/applications", params={"cursor": "!!"},
+                                 headers=centre_headers), 400, "cursor")
+    assert_problem(await api.get("/v1/applications", params={"status": "nope"},
+                                 headers=centre_headers), 422, "status")
+
+
+async def test_material_upload(api: httpx.AsyncClient, centre_headers: dict[str, str]) -> None:
+    files = {"file": ("licence.pdf", b"%PDF-1.4 test", "application/pdf")}
+    resp = await api.post("/v1/materials", files=files, headers=centre_headers)
+    assert resp.status_code == 201, resp.text
+    material = resp.json()
+    assert len(material["sha256"]) == 64 and material["size"] == 13
+    sub = await api.post("/v1/applications",
+                         json=application(materials=[material["id"]]),
+                         headers={**centre_headers, **key()})
+    assert sub.status_code == 201
+    view = (await api.get(f"/v1/applications/{sub.json()['id']}", headers=centre_headers)).json()
+    assert view["materials"][0]["sha256"] == material["sha256"]
+    bad = {"file": ("x.exe", b"MZ", "application/x-msdownload")}
+    assert_problem(await api.post("/v1/materials", files=bad, headers=centre_headers), 415, "file")
+
+
+async def test_matters(api: httpx.AsyncClient, centre_headers: dict[str, str]) -> None:
+    matters = (await api.get("/v1/matters", headers=centre_headers)).json()
+    assert len(matters) >= 20
+    one = await api.get("/v1/matters/XK00123000", headers=centre_headers)
+    assert one.json()["department"] == "amr"
+    assert_problem(await api.get("/v1/matters/NOPE", headers=centre_headers), 404)
+
+
+async def test_probes_and_openapi(api: httpx.AsyncClient) -> None:
+    assert (await api.get("/healthz")).json() == {"status": "ok"}
+    ready = await api.get("/readyz")
+    assert ready.status_code == 200 and "nrp" in ready.json()["unavailable_departments"]
+    assert "gateway_intake_total" in (await api.get("/metrics")).text
+    spec = (await api.get("/openapi.json")).json()
+    assert "/v1/applications" in spec["paths"]
