@@ -7,6 +7,7 @@ import base64
 import datetime as dt
 import hmac
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +15,10 @@ import pytest
 from fastapi import FastAPI, Request, Response
 from pydantic import ValidationError
 
+from gateway.cli.simulate_cmd import RunningSimulator, run_simulators, simulator_table
+from gateway.config.loader import load_config
+from gateway.config.models import DepartmentConfig
+from gateway.errors import ConfigError
 from gateway.simulators import SIMULATORS
 from gateway.simulators.rest_department import (
     RestDepartmentState,
@@ -344,3 +349,80 @@ def test_registry_builds_rest_simulators() -> None:
     assert isinstance(app, FastAPI)
     assert isinstance(state, RestDepartmentState)
     assert state.settings.seed == 3
+
+
+def _department(code: str, simulator: dict[str, Any] | None, **extra: Any) -> DepartmentConfig:
+    return DepartmentConfig(code=code, name=code, connector="rest", simulator=simulator, **extra)
+
+
+async def test_run_simulators_starts_each_department_and_fills_callbacks() -> None:
+    departments = {
+        "amr": _department(
+            "amr",
+            {"kind": "rest", "callbacks": True, "decision_delay_seconds": 60},
+            callback_secrets=["first-secret", "old-secret"],
+        ),
+        "nrp": _department("nrp", {"kind": "carrier_pigeon"}),
+        "civil": _department("civil", None),
+    }
+    stop = asyncio.Event()
+    answers: list[int] = []
+
+    def ready(rows: list[RunningSimulator]) -> None:
+        async def probe() -> None:
+            url = next(r.url for r in rows if r.department == "amr")
+            async with httpx.AsyncClient() as client:
+                answers.append((await client.get(f"{url}/_stats")).status_code)
+            stop.set()
+
+        tasks.append(asyncio.create_task(probe()))
+
+    tasks: list[asyncio.Task[None]] = []
+    async with asyncio.timeout(10):
+        rows = await run_simulators(departments, "http://gw.test:8080/", stop=stop, on_ready=ready)
+    await asyncio.gather(*tasks)
+    assert answers == [200]
+    by_code = {r.department: r for r in rows}
+    assert set(by_code) == {"amr", "nrp"}
+    assert (
+        by_code["nrp"].url is None and by_code["nrp"].note == "no simulator for kind carrier_pigeon"
+    )
+    settings = by_code["amr"].state.settings
+    assert settings.callback_url == "http://gw.test:8080/v1/callbacks/amr"
+    assert settings.callback_secret == "first-secret"
+
+
+async def test_run_simulators_only_and_bad_tables() -> None:
+    bad = {"amr": _department("amr", {"kind": "rest", "colour": "red"})}
+    with pytest.raises(ConfigError, match="colour"):
+        await run_simulators(bad, "http://gw")
+    with pytest.raises(ConfigError, match="'nope'"):
+        await run_simulators(bad, "http://gw", only=["nope"])
+    stop = asyncio.Event()
+    stop.set()
+    rows = await run_simulators(
+        {"civil": _department("civil", None)}, "http://gw", only=["civil"], stop=stop
+    )
+    assert [(r.department, r.url, r.note) for r in rows] == [
+        ("civil", None, "no [simulator] table")
+    ]
+
+
+def test_example_config_simulator_tables_are_valid() -> None:
+    env = {"AMR_API_TOKEN": "t", "AMR_CALLBACK_SECRET": "s", "HRSS_API_KEY": "k"}
+    config = load_config(Path(__file__).parent.parent / "config" / "gateway.toml", env=env)
+    built = []
+    for department in config.departments.values():
+        table = department.simulator
+        if table and table.get("kind") in SIMULATORS:
+            settings, _app, _state = SIMULATORS[table["kind"]].build(
+                simulator_table(department, "http://127.0.0.1:8080")
+            )
+            built.append((department.code, settings))
+    assert built, "the example config should simulate at least one REST department"
+    for code, settings in built:
+        assert isinstance(settings, RestSimulatorSettings)
+        assert settings.port > 0, code
+        if settings.callbacks:
+            assert settings.callback_url == f"http://127.0.0.1:8080/v1/callbacks/{code}"
+            assert settings.callback_secret
