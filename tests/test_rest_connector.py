@@ -298,7 +298,8 @@ async def test_auth_headers(
         return {"case": {"id": "C-1", "status": "0"}}
 
     async with serve_asgi(app) as base:
-        connector = make_connector(RestOptions(base_url=f"{base}/api", auth=auth), http)  # type: ignore[arg-type]
+        options = RestOptions.model_validate({"base_url": f"{base}/api", "auth": auth})
+        connector = make_connector(options, http)
         receipt = await connector.submit(make_envelope())
     assert receipt.case_id == "C-1"
     assert seen[0][header] == expected
