@@ -18,6 +18,7 @@ import binascii
 import datetime as dt
 import email.utils
 import json
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
@@ -79,7 +80,7 @@ class RestConnector(Connector):
         poll = self.options.poll
         if poll is None:
             return None
-        path = poll.path.replace("{case_id}", httpx.URL(receipt.case_id).raw_path.decode())
+        path = poll.path.replace("{case_id}", urllib.parse.quote(receipt.case_id, safe=""))
         response = await self._call(poll.method, path, label=poll.path)
         data = self._json(response, poll.method, poll.path)
         return self._case_update(data, poll.response, poll.method, poll.path)
@@ -122,8 +123,8 @@ class RestConnector(Connector):
             response = await self.context.http.get(
                 url, headers=self._headers, timeout=self.options.timeout_seconds
             )
-        except httpx.HTTPError as exc:
-            return Health(ok=False, detail=f"{type(exc).__name__}: {exc}"[:300])
+        except (httpx.HTTPError, OSError) as exc:
+            return Health(ok=False, detail=f"{self._transport_problem(exc)}: {exc}"[:300])
         if response.status_code >= 500:
             return Health(ok=False, detail=f"HTTP {response.status_code}")
         return Health(ok=True, detail=f"HTTP {response.status_code}")
@@ -200,14 +201,9 @@ class RestConnector(Connector):
                 params=params,
                 timeout=self.options.timeout_seconds,
             )
-        except httpx.TimeoutException as exc:
-            raise TransientError(
-                self._where(method, label, f"timed out after {self.options.timeout_seconds} s")
-            ) from exc
-        except httpx.TransportError as exc:
-            raise TransientError(
-                self._where(method, label, f"connection failed ({type(exc).__name__})")
-            ) from exc
+        except (httpx.TransportError, OSError) as exc:
+            # OSError: a reset the transport did not wrap (aiohttp's mapping is partial)
+            raise TransientError(self._where(method, label, self._transport_problem(exc))) from exc
         status = response.status_code
         if status < 300:
             return response
@@ -220,6 +216,17 @@ class RestConnector(Connector):
             reason = self._reason(response) or f"HTTP {status}"
             raise DepartmentRejected(_scrub(reason, envelope), status=self.options.reject_status)
         raise PermanentError(self._where(method, label, f"HTTP {status}"))
+
+    def _transport_problem(self, exc: BaseException) -> str:
+        # aiohttp reports a refused connection as ConnectTimeout: look at the real cause.
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
+                return f"connection failed ({type(cause).__name__})"
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
+            return f"timed out after {self.options.timeout_seconds} s"
+        return f"connection failed ({type(exc).__name__})"
 
     # -- reading answers -----------------------------------------------------------------------
 
