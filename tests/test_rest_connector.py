@@ -8,6 +8,7 @@ import datetime as dt
 import email.utils
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ from gateway_rest.connector import RestConnector
 from gateway_rest.options import RestOptions
 from pydantic import ValidationError
 
+from gateway.config.loader import load_config
 from gateway.connector import Envelope, MaterialRef, Receipt
 from gateway.errors import DepartmentRejected, PermanentError, TransientError
 from gateway.http import make_client
@@ -415,3 +417,14 @@ async def test_error_messages_never_contain_the_id_number(http: httpx.AsyncClien
 def test_connector_class_contract() -> None:
     assert RestConnector.kind == "rest"
     assert RestConnector.Options is RestOptions
+
+
+def test_example_department_options_validate() -> None:
+    env = {"AMR_API_TOKEN": "t", "AMR_CALLBACK_SECRET": "s", "HRSS_API_KEY": "k"}
+    config = load_config(Path(__file__).parent.parent / "config" / "gateway.toml", env=env)
+    rest = [d for d in config.departments.values() if d.connector == "rest"]
+    assert rest
+    for department in rest:
+        options = RestOptions.model_validate(department.options)
+        assert options.poll is not None, department.code
+        assert options.submit.body, department.code
