@@ -10,10 +10,23 @@ import structlog
 from gateway.pii import scrub_event
 
 
+_configured = False
+
+
+def ensure_configured() -> None:
+    """Configure with defaults unless the program already did (structlog's own default prints
+    rich tracebacks with local variables, which would carry PII)."""
+    if not _configured:
+        configure()
+
+
 def configure(level: str = "INFO", *, json: bool = False) -> None:
+    global _configured
+    _configured = True
     logging.basicConfig(stream=sys.stderr, level=level, format="%(message)s")
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback)
     )
     structlog.configure(
         processors=[

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.blobs import BlobStore
 from gateway.connector import Connector, ConnectorContext, Envelope, MaterialRef
 from gateway.http import make_client
+from gateway.logs import ensure_configured
 from gateway.plugin_manager import Plugins, load_plugins
 from gateway.store.db import create_engine, migrate, needs_migration
 
@@ -34,6 +35,7 @@ class Runtime:
         engine: AsyncEngine | None = None,
         http: httpx.AsyncClient | None = None,
     ) -> None:
+        ensure_configured()
         self.config = config
         settings = config.gateway
         self.plugins = plugins or load_plugins(

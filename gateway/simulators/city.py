@@ -84,6 +84,6 @@ async def simulated_city(
                     options["base_url"] = _rebase(str(options["base_url"]), url)
                 update["options"] = {**options, **update.get("options", {})}
             if update:
-                departments[code] = dept.model_copy(update=update)
+                departments[code] = type(dept).model_validate({**dict(dept), **update})
         city.config = dataclasses.replace(config, departments=departments)
         yield city

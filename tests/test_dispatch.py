@@ -1,0 +1,244 @@
+"""The dispatcher against the real simulated REST departments: delivery, retries with persisted
+backoff, the retry budget, permanent errors, leases and fencing, graceful stop, replay."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+
+from gateway.clock import now
+from gateway.config.loader import Config
+from gateway.dispatcher import Dispatcher, idempotency_key
+from gateway.intake import ApplicationIn, submit
+from gateway.operations import replay
+from gateway.poller import poll_sweep
+from gateway.runtime import Runtime
+from gateway.simulators.city import SimulatedCity, simulated_city
+from gateway.states import FINAL, State
+from gateway.store import jobs
+from gateway.store.clients import Client
+from gateway.store.tables import applications, dispatch_jobs, events
+from tests.conftest import FAST, application, wait_for
+
+CLIENT = Client(id="c-test", name="test", centre="C01", ops=False)
+FAST_RETRY = {"base_seconds": 0.05, "max_seconds": 0.2, "jitter": 0.1, "in_call_attempts": 1,
+              "max_attempts": 3}
+
+
+async def submit_many(runtime: Runtime, n: int, **changes: Any) -> list[str]:
+    ids = []
+    for i in range(n):
+        body = ApplicationIn.model_validate(application(**changes))
+        ids.append((await submit(runtime, CLIENT, f"k{i}-{changes}", body)).accepted.id)
+    return ids
+
+
+async def statuses(runtime: Runtime, ids: list[str]) -> dict[str, str]:
+    async with runtime.engine.connect() as conn:
+        rows = await conn.execute(select(applications.c.id, applications.c.status)
+                                  .where(applications.c.id.in_(ids)))
+        return {r[0]: r[1] for r in rows.all()}
+
+
+async def all_in(runtime: Runtime, ids: list[str], states: set[str]) -> bool:
+    return set((await statuses(runtime, ids)).values()) <= states
+
+
+@pytest.fixture
+async def started(runtime: Runtime) -> AsyncIterator[Dispatcher]:
+    dispatcher = Dispatcher(runtime, seed=1)
+    task = asyncio.create_task(dispatcher.run())
+    yield dispatcher
+    await dispatcher.stop(grace_seconds=2)
+    await task
+
+
+async def test_delivers_and_decides_without_duplicates(
+    runtime: Runtime, city: SimulatedCity, started: Dispatcher
+) -> None:
+    ids = await submit_many(runtime, 20)
+    ids += await submit_many(runtime, 10, matter_code="GF00101000", region="339900")
+    await wait_for(lambda: all_in(runtime, ids, {s.value for s in State} - {"received",
+                                                                           "dispatching"}))
+
+    async def decided() -> bool:
+        await poll_sweep(runtime)
+        return await all_in(runtime, ids, {s.value for s in FINAL} | {"supplement_required"})
+
+    await wait_for(decided, timeout=20)
+    amr, hrss = city.states["amr"], city.states["hrss"]
+    assert amr.stats()["cases"] == 20 and hrss.stats()["cases"] == 10
+    assert amr.stats()["duplicates"] == 0
+    # the department saw the gateway's idempotency key
+    assert set(amr.by_key) == {idempotency_key(i, 1) for i in ids[:20]}
+    async with runtime.engine.connect() as conn:
+        case_ids = (await conn.execute(select(applications.c.department_case_id)
+                                       .where(applications.c.id.in_(ids)))).scalars().all()
+        assert all(case_ids) and len(set(case_ids)) == 30
+        # every event is a legal step in order: received first, then forward
+        first = (await conn.execute(select(events.c.to_status).where(
+            events.c.application_id == ids[0]).order_by(events.c.id))).scalars().all()
+    assert first[:3] == ["received", "dispatching", "delivered"]
+
+
+async def _with_city(example_config: Config, **overrides: Any) -> Any:
+    return simulated_city(example_config, simulator_overrides={"amr": FAST, "hrss": FAST},
+                          department_overrides=overrides)
+
+
+async def test_transient_failures_back_off_then_deliver(example_config: Config) -> None:
+    async with await _with_city(example_config, amr={"retry": FAST_RETRY | {"max_attempts": 50}}) as city:
+        runtime = Runtime(city.config)
+        await runtime.prepare_database()
+        city.states["amr"].mode = "fail503"
+        dispatcher = Dispatcher(runtime, seed=2)
+        task = asyncio.create_task(dispatcher.run())
+        try:
+            [app_id] = await submit_many(runtime, 1)
+
+            async def attempted_twice() -> bool:
+                async with runtime.engine.connect() as conn:
+                    job = await jobs.job_for(conn, app_id, 1)
+                    return bool(job and job.attempts >= 2 and job.state == jobs.PENDING)
+
+            await wait_for(attempted_twice)
+            async with runtime.engine.connect() as conn:
+                job = await jobs.job_for(conn, app_id, 1)
+            assert job is not None and "503" in (job.last_error or "")
+            assert job.next_attempt_at > job.updated_at  # persisted backoff, not a hot loop
+            city.states["amr"].mode = "ok"
+            await wait_for(lambda: all_in(runtime, [app_id], {"delivered", "accepted",
+                                                              "in_review", *FINAL}))
+            assert city.states["amr"].stats()["cases"] == 1
+        finally:
+            await dispatcher.stop(grace_seconds=1)
+            await task
+            await runtime.aclose()
+
+
+async def test_retry_budget_then_failed_then_replay(example_config: Config) -> None:
+    async with await _with_city(example_config, amr={"retry": FAST_RETRY}) as city:
+        runtime = Runtime(city.config)
+        await runtime.prepare_database()
+        city.states["amr"].mode = "fail503"
+        dispatcher = Dispatcher(runtime, seed=3)
+        task = asyncio.create_task(dispatcher.run())
+        try:
+            [app_id] = await submit_many(runtime, 1)
+            await wait_for(lambda: all_in(runtime, [app_id], {"failed"}))
+            async with runtime.engine.connect() as conn:
+                app = (await conn.execute(select(applications).where(
+                    applications.c.id == app_id))).one()
+                job = await jobs.job_for(conn, app_id, 1)
+            assert "gave up after 3 attempts" in app.last_error
+            assert job is not None and job.state == jobs.DEAD and job.attempts == 3
+            city.states["amr"].mode = "ok"
+            change = await replay(runtime, app_id, actor="test")
+            assert change.to_status is State.DISPATCHING
+            await wait_for(lambda: all_in(runtime, [app_id], {"delivered", "accepted",
+                                                              "in_review", *FINAL} - {"failed"}))
+            assert city.states["amr"].stats()["cases"] == 1
+        finally:
+            await dispatcher.stop(grace_seconds=1)
+            await task
+            await runtime.aclose()
+
+
+async def test_permanent_error_fails_at_once(example_config: Config) -> None:
+    wrong = FAST | {"auth_token": "not-the-configured-token"}
+    async with simulated_city(example_config, simulator_overrides={"amr": wrong}) as city:
+        runtime = Runtime(city.config)
+        await runtime.prepare_database()
+        dispatcher = Dispatcher(runtime)
+        try:
+            [app_id] = await submit_many(runtime, 1)
+            await dispatcher.sweep()
+            await dispatcher.drain()
+            async with runtime.engine.connect() as conn:
+                app = (await conn.execute(select(applications).where(
+                    applications.c.id == app_id))).one()
+                job = await jobs.job_for(conn, app_id, 1)
+            assert app.status == "failed" and "401" in app.last_error
+            assert job is not None and job.attempts == 1
+        finally:
+            await runtime.aclose()
+
+
+async def test_business_rejection_becomes_status(example_config: Config) -> None:
+    strict = FAST | {"required_fields": ["form.business_name"]}
+    async with simulated_city(example_config, simulator_overrides={"amr": strict}) as city:
+        runtime = Runtime(city.config)
+        await runtime.prepare_database()
+        dispatcher = Dispatcher(runtime)
+        try:
+            [app_id] = await submit_many(runtime, 1)
+            await dispatcher.sweep()
+            await dispatcher.drain()
+            assert (await statuses(runtime, [app_id]))[app_id] == "not_accepted"
+        finally:
+            await runtime.aclose()
+
+
+async def test_expired_lease_is_taken_over_and_fenced(runtime: Runtime, city: SimulatedCity) -> None:
+    [app_id] = await submit_many(runtime, 1)
+    async with runtime.engine.begin() as conn:
+        [job] = await jobs.claim(conn, "amr", "dead-worker", 10, lease_seconds=60)
+        # the worker died: its lease ran out
+        await conn.execute(update(dispatch_jobs).values(next_attempt_at=now()))
+    dispatcher = Dispatcher(runtime, owner="new-worker")
+    assert await dispatcher.sweep() == 1
+    await dispatcher.drain()
+    assert (await statuses(runtime, [app_id]))[app_id] in {"delivered", "accepted", "in_review",
+                                                           *FINAL}
+    async with runtime.engine.begin() as conn:
+        # the dead worker's late result is refused by the fence
+        assert not await jobs.finish(conn, job.id, "dead-worker", state=jobs.DONE)
+    assert city.states["amr"].stats()["cases"] == 1
+
+
+async def test_stop_releases_leases(runtime: Runtime, city: SimulatedCity) -> None:
+    city.states["amr"].mode = "timeout"
+    ids = await submit_many(runtime, 3)
+    dispatcher = Dispatcher(runtime, owner="stopping-worker")
+    assert await dispatcher.sweep() == 3
+    await dispatcher.stop(grace_seconds=0.2)
+    async with runtime.engine.connect() as conn:
+        states = (await conn.execute(select(dispatch_jobs.c.state, dispatch_jobs.c.lease_owner)
+                                     .where(dispatch_jobs.c.application_id.in_(ids)))).all()
+    assert states == [(jobs.PENDING, None)] * 3
+
+
+async def test_concurrent_dispatchers_never_double_deliver(runtime: Runtime,
+                                                          city: SimulatedCity) -> None:
+    ids = await submit_many(runtime, 60)
+    workers = [Dispatcher(runtime, owner=f"w{i}") for i in range(3)]
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    try:
+        await wait_for(lambda: all_in(runtime, ids, {"delivered", "accepted", "in_review",
+                                                     *FINAL}), timeout=20)
+    finally:
+        for w in workers:
+            await w.stop(grace_seconds=1)
+        await asyncio.gather(*tasks)
+    stats = city.states["amr"].stats()
+    assert stats["cases"] == 60 and stats["submissions"] == 60 and stats["duplicates"] == 0
+    async with runtime.engine.connect() as conn:
+        delivered = (await conn.execute(select(func.count()).select_from(events).where(
+            events.c.to_status == "delivered"))).scalar_one()
+    assert delivered == 60
+
+
+async def test_unavailable_department_is_explained(runtime: Runtime) -> None:
+    assert "nrp" not in runtime.connectors
+    assert "disabled" in runtime.unavailable["nrp"]
+    cfg = runtime.config
+    missing = dataclasses.replace(cfg, departments={
+        **cfg.departments, "nrp": cfg.departments["nrp"].model_copy(update={"enabled": True})})
+    rt = Runtime(missing, engine=runtime.engine)
+    assert "not installed" in rt.unavailable["nrp"]
+    await rt.http.aclose()
