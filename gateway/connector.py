@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
@@ -81,9 +81,16 @@ class Receipt(_Model):
 
 
 class CaseUpdate(_Model):
-    """A status the department reports for one case (from a poll, callback or result file)."""
+    """A status the department reports for one case (from a poll, callback or result file).
+
+    ``case_id`` is the department's case id; where the department's message names the
+    gateway's ``idempotency_key`` instead (or too), the core matches on that.
+    ``ref`` is the connector's own handle for :meth:`Connector.pull_updates` (e.g. a file name).
+    """
 
     case_id: str
+    idempotency_key: str | None = None
+    ref: str | None = None
     status: str
     detail: str | None = None
     occurred_at: dt.datetime | None = None
@@ -106,6 +113,7 @@ class Health(_Model):
     detail: str = ""
 
 
+UpdateOutcome = Literal["applied", "duplicate", "unmatched"]
 MaterialReader = Callable[[MaterialRef], Awaitable[bytes]]
 PayloadMapper = Callable[[Envelope], "dict[str, Any] | None"]
 
@@ -157,6 +165,20 @@ class Connector:
         """Every case the department has that changed in ``[since, until)``."""
         raise NotImplementedError(f"{self.kind} connector cannot list cases")
 
+    async def pull_updates(self, limit: int) -> list[CaseUpdate]:
+        """Updates the department left where the gateway reads them (result files, a queue).
+
+        The daemon calls this on a schedule, applies each update through the state machine,
+        commits, and only then calls :meth:`ack_update`. An update not yet acknowledged must be
+        returned again by a later call (a crash between apply and ack re-applies it, which the
+        state machine makes a no-op). Departments without such a channel return [].
+        """
+        return []
+
+    async def ack_update(self, update: CaseUpdate, outcome: UpdateOutcome, reason: str = "") -> None:
+        """Settle a pulled update: ``applied`` or ``duplicate`` (archive it) or ``unmatched``
+        (no such case: quarantine it with ``reason``)."""
+
     async def health(self) -> Health:
         return Health(ok=True)
 
@@ -177,4 +199,5 @@ __all__ = [
     "PayloadMapper",
     "Receipt",
     "ResultDocument",
+    "UpdateOutcome",
 ]

@@ -17,6 +17,7 @@ from gateway.api.app import create_app
 from gateway.config.loader import Config
 from gateway.dispatcher import Dispatcher
 from gateway.poller import poll_sweep
+from gateway.results import pull_sweep
 from gateway.runtime import Runtime
 from gateway.simulators.server import serve_asgi
 
@@ -28,6 +29,7 @@ async def poll_loop(runtime: Runtime, stopping: asyncio.Event) -> None:
     while not stopping.is_set():
         try:
             await poll_sweep(runtime)
+            await pull_sweep(runtime)
         except Exception:
             log.exception("poll sweep failed")
         with contextlib.suppress(TimeoutError):

@@ -1,0 +1,71 @@
+"""Pulled updates (result files and the like): match each to its case, apply it, then ack it.
+
+Matching uses the gateway's idempotency key when the department echoes it (it names the
+application and version), else the department's case id. Apply-then-ack means a crash in
+between re-applies the update on the next round, which the state machine turns into a no-op.
+"""
+
+from __future__ import annotations
+
+import structlog
+from sqlalchemy import and_, select
+
+from gateway.connector import CaseUpdate, Connector
+from gateway.events import Source
+from gateway.runtime import Runtime
+from gateway.store.tables import applications
+from gateway.updates import apply_case_update
+
+log = structlog.get_logger("gateway.results")
+
+
+def parse_idempotency_key(key: str) -> tuple[str, int] | None:
+    """(application id, version) from a key the dispatcher made (``ow-<id>-v<version>``)."""
+    if not key.startswith("ow-"):
+        return None
+    app_id, sep, version = key[3:].rpartition("-v")
+    return (app_id, int(version)) if sep and version.isdigit() and app_id.isalnum() else None
+
+
+async def match(runtime: Runtime, department: str, upd: CaseUpdate) -> tuple[str, int] | None:
+    """(application id, version) the update is about, or None."""
+    async with runtime.engine.connect() as conn:
+        if upd.idempotency_key and (parsed := parse_idempotency_key(upd.idempotency_key)):
+            q = select(applications.c.id).where(and_(applications.c.id == parsed[0],
+                                                     applications.c.department == department))
+            if (await conn.execute(q)).first():
+                return parsed
+            return None
+        q = select(applications.c.id, applications.c.version).where(and_(
+            applications.c.department == department,
+            applications.c.department_case_id == upd.case_id))
+        row = (await conn.execute(q)).first()
+        return (row.id, row.version) if row else None
+
+
+async def pull_department(runtime: Runtime, code: str, connector: Connector,
+                          limit: int = 500) -> int:
+    """One round for one department; returns how many updates changed a case."""
+    applied = 0
+    for upd in await connector.pull_updates(limit):
+        found = await match(runtime, code, upd)
+        if found is None:
+            await connector.ack_update(upd, "unmatched",
+                                       "no case with this idempotency key or case id")
+            continue
+        app_id, version = found
+        changes = await apply_case_update(runtime, app_id, upd, source=Source.POLL,
+                                          actor=f"results/{code}", version=version)
+        applied += bool(changes)
+        await connector.ack_update(upd, "applied" if changes else "duplicate")
+    return applied
+
+
+async def pull_sweep(runtime: Runtime) -> int:
+    total = 0
+    for code, connector in runtime.connectors.items():
+        try:
+            total += await pull_department(runtime, code, connector)
+        except Exception:
+            log.exception("result pull failed", department=code)
+    return total
