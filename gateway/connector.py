@@ -165,6 +165,12 @@ class Connector:
         """Every case the department has that changed in ``[since, until)``."""
         raise NotImplementedError(f"{self.kind} connector cannot list cases")
 
+    def parse_callback(self, payload: Any) -> CaseUpdate:
+        """Turn a department's pushed callback body (already authenticated by the gateway's
+        signature check) into an update. Raise ``ValueError`` naming what is missing if the
+        body is not usable; departments that do not push need not implement this."""
+        raise NotImplementedError(f"{self.kind} connector does not take callbacks")
+
     async def pull_updates(self, limit: int) -> list[CaseUpdate]:
         """Updates the department left where the gateway reads them (result files, a queue).
 

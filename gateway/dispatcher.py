@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 import structlog
-from sqlalchemy import Row
+from sqlalchemy import Row, func, update
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_fixed
 
 from gateway import metrics
@@ -30,6 +30,7 @@ from gateway.events import Source, StatusChange
 from gateway.runtime import Runtime
 from gateway.states import State
 from gateway.store import cases, jobs
+from gateway.store.tables import applications
 from gateway.updates import announce, move
 
 log = structlog.get_logger("gateway.dispatcher")
@@ -283,11 +284,16 @@ class Dispatcher:
                                      attempts=job.attempts + 1):
                 await conn.rollback()  # lease lost: the new holder records the same receipt
                 return
+            # the case id is kept even if a callback already moved the case past delivered
+            await conn.execute(
+                update(applications)
+                .where(applications.c.id == job.application_id)
+                .values(department_case_id=func.coalesce(applications.c.department_case_id,
+                                                         receipt.case_id),
+                        last_error=None, next_poll_at=next_poll))
             changes = await move(
                 conn, job.application_id, targets, source=Source.DISPATCH, actor=self.owner,
                 version=job.version, detail={"case_id": receipt.case_id},
-                extra={"department_case_id": receipt.case_id, "last_error": None,
-                       "next_poll_at": next_poll},
             )
         announce(self.runtime, changes)
 

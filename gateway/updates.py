@@ -6,16 +6,18 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
-from sqlalchemy import update
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.clock import now
 from gateway.connector import CaseUpdate
 from gateway.events import Source, StatusChange
 from gateway.metrics import STATUS_CHANGES
 from gateway.runtime import Runtime
 from gateway.states import State, Verdict
 from gateway.store import cases
-from gateway.store.tables import applications
+from gateway.store.tables import applications, callback_events
 
 log = structlog.get_logger("gateway.updates")
 
@@ -51,13 +53,43 @@ def announce(runtime: Runtime, changes: list[StatusChange]) -> None:
         runtime.plugins.status_changed(change)
 
 
+class DuplicateEvent(Exception):
+    """The department event was applied before (a replayed callback)."""
+
+
 async def apply_case_update(
     runtime: Runtime, app_id: str, upd: CaseUpdate, *, source: Source, actor: str,
-    version: int | None = None,
+    version: int | None = None, event_key: tuple[str, str] | None = None,
 ) -> list[StatusChange]:
     """Apply a department's report about one case; unknown status codes change nothing and are
-    logged for ops (the department's status map needs the code)."""
+    logged for ops (the department's status map needs the code).
+
+    ``event_key`` (department, event id) is recorded in the same transaction, so an event is
+    applied at most once; raises DuplicateEvent if it was seen before.
+    """
+    try:
+        return await _apply(runtime, app_id, upd, source=source, actor=actor, version=version,
+                            event_key=event_key)
+    except IntegrityError as exc:
+        if event_key is None:
+            raise
+        raise DuplicateEvent(event_key[1]) from exc  # a concurrent delivery of the same event
+
+
+async def _apply(
+    runtime: Runtime, app_id: str, upd: CaseUpdate, *, source: Source, actor: str,
+    version: int | None, event_key: tuple[str, str] | None,
+) -> list[StatusChange]:
     async with runtime.engine.begin() as conn:
+        if event_key is not None:
+            seen = await conn.execute(select(callback_events.c.event_id).where(
+                callback_events.c.department == event_key[0],
+                callback_events.c.event_id == event_key[1]))
+            if seen.first():
+                raise DuplicateEvent(event_key[1])
+            await conn.execute(insert(callback_events).values(
+                department=event_key[0], event_id=event_key[1], application_id=app_id,
+                received_at=now()))
         app = await cases.get_application(conn, app_id)
         if app is None:
             return []

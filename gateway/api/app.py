@@ -8,6 +8,7 @@ from gateway.api import problems
 from gateway.api.auth import KeyRing
 from gateway.api.limits import BodyLimit
 from gateway.api.routes_applications import router as applications_router
+from gateway.api.routes_callbacks import router as callbacks_router
 from gateway.api.routes_ops import router as ops_router
 from gateway.runtime import Runtime
 
@@ -23,6 +24,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.state.keyring = KeyRing(runtime)
     problems.install(app)
     app.include_router(applications_router)
+    app.include_router(callbacks_router)
     app.include_router(ops_router)
     api = runtime.config.gateway.api
     app.add_middleware(

@@ -162,6 +162,15 @@ idempotency_records = Table(
     Column("created_at", UTCDateTime, nullable=False),
 )
 
+callback_events = Table(
+    "callback_events",
+    metadata,
+    Column("department", String(32), primary_key=True),
+    Column("event_id", String(128), primary_key=True),
+    Column("application_id", String(32)),
+    Column("received_at", UTCDateTime, nullable=False),
+)
+
 receipt_counters = Table(
     "receipt_counters",
     metadata,
@@ -173,6 +182,7 @@ receipt_counters = Table(
 __all__ = [
     "api_clients",
     "applications",
+    "callback_events",
     "dispatch_jobs",
     "events",
     "idempotency_records",

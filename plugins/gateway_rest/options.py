@@ -141,6 +141,19 @@ class PollResponse(_Strict):
     document_fields: DocumentFields = Field(default_factory=DocumentFields)
 
 
+class CallbackFields(PollResponse):
+    """Where the fields of a pushed callback body are (defaults fit the simulated department)."""
+
+    case_id: str = "case_id"
+    status: str = "status"
+    detail: str | None = "opinion"
+    occurred_at: str | None = "occurred_at"
+    documents: str | None = "documents"
+    supplement_items: str | None = "supplement_items"
+    event_id: str | None = "event_id"
+    idempotency_key: str | None = "idempotency_key"
+
+
 class PollOptions(_Strict):
     """How a case's status is read; ``{case_id}`` in ``path`` is the department's case id."""
 
@@ -190,6 +203,7 @@ class RestOptions(_Strict):
     submit: SubmitOptions = Field(default_factory=SubmitOptions)
     poll: PollOptions | None = None
     cases: ListOptions | None = Field(default=None, alias="list")
+    callback: CallbackFields = Field(default_factory=CallbackFields)
 
     @field_validator("base_url")
     @classmethod

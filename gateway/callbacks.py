@@ -1,0 +1,98 @@
+"""Department callbacks: signature check, replay protection, then the common update path.
+
+A department signs ``f"{timestamp}.".encode() + body`` with HMAC-SHA256 under its callback
+secret and sends ``X-Timestamp`` (unix seconds), ``X-Signature: sha256=<hex>`` and
+``X-Event-Id``. Two secrets may be configured at once so a secret can be rotated without a gap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydantic import SecretStr
+from gateway.events import Source
+from gateway.results import match
+from gateway.runtime import Runtime
+from gateway.updates import DuplicateEvent, apply_case_update
+
+WINDOW_SECONDS = 300
+
+
+class CallbackRejected(Exception):
+    def __init__(self, status: int, title: str, detail: str) -> None:
+        self.status, self.title, self.detail = status, title, detail
+        super().__init__(detail)
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def verify(secrets: Sequence[SecretStr], timestamp: str | None, signature: str | None,
+           body: bytes, *, now: float | None = None) -> None:
+    """Raise CallbackRejected unless one of ``secrets`` signed this body recently."""
+    if not secrets:
+        raise CallbackRejected(404, "Callbacks not configured",
+                               "this department has no callback secret configured")
+    if not timestamp or not signature:
+        raise CallbackRejected(401, "Unsigned callback",
+                               "X-Timestamp and X-Signature headers are required")
+    try:
+        sent = int(timestamp)
+    except ValueError as exc:
+        raise CallbackRejected(401, "Bad timestamp", "X-Timestamp must be unix seconds") from exc
+    skew = (time.time() if now is None else now) - sent
+    if abs(skew) > WINDOW_SECONDS:
+        raise CallbackRejected(401, "Stale callback",
+                               f"timestamp is {abs(skew):.0f}s from the gateway's clock; "
+                               f"the window is {WINDOW_SECONDS}s")
+    given = signature.encode()
+    # compare against every secret (no early exit), in constant time
+    ok = False
+    for secret in secrets:
+        ok |= hmac.compare_digest(sign(secret.get_secret_value(), timestamp, body).encode(), given)
+    if not ok:
+        raise CallbackRejected(401, "Bad signature", "the callback signature does not match")
+
+
+@dataclass(frozen=True)
+class CallbackResult:
+    status: str  # applied | duplicate | unchanged
+    application_id: str | None
+
+
+async def receive(runtime: Runtime, department: str, headers: dict[str, str],
+                  body: bytes) -> CallbackResult:
+    dept = runtime.config.departments.get(department)
+    connector = runtime.connectors.get(department)
+    if dept is None or connector is None:
+        raise CallbackRejected(404, "Unknown department",
+                               f"no active department '{department}'")
+    verify(dept.callback_secrets, headers.get("x-timestamp"), headers.get("x-signature"), body)
+    try:
+        payload = json.loads(body)
+        update = connector.parse_callback(payload)
+    except NotImplementedError as exc:
+        raise CallbackRejected(404, "Callbacks not supported", str(exc)) from exc
+    except Exception as exc:
+        raise CallbackRejected(422, "Unusable callback", f"{type(exc).__name__}: {exc}") from exc
+    event_id = headers.get("x-event-id") or update.event_id
+    if not event_id:
+        raise CallbackRejected(422, "Missing event id", "send X-Event-Id (or event_id)")
+    found = await match(runtime, department, update)
+    if found is None:
+        raise CallbackRejected(404, "Unknown case",
+                               f"no case with case id '{update.case_id}' at {department}")
+    try:
+        changes = await apply_case_update(
+            runtime, found[0], update, source=Source.CALLBACK, actor=f"callback/{department}",
+            version=found[1], event_key=(department, event_id))
+    except DuplicateEvent:
+        return CallbackResult("duplicate", found[0])
+    return CallbackResult("applied" if changes else "unchanged", found[0])
