@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pydantic import SecretStr
+
 from gateway.events import Source
 from gateway.results import match
 from gateway.runtime import Runtime
@@ -34,24 +35,35 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
-def verify(secrets: Sequence[SecretStr], timestamp: str | None, signature: str | None,
-           body: bytes, *, now: float | None = None) -> None:
+def verify(
+    secrets: Sequence[SecretStr],
+    timestamp: str | None,
+    signature: str | None,
+    body: bytes,
+    *,
+    now: float | None = None,
+) -> None:
     """Raise CallbackRejected unless one of ``secrets`` signed this body recently."""
     if not secrets:
-        raise CallbackRejected(404, "Callbacks not configured",
-                               "this department has no callback secret configured")
+        raise CallbackRejected(
+            404, "Callbacks not configured", "this department has no callback secret configured"
+        )
     if not timestamp or not signature:
-        raise CallbackRejected(401, "Unsigned callback",
-                               "X-Timestamp and X-Signature headers are required")
+        raise CallbackRejected(
+            401, "Unsigned callback", "X-Timestamp and X-Signature headers are required"
+        )
     try:
         sent = int(timestamp)
     except ValueError as exc:
         raise CallbackRejected(401, "Bad timestamp", "X-Timestamp must be unix seconds") from exc
     skew = (time.time() if now is None else now) - sent
     if abs(skew) > WINDOW_SECONDS:
-        raise CallbackRejected(401, "Stale callback",
-                               f"timestamp is {abs(skew):.0f}s from the gateway's clock; "
-                               f"the window is {WINDOW_SECONDS}s")
+        raise CallbackRejected(
+            401,
+            "Stale callback",
+            f"timestamp is {abs(skew):.0f}s from the gateway's clock; "
+            f"the window is {WINDOW_SECONDS}s",
+        )
     given = signature.encode()
     # compare against every secret (no early exit), in constant time
     ok = False
@@ -67,13 +79,13 @@ class CallbackResult:
     application_id: str | None
 
 
-async def receive(runtime: Runtime, department: str, headers: dict[str, str],
-                  body: bytes) -> CallbackResult:
+async def receive(
+    runtime: Runtime, department: str, headers: dict[str, str], body: bytes
+) -> CallbackResult:
     dept = runtime.config.departments.get(department)
     connector = runtime.connectors.get(department)
     if dept is None or connector is None:
-        raise CallbackRejected(404, "Unknown department",
-                               f"no active department '{department}'")
+        raise CallbackRejected(404, "Unknown department", f"no active department '{department}'")
     verify(dept.callback_secrets, headers.get("x-timestamp"), headers.get("x-signature"), body)
     try:
         payload = json.loads(body)
@@ -87,12 +99,19 @@ async def receive(runtime: Runtime, department: str, headers: dict[str, str],
         raise CallbackRejected(422, "Missing event id", "send X-Event-Id (or event_id)")
     found = await match(runtime, department, update)
     if found is None:
-        raise CallbackRejected(404, "Unknown case",
-                               f"no case with case id '{update.case_id}' at {department}")
+        raise CallbackRejected(
+            404, "Unknown case", f"no case with case id '{update.case_id}' at {department}"
+        )
     try:
         changes = await apply_case_update(
-            runtime, found[0], update, source=Source.CALLBACK, actor=f"callback/{department}",
-            version=found[1], event_key=(department, event_id))
+            runtime,
+            found[0],
+            update,
+            source=Source.CALLBACK,
+            actor=f"callback/{department}",
+            version=found[1],
+            event_key=(department, event_id),
+        )
     except DuplicateEvent:
         return CallbackResult("duplicate", found[0])
     return CallbackResult("applied" if changes else "unchanged", found[0])

@@ -181,7 +181,9 @@ class Connector:
         """
         return []
 
-    async def ack_update(self, update: CaseUpdate, outcome: UpdateOutcome, reason: str = "") -> None:
+    async def ack_update(
+        self, update: CaseUpdate, outcome: UpdateOutcome, reason: str = ""
+    ) -> None:
         """Settle a pulled update: ``applied`` or ``duplicate`` (archive it) or ``unmatched``
         (no such case: quarantine it with ``reason``)."""
 

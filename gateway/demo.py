@@ -57,8 +57,10 @@ def use_demo_secrets() -> None:
 
 
 def fake_id_number(rng: random.Random) -> str:
-    body = f"3399{rng.randint(0, 99):02d}{rng.randint(1960, 2005)}{rng.randint(1, 12):02d}" \
-           f"{rng.randint(1, 28):02d}{rng.randint(0, 999):03d}"
+    body = (
+        f"3399{rng.randint(0, 99):02d}{rng.randint(1960, 2005)}{rng.randint(1, 12):02d}"
+        f"{rng.randint(1, 28):02d}{rng.randint(0, 999):03d}"
+    )
     weights = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2]
     check = "10X98765432"[sum(int(d) * w for d, w in zip(body, weights, strict=True)) % 11]
     return body + check
@@ -76,7 +78,7 @@ class Outcome:
     decision_seconds: list[float] = field(default_factory=list)
 
 
-def _percentile(values: list[float], q: float) -> str:
+def _percentile(values: list[float], q: int) -> str:
     if not values:
         return "-"
     if len(values) == 1:
@@ -84,16 +86,25 @@ def _percentile(values: list[float], q: float) -> str:
     return f"{statistics.quantiles(values, n=100, method='inclusive')[q - 1]:.1f}s"
 
 
-async def run_demo(config: Config, *, count: int = 200, seed: int = 7, data_dir: Path,
-                   timeout: float = 180.0, console: Console | None = None) -> bool:
+async def run_demo(
+    config: Config,
+    *,
+    count: int = 200,
+    seed: int = 7,
+    data_dir: Path,
+    timeout: float = 180.0,
+    console: Console | None = None,
+) -> bool:
     """Run the demo; True if every application reached a final or explained state."""
     console = console or Console()
     rng = random.Random(seed)
-    settings = config.gateway.model_copy(update={
-        "database_url": f"sqlite+aiosqlite:///{data_dir / 'gateway.db'}",
-        "data_dir": data_dir,
-        "api": config.gateway.api.model_copy(update={"port": 0}),
-    })
+    settings = config.gateway.model_copy(
+        update={
+            "database_url": f"sqlite+aiosqlite:///{data_dir / 'gateway.db'}",
+            "data_dir": data_dir,
+            "api": config.gateway.api.model_copy(update={"port": 0}),
+        }
+    )
     config = dataclasses.replace(config, gateway=settings)
     async with simulated_city(config) as city:
         runtime = Runtime(city.config)
@@ -107,12 +118,20 @@ async def run_demo(config: Config, *, count: int = 200, seed: int = 7, data_dir:
             await runtime.aclose()
 
 
-async def _drive(runtime: Runtime, sim_urls: dict[str, str], url: str, count: int,
-                 rng: random.Random, timeout: float, console: Console) -> bool:
+async def _drive(
+    runtime: Runtime,
+    sim_urls: dict[str, str],
+    url: str,
+    count: int,
+    rng: random.Random,
+    timeout: float,
+    console: Console,
+) -> bool:
     config = runtime.config
     outcomes = {
-        code: Outcome(code, d.name, d.connector, code in runtime.connectors,
-                      runtime.unavailable.get(code, ""))
+        code: Outcome(
+            code, d.name, d.connector, code in runtime.connectors, runtime.unavailable.get(code, "")
+        )
         for code, d in sorted(config.departments.items())
     }
     for code, o in outcomes.items():
@@ -125,8 +144,9 @@ async def _drive(runtime: Runtime, sim_urls: dict[str, str], url: str, count: in
     keys: dict[str, str] = {}
     async with runtime.engine.begin() as conn:
         for centre in config.gateway.centres:
-            _c, keys[centre.code] = await create_client(conn, name=f"demo {centre.code}",
-                                                        centre=centre.code, ops=False)
+            _c, keys[centre.code] = await create_client(
+                conn, name=f"demo {centre.code}", centre=centre.code, ops=False
+            )
     ids: list[str] = []
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
         with _progress(console) as progress:
@@ -151,29 +171,41 @@ async def _drive(runtime: Runtime, sim_urls: dict[str, str], url: str, count: in
     return settled
 
 
-async def _submit(http: httpx.AsyncClient, key: str, matter: Matter, rng: random.Random,
-                  *, with_material: bool) -> dict[str, Any]:
+async def _submit(
+    http: httpx.AsyncClient, key: str, matter: Matter, rng: random.Random, *, with_material: bool
+) -> dict[str, Any]:
     auth = {"Authorization": f"Bearer {key}"}
     materials = []
     if with_material:
-        up = await http.post("/v1/materials", headers=auth, files={
-            "file": ("申请书.pdf", b"%PDF-1.4 demo material " + os.urandom(16),
-                     "application/pdf")})
+        up = await http.post(
+            "/v1/materials",
+            headers=auth,
+            files={
+                "file": (
+                    "申请书.pdf",
+                    b"%PDF-1.4 demo material " + os.urandom(16),
+                    "application/pdf",
+                )
+            },
+        )
         up.raise_for_status()
         materials.append(up.json()["id"])
     body = {
         "matter_code": matter.code,
         "region": rng.choice(matter.regions),
-        "applicant": {"name": rng.choice(["张伟", "王芳", "李娜", "刘洋", "陈静"]),
-                      "id_number": fake_id_number(rng),
-                      "phone": f"13{rng.randint(0, 9)}{rng.randint(0, 99_999_999):08d}"},
+        "applicant": {
+            "name": rng.choice(["张伟", "王芳", "李娜", "刘洋", "陈静"]),
+            "id_number": fake_id_number(rng),
+            "phone": f"13{rng.randint(0, 9)}{rng.randint(0, 99_999_999):08d}",
+        },
         "form": FORMS.get(matter.code, {}),
         "materials": materials,
         "window": f"W{rng.randint(1, 12):02d}",
         "clerk": f"clerk{rng.randint(1, 30):02d}",
     }
-    resp = await http.post("/v1/applications", json=body,
-                           headers={**auth, "Idempotency-Key": str(uuid.uuid4())})
+    resp = await http.post(
+        "/v1/applications", json=body, headers={**auth, "Idempotency-Key": str(uuid.uuid4())}
+    )
     if resp.status_code != 201:
         raise RuntimeError(f"submission refused: {resp.status_code} {resp.text}")
     result: dict[str, Any] = resp.json()
@@ -181,23 +213,27 @@ async def _submit(http: httpx.AsyncClient, key: str, matter: Matter, rng: random
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
 
 
 async def _status_counts(runtime: Runtime, ids: list[str]) -> dict[str, int]:
     counts: dict[str, int] = {}
     async with runtime.engine.connect() as conn:
         for chunk in range(0, len(ids), 500):
-            q = select(applications.c.status).where(
-                applications.c.id.in_(ids[chunk:chunk + 500]))
+            q = select(applications.c.status).where(applications.c.id.in_(ids[chunk : chunk + 500]))
             for status in (await conn.execute(q)).scalars():
                 counts[status] = counts.get(status, 0) + 1
     return counts
 
 
-async def _wait_settled(runtime: Runtime, ids: list[str], timeout: float,
-                        console: Console) -> bool:
+async def _wait_settled(runtime: Runtime, ids: list[str], timeout: float, console: Console) -> bool:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     with _progress(console) as progress:
@@ -216,9 +252,12 @@ async def _wait_settled(runtime: Runtime, ids: list[str], timeout: float,
 async def _collect(runtime: Runtime, ids: list[str], outcomes: dict[str, Outcome]) -> None:
     async with runtime.engine.connect() as conn:
         for chunk in range(0, len(ids), 500):
-            q = select(applications.c.department, applications.c.status,
-                       applications.c.created_at, applications.c.decided_at).where(
-                applications.c.id.in_(ids[chunk:chunk + 500]))
+            q = select(
+                applications.c.department,
+                applications.c.status,
+                applications.c.created_at,
+                applications.c.decided_at,
+            ).where(applications.c.id.in_(ids[chunk : chunk + 500]))
             for dept, status, created, decided in (await conn.execute(q)).all():
                 o = outcomes[dept]
                 o.statuses[status] = o.statuses.get(status, 0) + 1
@@ -228,8 +267,20 @@ async def _collect(runtime: Runtime, ids: list[str], outcomes: dict[str, Outcome
 
 def _print_summary(console: Console, outcomes: dict[str, Outcome]) -> None:
     table = Table(title="Demo summary per department")
-    cols = ("dept", "kind", "sent", "deliv", "appr", "rej", "n/acc", "suppl", "fail", "other",
-            "p50", "p95")
+    cols = (
+        "dept",
+        "kind",
+        "sent",
+        "deliv",
+        "appr",
+        "rej",
+        "n/acc",
+        "suppl",
+        "fail",
+        "other",
+        "p50",
+        "p95",
+    )
     for col in cols:
         table.add_column(col, justify="left" if col in ("dept", "kind") else "right")
     notes = []
@@ -241,16 +292,27 @@ def _print_summary(console: Console, outcomes: dict[str, Outcome]) -> None:
         s = o.statuses
         known = {"approved", "rejected", "not_accepted", "supplement_required", "failed"}
         other = sum(n for k, n in s.items() if k not in known)
-        delivered = o.submitted - s.get("failed", 0) - s.get("received", 0) \
-            - s.get("dispatching", 0)
+        delivered = (
+            o.submitted - s.get("failed", 0) - s.get("received", 0) - s.get("dispatching", 0)
+        )
         table.add_row(
-            o.department, o.connector, str(o.submitted), str(delivered),
-            str(s.get("approved", 0)), str(s.get("rejected", 0)), str(s.get("not_accepted", 0)),
-            str(s.get("supplement_required", 0)), str(s.get("failed", 0)), str(other),
-            _percentile(o.decision_seconds, 50), _percentile(o.decision_seconds, 95),
+            o.department,
+            o.connector,
+            str(o.submitted),
+            str(delivered),
+            str(s.get("approved", 0)),
+            str(s.get("rejected", 0)),
+            str(s.get("not_accepted", 0)),
+            str(s.get("supplement_required", 0)),
+            str(s.get("failed", 0)),
+            str(other),
+            _percentile(o.decision_seconds, 50),
+            _percentile(o.decision_seconds, 95),
         )
     console.print(table)
-    console.print("p50/p95: time from intake to the department's decision. "
-                  "suppl: waiting on the applicant (补正).")
+    console.print(
+        "p50/p95: time from intake to the department's decision. "
+        "suppl: waiting on the applicant (补正)."
+    )
     for note in notes:
         console.print(f"[yellow]{note}[/yellow]")

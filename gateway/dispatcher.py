@@ -44,10 +44,11 @@ def idempotency_key(application_id: str, version: int) -> str:
     return f"ow-{application_id}-v{version}"
 
 
-def backoff(policy: RetryPolicy, attempts: int, retry_after: float | None,
-            rng: random.Random) -> float:
+def backoff(
+    policy: RetryPolicy, attempts: int, retry_after: float | None, rng: random.Random
+) -> float:
     """Seconds to wait before attempt ``attempts + 1``."""
-    delay = min(policy.max_seconds, policy.base_seconds * 2 ** max(attempts - 1, 0))
+    delay = min(policy.max_seconds, policy.base_seconds * 2.0 ** max(attempts - 1, 0))
     delay *= 1 - policy.jitter + 2 * policy.jitter * rng.random()
     return max(delay, retry_after or 0.0)
 
@@ -166,8 +167,11 @@ class Dispatcher:
                 continue
             waiter = asyncio.create_task(wakeup.wait())
             stopper = asyncio.create_task(self.stopping.wait())
-            await asyncio.wait({waiter, stopper}, timeout=self.settings.sweep_interval_seconds,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {waiter, stopper},
+                timeout=self.settings.sweep_interval_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             waiter.cancel()
             stopper.cancel()
 
@@ -205,18 +209,33 @@ class Dispatcher:
             self.inflight[code] -= 1
             metrics.INFLIGHT.labels(code).dec()
 
-    async def _deliver_job(self, job: Row[Any], connector: Connector,
-                           dept: DepartmentConfig) -> None:
+    async def _deliver_job(
+        self, job: Row[Any], connector: Connector, dept: DepartmentConfig
+    ) -> None:
         async with self.runtime.engine.begin() as conn:
             app = await cases.get_application(conn, job.application_id)
-            if (app is None or app.version != job.version
-                    or app.status not in (State.RECEIVED, State.DISPATCHING)):
-                await jobs.finish(conn, job.id, self.owner, state=jobs.DONE,
-                                  error=f"superseded: case is {app.status if app else 'gone'}")
+            if (
+                app is None
+                or app.version != job.version
+                or app.status not in (State.RECEIVED, State.DISPATCHING)
+            ):
+                await jobs.finish(
+                    conn,
+                    job.id,
+                    self.owner,
+                    state=jobs.DONE,
+                    error=f"superseded: case is {app.status if app else 'gone'}",
+                )
                 return
-            changes = await move(conn, app.id, [State.DISPATCHING], source=Source.DISPATCH,
-                                 actor=self.owner, version=job.version,
-                                 detail={"attempt": job.attempts + 1})
+            changes = await move(
+                conn,
+                app.id,
+                [State.DISPATCHING],
+                source=Source.DISPATCH,
+                actor=self.owner,
+                version=job.version,
+                detail={"attempt": job.attempts + 1},
+            )
             envelope = envelope_for(app)
         announce(self.runtime, changes)
 
@@ -234,11 +253,15 @@ class Dispatcher:
             outcome = "transient"
             retry_after = exc.retry_after if isinstance(exc, TransientError) else None
             if not isinstance(exc, TransientError):
-                log.error("connector raised an unexpected error; treated as transient",
-                          plugin=dept.connector, department=dept.code,
-                          error=f"{type(exc).__name__}: {exc}")
-            await self._record_failure(job, dept, f"{type(exc).__name__}: {exc}",
-                                       retry_after=retry_after)
+                log.error(
+                    "connector raised an unexpected error; treated as transient",
+                    plugin=dept.connector,
+                    department=dept.code,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+            await self._record_failure(
+                job, dept, f"{type(exc).__name__}: {exc}", retry_after=retry_after
+            )
         else:
             await self._record_receipt(job, dept, receipt)
         finally:
@@ -246,8 +269,9 @@ class Dispatcher:
             metrics.DISPATCH.labels(dept.code, outcome).inc()
         self._breakers.setdefault(dept.code, _Breaker()).record(outcome != "transient")
 
-    async def _submit(self, connector: Connector, dept: DepartmentConfig,
-                      envelope: Envelope) -> Receipt:
+    async def _submit(
+        self, connector: Connector, dept: DepartmentConfig, envelope: Envelope
+    ) -> Receipt:
         policy = dept.retry
 
         def short_wait(exc: BaseException) -> bool:
@@ -267,75 +291,127 @@ class Dispatcher:
                         return await connector.submit(envelope)
                 except TimeoutError as exc:
                     raise TransientError(
-                        f"no answer from {dept.code} within {dept.timeout_seconds}s") from exc
+                        f"no answer from {dept.code} within {dept.timeout_seconds}s"
+                    ) from exc
         raise AssertionError("unreachable")
 
-    async def _record_receipt(self, job: Row[Any], dept: DepartmentConfig,
-                              receipt: Receipt) -> None:
+    async def _record_receipt(
+        self, job: Row[Any], dept: DepartmentConfig, receipt: Receipt
+    ) -> None:
         targets = [State.DELIVERED]
         mapped = dept.map_status(receipt.status) if receipt.status else None
         if mapped and mapped is not State.DELIVERED:
             targets.append(mapped)
-        next_poll = (now() + dt.timedelta(seconds=dept.poll_interval_seconds)
-                     if dept.poll_interval_seconds else None)
+        next_poll = (
+            now() + dt.timedelta(seconds=dept.poll_interval_seconds)
+            if dept.poll_interval_seconds
+            else None
+        )
         changes: list[StatusChange] = []
         async with self.runtime.engine.begin() as conn:
-            if not await jobs.finish(conn, job.id, self.owner, state=jobs.DONE,
-                                     attempts=job.attempts + 1):
+            if not await jobs.finish(
+                conn, job.id, self.owner, state=jobs.DONE, attempts=job.attempts + 1
+            ):
                 await conn.rollback()  # lease lost: the new holder records the same receipt
                 return
             # the case id is kept even if a callback already moved the case past delivered
             await conn.execute(
                 update(applications)
                 .where(applications.c.id == job.application_id)
-                .values(department_case_id=func.coalesce(applications.c.department_case_id,
-                                                         receipt.case_id),
-                        last_error=None, next_poll_at=next_poll))
+                .values(
+                    department_case_id=func.coalesce(
+                        applications.c.department_case_id, receipt.case_id
+                    ),
+                    last_error=None,
+                    next_poll_at=next_poll,
+                )
+            )
             changes = await move(
-                conn, job.application_id, targets, source=Source.DISPATCH, actor=self.owner,
-                version=job.version, detail={"case_id": receipt.case_id},
+                conn,
+                job.application_id,
+                targets,
+                source=Source.DISPATCH,
+                actor=self.owner,
+                version=job.version,
+                detail={"case_id": receipt.case_id},
             )
         announce(self.runtime, changes)
 
-    async def _record_rejection(self, job: Row[Any], dept: DepartmentConfig,
-                                exc: DepartmentRejected) -> None:
+    async def _record_rejection(
+        self, job: Row[Any], dept: DepartmentConfig, exc: DepartmentRejected
+    ) -> None:
         state = dept.map_status(exc.status) or State.NOT_ACCEPTED
         async with self.runtime.engine.begin() as conn:
-            if not await jobs.finish(conn, job.id, self.owner, state=jobs.DONE,
-                                     attempts=job.attempts + 1):
+            if not await jobs.finish(
+                conn, job.id, self.owner, state=jobs.DONE, attempts=job.attempts + 1
+            ):
                 await conn.rollback()
                 return
-            changes = await move(conn, job.application_id, [State.DELIVERED, state],
-                                 source=Source.DISPATCH, actor=self.owner, version=job.version,
-                                 detail={"reason": exc.reason})
+            changes = await move(
+                conn,
+                job.application_id,
+                [State.DELIVERED, state],
+                source=Source.DISPATCH,
+                actor=self.owner,
+                version=job.version,
+                detail={"reason": exc.reason},
+            )
         announce(self.runtime, changes)
 
-    async def _record_failure(self, job: Row[Any], dept: DepartmentConfig, error: str, *,
-                              final: bool = False, retry_after: float | None = None) -> None:
+    async def _record_failure(
+        self,
+        job: Row[Any],
+        dept: DepartmentConfig,
+        error: str,
+        *,
+        final: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
         attempts = job.attempts + 1
         final = final or attempts >= dept.retry.max_attempts
         changes: list[StatusChange] = []
         async with self.runtime.engine.begin() as conn:
             if final:
-                if not await jobs.finish(conn, job.id, self.owner, state=jobs.DEAD, error=error,
-                                         attempts=attempts):
+                if not await jobs.finish(
+                    conn, job.id, self.owner, state=jobs.DEAD, error=error, attempts=attempts
+                ):
                     await conn.rollback()
                     return
-                reason = error if "permanent" in error else (
-                    f"gave up after {attempts} attempts: {error}")
-                changes = await move(conn, job.application_id, [State.FAILED],
-                                     source=Source.DISPATCH, actor=self.owner,
-                                     version=job.version, detail={"reason": reason},
-                                     extra={"last_error": reason})
+                reason = (
+                    error
+                    if "permanent" in error
+                    else (f"gave up after {attempts} attempts: {error}")
+                )
+                changes = await move(
+                    conn,
+                    job.application_id,
+                    [State.FAILED],
+                    source=Source.DISPATCH,
+                    actor=self.owner,
+                    version=job.version,
+                    detail={"reason": reason},
+                    extra={"last_error": reason},
+                )
             else:
                 delay = backoff(dept.retry, attempts, retry_after, self._rng)
-                ok = await jobs.finish(conn, job.id, self.owner, state=jobs.PENDING, error=error,
-                                       attempts=attempts,
-                                       next_attempt_at=now() + dt.timedelta(seconds=delay))
+                ok = await jobs.finish(
+                    conn,
+                    job.id,
+                    self.owner,
+                    state=jobs.PENDING,
+                    error=error,
+                    attempts=attempts,
+                    next_attempt_at=now() + dt.timedelta(seconds=delay),
+                )
                 if not ok:
                     await conn.rollback()
                     return
-                log.info("delivery will be retried", department=dept.code,
-                         application=job.application_id, attempt=attempts,
-                         in_seconds=round(delay, 2), error=error)
+                log.info(
+                    "delivery will be retried",
+                    department=dept.code,
+                    application=job.application_id,
+                    attempt=attempts,
+                    in_seconds=round(delay, 2),
+                    error=error,
+                )
         announce(self.runtime, changes)

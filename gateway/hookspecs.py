@@ -53,9 +53,7 @@ def map_payload(envelope: Envelope, department: DepartmentConfig) -> dict[str, A
 
 
 @hookspec
-def validate_application(
-    form: dict[str, Any], matter: Matter, region: str
-) -> list[str] | None:
+def validate_application(form: dict[str, Any], matter: Matter, region: str) -> list[str] | None:
     """Check an application at intake, beyond the matter's JSON Schema.
 
     :param form: the application's form fields as submitted.

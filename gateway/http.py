@@ -11,7 +11,9 @@ from httpx_aiohttp import AiohttpTransport
 
 
 def make_client(*, max_connections: int = 200, timeout: float = 30.0) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
     return httpx.AsyncClient(
         transport=AiohttpTransport(limits=limits, trust_env=False),
         timeout=httpx.Timeout(timeout),

@@ -63,8 +63,9 @@ class ApplicationIn(BaseModel):
     region: str = Field(pattern=REGION_CODE, examples=["339901"])
     applicant: Applicant
     form: dict[str, Any] = Field(default_factory=dict)
-    materials: list[str] = Field(default_factory=list, max_length=50,
-                                 description="material ids from POST /v1/materials")
+    materials: list[str] = Field(
+        default_factory=list, max_length=50, description="material ids from POST /v1/materials"
+    )
     delivery: Delivery = Field(default_factory=Delivery)
     window: str | None = Field(default=None, max_length=32)
     clerk: str | None = Field(default=None, max_length=64)
@@ -105,9 +106,11 @@ def _route(runtime: Runtime, body: ApplicationIn) -> Matter:
     dept = runtime.config.departments.get(matter.department)
     if dept is None or not dept.enabled:
         raise IntakeProblem(
-            422, "Matter not available",
+            422,
+            "Matter not available",
             f"matter {matter.code} is handled by department '{matter.department}', which is not "
-            "accepting applications through the gateway yet", "matter_code",
+            "accepting applications through the gateway yet",
+            "matter_code",
         )
     return matter
 
@@ -138,15 +141,21 @@ def _validator(schema_json: str) -> Draft202012Validator:
 async def _next_receipt(conn: AsyncConnection, centre: str, at: dt.datetime) -> str:
     day = at.astimezone(CHINA).strftime("%Y%m%d")
     ins = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = ins(receipt_counters).values(centre=centre, day=day, last=1)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["centre", "day"], set_={"last": receipt_counters.c.last + 1}
-    ).returning(receipt_counters.c.last)
-    seq = (await conn.execute(stmt)).scalar_one()
+    upsert = (
+        ins(receipt_counters)
+        .values(centre=centre, day=day, last=1)
+        .on_conflict_do_update(
+            index_elements=["centre", "day"], set_={"last": receipt_counters.c.last + 1}
+        )
+        .returning(receipt_counters.c.last)
+    )
+    seq = (await conn.execute(upsert)).scalar_one()
     return f"{centre}-{day}-{seq:05d}"
 
 
-async def _replay(conn: AsyncConnection, client: Client, key: str, digest: str) -> IntakeResult | None:
+async def _replay(
+    conn: AsyncConnection, client: Client, key: str, digest: str
+) -> IntakeResult | None:
     q = select(idempotency_records).where(
         idempotency_records.c.client_id == client.id, idempotency_records.c.key == key
     )
@@ -155,9 +164,11 @@ async def _replay(conn: AsyncConnection, client: Client, key: str, digest: str) 
         return None
     if rec.request_hash != digest:
         raise IntakeProblem(
-            409, "Idempotency-Key reused",
+            409,
+            "Idempotency-Key reused",
             "this Idempotency-Key was already used for a different application; use a new key "
-            "for a new application", "Idempotency-Key",
+            "for a new application",
+            "Idempotency-Key",
         )
     return IntakeResult(ApplicationAccepted.model_validate(rec.response), replayed=True)
 
@@ -194,8 +205,13 @@ async def submit(runtime: Runtime, client: Client, key: str, body: ApplicationIn
 
 
 async def _store(
-    conn: AsyncConnection, runtime: Runtime, client: Client, key: str, digest: str,
-    body: ApplicationIn, matter: Matter,
+    conn: AsyncConnection,
+    runtime: Runtime,
+    client: Client,
+    key: str,
+    digest: str,
+    body: ApplicationIn,
+    matter: Matter,
 ) -> IntakeResult:
     assert client.centre is not None
     centres = {c.code for c in runtime.config.gateway.centres}
@@ -206,7 +222,8 @@ async def _store(
             raise IntakeProblem(422, "Unknown centre", f"no centre '{pickup}'", "delivery.centre")
         if pickup != client.centre and not matter.pickup_anywhere:
             raise IntakeProblem(
-                422, "Pickup centre not allowed",
+                422,
+                "Pickup centre not allowed",
                 f"matter {matter.code} must be collected where it was handed in",
                 "delivery.centre",
             )
@@ -218,31 +235,56 @@ async def _store(
     promised_by, _covered = add_workdays(at.astimezone(CHINA).date(), matter.promised_days)
     await conn.execute(
         insert(applications).values(
-            id=app_id, receipt_number=receipt, client_id=client.id, centre=client.centre,
-            window=body.window, clerk=body.clerk, matter_code=matter.code,
-            matter_name=matter.name, region=body.region, department=matter.department,
-            status=State.RECEIVED.value, version=1,
-            applicant=body.applicant.model_dump(mode="json"), form=body.form, materials=refs,
-            delivery=delivery.model_dump(mode="json"), idempotency_key=key,
-            promised_by=promised_by, created_at=at, updated_at=at,
+            id=app_id,
+            receipt_number=receipt,
+            client_id=client.id,
+            centre=client.centre,
+            window=body.window,
+            clerk=body.clerk,
+            matter_code=matter.code,
+            matter_name=matter.name,
+            region=body.region,
+            department=matter.department,
+            status=State.RECEIVED.value,
+            version=1,
+            applicant=body.applicant.model_dump(mode="json"),
+            form=body.form,
+            materials=refs,
+            delivery=delivery.model_dump(mode="json"),
+            idempotency_key=key,
+            promised_by=promised_by,
+            created_at=at,
+            updated_at=at,
         )
     )
     await conn.execute(
         insert(events).values(
-            application_id=app_id, version=1, at=at, source=Source.API.value,
-            actor=f"{client.centre}/{body.clerk or client.name}", from_status=None,
-            to_status=State.RECEIVED.value, detail={"receipt_number": receipt},
+            application_id=app_id,
+            version=1,
+            at=at,
+            source=Source.API.value,
+            actor=f"{client.centre}/{body.clerk or client.name}",
+            from_status=None,
+            to_status=State.RECEIVED.value,
+            detail={"receipt_number": receipt},
         )
     )
     await jobs.enqueue(conn, app_id, 1, matter.department, at=at)
     accepted = ApplicationAccepted(
-        id=app_id, receipt_number=receipt, status=State.RECEIVED,
-        department=matter.department, promised_by=promised_by,
+        id=app_id,
+        receipt_number=receipt,
+        status=State.RECEIVED,
+        department=matter.department,
+        promised_by=promised_by,
     )
     await conn.execute(
         insert(idempotency_records).values(
-            client_id=client.id, key=key, request_hash=digest, status_code=201,
-            response=accepted.model_dump(mode="json"), created_at=at,
+            client_id=client.id,
+            key=key,
+            request_hash=digest,
+            status_code=201,
+            response=accepted.model_dump(mode="json"),
+            created_at=at,
         )
     )
     return IntakeResult(accepted, replayed=False)
@@ -256,9 +298,20 @@ async def _materials(conn: AsyncConnection, client: Client, ids: list[str]) -> l
     for i, mid in enumerate(ids):
         row = rows.get(mid)
         if row is None or (row.centre != client.centre and not client.ops):
-            raise IntakeProblem(422, "Unknown material", f"no material '{mid}' uploaded by this "
-                                "centre; upload it with POST /v1/materials first",
-                                f"materials[{i}]")
-        out.append({"id": row.id, "sha256": row.sha256, "filename": row.filename,
-                    "content_type": row.content_type, "size": row.size})
+            raise IntakeProblem(
+                422,
+                "Unknown material",
+                f"no material '{mid}' uploaded by this "
+                "centre; upload it with POST /v1/materials first",
+                f"materials[{i}]",
+            )
+        out.append(
+            {
+                "id": row.id,
+                "sha256": row.sha256,
+                "filename": row.filename,
+                "content_type": row.content_type,
+                "size": row.size,
+            }
+        )
     return out

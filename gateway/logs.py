@@ -9,7 +9,6 @@ import structlog
 
 from gateway.pii import scrub_event
 
-
 _configured = False
 
 
@@ -25,8 +24,11 @@ def configure(level: str = "INFO", *, json: bool = False) -> None:
     _configured = True
     logging.basicConfig(stream=sys.stderr, level=level, format="%(message)s")
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(
-            colors=False, exception_formatter=structlog.dev.plain_traceback)
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
     )
     structlog.configure(
         processors=[

@@ -13,5 +13,6 @@ STATUS_CHANGES = Counter(
     "gateway_status_changes_total", "Committed status changes", ["department", "source", "to"]
 )
 INFLIGHT = Gauge("gateway_dispatch_inflight", "Submit calls in flight", ["department"])
-BREAKER_OPEN = Gauge("gateway_breaker_open", "1 while a department's breaker is open",
-                     ["department"])
+BREAKER_OPEN = Gauge(
+    "gateway_breaker_open", "1 while a department's breaker is open", ["department"]
+)

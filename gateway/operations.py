@@ -26,11 +26,18 @@ async def replay(runtime: Runtime, app_id: str, actor: str) -> StatusChange:
         if app is None:
             raise NotReplayable(f"no application '{app_id}'")
         if app.status != State.FAILED.value:
-            raise NotReplayable(f"application {app_id} is {app.status}, only failed cases can be "
-                                "replayed")
+            raise NotReplayable(
+                f"application {app_id} is {app.status}, only failed cases can be replayed"
+            )
         result = await cases.change_status(
-            conn, app, State.DISPATCHING, source=Source.OPERATOR, actor=actor, restart=True,
-            detail={"action": "retry"}, extra={"last_error": None},
+            conn,
+            app,
+            State.DISPATCHING,
+            source=Source.OPERATOR,
+            actor=actor,
+            restart=True,
+            detail={"action": "retry"},
+            extra={"last_error": None},
         )
         assert result.change is not None
         await jobs.revive(conn, app_id, app.version)
@@ -41,6 +48,10 @@ async def replay(runtime: Runtime, app_id: str, actor: str) -> StatusChange:
 
 async def failures(runtime: Runtime, limit: int = 500) -> Sequence[Row[Any]]:
     async with runtime.engine.connect() as conn:
-        q = (select(applications).where(applications.c.status == State.FAILED.value)
-             .order_by(applications.c.updated_at.desc()).limit(limit))
+        q = (
+            select(applications)
+            .where(applications.c.status == State.FAILED.value)
+            .order_by(applications.c.updated_at.desc())
+            .limit(limit)
+        )
         return (await conn.execute(q)).all()

@@ -22,7 +22,11 @@ def mask_id(value: str | None) -> str | None:
 def mask_phone(value: str | None) -> str | None:
     if not value:
         return value
-    return value[:3] + "*" * max(len(value) - 7, 0) + value[-4:] if len(value) > 7 else "*" * len(value)
+    return (
+        value[:3] + "*" * max(len(value) - 7, 0) + value[-4:]
+        if len(value) > 7
+        else "*" * len(value)
+    )
 
 
 def scrub(text: str) -> str:
@@ -31,7 +35,9 @@ def scrub(text: str) -> str:
     return _PHONE.sub(lambda m: m.group(1) + "****" + m.group(2), text)
 
 
-def scrub_event(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def scrub_event(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """structlog processor: no log line leaves the process with PII in it."""
     for key, value in event.items():
         if isinstance(value, str):

@@ -54,8 +54,14 @@ class Plugins:
 
     # -- loading -------------------------------------------------------------------------------
 
-    def register(self, plugin: object, name: str, *, version: str | None = None,
-                 origin: str = "registered in code") -> None:
+    def register(
+        self,
+        plugin: object,
+        name: str,
+        *,
+        version: str | None = None,
+        origin: str = "registered in code",
+    ) -> None:
         """Register a plugin object (a module or an instance); the same call entry points use."""
         try:
             self.pm.register(plugin, name=name)
@@ -99,7 +105,9 @@ class Plugins:
         self._connectors = found
         return found
 
-    def map_payload(self, envelope: Envelope, department: DepartmentConfig) -> dict[str, Any] | None:
+    def map_payload(
+        self, envelope: Envelope, department: DepartmentConfig
+    ) -> dict[str, Any] | None:
         for impl in reversed(self.pm.hook.map_payload.get_hookimpls()):
             result = self._call(impl, envelope, department)
             if result is not None:

@@ -31,12 +31,14 @@ async def _claim(runtime: Runtime, dept: DepartmentConfig, limit: int) -> Sequen
     t = now()
     due = (
         select(applications.c.id)
-        .where(and_(
-            applications.c.department == dept.code,
-            applications.c.status.in_([s.value for s in AT_DEPARTMENT]),
-            applications.c.department_case_id.is_not(None),
-            or_(applications.c.next_poll_at.is_(None), applications.c.next_poll_at <= t),
-        ))
+        .where(
+            and_(
+                applications.c.department == dept.code,
+                applications.c.status.in_([s.value for s in AT_DEPARTMENT]),
+                applications.c.department_case_id.is_not(None),
+                or_(applications.c.next_poll_at.is_(None), applications.c.next_poll_at <= t),
+            )
+        )
         .order_by(applications.c.next_poll_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -51,8 +53,9 @@ async def _claim(runtime: Runtime, dept: DepartmentConfig, limit: int) -> Sequen
         return (await conn.execute(q)).all()
 
 
-async def poll_department(runtime: Runtime, code: str, connector: Connector,
-                          limit: int = 200) -> int:
+async def poll_department(
+    runtime: Runtime, code: str, connector: Connector, limit: int = 200
+) -> int:
     """One polling round for one department; returns how many status changes it applied."""
     dept = runtime.config.departments[code]
     rows = await _claim(runtime, dept, limit)
@@ -66,12 +69,22 @@ async def poll_department(runtime: Runtime, code: str, connector: Connector,
                 async with asyncio.timeout(dept.timeout_seconds):
                     upd = await connector.poll(Receipt(case_id=row.department_case_id))
             except Exception as exc:
-                log.warning("poll failed", department=code, application=row.id,
-                            error=f"{type(exc).__name__}: {exc}")
+                log.warning(
+                    "poll failed",
+                    department=code,
+                    application=row.id,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
                 return
             if upd is not None:
-                changes = await apply_case_update(runtime, row.id, upd, source=Source.POLL,
-                                                  actor=f"poll/{code}", version=row.version)
+                changes = await apply_case_update(
+                    runtime,
+                    row.id,
+                    upd,
+                    source=Source.POLL,
+                    actor=f"poll/{code}",
+                    version=row.version,
+                )
                 applied += len(changes)
 
     await asyncio.gather(*(one(r) for r in rows))

@@ -31,31 +31,38 @@ async def match(runtime: Runtime, department: str, upd: CaseUpdate) -> tuple[str
     """(application id, version) the update is about, or None."""
     async with runtime.engine.connect() as conn:
         if upd.idempotency_key and (parsed := parse_idempotency_key(upd.idempotency_key)):
-            q = select(applications.c.id).where(and_(applications.c.id == parsed[0],
-                                                     applications.c.department == department))
+            q = select(applications.c.id).where(
+                and_(applications.c.id == parsed[0], applications.c.department == department)
+            )
             if (await conn.execute(q)).first():
                 return parsed
             return None
-        q = select(applications.c.id, applications.c.version).where(and_(
-            applications.c.department == department,
-            applications.c.department_case_id == upd.case_id))
+        q = select(applications.c.id, applications.c.version).where(
+            and_(
+                applications.c.department == department,
+                applications.c.department_case_id == upd.case_id,
+            )
+        )
         row = (await conn.execute(q)).first()
         return (row.id, row.version) if row else None
 
 
-async def pull_department(runtime: Runtime, code: str, connector: Connector,
-                          limit: int = 500) -> int:
+async def pull_department(
+    runtime: Runtime, code: str, connector: Connector, limit: int = 500
+) -> int:
     """One round for one department; returns how many updates changed a case."""
     applied = 0
     for upd in await connector.pull_updates(limit):
         found = await match(runtime, code, upd)
         if found is None:
-            await connector.ack_update(upd, "unmatched",
-                                       "no case with this idempotency key or case id")
+            await connector.ack_update(
+                upd, "unmatched", "no case with this idempotency key or case id"
+            )
             continue
         app_id, version = found
-        changes = await apply_case_update(runtime, app_id, upd, source=Source.POLL,
-                                          actor=f"results/{code}", version=version)
+        changes = await apply_case_update(
+            runtime, app_id, upd, source=Source.POLL, actor=f"results/{code}", version=version
+        )
         applied += bool(changes)
         await connector.ack_update(upd, "applied" if changes else "duplicate")
     return applied

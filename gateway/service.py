@@ -38,7 +38,11 @@ async def poll_loop(runtime: Runtime, stopping: asyncio.Event) -> None:
 
 @contextlib.asynccontextmanager
 async def running(
-    runtime: Runtime, *, api: bool, daemon: bool, host: str | None = None,
+    runtime: Runtime,
+    *,
+    api: bool,
+    daemon: bool,
+    host: str | None = None,
     port: int | None = None,
 ) -> AsyncIterator[tuple[Dispatcher | None, str | None]]:
     """Start the parts asked for; yields (dispatcher, API base URL). Leaving the block stops
@@ -55,9 +59,14 @@ async def running(
     async with contextlib.AsyncExitStack() as stack:
         if api:
             settings = runtime.config.gateway.api
-            base_url = await stack.enter_async_context(serve_asgi(
-                create_app(runtime), host=host or settings.host,
-                port=settings.port if port is None else port, lifespan="off"))
+            base_url = await stack.enter_async_context(
+                serve_asgi(
+                    create_app(runtime),
+                    host=host or settings.host,
+                    port=settings.port if port is None else port,
+                    lifespan="off",
+                )
+            )
         try:
             yield dispatcher, base_url
         finally:
@@ -68,8 +77,13 @@ async def running(
 
 
 async def serve_until_signalled(
-    config: Config, *, api: bool, daemon: bool, host: str | None = None,
-    port: int | None = None, on_ready: Callable[[str | None], Awaitable[None]] | None = None,
+    config: Config,
+    *,
+    api: bool,
+    daemon: bool,
+    host: str | None = None,
+    port: int | None = None,
+    on_ready: Callable[[str | None], Awaitable[None]] | None = None,
 ) -> None:
     runtime = Runtime(config)
     stop = asyncio.Event()
@@ -78,8 +92,9 @@ async def serve_until_signalled(
         loop.add_signal_handler(sig, stop.set)
     try:
         async with running(runtime, api=api, daemon=daemon, host=host, port=port) as (_, url):
-            log.info("gateway running", api=url, daemon=daemon,
-                     unavailable=runtime.unavailable or None)
+            log.info(
+                "gateway running", api=url, daemon=daemon, unavailable=runtime.unavailable or None
+            )
             if on_ready:
                 await on_ready(url)
             await stop.wait()

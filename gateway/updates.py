@@ -23,8 +23,14 @@ log = structlog.get_logger("gateway.updates")
 
 
 async def move(
-    conn: AsyncConnection, app_id: str, targets: list[State], *, source: Source, actor: str,
-    detail: dict[str, Any] | None = None, version: int | None = None,
+    conn: AsyncConnection,
+    app_id: str,
+    targets: list[State],
+    *,
+    source: Source,
+    actor: str,
+    detail: dict[str, Any] | None = None,
+    version: int | None = None,
     extra: dict[str, Any] | None = None,
 ) -> list[StatusChange]:
     """Move a case through ``targets`` in order; each step is judged by the state machine, so
@@ -35,14 +41,25 @@ async def move(
         if app is None:
             break
         result = await cases.change_status(
-            conn, app, target, source=source, actor=actor, detail=detail, version=version,
+            conn,
+            app,
+            target,
+            source=source,
+            actor=actor,
+            detail=detail,
+            version=version,
             extra=None if changes else extra,
         )
         if result.change:
             changes.append(result.change)
         elif result.verdict is Verdict.ILLEGAL:
-            log.warning("illegal status update ignored", application=app_id,
-                        current=result.current, target=target, source=source)
+            log.warning(
+                "illegal status update ignored",
+                application=app_id,
+                current=result.current,
+                target=target,
+                source=source,
+            )
     return changes
 
 
@@ -58,8 +75,14 @@ class DuplicateEvent(Exception):
 
 
 async def apply_case_update(
-    runtime: Runtime, app_id: str, upd: CaseUpdate, *, source: Source, actor: str,
-    version: int | None = None, event_key: tuple[str, str] | None = None,
+    runtime: Runtime,
+    app_id: str,
+    upd: CaseUpdate,
+    *,
+    source: Source,
+    actor: str,
+    version: int | None = None,
+    event_key: tuple[str, str] | None = None,
 ) -> list[StatusChange]:
     """Apply a department's report about one case; unknown status codes change nothing and are
     logged for ops (the department's status map needs the code).
@@ -68,8 +91,9 @@ async def apply_case_update(
     applied at most once; raises DuplicateEvent if it was seen before.
     """
     try:
-        return await _apply(runtime, app_id, upd, source=source, actor=actor, version=version,
-                            event_key=event_key)
+        return await _apply(
+            runtime, app_id, upd, source=source, actor=actor, version=version, event_key=event_key
+        )
     except IntegrityError as exc:
         if event_key is None:
             raise
@@ -77,27 +101,45 @@ async def apply_case_update(
 
 
 async def _apply(
-    runtime: Runtime, app_id: str, upd: CaseUpdate, *, source: Source, actor: str,
-    version: int | None, event_key: tuple[str, str] | None,
+    runtime: Runtime,
+    app_id: str,
+    upd: CaseUpdate,
+    *,
+    source: Source,
+    actor: str,
+    version: int | None,
+    event_key: tuple[str, str] | None,
 ) -> list[StatusChange]:
     async with runtime.engine.begin() as conn:
         if event_key is not None:
-            seen = await conn.execute(select(callback_events.c.event_id).where(
-                callback_events.c.department == event_key[0],
-                callback_events.c.event_id == event_key[1]))
+            seen = await conn.execute(
+                select(callback_events.c.event_id).where(
+                    callback_events.c.department == event_key[0],
+                    callback_events.c.event_id == event_key[1],
+                )
+            )
             if seen.first():
                 raise DuplicateEvent(event_key[1])
-            await conn.execute(insert(callback_events).values(
-                department=event_key[0], event_id=event_key[1], application_id=app_id,
-                received_at=now()))
+            await conn.execute(
+                insert(callback_events).values(
+                    department=event_key[0],
+                    event_id=event_key[1],
+                    application_id=app_id,
+                    received_at=now(),
+                )
+            )
         app = await cases.get_application(conn, app_id)
         if app is None:
             return []
         dept = runtime.config.departments[app.department]
         state = dept.map_status(upd.status)
         if state is None:
-            log.warning("unknown department status code", department=app.department,
-                        code=upd.status, application=app_id)
+            log.warning(
+                "unknown department status code",
+                department=app.department,
+                code=upd.status,
+                application=app_id,
+            )
             return []
         detail: dict[str, Any] = {}
         if upd.detail:
@@ -107,20 +149,31 @@ async def _apply(
         if upd.event_id:
             detail["event_id"] = upd.event_id
         if upd.documents:
-            docs = []
+            docs: list[dict[str, Any]] = []
             for doc in upd.documents:
                 if doc.content is None:
-                    docs.append({"name": doc.name, "content_type": doc.content_type,
-                                 "url": doc.url})
+                    docs.append(
+                        {"name": doc.name, "content_type": doc.content_type, "url": doc.url}
+                    )
                     continue
                 sha = await runtime.blobs.put(doc.content)
-                docs.append({"name": doc.name, "content_type": doc.content_type, "sha256": sha,
-                             "size": len(doc.content)})
+                docs.append(
+                    {
+                        "name": doc.name,
+                        "content_type": doc.content_type,
+                        "sha256": sha,
+                        "size": len(doc.content),
+                    }
+                )
             detail["documents"] = docs
         if app.department_case_id is None:
-            await conn.execute(update(applications).where(applications.c.id == app_id)
-                               .values(department_case_id=upd.case_id))
-        changes = await move(conn, app_id, [state], source=source, actor=actor, detail=detail,
-                             version=version)
+            await conn.execute(
+                update(applications)
+                .where(applications.c.id == app_id)
+                .values(department_case_id=upd.case_id)
+            )
+        changes = await move(
+            conn, app_id, [state], source=source, actor=actor, detail=detail, version=version
+        )
     announce(runtime, changes)
     return changes

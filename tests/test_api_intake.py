@@ -33,9 +33,14 @@ def assert_problem(resp: httpx.Response, status: int, field: str | None = None) 
     return body
 
 
-async def test_submit_returns_durable_answer(api: httpx.AsyncClient, centre_headers: dict[str, str]) -> None:
-    resp = await api.post("/v1/applications", json=application(matter_code="XK00123000", form=FOOD_FORM),
-                          headers={**centre_headers, **key()})
+async def test_submit_returns_durable_answer(
+    api: httpx.AsyncClient, centre_headers: dict[str, str]
+) -> None:
+    resp = await api.post(
+        "/v1/applications",
+        json=application(matter_code="XK00123000", form=FOOD_FORM),
+        headers={**centre_headers, **key()},
+    )
     assert resp.status_code == 201, resp.text
     body = resp.json()
     assert body["status"] == "received"
@@ -51,10 +56,20 @@ async def test_submit_returns_durable_answer(api: httpx.AsyncClient, centre_head
     assert "110101199003074518" not in got.text
 
 
-async def test_same_key_same_body_same_answer(api: httpx.AsyncClient, centre_headers: dict[str, str]) -> None:
+async def test_same_key_same_body_same_answer(
+    api: httpx.AsyncClient, centre_headers: dict[str, str]
+) -> None:
     headers = {**centre_headers, **key()}
-    first = await api.post("/v1/applications", json=application(matter_code="XK00123000", form=FOOD_FORM), headers=headers)
-    second = await api.post("/v1/applications", json=application(matter_code="XK00123000", form=FOOD_FORM), headers=headers)
+    first = await api.post(
+        "/v1/applications",
+        json=application(matter_code="XK00123000", form=FOOD_FORM),
+        headers=headers,
+    )
+    second = await api.post(
+        "/v1/applications",
+        json=application(matter_code="XK00123000", form=FOOD_FORM),
+        headers=headers,
+    )
     assert first.status_code == second.status_code == 201
     assert first.json() == second.json()
     assert second.headers.get("Idempotent-Replayed") == "true"
@@ -62,12 +77,19 @@ async def test_same_key_same_body_same_answer(api: httpx.AsyncClient, centre_hea
     assert len(listing.json()["items"]) == 1
 
 
-async def test_same_key_other_body_is_409(api: httpx.AsyncClient, centre_headers: dict[str, str]) -> None:
+async def test_same_key_other_body_is_409(
+    api: httpx.AsyncClient, centre_headers: dict[str, str]
+) -> None:
     headers = {**centre_headers, **key()}
-    await api.post("/v1/applications", json=application(matter_code="XK00123000", form=FOOD_FORM), headers=headers)
+    await api.post(
+        "/v1/applications",
+        json=application(matter_code="XK00123000", form=FOOD_FORM),
+        headers=headers,
+    )
     other = application(matter_code="XK00123000", form={**FOOD_FORM, "business_name": "另一家"})
-    assert_problem(await api.post("/v1/applications", json=other, headers=headers), 409,
-                   "Idempotency-Key")
+    assert_problem(
+        await api.post("/v1/applications", json=other, headers=headers), 409, "Idempotency-Key"
+    )
 
 
 async def test_receipt_numbers_are_sequential_per_centre(
@@ -75,8 +97,11 @@ async def test_receipt_numbers_are_sequential_per_centre(
 ) -> None:
     numbers = []
     for _ in range(3):
-        resp = await api.post("/v1/applications", json=application(matter_code="GG00301000",
-                              region="339900"), headers={**centre_headers, **key()})
+        resp = await api.post(
+            "/v1/applications",
+            json=application(matter_code="GG00301000", region="339900"),
+            headers={**centre_headers, **key()},
+        )
         numbers.append(resp.json()["receipt_number"])
     seqs = [int(n.rsplit("-", 1)[1]) for n in numbers]
     assert seqs == [seqs[0], seqs[0] + 1, seqs[0] + 2]
@@ -97,12 +122,25 @@ async def test_receipt_numbers_are_sequential_per_centre(
         (application(matter_code="XK00301000", region="339900"), 422, "matter_code"),
         (application(delivery={"method": "mail"}), 422, "delivery"),
     ],
-    ids=["missing-field", "unknown-matter", "unknown-region", "bad-region-code",
-         "region-not-offered", "form-schema", "missing-id-number", "unknown-material",
-         "extra-field", "department-not-enabled", "mail-without-address"],
+    ids=[
+        "missing-field",
+        "unknown-matter",
+        "unknown-region",
+        "bad-region-code",
+        "region-not-offered",
+        "form-schema",
+        "missing-id-number",
+        "unknown-material",
+        "extra-field",
+        "department-not-enabled",
+        "mail-without-address",
+    ],
 )
 async def test_bad_applications_get_problem_json(
-    api: httpx.AsyncClient, centre_headers: dict[str, str], body: dict[str, Any], status: int,
+    api: httpx.AsyncClient,
+    centre_headers: dict[str, str],
+    body: dict[str, Any],
+    status: int,
     field: str,
 ) -> None:
     resp = await api.post("/v1/applications", json=body, headers={**centre_headers, **key()})
@@ -110,30 +148,48 @@ async def test_bad_applications_get_problem_json(
 
 
 async def test_malformed_json(api: httpx.AsyncClient, centre_headers: dict[str, str]) -> None:
-    resp = await api.post("/v1/applications", content=b'{"matter_code": ',
-                          headers={**centre_headers, **key(), "content-type": "application/json"})
+    resp = await api.post(
+        "/v1/applications",
+        content=b'{"matter_code": ',
+        headers={**centre_headers, **key(), "content-type": "application/json"},
+    )
     assert_problem(resp, 400, "body")
 
 
 async def test_oversized_body(api: httpx.AsyncClient, centre_headers: dict[str, str]) -> None:
     big = application(form={"note": "x" * 2_000_000})
-    assert_problem(await api.post("/v1/applications", json=big,
-                                  headers={**centre_headers, **key()}), 413)
+    assert_problem(
+        await api.post("/v1/applications", json=big, headers={**centre_headers, **key()}), 413
+    )
 
 
-async def test_oversized_chunked_body(api: httpx.AsyncClient, centre_headers: dict[str, str]) -> None:
+async def test_oversized_chunked_body(
+    api: httpx.AsyncClient, centre_headers: dict[str, str]
+) -> None:
     async def chunks():  # type: ignore[no-untyped-def]
         for _ in range(40):
             yield b"x" * 65536
 
-    resp = await api.post("/v1/applications", content=chunks(),
-                          headers={**centre_headers, **key(), "content-type": "application/json"})
+    resp = await api.post(
+        "/v1/applications",
+        content=chunks(),
+        headers={**centre_headers, **key(), "content-type": "application/json"},
+    )
     assert_problem(resp, 413)
 
 
-async def test_missing_idempotency_key(api: httpx.AsyncClient, centre_headers: dict[str, str]) -> None:
-    assert_problem(await api.post("/v1/applications", json=application(matter_code="XK00123000", form=FOOD_FORM),
-                                  headers=centre_headers), 400, "Idempotency-Key")
+async def test_missing_idempotency_key(
+    api: httpx.AsyncClient, centre_headers: dict[str, str]
+) -> None:
+    assert_problem(
+        await api.post(
+            "/v1/applications",
+            json=application(matter_code="XK00123000", form=FOOD_FORM),
+            headers=centre_headers,
+        ),
+        400,
+        "Idempotency-Key",
+    )
 
 
 @pytest.mark.parametrize("auth", [None, "Bearer owk_wrong", "Basic abc", "Bearer "])
@@ -144,31 +200,47 @@ async def test_wrong_key(api: httpx.AsyncClient, auth: str | None) -> None:
     assert resp.headers["www-authenticate"] == "Bearer"
 
 
-async def test_ops_endpoints_need_ops_key(api: httpx.AsyncClient, centre_headers: dict[str, str],
-                                          ops_headers: dict[str, str]) -> None:
+async def test_ops_endpoints_need_ops_key(
+    api: httpx.AsyncClient, centre_headers: dict[str, str], ops_headers: dict[str, str]
+) -> None:
     assert_problem(await api.get("/v1/ops/failures", headers=centre_headers), 403)
     assert (await api.get("/v1/ops/failures", headers=ops_headers)).status_code == 200
 
 
 async def test_ops_key_cannot_submit(api: httpx.AsyncClient, ops_headers: dict[str, str]) -> None:
-    assert_problem(await api.post("/v1/applications", json=application(matter_code="XK00123000", form=FOOD_FORM),
-                                  headers={**ops_headers, **key()}), 403)
+    assert_problem(
+        await api.post(
+            "/v1/applications",
+            json=application(matter_code="XK00123000", form=FOOD_FORM),
+            headers={**ops_headers, **key()},
+        ),
+        403,
+    )
 
 
-async def test_other_centre_cannot_read(api: httpx.AsyncClient, centre_headers: dict[str, str],
-                                        make_key: Any) -> None:
-    resp = await api.post("/v1/applications", json=application(matter_code="XK00123000", form=FOOD_FORM),
-                          headers={**centre_headers, **key()})
+async def test_other_centre_cannot_read(
+    api: httpx.AsyncClient, centre_headers: dict[str, str], make_key: Any
+) -> None:
+    resp = await api.post(
+        "/v1/applications",
+        json=application(matter_code="XK00123000", form=FOOD_FORM),
+        headers={**centre_headers, **key()},
+    )
     other = await make_key("C02")
     assert_problem(await api.get(f"/v1/applications/{resp.json()['id']}", headers=other), 404)
     assert (await api.get("/v1/applications", headers=other)).json()["items"] == []
 
 
-async def test_list_pages_with_cursor(api: httpx.AsyncClient, centre_headers: dict[str, str]) -> None:
+async def test_list_pages_with_cursor(
+    api: httpx.AsyncClient, centre_headers: dict[str, str]
+) -> None:
     ids = []
     for _ in range(5):
-        r = await api.post("/v1/applications", json=application(matter_code="GG00301000",
-                           region="339900"), headers={**centre_headers, **key()})
+        r = await api.post(
+            "/v1/applications",
+            json=application(matter_code="GG00301000", region="339900"),
+            headers={**centre_headers, **key()},
+        )
         ids.append(r.json()["id"])
     seen, cursor = [], None
     while True:
@@ -179,10 +251,16 @@ async def test_list_pages_with_cursor(api: httpx.AsyncClient, centre_headers: di
         if not cursor:
             break
     assert seen == ids
-    assert_problem(await api.get("/v1/applications", params={"cursor": "!!"},
-                                 headers=centre_headers), 400, "cursor")
-    assert_problem(await api.get("/v1/applications", params={"status": "nope"},
-                                 headers=centre_headers), 422, "status")
+    assert_problem(
+        await api.get("/v1/applications", params={"cursor": "!!"}, headers=centre_headers),
+        400,
+        "cursor",
+    )
+    assert_problem(
+        await api.get("/v1/applications", params={"status": "nope"}, headers=centre_headers),
+        422,
+        "status",
+    )
 
 
 async def test_material_upload(api: httpx.AsyncClient, centre_headers: dict[str, str]) -> None:
@@ -191,9 +269,11 @@ async def test_material_upload(api: httpx.AsyncClient, centre_headers: dict[str,
     assert resp.status_code == 201, resp.text
     material = resp.json()
     assert len(material["sha256"]) == 64 and material["size"] == 13
-    sub = await api.post("/v1/applications",
-                         json=application(materials=[material["id"]]),
-                         headers={**centre_headers, **key()})
+    sub = await api.post(
+        "/v1/applications",
+        json=application(materials=[material["id"]]),
+        headers={**centre_headers, **key()},
+    )
     assert sub.status_code == 201
     view = (await api.get(f"/v1/applications/{sub.json()['id']}", headers=centre_headers)).json()
     assert view["materials"][0]["sha256"] == material["sha256"]

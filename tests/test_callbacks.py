@@ -24,12 +24,17 @@ from tests.conftest import TEST_SECRETS, application, wait_for
 SECRET = TEST_SECRETS["AMR_CALLBACK_SECRET"]
 
 
-def signed(body: dict[str, Any], *, secret: str = SECRET, ts: int | None = None,
-           event_id: str = "ev-1") -> tuple[bytes, dict[str, str]]:
+def signed(
+    body: dict[str, Any], *, secret: str = SECRET, ts: int | None = None, event_id: str = "ev-1"
+) -> tuple[bytes, dict[str, str]]:
     raw = json.dumps(body).encode()
     stamp = str(int(time.time()) if ts is None else ts)
-    return raw, {"X-Timestamp": stamp, "X-Signature": sign(secret, stamp, raw),
-                 "X-Event-Id": event_id, "content-type": "application/json"}
+    return raw, {
+        "X-Timestamp": stamp,
+        "X-Signature": sign(secret, stamp, raw),
+        "X-Event-Id": event_id,
+        "content-type": "application/json",
+    }
 
 
 def test_gateway_and_simulator_sign_alike() -> None:
@@ -38,10 +43,13 @@ def test_gateway_and_simulator_sign_alike() -> None:
 
 @pytest.mark.parametrize(
     ("timestamp", "signature", "title"),
-    [(None, "sha256=00", "Unsigned callback"), ("abc", "sha256=00", "Bad timestamp"),
-     (str(int(time.time()) - 301), None, "Stale callback"),
-     (str(int(time.time()) + 301), None, "Stale callback"),
-     (str(int(time.time())), "sha256=" + "0" * 64, "Bad signature")],
+    [
+        (None, "sha256=00", "Unsigned callback"),
+        ("abc", "sha256=00", "Bad timestamp"),
+        (str(int(time.time()) - 301), None, "Stale callback"),
+        (str(int(time.time()) + 301), None, "Stale callback"),
+        (str(int(time.time())), "sha256=" + "0" * 64, "Bad signature"),
+    ],
     ids=["unsigned", "garbage-timestamp", "stale", "future", "bad-signature"],
 )
 def test_verify_rejects(timestamp: str | None, signature: str | None, title: str) -> None:
@@ -61,10 +69,12 @@ def test_rotation_accepts_either_secret() -> None:
         verify(secrets, stamp, sign("retired", stamp, b"x"), b"x")
 
 
-async def _delivered_case(runtime: Runtime, api: httpx.AsyncClient,
-                          headers: dict[str, str]) -> tuple[str, str]:
-    resp = await api.post("/v1/applications", json=application(),
-                          headers={**headers, "Idempotency-Key": "cb-1"})
+async def _delivered_case(
+    runtime: Runtime, api: httpx.AsyncClient, headers: dict[str, str]
+) -> tuple[str, str]:
+    resp = await api.post(
+        "/v1/applications", json=application(), headers={**headers, "Idempotency-Key": "cb-1"}
+    )
     app_id = resp.json()["id"]
     dispatcher = Dispatcher(runtime)
     await dispatcher.sweep()
@@ -91,18 +101,23 @@ async def test_callback_applies_once_and_replay_is_noop(
     late = await api.post("/v1/callbacks/amr", content=raw, headers=headers)
     assert late.json()["status"] == "unchanged"
     assert (await api.get(f"/v1/applications/{app_id}", headers=centre_headers)).json()[
-        "status"] == "approved"
+        "status"
+    ] == "approved"
 
 
-async def test_callback_problems(runtime: Runtime, api: httpx.AsyncClient,
-                                 centre_headers: dict[str, str]) -> None:
+async def test_callback_problems(
+    runtime: Runtime, api: httpx.AsyncClient, centre_headers: dict[str, str]
+) -> None:
     _app_id, case_id = await _delivered_case(runtime, api, centre_headers)
     raw, headers = signed({"case_id": case_id, "status": "9"})
-    bad = await api.post("/v1/callbacks/amr", content=raw,
-                         headers={**headers, "X-Signature": "sha256=" + "1" * 64})
+    bad = await api.post(
+        "/v1/callbacks/amr", content=raw, headers={**headers, "X-Signature": "sha256=" + "1" * 64}
+    )
     assert bad.status_code == 401 and bad.json()["title"] == "Bad signature"
     stale_raw, stale = signed({"case_id": case_id, "status": "9"}, ts=int(time.time()) - 3600)
-    assert (await api.post("/v1/callbacks/amr", content=stale_raw, headers=stale)).status_code == 401
+    assert (
+        await api.post("/v1/callbacks/amr", content=stale_raw, headers=stale)
+    ).status_code == 401
     unknown = await api.post("/v1/callbacks/nope", content=raw, headers=headers)
     assert unknown.status_code == 404
     # hrss has no callback secret: it cannot push
@@ -114,11 +129,13 @@ async def test_callback_problems(runtime: Runtime, api: httpx.AsyncClient,
     assert missing.status_code == 422 and "case_id" in missing.json()["detail"]
 
 
-async def test_simulator_pushes_signed_callbacks(runtime: Runtime, city: SimulatedCity,
-                                                 centre_headers: dict[str, str]) -> None:
+async def test_simulator_pushes_signed_callbacks(
+    runtime: Runtime, city: SimulatedCity, centre_headers: dict[str, str]
+) -> None:
     # amr's poll interval is long here, so only the pushed callbacks can decide the cases
     runtime.config.departments["amr"] = runtime.config.departments["amr"].model_copy(
-        update={"poll_interval_seconds": 3600})
+        update={"poll_interval_seconds": 3600}
+    )
     state = city.states["amr"]
     state.settings = state.settings.model_copy(update={"callbacks": True})
     async with serve_asgi(create_app(runtime), lifespan="off") as url:
@@ -126,18 +143,24 @@ async def test_simulator_pushes_signed_callbacks(runtime: Runtime, city: Simulat
         async with httpx.AsyncClient(base_url=url) as http:
             ids = []
             for i in range(5):
-                r = await http.post("/v1/applications", json=application(),
-                                    headers={**centre_headers, "Idempotency-Key": f"push-{i}"})
+                r = await http.post(
+                    "/v1/applications",
+                    json=application(),
+                    headers={**centre_headers, "Idempotency-Key": f"push-{i}"},
+                )
                 ids.append(r.json()["id"])
             dispatcher = Dispatcher(runtime)
             await dispatcher.sweep()
             await dispatcher.drain()
 
             async def decided() -> bool:
-                views = [(await http.get(f"/v1/applications/{i}", headers=centre_headers)).json()
-                         for i in ids]
-                return all(v["status"] in {s.value for s in FINAL} | {"supplement_required"}
-                           for v in views)
+                views = [
+                    (await http.get(f"/v1/applications/{i}", headers=centre_headers)).json()
+                    for i in ids
+                ]
+                return all(
+                    v["status"] in {s.value for s in FINAL} | {"supplement_required"} for v in views
+                )
 
             await wait_for(decided, timeout=15)
             assert state.stats()["callbacks_sent"] >= 5

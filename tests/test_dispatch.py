@@ -26,8 +26,13 @@ from gateway.store.tables import applications, dispatch_jobs, events
 from tests.conftest import FAST, application, wait_for
 
 CLIENT = Client(id="c-test", name="test", centre="C01", ops=False)
-FAST_RETRY = {"base_seconds": 0.05, "max_seconds": 0.2, "jitter": 0.1, "in_call_attempts": 1,
-              "max_attempts": 3}
+FAST_RETRY = {
+    "base_seconds": 0.05,
+    "max_seconds": 0.2,
+    "jitter": 0.1,
+    "in_call_attempts": 1,
+    "max_attempts": 3,
+}
 
 
 async def submit_many(runtime: Runtime, n: int, **changes: Any) -> list[str]:
@@ -40,8 +45,9 @@ async def submit_many(runtime: Runtime, n: int, **changes: Any) -> list[str]:
 
 async def statuses(runtime: Runtime, ids: list[str]) -> dict[str, str]:
     async with runtime.engine.connect() as conn:
-        rows = await conn.execute(select(applications.c.id, applications.c.status)
-                                  .where(applications.c.id.in_(ids)))
+        rows = await conn.execute(
+            select(applications.c.id, applications.c.status).where(applications.c.id.in_(ids))
+        )
         return {r[0]: r[1] for r in rows.all()}
 
 
@@ -63,8 +69,9 @@ async def test_delivers_and_decides_without_duplicates(
 ) -> None:
     ids = await submit_many(runtime, 20)
     ids += await submit_many(runtime, 10, matter_code="GF00101000", region="339900")
-    await wait_for(lambda: all_in(runtime, ids, {s.value for s in State} - {"received",
-                                                                           "dispatching"}))
+    await wait_for(
+        lambda: all_in(runtime, ids, {s.value for s in State} - {"received", "dispatching"})
+    )
 
     async def decided() -> bool:
         await poll_sweep(runtime)
@@ -77,22 +84,43 @@ async def test_delivers_and_decides_without_duplicates(
     # the department saw the gateway's idempotency key
     assert set(amr.by_key) == {idempotency_key(i, 1) for i in ids[:20]}
     async with runtime.engine.connect() as conn:
-        case_ids = (await conn.execute(select(applications.c.department_case_id)
-                                       .where(applications.c.id.in_(ids)))).scalars().all()
+        case_ids = (
+            (
+                await conn.execute(
+                    select(applications.c.department_case_id).where(applications.c.id.in_(ids))
+                )
+            )
+            .scalars()
+            .all()
+        )
         assert all(case_ids) and len(set(case_ids)) == 30
         # every event is a legal step in order: received first, then forward
-        first = (await conn.execute(select(events.c.to_status).where(
-            events.c.application_id == ids[0]).order_by(events.c.id))).scalars().all()
+        first = (
+            (
+                await conn.execute(
+                    select(events.c.to_status)
+                    .where(events.c.application_id == ids[0])
+                    .order_by(events.c.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
     assert first[:3] == ["received", "dispatching", "delivered"]
 
 
 async def _with_city(example_config: Config, **overrides: Any) -> Any:
-    return simulated_city(example_config, simulator_overrides={"amr": FAST, "hrss": FAST},
-                          department_overrides=overrides)
+    return simulated_city(
+        example_config,
+        simulator_overrides={"amr": FAST, "hrss": FAST},
+        department_overrides=overrides,
+    )
 
 
 async def test_transient_failures_back_off_then_deliver(example_config: Config) -> None:
-    async with await _with_city(example_config, amr={"retry": FAST_RETRY | {"max_attempts": 50}}) as city:
+    async with await _with_city(
+        example_config, amr={"retry": FAST_RETRY | {"max_attempts": 50}}
+    ) as city:
         runtime = Runtime(city.config)
         await runtime.prepare_database()
         city.states["amr"].mode = "fail503"
@@ -112,8 +140,9 @@ async def test_transient_failures_back_off_then_deliver(example_config: Config) 
             assert job is not None and "503" in (job.last_error or "")
             assert job.next_attempt_at > job.updated_at  # persisted backoff, not a hot loop
             city.states["amr"].mode = "ok"
-            await wait_for(lambda: all_in(runtime, [app_id], {"delivered", "accepted",
-                                                              "in_review", *FINAL}))
+            await wait_for(
+                lambda: all_in(runtime, [app_id], {"delivered", "accepted", "in_review", *FINAL})
+            )
             assert city.states["amr"].stats()["cases"] == 1
         finally:
             await dispatcher.stop(grace_seconds=1)
@@ -132,16 +161,20 @@ async def test_retry_budget_then_failed_then_replay(example_config: Config) -> N
             [app_id] = await submit_many(runtime, 1)
             await wait_for(lambda: all_in(runtime, [app_id], {"failed"}))
             async with runtime.engine.connect() as conn:
-                app = (await conn.execute(select(applications).where(
-                    applications.c.id == app_id))).one()
+                app = (
+                    await conn.execute(select(applications).where(applications.c.id == app_id))
+                ).one()
                 job = await jobs.job_for(conn, app_id, 1)
             assert "gave up after 3 attempts" in app.last_error
             assert job is not None and job.state == jobs.DEAD and job.attempts == 3
             city.states["amr"].mode = "ok"
             change = await replay(runtime, app_id, actor="test")
             assert change.to_status is State.DISPATCHING
-            await wait_for(lambda: all_in(runtime, [app_id], {"delivered", "accepted",
-                                                              "in_review", *FINAL} - {"failed"}))
+            await wait_for(
+                lambda: all_in(
+                    runtime, [app_id], {"delivered", "accepted", "in_review", *FINAL} - {"failed"}
+                )
+            )
             assert city.states["amr"].stats()["cases"] == 1
         finally:
             await dispatcher.stop(grace_seconds=1)
@@ -160,8 +193,9 @@ async def test_permanent_error_fails_at_once(example_config: Config) -> None:
             await dispatcher.sweep()
             await dispatcher.drain()
             async with runtime.engine.connect() as conn:
-                app = (await conn.execute(select(applications).where(
-                    applications.c.id == app_id))).one()
+                app = (
+                    await conn.execute(select(applications).where(applications.c.id == app_id))
+                ).one()
                 job = await jobs.job_for(conn, app_id, 1)
             assert app.status == "failed" and "401" in app.last_error
             assert job is not None and job.attempts == 1
@@ -184,7 +218,9 @@ async def test_business_rejection_becomes_status(example_config: Config) -> None
             await runtime.aclose()
 
 
-async def test_expired_lease_is_taken_over_and_fenced(runtime: Runtime, city: SimulatedCity) -> None:
+async def test_expired_lease_is_taken_over_and_fenced(
+    runtime: Runtime, city: SimulatedCity
+) -> None:
     [app_id] = await submit_many(runtime, 1)
     async with runtime.engine.begin() as conn:
         [job] = await jobs.claim(conn, "amr", "dead-worker", 10, lease_seconds=60)
@@ -193,8 +229,12 @@ async def test_expired_lease_is_taken_over_and_fenced(runtime: Runtime, city: Si
     dispatcher = Dispatcher(runtime, owner="new-worker")
     assert await dispatcher.sweep() == 1
     await dispatcher.drain()
-    assert (await statuses(runtime, [app_id]))[app_id] in {"delivered", "accepted", "in_review",
-                                                           *FINAL}
+    assert (await statuses(runtime, [app_id]))[app_id] in {
+        "delivered",
+        "accepted",
+        "in_review",
+        *FINAL,
+    }
     async with runtime.engine.begin() as conn:
         # the dead worker's late result is refused by the fence
         assert not await jobs.finish(conn, job.id, "dead-worker", state=jobs.DONE)
@@ -208,19 +248,26 @@ async def test_stop_releases_leases(runtime: Runtime, city: SimulatedCity) -> No
     assert await dispatcher.sweep() == 3
     await dispatcher.stop(grace_seconds=0.2)
     async with runtime.engine.connect() as conn:
-        states = (await conn.execute(select(dispatch_jobs.c.state, dispatch_jobs.c.lease_owner)
-                                     .where(dispatch_jobs.c.application_id.in_(ids)))).all()
+        states = (
+            await conn.execute(
+                select(dispatch_jobs.c.state, dispatch_jobs.c.lease_owner).where(
+                    dispatch_jobs.c.application_id.in_(ids)
+                )
+            )
+        ).all()
     assert states == [(jobs.PENDING, None)] * 3
 
 
-async def test_concurrent_dispatchers_never_double_deliver(runtime: Runtime,
-                                                          city: SimulatedCity) -> None:
+async def test_concurrent_dispatchers_never_double_deliver(
+    runtime: Runtime, city: SimulatedCity
+) -> None:
     ids = await submit_many(runtime, 60)
     workers = [Dispatcher(runtime, owner=f"w{i}") for i in range(3)]
     tasks = [asyncio.create_task(w.run()) for w in workers]
     try:
-        await wait_for(lambda: all_in(runtime, ids, {"delivered", "accepted", "in_review",
-                                                     *FINAL}), timeout=20)
+        await wait_for(
+            lambda: all_in(runtime, ids, {"delivered", "accepted", "in_review", *FINAL}), timeout=20
+        )
     finally:
         for w in workers:
             await w.stop(grace_seconds=1)
@@ -228,8 +275,11 @@ async def test_concurrent_dispatchers_never_double_deliver(runtime: Runtime,
     stats = city.states["amr"].stats()
     assert stats["cases"] == 60 and stats["submissions"] == 60 and stats["duplicates"] == 0
     async with runtime.engine.connect() as conn:
-        delivered = (await conn.execute(select(func.count()).select_from(events).where(
-            events.c.to_status == "delivered"))).scalar_one()
+        delivered = (
+            await conn.execute(
+                select(func.count()).select_from(events).where(events.c.to_status == "delivered")
+            )
+        ).scalar_one()
     assert delivered == 60
 
 
@@ -237,8 +287,13 @@ async def test_unavailable_department_is_explained(runtime: Runtime) -> None:
     assert "nrp" not in runtime.connectors
     assert "disabled" in runtime.unavailable["nrp"]
     cfg = runtime.config
-    missing = dataclasses.replace(cfg, departments={
-        **cfg.departments, "nrp": cfg.departments["nrp"].model_copy(update={"enabled": True})})
+    missing = dataclasses.replace(
+        cfg,
+        departments={
+            **cfg.departments,
+            "nrp": cfg.departments["nrp"].model_copy(update={"enabled": True}),
+        },
+    )
     rt = Runtime(missing, engine=runtime.engine)
     assert "not installed" in rt.unavailable["nrp"]
     await rt.http.aclose()

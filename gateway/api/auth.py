@@ -55,8 +55,10 @@ async def authenticate(request: Request) -> Client:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
-        raise _unauthorized("send an API key as 'Authorization: Bearer <key>'; ops can create "
-                            "one with 'gateway keys create --centre NAME'")
+        raise _unauthorized(
+            "send an API key as 'Authorization: Bearer <key>'; ops can create "
+            "one with 'gateway keys create --centre NAME'"
+        )
     keyring: KeyRing = request.app.state.keyring
     client = await keyring.find(key.strip())
     if client is None:
@@ -66,8 +68,9 @@ async def authenticate(request: Request) -> Client:
 
 async def require_ops(client: Annotated[Client, Depends(authenticate)]) -> Client:
     if not client.ops:
-        raise Problem(403, "Ops key required", "this endpoint needs an ops key "
-                      "('gateway keys create --ops')")
+        raise Problem(
+            403, "Ops key required", "this endpoint needs an ops key ('gateway keys create --ops')"
+        )
     return client
 
 

@@ -16,8 +16,16 @@ MEDIA_TYPE = "application/problem+json"
 
 
 class Problem(Exception):
-    def __init__(self, status: int, title: str, detail: str, *, field: str | None = None,
-                 headers: dict[str, str] | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        *,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         self.status, self.title, self.detail, self.field = status, title, detail, field
         self.headers = headers
         self.extra = extra
@@ -25,8 +33,13 @@ class Problem(Exception):
 
 
 def problem_response(
-    request: Request, status: int, title: str, detail: str, *,
-    errors: list[dict[str, str]] | None = None, headers: dict[str, str] | None = None,
+    request: Request,
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
     body: dict[str, Any] = {
@@ -54,8 +67,15 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
         errors = [{"field": exc.field, "message": exc.detail}] if exc.field else None
-        return problem_response(request, exc.status, exc.title, exc.detail, errors=errors,
-                                headers=exc.headers, **exc.extra)
+        return problem_response(
+            request,
+            exc.status,
+            exc.title,
+            exc.detail,
+            errors=errors,
+            headers=exc.headers,
+            **exc.extra,
+        )
 
     @app.exception_handler(IntakeProblem)
     async def _intake(request: Request, exc: IntakeProblem) -> JSONResponse:
@@ -68,7 +88,9 @@ def install(app: FastAPI) -> None:
         for err in exc.errors():
             if err.get("type") == "json_invalid":
                 return problem_response(
-                    request, 400, "Malformed JSON",
+                    request,
+                    400,
+                    "Malformed JSON",
                     f"the request body is not valid JSON ({err.get('ctx', {}).get('error', '')})",
                     errors=[{"field": "body", "message": "not valid JSON"}],
                 )
@@ -78,16 +100,29 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        titles = {404: "Not found", 405: "Method not allowed", 401: "Unauthorized",
-                  413: "Payload too large"}
-        return problem_response(request, exc.status_code, titles.get(exc.status_code, "Error"),
-                                str(exc.detail), headers=getattr(exc, "headers", None))
+        titles = {
+            404: "Not found",
+            405: "Method not allowed",
+            401: "Unauthorized",
+            413: "Payload too large",
+        }
+        return problem_response(
+            request,
+            exc.status_code,
+            titles.get(exc.status_code, "Error"),
+            str(exc.detail),
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
         import structlog
 
         structlog.get_logger("gateway.api").exception("unhandled error", path=request.url.path)
-        return problem_response(request, 500, "Internal error",
-                                "the gateway failed to handle this request; nothing was changed "
-                                "unless a 2xx was returned. Ops can find it in the logs.")
+        return problem_response(
+            request,
+            500,
+            "Internal error",
+            "the gateway failed to handle this request; nothing was changed "
+            "unless a 2xx was returned. Ops can find it in the logs.",
+        )

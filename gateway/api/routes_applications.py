@@ -17,8 +17,8 @@ from gateway.api.problems import Problem
 from gateway.api.views import ApplicationView, application_view
 from gateway.clock import new_id, now
 from gateway.config.models import Matter
-from gateway.store import cases
 from gateway.states import State
+from gateway.store import cases
 from gateway.store.clients import Client
 from gateway.store.tables import materials
 
@@ -34,8 +34,9 @@ async def list_matters(runtime: RuntimeDep, _client: ClientDep) -> list[Matter]:
 async def get_matter(code: str, runtime: RuntimeDep, _client: ClientDep) -> Matter:
     matter = runtime.config.catalog.get(code)
     if matter is None:
-        raise Problem(404, "Unknown matter", f"no matter with code '{code}' in the catalog",
-                      field="code")
+        raise Problem(
+            404, "Unknown matter", f"no matter with code '{code}' in the catalog", field="code"
+        )
     return matter
 
 
@@ -52,21 +53,37 @@ async def upload_material(file: UploadFile, runtime: RuntimeDep, client: ClientD
     api = runtime.config.gateway.api
     content_type = (file.content_type or "").split(";")[0].strip().lower()
     if content_type not in api.material_types:
-        raise Problem(415, "Unsupported material type",
-                      f"'{content_type or 'unknown'}' is not accepted; send one of "
-                      f"{', '.join(api.material_types)}", field="file")
+        raise Problem(
+            415,
+            "Unsupported material type",
+            f"'{content_type or 'unknown'}' is not accepted; send one of "
+            f"{', '.join(api.material_types)}",
+            field="file",
+        )
     data = await file.read(api.material_max_bytes + 1)
     if len(data) > api.material_max_bytes:
-        raise Problem(413, "Payload too large",
-                      f"the file is larger than {api.material_max_bytes} bytes", field="file")
+        raise Problem(
+            413,
+            "Payload too large",
+            f"the file is larger than {api.material_max_bytes} bytes",
+            field="file",
+        )
     if not data:
         raise Problem(422, "Empty file", "the uploaded file is empty", field="file")
     sha = await runtime.blobs.put(data)
-    out = MaterialOut(id=new_id("m"), sha256=sha, filename=_safe_name(file.filename),
-                      content_type=content_type, size=len(data))
+    out = MaterialOut(
+        id=new_id("m"),
+        sha256=sha,
+        filename=_safe_name(file.filename),
+        content_type=content_type,
+        size=len(data),
+    )
     async with runtime.engine.begin() as conn:
-        await conn.execute(insert(materials).values(
-            **out.model_dump(), client_id=client.id, centre=client.centre, created_at=now()))
+        await conn.execute(
+            insert(materials).values(
+                **out.model_dump(), client_id=client.id, centre=client.centre, created_at=now()
+            )
+        )
     assert hashlib.sha256(data).hexdigest() == sha
     return out
 
@@ -77,8 +94,12 @@ def _safe_name(name: str | None) -> str:
     return "".join(ch for ch in base if ch.isprintable())[:200] or "upload"
 
 
-@router.post("/applications", status_code=201, response_model=intake.ApplicationAccepted,
-             tags=["applications"])
+@router.post(
+    "/applications",
+    status_code=201,
+    response_model=intake.ApplicationAccepted,
+    tags=["applications"],
+)
 async def submit_application(
     body: intake.ApplicationIn,
     runtime: RuntimeDep,
@@ -87,9 +108,13 @@ async def submit_application(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> intake.ApplicationAccepted:
     if not idempotency_key:
-        raise Problem(400, "Idempotency-Key required",
-                      "send a unique Idempotency-Key header per application (a UUID works); "
-                      "resending with the same key is then safe", field="Idempotency-Key")
+        raise Problem(
+            400,
+            "Idempotency-Key required",
+            "send a unique Idempotency-Key header per application (a UUID works); "
+            "resending with the same key is then safe",
+            field="Idempotency-Key",
+        )
     try:
         result = await intake.submit(runtime, client, idempotency_key, body)
     except intake.IntakeProblem:
@@ -112,8 +137,12 @@ async def get_application(app_id: str, runtime: RuntimeDep, client: ClientDep) -
     async with runtime.engine.connect() as conn:
         row = await cases.get_application(conn, app_id)
         if row is None or not _visible(client, row):
-            raise Problem(404, "Unknown application", f"no application '{app_id}' visible to "
-                          "this key", field="id")
+            raise Problem(
+                404,
+                "Unknown application",
+                f"no application '{app_id}' visible to this key",
+                field="id",
+            )
         history = await cases.history(conn, app_id)
     return application_view(row, history)
 
@@ -131,8 +160,12 @@ def _cursor(value: str | None) -> str | None:
     except ValueError:
         decoded = ""
     if not decoded.isalnum():
-        raise Problem(400, "Bad cursor", "cursor is not one this API returned; start again "
-                      "without it", field="cursor")
+        raise Problem(
+            400,
+            "Bad cursor",
+            "cursor is not one this API returned; start again without it",
+            field="cursor",
+        )
     return decoded
 
 
@@ -149,18 +182,30 @@ async def list_applications(
 ) -> ApplicationPage:
     if not client.ops:
         if centre and centre != client.centre:
-            raise Problem(403, "Other centre", "a centre key lists only its own centre's "
-                          "applications", field="centre")
+            raise Problem(
+                403,
+                "Other centre",
+                "a centre key lists only its own centre's applications",
+                field="centre",
+            )
         centre = client.centre
     if updated_since and updated_since.tzinfo is None:
-        raise Problem(422, "Invalid request", "updated_since needs a time zone (e.g. +08:00)",
-                      field="updated_since")
+        raise Problem(
+            422,
+            "Invalid request",
+            "updated_since needs a time zone (e.g. +08:00)",
+            field="updated_since",
+        )
     size = limit or runtime.config.gateway.api.page_size
     async with runtime.engine.connect() as conn:
         rows = await cases.list_applications(
-            conn, status=status.value if status else None, centre=centre, department=department,
-            updated_since=updated_since, after_id=_cursor(cursor), limit=size,
+            conn,
+            status=status.value if status else None,
+            centre=centre,
+            department=department,
+            updated_since=updated_since,
+            after_id=_cursor(cursor),
+            limit=size,
         )
-    nxt = (base64.urlsafe_b64encode(rows[-1].id.encode()).decode()
-           if len(rows) == size else None)
+    nxt = base64.urlsafe_b64encode(rows[-1].id.encode()).decode() if len(rows) == size else None
     return ApplicationPage(items=[application_view(r) for r in rows], next_cursor=nxt)

@@ -45,12 +45,19 @@ async def departments(runtime: RuntimeDep, _ops: OpsDep) -> list[DepartmentStatu
                 healthy, detail = h.ok, h.detail
             except Exception as exc:
                 healthy, detail = False, f"health check failed: {type(exc).__name__}"
-        out.append(DepartmentStatus(
-            code=code, name=dept.name, connector=dept.connector, available=connector is not None,
-            reason=runtime.unavailable.get(code), healthy=healthy, health_detail=detail,
-            breaker_open=bool(dispatcher and dispatcher.breaker_open(code)),
-            queue=depth.get(code, {}),
-        ))
+        out.append(
+            DepartmentStatus(
+                code=code,
+                name=dept.name,
+                connector=dept.connector,
+                available=connector is not None,
+                reason=runtime.unavailable.get(code),
+                healthy=healthy,
+                health_detail=detail,
+                breaker_open=bool(dispatcher and dispatcher.breaker_open(code)),
+                queue=depth.get(code, {}),
+            )
+        )
     return out
 
 

@@ -54,16 +54,37 @@ def masked_applicant(applicant: dict[str, Any]) -> dict[str, Any]:
 
 def application_view(row: Any, history: Sequence[Any] | None = None) -> ApplicationView:
     return ApplicationView(
-        id=row.id, receipt_number=row.receipt_number, status=State(row.status),
-        version=row.version, matter_code=row.matter_code, matter_name=row.matter_name,
-        region=row.region, department=row.department, department_case_id=row.department_case_id,
-        centre=row.centre, window=row.window, applicant=masked_applicant(row.applicant),
-        form=row.form, materials=row.materials, delivery=row.delivery,
-        promised_by=row.promised_by, last_error=row.last_error, created_at=row.created_at,
+        id=row.id,
+        receipt_number=row.receipt_number,
+        status=State(row.status),
+        version=row.version,
+        matter_code=row.matter_code,
+        matter_name=row.matter_name,
+        region=row.region,
+        department=row.department,
+        department_case_id=row.department_case_id,
+        centre=row.centre,
+        window=row.window,
+        applicant=masked_applicant(row.applicant),
+        form=row.form,
+        materials=row.materials,
+        delivery=row.delivery,
+        promised_by=row.promised_by,
+        last_error=row.last_error,
+        created_at=row.created_at,
         updated_at=row.updated_at,
-        history=None if history is None else [
-            EventView(at=e.at, version=e.version, source=e.source, actor=e.actor,
-                      from_status=e.from_status, to_status=e.to_status, detail=e.detail)
+        history=None
+        if history is None
+        else [
+            EventView(
+                at=e.at,
+                version=e.version,
+                source=e.source,
+                actor=e.actor,
+                from_status=e.from_status,
+                to_status=e.to_status,
+                detail=e.detail,
+            )
             for e in history
         ],
     )

@@ -1,6 +1,9 @@
 """Imports every command module so each registers itself on ``app``."""
-from gateway.cli import config_cmd  # noqa: F401
-from gateway.cli import service_cmd  # noqa: F401
-from gateway.cli import ops_cmd  # noqa: F401
-from gateway.cli import simulate_cmd  # noqa: F401
-from gateway.cli import demo_cmd  # noqa: F401
+
+from gateway.cli import (
+    config_cmd,  # noqa: F401
+    demo_cmd,  # noqa: F401
+    ops_cmd,  # noqa: F401
+    service_cmd,  # noqa: F401
+    simulate_cmd,  # noqa: F401
+)

@@ -23,8 +23,9 @@ err = Console(stderr=True)
 
 ConfigOption = Annotated[
     Path,
-    typer.Option("--config", "-c", envvar="GATEWAY_CONFIG", help="path of gateway.toml",
-                 show_default=True),
+    typer.Option(
+        "--config", "-c", envvar="GATEWAY_CONFIG", help="path of gateway.toml", show_default=True
+    ),
 ]
 DEFAULT_CONFIG = Path("config/gateway.toml")
 JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output")]

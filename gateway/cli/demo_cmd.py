@@ -17,20 +17,22 @@ from gateway.demo import run_demo, use_demo_secrets
 @app.command()
 def demo(
     config: ConfigOption = DEFAULT_CONFIG,
-    count: Annotated[int, typer.Option("--count", "-n", min=1, help="applications to submit")]
-    = 200,
+    count: Annotated[
+        int, typer.Option("--count", "-n", min=1, help="applications to submit")
+    ] = 200,
     seed: Annotated[int, typer.Option(help="seed of the applicant mix")] = 7,
     timeout: Annotated[float, typer.Option(help="seconds to wait for decisions")] = 180.0,
-    data_dir: Annotated[Path | None, typer.Option(
-        help="where the demo database and files go (default: a new temporary folder)")] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="where the demo database and files go (default: a new temporary folder)"),
+    ] = None,
 ) -> None:
     """Run simulated departments and the gateway together, submit applications, summarise."""
     use_demo_secrets()
     cfg = load(config)
     folder = data_dir or Path(tempfile.mkdtemp(prefix="gateway-demo-"))
     wide = Console(width=max(console.width, 110))  # the summary table needs the room
-    ok = run(run_demo(cfg, count=count, seed=seed, data_dir=folder, timeout=timeout,
-                      console=wide))
+    ok = run(run_demo(cfg, count=count, seed=seed, data_dir=folder, timeout=timeout, console=wide))
     if not ok:
         raise typer.Exit(1)
     console.print("[green]every application reached a final or explained state[/green]")

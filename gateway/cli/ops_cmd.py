@@ -32,8 +32,9 @@ app.add_typer(keys, name="keys")
 def keys_create(
     config: ConfigOption = DEFAULT_CONFIG,
     centre: Annotated[str | None, typer.Option(help="centre code the key acts for")] = None,
-    ops: Annotated[bool, typer.Option("--ops", help="an ops key (ops endpoints, all centres)")]
-    = False,
+    ops: Annotated[
+        bool, typer.Option("--ops", help="an ops key (ops endpoints, all centres)")
+    ] = False,
     name: Annotated[str | None, typer.Option(help="who holds the key")] = None,
 ) -> None:
     """Create an API key; it is printed once and only its hash is stored."""
@@ -52,14 +53,17 @@ def keys_create(
             await runtime.prepare_database()
             async with runtime.engine.begin() as conn:
                 _client, key = await create_client(
-                    conn, name=name or (centre or "ops"), centre=centre, ops=ops)
+                    conn, name=name or (centre or "ops"), centre=centre, ops=ops
+                )
             return key
         finally:
             await runtime.aclose()
 
     key = run(go())
-    console.print("New API key (shown only now; store it in the front-desk system's secrets):",
-                  highlight=False)
+    console.print(
+        "New API key (shown only now; store it in the front-desk system's secrets):",
+        highlight=False,
+    )
     print(key)
 
 
@@ -79,8 +83,11 @@ def replay(
         runtime = Runtime(cfg)
         try:
             await runtime.prepare_database()
-            ids = ([application_id] if application_id else
-                   [r.id for r in await operations.failures(runtime, limit=100_000)])
+            ids = (
+                [application_id]
+                if application_id
+                else [r.id for r in await operations.failures(runtime, limit=100_000)]
+            )
             done, problems = 0, []
             for app_id in ids:
                 assert app_id is not None
@@ -128,12 +135,20 @@ def status(
     if as_json:
         emit_json(view.model_dump(mode="json"))
         return
-    console.print(f"[bold]{view.receipt_number}[/bold] {view.matter_name} -> {view.department}"
-                  f" ({view.department_case_id or 'no case id yet'}): [bold]{view.status}[/bold]")
+    console.print(
+        f"[bold]{view.receipt_number}[/bold] {view.matter_name} -> {view.department}"
+        f" ({view.department_case_id or 'no case id yet'}): [bold]{view.status}[/bold]"
+    )
     table = Table("at", "source", "actor", "from", "to", "detail")
     for e in view.history or []:
-        table.add_row(e.at.isoformat(timespec="seconds"), e.source, e.actor,
-                      e.from_status or "", e.to_status, str(e.detail or ""))
+        table.add_row(
+            e.at.isoformat(timespec="seconds"),
+            e.source,
+            e.actor,
+            e.from_status or "",
+            e.to_status,
+            str(e.detail or ""),
+        )
     console.print(table)
 
 
@@ -141,13 +156,15 @@ def status(
 def plugins(config: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False) -> None:
     """List loaded plugins: name, version, hooks and where each came from."""
     settings = load(config).gateway.plugins if config.exists() else None
-    pm = load_plugins(load=settings.load if settings else (),
-                      block=settings.block if settings else ())
+    pm = load_plugins(
+        load=settings.load if settings else (), block=settings.block if settings else ()
+    )
     info = pm.info()
     kinds = {kind: cls.__module__ for kind, cls in pm.connectors().items()}
     if as_json:
-        emit_json({"plugins": [p.__dict__ for p in info], "failures": pm.failures,
-                   "connectors": kinds})
+        emit_json(
+            {"plugins": [p.__dict__ for p in info], "failures": pm.failures, "connectors": kinds}
+        )
         return
     table = Table("name", "version", "hooks", "origin")
     for p in info:

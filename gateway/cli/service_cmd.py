@@ -16,8 +16,10 @@ from gateway.store.db import create_engine, migrate
 @app.command()
 def serve(
     config: ConfigOption = DEFAULT_CONFIG,
-    with_daemon: Annotated[bool, typer.Option(
-        "--with-daemon/--no-daemon", help="also dispatch and poll in this process")] = True,
+    with_daemon: Annotated[
+        bool,
+        typer.Option("--with-daemon/--no-daemon", help="also dispatch and poll in this process"),
+    ] = True,
     host: Annotated[str | None, typer.Option(help="override [gateway.api] host")] = None,
     port: Annotated[int | None, typer.Option(help="override [gateway.api] port")] = None,
 ) -> None:

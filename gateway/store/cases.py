@@ -53,8 +53,11 @@ async def change_status(
     if version is not None and version < app.version:
         return ChangeResult(Verdict.STALE, current)
     if restart:
-        verdict = Verdict.APPLY if target == State.DISPATCHING and current in (
-            State.FAILED, State.SUPPLEMENT_REQUIRED) else Verdict.ILLEGAL
+        verdict = (
+            Verdict.APPLY
+            if target == State.DISPATCHING and current in (State.FAILED, State.SUPPLEMENT_REQUIRED)
+            else Verdict.ILLEGAL
+        )
     else:
         verdict = judge(current, target)
     if verdict is not Verdict.APPLY:

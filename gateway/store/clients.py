@@ -44,7 +44,11 @@ async def create_client(
     client = Client(id=new_id("c"), name=name, centre=centre, ops=ops)
     await conn.execute(
         insert(api_clients).values(
-            id=client.id, name=name, centre=centre, ops=ops, key_hash=hash_key(key),
+            id=client.id,
+            name=name,
+            centre=centre,
+            ops=ops,
+            key_hash=hash_key(key),
             created_at=now(),
         )
     )

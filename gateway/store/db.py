@@ -26,8 +26,14 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         if isinstance(search_path, str):
             parsed = parsed.difference_update_query(["search_path"])
             connect_args["server_settings"] = {"search_path": search_path}
-        return create_async_engine(parsed, echo=echo, pool_size=10, max_overflow=10,
-                                   pool_pre_ping=True, connect_args=connect_args)
+        return create_async_engine(
+            parsed,
+            echo=echo,
+            pool_size=10,
+            max_overflow=10,
+            pool_pre_ping=True,
+            connect_args=connect_args,
+        )
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     # SQLite has one writer. One pooled connection serialises this process's transactions in an
@@ -39,8 +45,12 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000",
-                       "foreign_keys=ON"):
+        for pragma in (
+            "journal_mode=WAL",
+            "synchronous=NORMAL",
+            "busy_timeout=30000",
+            "foreign_keys=ON",
+        ):
             cur.execute(f"PRAGMA {pragma}")
         cur.close()
 

@@ -16,14 +16,24 @@ PENDING, LEASED, DONE, DEAD = "pending", "leased", "done", "dead"
 
 
 async def enqueue(
-    conn: AsyncConnection, application_id: str, version: int, department: str,
-    *, at: dt.datetime | None = None,
+    conn: AsyncConnection,
+    application_id: str,
+    version: int,
+    department: str,
+    *,
+    at: dt.datetime | None = None,
 ) -> None:
     t = at or now()
     await conn.execute(
         insert(dispatch_jobs).values(
-            application_id=application_id, version=version, department=department,
-            state=PENDING, attempts=0, next_attempt_at=t, created_at=t, updated_at=t,
+            application_id=application_id,
+            version=version,
+            department=department,
+            state=PENDING,
+            attempts=0,
+            next_attempt_at=t,
+            created_at=t,
+            updated_at=t,
         )
     )
 
@@ -59,12 +69,19 @@ async def claim(
         )
         .returning(dispatch_jobs)
     )
-    return (await conn.execute(q)).all()
+    rows: Sequence[Row[Any]] = (await conn.execute(q)).all()
+    return rows
 
 
 async def finish(
-    conn: AsyncConnection, job_id: int, owner: str, *, state: str, error: str | None = None,
-    next_attempt_at: dt.datetime | None = None, attempts: int | None = None,
+    conn: AsyncConnection,
+    job_id: int,
+    owner: str,
+    *,
+    state: str,
+    error: str | None = None,
+    next_attempt_at: dt.datetime | None = None,
+    attempts: int | None = None,
 ) -> bool:
     """Settle a leased job; False if the lease was lost to another worker meanwhile."""
     values: dict[str, Any] = {"state": state, "updated_at": now(), "lease_owner": None}
@@ -76,8 +93,13 @@ async def finish(
         values["attempts"] = attempts
     q = (
         update(dispatch_jobs)
-        .where(and_(dispatch_jobs.c.id == job_id, dispatch_jobs.c.lease_owner == owner,
-                    dispatch_jobs.c.state == LEASED))
+        .where(
+            and_(
+                dispatch_jobs.c.id == job_id,
+                dispatch_jobs.c.lease_owner == owner,
+                dispatch_jobs.c.state == LEASED,
+            )
+        )
         .values(**values)
     )
     return bool((await conn.execute(q)).rowcount)
@@ -116,8 +138,11 @@ async def revive(conn: AsyncConnection, application_id: str, version: int) -> No
     t = now()
     q = (
         update(dispatch_jobs)
-        .where(and_(dispatch_jobs.c.application_id == application_id,
-                    dispatch_jobs.c.version == version))
+        .where(
+            and_(
+                dispatch_jobs.c.application_id == application_id, dispatch_jobs.c.version == version
+            )
+        )
         .values(state=PENDING, attempts=0, next_attempt_at=t, lease_owner=None, updated_at=t)
     )
     await conn.execute(q)

@@ -90,10 +90,12 @@ class RestConnector(Connector):
         update = self._case_update(payload, spec, "POST", "callback")
         event_id = _get(payload, spec.event_id) if spec.event_id else None
         key = _get(payload, spec.idempotency_key) if spec.idempotency_key else None
-        return update.model_copy(update={
-            "event_id": None if event_id in (None, _MISSING) else str(event_id),
-            "idempotency_key": None if key in (None, _MISSING) else str(key),
-        })
+        return update.model_copy(
+            update={
+                "event_id": None if event_id in (None, _MISSING) else str(event_id),
+                "idempotency_key": None if key in (None, _MISSING) else str(key),
+            }
+        )
 
     async def list_cases(
         self, since: dt.datetime, until: dt.datetime
