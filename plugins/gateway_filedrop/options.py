@@ -1,0 +1,237 @@
+"""Options of the ``filedrop`` connector: the ``[options]`` table of a department file.
+
+Every model forbids unknown keys, so a typo is a config error naming the key. The shape::
+
+    [options.target]            where the department's folders are
+    type = "local"              # or "sftp" (host, port, username, password | private_key,
+    root = "var/filedrop/civil" #          known_hosts | host_key, root)
+    [options.folders]           names under root (defaults shown in FolderOptions)
+    [options.request]           how request files are written (format, commit, body map)
+    [options.result]            how result files are recognised and read (complete, fields)
+
+Mappings are dotted paths as in the ``rest`` connector: ``"applicant.idNo" =
+"applicant.id_number"`` puts the envelope's ``applicant.id_number`` at ``applicant.idNo``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from gateway.connector import Applicant, Envelope
+
+__all__ = [
+    "DocumentFields",
+    "FiledropOptions",
+    "FolderOptions",
+    "LocalTarget",
+    "RequestOptions",
+    "ResultFields",
+    "ResultOptions",
+    "SftpTarget",
+    "check_source_path",
+]
+
+Format = Literal["json", "xml", "csv"]
+_FOLDER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_XML_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def check_source_path(path: str) -> str:
+    """Check that ``path`` names something in an :class:`Envelope`; returns it unchanged.
+
+    ``applicant.<field>`` and top-level fields must exist; ``form.<anything>`` is free-form.
+    """
+    parts = path.split(".")
+    if not path or any(not p for p in parts):
+        raise ValueError(f"empty segment in envelope path {path!r}")
+    head, rest = parts[0], parts[1:]
+    if head not in Envelope.model_fields:
+        known = ", ".join(sorted(Envelope.model_fields))
+        raise ValueError(f"unknown envelope field {head!r} in {path!r} (known: {known})")
+    if head == "form":
+        return path
+    if head == "applicant":
+        if len(rest) > 1 or (rest and rest[0] not in Applicant.model_fields):
+            known = ", ".join(sorted(Applicant.model_fields))
+            raise ValueError(f"unknown applicant field in {path!r} (known: {known})")
+        return path
+    if rest:
+        raise ValueError(f"envelope field {head!r} has no sub-field {'.'.join(rest)!r}")
+    return path
+
+
+class LocalTarget(_Strict):
+    """A folder on this machine or a mounted share. ``root`` must exist (an unmounted share
+    is an error, not an empty folder to fill); the folders under it are created if missing."""
+
+    type: Literal["local"]
+    root: Path
+
+
+class SftpTarget(_Strict):
+    """An SFTP server. One of ``password``/``private_key`` authenticates; one of
+    ``known_hosts`` (an OpenSSH known_hosts file) or ``host_key`` (the server's public key,
+    ``"ssh-ed25519 AAAA..."``) checks the server. There is no way to skip host-key checking."""
+
+    type: Literal["sftp"]
+    host: str
+    port: int = Field(default=22, ge=1, le=65535)
+    username: str
+    password: SecretStr | None = None
+    private_key: Path | None = None
+    private_key_passphrase: SecretStr | None = None
+    known_hosts: Path | None = None
+    host_key: str | None = None
+    root: str = Field(default=".", description="folder on the server holding the folders")
+    connect_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _auth_and_host_check(self) -> SftpTarget:
+        if self.password is None and self.private_key is None:
+            raise ValueError("give password or private_key")
+        if self.known_hosts is None and not self.host_key:
+            raise ValueError("give known_hosts or host_key: the server's key is always checked")
+        return self
+
+
+Target = Annotated[LocalTarget | SftpTarget, Field(discriminator="type")]
+
+
+class FolderOptions(_Strict):
+    """Folder names under the target's root (plain names, no paths)."""
+
+    inbox: str = Field(default="inbox", description="request files for the department")
+    outbox: str = Field(default="outbox", description="result files from the department")
+    archive: str = Field(default="archive", description="result files applied by the gateway")
+    quarantine: str = Field(default="quarantine", description="unreadable or unmatched results")
+    sent: str = Field(default="sent", description="the gateway's record of requests written")
+    processed: str | None = Field(
+        default="processed", description="where the department moves requests it took, if any"
+    )
+
+    @field_validator("inbox", "outbox", "archive", "quarantine", "sent", "processed")
+    @classmethod
+    def _plain(cls, value: str | None) -> str | None:
+        if value is not None and (not _FOLDER.fullmatch(value) or ".." in value):
+            raise ValueError(f"{value!r} is not a plain folder name")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct(self) -> FolderOptions:
+        names = [self.inbox, self.outbox, self.archive, self.quarantine, self.sent]
+        names += [self.processed] if self.processed else []
+        if len(set(names)) != len(names):
+            raise ValueError("folder names must differ from each other")
+        return self
+
+
+class RequestOptions(_Strict):
+    """How a request file is written."""
+
+    format: Format = "json"
+    commit: Literal["rename", "done_marker"] = Field(
+        default="rename",
+        description="rename: write a hidden temporary name, then rename; "
+        "done_marker: write the file, then an empty <name><done_suffix>",
+    )
+    done_suffix: str = ".done"
+    encoding: str = "utf-8"
+    xml_root: str = "application"
+    body: dict[str, str] = Field(
+        default_factory=dict,
+        description="department path = envelope path; empty: the whole envelope",
+    )
+    constants: dict[str, Any] = Field(default_factory=dict, description="fixed values merged in")
+    materials: Literal["files", "none"] = Field(
+        default="files", description="files: each material as a file next to the request"
+    )
+    materials_field: str = "materials"
+
+    @field_validator("body")
+    @classmethod
+    def _body_paths(cls, value: dict[str, str]) -> dict[str, str]:
+        for target, source in value.items():
+            if not target or any(not p for p in target.split(".")):
+                raise ValueError(f"empty segment in department path {target!r}")
+            check_source_path(source)
+        return value
+
+    @field_validator("xml_root")
+    @classmethod
+    def _xml_root(cls, value: str) -> str:
+        if not _XML_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not an XML element name")
+        return value
+
+    @field_validator("done_suffix")
+    @classmethod
+    def _suffix(cls, value: str) -> str:
+        if not re.fullmatch(r"\.[A-Za-z0-9_-]{1,16}", value):
+            raise ValueError("must look like '.done'")
+        return value
+
+
+class DocumentFields(_Strict):
+    """Field names inside each document entry of a result file."""
+
+    name: str = "name"
+    content_type: str = "content_type"
+    content_b64: str = "content_b64"
+    file: str = Field(
+        default="file", description="a file in the outbox folder <result name stem>.files/"
+    )
+    url: str = "url"
+
+
+class ResultFields(_Strict):
+    """Where things are in a result file (dotted paths; for CSV, column names)."""
+
+    case_id: str | None = "case_id"
+    idempotency_key: str | None = "idempotency_key"
+    status: str = "status"
+    detail: str | None = "opinion"
+    occurred_at: str | None = "occurred_at"
+    event_id: str | None = None
+    documents: str | None = "documents"
+    supplement_items: str | None = "supplement_items"
+    document_fields: DocumentFields = Field(default_factory=DocumentFields)
+
+    @model_validator(mode="after")
+    def _some_id(self) -> ResultFields:
+        if not self.case_id and not self.idempotency_key:
+            raise ValueError("give case_id or idempotency_key: results must name their case")
+        return self
+
+
+class ResultOptions(_Strict):
+    """How result files are recognised as complete and read."""
+
+    format: Format = "json"
+    complete: Literal["stable", "done_marker"] = Field(
+        default="stable",
+        description="stable: size and mtime unchanged over stable_seconds between scans; "
+        "done_marker: only once <name><done_suffix> exists",
+    )
+    stable_seconds: float = Field(default=2.0, ge=0)
+    done_suffix: str = ".done"
+    encoding: str = "utf-8"
+    max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    fields: ResultFields = Field(default_factory=ResultFields)
+
+
+class FiledropOptions(_Strict):
+    """The ``[options]`` table of a department whose ``connector = "filedrop"``."""
+
+    target: Target
+    folders: FolderOptions = Field(default_factory=FolderOptions)
+    request: RequestOptions = Field(default_factory=RequestOptions)
+    result: ResultOptions = Field(default_factory=ResultOptions)
+    timeout_seconds: float = Field(default=30.0, gt=0, description="per file operation")
