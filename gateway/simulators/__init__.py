@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from gateway.simulators.rest_department import RestSimulatorSettings, create_rest_department
 from gateway.simulators.server import serve_asgi
+from gateway.simulators.soap_department import SoapSimulatorSettings, create_soap_department
 
 __all__ = ["SIMULATORS", "SimulatorFactory", "serve_asgi"]
 
@@ -42,5 +43,11 @@ SIMULATORS: dict[str, SimulatorFactory] = {
         settings=RestSimulatorSettings,
         create=create_rest_department,
         description="REST back-office system (FastAPI, in memory)",
+    ),
+    "soap": SimulatorFactory(
+        kind="soap",
+        settings=SoapSimulatorSettings,
+        create=create_soap_department,
+        description="SOAP 1.1 back-office system (spyne via a2wsgi, in memory)",
     ),
 }

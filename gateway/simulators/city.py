@@ -80,8 +80,9 @@ async def simulated_city(
                 )
                 city.urls[code], city.states[code] = url, state
                 options = dict(dept.options)
-                if "base_url" in options:
-                    options["base_url"] = _rebase(str(options["base_url"]), url)
+                for name in ("base_url", "endpoint", "wsdl"):  # wsdl: only when it is a URL
+                    if str(options.get(name, "")).startswith(("http://", "https://")):
+                        options[name] = _rebase(str(options[name]), url)
                 update["options"] = {**options, **update.get("options", {})}
             if update:
                 departments[code] = type(dept).model_validate({**dict(dept), **update})

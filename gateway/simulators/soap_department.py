@@ -8,8 +8,8 @@ UsernameToken checks, fault injection and the control endpoints.
 
 Operations (namespace :data:`NAMESPACE`, document/literal wrapped)::
 
-    SubmitApplication(Request: ApplicationRequest) -> CaseInfo     dedupes on IdempotencyKey
-                                                                   (or an IdempotencyKey SOAP header)
+    SubmitApplication(Request: ApplicationRequest) -> CaseInfo     dedupes on IdempotencyKey (or
+                                                                   an IdempotencyKey SOAP header)
     QueryStatus(CaseId) -> CaseInfo                                documents are base64 elements
     ListCases(Since, Until, Cursor, Limit) -> CaseList             Items appear to zeep as
                                                                    {"CaseSummary": [...]}
@@ -324,7 +324,7 @@ def _mode_fault(state: SoapDepartmentState) -> None:
 def _build_service(state: SoapDepartmentState) -> type[ServiceBase]:
     class DepartmentService(ServiceBase):  # type: ignore[misc]
         @rpc(ApplicationRequest, _returns=CaseInfo)  # type: ignore[untyped-decorator]
-        def SubmitApplication(ctx: Any, Request: ApplicationRequest | None) -> CaseInfo:  # noqa: N802, N803
+        def SubmitApplication(ctx: Any, Request: ApplicationRequest | None) -> CaseInfo:
             _mode_fault(state)
             header_key = ctx.transport.req_env.get("HTTP_" + _KEY_HEADER.upper().replace("-", "_"))
             key = (Request.IdempotencyKey if Request is not None else None) or header_key
@@ -338,7 +338,7 @@ def _build_service(state: SoapDepartmentState) -> type[ServiceBase]:
             return _case_info(state, case)
 
         @rpc(Unicode, _returns=CaseInfo)  # type: ignore[untyped-decorator]
-        def QueryStatus(ctx: Any, CaseId: str | None) -> CaseInfo:  # noqa: N802, N803
+        def QueryStatus(ctx: Any, CaseId: str | None) -> CaseInfo:
             _mode_fault(state)
             with state.lock:
                 case = state.cases.get(CaseId or "")
@@ -347,12 +347,12 @@ def _build_service(state: SoapDepartmentState) -> type[ServiceBase]:
             return _case_info(state, case)
 
         @rpc(DateTime, DateTime, Unicode, Integer, _returns=CaseList)  # type: ignore[untyped-decorator]
-        def ListCases(  # noqa: N802
+        def ListCases(
             ctx: Any,
-            Since: dt.datetime | None,  # noqa: N803
-            Until: dt.datetime | None,  # noqa: N803
-            Cursor: str | None,  # noqa: N803
-            Limit: int | None,  # noqa: N803
+            Since: dt.datetime | None,
+            Until: dt.datetime | None,
+            Cursor: str | None,
+            Limit: int | None,
         ) -> CaseList:
             _mode_fault(state)
             try:
@@ -437,7 +437,10 @@ def _huge(size: int) -> bytes:
         f'<soap11env:Body><tns:QueryStatusResponse xmlns:tns="{NAMESPACE}">'
         f"<tns:QueryStatusResult><tns:Opinion>"
     ).encode()
-    tail = b"</tns:Opinion></tns:QueryStatusResult></tns:QueryStatusResponse></soap11env:Body></soap11env:Envelope>"
+    tail = (
+        b"</tns:Opinion></tns:QueryStatusResult></tns:QueryStatusResponse>"
+        b"</soap11env:Body></soap11env:Envelope>"
+    )
     return head + b"x" * max(size - len(head) - len(tail), 0) + tail
 
 
@@ -508,7 +511,7 @@ def _check_wsse(settings: SoapSimulatorSettings, root: Any) -> str | None:
 class _Department:
     """The ASGI app: control endpoints, auth, fault modes, then spyne via a2wsgi."""
 
-    def __init__(self, state: SoapDepartmentState, wsgi: WSGIMiddleware) -> None:
+    def __init__(self, state: SoapDepartmentState, wsgi: Any) -> None:
         self.state = state
         self.wsgi = wsgi
 
@@ -573,7 +576,9 @@ class _Department:
         mode = state.mode
         xml = "text/xml; charset=utf-8"
         if mode == "html":
-            page = b"<html><head><title>Bad Gateway</title></head><body><h1>Error</h1></body></html>"
+            page = (
+                b"<html><head><title>Bad Gateway</title></head><body><h1>Error</h1></body></html>"
+            )
             await _respond(send, state.html_status, page, "text/html; charset=utf-8")
         elif mode == "malformed":
             await _respond(send, 200, b"<soap11env:Envelope><soap11env:Body><unclosed>", xml)
@@ -633,5 +638,5 @@ def create_soap_department(
         in_protocol=Soap11(validator="lxml"),
         out_protocol=Soap11(),
     )
-    wsgi = WSGIMiddleware(WsgiApplication(application), workers=8)
+    wsgi: Any = WSGIMiddleware(WsgiApplication(application), workers=8)
     return _Department(state, wsgi), state

@@ -1,0 +1,564 @@
+"""The built-in ``soap`` connector: departments whose back-office system speaks SOAP.
+
+zeep does the SOAP; the connector gives it the gateway's shared ``httpx.AsyncClient`` through
+an :class:`zeep.transports.AsyncTransport` subclass (zeep's own constructor would overwrite the
+shared client's headers), a WSDL parsed once per process (:mod:`gateway_soap.wsdl`) and settings
+that refuse DTDs and entities. Every failure is translated here, at the boundary::
+
+    timeout, connection refused/reset                    -> TransientError
+    HTTP 429 / 5xx that is not a SOAP answer (HTML, text)  -> TransientError
+    HTTP 2xx/3xx/4xx that is not a SOAP answer (HTML page,
+      401/403/404 from a proxy: wrong endpoint or account) -> PermanentError
+    answer larger than max_response_bytes                -> PermanentError
+    malformed XML: with HTTP 5xx                         -> TransientError
+                   otherwise                             -> PermanentError
+    a DTD or entity declarations in an answer (XXE,
+      billion laughs)                                    -> PermanentError (never expanded)
+    SOAP fault                                           -> by [options.faults], longest dotted
+                                                            prefix of the fault code; unknown
+                                                            codes: fault_default
+       "transient" -> TransientError, "permanent" -> PermanentError,
+       "rejected"  -> DepartmentRejected(fault string, status=reject_status)
+    arguments that do not fit the operation, a result
+      without a mapped field, WSDL import not mapped     -> PermanentError naming the option
+
+Messages name the department, operation and what went wrong; fault strings are shown with the
+applicant's ID number and phone masked; request bodies never appear.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import datetime as dt
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+import httpx
+from lxml import etree
+from pydantic import BaseModel
+from requests import Response
+from requests.structures import CaseInsensitiveDict
+from zeep import AsyncClient
+from zeep.exceptions import (
+    DTDForbidden,
+    EntitiesForbidden,
+    ExternalReferenceForbidden,
+    Fault,
+    ValidationError,
+    XMLParseError,
+)
+from zeep.exceptions import Error as ZeepError
+from zeep.exceptions import TransportError as ZeepTransportError
+from zeep.exceptions import XMLSyntaxError as ZeepXMLSyntaxError
+from zeep.helpers import serialize_object
+from zeep.proxy import AsyncServiceProxy
+from zeep.transports import AsyncTransport
+from zeep.wsdl.utils import etree_to_string
+from zeep.wsse.username import UsernameToken
+
+from gateway.connector import (
+    CaseSummary,
+    CaseUpdate,
+    Connector,
+    ConnectorContext,
+    Envelope,
+    Health,
+    Receipt,
+    ResultDocument,
+)
+from gateway.errors import ConnectorError, DepartmentRejected, PermanentError, TransientError
+from gateway_soap.options import PollResponse, SoapOptions
+from gateway_soap.wsdl import RefusedImport, load_document, secure_settings
+
+__all__ = ["SoapConnector", "SoapOptions"]
+
+_MISSING: Any = object()
+# zeep is untyped where it matters here; these names keep mypy --strict honest about it.
+_AsyncClient: Any = AsyncClient
+_AsyncServiceProxy: Any = AsyncServiceProxy
+_UsernameToken: Any = UsernameToken
+_etree_to_string: Any = etree_to_string
+_serialize_object: Any = serialize_object
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Transport(AsyncTransport):
+    """zeep's async transport over the gateway's shared client, with a deadline and a size cap."""
+
+    def __init__(self, connector: SoapConnector) -> None:
+        # Not AsyncTransport.__init__: it replaces the client's headers with zeep's User-Agent,
+        # and the client is shared by every department.
+        self.cache = None
+        self._close_session = False
+        self.connector = connector
+        self.client = connector.context.http
+        self.logger = logging.getLogger(__name__)
+
+    def load(self, url: str) -> bytes:
+        raise PermanentError(f"{self.connector.context.department}: unexpected fetch of {url}")
+
+    async def aclose(self) -> None:
+        """The shared client belongs to the gateway."""
+
+    async def post(self, address: str, message: bytes, headers: dict[str, str]) -> Response:
+        status, response_headers, body = await self.connector._http(
+            "POST", address, message, headers
+        )
+        return _response(status, response_headers, body)
+
+    async def post_xml(self, address: str, envelope: Any, headers: dict[str, str]) -> Response:
+        return await self.post(address, _etree_to_string(envelope), headers)
+
+    async def get(self, address: str, params: Any, headers: dict[str, str]) -> Response:
+        return _response(*await self.connector._http("GET", address, None, headers))
+
+
+def _response(status: int, headers: httpx.Headers, body: bytes) -> Response:
+    response = Response()
+    response._content = body
+    response.status_code = status
+    response.headers = CaseInsensitiveDict(headers.items())
+    response.encoding = None  # zeep reads the charset from the XML declaration
+    return response
+
+
+class SoapConnector(Connector):
+    """Delivers applications to a SOAP department and reads their status back."""
+
+    kind: ClassVar[str] = "soap"
+    Options: ClassVar[type[BaseModel]] = SoapOptions
+
+    def __init__(self, context: ConnectorContext) -> None:
+        super().__init__(context)
+        options = context.options
+        if not isinstance(options, SoapOptions):
+            options = SoapOptions.model_validate(options.model_dump(by_alias=True))
+        self.options: SoapOptions = options
+        self._transport = _Transport(self)
+        self._service: Any = None
+        self._lock = asyncio.Lock()
+        self._auth_header: dict[str, str] = {}
+        if options.basic_auth is not None:
+            pair = f"{options.basic_auth.username}:{options.basic_auth.password.get_secret_value()}"
+            self._auth_header["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+
+    # -- the contract --------------------------------------------------------------------------
+
+    async def submit(self, envelope: Envelope) -> Receipt:
+        submit = self.options.submit
+        kwargs = await self._arguments(envelope)
+        if submit.idempotency_argument:
+            _put(kwargs, submit.idempotency_argument, envelope.idempotency_key)
+        if submit.idempotency_header:
+            header = etree.Element(etree.QName(submit.idempotency_header))
+            header.text = envelope.idempotency_key
+            kwargs["_soapheaders"] = [header]
+        data = await self._invoke(submit.operation, kwargs, envelope)
+        spec = submit.response
+        case_id = self._require(data, spec.case_id, submit.operation)
+        status = _get(data, spec.status) if spec.status else None
+        detail = _get(data, spec.detail) if spec.detail else None
+        return Receipt(
+            case_id=str(case_id),
+            status=None if status in (None, _MISSING) else str(status),
+            detail=None if detail in (None, _MISSING) else _scrub(str(detail), envelope),
+        )
+
+    async def poll(self, receipt: Receipt) -> CaseUpdate | None:
+        poll = self.options.poll
+        if poll is None:
+            return None
+        kwargs: dict[str, Any] = {}
+        for target, value in poll.constants.items():
+            _put(kwargs, target, value)
+        _put(kwargs, poll.case_id_argument, receipt.case_id)
+        data = await self._invoke(poll.operation, kwargs)
+        return self._case_update(data, poll.response, poll.operation)
+
+    async def list_cases(
+        self, since: dt.datetime, until: dt.datetime
+    ) -> AsyncIterator[CaseSummary]:
+        listing = self.options.cases
+        if listing is None:
+            raise NotImplementedError(f"{self.context.department}: no [options.list] configured")
+        cursor: str | None = None
+        for _ in range(listing.max_pages):
+            kwargs: dict[str, Any] = {}
+            _put(kwargs, listing.since_argument, since)
+            _put(kwargs, listing.until_argument, until)
+            _put(kwargs, listing.limit_argument, listing.page_size)
+            if cursor:
+                _put(kwargs, listing.cursor_argument, cursor)
+            data = await self._invoke(listing.operation, kwargs)
+            items = _get(data, listing.items)
+            if items in (None, _MISSING):
+                items = []  # an empty Array is often omitted or nil
+            if not isinstance(items, list):
+                raise PermanentError(
+                    self._where(listing.operation, f"{listing.items!r} is not a list")
+                )
+            for item in items:
+                yield self._summary(item, listing.operation)
+            nxt = _get(data, listing.next)
+            if nxt in (None, _MISSING, ""):
+                return
+            cursor = str(nxt)
+        raise PermanentError(
+            self._where(listing.operation, f"more than {listing.max_pages} pages; cursor loop?")
+        )
+
+    async def health(self) -> Health:
+        try:
+            service = await self._proxy()
+            address = str(service._binding_options["address"])
+            status, _headers, _body = await self._http("GET", address, None, {})
+        except ConnectorError as exc:
+            return Health(ok=False, detail=str(exc)[:300])
+        if status >= 500:
+            return Health(ok=False, detail=f"HTTP {status}")
+        return Health(ok=True, detail=f"HTTP {status}")
+
+    async def aclose(self) -> None:
+        """Nothing to release: the shared http client belongs to the gateway, the parsed
+        WSDL to the process."""
+
+    # -- zeep ----------------------------------------------------------------------------------
+
+    async def _proxy(self) -> Any:
+        if self._service is not None:
+            return self._service
+        async with self._lock:
+            if self._service is None:
+                self._service = await self._build()
+        return self._service
+
+    async def _build(self) -> Any:
+        options = self.options
+        try:
+            document = await load_document(options.wsdl, options.schemas, self._fetch_wsdl)
+        except ConnectorError:
+            raise
+        except RefusedImport as exc:
+            raise PermanentError(f"{self.context.department}: {exc}") from exc
+        except OSError as exc:
+            raise PermanentError(
+                f"{self.context.department}: cannot read the WSDL or a schema "
+                f"({type(exc).__name__}: {exc.strerror or exc}); check [options] wsdl/schemas"
+            ) from exc
+        except (ZeepError, etree.LxmlError, ValueError) as exc:
+            raise PermanentError(
+                f"{self.context.department}: the WSDL cannot be used ({type(exc).__name__}: "
+                f"{str(exc)[:200]})"
+            ) from exc
+        wsse = None
+        if options.wsse is not None:
+            wsse = _UsernameToken(
+                options.wsse.username,
+                options.wsse.password.get_secret_value(),
+                use_digest=options.wsse.digest,
+            )
+        client = _AsyncClient(
+            wsdl=document, transport=self._transport, wsse=wsse, settings=secure_settings()
+        )
+        services = document.services
+        try:
+            service = (
+                services[options.service] if options.service else next(iter(services.values()))
+            )
+            ports = service.ports
+            port = ports[options.port] if options.port else next(iter(ports.values()))
+        except (KeyError, StopIteration) as exc:
+            raise PermanentError(
+                f"{self.context.department}: the WSDL has no service/port "
+                f"{options.service or '(first)'}/{options.port or '(first)'}"
+            ) from exc
+        binding_options = dict(port.binding_options)
+        if options.endpoint:
+            binding_options["address"] = options.endpoint
+        if not binding_options.get("address"):
+            raise PermanentError(
+                f"{self.context.department}: the WSDL gives no address; set [options] endpoint"
+            )
+        return _AsyncServiceProxy(client, port.binding, **binding_options)
+
+    async def _fetch_wsdl(self, url: str) -> bytes:
+        status, _headers, body = await self._http("GET", url, None, {})
+        if status == 200:
+            return body
+        problem = f"fetching the WSDL: HTTP {status}"
+        if status == 429 or status >= 500:
+            raise TransientError(f"{self.context.department}: {problem}")
+        raise PermanentError(f"{self.context.department}: {problem}; check [options] wsdl")
+
+    async def _invoke(
+        self, operation: str, kwargs: dict[str, Any], envelope: Envelope | None = None
+    ) -> Any:
+        service = await self._proxy()
+        try:
+            method = service[operation]
+        except AttributeError as exc:
+            raise PermanentError(
+                self._where(operation, "the WSDL has no such operation; check [options]")
+            ) from exc
+        try:
+            result = await method(**kwargs)
+        except ConnectorError:
+            raise
+        except Fault as exc:
+            raise self._fault(operation, exc, envelope) from exc
+        except (DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden) as exc:
+            raise PermanentError(
+                self._where(
+                    operation,
+                    f"answer refused: it declares a DTD or entities ({type(exc).__name__}); "
+                    "XML entity expansion and external references are off",
+                )
+            ) from exc
+        except ZeepTransportError as exc:
+            what = f"HTTP {exc.status_code} answer is not well-formed SOAP"
+            if exc.status_code == 429 or exc.status_code >= 500:
+                raise TransientError(self._where(operation, what)) from exc
+            raise PermanentError(self._where(operation, what)) from exc
+        except (ZeepXMLSyntaxError, XMLParseError, etree.XMLSyntaxError) as exc:
+            raise PermanentError(self._where(operation, "answer is not well-formed XML")) from exc
+        except (ValidationError, TypeError) as exc:
+            raise PermanentError(
+                self._where(
+                    operation,
+                    f"arguments do not fit the operation ({str(exc)[:200]}); check the "
+                    "argument mapping in [options]",
+                )
+            ) from exc
+        except ZeepError as exc:
+            raise PermanentError(
+                self._where(operation, f"unusable answer ({type(exc).__name__})")
+            ) from exc
+        return _plain(result)
+
+    def _fault(self, operation: str, exc: Fault, envelope: Envelope | None) -> ConnectorError:
+        code = str(exc.code or "").rsplit("}", 1)[-1].split(":", 1)[-1]
+        for sub in exc.subcodes or []:
+            code += "." + str(getattr(sub, "localname", sub)).split(":", 1)[-1]
+        parts = code.split(".") if code else []
+        action = self.options.fault_default
+        for end in range(len(parts), 0, -1):
+            candidate = ".".join(parts[:end])
+            if candidate in self.options.faults:
+                action = self.options.faults[candidate]
+                break
+        reason = _scrub(str(exc.message or code or "SOAP fault"), envelope)[:500]
+        if action == "rejected":
+            return DepartmentRejected(reason, status=self.options.reject_status)
+        message = self._where(operation, f"SOAP fault {code or '(no code)'}: {reason[:200]}")
+        if action == "transient":
+            return TransientError(message)
+        return PermanentError(message)
+
+    # -- http ----------------------------------------------------------------------------------
+
+    async def _http(
+        self, method: str, url: str, content: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, httpx.Headers, bytes]:
+        """One request with a total deadline and a size cap; non-SOAP answers are translated."""
+        options = self.options
+        all_headers = {**headers, **self._auth_header}
+        label = f"{method} {url.split('?', 1)[0]}"
+        try:
+            async with asyncio.timeout(options.timeout_seconds):
+                async with self.context.http.stream(
+                    method,
+                    url,
+                    content=content,
+                    headers=all_headers,
+                    timeout=options.timeout_seconds,
+                ) as response:
+                    body = await _read_capped(response, options.max_response_bytes)
+        except _TooLarge as exc:
+            raise PermanentError(
+                f"{self.context.department}: {label}: answer larger than "
+                f"{options.max_response_bytes} bytes (raise [options] max_response_bytes "
+                "if it is legitimate)"
+            ) from exc
+        except (httpx.TimeoutException, TimeoutError) as exc:
+            raise TransientError(
+                f"{self.context.department}: {label}: timed out after {options.timeout_seconds} s"
+            ) from exc
+        except (httpx.TransportError, OSError) as exc:
+            raise TransientError(
+                f"{self.context.department}: {label}: connection failed ({type(exc).__name__})"
+            ) from exc
+        status = response.status_code
+        content_type = response.headers.get("content-type", "").lower()
+        soapish = "xml" in content_type or content_type.startswith("multipart/related")
+        if method == "GET" or (soapish and status in (200, 202, 400, 500)):
+            return status, response.headers, body
+        kind = content_type.split(";", 1)[0] or "no content type"
+        what = f"HTTP {status}" + ("" if soapish else f" answer is {kind}, not SOAP")
+        if status == 429 or status >= 500:
+            raise TransientError(f"{self.context.department}: {label}: {what}")
+        hint = " (check [options] endpoint and credentials)" if status < 500 else ""
+        raise PermanentError(f"{self.context.department}: {label}: {what}{hint}")
+
+    # -- mapping -------------------------------------------------------------------------------
+
+    async def _arguments(self, envelope: Envelope) -> dict[str, Any]:
+        submit = self.options.submit
+        mapped = self.context.map_payload(envelope)
+        kwargs: dict[str, Any]
+        if mapped is not None:
+            kwargs = dict(mapped)
+        else:
+            kwargs = {}
+            source = envelope.model_dump(mode="json")
+            for target, path in submit.arguments.items():
+                value = _get(source, path)
+                if value is _MISSING:
+                    raise PermanentError(
+                        f"{self.context.department}: envelope has no {path!r} "
+                        f"(mapped to {target!r} in [options.submit.arguments])"
+                    )
+                _put(kwargs, target, value)
+        for target, value in submit.constants.items():
+            _put(kwargs, target, value)
+        for target in submit.json_arguments:
+            value = _get(kwargs, target)
+            if value is not _MISSING:
+                _put(kwargs, target, json.dumps(value, ensure_ascii=False))
+        return kwargs
+
+    def _where(self, operation: str, what: str) -> str:
+        return f"{self.context.department}: {operation}: {what}"
+
+    def _require(self, data: Any, path: str, operation: str) -> Any:
+        value = _get(data, path)
+        if value in (None, _MISSING):
+            raise PermanentError(
+                self._where(operation, f"answer has no {path!r} (check [options] mapping)")
+            )
+        return value
+
+    def _case_update(self, data: Any, spec: PollResponse, operation: str) -> CaseUpdate:
+        case_id = self._require(data, spec.case_id, operation)
+        status = self._require(data, spec.status, operation)
+        detail = _get(data, spec.detail) if spec.detail else None
+        occurred = _get(data, spec.occurred_at) if spec.occurred_at else None
+        docs = _get(data, spec.documents) if spec.documents else None
+        items = _get(data, spec.supplement_items) if spec.supplement_items else None
+        fields = spec.document_fields
+        documents: list[ResultDocument] = []
+        for raw in docs if isinstance(docs, list) else []:
+            if not isinstance(raw, dict):
+                raise PermanentError(self._where(operation, "document entry is not an element"))
+            documents.append(
+                ResultDocument(
+                    name=str(raw.get(fields.name) or "document"),
+                    content_type=str(raw.get(fields.content_type) or "application/octet-stream"),
+                    content=self._content(raw.get(fields.content), operation),
+                )
+            )
+        return CaseUpdate(
+            case_id=str(case_id),
+            status=str(status),
+            detail=None if detail in (None, _MISSING) else str(detail),
+            occurred_at=_parse_time(occurred),
+            documents=documents,
+            supplement_items=[str(i) for i in items] if isinstance(items, list) else [],
+        )
+
+    def _content(self, value: Any, operation: str) -> bytes | None:
+        if value is None or isinstance(value, bytes):
+            return value  # base64Binary (and MTOM/XOP parts) arrive decoded
+        try:
+            return base64.b64decode(str(value), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise PermanentError(self._where(operation, "document content is not base64")) from exc
+
+    def _summary(self, item: Any, operation: str) -> CaseSummary:
+        spec = self.options.cases
+        assert spec is not None
+        fields = spec.item
+        case_id = self._require(item, fields.case_id, operation)
+        status = self._require(item, fields.status, operation)
+        key = _get(item, fields.idempotency_key_path) if fields.idempotency_key_path else None
+        updated = _get(item, fields.updated_at) if fields.updated_at else None
+        return CaseSummary(
+            case_id=str(case_id),
+            status=str(status),
+            idempotency_key=None if key in (None, _MISSING) else str(key),
+            updated_at=_parse_time(updated),
+        )
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+    declared = response.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in response.aiter_bytes():  # decoded: a gzip bomb counts at full size
+        total += len(chunk)
+        if total > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _plain(result: Any) -> Any:
+    """zeep's result objects as plain dicts and lists."""
+    return _serialize_object(result, target_cls=dict)
+
+
+def _get(data: Any, path: str) -> Any:
+    """The value at dotted ``path`` in nested dicts, or ``_MISSING``."""
+    node = data
+    for part in path.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return _MISSING
+    return node
+
+
+def _put(target: dict[str, Any], path: str, value: Any) -> None:
+    parts = path.split(".")
+    node = target
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value
+
+
+def _parse_time(value: Any) -> dt.datetime | None:
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _scrub(text: str, envelope: Envelope | None) -> str:
+    """Mask the applicant's ID number and phone if a department echoes them in a reason."""
+    if envelope is None:
+        return text
+    for secret in (envelope.applicant.id_number, envelope.applicant.phone):
+        if secret and len(secret) >= 4 and secret in text:
+            text = text.replace(secret, secret[:2] + "*" * (len(secret) - 4) + secret[-2:])
+    return text
