@@ -14,6 +14,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from gateway.simulators.filedrop_department import (
+    FiledropSimulatorSettings,
+    create_filedrop_department,
+)
 from gateway.simulators.rest_department import RestSimulatorSettings, create_rest_department
 from gateway.simulators.server import serve_asgi
 from gateway.simulators.soap_department import SoapSimulatorSettings, create_soap_department
@@ -49,5 +53,11 @@ SIMULATORS: dict[str, SimulatorFactory] = {
         settings=SoapSimulatorSettings,
         create=create_soap_department,
         description="SOAP 1.1 back-office system (spyne via a2wsgi, in memory)",
+    ),
+    "filedrop": SimulatorFactory(
+        kind="filedrop",
+        settings=FiledropSimulatorSettings,
+        create=create_filedrop_department,
+        description="file-drop back-office system (local folder or SFTP on loopback)",
     ),
 }

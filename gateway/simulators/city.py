@@ -72,6 +72,9 @@ async def simulated_city(
                 table.update(simulator_overrides.get(code, {}))
                 if ephemeral_ports:
                     table["port"] = 0
+                    if "workdir" in factory.settings.model_fields:
+                        # simulators that keep files get a folder private to this city
+                        table["workdir"] = str(config.gateway.data_dir / "simulators" / code)
                 if dept.callback_secrets:
                     table.setdefault("callback_secret", dept.callback_secrets[0].get_secret_value())
                 settings, app, state = factory.build(table)
@@ -83,6 +86,9 @@ async def simulated_city(
                 for name in ("base_url", "endpoint", "wsdl"):  # wsdl: only when it is a URL
                     if str(options.get(name, "")).startswith(("http://", "https://")):
                         options[name] = _rebase(str(options[name]), url)
+                connector_options = getattr(state, "connector_options", None)
+                if callable(connector_options):  # e.g. a file-drop simulator's folders or port
+                    options.update(connector_options())
                 update["options"] = {**options, **update.get("options", {})}
             if update:
                 departments[code] = type(dept).model_validate({**dict(dept), **update})

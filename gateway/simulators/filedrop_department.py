@@ -1,0 +1,492 @@
+"""A simulated department back-office system that exchanges files through folders.
+
+It watches its inbox (a local folder, served over a real SFTP server on loopback when
+``transport = "sftp"``), takes each complete request file into ``processed/``, decides after a
+delay with a seeded mix, and writes result files into its outbox: an "accepted" result first
+(code ``1``), then the decision. It can be told to write slowly (in chunks straight into the
+final name, to exercise the gateway's stability check), to write garbage files and duplicate
+results (rates in the settings or ``POST /_control``). Department status codes::
+
+    "1" accepted (受理)   "2" not accepted (不予受理)   "3" supplement required (补正)
+    "4" refused (不予许可)   "9" approved, certificate issued
+
+Result files are ``<case id>-<n>.<ext>`` with the fields the ``filedrop`` connector reads by
+default (``case_id, idempotency_key, status, opinion, occurred_at, supplement_items,
+documents``); JSON and XML carry the certificate inline (base64), CSV names a file in
+``<result stem>.files/``. A tiny control API (``GET /_stats``, ``POST /_control``) runs where
+the other simulators run their department API, and its lifespan starts and stops the watcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import logging
+import random
+import re
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import FastAPI
+from lxml import etree
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gateway.simulators.sftp import SftpServer, sftp_server
+
+__all__ = [
+    "FiledropControl",
+    "FiledropDepartmentState",
+    "FiledropSimulatorSettings",
+    "create_filedrop_department",
+]
+
+_log = logging.getLogger(__name__)
+
+Outcome = Literal["approve", "reject", "supplement", "not_accept"]
+_OUTCOMES: tuple[Outcome, ...] = ("approve", "reject", "supplement", "not_accept")
+_FINAL = {"approve": "9", "reject": "4", "supplement": "3", "not_accept": "2"}
+_OPINIONS = {
+    "approve": "准予登记",
+    "reject": "不予许可：申请材料不符合法定条件",
+    "supplement": "请补正以下材料",
+    "not_accept": "不予受理：申请事项不属于本机关职权范围",
+}
+_SUPPLEMENT_ITEMS = ["居民户口簿复印件", "近期免冠照片"]
+_EXT = {"json": ".json", "xml": ".xml", "csv": ".csv"}
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+_VERSION = re.compile(r"-v(\d+)$")
+
+
+def _default_mix() -> dict[str, float]:
+    return {"approve": 0.7, "reject": 0.15, "supplement": 0.1, "not_accept": 0.05}
+
+
+class FiledropSimulatorSettings(BaseModel):
+    """The ``[simulator]`` table of a department file whose simulator kind is ``filedrop``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["filedrop"] = "filedrop"
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535, description="control API (/_stats, /_control)")
+    root: Path | None = Field(default=None, description="exchange folder; none: a temporary one")
+    workdir: Path | None = Field(
+        default=None, description="set by the simulated-city harness; used instead of root"
+    )
+    transport: Literal["local", "sftp"] = "local"
+    sftp_host: str = "127.0.0.1"
+    sftp_port: int = Field(default=0, ge=0, le=65535)
+    sftp_username: str = "gateway"
+    sftp_password: str | None = None
+    inbox: str = "inbox"
+    outbox: str = "outbox"
+    processed: str = "processed"
+    format: Literal["json", "xml", "csv"] = "json"
+    request_commit: Literal["rename", "done_marker"] = "rename"
+    result_commit: Literal["rename", "done_marker"] = "rename"
+    done_suffix: str = ".done"
+    scan_interval_seconds: float = Field(default=0.2, gt=0)
+    decision_delay_seconds: float = Field(default=2.0, ge=0)
+    seed: int = 1
+    mix: dict[str, float] = Field(default_factory=_default_mix)
+    case_prefix: str = "MZ"
+    progress: bool = Field(default=True, description="write an 'accepted' result first")
+    slow_write_rate: float = Field(default=0.0, ge=0, le=1)
+    slow_chunk_bytes: int = Field(default=64, ge=1)
+    slow_chunk_pause_seconds: float = Field(default=0.05, ge=0)
+    garbage_rate: float = Field(default=0.0, ge=0, le=1)
+    duplicate_rate: float = Field(default=0.0, ge=0, le=1)
+
+    @field_validator("mix")
+    @classmethod
+    def _check_mix(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(_OUTCOMES))
+        if unknown:
+            raise ValueError(f"unknown outcomes {unknown}; use {list(_OUTCOMES)}")
+        if any(w < 0 for w in value.values()) or sum(value.values()) <= 0:
+            raise ValueError("weights must be >= 0 and not all zero")
+        return value
+
+
+class FiledropControl(BaseModel):
+    """``POST /_control``: change fault rates while running (omitted fields stay)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    slow_write_rate: float | None = Field(default=None, ge=0, le=1)
+    garbage_rate: float | None = Field(default=None, ge=0, le=1)
+    duplicate_rate: float | None = Field(default=None, ge=0, le=1)
+    sftp_drop_after_bytes: int | None = Field(default=None, ge=-1, description="-1: off")
+
+
+@dataclass
+class FileCase:
+    seq: int
+    case_id: str
+    idempotency_key: str
+    version: int
+    outcome: Outcome
+    received_at: dt.datetime
+    request_ok: bool = True
+    results: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FiledropDepartmentState:
+    """Everything the simulated department holds; tests read it directly."""
+
+    settings: FiledropSimulatorSettings
+    root: Path = Path()
+    cases: dict[str, FileCase] = field(default_factory=dict)
+    requests: int = 0
+    duplicates: int = 0
+    bad_requests: int = 0
+    results_written: int = 0
+    slow_writes: int = 0
+    garbage_written: int = 0
+    duplicate_results: int = 0
+    sftp: SftpServer | None = None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _rng: random.Random = field(default_factory=random.Random)
+    _stack: contextlib.AsyncExitStack | None = None
+    _temp: Path | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the folders, start the SFTP server (if any) and the inbox watcher."""
+        s = self.settings
+        self._rng = random.Random(s.seed)
+        if s.workdir is not None:
+            self.root = s.workdir
+        elif s.root is not None:
+            self.root = s.root
+        else:
+            self._temp = self.root = Path(tempfile.mkdtemp(prefix="filedrop-sim-"))
+        for folder in (s.inbox, s.outbox, s.processed):
+            (self.root / folder).mkdir(parents=True, exist_ok=True)
+        self._stack = contextlib.AsyncExitStack()
+        if s.transport == "sftp":
+            keydir = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="sftp-")))
+            self.sftp = await self._stack.enter_async_context(
+                sftp_server(
+                    self.root,
+                    keydir=keydir,
+                    host=s.sftp_host,
+                    port=s.sftp_port,
+                    username=s.sftp_username,
+                    password=s.sftp_password,
+                )
+            )
+        self._spawn(self._watch())
+
+    async def aclose(self) -> None:
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._stack is not None:
+            await self._stack.aclose()
+            self._stack = None
+        if self._temp is not None:
+            shutil.rmtree(self._temp, ignore_errors=True)
+            self._temp = None
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[FiledropDepartmentState]:
+        """``start`` ... ``aclose`` as a block (tests that need no control API)."""
+        await self.start()
+        try:
+            yield self
+        finally:
+            await self.aclose()
+
+    def connector_options(self) -> dict[str, Any]:
+        """Where the gateway's ``filedrop`` connector finds this department (merged into the
+        department's ``[options]`` by the simulated-city harness)."""
+        if self.sftp is None:
+            return {"target": {"type": "local", "root": str(self.root)}}
+        target: dict[str, Any] = {
+            "type": "sftp",
+            "host": self.sftp.host,
+            "port": self.sftp.port,
+            "username": self.sftp.username,
+            "host_key": self.sftp.host_key_line,
+            "root": "/",
+        }
+        if self.sftp.password is not None:
+            target["password"] = self.sftp.password
+        else:
+            target["private_key"] = str(self.sftp.client_key_path)
+        return {"target": target}
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "requests": self.requests,
+            "cases": len(self.cases),
+            "duplicates": self.duplicates,
+            "bad_requests": self.bad_requests,
+            "results_written": self.results_written,
+            "slow_writes": self.slow_writes,
+            "garbage_written": self.garbage_written,
+            "duplicate_results": self.duplicate_results,
+            "sftp_connections": self.sftp.connections if self.sftp else 0,
+            "sftp_dropped": self.sftp.dropped if self.sftp else 0,
+        }
+
+    def outcome_for(self, key: str, version: int) -> Outcome:
+        """Deterministic in (seed, key); a re-sent version is never sent back for supplement."""
+        digest = hashlib.sha256(f"{self.settings.seed}:{key}".encode()).digest()
+        point = int.from_bytes(digest[:8], "big") / 2**64
+        weights = {o: max(self.settings.mix.get(o, 0.0), 0.0) for o in _OUTCOMES}
+        if version > 1 and sum(w for o, w in weights.items() if o != "supplement") > 0:
+            weights["supplement"] = 0.0
+        total = sum(weights.values())
+        acc = 0.0
+        for outcome, weight in weights.items():
+            acc += weight / total
+            if point < acc and weight > 0:
+                return outcome
+        return next(o for o, w in weights.items() if w > 0)
+
+    # -- the inbox -----------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                await self.scan()
+            except OSError:
+                _log.exception("filedrop simulator: inbox scan failed")
+            await asyncio.sleep(self.settings.scan_interval_seconds)
+
+    async def scan(self) -> int:
+        """Take every complete request in the inbox; returns how many were taken."""
+        s = self.settings
+        ext = _EXT[s.format]
+        inbox = self.root / s.inbox
+        names = set(await asyncio.to_thread(lambda: [p.name for p in inbox.iterdir()]))
+        taken = 0
+        for name in sorted(names):
+            if name.startswith(".") or not name.endswith(ext):
+                continue
+            if s.request_commit == "done_marker" and name + s.done_suffix not in names:
+                continue
+            key = name[: -len(ext)]
+            if not _KEY.fullmatch(key):
+                continue
+            await asyncio.to_thread(self._take, key, name, names)
+            taken += 1
+        return taken
+
+    def _take(self, key: str, name: str, names: set[str]) -> None:
+        s = self.settings
+        inbox, processed = self.root / s.inbox, self.root / s.processed
+        data = (inbox / name).read_bytes()
+        for other in sorted(names):
+            if other == name or other.startswith(f"{key}.m") or other == name + s.done_suffix:
+                (inbox / other).replace(processed / other)
+        (inbox / name).replace(processed / name)
+        self.requests += 1
+        if key in self.cases:
+            self.duplicates += 1
+            return
+        ok = _readable(data, s.format)
+        match = _VERSION.search(key)
+        version = int(match.group(1)) if match else 1
+        now = dt.datetime.now(dt.UTC)
+        seq = len(self.cases) + 1
+        case = FileCase(
+            seq=seq,
+            case_id=f"{s.case_prefix}-{now.year}-{seq:06d}",
+            idempotency_key=key,
+            version=version,
+            outcome=self.outcome_for(key, version) if ok else "not_accept",
+            received_at=now,
+            request_ok=ok,
+        )
+        if not ok:
+            self.bad_requests += 1
+        self.cases[key] = case
+        self._spawn(self._decide(case))
+
+    # -- results -------------------------------------------------------------------------------
+
+    async def _decide(self, case: FileCase) -> None:
+        s = self.settings
+        delay = s.decision_delay_seconds
+        if s.progress and case.outcome != "not_accept":
+            await asyncio.sleep(delay / 2)
+            await self._write_result(case, "1")
+            await asyncio.sleep(delay / 2)
+        else:
+            await asyncio.sleep(delay)
+        name = await self._write_result(case, _FINAL[case.outcome], final=True)
+        if self._rng.random() < s.duplicate_rate:
+            self.duplicate_results += 1
+            await self._write_result(
+                case, _FINAL[case.outcome], final=True, name=name.replace(".", "-copy.", 1)
+            )
+        if self._rng.random() < s.garbage_rate:
+            await self.write_garbage(f"garbage-{case.case_id}{_EXT[s.format]}")
+
+    def result_record(self, case: FileCase, status: str, *, final: bool) -> dict[str, Any]:
+        opinion = _OPINIONS[case.outcome] if final else "已受理"
+        if not case.request_ok:
+            opinion = "不予受理：申请文件无法读取"
+        record: dict[str, Any] = {
+            "case_id": case.case_id,
+            "idempotency_key": case.idempotency_key,
+            "status": status,
+            "opinion": opinion,
+            "occurred_at": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
+            "supplement_items": list(_SUPPLEMENT_ITEMS) if final and status == "3" else [],
+            "documents": [],
+        }
+        if final and case.outcome == "approve":
+            record["documents"] = [
+                {
+                    "name": f"certificate-{case.case_id}.pdf",
+                    "content_type": "application/pdf",
+                    "content_b64": base64.b64encode(_certificate(case.case_id)).decode(),
+                }
+            ]
+        return record
+
+    async def _write_result(
+        self, case: FileCase, status: str, *, final: bool = False, name: str | None = None
+    ) -> str:
+        s = self.settings
+        name = name or f"{case.case_id}-{len(case.results) + 1}{_EXT[s.format]}"
+        record = self.result_record(case, status, final=final)
+        outbox = self.root / s.outbox
+        if s.format == "csv" and record["documents"]:
+            folder = outbox / f"{name.rsplit('.', 1)[0]}.files"
+            folder.mkdir(exist_ok=True)
+            names = []
+            for doc in record["documents"]:
+                (folder / doc["name"]).write_bytes(base64.b64decode(doc["content_b64"]))
+                names.append(doc["name"])
+            record["documents"] = ";".join(names)
+        data = encode_result(record, s.format)
+        slow = self._rng.random() < s.slow_write_rate
+        await self.write_file(name, data, slow=slow)
+        case.results.append(name)
+        self.results_written += 1
+        return name
+
+    async def write_file(self, name: str, data: bytes, *, slow: bool = False) -> None:
+        """Put ``name`` into the outbox the way the settings say (slow: in chunks, in place)."""
+        s = self.settings
+        path = self.root / s.outbox / name
+        if slow:
+            self.slow_writes += 1
+            with path.open("wb") as fh:
+                for start in range(0, len(data), s.slow_chunk_bytes):
+                    fh.write(data[start : start + s.slow_chunk_bytes])
+                    fh.flush()
+                    await asyncio.sleep(s.slow_chunk_pause_seconds)
+        elif s.result_commit == "rename":
+            tmp = path.with_name(f".{name}.tmp")
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        else:
+            path.write_bytes(data)
+        if s.result_commit == "done_marker":
+            path.with_name(name + s.done_suffix).write_bytes(b"")
+
+    async def write_garbage(self, name: str) -> None:
+        self.garbage_written += 1
+        await self.write_file(name, b"\x00\xff garbage, not a result \x89PNG\r\n")
+
+
+def encode_result(record: dict[str, Any], fmt: str) -> bytes:
+    """A result record in the department's file format."""
+    if fmt == "json":
+        return json.dumps(record, ensure_ascii=False, indent=2).encode()
+    if fmt == "xml":
+        root = etree.Element("result")
+        for key, value in record.items():
+            child = etree.SubElement(root, key)
+            if key == "documents":
+                for doc in value:
+                    entry = etree.SubElement(child, "document")
+                    for k, v in doc.items():
+                        etree.SubElement(entry, k).text = v
+            elif key == "supplement_items":
+                for item in value:
+                    etree.SubElement(child, "item").text = item
+            else:
+                child.text = str(value)
+        return bytes(etree.tostring(root, xml_declaration=True, encoding="utf-8"))
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator="\r\n")
+    row = {k: ";".join(v) if isinstance(v, list) else str(v) for k, v in record.items()}
+    writer.writerow(list(row))
+    writer.writerow(list(row.values()))
+    return out.getvalue().encode()
+
+
+def _readable(data: bytes, fmt: str) -> bool:
+    try:
+        if fmt == "json":
+            return isinstance(json.loads(data), dict)
+        if fmt == "xml":
+            parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+            etree.fromstring(data, parser=parser)
+            return True
+        return len(list(csv.DictReader(io.StringIO(data.decode())))) == 1
+    except (ValueError, UnicodeDecodeError, etree.XMLSyntaxError, csv.Error):
+        return False
+
+
+def _certificate(case_id: str) -> bytes:
+    return b"%PDF-1.4\n% simulated certificate\n" + case_id.encode() + b"\n%%EOF\n"
+
+
+def create_filedrop_department(
+    settings: FiledropSimulatorSettings,
+) -> tuple[FastAPI, FiledropDepartmentState]:
+    """Build the control app and the state; the app's lifespan runs the department."""
+    state = FiledropDepartmentState(settings=settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.aclose()
+
+    app = FastAPI(title="Simulated department (file drop)", lifespan=lifespan)
+
+    @app.get("/_stats")
+    async def stats() -> dict[str, int]:
+        return state.stats()
+
+    @app.post("/_control")
+    async def control(request: FiledropControl) -> dict[str, Any]:
+        changes = request.model_dump(exclude_none=True)
+        drop = changes.pop("sftp_drop_after_bytes", None)
+        if drop is not None and state.sftp is not None:
+            state.sftp.faults.drop_after_bytes = None if drop < 0 else drop
+        state.settings = state.settings.model_copy(update=changes)
+        return {"ok": True, **changes}
+
+    return app, state
