@@ -1,0 +1,402 @@
+"""The filedrop connector on real local folders: request files, idempotency, the stability
+check, result parsing and quarantine, archive, path safety, permission problems, list_cases."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime as dt
+import io
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from gateway_filedrop.connector import FiledropConnector, safe_document_name
+from gateway_filedrop.options import FiledropOptions
+from lxml import etree
+from pydantic import ValidationError
+
+from gateway.errors import PermanentError, TransientError
+from tests.filedrop_helpers import (
+    MATERIAL,
+    FakeClock,
+    envelope,
+    local_options,
+    make_connector,
+    result_json,
+    tree,
+)
+
+KEY = "ow-a0123456789abcdef-v1"
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def conn(tmp_path: Path, http: httpx.AsyncClient, clock: FakeClock) -> FiledropConnector:
+    return make_connector(local_options(tmp_path, result={"stable_seconds": 1.0}), http, clock)
+
+
+def drop(root: Path, name: str, data: bytes) -> Path:
+    path = root / "outbox" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+# -- submit --------------------------------------------------------------------------------------
+
+
+async def test_submit_writes_request_and_materials_named_from_the_key(
+    conn: FiledropConnector, tmp_path: Path
+) -> None:
+    receipt = await conn.submit(envelope())
+    assert receipt.case_id == KEY
+    files = tree(tmp_path)
+    assert f"inbox/{KEY}.json" in files
+    assert f"inbox/{KEY}.m1.pdf" in files
+    assert f"sent/{KEY}.json" in files
+    # no temporary file is left, and nothing was named after the applicant's file name
+    assert not any(name.rsplit("/", 1)[-1].startswith(".") for name in files)
+    assert not any("passwd" in name or "户口簿" in name for name in files)
+    assert (tmp_path / "inbox" / f"{KEY}.m1.pdf").read_bytes() == MATERIAL
+    body = json.loads((tmp_path / "inbox" / f"{KEY}.json").read_text(encoding="utf-8"))
+    assert body["idempotency_key"] == KEY and body["applicant"]["name"] == "张三"
+    assert body["materials"][0]["file"] == f"{KEY}.m1.pdf"
+    assert body["materials"][0]["filename"] == "../../etc/passwd 户口簿.pdf"  # data, not a path
+
+
+async def test_resubmitting_never_writes_a_second_request(
+    conn: FiledropConnector, tmp_path: Path
+) -> None:
+    first = await conn.submit(envelope())
+    request = tmp_path / "inbox" / f"{KEY}.json"
+    stamp = request.stat().st_mtime_ns
+    assert await conn.submit(envelope()) == first
+    assert request.stat().st_mtime_ns == stamp
+    # the department took the request; the gateway crashed before recording it: still one
+    (tmp_path / "processed").mkdir()
+    request.rename(tmp_path / "processed" / request.name)
+    (tmp_path / "sent" / f"{KEY}.json").unlink()
+    assert await conn.submit(envelope()) == first
+    assert not request.exists()
+    assert (tmp_path / "sent" / f"{KEY}.json").exists()
+    # a new version is a new request
+    second = await conn.submit(envelope(version=2))
+    assert second.case_id == "ow-a0123456789abcdef-v2"
+    assert (tmp_path / "inbox" / "ow-a0123456789abcdef-v2.json").exists()
+
+
+async def test_done_marker_commit_and_recovery(tmp_path: Path, http: httpx.AsyncClient) -> None:
+    conn = make_connector(local_options(tmp_path, request={"commit": "done_marker"}), http)
+    await conn.submit(envelope())
+    assert (tmp_path / "inbox" / f"{KEY}.json.done").exists()
+    # crashed after the file, before the marker and the record: the retry adds the marker only
+    (tmp_path / "inbox" / f"{KEY}.json.done").unlink()
+    (tmp_path / "sent" / f"{KEY}.json").unlink()
+    await conn.submit(envelope())
+    assert (tmp_path / "inbox" / f"{KEY}.json.done").exists()
+    assert sorted(p.name for p in (tmp_path / "inbox").iterdir()) == [
+        f"{KEY}.json",
+        f"{KEY}.json.done",
+        f"{KEY}.m1.pdf",
+    ]
+
+
+async def test_xml_and_csv_requests_with_a_body_map(
+    tmp_path: Path, http: httpx.AsyncClient
+) -> None:
+    body = {"case.ref": "idempotency_key", "applicant.idNo": "applicant.id_number", "form": "form"}
+    xml = make_connector(
+        local_options(
+            tmp_path / "x",
+            request={"format": "xml", "body": body, "constants": {"case.kind": "MZ"}},
+        ),
+        http,
+    )
+    (tmp_path / "x").mkdir()
+    await xml.submit(envelope(form={"spouse": "李四", "<bad key>": "x"}))
+    root = etree.fromstring((tmp_path / "x" / "inbox" / f"{KEY}.xml").read_bytes())
+    assert root.tag == "application"
+    assert root.findtext("case/ref") == KEY and root.findtext("case/kind") == "MZ"
+    assert root.findtext("applicant/idNo") == "110101199003074518"
+    assert root.find("form/field").get("name") == "<bad key>"  # never an element name
+    assert root.findtext("materials/item/file") == f"{KEY}.m1.pdf"
+
+    (tmp_path / "c").mkdir()
+    csv_conn = make_connector(
+        local_options(tmp_path / "c", request={"format": "csv", "body": body, "materials": "none"}),
+        http,
+    )
+    await csv_conn.submit(envelope())
+    rows = list(
+        csv.DictReader(
+            io.StringIO((tmp_path / "c" / "inbox" / f"{KEY}.csv").read_text(encoding="utf-8"))
+        )
+    )
+    assert rows == [
+        {"case.ref": KEY, "applicant.idNo": "110101199003074518", "form.spouse": "李四"}
+    ]
+    assert not (tmp_path / "c" / "inbox" / f"{KEY}.m1.pdf").exists()
+
+
+def test_options_are_strict() -> None:
+    with pytest.raises(ValidationError, match="known_hosts or host_key"):
+        FiledropOptions.model_validate(
+            {"target": {"type": "sftp", "host": "h", "username": "u", "password": "p"}}
+        )
+    with pytest.raises(ValidationError, match="password or private_key"):
+        FiledropOptions.model_validate(
+            {
+                "target": {
+                    "type": "sftp",
+                    "host": "h",
+                    "username": "u",
+                    "host_key": "ssh-ed25519 AAAA",
+                }
+            }
+        )
+    with pytest.raises(ValidationError, match="plain folder name"):
+        FiledropOptions.model_validate(
+            {"target": {"type": "local", "root": "/x"}, "folders": {"outbox": "../etc"}}
+        )
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        FiledropOptions.model_validate({"target": {"type": "local", "root": "/x"}, "formt": 1})
+    with pytest.raises(ValidationError, match="unknown envelope field"):
+        FiledropOptions.model_validate(
+            {"target": {"type": "local", "root": "/x"}, "request": {"body": {"a": "nope"}}}
+        )
+
+
+# -- results -------------------------------------------------------------------------------------
+
+
+async def test_partial_write_is_not_read_until_stable(
+    conn: FiledropConnector, tmp_path: Path, clock: FakeClock
+) -> None:
+    await conn.submit(envelope())
+    data = result_json(KEY)
+    path = drop(tmp_path, "MZ-1.json", data[:10])  # a copy in progress
+    assert await conn.pull_updates(10) == []
+    clock.now += 5
+    with path.open("ab") as fh:  # the writer carries on: size changed, the clock restarts
+        fh.write(data[10:])
+    assert await conn.pull_updates(10) == []
+    clock.now += 0.5
+    assert await conn.pull_updates(10) == []
+    clock.now += 0.6
+    [update] = await conn.pull_updates(10)
+    assert (update.idempotency_key, update.status, update.ref) == (KEY, "9", "MZ-1.json")
+    assert update.case_id == "MZ-2025-000001"
+    assert update.occurred_at == dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    # not acknowledged: returned again by the next pull
+    assert [u.ref for u in await conn.pull_updates(10)] == ["MZ-1.json"]
+    await conn.ack_update(update, "applied")
+    assert tree(tmp_path / "archive") == {"MZ-1.json"}
+    assert await conn.pull_updates(10) == []
+
+
+async def test_done_marker_results(tmp_path: Path, http: httpx.AsyncClient) -> None:
+    conn = make_connector(local_options(tmp_path, result={"complete": "done_marker"}), http)
+    drop(tmp_path, "r1.json", result_json(KEY))
+    assert await conn.pull_updates(10) == []
+    drop(tmp_path, "r1.json.done", b"")
+    [update] = await conn.pull_updates(10)
+    await conn.ack_update(update, "duplicate")
+    assert tree(tmp_path / "archive") == {"r1.json", "r1.json.done"}
+    assert tree(tmp_path / "outbox") == set()
+
+
+async def test_garbage_and_hostile_files_are_quarantined(
+    tmp_path: Path, http: httpx.AsyncClient
+) -> None:
+    conn = make_connector(
+        local_options(tmp_path, result={"stable_seconds": 0, "max_bytes": 4096}), http
+    )
+    drop(tmp_path, "a-garbage.json", b"{not json")
+    drop(tmp_path, "a2-binary.json", b"\x00\xff")
+    drop(tmp_path, "b-list.json", b"[1, 2]")
+    drop(tmp_path, "c-nostatus.json", json.dumps({"case_id": "X"}).encode())
+    drop(tmp_path, "d-huge.json", b" " * 5000)
+    drop(tmp_path, "e-notes.txt", b"hello")
+    drop(tmp_path, "f-badb64.json", result_json(KEY, documents=[{"content_b64": "***"}]))
+    drop(tmp_path, "g-traversal.json", result_json(KEY, documents=[{"file": "../../etc/passwd"}]))
+    drop(tmp_path, "h-missing-doc.json", result_json(KEY, documents=[{"file": "cert.pdf"}]))
+    drop(tmp_path, ".hidden.json.tmp", b"{")  # a writer's temporary file: left alone
+    assert await conn.pull_updates(100) == []
+    quarantined = tree(tmp_path / "quarantine")
+    names = [
+        "a-garbage.json",
+        "a2-binary.json",
+        "b-list.json",
+        "c-nostatus.json",
+        "d-huge.json",
+        "e-notes.txt",
+        "f-badb64.json",
+        "g-traversal.json",
+        "h-missing-doc.json",
+    ]
+    assert quarantined == set(names) | {f"{n}.reason" for n in names}
+    reason = (tmp_path / "quarantine" / "g-traversal.json.reason").read_text()
+    assert "unsafe document file name" in reason
+    assert "not JSON" in (tmp_path / "quarantine" / "a-garbage.json.reason").read_text()
+    assert "larger than 4096" in (tmp_path / "quarantine" / "d-huge.json.reason").read_text()
+    assert tree(tmp_path / "outbox") == {".hidden.json.tmp"}
+
+
+async def test_xml_results_are_parsed_safely(tmp_path: Path, http: httpx.AsyncClient) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP SECRET")
+    conn = make_connector(
+        local_options(tmp_path, result={"format": "xml", "stable_seconds": 0}), http
+    )
+    drop(
+        tmp_path,
+        "xxe.xml",
+        (
+            f'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file://{secret}">]>'
+            f"<result><idempotency_key>{KEY}</idempotency_key><status>9</status>"
+            "<opinion>&x;</opinion></result>"
+        ).encode(),
+    )
+    drop(
+        tmp_path,
+        "ok.xml",
+        (
+            f"<result><idempotency_key>{KEY}</idempotency_key><status>9</status>"
+            "<opinion>准予登记</opinion><supplement_items><item>a</item><item>b</item>"
+            "</supplement_items><documents><document><name>../../etc/passwd</name>"
+            f"<content_b64>{base64.b64encode(b'%PDF').decode()}</content_b64></document>"
+            "</documents></result>"
+        ).encode(),
+    )
+    [update] = await conn.pull_updates(10)
+    assert update.ref == "ok.xml" and update.supplement_items == ["a", "b"]
+    [doc] = update.documents
+    assert doc.content == b"%PDF" and doc.name == "passwd"
+    assert "DOCTYPE" in (tmp_path / "quarantine" / "xxe.xml.reason").read_text()
+    assert not any("SECRET" in p.read_text(errors="ignore") for p in tmp_path.rglob("*.xml"))
+
+
+async def test_csv_results_with_document_files(tmp_path: Path, http: httpx.AsyncClient) -> None:
+    conn = make_connector(
+        local_options(tmp_path, result={"format": "csv", "stable_seconds": 0}), http
+    )
+    (tmp_path / "outbox" / "r1.files").mkdir(parents=True)
+    (tmp_path / "outbox" / "r1.files" / "cert.pdf").write_bytes(b"%PDF cert")
+    drop(
+        tmp_path,
+        "r1.csv",
+        (
+            "case_id,idempotency_key,status,opinion,supplement_items,documents\r\n"
+            f"MZ-1,{KEY},9,ok,,cert.pdf\r\n"
+        ).encode(),
+    )
+    [update] = await conn.pull_updates(10)
+    assert [(d.name, d.content) for d in update.documents] == [("cert.pdf", b"%PDF cert")]
+    await conn.ack_update(update, "applied")
+    assert tree(tmp_path / "archive") == {"r1.csv", "r1.files/cert.pdf"}
+
+
+async def test_unmatched_and_duplicate_result_files(
+    tmp_path: Path, http: httpx.AsyncClient
+) -> None:
+    conn = make_connector(local_options(tmp_path, result={"stable_seconds": 0}), http)
+    drop(tmp_path, "r1.json", result_json(KEY))
+    drop(tmp_path, "r2.json", result_json("ow-nobody-v1"))
+    one, two = await conn.pull_updates(10)
+    await conn.ack_update(one, "applied")
+    await conn.ack_update(two, "unmatched", "no case with this idempotency key")
+    assert "no case" in (tmp_path / "quarantine" / "r2.json.reason").read_text()
+    # the department sends the same result again under the same name
+    drop(tmp_path, "r1.json", result_json(KEY))
+    [again] = await conn.pull_updates(10)
+    await conn.ack_update(again, "duplicate")
+    assert tree(tmp_path / "archive") == {"r1.json", "r1.dup1.json"}
+    # acking twice (another daemon got there first) is harmless
+    await conn.ack_update(again, "duplicate")
+    assert tree(tmp_path / "outbox") == set()
+
+
+def test_document_names_never_become_paths() -> None:
+    assert safe_document_name("../../etc/passwd") == "passwd"
+    assert safe_document_name("..\\..\\boot.ini") == "boot.ini"
+    assert safe_document_name("...") == "document"
+    assert safe_document_name("a\x00b\nc.pdf") == "abc.pdf"
+
+
+async def test_limit_and_order(tmp_path: Path, http: httpx.AsyncClient) -> None:
+    import os
+
+    conn = make_connector(local_options(tmp_path, result={"stable_seconds": 0}), http)
+    for i, status in enumerate(["1", "9", "1"]):
+        path = drop(tmp_path, f"r{i}.json", result_json(KEY, status))
+        os.utime(path, (1000 + i, 1000 + i))
+    assert [u.ref for u in await conn.pull_updates(2)] == ["r0.json", "r1.json"]
+
+
+# -- permission problems -------------------------------------------------------------------------
+
+
+async def test_root_that_is_a_file_is_a_transient_error(
+    tmp_path: Path, http: httpx.AsyncClient
+) -> None:
+    root = tmp_path / "share"
+    root.write_text("not a folder (share not mounted)")
+    conn = make_connector(local_options(root), http)
+    with pytest.raises(TransientError, match="not a directory"):
+        await conn.submit(envelope())
+    with pytest.raises(TransientError):
+        await conn.pull_updates(10)
+    assert not (await conn.health()).ok
+    assert tree(tmp_path) == {"share"}
+
+
+async def test_unwritable_inbox_is_a_transient_error_without_pii(
+    tmp_path: Path, http: httpx.AsyncClient
+) -> None:
+    # root ignores chmod, so the inbox is made unusable another way: a file in its place
+    (tmp_path / "inbox").write_text("")
+    conn = make_connector(local_options(tmp_path), http)
+    with pytest.raises(TransientError) as info:
+        await conn.submit(envelope())
+    assert "110101199003074518" not in str(info.value) and "张三" not in str(info.value)
+    assert not (tmp_path / "sent" / f"{KEY}.json").exists()
+
+
+async def test_bad_key_is_permanent(conn: FiledropConnector) -> None:
+    with pytest.raises(PermanentError):
+        await conn.submit(envelope(idempotency_key="../../x"))
+
+
+# -- reconciliation ------------------------------------------------------------------------------
+
+
+async def test_list_cases_from_the_sent_record(conn: FiledropConnector, tmp_path: Path) -> None:
+    await conn.submit(envelope())
+    await conn.submit(envelope("a0000000000000002"))
+    conn.options = conn.options.model_copy(
+        update={"result": conn.options.result.model_copy(update={"stable_seconds": 0})}
+    )
+    drop(tmp_path, "r.json", result_json(KEY, "4"))
+    [update] = await conn.pull_updates(10)
+    await conn.ack_update(update, "applied")
+    since = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+    until = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+    cases = {c.case_id: c async for c in conn.list_cases(since, until)}
+    assert cases[KEY].status == "4"
+    assert cases[KEY].updated_at == dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    assert cases["ow-a0000000000000002-v1"].status == "delivered"
+    later = dt.datetime(2025, 6, 1, tzinfo=dt.UTC)
+    assert {c.case_id async for c in conn.list_cases(later, until)} == {"ow-a0000000000000002-v1"}
