@@ -332,7 +332,7 @@ def _build_service(state: SoapDepartmentState) -> type[ServiceBase]:
                 raise Fault(faultcode="Client.MissingKey", faultstring="IdempotencyKey required")
             body = {
                 name: getattr(Request, name, None)
-                for name in ("ReceiptNumber", "MatterCode", "Region", "Version")
+                for name in ("ReceiptNumber", "MatterCode", "Region", "Version", "FormJson")
             }
             case, _new = state.create(str(key), body)
             return _case_info(state, case)

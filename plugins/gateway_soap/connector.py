@@ -34,6 +34,7 @@ import binascii
 import datetime as dt
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
@@ -397,6 +398,12 @@ class SoapConnector(Connector):
         status = response.status_code
         content_type = response.headers.get("content-type", "").lower()
         soapish = "xml" in content_type or content_type.startswith("multipart/related")
+        if soapish and _declares_dtd(body):
+            # Refused before parsing: no DTD, no entity expansion, however the parser is set.
+            raise PermanentError(
+                f"{self.context.department}: {label}: answer refused: it declares a DTD or "
+                "entities; XML entity expansion and external references are off"
+            )
         if method == "GET" or (soapish and status in (200, 202, 400, 500)):
             return status, response.headers, body
         kind = content_type.split(";", 1)[0] or "no content type"
@@ -511,6 +518,15 @@ async def _read_capped(response: httpx.Response, limit: int) -> bytes:
             raise _TooLarge
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+_FIRST_MARKUP = re.compile(rb"<(!DOCTYPE|[A-Za-z_])", re.IGNORECASE)
+
+
+def _declares_dtd(body: bytes) -> bool:
+    """Whether a DOCTYPE comes before the root element (zeep refuses the rest, e.g. UTF-16)."""
+    match = _FIRST_MARKUP.search(body, 0, 65536)
+    return match is not None and match.group(1).upper() == b"!DOCTYPE"
 
 
 def _plain(result: Any) -> Any:
