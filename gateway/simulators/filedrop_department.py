@@ -291,22 +291,25 @@ class FiledropDepartmentState:
             key = name[: -len(ext)]
             if not _KEY.fullmatch(key):
                 continue
-            await asyncio.to_thread(self._take, key, name, names)
+            case = await asyncio.to_thread(self._take, key, name, names)
+            if case is not None:
+                self._spawn(self._decide(case))
             taken += 1
         return taken
 
-    def _take(self, key: str, name: str, names: set[str]) -> None:
+    def _take(self, key: str, name: str, names: set[str]) -> FileCase | None:
+        """Move a request into ``processed/``; the new case, or None for a repeat."""
         s = self.settings
         inbox, processed = self.root / s.inbox, self.root / s.processed
         data = (inbox / name).read_bytes()
         for other in sorted(names):
-            if other == name or other.startswith(f"{key}.m") or other == name + s.done_suffix:
+            if other.startswith(f"{key}.m") or other == name + s.done_suffix:
                 (inbox / other).replace(processed / other)
         (inbox / name).replace(processed / name)
         self.requests += 1
         if key in self.cases:
             self.duplicates += 1
-            return
+            return None
         ok = _readable(data, s.format)
         match = _VERSION.search(key)
         version = int(match.group(1)) if match else 1
@@ -324,7 +327,7 @@ class FiledropDepartmentState:
         if not ok:
             self.bad_requests += 1
         self.cases[key] = case
-        self._spawn(self._decide(case))
+        return case
 
     # -- results -------------------------------------------------------------------------------
 
