@@ -1,0 +1,216 @@
+"""The example city's file-drop department (民政局) end to end through the core: intake, the
+Dispatcher writing request files, the simulated department deciding (slow writers, garbage and
+duplicate result files included), ``gateway.results`` pulling, applying and archiving; and a
+crash between applying a result and archiving its file. SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gateway_filedrop.connector import FiledropConnector
+from sqlalchemy import func, select
+
+from gateway.config.loader import Config
+from gateway.connector import CaseUpdate, UpdateOutcome
+from gateway.dispatcher import Dispatcher, idempotency_key
+from gateway.intake import ApplicationIn, submit
+from gateway.results import pull_department, pull_sweep
+from gateway.runtime import Runtime
+from gateway.simulators.city import SimulatedCity, simulated_city
+from gateway.simulators.filedrop_department import FiledropDepartmentState
+from gateway.states import DECIDED, State
+from gateway.store.clients import Client
+from gateway.store.tables import applications, events
+from tests.conftest import FAST, application, wait_for
+
+CLIENT = Client(id="c-test", name="test", centre="C01", ops=False)
+CIVIL_MATTERS = [("QR00401000", "339901"), ("QR00402000", "339902"), ("QR00403000", "339900")]
+NOISY = {
+    "decision_delay_seconds": 0.2,
+    "scan_interval_seconds": 0.02,
+    "mix": {"approve": 0.6, "reject": 0.2, "not_accept": 0.2},
+    "slow_write_rate": 0.3,
+    "slow_chunk_pause_seconds": 0.02,
+    "garbage_rate": 0.3,
+    "duplicate_rate": 0.3,
+}
+RESULT = {"format": "json", "complete": "stable", "stable_seconds": 0.15}
+
+
+@pytest.fixture
+async def civil(
+    example_config: Config, request: pytest.FixtureRequest
+) -> AsyncIterator[SimulatedCity]:
+    overrides: dict[str, Any] = getattr(request, "param", NOISY)
+    async with simulated_city(
+        example_config,
+        simulator_overrides={"civil": overrides, "amr": FAST, "hrss": FAST},
+        department_overrides={"civil": {"options": {"result": RESULT}}},
+    ) as city:
+        yield city
+
+
+@pytest.fixture
+async def rt(civil: SimulatedCity) -> AsyncIterator[Runtime]:
+    runtime = Runtime(civil.config)
+    await runtime.prepare_database()
+    try:
+        yield runtime
+    finally:
+        await runtime.aclose()
+
+
+@pytest.fixture
+async def dispatching(rt: Runtime) -> AsyncIterator[Dispatcher]:
+    dispatcher = Dispatcher(rt, seed=1)
+    task = asyncio.create_task(dispatcher.run())
+    yield dispatcher
+    await dispatcher.stop(grace_seconds=2)
+    await task
+
+
+async def submit_civil(rt: Runtime, n: int) -> list[str]:
+    ids = []
+    for i in range(n):
+        matter, region = CIVIL_MATTERS[i % len(CIVIL_MATTERS)]
+        body = ApplicationIn.model_validate(application(matter_code=matter, region=region))
+        ids.append((await submit(rt, CLIENT, f"civil-{i}", body)).accepted.id)
+    return ids
+
+
+async def statuses(rt: Runtime, ids: list[str]) -> dict[str, str]:
+    async with rt.engine.connect() as conn:
+        rows = await conn.execute(
+            select(applications.c.id, applications.c.status).where(applications.c.id.in_(ids))
+        )
+        return {r[0]: r[1] for r in rows.all()}
+
+
+async def test_civil_end_to_end_until_every_application_is_final(
+    rt: Runtime, civil: SimulatedCity, dispatching: Dispatcher
+) -> None:
+    assert rt.connectors["civil"].kind == "filedrop"
+    dept: FiledropDepartmentState = civil.states["civil"]
+    ids = await submit_civil(rt, 12)
+    final = {s.value for s in DECIDED}
+
+    async def all_final() -> bool:
+        await pull_sweep(rt)
+        return set((await statuses(rt, ids)).values()) <= final
+
+    await wait_for(all_final, timeout=30)
+    stats = dept.stats()
+    assert stats["requests"] == 12 and stats["duplicates"] == 0
+    assert set(dept.cases) == {idempotency_key(i, 1) for i in ids}
+    # garbage ends in quarantine with its reason; nothing else does
+    garbage = stats["garbage_written"]
+
+    async def settled() -> bool:
+        await pull_sweep(rt)
+        return not [p for p in (dept.root / "outbox").iterdir() if not p.name.startswith(".")]
+
+    await wait_for(settled, timeout=10)
+    quarantine = sorted(p.name for p in (dept.root / "quarantine").iterdir())
+    assert len(quarantine) == 2 * garbage
+    assert all(n.startswith("garbage-") for n in quarantine)
+    archived = [p for p in (dept.root / "archive").iterdir() if p.suffix == ".json"]
+    assert len(archived) == stats["results_written"] and garbage + stats["duplicate_results"] > 0
+    async with rt.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(events.c.application_id, events.c.to_status, func.count())
+                .where(events.c.application_id.in_(ids))
+                .group_by(events.c.application_id, events.c.to_status)
+            )
+        ).all()
+        approved_docs = (
+            (
+                await conn.execute(
+                    select(events.c.detail).where(
+                        events.c.application_id.in_(ids), events.c.to_status == State.APPROVED
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+        case_ids = (
+            await conn.execute(
+                select(applications.c.id, applications.c.department_case_id).where(
+                    applications.c.id.in_(ids)
+                )
+            )
+        ).all()
+    # duplicate result files changed nothing: one event per application and state
+    assert all(count == 1 for _app, _state, count in rows)
+    assert approved_docs and all(
+        json.loads(d)["documents"] if isinstance(d, str) else d["documents"] for d in approved_docs
+    )
+    assert all(case_id == idempotency_key(app, 1) for app, case_id in case_ids)
+
+
+QUIET = {"decision_delay_seconds": 3600, "scan_interval_seconds": 0.02}
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("civil", [QUIET], indirect=True)
+async def test_crash_between_apply_and_archive(
+    rt: Runtime, civil: SimulatedCity, dispatching: Dispatcher
+) -> None:
+    dept: FiledropDepartmentState = civil.states["civil"]
+    [app_id] = await submit_civil(rt, 1)
+    key = idempotency_key(app_id, 1)
+
+    async def taken() -> bool:
+        return key in dept.cases
+
+    await wait_for(taken)
+    connector = rt.connectors["civil"]
+    assert isinstance(connector, FiledropConnector)
+    connector._clock = lambda: 1e12 if connector._seen else 0.0  # stable on second sight
+    record = dept.result_record(dept.cases[key], "9", final=True)
+    await dept.write_file("MZ-result.json", json.dumps(record).encode())
+
+    real_ack = connector.ack_update
+    acks: list[UpdateOutcome] = []
+
+    async def crashing_ack(update: CaseUpdate, outcome: UpdateOutcome, reason: str = "") -> None:
+        acks.append(outcome)
+        raise Crash("daemon killed before the file was archived")
+
+    connector.ack_update = crashing_ack  # type: ignore[method-assign]
+
+    async def applied() -> bool:
+        try:
+            await pull_department(rt, "civil", connector)
+        except Crash:
+            return True
+        return False
+
+    await wait_for(applied)
+    assert (await statuses(rt, [app_id]))[app_id] == State.APPROVED
+    assert acks == ["applied"]
+    outbox: Path = dept.root / "outbox"
+    assert (outbox / "MZ-result.json").exists()  # not lost
+
+    connector.ack_update = real_ack  # type: ignore[method-assign]
+    assert await pull_department(rt, "civil", connector) == 0  # a duplicate now
+    assert not (outbox / "MZ-result.json").exists()
+    assert (dept.root / "archive" / "MZ-result.json").exists()
+    async with rt.engine.connect() as conn:
+        approved = (
+            await conn.execute(
+                select(func.count()).where(
+                    events.c.application_id == app_id, events.c.to_status == State.APPROVED
+                )
+            )
+        ).scalar_one()
+    assert approved == 1
