@@ -14,6 +14,12 @@ app = typer.Typer(
 
 def _register() -> None:
     from gateway.cli import commands  # noqa: F401  (registers on import)
+    from gateway.plugin_manager import load_plugins
+
+    try:
+        load_plugins().register_commands(app)
+    except Exception:
+        pass  # a broken plugin must not take the CLI down; `gateway plugins` reports it
 
 
 _register()

@@ -19,6 +19,8 @@ from gateway.cli.common import (
     load,
     run,
 )
+from gateway.config.loader import load_config
+from gateway.errors import ConfigError
 from gateway.plugin_manager import load_plugins
 from gateway.runtime import Runtime
 from gateway.store import cases
@@ -155,7 +157,12 @@ def status(
 @app.command()
 def plugins(config: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False) -> None:
     """List loaded plugins: name, version, hooks and where each came from."""
-    settings = load(config).gateway.plugins if config.exists() else None
+    # the listing must work even when the rest of the config does not load (it helps fix it)
+    try:
+        settings = load_config(config).gateway.plugins if config.exists() else None
+    except ConfigError:
+        settings = None
+        err.print(f"note: {config} does not load; [gateway.plugins] switches ignored", markup=False)
     pm = load_plugins(
         load=settings.load if settings else (), block=settings.block if settings else ()
     )
