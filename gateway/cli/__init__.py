@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import typer
 
 app = typer.Typer(
@@ -16,10 +18,9 @@ def _register() -> None:
     from gateway.cli import commands  # noqa: F401  (registers on import)
     from gateway.plugin_manager import load_plugins
 
-    try:
+    # a broken plugin must not take the CLI down; `gateway plugins` reports it
+    with contextlib.suppress(Exception):
         load_plugins().register_commands(app)
-    except Exception:
-        pass  # a broken plugin must not take the CLI down; `gateway plugins` reports it
 
 
 _register()
