@@ -67,6 +67,22 @@ class PluginSettings(_Strict):
     trace: bool = False
 
 
+class ScheduleSettings(_Strict):
+    """``[gateway.schedule]``: the daemon's periodic tasks. Dispatch sweeps follow
+    ``[gateway.dispatch]``, status polls each department's ``poll_interval_seconds`` and
+    reconciliation each department's ``reconcile_cron``."""
+
+    results_seconds: float = Field(default=2.0, gt=0, description="result pulls")
+    deadlines_seconds: float = Field(default=900.0, gt=0, description="deadline watch")
+    due_soon_days: int = Field(default=3, ge=0, le=60, description="working days")
+    housekeeping_seconds: float = Field(default=3600.0, gt=0)
+    archive_after_days: int = Field(default=90, ge=1, description="idempotency records")
+    lease_retention_days: int = Field(default=7, ge=1, description="task lease rows")
+    misfire_grace_seconds: float = Field(default=60.0, gt=0)
+    reconcile_overlap_seconds: float = Field(default=3600.0, ge=0)
+    timezone: str = Field(default="Asia/Shanghai", description="for reconcile_cron")
+
+
 class GatewaySettings(_Strict):
     name: str = "OneWindow Gateway"
     city: str = Field(pattern=REGION_CODE)
@@ -78,6 +94,7 @@ class GatewaySettings(_Strict):
     regions: list[Region] = Field(default_factory=list)
     centres: list[Centre] = Field(default_factory=list)
     api_keys: list[StaticKey] = Field(default_factory=list)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
 
 
 class RetryPolicy(_Strict):
@@ -106,6 +123,9 @@ class DepartmentConfig(_Strict):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     reconcile_cron: str = "0 2 * * *"
     simulator: dict[str, Any] | None = None
+    #: what reconciliation does with a case the department lost: re-send it with the same
+    #: idempotency key, or only flag it for ops
+    reconcile_missing: Literal["resend", "flag"] = "resend"
 
     def map_status(self, raw: str) -> State | None:
         """The gateway state for a department status code; gateway state names map to

@@ -179,14 +179,94 @@ receipt_counters = Table(
     Column("last", Integer, nullable=False),
 )
 
+# -- the daemon (issue 5): appended; existing tables above are unchanged --------------------------
+
+task_leases = Table(
+    "task_leases",
+    metadata,
+    # one row per periodic task per tick: the daemon that inserts it runs the tick, the others
+    # find it taken (INSERT ... ON CONFLICT DO NOTHING); the row doubles as the run record
+    Column("task", String(100), primary_key=True),
+    Column("tick", UTCDateTime, primary_key=True),
+    Column("owner", String(64), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
+    Column("outcome", String(16)),  # done | failed | skipped | released
+    Column("detail", JSON),
+    Index("ix_task_leases_task_open", "task", "finished_at"),
+)
+
+reconcile_runs = Table(
+    "reconcile_runs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("department", String(32), nullable=False),
+    Column("since", UTCDateTime, nullable=False),
+    Column("until", UTCDateTime, nullable=False),
+    Column("trigger", String(16), nullable=False),  # schedule | cli | api
+    Column("owner", String(64), nullable=False),
+    Column("state", String(12), nullable=False),  # running | done | failed
+    Column("counts", JSON, nullable=False),
+    Column("error", Text),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
+    Index("ix_reconcile_runs_department", "department", "started_at"),
+)
+
+reconcile_discrepancies = Table(
+    "reconcile_discrepancies",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("run_id", String(32), ForeignKey("reconcile_runs.id"), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("action", String(16), nullable=False),  # applied | flagged | resent | adopted
+    Column("application_id", String(32)),
+    Column("department_case_id", String(128)),
+    Column("idempotency_key", String(200)),
+    Column("gateway_status", String(24)),
+    Column("department_status", String(64)),
+    Column("detail", JSON, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Index("ix_reconcile_discrepancies_run", "run_id", "id"),
+)
+
+# housekeeping moves old rows here instead of deleting them
+idempotency_records_archive = Table(
+    "idempotency_records_archive",
+    metadata,
+    Column("client_id", String(32), primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("response", JSON, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("archived_at", UTCDateTime, nullable=False),
+)
+
+callback_events_archive = Table(
+    "callback_events_archive",
+    metadata,
+    Column("department", String(32), primary_key=True),
+    Column("event_id", String(128), primary_key=True),
+    Column("application_id", String(32)),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("archived_at", UTCDateTime, nullable=False),
+)
+
 __all__ = [
     "api_clients",
     "applications",
     "callback_events",
+    "callback_events_archive",
     "dispatch_jobs",
     "events",
     "idempotency_records",
+    "idempotency_records_archive",
     "materials",
     "metadata",
     "receipt_counters",
+    "reconcile_discrepancies",
+    "reconcile_runs",
+    "task_leases",
 ]
