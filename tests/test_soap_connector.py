@@ -15,6 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
+from gateway_soap.connector import SoapConnector
+from gateway_soap.options import SoapOptions
+from gateway_soap.wsdl import cache_info, clear_cache
 from lxml import etree
 from zeep.exceptions import Fault
 
@@ -27,9 +30,6 @@ from gateway.simulators.soap_department import (
     SoapSimulatorSettings,
     create_soap_department,
 )
-from gateway_soap.connector import SoapConnector
-from gateway_soap.options import SoapOptions
-from gateway_soap.wsdl import cache_info, clear_cache
 
 NRP_OPTIONS: dict[str, Any] = {
     "faults": {"Server": "transient", "Client": "permanent", "Client.Rejected": "rejected"},
@@ -321,7 +321,7 @@ async def test_timeout_is_transient_and_bounded(http: httpx.AsyncClient, departm
     await connector.submit(envelope("warm"))
     state.mode = "timeout"
     started = time.monotonic()
-    with pytest.raises(TransientError, match="timed out after 0.3 s"):
+    with pytest.raises(TransientError, match=r"timed out after 0\.3 s"):
         await connector.submit(envelope())
     assert time.monotonic() - started < 3
 
@@ -377,7 +377,7 @@ async def test_ws_security_username_token(http: httpx.AsyncClient, digest: bool,
         await connector.submit(envelope())
         assert state.wsse_seen == [seen] and state.stats()["cases"] == 1
         wrong = make_connector(http, url, wsse={**wsse, "password": "nope"})
-        with pytest.raises(PermanentError, match="Client.Authentication"):
+        with pytest.raises(PermanentError, match=r"Client\.Authentication"):
             await wrong.submit(envelope("k2"))
         assert state.stats()["cases"] == 1
 

@@ -146,6 +146,17 @@ class SoapControl(BaseModel):
     huge_bytes: int | None = Field(default=None, ge=1024)
 
 
+class _SoapCase(SimCase):
+    """A case of the SOAP department: a case it does not accept is refused at acceptance
+    (received -> not accepted), never after review as the shared timeline would have it."""
+
+    def phase(self, now: dt.datetime, delay: float) -> tuple[str, dt.datetime]:
+        if self.outcome != "not_accept" or delay <= 0:
+            return super().phase(now, delay)
+        decided = self.created_at + dt.timedelta(seconds=delay)
+        return ("2", decided) if now >= decided else ("0", self.created_at)
+
+
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -215,7 +226,7 @@ class SoapDepartmentState:
                 return self.cases[existing], False
             now = self.clock()
             seq = len(self.cases) + 1
-            case = SimCase(
+            case = _SoapCase(
                 seq=seq,
                 id=f"{self.settings.case_prefix}-{now.year}-{seq:06d}",
                 idempotency_key=idempotency_key,
@@ -594,7 +605,8 @@ class _Department:
             # Never answer; return when the client gives up so the server can shut down.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_HANG_SECONDS):
-                    await asyncio.Event().wait()
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
         elif mode == "slow":
             await asyncio.sleep(state.slow_seconds)
             return False
