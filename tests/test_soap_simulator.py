@@ -1,0 +1,189 @@
+"""The simulated SOAP department on its own: its WSDL, raw SOAP envelopes, dedupe, the clock,
+the control endpoint and its registration for `gateway simulate` and the demo."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from lxml import etree
+from pydantic import ValidationError
+
+from gateway.simulators import SIMULATORS
+from gateway.simulators.server import serve_asgi
+from gateway.simulators.soap_department import (
+    NAMESPACE,
+    SoapDepartmentState,
+    SoapSimulatorSettings,
+    create_soap_department,
+)
+
+SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
+T0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
+
+
+def submit_envelope(key: str | None, header_key: str | None = None) -> bytes:
+    header = (
+        f"<soap:Header><h:IdempotencyKey xmlns:h='urn:x'>{header_key}</h:IdempotencyKey>"
+        "</soap:Header>"
+        if header_key
+        else ""
+    )
+    field = f"<t:IdempotencyKey>{key}</t:IdempotencyKey>" if key else ""
+    return (
+        f"<soap:Envelope xmlns:soap='{SOAP_ENV}' xmlns:t='{NAMESPACE}'>{header}<soap:Body>"
+        f"<t:SubmitApplication><t:Request>{field}<t:Version>1</t:Version></t:Request>"
+        "</t:SubmitApplication></soap:Body></soap:Envelope>"
+    ).encode()
+
+
+def query_envelope(case_id: str) -> bytes:
+    return (
+        f"<soap:Envelope xmlns:soap='{SOAP_ENV}' xmlns:t='{NAMESPACE}'><soap:Body>"
+        f"<t:QueryStatus><t:CaseId>{case_id}</t:CaseId></t:QueryStatus>"
+        "</soap:Body></soap:Envelope>"
+    ).encode()
+
+
+def text(xml: bytes, name: str) -> str | None:
+    return etree.fromstring(xml).findtext(f".//{{{NAMESPACE}}}{name}")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+Sim = tuple[httpx.AsyncClient, Clock, SoapDepartmentState]
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Sim]:
+    clock = Clock()
+    settings = SoapSimulatorSettings(decision_delay_seconds=10, mix={"approve": 1.0})
+    app, state = create_soap_department(settings, clock=clock)
+    async with serve_asgi(app) as url, httpx.AsyncClient(base_url=url) as client:
+        yield client, clock, state
+
+
+async def post(client: httpx.AsyncClient, body: bytes) -> httpx.Response:
+    return await client.post("/soap", content=body, headers={"Content-Type": "text/xml"})
+
+
+async def test_wsdl_is_served_with_the_requested_address(sim: Sim) -> None:
+    client, _clock, state = sim
+    response = await client.get("/soap?wsdl")
+    assert response.status_code == 200 and b"SubmitApplication" in response.content
+    root = etree.fromstring(response.content)
+    [address] = root.iterfind(".//{http://schemas.xmlsoap.org/wsdl/soap/}address")
+    assert address.get("location") == str(client.base_url).rstrip("/") + "/soap"
+    assert state.stats()["wsdl_requests"] == 1
+
+
+async def test_submit_dedupes_on_the_idempotency_key(sim: Sim) -> None:
+    client, _clock, state = sim
+    first = await post(client, submit_envelope("k-1"))
+    again = await post(client, submit_envelope("k-1"))
+    other = await post(client, submit_envelope("k-2"))
+    assert first.status_code == again.status_code == 200
+    assert text(first.content, "CaseId") == text(again.content, "CaseId") == "NRP-2026-000001"
+    assert text(other.content, "CaseId") == "NRP-2026-000002"
+    assert state.stats() == {
+        "submissions": 3,
+        "cases": 2,
+        "duplicates": 1,
+        "requests": 3,
+        "wsdl_requests": 0,
+    }
+
+
+async def test_the_key_may_come_in_a_soap_header(sim: Sim) -> None:
+    client, _clock, state = sim
+    response = await post(client, submit_envelope(None, header_key="hk-1"))
+    assert text(response.content, "IdempotencyKey") == "hk-1"
+    assert state.header_keys == ["hk-1"] and set(state.by_key) == {"hk-1"}
+
+
+async def test_a_submit_without_key_is_a_client_fault(sim: Sim) -> None:
+    client, _clock, state = sim
+    response = await post(client, submit_envelope(None))
+    assert response.status_code == 500
+    assert b"Client.MissingKey" in response.content and state.stats()["cases"] == 0
+
+
+async def test_decisions_follow_the_clock(sim: Sim) -> None:
+    client, clock, _state = sim
+    case_id = text((await post(client, submit_envelope("k-1"))).content, "CaseId")
+    assert case_id is not None
+    seen = []
+    for seconds in (0, 5, 8, 10):
+        clock.now = T0 + dt.timedelta(seconds=seconds)
+        answer = (await post(client, query_envelope(case_id))).content
+        seen.append(text(answer, "Status"))
+    assert seen == ["0", "1", "5", "9"]
+    assert text(answer, "Content") is not None  # the certificate, base64
+
+
+async def test_not_accepted_cases_are_refused_at_acceptance() -> None:
+    clock = Clock()
+    settings = SoapSimulatorSettings(decision_delay_seconds=10, mix={"not_accept": 1.0})
+    app, _state = create_soap_department(settings, clock=clock)
+    async with serve_asgi(app) as url, httpx.AsyncClient(base_url=url) as client:
+        case_id = text((await post(client, submit_envelope("k"))).content, "CaseId")
+        assert case_id is not None
+        seen = []
+        for seconds in (0, 5, 8, 10):
+            clock.now = T0 + dt.timedelta(seconds=seconds)
+            seen.append(text((await post(client, query_envelope(case_id))).content, "Status"))
+    assert seen == ["0", "0", "0", "2"]
+
+
+async def test_unknown_case_is_a_client_fault(sim: Sim) -> None:
+    client, _clock, _state = sim
+    response = await post(client, query_envelope("NOPE"))
+    assert response.status_code == 500 and b"Client.NotFound" in response.content
+
+
+async def test_control_endpoint_sets_fault_modes(sim: Sim) -> None:
+    client, _clock, state = sim
+    assert (await client.post("/_control", json={"mode": "reject"})).json() == {"mode": "reject"}
+    response = await post(client, submit_envelope("k-1"))
+    assert response.status_code == 500 and b"Client.Rejected" in response.content
+    await client.post("/_control", json={"mode": "html", "html_status": 503})
+    page = await post(client, submit_envelope("k-1"))
+    assert page.status_code == 503 and page.headers["content-type"].startswith("text/html")
+    assert (await client.post("/_control", json={"mode": "nope"})).status_code == 422
+    await client.post("/_control", json={"mode": "ok"})
+    assert (await post(client, submit_envelope("k-1"))).status_code == 200
+    assert state.stats()["cases"] == 1
+    assert (await client.get("/_stats")).json()["cases"] == 1
+
+
+async def test_hostile_payload_modes_are_what_they_claim(sim: Sim) -> None:
+    client, _clock, state = sim
+    state.mode = "billion_laughs"
+    assert b"<!ENTITY lol9" in (await post(client, submit_envelope("k"))).content
+    state.mode = "xxe"
+    assert b'SYSTEM "file:///etc/passwd"' in (await post(client, submit_envelope("k"))).content
+    state.mode, state.huge_bytes = "huge", 200_000
+    huge = await post(client, submit_envelope("k"))
+    assert len(huge.content) == 200_000 and etree.fromstring(huge.content) is not None
+
+
+def test_settings_forbid_unknown_keys_and_bad_mixes() -> None:
+    with pytest.raises(ValidationError, match="extra"):
+        SoapSimulatorSettings.model_validate({"kind": "soap", "decision_delay": 1})
+    with pytest.raises(ValidationError, match="unknown outcomes"):
+        SoapSimulatorSettings(mix={"maybe": 1.0})
+
+
+def test_registered_for_simulate_and_the_demo() -> None:
+    factory = SIMULATORS["soap"]
+    settings, app, state = factory.build({"kind": "soap", "port": 0, "seed": 9})
+    assert isinstance(settings, SoapSimulatorSettings) and settings.seed == 9
+    assert callable(app) and state.settings is settings
