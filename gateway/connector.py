@@ -18,6 +18,8 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.text import CleanStr
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -36,11 +38,11 @@ class MaterialRef(_Model):
 class Applicant(_Model):
     """Who applies. ``id_number`` and ``phone`` are PII: never log them unmasked."""
 
-    kind: str = "person"  # person | organization
-    name: str
-    id_type: str = "resident_id"
-    id_number: str
-    phone: str | None = None
+    kind: Literal["person", "organization"] = "person"
+    name: CleanStr = Field(min_length=1, max_length=200)
+    id_type: CleanStr = Field(default="resident_id", max_length=32)
+    id_number: CleanStr = Field(min_length=1, max_length=64)
+    phone: CleanStr | None = Field(default=None, max_length=32)
 
 
 class Envelope(_Model):

@@ -213,7 +213,16 @@ async def test_business_rejection_becomes_status(example_config: Config) -> None
             [app_id] = await submit_many(runtime, 1)
             await dispatcher.sweep()
             await dispatcher.drain()
-            assert (await statuses(runtime, [app_id]))[app_id] == "not_accepted"
+            async with runtime.engine.connect() as conn:
+                steps = (
+                    await conn.execute(
+                        select(events.c.to_status, events.c.detail)
+                        .where(events.c.application_id == app_id)
+                        .order_by(events.c.id)
+                    )
+                ).all()
+            assert "not_accepted" in [s for s, _ in steps], steps
+            assert "reason" in dict(steps)["not_accepted"]
         finally:
             await runtime.aclose()
 
@@ -284,16 +293,14 @@ async def test_concurrent_dispatchers_never_double_deliver(
 
 
 async def test_unavailable_department_is_explained(runtime: Runtime) -> None:
-    assert "nrp" not in runtime.connectors
-    assert "disabled" in runtime.unavailable["nrp"]
     cfg = runtime.config
-    missing = dataclasses.replace(
-        cfg,
-        departments={
-            **cfg.departments,
-            "nrp": cfg.departments["nrp"].model_copy(update={"enabled": True}),
-        },
-    )
-    rt = Runtime(missing, engine=runtime.engine)
-    assert "not installed" in rt.unavailable["nrp"]
-    await rt.http.aclose()
+    depts = dict(cfg.departments)
+    depts["nrp"] = depts["nrp"].model_copy(update={"enabled": False})
+    depts["civil"] = depts["civil"].model_copy(update={"connector": "carrier-pigeon"})
+    rt = Runtime(dataclasses.replace(cfg, departments=depts), engine=runtime.engine)
+    try:
+        assert "nrp" not in rt.connectors and "disabled" in rt.unavailable["nrp"]
+        assert "civil" not in rt.connectors
+        assert "'carrier-pigeon' is not installed" in rt.unavailable["civil"]
+    finally:
+        await rt.http.aclose()

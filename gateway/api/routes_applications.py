@@ -11,12 +11,13 @@ from fastapi import APIRouter, Header, Query, Response, UploadFile
 from pydantic import BaseModel
 from sqlalchemy import insert
 
-from gateway import intake, metrics
+from gateway import documents, intake, metrics
 from gateway.api.auth import ClientDep, RuntimeDep
 from gateway.api.problems import Problem
 from gateway.api.views import ApplicationView, application_view
 from gateway.clock import new_id, now
 from gateway.config.models import Matter
+from gateway.pickup import may_see
 from gateway.states import State
 from gateway.store import cases
 from gateway.store.clients import Client
@@ -107,6 +108,13 @@ async def submit_application(
     response: Response,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> intake.ApplicationAccepted:
+    if idempotency_key and not idempotency_key.isprintable():
+        raise Problem(
+            400,
+            "Bad Idempotency-Key",
+            "the Idempotency-Key must be printable text",
+            field="Idempotency-Key",
+        )
     if not idempotency_key:
         raise Problem(
             400,
@@ -127,9 +135,7 @@ async def submit_application(
 
 
 def _visible(client: Client, row: Any) -> bool:
-    if client.ops:
-        return True
-    return client.centre in (row.centre, (row.delivery or {}).get("centre"))
+    return may_see(client, row)
 
 
 @router.get("/applications/{app_id}", response_model=ApplicationView, tags=["applications"])
@@ -144,7 +150,8 @@ async def get_application(app_id: str, runtime: RuntimeDep, client: ClientDep) -
                 field="id",
             )
         history = await cases.history(conn, app_id)
-    return application_view(row, history)
+        docs = await documents.for_application(conn, app_id)
+    return application_view(row, history, docs)
 
 
 class ApplicationPage(BaseModel):
