@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 
     from gateway.config.models import DepartmentConfig, Matter
     from gateway.connector import Connector, Envelope
+    from gateway.delivery import DeliveryMethod
     from gateway.events import StatusChange
+    from gateway.notifications import Contact
 
 hookspec = pluggy.HookspecMarker("gateway")
 hookimpl = pluggy.HookimplMarker("gateway")
@@ -66,13 +68,38 @@ def validate_application(form: dict[str, Any], matter: Matter, region: str) -> l
 
 
 @hookspec
-def status_changed(change: StatusChange) -> None:
+def status_changed(change: StatusChange, contact: Contact | None) -> None:
     """Be told after a case's status change is committed (for SMS, e-mail, dashboards).
 
     :param change: the committed change. Applicant PII is not included.
+    :param contact: how to reach the applicant (:class:`gateway.notifications.Contact`), or None
+        where the core does not have it at hand (e.g. an operator retry). Its ``name`` and
+        ``phone`` are ``SecretStr`` (masked when printed); use ``contact.masked_phone`` for
+        anything written to a log or file, ``contact.phone.get_secret_value()`` only to send.
 
-    Called once per committed change, after commit; a failing implementation is logged and
-    never affects the case or the other implementations.
+    An implementation may take just ``change``. Called once per committed change, after commit;
+    a failing implementation is logged and never affects the case or the other implementations.
+    """
+
+
+@hookspec
+def register_delivery_methods(register: Callable[[DeliveryMethod], None]) -> None:
+    """Register ways of mailing results by calling ``register(method)`` once per method.
+
+    :param register: takes a :class:`gateway.delivery.DeliveryMethod` instance. Its ``name`` is
+        what the front desk sends as ``method`` to ``POST /v1/applications/{id}/mail``; a name
+        registered twice is a startup error naming both plugins. The built-in ``manual`` method
+        (the clerk types in the tracking number) is registered ``trylast``.
+
+    ``ship(parcel)`` returns a :class:`gateway.delivery.Shipment` (carrier, tracking number) and
+    MUST be idempotent on ``parcel.application_id``. Raise
+    :class:`gateway.delivery.DeliveryRefused` for a problem the clerk can fix.
+
+    Example::
+
+        @hookimpl
+        def register_delivery_methods(register):
+            register(MyCourier())
     """
 
 

@@ -77,6 +77,11 @@ class ApplicationAccepted(BaseModel):
     status: State
     department: str
     promised_by: dt.date | None
+    pickup_code: str | None = Field(
+        default=None,
+        description="give it to the applicant: with it (or their ID document) the result is "
+        "collected",
+    )
 
 
 class IntakeProblem(Exception):
@@ -228,7 +233,7 @@ async def _store(
                 "delivery.centre",
             )
         delivery = delivery.model_copy(update={"centre": pickup})
-    refs = await _materials(conn, client, body.materials)
+    refs = await resolve_materials(conn, client, body.materials)
     at = now()
     app_id = new_id("a")
     receipt = await _next_receipt(conn, client.centre, at)
@@ -270,12 +275,16 @@ async def _store(
         )
     )
     await jobs.enqueue(conn, app_id, 1, matter.department, at=at)
+    from gateway.pickup import record_at_intake  # pickup builds on intake's problems
+
+    code = await record_at_intake(conn, app_id, delivery.model_dump(mode="json"), client.centre)
     accepted = ApplicationAccepted(
         id=app_id,
         receipt_number=receipt,
         status=State.RECEIVED,
         department=matter.department,
         promised_by=promised_by,
+        pickup_code=code,
     )
     await conn.execute(
         insert(idempotency_records).values(
@@ -290,7 +299,11 @@ async def _store(
     return IntakeResult(accepted, replayed=False)
 
 
-async def _materials(conn: AsyncConnection, client: Client, ids: list[str]) -> list[dict[str, Any]]:
+async def resolve_materials(
+    conn: AsyncConnection, client: Client, ids: list[str], field: str = "materials"
+) -> list[dict[str, Any]]:
+    """Material references for ids this client's centre uploaded (IntakeProblem naming the
+    first unknown one)."""
     if not ids:
         return []
     rows = {r.id: r for r in (await conn.execute(select(materials).where(materials.c.id.in_(ids))))}
@@ -303,7 +316,7 @@ async def _materials(conn: AsyncConnection, client: Client, ids: list[str]) -> l
                 "Unknown material",
                 f"no material '{mid}' uploaded by this "
                 "centre; upload it with POST /v1/materials first",
-                f"materials[{i}]",
+                f"{field}[{i}]",
             )
         out.append(
             {

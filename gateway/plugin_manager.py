@@ -12,6 +12,7 @@ Ops switches (environment, or ``[plugins]`` in gateway.toml):
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata as md
 import os
 from collections.abc import Iterable
@@ -30,10 +31,14 @@ if TYPE_CHECKING:
 
     from gateway.config.models import DepartmentConfig, Matter
     from gateway.connector import Connector, Envelope
+    from gateway.delivery import DeliveryMethod
     from gateway.events import StatusChange
+    from gateway.notifications import Contact
 
 log = structlog.get_logger("gateway.plugins")
 GROUP = "gateway"
+#: Core behaviour registered through the same hooks as plugins: (name, module).
+BUILTIN: tuple[tuple[str, str], ...] = (("manual_mail", "gateway.delivery"),)
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ class Plugins:
     trace: bool = False
     _origins: dict[str, tuple[str | None, str]] = field(default_factory=dict)
     _connectors: dict[str, type[Connector]] | None = None
+    _delivery: dict[str, DeliveryMethod] | None = None
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -69,6 +75,7 @@ class Plugins:
             raise PluginError(name, str(exc)) from exc
         self._origins[name] = (version, origin)
         self._connectors = None
+        self._delivery = None
 
     def info(self) -> list[PluginInfo]:
         out = []
@@ -120,10 +127,33 @@ class Plugins:
             problems.extend(self._call(impl, form, matter, region) or [])
         return problems
 
-    def status_changed(self, change: StatusChange) -> None:
+    def delivery_methods(self) -> dict[str, DeliveryMethod]:
+        """Every registered delivery method by name; a name registered twice is an error."""
+        if self._delivery is not None:
+            return self._delivery
+        found: dict[str, DeliveryMethod] = {}
+        owners: dict[str, str] = {}
+        for impl in self.pm.hook.register_delivery_methods.get_hookimpls():
+            registered: list[DeliveryMethod] = []
+            self._call(impl, registered.append)
+            for method in registered:
+                name = getattr(method, "name", None)
+                if not isinstance(name, str) or not callable(getattr(method, "ship", None)):
+                    raise PluginError(impl.plugin_name, f"{method!r} lacks a `name` or `ship`")
+                if name in found:
+                    raise PluginError(
+                        impl.plugin_name,
+                        f'delivery method "{name}" is already registered by "{owners[name]}"',
+                    )
+                found[name] = method
+                owners[name] = impl.plugin_name
+        self._delivery = found
+        return found
+
+    def status_changed(self, change: StatusChange, contact: Contact | None = None) -> None:
         for impl in self.pm.hook.status_changed.get_hookimpls():
             try:
-                self._call(impl, change)
+                self._call(impl, change, contact)
             except Exception:
                 log.exception("status_changed hook failed", plugin=impl.plugin_name)
 
@@ -187,6 +217,10 @@ def load_plugins(
                 log.error("plugin failed to load", plugin=ep.name, error=str(exc))
     for name, plugin in extra:
         plugins.register(plugin, name)
+    # built-in behaviour registers like any plugin (trylast, so a plugin can override it)
+    for name, module in BUILTIN:
+        if _wanted(name, (), block):
+            plugins.register(importlib.import_module(module), name, origin="built in")
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:

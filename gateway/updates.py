@@ -10,12 +10,14 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway import documents, pickup
 from gateway.clock import now
 from gateway.connector import CaseUpdate
 from gateway.events import Source, StatusChange
 from gateway.metrics import STATUS_CHANGES
+from gateway.notifications import split, with_contact
 from gateway.runtime import Runtime
-from gateway.states import State, Verdict
+from gateway.states import DECIDED, State, Verdict
 from gateway.store import cases
 from gateway.store.tables import applications, callback_events
 
@@ -34,7 +36,10 @@ async def move(
     extra: dict[str, Any] | None = None,
 ) -> list[StatusChange]:
     """Move a case through ``targets`` in order; each step is judged by the state machine, so
-    duplicate and stale steps store nothing. ``extra`` columns go with the first applied step."""
+    duplicate and stale steps store nothing. ``extra`` columns go with the first applied step.
+
+    A case that ends decided with its documents in goes on to ``ready_for_pickup`` in the same
+    transaction, whichever path decided it (dispatch, poll, callback, result file)."""
     changes: list[StatusChange] = []
     for target in targets:
         app = await cases.lock_application(conn, app_id)
@@ -51,7 +56,7 @@ async def move(
             extra=None if changes else extra,
         )
         if result.change:
-            changes.append(result.change)
+            changes.append(with_contact(result.change, app.applicant))
         elif result.verdict is Verdict.ILLEGAL:
             log.warning(
                 "illegal status update ignored",
@@ -60,14 +65,20 @@ async def move(
                 target=target,
                 source=source,
             )
+    if changes and changes[-1].to_status in DECIDED:
+        ready = await pickup.make_ready(conn, app_id, source=source, actor=actor)
+        if ready is not None:
+            changes.append(ready)
     return changes
 
 
 def announce(runtime: Runtime, changes: list[StatusChange]) -> None:
-    """After commit: metrics and the status_changed hook."""
+    """After commit: metrics and the status_changed hook (with the applicant's contact where
+    the change carries it)."""
     for change in changes:
         STATUS_CHANGES.labels(change.department, change.source, change.to_status).inc()
-        runtime.plugins.status_changed(change)
+        plain, contact = split(change)
+        runtime.plugins.status_changed(plain, contact)
 
 
 class DuplicateEvent(Exception):
@@ -149,23 +160,9 @@ async def _apply(
         if upd.event_id:
             detail["event_id"] = upd.event_id
         if upd.documents:
-            docs: list[dict[str, Any]] = []
-            for doc in upd.documents:
-                if doc.content is None:
-                    docs.append(
-                        {"name": doc.name, "content_type": doc.content_type, "url": doc.url}
-                    )
-                    continue
-                sha = await runtime.blobs.put(doc.content)
-                docs.append(
-                    {
-                        "name": doc.name,
-                        "content_type": doc.content_type,
-                        "sha256": sha,
-                        "size": len(doc.content),
-                    }
-                )
-            detail["documents"] = docs
+            detail["documents"] = await documents.store(
+                conn, runtime.blobs, app_id, version or app.version, upd.documents
+            )
         if app.department_case_id is None:
             await conn.execute(
                 update(applications)
@@ -175,5 +172,9 @@ async def _apply(
         changes = await move(
             conn, app_id, [state], source=source, actor=actor, detail=detail, version=version
         )
+        if not changes and upd.documents and state in DECIDED:
+            # documents that come after the decision (a second message) complete the case
+            ready = await pickup.make_ready(conn, app_id, source=source, actor=actor)
+            changes = [ready] if ready is not None else []
     announce(runtime, changes)
     return changes

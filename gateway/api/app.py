@@ -10,6 +10,7 @@ from gateway.api.limits import BodyLimit
 from gateway.api.routes_applications import router as applications_router
 from gateway.api.routes_callbacks import router as callbacks_router
 from gateway.api.routes_ops import router as ops_router
+from gateway.api.routes_pickup import router as pickup_router
 from gateway.runtime import Runtime
 
 
@@ -26,6 +27,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(applications_router)
     app.include_router(callbacks_router)
     app.include_router(ops_router)
+    app.include_router(pickup_router)
     api = runtime.config.gateway.api
     app.add_middleware(
         BodyLimit,

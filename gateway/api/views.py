@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from gateway.pii import mask_id, mask_phone
 from gateway.states import State
@@ -20,6 +20,34 @@ class EventView(BaseModel):
     from_status: State | None
     to_status: State
     detail: dict[str, Any]
+
+
+class DocumentView(BaseModel):
+    """A result document; download it from ``download`` (a link-only document has ``url``)."""
+
+    id: str
+    name: str
+    content_type: str
+    sha256: str | None
+    size: int | None
+    version: int
+    url: str | None
+    download: str | None
+
+
+def document_view(row: Any) -> DocumentView:
+    return DocumentView(
+        id=row.id,
+        name=row.name,
+        content_type=row.content_type,
+        sha256=row.sha256,
+        size=row.size,
+        version=row.version,
+        url=row.url,
+        download=f"/v1/applications/{row.application_id}/documents/{row.id}"
+        if row.sha256
+        else None,
+    )
 
 
 class ApplicationView(BaseModel):
@@ -42,6 +70,11 @@ class ApplicationView(BaseModel):
     last_error: str | None
     created_at: dt.datetime
     updated_at: dt.datetime
+    supplement_items: list[str] = Field(
+        default_factory=list,
+        description="while supplement_required: the materials the department asks for",
+    )
+    documents: list[DocumentView] | None = None
     history: list[EventView] | None = None
 
 
@@ -52,7 +85,19 @@ def masked_applicant(applicant: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def application_view(row: Any, history: Sequence[Any] | None = None) -> ApplicationView:
+def supplement_items(row: Any, history: Sequence[Any]) -> list[str]:
+    """What the department asked for, while the case waits on the applicant."""
+    if row.status != State.SUPPLEMENT_REQUIRED.value:
+        return []
+    for e in reversed(history):
+        if e.to_status == State.SUPPLEMENT_REQUIRED.value:
+            return [str(i) for i in (e.detail or {}).get("supplement_items", [])]
+    return []
+
+
+def application_view(
+    row: Any, history: Sequence[Any] | None = None, docs: Sequence[Any] | None = None
+) -> ApplicationView:
     return ApplicationView(
         id=row.id,
         receipt_number=row.receipt_number,
@@ -73,6 +118,8 @@ def application_view(row: Any, history: Sequence[Any] | None = None) -> Applicat
         last_error=row.last_error,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        supplement_items=supplement_items(row, history or []),
+        documents=None if docs is None else [document_view(d) for d in docs],
         history=None
         if history is None
         else [

@@ -254,6 +254,79 @@ callback_events_archive = Table(
     Column("archived_at", UTCDateTime, nullable=False),
 )
 
+
+# -- the back half of a case: result documents, handing out, supplements, withdrawals --------
+
+result_documents = Table(
+    "result_documents",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("application_id", String(32), ForeignKey("applications.id"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("content_type", String(100), nullable=False),
+    # content in the blob store; a department that only links a document leaves sha256 empty
+    Column("sha256", String(64)),
+    Column("size", BigInteger),
+    Column("url", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_result_documents_application", "application_id"),
+)
+
+handovers = Table(
+    "handovers",
+    metadata,
+    Column("application_id", String(32), ForeignKey("applications.id"), primary_key=True),
+    # the centre that hands the result out: the pickup centre, or the receiving one for mail
+    Column("centre", String(32), nullable=False),
+    Column("method", String(8), nullable=False),  # pickup | mail, as chosen at intake
+    Column("pickup_code", String(16)),
+    Column("code_failures", Integer, nullable=False, default=0),
+    Column("ready_at", UTCDateTime),
+    Column("outcome", String(12)),  # collected | mailed
+    Column("handed_out_at", UTCDateTime),
+    Column("handed_out_by", String(100)),
+    Column("window", String(32)),
+    Column("verified_with", String(16)),  # id_number | pickup_code
+    Column("delivery_method", String(32)),
+    Column("carrier", String(64)),
+    Column("tracking_number", String(64)),
+    Column("address", Text),
+    Column("recipient", String(100)),
+    Index("ix_handovers_centre_ready", "centre", "ready_at"),
+)
+
+supplements = Table(
+    "supplements",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("application_id", String(32), ForeignKey("applications.id"), nullable=False),
+    Column("version", Integer, nullable=False),  # the version this supplement starts
+    Column("items", JSON, nullable=False),  # what the department asked for
+    Column("materials", JSON, nullable=False),  # material ids handed in
+    Column("note", Text),
+    Column("actor", String(100), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("application_id", "version"),
+)
+
+withdrawals = Table(
+    "withdrawals",
+    metadata,
+    Column("application_id", String(32), ForeignKey("applications.id"), primary_key=True),
+    Column("requested_at", UTCDateTime, nullable=False),
+    Column("actor", String(100), nullable=False),
+    Column("reason", Text),
+    Column("from_status", String(24), nullable=False),
+    # not_sent | withdrawn (department confirmed) | unsupported | error | unknown
+    Column("outcome", String(16), nullable=False),
+    Column("detail", Text),
+    Column("needs_ops", Boolean, nullable=False, default=False),
+    Column("resolved_at", UTCDateTime),
+    Column("resolved_by", String(100)),
+    Index("ix_withdrawals_needs_ops", "needs_ops"),
+)
+
 __all__ = [
     "api_clients",
     "applications",
@@ -261,6 +334,7 @@ __all__ = [
     "callback_events_archive",
     "dispatch_jobs",
     "events",
+    "handovers",
     "idempotency_records",
     "idempotency_records_archive",
     "materials",
@@ -268,5 +342,8 @@ __all__ = [
     "receipt_counters",
     "reconcile_discrepancies",
     "reconcile_runs",
+    "result_documents",
+    "supplements",
     "task_leases",
+    "withdrawals",
 ]

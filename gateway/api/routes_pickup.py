@@ -1,0 +1,162 @@
+"""One window out: what is ready at a centre, result downloads, collecting and mailing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import urllib.parse
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel
+
+from gateway import documents, pickup
+from gateway.api.auth import ClientDep, RuntimeDep
+from gateway.api.problems import Problem
+from gateway.api.views import DocumentView, document_view, masked_applicant
+from gateway.blobs import BlobCorrupted
+from gateway.store import cases
+from gateway.updates import announce
+
+router = APIRouter(prefix="/v1")
+
+
+class PickupItem(BaseModel):
+    id: str
+    receipt_number: str
+    matter_code: str
+    matter_name: str
+    applicant: dict[str, Any]
+    centre: str
+    method: str
+    address: str | None
+    ready_at: dt.datetime | None
+    documents: list[DocumentView]
+
+
+@router.get("/pickups", response_model=list[PickupItem], tags=["pickup"])
+async def list_pickups(
+    runtime: RuntimeDep,
+    client: ClientDep,
+    centre: Annotated[str | None, Query(max_length=32)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 500,
+) -> list[PickupItem]:
+    """Results ready to be handed out (collected or mailed) at a centre, oldest first."""
+    if not client.ops:
+        if centre and centre != client.centre:
+            raise Problem(
+                403,
+                "Other centre",
+                "a centre key lists only the results handed out at its own centre",
+                field="centre",
+            )
+        centre = client.centre
+    async with runtime.engine.connect() as conn:
+        rows = await pickup.ready_at(conn, centre, limit)
+        docs = await documents.for_applications(conn, [r.id for r in rows])
+    return [
+        PickupItem(
+            id=r.id,
+            receipt_number=r.receipt_number,
+            matter_code=r.matter_code,
+            matter_name=r.matter_name,
+            applicant=masked_applicant(r.applicant),
+            centre=r.h_centre,
+            method=r.h_method,
+            address=(r.delivery or {}).get("address") if r.h_method == "mail" else None,
+            ready_at=r.h_ready_at,
+            documents=[document_view(d) for d in docs.get(r.id, [])],
+        )
+        for r in rows
+    ]
+
+
+@router.get(
+    "/applications/{app_id}/documents/{doc_id}",
+    tags=["pickup"],
+    response_class=Response,
+    responses={200: {"content": {"application/pdf": {}}, "description": "the document"}},
+)
+async def download(app_id: str, doc_id: str, runtime: RuntimeDep, client: ClientDep) -> Response:
+    """A result document's bytes, checked against their sha256 before they are sent."""
+    async with runtime.engine.connect() as conn:
+        app = await cases.get_application(conn, app_id)
+        if app is None or not pickup.may_see(client, app):
+            raise Problem(
+                404,
+                "Unknown application",
+                f"no application '{app_id}' visible to this key",
+                field="id",
+            )
+        doc = await documents.get(conn, app_id, doc_id)
+    if doc is None:
+        raise Problem(
+            404,
+            "Unknown document",
+            f"application {app_id} has no document '{doc_id}'",
+            field="doc_id",
+        )
+    if doc.sha256 is None:
+        raise Problem(
+            409,
+            "Document held by the department",
+            "the department only linked this document; fetch it from its url",
+            field="doc_id",
+            url=doc.url,
+        )
+    try:
+        data = await runtime.blobs.get(doc.sha256)
+    except (BlobCorrupted, FileNotFoundError) as exc:
+        raise Problem(
+            500,
+            "Stored document damaged",
+            "the stored copy of this document is missing or does not match its hash; do not "
+            "hand it out. Ops must restore it from backup.",
+            field="doc_id",
+        ) from exc
+    quoted = urllib.parse.quote(doc.name, safe="")
+    return Response(
+        content=data,
+        media_type=doc.content_type,
+        headers={
+            "Content-Disposition": f"attachment; filename*=UTF-8''{quoted}",
+            "ETag": f'"{doc.sha256}"',
+            "X-Content-SHA256": doc.sha256,
+        },
+    )
+
+
+@router.post("/applications/{app_id}/collect", response_model=pickup.HandoverOut, tags=["pickup"])
+async def collect(
+    app_id: str, body: pickup.CollectIn, runtime: RuntimeDep, client: ClientDep, response: Response
+) -> pickup.HandoverOut:
+    """Hand the result to the applicant: their ID number or pickup code must match."""
+    handed = await pickup.collect(runtime, client, app_id, body)
+    announce(runtime, handed.changes)
+    if handed.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return handed.record
+
+
+@router.post("/applications/{app_id}/mail", response_model=pickup.HandoverOut, tags=["pickup"])
+async def mail(
+    app_id: str, body: pickup.MailIn, runtime: RuntimeDep, client: ClientDep, response: Response
+) -> pickup.HandoverOut:
+    """Mail the result through a delivery method (``GET /v1/delivery-methods``)."""
+    handed = await pickup.mail(runtime, client, app_id, body)
+    announce(runtime, handed.changes)
+    if handed.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return handed.record
+
+
+class DeliveryMethodOut(BaseModel):
+    name: str
+    description: str
+
+
+@router.get("/delivery-methods", response_model=list[DeliveryMethodOut], tags=["pickup"])
+async def delivery_methods(runtime: RuntimeDep, _client: ClientDep) -> list[DeliveryMethodOut]:
+    return [
+        DeliveryMethodOut(name=name, description=getattr(m, "description", ""))
+        for name, m in sorted(runtime.plugins.delivery_methods().items())
+    ]

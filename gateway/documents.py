@@ -1,0 +1,114 @@
+"""Result documents (licences, certificates, decision letters): kept content-addressed in the blob
+store, listed per case, read back with their hash checked."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Row, and_, func, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.blobs import BlobStore
+from gateway.clock import new_id, now
+from gateway.connector import ResultDocument
+from gateway.states import State
+from gateway.store.tables import result_documents
+
+
+async def store(
+    conn: AsyncConnection,
+    blobs: BlobStore,
+    app_id: str,
+    version: int,
+    docs: Sequence[ResultDocument],
+) -> list[dict[str, Any]]:
+    """Keep the documents of one department update; the same content (or link) sent again for
+    the case is not listed twice. Returns what the event detail lists."""
+    out: list[dict[str, Any]] = []
+    for doc in docs:
+        sha = await blobs.put(doc.content) if doc.content is not None else None
+        same = (
+            result_documents.c.sha256 == sha
+            if sha is not None
+            else and_(result_documents.c.sha256.is_(None), result_documents.c.url == doc.url)
+        )
+        existing = (
+            await conn.execute(
+                select(result_documents.c.id).where(
+                    result_documents.c.application_id == app_id, same
+                )
+            )
+        ).scalar()
+        doc_id = existing or new_id("d")
+        if existing is None:
+            await conn.execute(
+                insert(result_documents).values(
+                    id=doc_id,
+                    application_id=app_id,
+                    version=version,
+                    name=_display_name(doc.name),
+                    content_type=doc.content_type[:100],
+                    sha256=sha,
+                    size=len(doc.content) if doc.content is not None else None,
+                    url=doc.url,
+                    created_at=now(),
+                )
+            )
+        entry: dict[str, Any] = {"id": doc_id, "name": doc.name, "content_type": doc.content_type}
+        if sha is not None:
+            entry.update(sha256=sha, size=len(doc.content or b""))
+        else:
+            entry["url"] = doc.url
+        out.append(entry)
+    return out
+
+
+def _display_name(name: str) -> str:
+    # a display name only (never a path): last path segment, printable, bounded
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    return "".join(ch for ch in base if ch.isprintable())[:255] or "document"
+
+
+async def for_application(conn: AsyncConnection, app_id: str) -> Sequence[Row[Any]]:
+    q = (
+        select(result_documents)
+        .where(result_documents.c.application_id == app_id)
+        .order_by(result_documents.c.created_at, result_documents.c.id)
+    )
+    return (await conn.execute(q)).all()
+
+
+async def for_applications(
+    conn: AsyncConnection, app_ids: Sequence[str]
+) -> dict[str, list[Row[Any]]]:
+    out: dict[str, list[Row[Any]]] = {}
+    if not app_ids:
+        return out
+    q = (
+        select(result_documents)
+        .where(result_documents.c.application_id.in_(list(app_ids)))
+        .order_by(result_documents.c.created_at, result_documents.c.id)
+    )
+    for row in (await conn.execute(q)).all():
+        out.setdefault(row.application_id, []).append(row)
+    return out
+
+
+async def get(conn: AsyncConnection, app_id: str, doc_id: str) -> Row[Any] | None:
+    q = select(result_documents).where(
+        result_documents.c.id == doc_id, result_documents.c.application_id == app_id
+    )
+    return (await conn.execute(q)).first()
+
+
+async def documents_in(conn: AsyncConnection, app: Row[Any]) -> bool:
+    """Whether a decided case has what is handed out: an approval needs at least one document
+    from the department; a refusal (or not accepting) is handed out as its decision."""
+    if app.status != State.APPROVED.value:
+        return True
+    q = select(func.count()).where(result_documents.c.application_id == app.id)
+    return bool((await conn.execute(q)).scalar())
+
+
+__all__ = ["documents_in", "for_application", "for_applications", "get", "store"]

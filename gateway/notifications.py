@@ -1,0 +1,56 @@
+"""How to reach the applicant, handed to the ``status_changed`` hook beside the change.
+
+The phone number is a :class:`pydantic.SecretStr`: it prints as ``**********`` in logs, reprs and
+tracebacks, so a notifier has to ask for it on purpose (``contact.phone.get_secret_value()``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from gateway.events import StatusChange
+from gateway.pii import mask_phone
+
+
+class Contact(BaseModel):
+    """The applicant's contact details for one case (PII: keep it out of logs)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: SecretStr
+    phone: SecretStr | None = None
+
+    @property
+    def masked_phone(self) -> str | None:
+        """The phone as it may be shown or logged (``138****8000``)."""
+        return mask_phone(self.phone.get_secret_value()) if self.phone else None
+
+    @classmethod
+    def from_applicant(cls, applicant: dict[str, Any]) -> Contact:
+        phone = applicant.get("phone")
+        return cls(
+            name=SecretStr(str(applicant.get("name", ""))),
+            phone=SecretStr(phone) if phone else None,
+        )
+
+
+class NotifiedChange(StatusChange):
+    """A change carrying its case's contact through the core to :func:`gateway.updates.announce`
+    (never serialised: the contact is excluded from dumps)."""
+
+    contact: Contact | None = Field(default=None, exclude=True, repr=False)
+
+
+def with_contact(change: StatusChange, applicant: dict[str, Any] | None) -> StatusChange:
+    if applicant is None:
+        return change
+    return NotifiedChange(**dict(change), contact=Contact.from_applicant(applicant))
+
+
+def split(change: StatusChange) -> tuple[StatusChange, Contact | None]:
+    """The plain change (what plugins see as ``change``) and the contact, if known."""
+    if isinstance(change, NotifiedChange):
+        return StatusChange(**change.model_dump()), change.contact
+    return change, None
