@@ -108,6 +108,13 @@ async def submit_application(
     response: Response,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> intake.ApplicationAccepted:
+    if idempotency_key and not idempotency_key.isprintable():
+        raise Problem(
+            400,
+            "Bad Idempotency-Key",
+            "the Idempotency-Key must be printable text",
+            field="Idempotency-Key",
+        )
     if not idempotency_key:
         raise Problem(
             400,
