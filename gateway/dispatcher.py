@@ -406,6 +406,12 @@ class Dispatcher:
                 if not ok:
                     await conn.rollback()
                     return
+                # visible on the case while it waits, so the front desk can see why
+                await conn.execute(
+                    update(applications)
+                    .where(applications.c.id == job.application_id)
+                    .values(last_error=f"retrying (attempt {attempts}): {error}")
+                )
                 log.info(
                     "delivery will be retried",
                     department=dept.code,

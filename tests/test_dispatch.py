@@ -138,6 +138,7 @@ async def test_transient_failures_back_off_then_deliver(example_config: Config) 
             async with runtime.engine.connect() as conn:
                 job = await jobs.job_for(conn, app_id, 1)
             assert job is not None and "503" in (job.last_error or "")
+            assert "retrying (attempt" in (await statuses_error(runtime, app_id))
             assert job.next_attempt_at > job.updated_at  # persisted backoff, not a hot loop
             city.states["amr"].mode = "ok"
             await wait_for(
@@ -304,3 +305,9 @@ async def test_unavailable_department_is_explained(runtime: Runtime) -> None:
         assert "'carrier-pigeon' is not installed" in rt.unavailable["civil"]
     finally:
         await rt.http.aclose()
+
+
+async def statuses_error(runtime: Runtime, app_id: str) -> str:
+    async with runtime.engine.connect() as conn:
+        q = select(applications.c.last_error).where(applications.c.id == app_id)
+        return str((await conn.execute(q)).scalar_one())
