@@ -3,6 +3,7 @@
 from gateway.cli import (
     config_cmd,  # noqa: F401
     demo_cmd,  # noqa: F401
+    new_plugin_cmd,  # noqa: F401
     ops_cmd,  # noqa: F401
     service_cmd,  # noqa: F401
     simulate_cmd,  # noqa: F401
