@@ -189,6 +189,17 @@ class Connector:
         """Settle a pulled update: ``applied`` or ``duplicate`` (archive it) or ``unmatched``
         (no such case: quarantine it with ``reason``)."""
 
+    async def withdraw(self, receipt: Receipt) -> None:
+        """Withdraw a case at the applicant's request, before the department decides (optional).
+
+        Return once the department has withdrawn it (a second call for a withdrawn case must
+        succeed too). Raise ``DepartmentRejected`` if the department refuses (it may have
+        decided already), ``TransientError``/``PermanentError`` if it cannot be reached. A
+        connector that does not implement this leaves the default: the gateway then records the
+        withdrawal and flags it for ops to settle with the department by hand.
+        """
+        raise NotImplementedError(f"{self.kind} connector cannot withdraw cases")
+
     async def health(self) -> Health:
         return Health(ok=True)
 

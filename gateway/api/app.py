@@ -11,6 +11,8 @@ from gateway.api.routes_applications import router as applications_router
 from gateway.api.routes_callbacks import router as callbacks_router
 from gateway.api.routes_ops import router as ops_router
 from gateway.api.routes_pickup import router as pickup_router
+from gateway.api.routes_supplements import router as supplements_router
+from gateway.api.routes_withdrawals import router as withdrawals_router
 from gateway.runtime import Runtime
 
 
@@ -28,6 +30,8 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(callbacks_router)
     app.include_router(ops_router)
     app.include_router(pickup_router)
+    app.include_router(supplements_router)
+    app.include_router(withdrawals_router)
     api = runtime.config.gateway.api
     app.add_middleware(
         BodyLimit,

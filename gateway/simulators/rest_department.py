@@ -11,7 +11,9 @@ Department status codes (strings, as real systems send them)::
 
 Endpoints::
 
-    POST /api/v1/cases            Idempotency-Key header; 201 {"case"} new, 200 {"case"} duplicate
+    POST /api/v1/cases            Idempotency-Key header; 201 {"case"} new, 200 {"case"} duplicate;
+                                  a key ``ow-<id>-v<n>`` whose ``ow-<id>`` lineage is known
+                                  re-opens that case as version n (re-sent after a supplement)
     GET  /api/v1/cases/{id}       {"case": {id, status, opinion, updated_at, supplement_items,
                                             documents: [{name, content_type, content_b64}]}}
     GET  /api/v1/cases            ?since&until&cursor&limit -> {"items": [...], "next": cursor|null}
@@ -231,6 +233,8 @@ class RestDepartmentState:
     clock: Callable[[], dt.datetime] = _utcnow
     cases: dict[str, SimCase] = field(default_factory=dict)
     by_key: dict[str, str] = field(default_factory=dict)
+    #: key lineage (``ow-<id>``) -> case id: a re-sent version updates the same case
+    by_lineage: dict[str, str] = field(default_factory=dict)
     submissions: int = 0
     duplicates: int = 0
     mode: str = "ok"
@@ -271,6 +275,9 @@ class RestDepartmentState:
             self.duplicates += 1
             return self.cases[existing], False
         now = self.clock()
+        lineage, sep, version = idempotency_key.rpartition("-v")
+        if sep and version.isdigit() and lineage in self.by_lineage:
+            return self._resend(self.cases[self.by_lineage[lineage]], idempotency_key, body), True
         seq = len(self.cases) + 1
         case = SimCase(
             seq=seq,
@@ -283,9 +290,25 @@ class RestDepartmentState:
         )
         self.cases[case.id] = case
         self.by_key[idempotency_key] = case.id
+        if sep and version.isdigit():
+            self.by_lineage[lineage] = case.id
         if self.settings.callbacks and self.settings.callback_url:
             self._spawn(self._callback_when_decided(case))
         return case, True
+
+    def _resend(self, case: SimCase, idempotency_key: str, body: dict[str, Any]) -> SimCase:
+        """A new version of a case after a supplement (补正): the same case, decided afresh;
+        a supplemented case is not asked for a supplement again."""
+        outcome = self.outcome_for(idempotency_key)
+        case.outcome = "approve" if outcome == "supplement" else outcome
+        case.idempotency_key = idempotency_key
+        case.body = body
+        case.version = body.get("version")
+        case.created_at = self.clock()
+        self.by_key[idempotency_key] = case.id
+        if self.settings.callbacks and self.settings.callback_url:
+            self._spawn(self._callback_when_decided(case))
+        return case
 
     def view(self, case: SimCase) -> dict[str, Any]:
         return case.view(self.clock(), self.settings.decision_delay_seconds)

@@ -1,0 +1,54 @@
+"""Withdrawal: ``POST /v1/applications/{id}/withdraw``; ops settle flagged ones."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from gateway import withdrawals
+from gateway.api.auth import ClientDep, OpsDep, RuntimeDep
+from gateway.updates import announce
+
+router = APIRouter(prefix="/v1")
+
+
+@router.post(
+    "/applications/{app_id}/withdraw",
+    response_model=withdrawals.WithdrawalOut,
+    tags=["applications"],
+)
+async def withdraw(
+    app_id: str,
+    runtime: RuntimeDep,
+    client: ClientDep,
+    response: Response,
+    body: withdrawals.WithdrawIn | None = None,
+) -> withdrawals.WithdrawalOut:
+    """Withdraw an application the department has not decided yet. ``needs_ops`` is true when
+    the department could not be told automatically; ops then settle it. Repeating is safe."""
+    done = await withdrawals.withdraw(runtime, client, app_id, body or withdrawals.WithdrawIn())
+    announce(runtime, done.changes)
+    if done.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return done.record
+
+
+@router.get("/ops/withdrawals", response_model=list[withdrawals.WithdrawalOut], tags=["ops"])
+async def flagged_withdrawals(
+    runtime: RuntimeDep,
+    _ops: OpsDep,
+    include_resolved: Annotated[bool, Query()] = False,
+) -> list[withdrawals.WithdrawalOut]:
+    """Withdrawals the gateway could not pass on to the department by itself."""
+    return await withdrawals.flagged(runtime, include_resolved=include_resolved)
+
+
+@router.post(
+    "/ops/withdrawals/{app_id}/resolve", response_model=withdrawals.WithdrawalOut, tags=["ops"]
+)
+async def resolve_withdrawal(
+    app_id: str, runtime: RuntimeDep, ops: OpsDep
+) -> withdrawals.WithdrawalOut:
+    """Mark a flagged withdrawal as settled with the department."""
+    return await withdrawals.resolve(runtime, app_id, f"ops/{ops.name}")

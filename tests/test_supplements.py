@@ -1,0 +1,186 @@
+"""Supplements (补正): the department's list is on the case; materials handed in re-send the case
+as the next version with the same idempotency lineage; events bound the paused clock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from gateway.api.app import create_app
+from gateway.config.loader import Config
+from gateway.dispatcher import Dispatcher
+from gateway.poller import poll_sweep
+from gateway.runtime import Runtime
+from gateway.simulators.city import simulated_city
+from gateway.simulators.rest_department import RestDepartmentState
+from gateway.store.clients import create_client
+from gateway.store.tables import dispatch_jobs
+from tests.conftest import FAST, wait_for
+from tests.handout_fixtures import decide, status_of, submit
+
+ITEMS = ["营业场所使用证明", "法定代表人身份证明复印件"]
+
+
+async def upload(api: httpx.AsyncClient, headers: dict[str, str], name: str = "证明.pdf") -> str:
+    resp = await api.post(
+        "/v1/materials",
+        files={"file": (name, b"%PDF-1.4 supplement", "application/pdf")},
+        headers=headers,
+    )
+    assert resp.status_code == 201, resp.text
+    material_id: str = resp.json()["id"]
+    return material_id
+
+
+async def test_supplement_resends_as_next_version(
+    api: httpx.AsyncClient, runtime: Runtime, centre_headers: dict[str, str]
+) -> None:
+    app = await submit(api, centre_headers)
+    assert await decide(runtime, app["id"], "3", document=None, supplement_items=ITEMS) == [
+        "supplement_required"
+    ]
+    case = (await api.get(f"/v1/applications/{app['id']}", headers=centre_headers)).json()
+    assert case["supplement_items"] == ITEMS
+
+    material = await upload(api, centre_headers)
+    url = f"/v1/applications/{app['id']}/supplements"
+    resp = await api.post(
+        url, json={"materials": [material], "clerk": "c9"}, headers=centre_headers
+    )
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    assert body["version"] == 2 and body["status"] == "dispatching"
+    assert body["idempotency_key"] == f"ow-{app['id']}-v2"
+    assert body["answers"] == ITEMS
+
+    again = await api.post(
+        url, json={"materials": [material], "clerk": "c9"}, headers=centre_headers
+    )
+    assert again.status_code == 200 and again.json() == body
+
+    case = (await api.get(f"/v1/applications/{app['id']}", headers=centre_headers)).json()
+    assert case["version"] == 2 and case["supplement_items"] == []
+    assert material in [m["id"] for m in case["materials"]]
+    steps = [(e["to_status"], e["version"]) for e in case["history"]]
+    assert steps[-2:] == [("supplement_required", 1), ("dispatching", 2)]
+    async with runtime.engine.connect() as conn:
+        versions = (
+            await conn.execute(
+                select(dispatch_jobs.c.version).where(dispatch_jobs.c.application_id == app["id"])
+            )
+        ).scalars()
+        assert sorted(versions) == [1, 2]
+    # a late answer about version 1 changes nothing
+    assert await decide(runtime, app["id"], "3", document=None, version=1) == []
+
+
+@pytest.mark.parametrize(
+    ("materials", "status", "field"),
+    [([], 422, "materials"), (["m-nope"], 422, "materials[0]")],
+)
+async def test_bad_supplement_names_the_field(
+    api: httpx.AsyncClient,
+    runtime: Runtime,
+    centre_headers: dict[str, str],
+    materials: list[str],
+    status: int,
+    field: str,
+) -> None:
+    app = await submit(api, centre_headers)
+    await decide(runtime, app["id"], "3", document=None, supplement_items=ITEMS)
+    resp = await api.post(
+        f"/v1/applications/{app['id']}/supplements",
+        json={"materials": materials},
+        headers=centre_headers,
+    )
+    assert resp.status_code == status
+    assert resp.headers["content-type"] == "application/problem+json"
+    assert resp.json()["errors"][0]["field"] == field
+    assert await status_of(api, centre_headers, app["id"]) == "supplement_required"
+
+
+async def test_supplement_only_when_asked(
+    api: httpx.AsyncClient, centre_headers: dict[str, str]
+) -> None:
+    app = await submit(api, centre_headers)
+    material = await upload(api, centre_headers)
+    resp = await api.post(
+        f"/v1/applications/{app['id']}/supplements",
+        json={"materials": [material]},
+        headers=centre_headers,
+    )
+    assert resp.status_code == 409 and "received" in resp.json()["detail"]
+
+
+async def test_other_centre_cannot_supplement(
+    api: httpx.AsyncClient, runtime: Runtime, make_key: object
+) -> None:
+    assert callable(make_key)
+    a, b = await make_key("C01"), await make_key("C02")
+    app = await submit(api, b)
+    await decide(runtime, app["id"], "3", document=None, supplement_items=ITEMS)
+    material = await upload(api, a)
+    resp = await api.post(
+        f"/v1/applications/{app['id']}/supplements", json={"materials": [material]}, headers=a
+    )
+    assert resp.status_code == 404
+    assert await status_of(api, b, app["id"]) == "supplement_required"
+
+
+@pytest.fixture
+async def asking_city(example_config: Config) -> AsyncIterator[tuple[Runtime, RestDepartmentState]]:
+    """amr asks for a supplement on every first version (and decides re-sent ones)."""
+    async with simulated_city(
+        example_config,
+        simulator_overrides={"amr": FAST | {"mix": {"supplement": 1.0}}},
+        department_overrides={"amr": {"poll_interval_seconds": 0.1}},
+    ) as city:
+        runtime = Runtime(city.config)
+        await runtime.prepare_database()
+        try:
+            yield runtime, city.states["amr"]
+        finally:
+            await runtime.aclose()
+
+
+async def test_supplement_round_trip_with_the_department(
+    asking_city: tuple[Runtime, RestDepartmentState],
+) -> None:
+    runtime, department = asking_city
+    dispatcher = Dispatcher(runtime, seed=3)
+    task = asyncio.create_task(dispatcher.run())
+    async with runtime.engine.begin() as conn:
+        _c, key = await create_client(conn, name="c01", centre="C01", ops=False)
+    headers = {"Authorization": f"Bearer {key}"}
+    transport = httpx.ASGITransport(app=create_app(runtime))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as api:
+            app = await submit(api, headers)
+
+            async def reaches(status: str) -> bool:
+                await poll_sweep(runtime)
+                return await status_of(api, headers, app["id"]) == status
+
+            await wait_for(lambda: reaches("supplement_required"))
+            case = (await api.get(f"/v1/applications/{app['id']}", headers=headers)).json()
+            assert case["supplement_items"] == ITEMS  # the department's own list
+            material = await upload(api, headers)
+            resp = await api.post(
+                f"/v1/applications/{app['id']}/supplements",
+                json={"materials": [material]},
+                headers=headers,
+            )
+            assert resp.status_code == 201
+            await wait_for(lambda: reaches("ready_for_pickup"))
+            case = (await api.get(f"/v1/applications/{app['id']}", headers=headers)).json()
+            assert case["version"] == 2 and len(case["documents"]) == 1
+    finally:
+        await dispatcher.stop(grace_seconds=2)
+        await task
+    [sim_case] = department.cases.values()  # one case at the department, re-sent
+    assert sim_case.version == 2
+    assert sorted(department.by_key) == [f"ow-{app['id']}-v1", f"ow-{app['id']}-v2"]
