@@ -1,0 +1,333 @@
+"""Dispatch throughput: the gateway's Dispatcher delivering to the simulated REST department
+(``amr``, no decision delay, no callbacks) vs a raw ``httpx.AsyncClient`` loop POSTing the same
+JSON payloads, with Idempotency-Key headers, to the same endpoint at the same concurrency.
+
+N applications are stored first with ``gateway.intake.submit`` (not timed). The gateway is timed
+from starting ``Dispatcher.run()`` (the daemon's loop) until every dispatch job is done. For
+context it also reports httpx over the aiohttp transport (the gateway's ``make_client``) and raw
+aiohttp. By default the simulated department runs in a separate process (its own core), so the
+figures are about the sending side::
+
+    .venv/bin/python benchmarks/dispatch.py
+    .venv/bin/python benchmarks/dispatch.py --simulator inprocess   # all in one event loop
+    .venv/bin/python benchmarks/dispatch.py --quick                 # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as c
+
+TARGET = 0.6
+DEPT = "amr"
+
+
+def overrides(concurrency: int) -> dict[str, Any]:
+    return {
+        "simulator_overrides": {DEPT: {"decision_delay_seconds": 0, "callbacks": False}},
+        "department_overrides": {DEPT: {"concurrency": concurrency, "rate_limit_per_second": None}},
+    }
+
+
+# -- the simulated department, here or in a child process ---------------------------------------
+
+
+def _simulator_process(concurrency: int, conn: Any) -> None:
+    """Child: run the example city's simulators until the parent closes the pipe."""
+
+    async def serve() -> None:
+        from gateway.simulators.city import simulated_city
+
+        c.quiet_logs()
+        with tempfile.TemporaryDirectory(prefix="bench-sim-") as tmp:
+            config = c.example_config(Path(tmp))
+            async with simulated_city(config, **overrides(concurrency)) as city:
+                conn.send(city.config.departments[DEPT].options["base_url"])
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, conn.recv)  # EOF when the parent is done
+
+    with contextlib.suppress(EOFError):
+        asyncio.run(serve())
+
+
+@contextlib.asynccontextmanager
+async def department(args: argparse.Namespace, config: Any) -> AsyncIterator[Any]:
+    """Yields the config with ``amr`` pointed at its simulator (and raised concurrency)."""
+    from gateway.simulators.city import simulated_city
+
+    if args.simulator == "inprocess":
+        async with simulated_city(config, **overrides(args.concurrency)) as city:
+            yield city.config
+        return
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_simulator_process, args=(args.concurrency, child), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(None, parent.poll, 60):
+            raise RuntimeError("the simulator process did not start")
+        base_url = parent.recv()
+        # the same department overrides as in the child; its simulator there is not used
+        ov = overrides(args.concurrency)
+        dept = dict(ov["department_overrides"][DEPT])
+        dept["options"] = {**config.departments[DEPT].options, "base_url": base_url}
+        async with simulated_city(config, department_overrides={DEPT: dept}) as city:
+            yield city.config
+    finally:
+        parent.close()
+        proc.join(10)
+        if proc.is_alive():
+            proc.terminate()
+
+
+# -- the clients ---------------------------------------------------------------------------------
+
+
+async def fan_out(n: int, concurrency: int, one: Callable[[int], Awaitable[None]]) -> float:
+    it = iter(range(n))
+
+    async def worker() -> None:
+        for i in it:
+            await one(i)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - started
+
+
+async def httpx_loop(
+    client: Any,
+    url: str,
+    payloads: list[bytes],
+    headers: dict[str, str],
+    prefix: str,
+    concurrency: int,
+) -> float:
+    async def one(i: int) -> None:
+        r = await client.post(
+            url, content=payloads[i], headers={**headers, "Idempotency-Key": f"{prefix}-{i}"}
+        )
+        c.check(r.status_code == 201, f"{prefix}: HTTP {r.status_code}")
+        r.json()
+
+    return await fan_out(len(payloads), concurrency, one)
+
+
+async def aiohttp_loop(
+    url: str, payloads: list[bytes], headers: dict[str, str], prefix: str, concurrency: int
+) -> float:
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(i: int) -> None:
+            h = {**headers, "Idempotency-Key": f"{prefix}-{i}"}
+            async with session.post(url, data=payloads[i], headers=h) as r:
+                c.check(r.status == 201, f"{prefix}: HTTP {r.status}")
+                await r.json()
+
+        return await fan_out(len(payloads), concurrency, one)
+
+
+# -- one measurement ------------------------------------------------------------------------------
+
+
+async def preload(runtime: Any, n: int, offset: int) -> list[str]:
+    from gateway import intake
+    from gateway.store.clients import Client
+
+    client = Client(id="bench", name="bench", centre="C01", ops=False)
+    ids = []
+    for i in range(n):
+        body = intake.ApplicationIn.model_validate(c.application_body(offset + i))
+        result = await intake.submit(runtime, client, f"bench-{offset + i}", body)
+        ids.append(result.accepted.id)
+    return ids
+
+
+async def payloads_for(runtime: Any, ids: list[str]) -> list[bytes]:
+    """Exactly what the rest connector sends for these applications."""
+    from gateway.dispatcher import envelope_for
+    from gateway.store import cases
+
+    connector = runtime.connectors[DEPT]
+    out = []
+    async with runtime.engine.connect() as conn:
+        for app_id in ids:
+            envelope = envelope_for(await cases.get_application(conn, app_id))
+            payload = await connector._payload(envelope)  # the connector's own mapping
+            out.append(json.dumps(payload, ensure_ascii=False).encode())
+    return out
+
+
+async def jobs_done(runtime: Any) -> int:
+    from sqlalchemy import func, select
+
+    from gateway.store.jobs import DONE
+    from gateway.store.tables import dispatch_jobs
+
+    async with runtime.engine.connect() as conn:
+        q = select(func.count()).select_from(dispatch_jobs).where(dispatch_jobs.c.state == DONE)
+        return int((await conn.execute(q)).scalar_one())
+
+
+async def time_dispatcher(runtime: Any, target_done: int, poll: float) -> float:
+    from gateway.dispatcher import Dispatcher
+
+    dispatcher = Dispatcher(runtime, seed=1)
+    started = time.perf_counter()
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        while await jobs_done(runtime) < target_done:
+            c.check(not task.done(), "the dispatcher stopped")
+            await asyncio.sleep(poll)
+        return time.perf_counter() - started
+    finally:
+        await dispatcher.stop()
+        await task
+
+
+async def measure(args: argparse.Namespace, database_url: str | None, label: str) -> None:
+    import httpx
+
+    from gateway.http import make_client
+    from gateway.runtime import Runtime
+
+    token = os.environ["AMR_API_TOKEN"]  # the simulator requires the department's token
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    rates: dict[str, list[float]] = {
+        k: [] for k in ("gateway", "httpx", "httpx_aiohttp", "aiohttp")
+    }
+    cpu: dict[str, list[float]] = {"gateway": [], "httpx": [], "aiohttp": []}
+    with tempfile.TemporaryDirectory(prefix="bench-dispatch-") as tmp:
+        config = c.example_config(Path(tmp), database_url)
+        async with department(args, config) as cfg:
+            runtime = Runtime(cfg)
+            try:
+                await runtime.prepare_database()
+                url = cfg.departments[DEPT].options["base_url"] + "/cases"
+                limits = httpx.Limits(
+                    max_connections=args.concurrency, max_keepalive_connections=args.concurrency
+                )
+                raw = httpx.AsyncClient(limits=limits, timeout=30)
+                via_aiohttp = make_client(max_connections=args.concurrency)
+                done = 0
+                for r in range(-1, args.rounds):  # round -1 warms everything up
+                    n = args.warmup if r < 0 else args.n
+                    ids = await preload(runtime, n, offset=done)
+                    payloads = await payloads_for(runtime, ids)
+                    cpu0 = time.thread_time()  # the clients and the dispatcher run here
+                    t_httpx = await httpx_loop(
+                        raw, url, payloads, headers, f"raw-{r}", args.concurrency
+                    )
+                    cpu1 = time.thread_time()
+                    t_hx_aio = await httpx_loop(
+                        via_aiohttp, url, payloads, headers, f"hxaio-{r}", args.concurrency
+                    )
+                    cpu2 = time.thread_time()
+                    t_aiohttp = await aiohttp_loop(
+                        url, payloads, headers, f"aio-{r}", args.concurrency
+                    )
+                    cpu3 = time.thread_time()
+                    done += n
+                    t_gateway = await time_dispatcher(runtime, done, args.poll)
+                    cpu4 = time.thread_time()
+                    if r >= 0:
+                        cpu["httpx"].append((cpu1 - cpu0) / n * 1000)
+                        cpu["aiohttp"].append((cpu3 - cpu2) / n * 1000)
+                        cpu["gateway"].append((cpu4 - cpu3) / n * 1000)
+                    if r >= 0:
+                        for k, t in (
+                            ("gateway", t_gateway),
+                            ("httpx", t_httpx),
+                            ("httpx_aiohttp", t_hx_aio),
+                            ("aiohttp", t_aiohttp),
+                        ):
+                            rates[k].append(n / t)
+                        print(
+                            f"[{label}] round {r + 1}: gateway {n / t_gateway:,.0f}/s, "
+                            f"raw httpx {n / t_httpx:,.0f}/s",
+                            file=sys.stderr,
+                        )
+                await raw.aclose()
+                await via_aiohttp.aclose()
+                c.check(await jobs_done(runtime) == done, "not every job is done")
+            finally:
+                await runtime.aclose()
+    where = (
+        "simulated department in a separate process (its own core and loop); clients in "
+        "this process"
+        if args.simulator == "process"
+        else "simulated department and clients in one process and event loop"
+    )
+    print(f"[{label}] setup: {where}")
+    print(
+        f"[{label}] N={args.n} per round, concurrency={args.concurrency}, {args.rounds} "
+        f"round(s) after a warm-up of {args.warmup}; amr decision delay 0, callbacks off"
+    )
+    print(f"[{label}] gateway Dispatcher.run() -> amr:   {c.fmt_rates(rates['gateway'])}")
+    print(f"[{label}] raw httpx.AsyncClient loop:        {c.fmt_rates(rates['httpx'])}")
+    print(f"[{label}] httpx + aiohttp transport loop:    {c.fmt_rates(rates['httpx_aiohttp'])}")
+    print(f"[{label}] raw aiohttp loop (context):        {c.fmt_rates(rates['aiohttp'])}")
+    if args.simulator == "process":
+        print(
+            f"[{label}] sender event-loop CPU per delivery: gateway "
+            f"{c.median(cpu['gateway']):.2f} ms, raw httpx {c.median(cpu['httpx']):.2f} ms, "
+            f"raw aiohttp {c.median(cpu['aiohttp']):.2f} ms"
+        )
+    gateway, httpx_rate = c.median(rates["gateway"]), c.median(rates["httpx"])
+    print(f"[{label}] {c.ratio_line('gateway/raw_httpx', gateway, httpx_rate, TARGET)}")
+
+
+async def main(args: argparse.Namespace) -> None:
+    c.quiet_logs()
+    print(f"machine: {c.machine()}")
+    await measure(args, None, "sqlite")
+    if args.pg:
+        async with c.pg_schema(args.pg) as url:
+            await measure(args, url, "postgresql")
+    print(f"after: {c.load_average()}")
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-n", type=int, default=1000, help="deliveries per round and client")
+    p.add_argument("-c", "--concurrency", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--simulator", choices=["process", "inprocess"], default="process")
+    p.add_argument(
+        "--poll", type=float, default=0.02, help="seconds between checks that every job is done"
+    )
+    p.add_argument(
+        "--pg",
+        metavar="URL",
+        help="also measure on PostgreSQL (a schema is created "
+        "and dropped), e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/test",
+    )
+    p.add_argument("--quick", action="store_true", help="tiny run for smoke tests")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n, args.rounds, args.warmup = min(args.n, 40), 1, 8
+    return args
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse()))
