@@ -43,13 +43,19 @@ async def _claim(runtime: Runtime, dept: DepartmentConfig, limit: int) -> Sequen
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    q = (
-        update(applications)
-        .where(applications.c.id.in_(due.scalar_subquery()))
-        .values(next_poll_at=t + dt.timedelta(seconds=dept.poll_interval_seconds))
-        .returning(applications.c.id, applications.c.department_case_id, applications.c.version)
-    )
+    # Two statements: lock (skipping rows others hold), then update only the rows this
+    # transaction locked. One UPDATE ... WHERE id IN (locking subquery) can be planned so that
+    # it waits on rows another daemon holds, and two daemons polling at once then deadlock.
     async with runtime.engine.begin() as conn:
+        ids = [r[0] for r in (await conn.execute(due)).all()]
+        if not ids:
+            return []
+        q = (
+            update(applications)
+            .where(applications.c.id.in_(ids))
+            .values(next_poll_at=t + dt.timedelta(seconds=dept.poll_interval_seconds))
+            .returning(applications.c.id, applications.c.department_case_id, applications.c.version)
+        )
         return (await conn.execute(q)).all()
 
 

@@ -1,7 +1,8 @@
-"""Running the gateway: API, dispatcher and poller in one event loop, stopped by SIGTERM/SIGINT.
+"""Running the gateway: API and daemon in one event loop, stopped by SIGTERM/SIGINT.
 
-``gateway serve`` runs the API and (by default) the daemon loops in one process on SQLite: the
-embedded setup. ``gateway daemon`` runs only the loops; many of them can share one PostgreSQL.
+``gateway serve`` runs the API and (by default) the daemon in one process on SQLite: the
+embedded setup. ``gateway daemon`` runs only the daemon (:mod:`gateway.daemon`); many of them can
+share one PostgreSQL.
 """
 
 from __future__ import annotations
@@ -15,25 +16,12 @@ import structlog
 
 from gateway.api.app import create_app
 from gateway.config.loader import Config
+from gateway.daemon import Daemon
 from gateway.dispatcher import Dispatcher
-from gateway.poller import poll_sweep
-from gateway.results import pull_sweep
 from gateway.runtime import Runtime
 from gateway.simulators.server import serve_asgi
 
 log = structlog.get_logger("gateway.service")
-
-
-async def poll_loop(runtime: Runtime, stopping: asyncio.Event) -> None:
-    interval = runtime.config.gateway.dispatch.poll_sweep_seconds
-    while not stopping.is_set():
-        try:
-            await poll_sweep(runtime)
-            await pull_sweep(runtime)
-        except Exception:
-            log.exception("poll sweep failed")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), timeout=interval)
 
 
 @contextlib.asynccontextmanager
@@ -45,17 +33,13 @@ async def running(
     host: str | None = None,
     port: int | None = None,
 ) -> AsyncIterator[tuple[Dispatcher | None, str | None]]:
-    """Start the parts asked for; yields (dispatcher, API base URL). Leaving the block stops
-    them gracefully: no new claims, in-flight deliveries finish or are released."""
+    """Start the parts asked for; yields (dispatcher, API base URL). The daemon part is the
+    APScheduler-driven :class:`~gateway.daemon.Daemon` (the same one ``gateway daemon`` runs).
+    Leaving the block stops them gracefully: no new claims or ticks, in-flight work finishes or
+    is released."""
     await runtime.prepare_database()
-    stopping = asyncio.Event()
-    tasks: list[asyncio.Task[None]] = []
-    dispatcher = None
+    worker = Daemon(runtime) if daemon else None
     base_url = None
-    if daemon:
-        dispatcher = Dispatcher(runtime)
-        tasks.append(asyncio.create_task(dispatcher.run(), name="dispatcher"))
-        tasks.append(asyncio.create_task(poll_loop(runtime, stopping), name="poller"))
     async with contextlib.AsyncExitStack() as stack:
         if api:
             settings = runtime.config.gateway.api
@@ -67,13 +51,13 @@ async def running(
                     lifespan="off",
                 )
             )
+        if worker is not None:
+            await worker.start()
         try:
-            yield dispatcher, base_url
+            yield (worker.dispatcher if worker else None), base_url
         finally:
-            stopping.set()
-            if dispatcher is not None:
-                await dispatcher.stop()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if worker is not None:
+                await worker.stop()
 
 
 async def serve_until_signalled(

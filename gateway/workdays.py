@@ -8,10 +8,12 @@ deadline watch once a newer calendar is installed.
 from __future__ import annotations
 
 import datetime as dt
+from functools import lru_cache
 
 import chinese_calendar
 
 
+@lru_cache(maxsize=4096)
 def is_workday(day: dt.date) -> tuple[bool, bool]:
     """(is it a working day, does the calendar cover that year)."""
     try:
@@ -31,3 +33,12 @@ def add_workdays(start: dt.date, days: int) -> tuple[dt.date, bool]:
         if work:
             left -= 1
     return day, covered
+
+
+def workdays_between(start: dt.date, end: dt.date) -> int:
+    """Working days after ``start`` up to and including ``end`` (0 if end <= start)."""
+    n, day = 0, start
+    while day < end:
+        day += dt.timedelta(days=1)
+        n += is_workday(day)[0]
+    return n

@@ -1,0 +1,350 @@
+"""The sync daemon: APScheduler (3.x, asyncio) runs the gateway's periodic work.
+
+Tasks, and how several daemons sharing one database stay out of each other's way::
+
+    dispatch              every sweep_interval_seconds  item leases (dispatch_jobs, SKIP LOCKED)
+    poll:<dept>           the department's poll interval item leases (next_poll_at, SKIP LOCKED)
+    results:<dept>        [gateway.schedule] results_seconds      one lease row per tick
+    reconcile:<dept>      the department's reconcile_cron          one lease row per tick
+    deadlines             deadlines_seconds                        one lease row per tick
+    housekeeping          housekeeping_seconds                     one lease row per tick
+
+The scheduler's job store is in memory, one per daemon; the database decides who runs what.
+Interval triggers start at the epoch, so every daemon's ticks fall on the same instants and a
+tick has the same key everywhere: ``task_leases`` (task, tick) is inserted with ON CONFLICT DO
+NOTHING and the daemon whose insert lands runs the tick. A tick that starts while an earlier tick
+of the same task still runs somewhere (unfinished, lease not expired) is skipped. Misfires
+coalesce into one run; runs later than ``misfire_grace_seconds`` are dropped (the next tick
+comes).
+
+Stopping (SIGTERM): the scheduler is paused, the dispatcher stops claiming, running ticks get
+``grace_seconds`` to finish, the rest are cancelled and their lease rows marked ``released``;
+the dispatcher hands its leased jobs back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import socket
+import zoneinfo
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.clock import new_id, now
+from gateway.connector import Connector
+from gateway.dispatcher import Dispatcher
+from gateway.runtime import Runtime
+from gateway.store.tables import task_leases
+
+log = structlog.get_logger("gateway.daemon")
+# "skipped: maximum number of running instances reached" is how a long tick looks: not news
+logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
+
+EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+
+TaskFunc = Callable[[], Awaitable[dict[str, Any] | None]]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One periodic task. ``leased``: at most one daemon runs each tick (a task_leases row);
+    otherwise every daemon runs it and item leases share the work."""
+
+    name: str
+    trigger: BaseTrigger
+    run: TaskFunc
+    leased: bool
+    lease_seconds: float = 300.0
+
+
+# -- tick leases -----------------------------------------------------------------------------------
+
+
+def tick_of(trigger: BaseTrigger, at: dt.datetime, grace: float) -> dt.datetime:
+    """The scheduled instant a run at ``at`` belongs to: the trigger's last fire time <= at."""
+    if isinstance(trigger, IntervalTrigger):
+        step: float = trigger.interval_length
+        start: dt.datetime = trigger.start_date
+        n = int((at - start).total_seconds() // step)
+        return (start + dt.timedelta(seconds=n * step)).astimezone(dt.UTC)
+    # cron: walk the fire times from a little before the grace window up to ``at``
+    fire = trigger.get_next_fire_time(None, at - dt.timedelta(seconds=grace + 1))
+    last = fire
+    while fire is not None and fire <= at:
+        last = fire
+        fire = trigger.get_next_fire_time(fire, fire + dt.timedelta(microseconds=1))
+    assert isinstance(last, dt.datetime)
+    return min(last, at).astimezone(dt.UTC).replace(microsecond=0)
+
+
+def _insert_ignore(conn: AsyncConnection) -> Any:
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(task_leases).on_conflict_do_nothing()
+    return sqlite.insert(task_leases).on_conflict_do_nothing()
+
+
+async def claim_tick(
+    conn: AsyncConnection, task: str, tick: dt.datetime, owner: str, lease_seconds: float
+) -> bool:
+    """Insert the (task, tick) lease row; True if this owner got it."""
+    t = now()
+    q = _insert_ignore(conn).values(
+        task=task,
+        tick=tick,
+        owner=owner,
+        started_at=t,
+        expires_at=t + dt.timedelta(seconds=lease_seconds),
+    )
+    return bool((await conn.execute(q)).rowcount)
+
+
+async def earlier_tick_running(conn: AsyncConnection, task: str, tick: dt.datetime) -> bool:
+    q = (
+        select(func.count())
+        .select_from(task_leases)
+        .where(
+            and_(
+                task_leases.c.task == task,
+                task_leases.c.tick < tick,
+                task_leases.c.finished_at.is_(None),
+                task_leases.c.expires_at > now(),
+            )
+        )
+    )
+    return bool((await conn.execute(q)).scalar_one())
+
+
+async def finish_tick(
+    conn: AsyncConnection,
+    task: str,
+    tick: dt.datetime,
+    owner: str,
+    outcome: str,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    await conn.execute(
+        update(task_leases)
+        .where(
+            and_(
+                task_leases.c.task == task,
+                task_leases.c.tick == tick,
+                task_leases.c.owner == owner,
+            )
+        )
+        .values(finished_at=now(), outcome=outcome, detail=detail)
+    )
+
+
+async def run_leased(
+    runtime: Runtime, task: Task, owner: str, tick: dt.datetime
+) -> dict[str, Any] | None:
+    """Run one tick of a leased task if this owner wins it; the outcome lands on the row."""
+    async with runtime.engine.begin() as conn:
+        if not await claim_tick(conn, task.name, tick, owner, task.lease_seconds):
+            return None
+    async with runtime.engine.begin() as conn:
+        if await earlier_tick_running(conn, task.name, tick):
+            await finish_tick(conn, task.name, tick, owner, "skipped", {"why": "overlap"})
+            return None
+    log.info("tick won", task=task.name, tick=tick.isoformat(), owner=owner)
+    outcome, detail = "failed", None
+    try:
+        detail = await task.run()
+        outcome = "done"
+        return detail
+    except asyncio.CancelledError:
+        outcome = "released"
+        raise
+    except Exception as exc:
+        detail = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        raise
+    finally:
+        async with runtime.engine.begin() as conn:
+            await finish_tick(conn, task.name, tick, owner, outcome, detail)
+
+
+# -- the daemon ------------------------------------------------------------------------------------
+
+
+def _interval(seconds: float) -> IntervalTrigger:
+    # starting at the epoch puts every daemon's ticks on the same instants
+    return IntervalTrigger(seconds=seconds, start_date=EPOCH, timezone=dt.UTC)
+
+
+def _pulls_updates(connector: Connector) -> bool:
+    return type(connector).pull_updates is not Connector.pull_updates
+
+
+class Daemon:
+    """The scheduler and its tasks for one runtime. ``start()`` then ``stop()``."""
+
+    def __init__(self, runtime: Runtime, *, owner: str | None = None) -> None:
+        self.runtime = runtime
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-6:]}"
+        self.schedule = runtime.config.gateway.schedule
+        self.dispatcher = Dispatcher(runtime, owner=self.owner)
+        self.scheduler = AsyncIOScheduler(
+            timezone=dt.UTC,
+            job_defaults={
+                "coalesce": True,  # a backlog of missed ticks runs once
+                "max_instances": 1,  # a slow tick is not overlapped in this process
+                "misfire_grace_time": max(1, int(self.schedule.misfire_grace_seconds)),
+            },
+        )
+        self.tasks: dict[str, Task] = {t.name: t for t in self._tasks()}
+        self._running: set[asyncio.Task[Any]] = set()
+        self._wakeup_watch: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def _tasks(self) -> list[Task]:
+        from gateway import deadlines, housekeeping, reconcile
+        from gateway.poller import poll_department
+        from gateway.results import pull_department
+
+        rt, sched = self.runtime, self.schedule
+        tasks = [
+            Task(
+                "dispatch",
+                _interval(rt.config.gateway.dispatch.sweep_interval_seconds),
+                self._dispatch,
+                leased=False,
+            ),
+            Task(
+                "deadlines",
+                _interval(sched.deadlines_seconds),
+                lambda: deadlines.watch(rt),
+                leased=True,
+            ),
+            Task(
+                "housekeeping",
+                _interval(sched.housekeeping_seconds),
+                lambda: housekeeping.run(rt),
+                leased=True,
+                lease_seconds=3600.0,
+            ),
+        ]
+        tz = zoneinfo.ZoneInfo(sched.timezone)
+        for code, connector in sorted(rt.connectors.items()):
+            dept = rt.config.departments[code]
+            if dept.poll_interval_seconds:
+
+                async def poll(code: str = code, connector: Connector = connector) -> None:
+                    await poll_department(rt, code, connector)
+                    return None
+
+                tasks.append(
+                    Task(f"poll:{code}", _interval(dept.poll_interval_seconds), poll, leased=False)
+                )
+            if _pulls_updates(connector):
+
+                async def pull(
+                    code: str = code, connector: Connector = connector
+                ) -> dict[str, Any]:
+                    return {"applied": await pull_department(rt, code, connector)}
+
+                tasks.append(
+                    Task(f"results:{code}", _interval(sched.results_seconds), pull, leased=True)
+                )
+            try:
+                cron = CronTrigger.from_crontab(dept.reconcile_cron, timezone=tz)
+            except ValueError as exc:
+                raise ValueError(
+                    f"department {code}: reconcile_cron {dept.reconcile_cron!r} is not a "
+                    f"crontab expression ({exc})"
+                ) from exc
+
+            async def rec(code: str = code) -> dict[str, Any]:
+                run = await reconcile.reconcile_department(rt, code, trigger="schedule")
+                return {"run": run.id, "counts": run.counts}
+
+            tasks.append(
+                Task(f"reconcile:{code}", cron, rec, leased=True, lease_seconds=6 * 3600.0)
+            )
+        return tasks
+
+    async def _dispatch(self) -> None:
+        # keep sweeping while sweeps find work (a burst of intake), as the old loop did
+        for _ in range(100):
+            if self._stopping or not await self.dispatcher.sweep():
+                break
+        return None
+
+    async def _run(self, name: str) -> None:
+        task = self.tasks[name]
+        me = asyncio.current_task()
+        assert me is not None
+        self._running.add(me)
+        try:
+            if self._stopping:
+                return
+            if task.leased:
+                tick = tick_of(task.trigger, now(), self.schedule.misfire_grace_seconds)
+                await run_leased(self.runtime, task, self.owner, tick)
+            else:
+                await task.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("task failed", task=name)
+        finally:
+            self._running.discard(me)
+
+    def run_soon(self, name: str) -> None:
+        """Bring a task's next run forward to now (new local work, tests)."""
+        job = self.scheduler.get_job(name)
+        if job is not None:
+            job.modify(next_run_time=dt.datetime.now(dt.UTC))
+
+    async def _watch_wakeup(self) -> None:
+        wakeup = self.runtime.wakeup
+        while True:
+            await wakeup.wait()
+            wakeup.clear()
+            self.run_soon("dispatch")
+
+    async def start(self) -> None:
+        for task in self.tasks.values():
+            first: dict[str, Any] = {}
+            if not task.leased:  # the first dispatch sweep and polls run at once
+                first["next_run_time"] = dt.datetime.now(dt.UTC)
+            self.scheduler.add_job(
+                self._run, task.trigger, args=[task.name], id=task.name, name=task.name, **first
+            )
+        self.scheduler.start()
+        self._wakeup_watch = asyncio.create_task(self._watch_wakeup(), name="daemon-wakeup")
+        log.info("daemon started", owner=self.owner, tasks=sorted(self.tasks))
+
+    async def stop(self, grace_seconds: float = 10.0) -> None:
+        """Stop scheduling, let running ticks finish for ``grace_seconds``, release the rest."""
+        self._stopping = True
+        if self.scheduler.running:
+            self.scheduler.pause()
+        if self._wakeup_watch is not None:
+            self._wakeup_watch.cancel()
+            await asyncio.gather(self._wakeup_watch, return_exceptions=True)
+        self.dispatcher.stopping.set()  # a sweep under way claims nothing more
+        if self._running:
+            _done, pending = await asyncio.wait(set(self._running), timeout=grace_seconds)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self.dispatcher.stop(grace_seconds)
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        log.info("daemon stopped", owner=self.owner)
+
+
+__all__ = ["Daemon", "Task", "claim_tick", "finish_tick", "run_leased", "tick_of"]
