@@ -17,7 +17,7 @@ from gateway.events import Source, StatusChange
 from gateway.metrics import STATUS_CHANGES
 from gateway.notifications import split, with_contact
 from gateway.runtime import Runtime
-from gateway.states import DECIDED, State, Verdict
+from gateway.states import DECIDED, State
 from gateway.store import cases
 from gateway.store.tables import applications, callback_events
 
@@ -40,31 +40,20 @@ async def move(
 
     A case that ends decided with its documents in goes on to ``ready_for_pickup`` in the same
     transaction, whichever path decided it (dispatch, poll, callback, result file)."""
-    changes: list[StatusChange] = []
-    for target in targets:
-        app = await cases.lock_application(conn, app_id)
-        if app is None:
-            break
-        result = await cases.change_status(
-            conn,
-            app,
-            target,
-            source=source,
-            actor=actor,
-            detail=detail,
-            version=version,
-            extra=None if changes else extra,
-        )
-        if result.change:
-            changes.append(with_contact(result.change, app.applicant))
-        elif result.verdict is Verdict.ILLEGAL:
-            log.warning(
-                "illegal status update ignored",
-                application=app_id,
-                current=result.current,
-                target=target,
-                source=source,
-            )
+    app = await cases.lock_application(conn, app_id)
+    if app is None:
+        return []
+    steps = await cases.advance(
+        conn,
+        app,
+        targets,
+        source=source,
+        actor=actor,
+        detail=detail,
+        version=version,
+        extra=extra,
+    )
+    changes = [with_contact(change, app.applicant) for change in steps]
     if changes and changes[-1].to_status in DECIDED:
         ready = await pickup.make_ready(conn, app_id, source=source, actor=actor)
         if ready is not None:

@@ -20,7 +20,6 @@ from gateway.states import FORWARD, RESTART, State, Verdict, judge, reachable
 from gateway.store import cases
 from gateway.store.db import create_engine, migrate
 from gateway.store.tables import applications, events
-from gateway.updates import move
 
 states = st.sampled_from(list(State))
 
@@ -135,7 +134,8 @@ class StoredCase(RuleBasedStateMachine):
 
         async def go() -> None:
             async with self.engine.begin() as conn:
-                await move(conn, "a1", [new], source=source, actor="test", version=version)
+                app = await cases.lock_application(conn, "a1")
+                await cases.advance(conn, app, [new], source=source, actor="test", version=version)
 
         self.run(go())
         if version == self.version and judge(self.model, new) is Verdict.APPLY:

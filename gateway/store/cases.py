@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from sqlalchemy import Row, and_, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -14,6 +15,8 @@ from gateway.clock import now
 from gateway.events import Source, StatusChange
 from gateway.states import DECIDED, State, Verdict, judge
 from gateway.store.tables import applications, events
+
+log = structlog.get_logger("gateway.store")
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,17 @@ async def lock_application(conn: AsyncConnection, app_id: str) -> Row[Any] | Non
     already exclusive)."""
     q = select(applications).where(applications.c.id == app_id).with_for_update()
     return (await conn.execute(q)).first()
+
+
+async def lock_applications(conn: AsyncConnection, app_ids: list[str]) -> Sequence[Row[Any]]:
+    """Several applications for update, in id order (a fixed order cannot deadlock)."""
+    q = (
+        select(applications)
+        .where(applications.c.id.in_(app_ids))
+        .order_by(applications.c.id)
+        .with_for_update()
+    )
+    return (await conn.execute(q)).all()
 
 
 async def change_status(
@@ -50,51 +64,130 @@ async def change_status(
     Duplicates, stale and illegal updates store nothing.
     """
     current = State(app.status)
-    if version is not None and version < app.version:
-        return ChangeResult(Verdict.STALE, current)
     if restart:
-        verdict = (
-            Verdict.APPLY
-            if target == State.DISPATCHING and current in (State.FAILED, State.SUPPLEMENT_REQUIRED)
-            else Verdict.ILLEGAL
-        )
+        ok = target == State.DISPATCHING and current in (State.FAILED, State.SUPPLEMENT_REQUIRED)
+        if not ok:
+            return ChangeResult(Verdict.ILLEGAL, current)
+        steps = [(current, target)]
     else:
+        verdicts = _plan(app, [target], version)
+        if not verdicts.steps:
+            return ChangeResult(verdicts.first, current)
+        steps = verdicts.steps
+    [change] = await _write(
+        conn, app, steps, source=source, actor=actor, detail=detail, extra=extra
+    )
+    return ChangeResult(Verdict.APPLY, target, change)
+
+
+async def advance(
+    conn: AsyncConnection,
+    app: Row[Any],
+    targets: list[State],
+    *,
+    source: Source,
+    actor: str,
+    detail: dict[str, Any] | None = None,
+    version: int | None = None,
+    extra: dict[str, Any] | None = None,
+) -> list[StatusChange]:
+    """Move a locked case through ``targets`` in order, each step judged by the state machine
+    (duplicate, stale and illegal steps are skipped; illegal ones are logged). All applied steps
+    are written at once: one UPDATE, one multi-row INSERT of events."""
+    plan = _plan(app, targets, version)
+    for target in plan.illegal:
+        log.warning(
+            "illegal status update ignored",
+            application=app.id,
+            current=app.status,
+            target=target,
+            source=source,
+        )
+    if not plan.steps:
+        return []
+    return await _write(
+        conn, app, plan.steps, source=source, actor=actor, detail=detail, extra=extra
+    )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    steps: list[tuple[State, State]]
+    first: Verdict  # verdict of the first target (for single-step callers)
+    illegal: list[State]
+
+
+def _plan(app: Row[Any], targets: list[State], version: int | None) -> _Plan:
+    current = State(app.status)
+    if version is not None and version < app.version:
+        return _Plan([], Verdict.STALE, [])
+    steps: list[tuple[State, State]] = []
+    illegal: list[State] = []
+    first: Verdict | None = None
+    for target in targets:
         verdict = judge(current, target)
-    if verdict is not Verdict.APPLY:
-        return ChangeResult(verdict, current)
+        first = first or verdict
+        if verdict is Verdict.APPLY:
+            steps.append((current, target))
+            current = target
+        elif verdict is Verdict.ILLEGAL:
+            illegal.append(target)
+    return _Plan(steps, first or Verdict.DUPLICATE, illegal)
+
+
+_INSERT_EVENT = insert(events)
+
+
+async def _write(
+    conn: AsyncConnection,
+    app: Row[Any],
+    steps: list[tuple[State, State]],
+    *,
+    source: Source,
+    actor: str,
+    detail: dict[str, Any] | None,
+    extra: dict[str, Any] | None,
+) -> list[StatusChange]:
     at = now()
-    values: dict[str, Any] = {"status": target.value, "updated_at": at, **(extra or {})}
-    if target in DECIDED:
+    final = steps[-1][1]
+    values: dict[str, Any] = {"status": final.value, "updated_at": at, **(extra or {})}
+    if any(to in DECIDED for _f, to in steps):
         values["decided_at"] = at
     await conn.execute(update(applications).where(applications.c.id == app.id).values(**values))
     new_version = values.get("version", app.version)
     await conn.execute(
-        insert(events).values(
+        _INSERT_EVENT,
+        [
+            {
+                "application_id": app.id,
+                "version": new_version,
+                "at": at,
+                "source": source.value,
+                "actor": actor,
+                "from_status": src.value,
+                "to_status": dst.value,
+                "detail": detail or {},
+            }
+            for src, dst in steps
+        ],
+    )
+    return [
+        StatusChange(
             application_id=app.id,
+            receipt_number=app.receipt_number,
+            department=app.department,
+            matter_code=app.matter_code,
+            centre=app.centre,
             version=new_version,
-            at=at,
-            source=source.value,
+            from_status=src,
+            to_status=dst,
+            source=source,
             actor=actor,
-            from_status=current.value,
-            to_status=target.value,
+            at=at,
             detail=detail or {},
         )
-    )
-    change = StatusChange(
-        application_id=app.id,
-        receipt_number=app.receipt_number,
-        department=app.department,
-        matter_code=app.matter_code,
-        centre=app.centre,
-        version=new_version,
-        from_status=current,
-        to_status=target,
-        source=source,
-        actor=actor,
-        at=at,
-        detail=detail or {},
-    )
-    return ChangeResult(verdict, target, change)
+        for src, dst in steps
+    ]
 
 
 async def get_application(conn: AsyncConnection, app_id: str) -> Row[Any] | None:
