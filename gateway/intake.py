@@ -34,6 +34,7 @@ from gateway.store.tables import (
     materials,
     receipt_counters,
 )
+from gateway.text import CleanJson, CleanStr
 from gateway.workdays import add_workdays
 
 CHINA = dt.timezone(dt.timedelta(hours=8))
@@ -43,9 +44,11 @@ class Delivery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: Literal["pickup", "mail"] = "pickup"
-    centre: str | None = Field(default=None, description="pickup centre; default: receiving one")
-    address: str | None = Field(default=None, max_length=500)
-    recipient: str | None = Field(default=None, max_length=100)
+    centre: CleanStr | None = Field(
+        default=None, description="pickup centre; default: receiving one"
+    )
+    address: CleanStr | None = Field(default=None, max_length=500)
+    recipient: CleanStr | None = Field(default=None, max_length=100)
 
     @model_validator(mode="after")
     def _mail_needs_address(self) -> Delivery:
@@ -62,13 +65,13 @@ class ApplicationIn(BaseModel):
     matter_code: str = Field(max_length=16, examples=["XK00123000"])
     region: str = Field(pattern=REGION_CODE, examples=["339901"])
     applicant: Applicant
-    form: dict[str, Any] = Field(default_factory=dict)
+    form: CleanJson = Field(default_factory=dict)
     materials: list[str] = Field(
         default_factory=list, max_length=50, description="material ids from POST /v1/materials"
     )
     delivery: Delivery = Field(default_factory=Delivery)
-    window: str | None = Field(default=None, max_length=32)
-    clerk: str | None = Field(default=None, max_length=64)
+    window: CleanStr | None = Field(default=None, max_length=32)
+    clerk: CleanStr | None = Field(default=None, max_length=64)
 
 
 class ApplicationAccepted(BaseModel):
