@@ -167,3 +167,6 @@ async def _apply(
             changes = [ready] if ready is not None else []
     announce(runtime, changes)
     return changes
+
+
+__all__ = ["DuplicateEvent", "announce", "apply_case_update", "move", "with_contact"]
