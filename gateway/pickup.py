@@ -51,20 +51,27 @@ def handing_centre(delivery: dict[str, Any], receiving_centre: str) -> str:
     return receiving_centre
 
 
+def new_handover(
+    app_id: str, delivery: dict[str, Any], receiving_centre: str
+) -> tuple[dict[str, Any], str]:
+    """The handover row a new case gets at intake, and the pickup code issued with it."""
+    code = new_pickup_code()
+    row = {
+        "application_id": app_id,
+        "centre": handing_centre(delivery, receiving_centre),
+        "method": str(delivery.get("method", "pickup")),
+        "pickup_code": code,
+        "code_failures": 0,
+    }
+    return row, code
+
+
 async def record_at_intake(
     conn: AsyncConnection, app_id: str, delivery: dict[str, Any], receiving_centre: str
 ) -> str:
     """Create the case's handover record; returns the pickup code issued to the applicant."""
-    code = new_pickup_code()
-    await conn.execute(
-        insert(handovers).values(
-            application_id=app_id,
-            centre=handing_centre(delivery, receiving_centre),
-            method=str(delivery.get("method", "pickup")),
-            pickup_code=code,
-            code_failures=0,
-        )
-    )
+    row, code = new_handover(app_id, delivery, receiving_centre)
+    await conn.execute(insert(handovers), row)
     return code
 
 

@@ -6,6 +6,7 @@ The API, the dispatcher, the daemon and the CLI all start from one :class:`Runti
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -49,6 +50,8 @@ class Runtime:
         self.unavailable: dict[str, str] = {}
         #: set when new work is committed in this process, so the dispatcher need not wait a sweep
         self.wakeup = asyncio.Event()
+        #: called (in reverse order) by aclose, before the database and http client close
+        self.on_close: list[Callable[[], Awaitable[None]]] = []
         self._build_connectors()
 
     def _build_connectors(self) -> None:
@@ -92,6 +95,8 @@ class Runtime:
             await migrate(self.engine)
 
     async def aclose(self) -> None:
+        for hook in reversed(self.on_close):
+            await hook()
         for connector in self.connectors.values():
             try:
                 await connector.aclose()

@@ -15,7 +15,8 @@ from gateway.store.clients import Client, find_by_hash, hash_key
 _CACHE_SECONDS = 30.0
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # async so FastAPI does not hand every request to a thread pool for it
     runtime: Runtime = request.app.state.runtime
     return runtime
 

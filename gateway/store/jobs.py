@@ -15,6 +15,22 @@ from gateway.store.tables import dispatch_jobs
 PENDING, LEASED, DONE, DEAD = "pending", "leased", "done", "dead"
 
 
+def new_job_row(
+    application_id: str, version: int, department: str, at: dt.datetime
+) -> dict[str, Any]:
+    """A pending job, due at once (for multi-row inserts)."""
+    return {
+        "application_id": application_id,
+        "version": version,
+        "department": department,
+        "state": PENDING,
+        "attempts": 0,
+        "next_attempt_at": at,
+        "created_at": at,
+        "updated_at": at,
+    }
+
+
 async def enqueue(
     conn: AsyncConnection,
     application_id: str,
@@ -23,18 +39,8 @@ async def enqueue(
     *,
     at: dt.datetime | None = None,
 ) -> None:
-    t = at or now()
     await conn.execute(
-        insert(dispatch_jobs).values(
-            application_id=application_id,
-            version=version,
-            department=department,
-            state=PENDING,
-            attempts=0,
-            next_attempt_at=t,
-            created_at=t,
-            updated_at=t,
-        )
+        insert(dispatch_jobs), new_job_row(application_id, version, department, at or now())
     )
 
 
