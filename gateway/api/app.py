@@ -11,6 +11,7 @@ from gateway.api.routes_applications import router as applications_router
 from gateway.api.routes_callbacks import router as callbacks_router
 from gateway.api.routes_ops import router as ops_router
 from gateway.api.routes_pickup import router as pickup_router
+from gateway.api.routes_reconcile import router as reconcile_router
 from gateway.api.routes_supplements import router as supplements_router
 from gateway.api.routes_withdrawals import router as withdrawals_router
 from gateway.runtime import Runtime
@@ -29,6 +30,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(applications_router)
     app.include_router(callbacks_router)
     app.include_router(ops_router)
+    app.include_router(reconcile_router)
     app.include_router(pickup_router)
     app.include_router(supplements_router)
     app.include_router(withdrawals_router)

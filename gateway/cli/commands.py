@@ -5,6 +5,7 @@ from gateway.cli import (
     demo_cmd,  # noqa: F401
     new_plugin_cmd,  # noqa: F401
     ops_cmd,  # noqa: F401
+    reconcile_cmd,  # noqa: F401
     service_cmd,  # noqa: F401
     simulate_cmd,  # noqa: F401
 )

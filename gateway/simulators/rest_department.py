@@ -157,9 +157,13 @@ class SimCase:
     body: dict[str, Any]
     created_at: dt.datetime
     version: Any = None
+    #: a status set by a drift helper (see RestDepartmentState.force_status), and since when
+    forced: tuple[str, dt.datetime] | None = None
 
     def phase(self, now: dt.datetime, delay: float) -> tuple[str, dt.datetime]:
         """The status at ``now`` and when the case entered it."""
+        if self.forced is not None:
+            return self.forced
         at = self.created_at
         if delay <= 0:
             return _FINAL_STATUS[self.outcome], at
@@ -237,6 +241,7 @@ class RestDepartmentState:
     by_lineage: dict[str, str] = field(default_factory=dict)
     submissions: int = 0
     duplicates: int = 0
+    last_seq: int = 0
     mode: str = "ok"
     slow_seconds: float = 1.0
     retry_after: int = 1
@@ -278,7 +283,8 @@ class RestDepartmentState:
         lineage, sep, version = idempotency_key.rpartition("-v")
         if sep and version.isdigit() and lineage in self.by_lineage:
             return self._resend(self.cases[self.by_lineage[lineage]], idempotency_key, body), True
-        seq = len(self.cases) + 1
+        self.last_seq += 1
+        seq = self.last_seq
         case = SimCase(
             seq=seq,
             id=f"{self.settings.case_prefix}-{now.year}-{seq:06d}",
@@ -312,6 +318,44 @@ class RestDepartmentState:
 
     def view(self, case: SimCase) -> dict[str, Any]:
         return case.view(self.clock(), self.settings.decision_delay_seconds)
+
+    # -- drift, for reconciliation tests: what real back offices do behind the gateway's back --
+
+    def drop_case(self, case_id: str) -> None:
+        """The department loses a case (restored from an old backup, say)."""
+        self.cases.pop(case_id)
+        for index in (self.by_key, self.by_lineage):
+            for key in [k for k, v in index.items() if v == case_id]:
+                del index[key]
+
+    def force_status(self, case_id: str, status: str) -> None:
+        """A clerk changes a case's status and no callback or poll tells the gateway."""
+        self.cases[case_id].forced = (status, self.clock())
+
+    def add_case(self, idempotency_key: str, status: str = STATUS_ACCEPTED) -> SimCase:
+        """A case the department holds under ``idempotency_key`` without the key index: entered
+        by hand (unknown to the gateway) or a second case for a key it already has (a duplicate)."""
+        now = self.clock()
+        self.last_seq += 1
+        seq = self.last_seq
+        case = SimCase(
+            seq=seq,
+            id=f"{self.settings.case_prefix}-{now.year}-{seq:06d}",
+            idempotency_key=idempotency_key,
+            outcome=self.outcome_for(idempotency_key),
+            body={},
+            created_at=now,
+            forced=(status, now),
+        )
+        self.cases[case.id] = case
+        self.by_key.setdefault(idempotency_key, case.id)
+        return case
+
+    def duplicate_case(self, case_id: str) -> SimCase:
+        """The department opens a second case for a key it already has."""
+        original = self.cases[case_id]
+        status, _ = original.phase(self.clock(), self.settings.decision_delay_seconds)
+        return self.add_case(original.idempotency_key, status)
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
