@@ -158,6 +158,7 @@ class FiledropDepartmentState:
     sftp: SftpServer | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _rng: random.Random = field(default_factory=random.Random)
+    _scanning: asyncio.Lock = field(default_factory=asyncio.Lock)
     _stack: contextlib.AsyncExitStack | None = None
     _temp: Path | None = None
 
@@ -278,6 +279,10 @@ class FiledropDepartmentState:
 
     async def scan(self) -> int:
         """Take every complete request in the inbox; returns how many were taken."""
+        async with self._scanning:
+            return await self._scan()
+
+    async def _scan(self) -> int:
         s = self.settings
         ext = _EXT[s.format]
         inbox = self.root / s.inbox
