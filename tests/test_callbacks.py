@@ -165,3 +165,46 @@ async def test_simulator_pushes_signed_callbacks(
 
             await wait_for(decided, timeout=15)
             assert state.stats()["callbacks_sent"] >= 5
+
+
+async def test_rotation_through_the_api(
+    runtime: Runtime, api: httpx.AsyncClient, centre_headers: dict[str, str]
+) -> None:
+    """During a rotation both secrets sign valid callbacks; a retired one does not."""
+    runtime.config.departments["amr"] = runtime.config.departments["amr"].model_copy(
+        update={"callback_secrets": [SecretStr("old-secret"), SecretStr("new-secret")]}
+    )
+    app_id, case_id = await _delivered_case(runtime, api, centre_headers)
+    raw, headers = signed({"case_id": case_id, "status": "1"}, secret="old-secret", event_id="r1")
+    old = await api.post("/v1/callbacks/amr", content=raw, headers=headers)
+    assert old.status_code == 200 and old.json()["status"] == "applied"
+    raw, headers = signed({"case_id": case_id, "status": "5"}, secret="new-secret", event_id="r2")
+    new = await api.post("/v1/callbacks/amr", content=raw, headers=headers)
+    assert new.status_code == 200 and new.json()["status"] == "applied"
+    raw, headers = signed({"case_id": case_id, "status": "9"}, secret=SECRET, event_id="r3")
+    retired = await api.post("/v1/callbacks/amr", content=raw, headers=headers)
+    assert retired.status_code == 401 and retired.json()["title"] == "Bad signature"
+    view = (await api.get(f"/v1/applications/{app_id}", headers=centre_headers)).json()
+    assert view["status"] == "in_review"
+
+
+async def test_future_timestamp_unknown_department_and_resigned_replay(
+    runtime: Runtime, api: httpx.AsyncClient, centre_headers: dict[str, str]
+) -> None:
+    app_id, case_id = await _delivered_case(runtime, api, centre_headers)
+    body = {"case_id": case_id, "status": "9"}
+    raw, future = signed(body, ts=int(time.time()) + 3600, event_id="f1")
+    ahead = await api.post("/v1/callbacks/amr", content=raw, headers=future)
+    assert ahead.status_code == 401 and ahead.json()["title"] == "Stale callback"
+    raw, headers = signed(body, event_id="f1")
+    unknown = await api.post("/v1/callbacks/no_such_dept", content=raw, headers=headers)
+    assert unknown.status_code == 404 and unknown.json()["title"] == "Unknown department"
+    # the rejected attempts applied nothing; the first good delivery applies once
+    first = await api.post("/v1/callbacks/amr", content=raw, headers=headers)
+    assert first.json()["status"] == "applied"
+    # the department retries the same event later, freshly signed: still a no-op
+    raw, later = signed(body, ts=int(time.time()) + 5, event_id="f1")
+    again = await api.post("/v1/callbacks/amr", content=raw, headers=later)
+    assert again.status_code == 200 and again.json()["status"] == "duplicate"
+    history = (await api.get(f"/v1/applications/{app_id}", headers=centre_headers)).json()
+    assert [e["to_status"] for e in history["history"] if e["source"] == "callback"] == ["approved"]
