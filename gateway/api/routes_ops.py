@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import text
 
-from gateway import operations
+from gateway import deadlines, operations
 from gateway.api.auth import OpsDep, RuntimeDep
 from gateway.api.problems import Problem
 from gateway.api.views import ApplicationView, application_view
@@ -28,12 +28,14 @@ class DepartmentStatus(BaseModel):
     health_detail: str
     breaker_open: bool
     queue: dict[str, int]
+    overdue: int = 0
 
 
 @router.get("/v1/ops/departments", response_model=list[DepartmentStatus], tags=["ops"])
 async def departments(runtime: RuntimeDep, _ops: OpsDep) -> list[DepartmentStatus]:
     async with runtime.engine.connect() as conn:
         depth = await jobs.depth(conn)
+    overdue = await deadlines.overdue_counts(runtime)
     dispatcher = getattr(runtime, "dispatcher", None)
     out = []
     for code, dept in sorted(runtime.config.departments.items()):
@@ -56,6 +58,7 @@ async def departments(runtime: RuntimeDep, _ops: OpsDep) -> list[DepartmentStatu
                 health_detail=detail,
                 breaker_open=bool(dispatcher and dispatcher.breaker_open(code)),
                 queue=depth.get(code, {}),
+                overdue=overdue.get(code, 0),
             )
         )
     return out
