@@ -3,11 +3,14 @@ module, not a conftest. Departments' answers are applied through the one update 
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
+from gateway.config.loader import Config
 from gateway.connector import CaseUpdate, ResultDocument
 from gateway.events import Source
 from gateway.runtime import Runtime
@@ -66,3 +69,15 @@ async def status_of(api: httpx.AsyncClient, headers: dict[str, str], app_id: str
     assert resp.status_code == 200, resp.text
     status: str = resp.json()["status"]
     return status
+
+
+@contextlib.asynccontextmanager
+async def quiet_runtime(config: Config) -> AsyncIterator[Runtime]:
+    """A runtime over the example city without its simulated departments: for tests where the
+    departments' answers are applied directly (``decide``) and nothing is dispatched."""
+    rt = Runtime(config)
+    await rt.prepare_database()
+    try:
+        yield rt
+    finally:
+        await rt.aclose()

@@ -3,14 +3,23 @@ endpoints need an ops key."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
+import pytest
 
+from gateway.config.loader import Config
 from gateway.runtime import Runtime
-from tests.handout_fixtures import ID_NUMBER, decide, submit
+from tests.handout_fixtures import ID_NUMBER, decide, quiet_runtime, submit
 
 KeyMaker = Callable[..., Awaitable[dict[str, str]]]
+
+
+@pytest.fixture
+async def runtime(example_config: Config) -> AsyncIterator[Runtime]:
+    """No simulated departments needed: their answers are applied directly."""
+    async with quiet_runtime(example_config) as rt:
+        yield rt
 
 
 async def test_centre_a_cannot_read_download_or_collect_centre_b_results(

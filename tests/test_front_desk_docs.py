@@ -7,17 +7,27 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 
+from gateway.config.loader import Config
 from gateway.runtime import Runtime
 from tests.conftest import ROOT
-from tests.handout_fixtures import decide
+from tests.handout_fixtures import decide, quiet_runtime
 
 DOC = ROOT / "docs" / "front-desk-api.md"
 _BLOCK = re.compile(r"^```http\n(.*?)^```$|^<!-- run: (.*?) -->$", re.S | re.M)
 _STATES = {"supplement_required": "3", "approved": "9", "rejected": "4"}
+
+
+@pytest.fixture
+async def runtime(example_config: Config) -> AsyncIterator[Runtime]:
+    """No simulated departments needed: their answers are applied directly."""
+    async with quiet_runtime(example_config) as rt:
+        yield rt
 
 
 def steps(text: str) -> list[tuple[str, str]]:

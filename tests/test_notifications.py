@@ -4,13 +4,14 @@ through ``register_delivery_methods`` (the built-in manual one and the example c
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from gateway.config.loader import Config
 from gateway.delivery import DeliveryMethod, ManualMail
 from gateway.errors import PluginError
 from gateway.events import StatusChange
@@ -18,9 +19,16 @@ from gateway.hookspecs import hookimpl
 from gateway.notifications import Contact
 from gateway.plugin_manager import load_plugins
 from gateway.runtime import Runtime
-from tests.handout_fixtures import ID_NUMBER, decide, status_of, submit
+from tests.handout_fixtures import ID_NUMBER, decide, quiet_runtime, status_of, submit
 
 PHONE = "13800138000"
+
+
+@pytest.fixture
+async def runtime(example_config: Config) -> AsyncIterator[Runtime]:
+    """No simulated departments needed: their answers are applied directly."""
+    async with quiet_runtime(example_config) as rt:
+        yield rt
 
 
 @pytest.fixture

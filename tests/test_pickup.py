@@ -5,15 +5,23 @@ mailing through delivery methods; each idempotent and recorded."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
 
+from gateway.config.loader import Config
 from gateway.runtime import Runtime
-from tests.handout_fixtures import CERTIFICATE, ID_NUMBER, decide, status_of, submit
+from tests.handout_fixtures import CERTIFICATE, ID_NUMBER, decide, quiet_runtime, status_of, submit
 
 KeyMaker = Callable[..., Awaitable[dict[str, str]]]
+
+
+@pytest.fixture
+async def runtime(example_config: Config) -> AsyncIterator[Runtime]:
+    """No simulated departments needed: their answers are applied directly."""
+    async with quiet_runtime(example_config) as rt:
+        yield rt
 
 
 async def test_201_carries_a_pickup_code(

@@ -4,7 +4,7 @@ as the next version with the same idempotency lineage; events bound the paused c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
@@ -20,9 +20,16 @@ from gateway.simulators.rest_department import RestDepartmentState
 from gateway.store.clients import create_client
 from gateway.store.tables import dispatch_jobs
 from tests.conftest import FAST, wait_for
-from tests.handout_fixtures import decide, status_of, submit
+from tests.handout_fixtures import decide, quiet_runtime, status_of, submit
 
 ITEMS = ["营业场所使用证明", "法定代表人身份证明复印件"]
+
+
+@pytest.fixture
+async def runtime(example_config: Config) -> AsyncIterator[Runtime]:
+    """No simulated departments for the API tests: their answers are applied directly."""
+    async with quiet_runtime(example_config) as rt:
+        yield rt
 
 
 async def upload(api: httpx.AsyncClient, headers: dict[str, str], name: str = "证明.pdf") -> str:
@@ -117,9 +124,8 @@ async def test_supplement_only_when_asked(
 
 
 async def test_other_centre_cannot_supplement(
-    api: httpx.AsyncClient, runtime: Runtime, make_key: object
+    api: httpx.AsyncClient, runtime: Runtime, make_key: Callable[..., Awaitable[dict[str, str]]]
 ) -> None:
-    assert callable(make_key)
     a, b = await make_key("C01"), await make_key("C02")
     app = await submit(api, b)
     await decide(runtime, app["id"], "3", document=None, supplement_items=ITEMS)

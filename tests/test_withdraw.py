@@ -3,15 +3,24 @@ optional ``withdraw``, refused by it, or recorded and flagged for ops."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import ClassVar
 
 import httpx
 import pytest
 
+from gateway.config.loader import Config
 from gateway.connector import Connector, Receipt
 from gateway.errors import DepartmentRejected, TransientError
 from gateway.runtime import Runtime
-from tests.handout_fixtures import decide, status_of, submit
+from tests.handout_fixtures import decide, quiet_runtime, status_of, submit
+
+
+@pytest.fixture
+async def runtime(example_config: Config) -> AsyncIterator[Runtime]:
+    """No simulated departments needed: their answers are applied directly."""
+    async with quiet_runtime(example_config) as rt:
+        yield rt
 
 
 class Withdrawing(Connector):
