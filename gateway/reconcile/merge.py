@@ -75,9 +75,13 @@ def _read(f: IO[bytes]) -> Iterator[DeptCase]:
 
 @contextlib.asynccontextmanager
 async def sorted_department(
-    stream: AsyncIterator[CaseSummary], *, chunk: int = CHUNK, counter: list[int] | None = None
+    stream: AsyncIterator[CaseSummary],
+    *,
+    chunk: int | None = None,
+    counter: list[int] | None = None,
 ) -> AsyncIterator[Iterator[DeptCase]]:
     """The department's cases in key order (cases without our key first, app_id "")."""
+    chunk = chunk or CHUNK
     runs: list[IO[bytes]] = []
     buf: list[DeptCase] = []
     seen = 0
