@@ -150,8 +150,6 @@ def _ticks(logs: list[Path]) -> Counter[tuple[str, str]]:
 
 @pytest.mark.slow
 async def test_three_daemons_share_one_database(tmp_path: Path, db_url: str) -> None:
-    if db_url.startswith("sqlite"):
-        pytest.skip("three daemon processes on one SQLite file: PostgreSQL only")
     n = 60
     example = load_config(EXAMPLE)
     fast = {"decision_delay_seconds": 0.3, "callbacks": False}
