@@ -167,11 +167,15 @@ class SimCase:
         at = self.created_at
         if delay <= 0:
             return _FINAL_STATUS[self.outcome], at
-        steps = (
-            (delay, _FINAL_STATUS[self.outcome]),
-            (delay * 0.75, STATUS_IN_REVIEW),
-            (delay * 0.5, STATUS_ACCEPTED),
-        )
+        if self.outcome == "not_accept":
+            # 不予受理 is decided at acceptance: such a case is never accepted or reviewed
+            steps: tuple[tuple[float, str], ...] = ((delay * 0.5, STATUS_NOT_ACCEPTED),)
+        else:
+            steps = (
+                (delay, _FINAL_STATUS[self.outcome]),
+                (delay * 0.75, STATUS_IN_REVIEW),
+                (delay * 0.5, STATUS_ACCEPTED),
+            )
         for after, status in steps:
             when = at + dt.timedelta(seconds=after)
             if now >= when:
@@ -179,7 +183,8 @@ class SimCase:
         return STATUS_RECEIVED, at
 
     def decided_at(self, delay: float) -> dt.datetime:
-        return self.created_at + dt.timedelta(seconds=max(delay, 0.0))
+        share = 0.5 if self.outcome == "not_accept" else 1.0
+        return self.created_at + dt.timedelta(seconds=max(delay * share, 0.0))
 
     def view(self, now: dt.datetime, delay: float) -> dict[str, Any]:
         status, updated = self.phase(now, delay)
