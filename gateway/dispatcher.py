@@ -218,7 +218,7 @@ class Dispatcher:
                 await jobs.finish(conn, job.id, self.owner, state=jobs.DONE, error=why)
                 continue
             if app.status == State.RECEIVED:
-                changes += await cases.advance(
+                steps = await cases.advance(
                     conn,
                     app,
                     [State.DISPATCHING],
@@ -226,6 +226,7 @@ class Dispatcher:
                     actor=self.owner,
                     detail={"attempt": job.attempts + 1},
                 )
+                changes += [with_contact(c, app.applicant) for c in steps]
             ready.append((job, envelope_for(app)))
         return ready, changes
 

@@ -2,10 +2,11 @@
 
 Within one *version* of a case the graph is acyclic but for the in_review <-> suspended loop,
 so "later" is well defined: an update may jump forward over intermediate states (a department
-may go from delivered straight to approved), but an update to a state that is not reachable from the current one is stale (an old
-message arriving late) or illegal, and is never stored. The two edges that go back
-(``supplement_required -> dispatching`` and ``failed -> dispatching``) are taken only by explicit
-actions: a supplement re-send (which starts a new version) or an operator retry.
+may go from delivered straight to approved), but an update to a state that is not reachable
+from the current one is stale (an old message arriving late) or illegal, and is never stored.
+The two edges that go back (``supplement_required -> dispatching`` and
+``failed -> dispatching``) are taken only by explicit actions: a supplement re-send (which
+starts a new version) or an operator retry.
 """
 
 from __future__ import annotations

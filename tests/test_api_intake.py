@@ -132,7 +132,6 @@ async def test_receipt_numbers_are_sequential_per_centre(
         "missing-id-number",
         "unknown-material",
         "extra-field",
-       
         "mail-without-address",
     ],
 )
