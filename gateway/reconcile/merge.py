@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import heapq
-import pickle
+import marshal
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -56,19 +56,18 @@ def _key(d: DeptCase) -> tuple[str, int, str]:
 def _spill(items: list[DeptCase]) -> IO[bytes]:
     items.sort(key=_key)
     f = tempfile.TemporaryFile()  # noqa: SIM115 (closed by sorted_department)
-    pickler = pickle.Pickler(f, protocol=pickle.HIGHEST_PROTOCOL)
+    # marshal, one record at a time: no memo (a pickle.Unpickler keeps every object it ever
+    # read in its memo, which grows with the run), and the fastest format for str/int tuples
     for item in items:
-        pickler.dump((item.app_id, item.version, item.case_id, item.status, item.key))
-        pickler.clear_memo()
+        marshal.dump((item.app_id, item.version, item.case_id, item.status, item.key), f)
     f.seek(0)
     return f
 
 
 def _read(f: IO[bytes]) -> Iterator[DeptCase]:
-    unpickler = pickle.Unpickler(f)
     while True:
         try:
-            yield DeptCase(*unpickler.load())
+            yield DeptCase(*marshal.load(f))
         except EOFError:
             return
 
