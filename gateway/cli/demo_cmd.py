@@ -11,7 +11,6 @@ from rich.console import Console
 
 from gateway.cli import app
 from gateway.cli.common import DEFAULT_CONFIG, ConfigOption, console, load, run
-from gateway.demo import run_demo, use_demo_secrets
 
 
 @app.command()
@@ -28,6 +27,8 @@ def demo(
     ] = None,
 ) -> None:
     """Run simulated departments and the gateway together, submit applications, summarise."""
+    from gateway.demo import run_demo, use_demo_secrets  # heavy: only when the demo runs
+
     use_demo_secrets()
     cfg = load(config)
     folder = data_dir or Path(tempfile.mkdtemp(prefix="gateway-demo-"))

@@ -9,8 +9,6 @@ import typer
 from gateway.cli import app
 from gateway.cli.common import DEFAULT_CONFIG, ConfigOption, console, load, run
 from gateway.logs import configure
-from gateway.service import serve_until_signalled
-from gateway.store.db import create_engine, migrate
 
 
 @app.command()
@@ -24,6 +22,8 @@ def serve(
     port: Annotated[int | None, typer.Option(help="override [gateway.api] port")] = None,
 ) -> None:
     """Run the HTTP API (and, by default, the daemon loops: the embedded setup)."""
+    from gateway.service import serve_until_signalled
+
     cfg = load(config)
     configure("INFO")
     run(serve_until_signalled(cfg, api=True, daemon=with_daemon, host=host, port=port))
@@ -32,6 +32,8 @@ def serve(
 @app.command()
 def daemon(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Run the dispatcher and status polling; any number may share one PostgreSQL."""
+    from gateway.service import serve_until_signalled
+
     cfg = load(config)
     configure("INFO")
     run(serve_until_signalled(cfg, api=False, daemon=True))
@@ -40,6 +42,8 @@ def daemon(config: ConfigOption = DEFAULT_CONFIG) -> None:
 @app.command("migrate")
 def migrate_cmd(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Create or upgrade the database schema."""
+    from gateway.store.db import create_engine, migrate
+
     cfg = load(config)
 
     async def go() -> None:

@@ -8,31 +8,41 @@ SOAP and file-drop simulators plug in by adding an entry.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel
 
-from gateway.simulators.filedrop_department import (
-    FiledropSimulatorSettings,
-    create_filedrop_department,
-)
-from gateway.simulators.rest_department import RestSimulatorSettings, create_rest_department
 from gateway.simulators.server import serve_asgi
-from gateway.simulators.soap_department import SoapSimulatorSettings, create_soap_department
 
 __all__ = ["SIMULATORS", "SimulatorFactory", "serve_asgi"]
 
 
 @dataclass(frozen=True)
 class SimulatorFactory:
-    """How to build one kind of simulator."""
+    """How to build one kind of simulator. The module is imported on first use: spyne and
+    asyncssh are slow to import and most commands never start a simulator."""
 
     kind: str
-    settings: type[BaseModel]
-    create: Callable[[Any], tuple[Any, Any]]
+    module: str
+    settings_name: str
+    create_name: str
     description: str = ""
+
+    @property
+    def settings(self) -> type[BaseModel]:
+        return cast(
+            type[BaseModel], getattr(importlib.import_module(self.module), self.settings_name)
+        )
+
+    @property
+    def create(self) -> Callable[[Any], tuple[Any, Any]]:
+        return cast(
+            Callable[[Any], tuple[Any, Any]],
+            getattr(importlib.import_module(self.module), self.create_name),
+        )
 
     def build(self, table: dict[str, Any]) -> tuple[BaseModel, Any, Any]:
         """Validate a ``[simulator]`` table and build (settings, asgi_app, state)."""
@@ -44,20 +54,23 @@ class SimulatorFactory:
 SIMULATORS: dict[str, SimulatorFactory] = {
     "rest": SimulatorFactory(
         kind="rest",
-        settings=RestSimulatorSettings,
-        create=create_rest_department,
+        module="gateway.simulators.rest_department",
+        settings_name="RestSimulatorSettings",
+        create_name="create_rest_department",
         description="REST back-office system (FastAPI, in memory)",
     ),
     "soap": SimulatorFactory(
         kind="soap",
-        settings=SoapSimulatorSettings,
-        create=create_soap_department,
+        module="gateway.simulators.soap_department",
+        settings_name="SoapSimulatorSettings",
+        create_name="create_soap_department",
         description="SOAP 1.1 back-office system (spyne via a2wsgi, in memory)",
     ),
     "filedrop": SimulatorFactory(
         kind="filedrop",
-        settings=FiledropSimulatorSettings,
-        create=create_filedrop_department,
+        module="gateway.simulators.filedrop_department",
+        settings_name="FiledropSimulatorSettings",
+        create_name="create_filedrop_department",
         description="file-drop back-office system (local folder or SFTP on loopback)",
     ),
 }
