@@ -35,6 +35,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -96,6 +97,12 @@ Mode = Literal[
 ]
 MODES: tuple[str, ...] = Mode.__args__  # type: ignore[attr-defined]
 _OUTCOMES = ("approve", "reject", "supplement", "not_accept")
+_VERSION = re.compile(r"-v(\d+)$")
+
+
+def _resent(idempotency_key: str) -> bool:
+    match = _VERSION.search(idempotency_key)
+    return bool(match and int(match.group(1)) > 1)
 
 
 def _default_mix() -> dict[str, float]:
@@ -208,6 +215,9 @@ class SoapDepartmentState:
         digest = hashlib.sha256(f"{self.settings.seed}:{idempotency_key}".encode()).digest()
         point = int.from_bytes(digest[:8], "big") / 2**64
         weights = [max(self.settings.mix.get(o, 0.0), 0.0) for o in _OUTCOMES]
+        if _resent(idempotency_key):
+            # a version re-sent after a supplement has what was asked for: decide it
+            weights[_OUTCOMES.index("supplement")] = 0.0
         total = sum(weights)
         acc = 0.0
         for outcome, weight in zip(_OUTCOMES, weights, strict=True):
