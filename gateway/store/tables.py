@@ -114,6 +114,8 @@ applications = Table(
     Index("ix_applications_updated_at", "updated_at"),
     Index("ix_applications_centre_status", "centre", "status"),
     Index("ix_applications_poll", "department", "next_poll_at"),
+    # reconciliation pages through one department in id order (migration 0005)
+    Index("ix_applications_department_id", "department", "id"),
 )
 
 events = Table(
