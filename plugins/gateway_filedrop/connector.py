@@ -42,6 +42,7 @@ from gateway.connector import (
     UpdateOutcome,
 )
 from gateway.errors import ConnectorError, PermanentError, TransientError
+from gateway.mapping import MISSING, get_path, map_envelope, put_path
 from gateway_filedrop.formats import EXTENSIONS, ResultFileError, decode_result, encode_request
 from gateway_filedrop.options import FiledropOptions, LocalTarget
 from gateway_filedrop.storage import Entry, FileTooLarge, LocalStorage, SftpStorage, Storage
@@ -50,7 +51,6 @@ __all__ = ["FiledropConnector", "FiledropOptions", "safe_document_name"]
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _FILE_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_MISSING: Any = object()
 _MATERIAL_EXT = {"application/pdf": ".pdf", "image/jpeg": ".jpg", "image/png": ".png"}
 
 
@@ -131,19 +131,13 @@ class FiledropConnector(Connector):
             payload = source
             payload.pop("materials", None)
         else:
-            payload = {}
-            for target, path in request.body.items():
-                value = _get(source, path)
-                if value is _MISSING:
-                    raise PermanentError(
-                        f"{self.context.department}: envelope has no {path!r} "
-                        f"(mapped to {target!r} in [options.request.body])"
-                    )
-                _put(payload, target, value)
+            payload = map_envelope(
+                source, request.body, where=f"{self.context.department} [options.request.body]"
+            )
         for target, value in request.constants.items():
-            _put(payload, target, value)
+            put_path(payload, target, value)
         if request.materials == "files":
-            _put(payload, request.materials_field, await self._write_materials(envelope, key))
+            put_path(payload, request.materials_field, await self._write_materials(envelope, key))
         return payload
 
     async def _write_materials(self, envelope: Envelope, key: str) -> list[dict[str, Any]]:
@@ -247,7 +241,7 @@ class FiledropConnector(Connector):
             raise ResultFileError(f"no status in {fields.status!r}")
         if not case_id:
             raise ResultFileError("names no case (no case id or idempotency key)")
-        items = _get(record, fields.supplement_items) if fields.supplement_items else None
+        items = get_path(record, fields.supplement_items) if fields.supplement_items else None
         if isinstance(items, str):
             items = [i for i in items.split(";") if i.strip()]
         elif isinstance(items, dict) and len(items) == 1:
@@ -268,8 +262,8 @@ class FiledropConnector(Connector):
         fields = self.options.result.fields
         if not fields.documents:
             return []
-        raw = _get(record, fields.documents)
-        if raw is _MISSING or raw in (None, ""):
+        raw = get_path(record, fields.documents)
+        if raw is MISSING or raw in (None, ""):
             return []
         if isinstance(raw, str):  # CSV: ";"-separated file names
             raw = [
@@ -423,26 +417,9 @@ def _stem(name: str) -> str:
     return stem if dot and stem else name
 
 
-def _get(data: Any, path: str | None) -> Any:
-    """The value at dotted ``path`` (or at the whole ``path`` as one key, for CSV columns)."""
-    if not path:
-        return _MISSING
-    if isinstance(data, dict) and path in data:
-        return data[path]
-    node = data
-    for part in path.split("."):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return _MISSING
-    return node
-
-
 def _text(data: Any, path: str | None) -> str:
-    value = _get(data, path)
-    if value is _MISSING or value is None or isinstance(value, (dict, list)):
+    value = get_path(data, path)
+    if value is MISSING or value is None or isinstance(value, (dict, list)):
         return ""
     return str(value).strip()
 
@@ -455,20 +432,9 @@ def _as_list(value: Any) -> list[Any]:
         inner = next(iter(value.values()))
         if isinstance(inner, (list, dict)):
             return _as_list(inner) if isinstance(inner, list) else [inner]
-    if value in (None, "", _MISSING):
+    if value in (None, "", MISSING):
         return []
     return [value]
-
-
-def _put(target: dict[str, Any], path: str, value: Any) -> None:
-    parts = path.split(".")
-    node = target
-    for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = node[part] = {}
-        node = child
-    node[parts[-1]] = value
 
 
 def _iso(value: dt.datetime) -> str:

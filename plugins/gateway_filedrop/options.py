@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from gateway.connector import Applicant, Envelope
+from gateway.mapping import check_source_path
 
 __all__ = [
     "DocumentFields",
@@ -32,7 +32,6 @@ __all__ = [
     "ResultFields",
     "ResultOptions",
     "SftpTarget",
-    "check_source_path",
 ]
 
 Format = Literal["json", "xml", "csv"]
@@ -42,30 +41,6 @@ _XML_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def check_source_path(path: str) -> str:
-    """Check that ``path`` names something in an :class:`Envelope`; returns it unchanged.
-
-    ``applicant.<field>`` and top-level fields must exist; ``form.<anything>`` is free-form.
-    """
-    parts = path.split(".")
-    if not path or any(not p for p in parts):
-        raise ValueError(f"empty segment in envelope path {path!r}")
-    head, rest = parts[0], parts[1:]
-    if head not in Envelope.model_fields:
-        known = ", ".join(sorted(Envelope.model_fields))
-        raise ValueError(f"unknown envelope field {head!r} in {path!r} (known: {known})")
-    if head == "form":
-        return path
-    if head == "applicant":
-        if len(rest) > 1 or (rest and rest[0] not in Applicant.model_fields):
-            known = ", ".join(sorted(Applicant.model_fields))
-            raise ValueError(f"unknown applicant field in {path!r} (known: {known})")
-        return path
-    if rest:
-        raise ValueError(f"envelope field {head!r} has no sub-field {'.'.join(rest)!r}")
-    return path
 
 
 class LocalTarget(_Strict):

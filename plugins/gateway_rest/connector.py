@@ -36,11 +36,10 @@ from gateway.connector import (
     ResultDocument,
 )
 from gateway.errors import DepartmentRejected, PermanentError, TransientError
+from gateway.mapping import MISSING, get_path, map_envelope, put_path
 from gateway_rest.options import ApiKeyAuth, BasicAuth, BearerAuth, PollResponse, RestOptions
 
 __all__ = ["RestConnector", "RestOptions"]
-
-_MISSING: Any = object()
 
 
 class RestConnector(Connector):
@@ -68,12 +67,12 @@ class RestConnector(Connector):
         )
         data = self._json(response, submit.method, submit.path)
         case_id = self._require(data, submit.response.case_id, submit.method, submit.path)
-        status = _get(data, submit.response.status) if submit.response.status else None
-        detail = _get(data, submit.response.detail) if submit.response.detail else None
+        status = get_path(data, submit.response.status) if submit.response.status else None
+        detail = get_path(data, submit.response.detail) if submit.response.detail else None
         return Receipt(
             case_id=str(case_id),
-            status=None if status in (None, _MISSING) else str(status),
-            detail=None if detail in (None, _MISSING) else str(detail),
+            status=None if status in (None, MISSING) else str(status),
+            detail=None if detail in (None, MISSING) else str(detail),
         )
 
     async def poll(self, receipt: Receipt) -> CaseUpdate | None:
@@ -88,12 +87,12 @@ class RestConnector(Connector):
     def parse_callback(self, payload: Any) -> CaseUpdate:
         spec = self.options.callback
         update = self._case_update(payload, spec, "POST", "callback")
-        event_id = _get(payload, spec.event_id) if spec.event_id else None
-        key = _get(payload, spec.idempotency_key) if spec.idempotency_key else None
+        event_id = get_path(payload, spec.event_id) if spec.event_id else None
+        key = get_path(payload, spec.idempotency_key) if spec.idempotency_key else None
         return update.model_copy(
             update={
-                "event_id": None if event_id in (None, _MISSING) else str(event_id),
-                "idempotency_key": None if key in (None, _MISSING) else str(key),
+                "event_id": None if event_id in (None, MISSING) else str(event_id),
+                "idempotency_key": None if key in (None, MISSING) else str(key),
             }
         )
 
@@ -121,8 +120,8 @@ class RestConnector(Connector):
                 )
             for item in items:
                 yield self._summary(item, listing.path)
-            nxt = _get(data, listing.next)
-            if nxt in (None, _MISSING, ""):
+            nxt = get_path(data, listing.next)
+            if nxt in (None, MISSING, ""):
                 return
             cursor = str(nxt)
         raise PermanentError(
@@ -157,19 +156,13 @@ class RestConnector(Connector):
             if submit.materials == "none":
                 payload.pop("materials", None)
         else:
-            payload = {}
-            for target, path in submit.body.items():
-                value = _get(source, path)
-                if value is _MISSING:
-                    raise PermanentError(
-                        f"{self.context.department}: envelope has no {path!r} "
-                        f"(mapped to {target!r} in [options.submit.body])"
-                    )
-                _put(payload, target, value)
+            payload = map_envelope(
+                source, submit.body, where=f"{self.context.department} [options.submit.body]"
+            )
         for target, value in submit.constants.items():
-            _put(payload, target, value)
+            put_path(payload, target, value)
         if submit.materials == "inline_base64":
-            _put(payload, submit.materials_field, await self._inline_materials(envelope))
+            put_path(payload, submit.materials_field, await self._inline_materials(envelope))
         return payload
 
     async def _inline_materials(self, envelope: Envelope) -> list[dict[str, Any]]:
@@ -257,8 +250,8 @@ class RestConnector(Connector):
             ) from exc
 
     def _require(self, data: Any, path: str, method: str, url_path: str) -> Any:
-        value = _get(data, path)
-        if value in (None, _MISSING):
+        value = get_path(data, path)
+        if value in (None, MISSING):
             raise PermanentError(
                 self._where(method, url_path, f"answer has no {path!r} (check [options] mapping)")
             )
@@ -266,21 +259,21 @@ class RestConnector(Connector):
 
     def _reason(self, response: httpx.Response) -> str | None:
         try:
-            value = _get(response.json(), self.options.reject_reason)
+            value = get_path(response.json(), self.options.reject_reason)
         except (ValueError, UnicodeDecodeError):
             text = response.text.strip()
             return text[:500] or None
-        if value in (None, _MISSING):
+        if value in (None, MISSING):
             return None
         return str(value)[:500]
 
     def _case_update(self, data: Any, spec: PollResponse, method: str, path: str) -> CaseUpdate:
         case_id = self._require(data, spec.case_id, method, path)
         status = self._require(data, spec.status, method, path)
-        detail = _get(data, spec.detail) if spec.detail else None
-        occurred = _get(data, spec.occurred_at) if spec.occurred_at else None
-        docs = _get(data, spec.documents) if spec.documents else None
-        items = _get(data, spec.supplement_items) if spec.supplement_items else None
+        detail = get_path(data, spec.detail) if spec.detail else None
+        occurred = get_path(data, spec.occurred_at) if spec.occurred_at else None
+        docs = get_path(data, spec.documents) if spec.documents else None
+        items = get_path(data, spec.supplement_items) if spec.supplement_items else None
         documents: list[ResultDocument] = []
         fields = spec.document_fields
         for raw in docs if isinstance(docs, list) else []:
@@ -304,7 +297,7 @@ class RestConnector(Connector):
         return CaseUpdate(
             case_id=str(case_id),
             status=str(status),
-            detail=None if detail in (None, _MISSING) else str(detail),
+            detail=None if detail in (None, MISSING) else str(detail),
             occurred_at=_parse_time(occurred),
             documents=documents,
             supplement_items=[str(i) for i in items] if isinstance(items, list) else [],
@@ -316,12 +309,12 @@ class RestConnector(Connector):
         fields = spec.item
         case_id = self._require(item, fields.case_id, "GET", path)
         status = self._require(item, fields.status, "GET", path)
-        key = _get(item, fields.idempotency_key) if fields.idempotency_key else None
-        updated = _get(item, fields.updated_at) if fields.updated_at else None
+        key = get_path(item, fields.idempotency_key) if fields.idempotency_key else None
+        updated = get_path(item, fields.updated_at) if fields.updated_at else None
         return CaseSummary(
             case_id=str(case_id),
             status=str(status),
-            idempotency_key=None if key in (None, _MISSING) else str(key),
+            idempotency_key=None if key in (None, MISSING) else str(key),
             updated_at=_parse_time(updated),
         )
 
@@ -340,30 +333,6 @@ def _static_headers(options: RestOptions) -> dict[str, str]:
         pair = f"{auth.username}:{auth.password.get_secret_value()}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
     return headers
-
-
-def _get(data: Any, path: str) -> Any:
-    """The value at dotted ``path`` in nested dicts, or ``_MISSING``."""
-    node = data
-    for part in path.split("."):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return _MISSING
-    return node
-
-
-def _put(target: dict[str, Any], path: str, value: Any) -> None:
-    parts = path.split(".")
-    node = target
-    for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = node[part] = {}
-        node = child
-    node[parts[-1]] = value
 
 
 def _retry_after(value: str | None) -> float | None:

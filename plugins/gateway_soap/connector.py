@@ -72,12 +72,12 @@ from gateway.connector import (
     ResultDocument,
 )
 from gateway.errors import ConnectorError, DepartmentRejected, PermanentError, TransientError
+from gateway.mapping import MISSING, get_path, map_envelope, put_path
 from gateway_soap.options import PollResponse, SoapOptions
 from gateway_soap.wsdl import RefusedImport, load_document, secure_settings
 
 __all__ = ["SoapConnector", "SoapOptions"]
 
-_MISSING: Any = object()
 # zeep is untyped where it matters here; these names keep mypy --strict honest about it.
 _AsyncClient: Any = AsyncClient
 _AsyncServiceProxy: Any = AsyncServiceProxy
@@ -156,7 +156,7 @@ class SoapConnector(Connector):
         submit = self.options.submit
         kwargs = await self._arguments(envelope)
         if submit.idempotency_argument:
-            _put(kwargs, submit.idempotency_argument, envelope.idempotency_key)
+            put_path(kwargs, submit.idempotency_argument, envelope.idempotency_key)
         if submit.idempotency_header:
             header = etree.Element(etree.QName(submit.idempotency_header))
             header.text = envelope.idempotency_key
@@ -164,12 +164,12 @@ class SoapConnector(Connector):
         data = await self._invoke(submit.operation, kwargs, envelope)
         spec = submit.response
         case_id = self._require(data, spec.case_id, submit.operation)
-        status = _get(data, spec.status) if spec.status else None
-        detail = _get(data, spec.detail) if spec.detail else None
+        status = get_path(data, spec.status) if spec.status else None
+        detail = get_path(data, spec.detail) if spec.detail else None
         return Receipt(
             case_id=str(case_id),
-            status=None if status in (None, _MISSING) else str(status),
-            detail=None if detail in (None, _MISSING) else _scrub(str(detail), envelope),
+            status=None if status in (None, MISSING) else str(status),
+            detail=None if detail in (None, MISSING) else _scrub(str(detail), envelope),
         )
 
     async def poll(self, receipt: Receipt) -> CaseUpdate | None:
@@ -178,8 +178,8 @@ class SoapConnector(Connector):
             return None
         kwargs: dict[str, Any] = {}
         for target, value in poll.constants.items():
-            _put(kwargs, target, value)
-        _put(kwargs, poll.case_id_argument, receipt.case_id)
+            put_path(kwargs, target, value)
+        put_path(kwargs, poll.case_id_argument, receipt.case_id)
         data = await self._invoke(poll.operation, kwargs)
         return self._case_update(data, poll.response, poll.operation)
 
@@ -192,14 +192,14 @@ class SoapConnector(Connector):
         cursor: str | None = None
         for _ in range(listing.max_pages):
             kwargs: dict[str, Any] = {}
-            _put(kwargs, listing.since_argument, since)
-            _put(kwargs, listing.until_argument, until)
-            _put(kwargs, listing.limit_argument, listing.page_size)
+            put_path(kwargs, listing.since_argument, since)
+            put_path(kwargs, listing.until_argument, until)
+            put_path(kwargs, listing.limit_argument, listing.page_size)
             if cursor:
-                _put(kwargs, listing.cursor_argument, cursor)
+                put_path(kwargs, listing.cursor_argument, cursor)
             data = await self._invoke(listing.operation, kwargs)
-            items = _get(data, listing.items)
-            if items in (None, _MISSING):
+            items = get_path(data, listing.items)
+            if items in (None, MISSING):
                 items = []  # an empty Array is often omitted or nil
             if not isinstance(items, list):
                 raise PermanentError(
@@ -207,8 +207,8 @@ class SoapConnector(Connector):
                 )
             for item in items:
                 yield self._summary(item, listing.operation)
-            nxt = _get(data, listing.next)
-            if nxt in (None, _MISSING, ""):
+            nxt = get_path(data, listing.next)
+            if nxt in (None, MISSING, ""):
                 return
             cursor = str(nxt)
         raise PermanentError(
@@ -422,30 +422,25 @@ class SoapConnector(Connector):
         if mapped is not None:
             kwargs = dict(mapped)
         else:
-            kwargs = {}
-            source = envelope.model_dump(mode="json")
-            for target, path in submit.arguments.items():
-                value = _get(source, path)
-                if value is _MISSING:
-                    raise PermanentError(
-                        f"{self.context.department}: envelope has no {path!r} "
-                        f"(mapped to {target!r} in [options.submit.arguments])"
-                    )
-                _put(kwargs, target, value)
+            kwargs = map_envelope(
+                envelope.model_dump(mode="json"),
+                submit.arguments,
+                where=f"{self.context.department} [options.submit.arguments]",
+            )
         for target, value in submit.constants.items():
-            _put(kwargs, target, value)
+            put_path(kwargs, target, value)
         for target in submit.json_arguments:
-            value = _get(kwargs, target)
-            if value is not _MISSING:
-                _put(kwargs, target, json.dumps(value, ensure_ascii=False))
+            value = get_path(kwargs, target)
+            if value is not MISSING:
+                put_path(kwargs, target, json.dumps(value, ensure_ascii=False))
         return kwargs
 
     def _where(self, operation: str, what: str) -> str:
         return f"{self.context.department}: {operation}: {what}"
 
     def _require(self, data: Any, path: str, operation: str) -> Any:
-        value = _get(data, path)
-        if value in (None, _MISSING):
+        value = get_path(data, path)
+        if value in (None, MISSING):
             raise PermanentError(
                 self._where(operation, f"answer has no {path!r} (check [options] mapping)")
             )
@@ -454,10 +449,10 @@ class SoapConnector(Connector):
     def _case_update(self, data: Any, spec: PollResponse, operation: str) -> CaseUpdate:
         case_id = self._require(data, spec.case_id, operation)
         status = self._require(data, spec.status, operation)
-        detail = _get(data, spec.detail) if spec.detail else None
-        occurred = _get(data, spec.occurred_at) if spec.occurred_at else None
-        docs = _get(data, spec.documents) if spec.documents else None
-        items = _get(data, spec.supplement_items) if spec.supplement_items else None
+        detail = get_path(data, spec.detail) if spec.detail else None
+        occurred = get_path(data, spec.occurred_at) if spec.occurred_at else None
+        docs = get_path(data, spec.documents) if spec.documents else None
+        items = get_path(data, spec.supplement_items) if spec.supplement_items else None
         fields = spec.document_fields
         documents: list[ResultDocument] = []
         for raw in docs if isinstance(docs, list) else []:
@@ -473,7 +468,7 @@ class SoapConnector(Connector):
         return CaseUpdate(
             case_id=str(case_id),
             status=str(status),
-            detail=None if detail in (None, _MISSING) else str(detail),
+            detail=None if detail in (None, MISSING) else str(detail),
             occurred_at=_parse_time(occurred),
             documents=documents,
             supplement_items=[str(i) for i in items] if isinstance(items, list) else [],
@@ -493,12 +488,12 @@ class SoapConnector(Connector):
         fields = spec.item
         case_id = self._require(item, fields.case_id, operation)
         status = self._require(item, fields.status, operation)
-        key = _get(item, fields.idempotency_key_path) if fields.idempotency_key_path else None
-        updated = _get(item, fields.updated_at) if fields.updated_at else None
+        key = get_path(item, fields.idempotency_key_path) if fields.idempotency_key_path else None
+        updated = get_path(item, fields.updated_at) if fields.updated_at else None
         return CaseSummary(
             case_id=str(case_id),
             status=str(status),
-            idempotency_key=None if key in (None, _MISSING) else str(key),
+            idempotency_key=None if key in (None, MISSING) else str(key),
             updated_at=_parse_time(updated),
         )
 
@@ -532,30 +527,6 @@ def _declares_dtd(body: bytes) -> bool:
 def _plain(result: Any) -> Any:
     """zeep's result objects as plain dicts and lists."""
     return _serialize_object(result, target_cls=dict)
-
-
-def _get(data: Any, path: str) -> Any:
-    """The value at dotted ``path`` in nested dicts, or ``_MISSING``."""
-    node = data
-    for part in path.split("."):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return _MISSING
-    return node
-
-
-def _put(target: dict[str, Any], path: str, value: Any) -> None:
-    parts = path.split(".")
-    node = target
-    for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = node[part] = {}
-        node = child
-    node[parts[-1]] = value
 
 
 def _parse_time(value: Any) -> dt.datetime | None:

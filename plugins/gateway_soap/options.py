@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from gateway_rest.options import check_source_path
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from gateway.mapping import check_source_path
 
 __all__ = [
     "BasicAuth",
