@@ -178,6 +178,8 @@ async def _ask_department(runtime: Runtime, app: Any) -> tuple[str, str | None]:
     try:
         async with asyncio.timeout(dept.timeout_seconds):
             await connector.withdraw(Receipt(case_id=app.department_case_id))
+    except NotImplementedError as exc:  # e.g. a REST department without [options.withdraw]
+        return "unsupported", str(exc)
     except DepartmentRejected as exc:
         raise IntakeProblem(
             409,

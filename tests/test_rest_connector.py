@@ -428,3 +428,20 @@ def test_example_department_options_validate() -> None:
         options = RestOptions.model_validate(department.options)
         assert options.poll is not None, department.code
         assert options.submit.body, department.code
+
+
+async def test_withdraw_before_and_after_the_decision() -> None:
+    department = running_department(decision_delay_seconds=3600)
+    async with department as (url, state), httpx.AsyncClient() as http:
+        options = rest_options(url, withdraw={"path": "/cases/{case_id}/withdraw"})
+        connector = make_connector(options, http)
+        receipt = await connector.submit(make_envelope("w-1"))
+        await connector.withdraw(receipt)
+        await connector.withdraw(receipt)  # a second call for a withdrawn case succeeds
+        update = await connector.poll(receipt)
+        assert update is not None and update.status == "8"
+        state.force_status(receipt.case_id, "9")
+        with pytest.raises(DepartmentRejected, match="decided"):
+            await connector.withdraw(receipt)
+        with pytest.raises(NotImplementedError):
+            await make_connector(rest_options(url), http).withdraw(receipt)

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from gateway.config.loader import Config
-from gateway.connector import Connector, Receipt
+from gateway.connector import Connector, ConnectorContext, Receipt
 from gateway.errors import DepartmentRejected, TransientError
 from gateway.runtime import Runtime
 from tests.handout_fixtures import decide, quiet_runtime, status_of, submit
@@ -97,9 +97,20 @@ async def test_unsupported_or_unreachable_is_flagged_for_ops(
     ops_headers: dict[str, str],
     swap: bool,
 ) -> None:
+    context = runtime.connectors["amr"].context
     if swap:  # a connector with withdraw, but the department is down
         Withdrawing.answer = TransientError("HTTP 503")
-        runtime.connectors["amr"] = Withdrawing(runtime.connectors["amr"].context)
+        runtime.connectors["amr"] = Withdrawing(context)
+    else:  # a REST department configured without [options.withdraw]
+        options = context.options.model_copy(update={"withdraw": None})
+        runtime.connectors["amr"] = type(runtime.connectors["amr"])(
+            ConnectorContext(
+                department="amr",
+                options=options,
+                http=context.http,
+                read_material=context.read_material,
+            )
+        )
     app = await submit(api, centre_headers)
     await decide(runtime, app["id"], "1", document=None)
     resp = await api.post(f"/v1/applications/{app['id']}/withdraw", headers=centre_headers)

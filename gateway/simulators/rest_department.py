@@ -55,6 +55,7 @@ __all__ = [
     "STATUS_RECEIVED",
     "STATUS_REFUSED",
     "STATUS_SUPPLEMENT",
+    "STATUS_WITHDRAWN",
     "ControlRequest",
     "RestDepartmentState",
     "RestSimulatorSettings",
@@ -71,6 +72,7 @@ STATUS_NOT_ACCEPTED = "2"
 STATUS_SUPPLEMENT = "3"
 STATUS_REFUSED = "4"
 STATUS_IN_REVIEW = "5"
+STATUS_WITHDRAWN = "8"
 STATUS_APPROVED = "9"
 
 Outcome = Literal["approve", "reject", "supplement", "not_accept"]
@@ -544,6 +546,19 @@ def create_rest_department(
         case = state.cases.get(case_id)
         if case is None:
             return _error(404, "not_found", f"no case {case_id}")
+        return JSONResponse({"case": state.view(case)})
+
+    @app.post("/api/v1/cases/{case_id}/withdraw")
+    async def withdraw_case(case_id: str, request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        case = state.cases.get(case_id)
+        if case is None:
+            return _error(404, "not_found", f"no case {case_id}")
+        status, _since = case.phase(state.clock(), settings.decision_delay_seconds)
+        if status not in (STATUS_RECEIVED, STATUS_ACCEPTED, STATUS_IN_REVIEW, STATUS_WITHDRAWN):
+            return _error(409, "decided", f"case {case_id} is already decided ({status})")
+        state.force_status(case_id, STATUS_WITHDRAWN)
         return JSONResponse({"case": state.view(case)})
 
     @app.get("/api/v1/cases")

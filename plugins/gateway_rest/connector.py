@@ -128,6 +128,14 @@ class RestConnector(Connector):
             self._where("GET", listing.path, f"more than {listing.max_pages} pages; cursor loop?")
         )
 
+    async def withdraw(self, receipt: Receipt) -> None:
+        spec = self.options.withdraw
+        if spec is None:
+            raise NotImplementedError(f"{self.context.department}: no [options.withdraw]")
+        path = spec.path.replace("{case_id}", urllib.parse.quote(receipt.case_id, safe=""))
+        # 409: the department has decided already and refuses, with its reason
+        await self._call(spec.method, path, label=spec.path, refusals=(409,))
+
     async def health(self) -> Health:
         url = self.options.base_url + self.options.health_path
         try:
@@ -189,6 +197,7 @@ class RestConnector(Connector):
         params: Mapping[str, str | int] | None = None,
         label: str | None = None,
         envelope: Envelope | None = None,
+        refusals: tuple[int, ...] = (),
     ) -> httpx.Response:
         label = label or path
         url = self.options.base_url + path
@@ -217,7 +226,7 @@ class RestConnector(Connector):
                 self._where(method, label, f"HTTP {status}"),
                 retry_after=_retry_after(response.headers.get("Retry-After")),
             )
-        if status in self.options.reject_statuses:
+        if status in self.options.reject_statuses or status in refusals:
             reason = self._reason(response) or f"HTTP {status}"
             raise DepartmentRejected(_scrub(reason, envelope), status=self.options.reject_status)
         raise PermanentError(self._where(method, label, f"HTTP {status}"))

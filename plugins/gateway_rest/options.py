@@ -129,6 +129,14 @@ class CallbackFields(PollResponse):
     idempotency_key: str | None = "idempotency_key"
 
 
+class WithdrawOptions(_Strict):
+    """How a case is withdrawn; ``{case_id}`` in ``path`` is the department's case id. A
+    refusal (409, or a status in ``reject_statuses``) is the department's business answer."""
+
+    method: Literal["POST", "PUT", "DELETE"] = "POST"
+    path: str = "/cases/{case_id}/withdraw"
+
+
 class PollOptions(_Strict):
     """How a case's status is read; ``{case_id}`` in ``path`` is the department's case id."""
 
@@ -179,6 +187,7 @@ class RestOptions(_Strict):
     poll: PollOptions | None = None
     cases: ListOptions | None = Field(default=None, alias="list")
     callback: CallbackFields = Field(default_factory=CallbackFields)
+    withdraw: WithdrawOptions | None = None
 
     @field_validator("base_url")
     @classmethod
