@@ -140,7 +140,7 @@ async def _stream(db: Path, n: int) -> dict[str, int]:
         async def poll(self, receipt: Receipt) -> None:
             return None
 
-        async def list_cases(  # type: ignore[override]
+        async def list_cases(
             self, since: dt.datetime, until: dt.datetime
         ) -> AsyncIterator[CaseSummary]:
             for i, (case_id, key, status) in enumerate(department_side(n)):
