@@ -3,9 +3,16 @@ the repairs (events with source ``reconcile``), the stored run, the API and the 
 
 from __future__ import annotations
 
+import asyncio
+import csv
 import datetime as dt
+import io
+import json
+import os
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,7 +20,7 @@ import pytest
 from sqlalchemy import select
 
 from gateway.clock import now
-from gateway.config.loader import Config
+from gateway.config.loader import Config, load_config
 from gateway.connector import CaseSummary, CaseUpdate
 from gateway.dispatcher import Dispatcher, idempotency_key
 from gateway.events import Source
@@ -25,7 +32,8 @@ from gateway.simulators.city import SimulatedCity, simulated_city
 from gateway.store.clients import Client
 from gateway.store.tables import applications, dispatch_jobs, events
 from gateway.updates import apply_case_update
-from tests.conftest import FAST, application
+from tests.conftest import FAST, TEST_SECRETS, application
+from tests.test_crash_recovery import write_config
 
 CLIENT = Client(id="c-rec", name="reconcile test", centre="C01", ops=False)
 
@@ -229,3 +237,48 @@ async def test_failed_listing_is_a_failed_run(runtime: Runtime, city: SimulatedC
     assert result.state == "failed" and result.error
     run, _ = await get_run(runtime, result.id)
     assert run is not None and run.state == "failed" and run.finished_at is not None
+
+
+async def test_cli_writes_json_and_csv(tmp_path: Path, db_url: str, city: SimulatedCity) -> None:
+    """``gateway reconcile`` as ops run it: a real process, the report as JSON and CSV."""
+    config_path = write_config(tmp_path / "config", db_url, city.urls)
+    runtime = Runtime(load_config(config_path))
+    await runtime.prepare_database()
+    try:
+        app_id = await _submit(runtime, "cli-1")
+        dispatcher = Dispatcher(runtime)
+        await dispatcher.sweep()
+        await dispatcher.drain()
+        city.states["amr"].add_case("hand-made")  # one discrepancy: unknown at the gateway
+    finally:
+        await runtime.aclose()
+
+    async def cli(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "reconcile",
+            "--config",
+            str(config_path),
+            "-d",
+            "amr",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **TEST_SECRETS},
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+        return proc.returncode or 0, out.decode(), err.decode()
+
+    code, out, err = await cli("--format", "json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["runs"][0]["counts"]["matched"] == 1
+    assert [d["kind"] for d in report["discrepancies"]] == ["unknown_at_gateway"]
+    target = tmp_path / "amr.csv"
+    code, out, err = await cli("--format", "csv", "--output", str(target))
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(target.read_text(encoding="utf-8"))))
+    assert [(r["kind"], r["action"]) for r in rows] == [("unknown_at_gateway", "flagged")]
+    assert app_id not in target.read_text()  # matched cases are counted, not listed
