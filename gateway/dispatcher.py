@@ -32,6 +32,7 @@ from gateway.events import Source, StatusChange
 from gateway.runtime import Runtime
 from gateway.states import State
 from gateway.store import cases, jobs
+from gateway.store.group import GroupCommit
 from gateway.store.tables import applications
 from gateway.updates import announce, move, with_contact
 
@@ -116,6 +117,9 @@ class Dispatcher:
         self._rng = random.Random(seed)
         self._buckets: dict[str, _Bucket] = {}
         self._breakers: dict[str, _Breaker] = {}
+        # outcomes of finished deliveries are committed together (one transaction per batch)
+        self._recorder = GroupCommit(runtime.engine)
+        runtime.on_close.append(self._recorder.aclose)
         runtime.dispatcher = self  # type: ignore[attr-defined]
 
     def breaker_open(self, department: str) -> bool:
@@ -318,13 +322,12 @@ class Dispatcher:
             if dept.poll_interval_seconds
             else None
         )
-        changes: list[StatusChange] = []
-        async with self.runtime.engine.begin() as conn:
+
+        async def work(conn: AsyncConnection) -> list[StatusChange]:
             if not await jobs.finish(
                 conn, job.id, self.owner, state=jobs.DONE, attempts=job.attempts + 1
             ):
-                await conn.rollback()  # lease lost: the new holder records the same receipt
-                return
+                return []  # lease lost: the new holder records the same receipt
             # the case id is kept even if a callback already moved the case past delivered
             await conn.execute(
                 update(applications)
@@ -337,7 +340,7 @@ class Dispatcher:
                     next_poll_at=next_poll,
                 )
             )
-            changes = await move(
+            return await move(
                 conn,
                 job.application_id,
                 targets,
@@ -346,19 +349,20 @@ class Dispatcher:
                 version=job.version,
                 detail={"case_id": receipt.case_id},
             )
-        announce(self.runtime, changes)
+
+        announce(self.runtime, await self._recorder.run(work))
 
     async def _record_rejection(
         self, job: Row[Any], dept: DepartmentConfig, exc: DepartmentRejected
     ) -> None:
         state = dept.map_status(exc.status) or State.NOT_ACCEPTED
-        async with self.runtime.engine.begin() as conn:
+
+        async def work(conn: AsyncConnection) -> list[StatusChange]:
             if not await jobs.finish(
                 conn, job.id, self.owner, state=jobs.DONE, attempts=job.attempts + 1
             ):
-                await conn.rollback()
-                return
-            changes = await move(
+                return []
+            return await move(
                 conn,
                 job.application_id,
                 [State.DELIVERED, state],
@@ -367,7 +371,8 @@ class Dispatcher:
                 version=job.version,
                 detail={"reason": exc.reason},
             )
-        announce(self.runtime, changes)
+
+        announce(self.runtime, await self._recorder.run(work))
 
     async def _record_failure(
         self,
@@ -380,20 +385,17 @@ class Dispatcher:
     ) -> None:
         attempts = job.attempts + 1
         final = final or attempts >= dept.retry.max_attempts
-        changes: list[StatusChange] = []
-        async with self.runtime.engine.begin() as conn:
-            if final:
+        if final:
+            reason = (
+                error if "permanent" in error else f"gave up after {attempts} attempts: {error}"
+            )
+
+            async def give_up(conn: AsyncConnection) -> list[StatusChange]:
                 if not await jobs.finish(
                     conn, job.id, self.owner, state=jobs.DEAD, error=error, attempts=attempts
                 ):
-                    await conn.rollback()
-                    return
-                reason = (
-                    error
-                    if "permanent" in error
-                    else (f"gave up after {attempts} attempts: {error}")
-                )
-                changes = await move(
+                    return []
+                return await move(
                     conn,
                     job.application_id,
                     [State.FAILED],
@@ -403,32 +405,35 @@ class Dispatcher:
                     detail={"reason": reason},
                     extra={"last_error": reason},
                 )
-            else:
-                delay = backoff(dept.retry, attempts, retry_after, self._rng)
-                ok = await jobs.finish(
-                    conn,
-                    job.id,
-                    self.owner,
-                    state=jobs.PENDING,
-                    error=error,
-                    attempts=attempts,
-                    next_attempt_at=now() + dt.timedelta(seconds=delay),
-                )
-                if not ok:
-                    await conn.rollback()
-                    return
+
+            announce(self.runtime, await self._recorder.run(give_up))
+            return
+        delay = backoff(dept.retry, attempts, retry_after, self._rng)
+
+        async def retry_later(conn: AsyncConnection) -> list[StatusChange]:
+            if await jobs.finish(
+                conn,
+                job.id,
+                self.owner,
+                state=jobs.PENDING,
+                error=error,
+                attempts=attempts,
+                next_attempt_at=now() + dt.timedelta(seconds=delay),
+            ):
                 # visible on the case while it waits, so the front desk can see why
                 await conn.execute(
                     update(applications)
                     .where(applications.c.id == job.application_id)
                     .values(last_error=f"retrying (attempt {attempts}): {error}")
                 )
-                log.info(
-                    "delivery will be retried",
-                    department=dept.code,
-                    application=job.application_id,
-                    attempt=attempts,
-                    in_seconds=round(delay, 2),
-                    error=error,
-                )
-        announce(self.runtime, changes)
+            return []
+
+        await self._recorder.run(retry_later)
+        log.info(
+            "delivery will be retried",
+            department=dept.code,
+            application=job.application_id,
+            attempt=attempts,
+            in_seconds=round(delay, 2),
+            error=error,
+        )

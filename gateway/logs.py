@@ -23,6 +23,10 @@ def configure(level: str = "INFO", *, json: bool = False) -> None:
     global _configured
     _configured = True
     logging.basicConfig(stream=sys.stderr, level=level, format="%(message)s")
+    # libraries that log every request or migration step at INFO: their noise, and its cost on
+    # the dispatch path, is not what ops need; warnings still show
+    for noisy in ("httpx", "httpcore", "alembic", "aiosqlite", "asyncssh"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if json
