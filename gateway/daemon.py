@@ -3,6 +3,7 @@
 Tasks, and how several daemons sharing one database stay out of each other's way::
 
     dispatch              every sweep_interval_seconds  item leases (dispatch_jobs, SKIP LOCKED)
+    withdrawals           every sweep_interval_seconds  item leases (withdrawals, SKIP LOCKED)
     poll:<dept>           the department's poll interval item leases (next_poll_at, SKIP LOCKED)
     results:<dept>        [gateway.schedule] results_seconds      one lease row per tick
     reconcile:<dept>      the department's reconcile_cron          one lease row per tick
@@ -210,7 +211,7 @@ class Daemon:
         self._stopping = False
 
     def _tasks(self) -> list[Task]:
-        from gateway import deadlines, housekeeping, reconcile
+        from gateway import deadlines, housekeeping, reconcile, withdrawals
         from gateway.poller import poll_department
         from gateway.results import pull_department
 
@@ -220,6 +221,12 @@ class Daemon:
                 "dispatch",
                 _interval(rt.config.gateway.dispatch.sweep_interval_seconds),
                 self._dispatch,
+                leased=False,
+            ),
+            Task(
+                "withdrawals",
+                _interval(rt.config.gateway.dispatch.sweep_interval_seconds),
+                lambda: withdrawals.sweep(rt, self.owner),
                 leased=False,
             ),
             Task(

@@ -4,6 +4,12 @@ are handed in (the case is re-sent as the next version), a few applications are 
 every decided result is handed out at its centre (collected with the applicant's ID number or
 pickup code) or mailed (manual post or the example courier). Then a summary.
 
+Withdrawals: a few applications are withdrawn right after intake (usually before they reach the
+department), a few once the department holds them (the daemon then asks the department, which
+may confirm, refuse, or decide first; departments whose connector cannot withdraw are flagged for
+ops). The summary counts what each withdrawal came to: only cases actually withdrawn are
+"withdrawn".
+
 Departments whose connector is not available are shown as such and get no applications;
 nothing is counted as a success that did not happen.
 """
@@ -33,7 +39,7 @@ from gateway.service import running
 from gateway.simulators.city import simulated_city
 from gateway.states import DECIDED, FINAL, State
 from gateway.store.clients import create_client
-from gateway.store.tables import applications, events
+from gateway.store.tables import applications, events, withdrawals
 
 #: Secrets the example config references; the demo supplies throwaway values if unset.
 DEMO_SECRETS = {
@@ -169,13 +175,10 @@ async def _drive(
                     resp, id_number = await _submit(
                         http, keys[centre], matter, rng, with_material=i % 10 == 0, mail=i % 5 == 4
                     )
-                    if i % 50 == 7:  # the applicant changes their mind
-                        withdrawn = await http.post(
-                            f"/v1/applications/{resp['id']}/withdraw",
-                            json={"reason": "申请人撤回", "clerk": "demo"},
-                            headers={"Authorization": f"Bearer {keys[centre]}"},
-                        )
-                        withdrawn.raise_for_status()
+                    if i % 50 == 7:  # the applicant changes their mind at once
+                        await _withdraw(http, keys[centre], resp["id"])
+                if i % 50 == 32:  # ... or once the department holds the case
+                    await _withdraw_when_held(http, keys[centre], resp["id"])
                 ids.append(resp["id"])
                 people[resp["id"]] = Applicant(keys[centre], id_number, resp["pickup_code"])
                 outcomes[matter.department].submitted += 1
@@ -195,6 +198,11 @@ async def _drive(
         handed = await _hand_out(http, runtime, ids, people, console)
     await _collect(runtime, ids, outcomes)
     _print_summary(console, outcomes)
+    asked = await _withdrawal_outcomes(runtime, ids)
+    pending = asked.get("pending", 0)
+    _print_withdrawals(console, asked)
+    if pending:
+        console.print(f"[red]{pending} withdrawals are still waiting on the department[/red]")
     if not settled:
         console.print(f"[red]not every application settled within {timeout:.0f}s[/red]")
     waiting = sum(
@@ -203,7 +211,61 @@ async def _drive(
     if waiting:
         console.print(f"[red]{waiting} decided applications were not handed out[/red]")
     console.print(f"handed out now: {handed}; SMS outbox {os.environ['GATEWAY_SMS_OUTBOX']}")
-    return settled and not waiting
+    return settled and not waiting and not pending
+
+
+async def _withdraw(http: httpx.AsyncClient, key: str, app_id: str) -> None:
+    resp = await http.post(
+        f"/v1/applications/{app_id}/withdraw",
+        json={"reason": "申请人撤回", "clerk": "demo"},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    resp.raise_for_status()  # 200 withdrawn at once, 202 the department is being asked
+
+
+async def _withdraw_when_held(
+    http: httpx.AsyncClient, key: str, app_id: str, timeout: float = 30.0
+) -> None:
+    """Withdraw once the department has the case, unless it decided (or failed) first."""
+    auth = {"Authorization": f"Bearer {key}"}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        resp = await http.get(f"/v1/applications/{app_id}", headers=auth)
+        resp.raise_for_status()
+        case = resp.json()
+        if case["status"] in SETTLED:
+            return
+        if case["department_case_id"] is not None:
+            await _withdraw(http, key, app_id)
+            return
+        await asyncio.sleep(0.1)
+
+
+async def _withdrawal_outcomes(runtime: Runtime, ids: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    async with runtime.engine.connect() as conn:
+        for chunk in range(0, len(ids), 500):
+            q = select(withdrawals.c.outcome).where(
+                withdrawals.c.application_id.in_(ids[chunk : chunk + 500])
+            )
+            for outcome in (await conn.execute(q)).scalars():
+                counts[outcome] = counts.get(outcome, 0) + 1
+    return counts
+
+
+def _print_withdrawals(console: Console, asked: dict[str, int]) -> None:
+    if not asked:
+        return
+    made = ("not_sent", "withdrawn", "unsupported", "unknown", "error")
+    flagged = sum(asked.get(k, 0) for k in made[2:])
+    console.print(
+        f"withdrawals asked for: {sum(asked.values())}; made: {sum(asked.get(k, 0) for k in made)} "
+        f"(before reaching the department {asked.get('not_sent', 0)}, confirmed by the "
+        f"department {asked.get('withdrawn', 0)}, department not told, flagged for ops "
+        f"{flagged}); refused by the department {asked.get('refused', 0)}; too late (decided "
+        f"first) {asked.get('too_late', 0)}; still pending {asked.get('pending', 0)}"
+    )
 
 
 @dataclass(frozen=True)

@@ -1,28 +1,42 @@
 """Withdrawal (撤回) of an application before the department decides.
 
-If the case never left the gateway, it is simply withdrawn (its dispatch job is then superseded).
-If the department holds it, the connector's optional ``withdraw`` is asked first: a refusal
-leaves the case as it is; a confirmation withdraws it. Where the connector cannot withdraw, or
-the department could not be reached, or a delivery may be in flight, the gateway still records
-the applicant's withdrawal and flags it for ops (``GET /v1/ops/withdrawals``) to settle with
-the department by hand; later news about the case is then stale and changes nothing.
+The API only records the request, in one transaction with the checks (DESIGN section 3: the API
+never calls a connector). If the case never left the gateway it is withdrawn there and then
+(``not_sent``; its dispatch job is then superseded). If the department may hold it, the request
+is stored ``pending`` and the daemon's ``withdrawals`` task asks the department through the
+connector's optional ``withdraw``, with leases as for dispatch jobs (several daemons never ask
+twice for one request) and retry state in the row:
+
+    pending  --department confirms------------------->  withdrawn    (case withdrawn)
+             --department refuses (DepartmentRejected)->  refused      (case goes on)
+             --a decision arrived first---------------->  too_late     (case goes on)
+             --connector cannot withdraw--------------->  unsupported  (case withdrawn, ops)
+             --department case id not known----------->  unknown      (case withdrawn, ops)
+             --unreachable after the retry budget,
+               or a permanent error------------------->  error        (case withdrawn, ops)
+
+Where the department could not be told, the applicant's withdrawal still stands and ops settle
+it by hand (``GET /v1/ops/withdrawals``); later news about the case is then stale.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import random
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import insert, select, update
+from sqlalchemy import Row, and_, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.clock import now
+from gateway.config.models import DepartmentConfig
 from gateway.connector import Connector, Receipt
-from gateway.errors import DepartmentRejected
+from gateway.dispatcher import backoff
+from gateway.errors import DepartmentRejected, PermanentError, TransientError
 from gateway.events import Source, StatusChange
 from gateway.intake import IntakeProblem
 from gateway.notifications import with_contact
@@ -32,12 +46,15 @@ from gateway.runtime import Runtime
 from gateway.states import FORWARD, State
 from gateway.store import cases, jobs
 from gateway.store.clients import Client
-from gateway.store.tables import withdrawals
+from gateway.store.tables import applications, withdrawals
+from gateway.updates import announce
 
 log = structlog.get_logger("gateway.withdrawals")
 
 #: States from which the applicant may still withdraw (the state machine's own edges).
 WITHDRAWABLE = frozenset(s for s, nxt in FORWARD.items() if State.WITHDRAWN in nxt)
+
+PENDING = "pending"
 
 
 class WithdrawIn(BaseModel):
@@ -49,14 +66,21 @@ class WithdrawIn(BaseModel):
 
 class WithdrawalOut(BaseModel):
     id: str
-    status: State
+    status: State = Field(description="the case's status now")
     outcome: str = Field(
-        description="not_sent | withdrawn (department confirmed) | unsupported | error | unknown"
+        description=(
+            "pending (the gateway is asking the department) | not_sent (withdrawn before it "
+            "reached the department) | withdrawn (the department confirmed) | refused (the "
+            "department said no; the case goes on) | too_late (the department decided first) | "
+            "unsupported | unknown | error (withdrawn here; the department could not be told, "
+            "needs_ops)"
+        )
     )
     needs_ops: bool
     detail: str | None
     requested_at: dt.datetime
     actor: str
+    settled_at: dt.datetime | None = None
     resolved_at: dt.datetime | None = None
     resolved_by: str | None = None
 
@@ -81,6 +105,7 @@ def _out(row: Any, status: str) -> WithdrawalOut:
         detail=row.detail,
         requested_at=row.requested_at,
         actor=row.actor,
+        settled_at=row.settled_at,
         resolved_at=row.resolved_at,
         resolved_by=row.resolved_by,
     )
@@ -102,58 +127,56 @@ async def _at_department(conn: AsyncConnection, app: Any) -> bool:
     return job is not None and (job.attempts > 0 or job.state == jobs.LEASED)
 
 
+def _not_found(app_id: str) -> IntakeProblem:
+    return IntakeProblem(
+        404, "Unknown application", f"no application '{app_id}' visible to this key", "id"
+    )
+
+
+# -- the front desk's side ----------------------------------------------------------------------
+
+
 async def withdraw(runtime: Runtime, client: Client, app_id: str, body: WithdrawIn) -> Withdrawn:
+    """Record the applicant's withdrawal: done at once if the case never reached the department,
+    else ``pending`` for the daemon. A repeated request answers with the record as it stands."""
     actor = f"{client.centre or 'ops'}/{body.clerk or client.name}"
-    async with runtime.engine.connect() as conn:
-        app = await cases.get_application(conn, app_id)
+    changes: list[StatusChange] = []
+    async with runtime.engine.begin() as conn:
+        app = await cases.lock_application(conn, app_id)
         if app is None or not may_see(client, app):
-            raise IntakeProblem(
-                404, "Unknown application", f"no application '{app_id}' visible to this key", "id"
-            )
-        if app.status == State.WITHDRAWN.value and (row := await _record(conn, app_id)):
+            raise _not_found(app_id)
+        if (row := await _record(conn, app_id)) is not None:
             return Withdrawn(_out(row, app.status), [], replayed=True)
         _check_withdrawable(app)
-        at_department = await _at_department(conn, app)
-
-    outcome, detail = "not_sent", None
-    if at_department:
-        outcome, detail = await _ask_department(runtime, app)
-
-    async with runtime.engine.begin() as conn:
-        locked = await cases.lock_application(conn, app_id)
-        assert locked is not None
-        if locked.status == State.WITHDRAWN.value and (row := await _record(conn, app_id)):
-            return Withdrawn(_out(row, locked.status), [], replayed=True)
-        _check_withdrawable(locked)
-        result = await cases.change_status(
-            conn,
-            locked,
-            State.WITHDRAWN,
-            source=Source.API,
-            actor=actor,
-            detail={"reason": body.reason, "department": outcome},
-        )
-        assert result.change is not None
-        needs_ops = outcome not in ("not_sent", "withdrawn")
-        await conn.execute(
-            insert(withdrawals).values(
-                application_id=app_id,
-                requested_at=result.change.at,
+        at = now()
+        values: dict[str, Any] = {
+            "application_id": app_id,
+            "requested_at": at,
+            "actor": actor,
+            "reason": body.reason,
+            "from_status": app.status,
+            "needs_ops": False,
+            "attempts": 0,
+        }
+        status = app.status
+        if await _at_department(conn, app):
+            values |= {"outcome": PENDING, "next_attempt_at": at}
+        else:
+            result = await cases.change_status(
+                conn,
+                app,
+                State.WITHDRAWN,
+                source=Source.API,
                 actor=actor,
-                reason=body.reason,
-                from_status=locked.status,
-                outcome=outcome,
-                detail=detail,
-                needs_ops=needs_ops,
+                detail={"reason": body.reason, "department": "not_sent"},
             )
-        )
+            assert result.change is not None
+            changes.append(with_contact(result.change, app.applicant))
+            values |= {"outcome": "not_sent", "settled_at": at}
+            status = State.WITHDRAWN.value
+        await conn.execute(insert(withdrawals).values(**values))
         row = await _record(conn, app_id)
-        change = with_contact(result.change, locked.applicant)
-    if needs_ops:
-        log.warning(
-            "withdrawal needs ops", application=app_id, department=app.department, outcome=outcome
-        )
-    return Withdrawn(_out(row, State.WITHDRAWN.value), [change], replayed=False)
+    return Withdrawn(_out(row, status), changes, replayed=False)
 
 
 def _check_withdrawable(app: Any) -> None:
@@ -166,45 +189,34 @@ def _check_withdrawable(app: Any) -> None:
         )
 
 
-async def _ask_department(runtime: Runtime, app: Any) -> tuple[str, str | None]:
-    """(outcome, detail) of asking the department to withdraw; raises if it refuses."""
-    connector = runtime.connectors.get(app.department)
-    if app.department_case_id is None:
-        return "unknown", "a delivery may be in flight and the department's case id is not known"
-    if not supports_withdraw(connector):
-        return "unsupported", f"the {app.department} connector cannot withdraw cases"
-    assert connector is not None
-    dept = runtime.config.departments[app.department]
-    try:
-        async with asyncio.timeout(dept.timeout_seconds):
-            await connector.withdraw(Receipt(case_id=app.department_case_id))
-    except NotImplementedError as exc:  # e.g. a REST department without [options.withdraw]
-        return "unsupported", str(exc)
-    except DepartmentRejected as exc:
+async def get(runtime: Runtime, client: Client, app_id: str) -> WithdrawalOut:
+    """The withdrawal of one application, as it stands."""
+    async with runtime.engine.connect() as conn:
+        app = await cases.get_application(conn, app_id)
+        if app is None or not may_see(client, app):
+            raise _not_found(app_id)
+        row = await _record(conn, app_id)
+    if row is None:
         raise IntakeProblem(
-            409,
-            "Department refused the withdrawal",
-            f"department {app.department} refused: {scrub(exc.reason)}",
-            "id",
-        ) from exc
-    except Exception as exc:  # a plugin's failure must not lose the applicant's request
-        log.warning(
-            "withdraw call failed",
-            department=app.department,
-            application=app.id,
-            error=f"{type(exc).__name__}: {exc}",
+            404, "No withdrawal", f"application {app_id} has no withdrawal request", "id"
         )
-        return "error", scrub(f"{type(exc).__name__}: {exc}")[:500]
-    return "withdrawn", None
+    return _out(row, app.status)
+
+
+# -- ops ----------------------------------------------------------------------------------------
 
 
 async def flagged(runtime: Runtime, *, include_resolved: bool = False) -> list[WithdrawalOut]:
-    q = select(withdrawals).where(withdrawals.c.needs_ops.is_(True))
+    q = (
+        select(withdrawals, applications.c.status)
+        .join(applications, applications.c.id == withdrawals.c.application_id)
+        .where(withdrawals.c.needs_ops.is_(True))
+    )
     if not include_resolved:
         q = q.where(withdrawals.c.resolved_at.is_(None))
     async with runtime.engine.connect() as conn:
         rows = (await conn.execute(q.order_by(withdrawals.c.requested_at))).all()
-    return [_out(r, State.WITHDRAWN.value) for r in rows]
+    return [_out(r, r.status) for r in rows]
 
 
 async def resolve(runtime: Runtime, app_id: str, actor: str) -> WithdrawalOut:
@@ -222,4 +234,296 @@ async def resolve(runtime: Runtime, app_id: str, actor: str) -> WithdrawalOut:
                 .values(resolved_at=now(), resolved_by=actor)
             )
             row = await _record(conn, app_id)
-    return _out(row, State.WITHDRAWN.value)
+        app = await cases.get_application(conn, app_id)
+        assert app is not None
+    return _out(row, app.status)
+
+
+# -- the daemon's side: asking the department ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Settle:
+    """A final outcome; ``withdraw``: the case is withdrawn with it."""
+
+    outcome: str
+    detail: str | None
+    withdraw: bool
+    needs_ops: bool = False
+
+
+@dataclass(frozen=True)
+class _Settled:
+    outcome: str  # as recorded (a decision that came in meanwhile makes it too_late)
+    changes: list[StatusChange]
+
+
+@dataclass(frozen=True)
+class _Retry:
+    error: str
+    retry_after: float | None = None
+    final: bool = False  # retrying cannot help (a permanent error)
+
+
+def lease_seconds(runtime: Runtime) -> float:
+    """Long enough for the slowest department's call to end before another daemon may retake."""
+    longest = max((d.timeout_seconds for d in runtime.config.departments.values()), default=0.0)
+    return max(runtime.config.gateway.dispatch.lease_seconds, 2 * longest + 5)
+
+
+async def claim(runtime: Runtime, owner: str, limit: int) -> list[Row[Any]]:
+    """Lease up to ``limit`` due pending withdrawals (and those whose lease ran out): lock
+    (SKIP LOCKED on PostgreSQL), then stamp only the rows this transaction locked."""
+    t = now()
+    due = (
+        select(withdrawals.c.application_id)
+        .where(and_(withdrawals.c.outcome == PENDING, withdrawals.c.next_attempt_at <= t))
+        .order_by(withdrawals.c.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    async with runtime.engine.begin() as conn:
+        ids = [r[0] for r in (await conn.execute(due)).all()]
+        if not ids:
+            return []
+        q = (
+            update(withdrawals)
+            .where(withdrawals.c.application_id.in_(ids))
+            .values(
+                lease_owner=owner,
+                next_attempt_at=t + dt.timedelta(seconds=lease_seconds(runtime)),
+            )
+            .returning(withdrawals)
+        )
+        return list((await conn.execute(q)).all())
+
+
+async def sweep(
+    runtime: Runtime, owner: str, *, rng: random.Random | None = None
+) -> dict[str, Any] | None:
+    """One round of the daemon's ``withdrawals`` task: ask the departments about the pending
+    withdrawals this owner claims. Returns counts of what happened, or None if nothing was due."""
+    rows = await claim(runtime, owner, runtime.config.gateway.dispatch.batch_size)
+    if not rows:
+        return None
+    rng = rng or random.Random()
+    sems: dict[str, asyncio.Semaphore] = {}
+    counts: dict[str, int] = {}
+
+    async def one(row: Row[Any]) -> None:
+        try:
+            outcome = await _handle(runtime, row, owner, sems, rng)
+        except Exception:  # a bug or a database outage: the lease runs out, another round retries
+            log.exception("withdrawal round crashed", application=row.application_id)
+            outcome = "crashed"
+        counts[outcome] = counts.get(outcome, 0) + 1
+
+    await asyncio.gather(*(one(r) for r in rows))
+    return counts
+
+
+async def _handle(
+    runtime: Runtime,
+    row: Row[Any],
+    owner: str,
+    sems: dict[str, asyncio.Semaphore],
+    rng: random.Random,
+) -> str:
+    settled: _Settled | None = None
+    async with runtime.engine.begin() as conn:
+        app = await cases.lock_application(conn, row.application_id)
+        assert app is not None  # withdrawals.application_id is a foreign key
+        decided = await _without_asking(runtime, conn, app)
+        if isinstance(decided, _Settle):
+            settled = await _settle(conn, app, row, owner, decided, attempts=row.attempts)
+    dept = runtime.config.departments[app.department]
+    if isinstance(decided, _Settle):
+        return _announced(runtime, settled)
+    if decided is not None:
+        return await _retry(runtime, row, owner, decided, dept, rng)
+    sem = sems.setdefault(dept.code, asyncio.Semaphore(dept.concurrency))
+    async with sem:
+        answer = await _ask(runtime.connectors[dept.code], dept, app)
+    if isinstance(answer, _Retry):
+        return await _retry(runtime, row, owner, answer, dept, rng)
+    async with runtime.engine.begin() as conn:
+        app = await cases.lock_application(conn, row.application_id)
+        settled = await _settle(conn, app, row, owner, answer, attempts=row.attempts + 1)
+    return _announced(runtime, settled)
+
+
+def _announced(runtime: Runtime, settled: _Settled | None) -> str:
+    """After commit: tell the hooks; the outcome recorded (or that the lease was lost)."""
+    if settled is None:
+        return "lease_lost"
+    announce(runtime, settled.changes)
+    return settled.outcome
+
+
+async def _without_asking(
+    runtime: Runtime, conn: AsyncConnection, app: Any
+) -> _Settle | _Retry | None:
+    """What can be settled without the department (None: ask it)."""
+    status = State(app.status)
+    if status == State.WITHDRAWN:
+        return _Settle("withdrawn", "the department reported the case withdrawn", withdraw=False)
+    if status not in WITHDRAWABLE:
+        return _Settle(
+            "too_late", f"the department decided first; the case is {status}", withdraw=False
+        )
+    if not await _at_department(conn, app):  # a delivery in flight was handed back unsent
+        return _Settle("not_sent", None, withdraw=True)
+    if app.department_case_id is None:
+        job = await jobs.job_for(conn, app.id, app.version)
+        if job is not None and job.state == jobs.LEASED:
+            # a delivery is in flight: its receipt brings the case id
+            return _Retry("a delivery is in flight; waiting for the department's case id")
+        return _Settle(
+            "unknown",
+            "a delivery may have reached the department but its case id is not known",
+            withdraw=True,
+            needs_ops=True,
+        )
+    if not supports_withdraw(runtime.connectors.get(app.department)):
+        return _Settle(
+            "unsupported",
+            f"the {app.department} connector cannot withdraw cases",
+            withdraw=True,
+            needs_ops=True,
+        )
+    return None
+
+
+async def _ask(connector: Connector, dept: DepartmentConfig, app: Any) -> _Settle | _Retry:
+    code, timeout = dept.code, dept.timeout_seconds
+    try:
+        async with asyncio.timeout(timeout):
+            await connector.withdraw(Receipt(case_id=app.department_case_id))
+    except NotImplementedError as exc:  # e.g. a REST department without [options.withdraw]
+        return _Settle("unsupported", str(exc)[:500], withdraw=True, needs_ops=True)
+    except DepartmentRejected as exc:
+        return _Settle("refused", scrub(exc.reason)[:500], withdraw=False)
+    except PermanentError as exc:
+        return _Retry(scrub(f"permanent: {exc}")[:400], final=True)
+    except TimeoutError:
+        return _Retry(f"no answer from {code} within {timeout}s")
+    except TransientError as exc:
+        return _Retry(scrub(f"{type(exc).__name__}: {exc}")[:400], exc.retry_after)
+    except Exception as exc:  # a plugin's failure is treated as transient, as for dispatch
+        log.error(
+            "connector raised an unexpected error on withdraw; treated as transient",
+            department=code,
+            application=app.id,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        return _Retry(scrub(f"{type(exc).__name__}: {exc}")[:400])
+    return _Settle("withdrawn", "the department confirmed the withdrawal", withdraw=True)
+
+
+def _fence(app_id: str, owner: str) -> Any:
+    return and_(
+        withdrawals.c.application_id == app_id,
+        withdrawals.c.lease_owner == owner,
+        withdrawals.c.outcome == PENDING,
+    )
+
+
+async def _retry(
+    runtime: Runtime,
+    row: Row[Any],
+    owner: str,
+    retry: _Retry,
+    dept: DepartmentConfig,
+    rng: random.Random,
+) -> str:
+    attempts = row.attempts + 1
+    if retry.final or attempts >= dept.retry.max_attempts:
+        reason = retry.error if retry.final else f"gave up after {attempts} attempts: {retry.error}"
+        settle = _Settle("error", reason, withdraw=True, needs_ops=True)
+        async with runtime.engine.begin() as conn:
+            app = await cases.lock_application(conn, row.application_id)
+            settled = await _settle(conn, app, row, owner, settle, attempts=attempts)
+        return _announced(runtime, settled)
+    delay = backoff(dept.retry, attempts, retry.retry_after, rng)
+    async with runtime.engine.begin() as conn:
+        kept = await conn.execute(
+            update(withdrawals)
+            .where(_fence(row.application_id, owner))
+            .values(
+                attempts=attempts,
+                next_attempt_at=now() + dt.timedelta(seconds=delay),
+                lease_owner=None,
+                detail=f"retrying (attempt {attempts}): {retry.error}",
+            )
+        )
+    if not kept.rowcount:
+        return "lease_lost"
+    log.info(
+        "withdrawal will be retried",
+        application=row.application_id,
+        department=dept.code,
+        attempt=attempts,
+        in_seconds=round(delay, 2),
+        error=retry.error,
+    )
+    return "retrying"
+
+
+async def _settle(
+    conn: AsyncConnection,
+    app: Any,
+    row: Row[Any],
+    owner: str,
+    settle: _Settle,
+    *,
+    attempts: int,
+) -> _Settled | None:
+    """Record the final outcome on the locked case, if this owner still holds the lease
+    (None: it lost the lease; nothing is recorded)."""
+    outcome, detail, needs_ops = settle.outcome, settle.detail, settle.needs_ops
+    status = State(app.status)
+    changes: list[StatusChange] = []
+    if settle.withdraw and status in WITHDRAWABLE:
+        result = await cases.change_status(
+            conn,
+            app,
+            State.WITHDRAWN,
+            source=Source.DISPATCH,
+            actor=owner[:100],
+            detail={
+                "reason": row.reason,
+                "requested_by": row.actor,
+                "department": outcome,
+                "note": detail,
+            },
+        )
+        assert result.change is not None
+        changes.append(with_contact(result.change, app.applicant))
+    elif settle.withdraw and status != State.WITHDRAWN:
+        # a decision arrived while the department was being asked: it stands
+        late = f"the case was {status} before the withdrawal could be recorded"
+        if outcome == "withdrawn":  # ... yet the department says it withdrew the case
+            needs_ops, late = True, f"{late}, though the department confirmed the withdrawal"
+        outcome, detail = "too_late", late
+    elif outcome == "refused" and status not in WITHDRAWABLE and status != State.WITHDRAWN:
+        outcome = "too_late"
+        detail = f"the case is {status}; the department refused: {detail}"
+    done = await conn.execute(
+        update(withdrawals)
+        .where(_fence(row.application_id, owner))
+        .values(
+            outcome=outcome,
+            detail=detail,
+            needs_ops=needs_ops,
+            settled_at=now(),
+            lease_owner=None,
+            next_attempt_at=None,
+            attempts=attempts,
+        )
+    )
+    if not done.rowcount:  # the lease ran out and another daemon holds the request now
+        await conn.rollback()
+        return None
+    level = log.warning if needs_ops else log.info
+    level("withdrawal settled", application=row.application_id, outcome=outcome, ops=needs_ops)
+    return _Settled(outcome, changes)

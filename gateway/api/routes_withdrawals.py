@@ -1,4 +1,6 @@
-"""Withdrawal: ``POST /v1/applications/{id}/withdraw``; ops settle flagged ones."""
+"""Withdrawal: ``POST /v1/applications/{id}/withdraw`` records the request (the daemon asks the
+department), ``GET /v1/applications/{id}/withdrawal`` shows how it stands; ops settle flagged
+ones."""
 
 from __future__ import annotations
 
@@ -17,6 +19,13 @@ router = APIRouter(prefix="/v1")
     "/applications/{app_id}/withdraw",
     response_model=withdrawals.WithdrawalOut,
     tags=["applications"],
+    responses={
+        202: {
+            "model": withdrawals.WithdrawalOut,
+            "description": "The department holds the case: the gateway is asking it "
+            '(outcome "pending"); follow GET /v1/applications/{id}/withdrawal.',
+        }
+    },
 )
 async def withdraw(
     app_id: str,
@@ -25,13 +34,28 @@ async def withdraw(
     response: Response,
     body: withdrawals.WithdrawIn | None = None,
 ) -> withdrawals.WithdrawalOut:
-    """Withdraw an application the department has not decided yet. ``needs_ops`` is true when
-    the department could not be told automatically; ops then settle it. Repeating is safe."""
+    """Withdraw an application the department has not decided yet. 200 when settled (a case
+    that never reached the department is withdrawn at once), 202 while the gateway asks the
+    department. Repeating is safe: it answers with the withdrawal as it stands."""
     done = await withdrawals.withdraw(runtime, client, app_id, body or withdrawals.WithdrawIn())
     announce(runtime, done.changes)
     if done.replayed:
         response.headers["Idempotent-Replayed"] = "true"
+    if done.record.outcome == withdrawals.PENDING:
+        response.status_code = 202
     return done.record
+
+
+@router.get(
+    "/applications/{app_id}/withdrawal",
+    response_model=withdrawals.WithdrawalOut,
+    tags=["applications"],
+)
+async def get_withdrawal(
+    app_id: str, runtime: RuntimeDep, client: ClientDep
+) -> withdrawals.WithdrawalOut:
+    """The application's withdrawal request and its outcome (404 if none was asked for)."""
+    return await withdrawals.get(runtime, client, app_id)
 
 
 @router.get("/ops/withdrawals", response_model=list[withdrawals.WithdrawalOut], tags=["ops"])

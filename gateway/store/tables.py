@@ -320,13 +320,21 @@ withdrawals = Table(
     Column("actor", String(100), nullable=False),
     Column("reason", Text),
     Column("from_status", String(24), nullable=False),
-    # not_sent | withdrawn (department confirmed) | unsupported | error | unknown
+    # pending (the daemon asks the department) | not_sent | withdrawn (department confirmed)
+    # | refused (department said no) | too_late (decided first) | unsupported | error | unknown
     Column("outcome", String(16), nullable=False),
     Column("detail", Text),
     Column("needs_ops", Boolean, nullable=False, default=False),
     Column("resolved_at", UTCDateTime),
     Column("resolved_by", String(100)),
+    # asking the department (migration 0006), as for dispatch jobs: while pending,
+    # next_attempt_at is when the daemon asks next, or the lease expiry while lease_owner asks
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime),
+    Column("lease_owner", String(64)),
+    Column("settled_at", UTCDateTime),  # when the outcome stopped being pending
     Index("ix_withdrawals_needs_ops", "needs_ops"),
+    Index("ix_withdrawals_due", "outcome", "next_attempt_at"),
 )
 
 __all__ = [
