@@ -329,18 +329,14 @@ class Dispatcher:
             ):
                 return []  # lease lost: the new holder records the same receipt
             # the case id is kept even if a callback already moved the case past delivered
-            await conn.execute(
-                update(applications)
-                .where(applications.c.id == job.application_id)
-                .values(
-                    department_case_id=func.coalesce(
-                        applications.c.department_case_id, receipt.case_id
-                    ),
-                    last_error=None,
-                    next_poll_at=next_poll,
-                )
-            )
-            return await move(
+            extra = {
+                "department_case_id": func.coalesce(
+                    applications.c.department_case_id, receipt.case_id
+                ),
+                "last_error": None,
+                "next_poll_at": next_poll,
+            }
+            changes = await move(
                 conn,
                 job.application_id,
                 targets,
@@ -348,7 +344,15 @@ class Dispatcher:
                 actor=self.owner,
                 version=job.version,
                 detail={"case_id": receipt.case_id},
+                extra=extra,
             )
+            if not changes:  # nothing moved, but the receipt is still worth keeping
+                await conn.execute(
+                    update(applications)
+                    .where(applications.c.id == job.application_id)
+                    .values(**extra)
+                )
+            return changes
 
         announce(self.runtime, await self._recorder.run(work))
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import Row, and_, insert, select, update
+from sqlalchemy import Row, and_, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.clock import now
@@ -26,11 +26,13 @@ class ChangeResult:
     change: StatusChange | None = None
 
 
+_LOCK_ONE = select(applications).where(applications.c.id == bindparam("_id")).with_for_update()
+
+
 async def lock_application(conn: AsyncConnection, app_id: str) -> Row[Any] | None:
     """Read an application for update (row lock on PostgreSQL; SQLite's transaction is
     already exclusive)."""
-    q = select(applications).where(applications.c.id == app_id).with_for_update()
-    return (await conn.execute(q)).first()
+    return (await conn.execute(_LOCK_ONE, {"_id": app_id})).first()
 
 
 async def lock_applications(conn: AsyncConnection, app_ids: list[str]) -> Sequence[Row[Any]]:
