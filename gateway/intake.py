@@ -107,8 +107,12 @@ class IntakeResult:
 
 
 def request_hash(body: ApplicationIn) -> str:
-    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    """The body's fingerprint for Idempotency-Key checks. The model's own fields serialise in a
+    fixed order (pydantic's fast path); the free-form ``form`` is sorted, so a client that
+    re-sends it with its keys in another order is still sending the same application."""
+    digest = hashlib.sha256(body.model_dump_json(exclude={"form"}).encode())
+    digest.update(json.dumps(body.form, sort_keys=True, separators=(",", ":")).encode())
+    return digest.hexdigest()
 
 
 def _route(runtime: Runtime, body: ApplicationIn) -> Matter:

@@ -42,7 +42,13 @@ MAX_CODE_FAILURES = 5
 
 
 def new_pickup_code() -> str:
-    return "".join(secrets.choice(_CODE_ALPHABET) for _ in range(CODE_LENGTH))
+    # one draw, written in base 31: uniform, and one call to the OS instead of eight
+    n = secrets.randbelow(len(_CODE_ALPHABET) ** CODE_LENGTH)
+    chars = []
+    for _ in range(CODE_LENGTH):
+        n, digit = divmod(n, len(_CODE_ALPHABET))
+        chars.append(_CODE_ALPHABET[digit])
+    return "".join(chars)
 
 
 def handing_centre(delivery: dict[str, Any], receiving_centre: str) -> str:

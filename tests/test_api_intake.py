@@ -309,3 +309,31 @@ async def test_matter_of_disabled_department(
     )
     body = assert_problem(resp, 422, "matter_code")
     assert "not accepting" in body["detail"]
+
+
+async def test_same_form_in_another_key_order_is_the_same_application(
+    api: httpx.AsyncClient, centre_headers: dict[str, str]
+) -> None:
+    headers = {**centre_headers, **key()}
+    first = await api.post(
+        "/v1/applications", json=application(form={"a": 1, "b": {"x": 1, "y": 2}}), headers=headers
+    )
+    again = await api.post(
+        "/v1/applications", json=application(form={"b": {"y": 2, "x": 1}, "a": 1}), headers=headers
+    )
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json() and again.headers["Idempotent-Replayed"] == "true"
+
+
+async def test_idempotency_key_longer_than_200_is_refused(
+    api: httpx.AsyncClient, centre_headers: dict[str, str]
+) -> None:
+    resp = await api.post(
+        "/v1/applications",
+        json=application(),
+        headers={**centre_headers, "Idempotency-Key": "k" * 201},
+    )
+    assert_problem(resp, 400, "Idempotency-Key")
+    spec = (await api.get("/openapi.json")).json()
+    params = spec["paths"]["/v1/applications"]["post"]["parameters"]
+    assert {"name": "Idempotency-Key", "in": "header"}.items() <= params[0].items()
