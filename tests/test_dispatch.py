@@ -8,9 +8,11 @@ import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, select, update
 
+from gateway.api.app import create_app
 from gateway.clock import now
 from gateway.config.loader import Config
 from gateway.dispatcher import Dispatcher, idempotency_key
@@ -21,7 +23,7 @@ from gateway.runtime import Runtime
 from gateway.simulators.city import SimulatedCity, simulated_city
 from gateway.states import FINAL, State
 from gateway.store import jobs
-from gateway.store.clients import Client
+from gateway.store.clients import Client, create_client
 from gateway.store.tables import applications, dispatch_jobs, events
 from tests.conftest import FAST, application, wait_for
 
@@ -311,3 +313,109 @@ async def statuses_error(runtime: Runtime, app_id: str) -> str:
     async with runtime.engine.connect() as conn:
         q = select(applications.c.last_error).where(applications.c.id == app_id)
         return str((await conn.execute(q)).scalar_one())
+
+
+def _with_department(runtime: Runtime, **changes: Any) -> Runtime:
+    cfg = runtime.config
+    depts = {**cfg.departments, "amr": cfg.departments["amr"].model_copy(update=changes)}
+    return Runtime(dataclasses.replace(cfg, departments=depts), engine=runtime.engine)
+
+
+async def test_concurrency_cap_limits_claims(runtime: Runtime, city: SimulatedCity) -> None:
+    city.states["amr"].mode = "timeout"  # deliveries hang: slots stay taken
+    await submit_many(runtime, 5)
+    capped = _with_department(runtime, concurrency=2)
+    dispatcher = Dispatcher(capped, owner="capped")
+    try:
+        assert await dispatcher.sweep() == 2
+        assert await dispatcher.sweep() == 0  # both slots busy
+        assert dispatcher.inflight["amr"] == 2
+    finally:
+        await dispatcher.stop(grace_seconds=0.1)
+        await capped.http.aclose()
+
+
+async def test_rate_limit_limits_claims(runtime: Runtime, city: SimulatedCity) -> None:
+    city.states["amr"].mode = "timeout"
+    await submit_many(runtime, 10)
+    limited = _with_department(runtime, rate_limit_per_second=3.0, concurrency=50)
+    dispatcher = Dispatcher(limited, owner="limited")
+    try:
+        assert await dispatcher.sweep() == 3  # a full bucket holds one second's worth
+        assert await dispatcher.sweep() == 0  # and it refills at 3/s, not at once
+    finally:
+        await dispatcher.stop(grace_seconds=0.1)
+        await limited.http.aclose()
+
+
+async def test_breaker_opens_after_repeated_transient_failures(
+    example_config: Config,
+) -> None:
+    retry = FAST_RETRY | {"max_attempts": 50, "base_seconds": 0.001, "max_seconds": 0.001}
+    async with await _with_city(example_config, amr={"retry": retry}) as city:
+        runtime = Runtime(city.config)
+        await runtime.prepare_database()
+        city.states["amr"].mode = "fail503"
+        dispatcher = Dispatcher(runtime, owner="breaker")
+        try:
+            await submit_many(runtime, 1)
+            for _ in range(5):  # five failed calls in a row
+                await wait_for(lambda: _due(runtime), timeout=5)
+                assert await dispatcher.sweep() == 1
+                await dispatcher.drain()
+            assert dispatcher.breaker_open("amr")
+            await wait_for(lambda: _due(runtime), timeout=5)
+            assert await dispatcher.sweep() == 0  # open: nothing is claimed for amr
+        finally:
+            await dispatcher.stop(grace_seconds=0.1)
+            await runtime.aclose()
+
+
+async def _due(runtime: Runtime) -> bool:
+    async with runtime.engine.connect() as conn:
+        q = (
+            select(func.count())
+            .select_from(dispatch_jobs)
+            .where(dispatch_jobs.c.state == jobs.PENDING, dispatch_jobs.c.next_attempt_at <= now())
+        )
+        return bool((await conn.execute(q)).scalar_one())
+
+
+async def test_ops_retry_endpoint_replays_a_failed_case(example_config: Config) -> None:
+    async with await _with_city(example_config, amr={"retry": FAST_RETRY}) as city:
+        runtime = Runtime(city.config)
+        await runtime.prepare_database()
+        async with runtime.engine.begin() as conn:
+            _c, key = await create_client(conn, name="ops", centre=None, ops=True)
+            _c, centre_key = await create_client(conn, name="c", centre="C01", ops=False)
+        ops = {"Authorization": f"Bearer {key}"}
+        transport = httpx.ASGITransport(app=create_app(runtime))
+        city.states["amr"].mode = "fail503"
+        dispatcher = Dispatcher(runtime, seed=4)
+        task = asyncio.create_task(dispatcher.run())
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as api:
+                [app_id] = await submit_many(runtime, 1)
+                await wait_for(lambda: all_in(runtime, [app_id], {"failed"}))
+                failures = (await api.get("/v1/ops/failures", headers=ops)).json()
+                assert [f["id"] for f in failures] == [app_id]
+                assert "gave up after 3 attempts" in failures[0]["last_error"]
+                denied = await api.post(
+                    f"/v1/ops/applications/{app_id}/retry",
+                    headers={"Authorization": f"Bearer {centre_key}"},
+                )
+                assert denied.status_code == 403
+                city.states["amr"].mode = "ok"
+                resp = await api.post(f"/v1/ops/applications/{app_id}/retry", headers=ops)
+                assert resp.status_code == 200 and resp.json()["status"] == "dispatching"
+                await wait_for(lambda: all_in(runtime, [app_id], AT_OR_PAST_DELIVERY))
+                again = await api.post(f"/v1/ops/applications/{app_id}/retry", headers=ops)
+                assert again.status_code == 409  # not failed any more: nothing to replay
+            assert city.states["amr"].stats()["cases"] == 1
+        finally:
+            await dispatcher.stop(grace_seconds=1)
+            await task
+            await runtime.aclose()
+
+
+AT_OR_PAST_DELIVERY = {"delivered", "accepted", "in_review", *FINAL} - {"failed"}
