@@ -10,6 +10,7 @@ Paths are dotted: ``applicant.id_number``, ``form.shop.area``; a list index is a
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
@@ -89,4 +90,19 @@ def map_envelope(
     return payload
 
 
-__all__ = ["MISSING", "check_source_path", "get_path", "map_envelope", "put_path"]
+def parse_time(value: Any) -> dt.datetime | None:
+    """A department's timestamp (ISO 8601, ``Z`` allowed, or a datetime) as aware UTC-or-zoned
+    time; naive values are taken as UTC. None for anything else: a bad timestamp is no reason
+    to drop a status update."""
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+__all__ = ["MISSING", "check_source_path", "get_path", "map_envelope", "parse_time", "put_path"]

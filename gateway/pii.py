@@ -45,3 +45,11 @@ def scrub_event(
         elif isinstance(value, BaseException):
             event[key] = scrub(repr(value))
     return event
+
+
+def mask_echo(text: str, *values: str | None) -> str:
+    """Mask known values (an applicant's ID number, phone) wherever a department echoes them."""
+    for value in values:
+        if value and len(value) >= 4 and value in text:
+            text = text.replace(value, value[:2] + "*" * (len(value) - 4) + value[-2:])
+    return text

@@ -42,7 +42,7 @@ from gateway.connector import (
     UpdateOutcome,
 )
 from gateway.errors import ConnectorError, PermanentError, TransientError
-from gateway.mapping import MISSING, get_path, map_envelope, put_path
+from gateway.mapping import MISSING, get_path, map_envelope, parse_time, put_path
 from gateway_filedrop.formats import EXTENSIONS, ResultFileError, decode_result, encode_request
 from gateway_filedrop.options import FiledropOptions, LocalTarget
 from gateway_filedrop.storage import Entry, FileTooLarge, LocalStorage, SftpStorage, Storage
@@ -252,7 +252,7 @@ class FiledropConnector(Connector):
             ref=name,
             status=status[:64],
             detail=(_text(record, fields.detail) or None) if fields.detail else None,
-            occurred_at=_parse_time(_text(record, fields.occurred_at)),
+            occurred_at=parse_time(_text(record, fields.occurred_at)),
             event_id=(_text(record, fields.event_id) or None) if fields.event_id else None,
             documents=await self._documents(record, name),
             supplement_items=[str(i) for i in items] if isinstance(items, list) else [],
@@ -375,7 +375,7 @@ class FiledropConnector(Connector):
                 continue
             try:
                 data = json.loads(await self.storage.read(f"{sent}/{entry.name}", 65536))
-                updated = _parse_time(data.get("updated_at"))
+                updated = parse_time(data.get("updated_at"))
                 summary = CaseSummary(
                     case_id=str(data["case_id"]),
                     idempotency_key=data.get("idempotency_key"),
@@ -439,13 +439,3 @@ def _as_list(value: Any) -> list[Any]:
 
 def _iso(value: dt.datetime) -> str:
     return value.isoformat().replace("+00:00", "Z")
-
-
-def _parse_time(value: Any) -> dt.datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)

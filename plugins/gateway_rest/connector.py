@@ -36,7 +36,8 @@ from gateway.connector import (
     ResultDocument,
 )
 from gateway.errors import DepartmentRejected, PermanentError, TransientError
-from gateway.mapping import MISSING, get_path, map_envelope, put_path
+from gateway.mapping import MISSING, get_path, map_envelope, parse_time, put_path
+from gateway.pii import mask_echo
 from gateway_rest.options import ApiKeyAuth, BasicAuth, BearerAuth, PollResponse, RestOptions
 
 __all__ = ["RestConnector", "RestOptions"]
@@ -228,7 +229,7 @@ class RestConnector(Connector):
             )
         if status in self.options.reject_statuses or status in refusals:
             reason = self._reason(response) or f"HTTP {status}"
-            raise DepartmentRejected(_scrub(reason, envelope), status=self.options.reject_status)
+            raise DepartmentRejected(_echo(reason, envelope), status=self.options.reject_status)
         raise PermanentError(self._where(method, label, f"HTTP {status}"))
 
     def _transport_problem(self, exc: BaseException) -> str:
@@ -307,7 +308,7 @@ class RestConnector(Connector):
             case_id=str(case_id),
             status=str(status),
             detail=None if detail in (None, MISSING) else str(detail),
-            occurred_at=_parse_time(occurred),
+            occurred_at=parse_time(occurred),
             documents=documents,
             supplement_items=[str(i) for i in items] if isinstance(items, list) else [],
         )
@@ -324,7 +325,7 @@ class RestConnector(Connector):
             case_id=str(case_id),
             status=str(status),
             idempotency_key=None if key in (None, MISSING) else str(key),
-            updated_at=_parse_time(updated),
+            updated_at=parse_time(updated),
         )
 
 
@@ -362,21 +363,8 @@ def _retry_after(value: str | None) -> float | None:
     return max((when - dt.datetime.now(dt.UTC)).total_seconds(), 0.0)
 
 
-def _parse_time(value: Any) -> dt.datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-
-
-def _scrub(text: str, envelope: Envelope | None) -> str:
+def _echo(text: str, envelope: Envelope | None) -> str:
     """Mask the applicant's ID number and phone if a department echoes them in a reason."""
     if envelope is None:
         return text
-    for secret in (envelope.applicant.id_number, envelope.applicant.phone):
-        if secret and len(secret) >= 4 and secret in text:
-            text = text.replace(secret, secret[:2] + "*" * (len(secret) - 4) + secret[-2:])
-    return text
+    return mask_echo(text, envelope.applicant.id_number, envelope.applicant.phone)

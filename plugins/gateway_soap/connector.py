@@ -72,7 +72,8 @@ from gateway.connector import (
     ResultDocument,
 )
 from gateway.errors import ConnectorError, DepartmentRejected, PermanentError, TransientError
-from gateway.mapping import MISSING, get_path, map_envelope, put_path
+from gateway.mapping import MISSING, get_path, map_envelope, parse_time, put_path
+from gateway.pii import mask_echo
 from gateway_soap.options import PollResponse, SoapOptions
 from gateway_soap.wsdl import RefusedImport, load_document, secure_settings
 
@@ -169,7 +170,7 @@ class SoapConnector(Connector):
         return Receipt(
             case_id=str(case_id),
             status=None if status in (None, MISSING) else str(status),
-            detail=None if detail in (None, MISSING) else _scrub(str(detail), envelope),
+            detail=None if detail in (None, MISSING) else _echo(str(detail), envelope),
         )
 
     async def poll(self, receipt: Receipt) -> CaseUpdate | None:
@@ -354,7 +355,7 @@ class SoapConnector(Connector):
             if candidate in self.options.faults:
                 action = self.options.faults[candidate]
                 break
-        reason = _scrub(str(exc.message or code or "SOAP fault"), envelope)[:500]
+        reason = _echo(str(exc.message or code or "SOAP fault"), envelope)[:500]
         if action == "rejected":
             return DepartmentRejected(reason, status=self.options.reject_status)
         message = self._where(operation, f"SOAP fault {code or '(no code)'}: {reason[:200]}")
@@ -469,7 +470,7 @@ class SoapConnector(Connector):
             case_id=str(case_id),
             status=str(status),
             detail=None if detail in (None, MISSING) else str(detail),
-            occurred_at=_parse_time(occurred),
+            occurred_at=parse_time(occurred),
             documents=documents,
             supplement_items=[str(i) for i in items] if isinstance(items, list) else [],
         )
@@ -494,7 +495,7 @@ class SoapConnector(Connector):
             case_id=str(case_id),
             status=str(status),
             idempotency_key=None if key in (None, MISSING) else str(key),
-            updated_at=_parse_time(updated),
+            updated_at=parse_time(updated),
         )
 
 
@@ -529,23 +530,8 @@ def _plain(result: Any) -> Any:
     return _serialize_object(result, target_cls=dict)
 
 
-def _parse_time(value: Any) -> dt.datetime | None:
-    if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-
-
-def _scrub(text: str, envelope: Envelope | None) -> str:
+def _echo(text: str, envelope: Envelope | None) -> str:
     """Mask the applicant's ID number and phone if a department echoes them in a reason."""
     if envelope is None:
         return text
-    for secret in (envelope.applicant.id_number, envelope.applicant.phone):
-        if secret and len(secret) >= 4 and secret in text:
-            text = text.replace(secret, secret[:2] + "*" * (len(secret) - 4) + secret[-2:])
-    return text
+    return mask_echo(text, envelope.applicant.id_number, envelope.applicant.phone)
