@@ -24,7 +24,6 @@ import base64
 import contextlib
 import csv
 import datetime as dt
-import hashlib
 import io
 import json
 import logging
@@ -39,8 +38,9 @@ from typing import Any, Literal
 
 from fastapi import FastAPI
 from lxml import etree
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.simulators.decisions import Mix, Outcome, default_mix, draw
 from gateway.simulators.sftp import SftpServer, sftp_server
 
 __all__ = [
@@ -52,8 +52,6 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-Outcome = Literal["approve", "reject", "supplement", "not_accept"]
-_OUTCOMES: tuple[Outcome, ...] = ("approve", "reject", "supplement", "not_accept")
 _FINAL = {"approve": "9", "reject": "4", "supplement": "3", "not_accept": "2"}
 _OPINIONS = {
     "approve": "准予登记",
@@ -65,10 +63,6 @@ _SUPPLEMENT_ITEMS = ["居民户口簿复印件", "近期免冠照片"]
 _EXT = {"json": ".json", "xml": ".xml", "csv": ".csv"}
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _VERSION = re.compile(r"-v(\d+)$")
-
-
-def _default_mix() -> dict[str, float]:
-    return {"approve": 0.7, "reject": 0.15, "supplement": 0.1, "not_accept": 0.05}
 
 
 class FiledropSimulatorSettings(BaseModel):
@@ -98,7 +92,7 @@ class FiledropSimulatorSettings(BaseModel):
     scan_interval_seconds: float = Field(default=0.2, gt=0)
     decision_delay_seconds: float = Field(default=2.0, ge=0)
     seed: int = 1
-    mix: dict[str, float] = Field(default_factory=_default_mix)
+    mix: Mix = Field(default_factory=default_mix)
     case_prefix: str = "MZ"
     progress: bool = Field(default=True, description="write an 'accepted' result first")
     slow_write_rate: float = Field(default=0.0, ge=0, le=1)
@@ -106,16 +100,6 @@ class FiledropSimulatorSettings(BaseModel):
     slow_chunk_pause_seconds: float = Field(default=0.05, ge=0)
     garbage_rate: float = Field(default=0.0, ge=0, le=1)
     duplicate_rate: float = Field(default=0.0, ge=0, le=1)
-
-    @field_validator("mix")
-    @classmethod
-    def _check_mix(cls, value: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(value) - set(_OUTCOMES))
-        if unknown:
-            raise ValueError(f"unknown outcomes {unknown}; use {list(_OUTCOMES)}")
-        if any(w < 0 for w in value.values()) or sum(value.values()) <= 0:
-            raise ValueError("weights must be >= 0 and not all zero")
-        return value
 
 
 class FiledropControl(BaseModel):
@@ -249,20 +233,7 @@ class FiledropDepartmentState:
 
     def outcome_for(self, key: str, version: int) -> Outcome:
         """Deterministic in (seed, key); a re-sent version is never sent back for supplement."""
-        digest = hashlib.sha256(f"{self.settings.seed}:{key}".encode()).digest()
-        point = int.from_bytes(digest[:8], "big") / 2**64
-        weights = {o: max(self.settings.mix.get(o, 0.0), 0.0) for o in _OUTCOMES}
-        if version > 1 and sum(w for o, w in weights.items() if o != "supplement") > 0:
-            weights["supplement"] = 0.0
-        total = sum(weights.values())
-        acc = 0.0
-        for outcome, weight in weights.items():
-            acc += weight / total
-            if point < acc and weight > 0:
-                return outcome
-        return next(o for o, w in weights.items() if w > 0)
-
-    # -- the inbox -----------------------------------------------------------------------------
+        return draw(self.settings.seed, key, self.settings.mix, resent=version > 1)
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)

@@ -44,8 +44,10 @@ from typing import Any, Literal
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.simulators.decisions import Mix, Outcome, default_mix, draw
 
 __all__ = [
     "STATUS_ACCEPTED",
@@ -75,8 +77,6 @@ STATUS_IN_REVIEW = "5"
 STATUS_WITHDRAWN = "8"
 STATUS_APPROVED = "9"
 
-Outcome = Literal["approve", "reject", "supplement", "not_accept"]
-_OUTCOMES: tuple[Outcome, ...] = ("approve", "reject", "supplement", "not_accept")
 _FINAL_STATUS: dict[str, str] = {
     "approve": STATUS_APPROVED,
     "reject": STATUS_REFUSED,
@@ -100,10 +100,6 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
-def _default_mix() -> dict[str, float]:
-    return {"approve": 0.7, "reject": 0.15, "supplement": 0.1, "not_accept": 0.05}
-
-
 class RestSimulatorSettings(BaseModel):
     """The ``[simulator]`` table of a department file whose simulator kind is ``rest``."""
 
@@ -114,7 +110,7 @@ class RestSimulatorSettings(BaseModel):
     port: int = Field(default=0, ge=0, le=65535)
     seed: int = 1
     decision_delay_seconds: float = Field(default=2.0, ge=0)
-    mix: dict[str, float] = Field(default_factory=_default_mix)
+    mix: Mix = Field(default_factory=default_mix)
     callbacks: bool = False
     callback_url: str | None = None
     callback_secret: str | None = None
@@ -128,16 +124,6 @@ class RestSimulatorSettings(BaseModel):
         default_factory=list,
         description="dotted body paths that must be present; missing = 422 business answer",
     )
-
-    @field_validator("mix")
-    @classmethod
-    def _check_mix(cls, value: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(value) - set(_OUTCOMES))
-        if unknown:
-            raise ValueError(f"unknown outcomes {unknown}; use {list(_OUTCOMES)}")
-        if any(w < 0 for w in value.values()) or sum(value.values()) <= 0:
-            raise ValueError("weights must be >= 0 and not all zero")
-        return value
 
 
 class ControlRequest(BaseModel):
@@ -268,16 +254,7 @@ class RestDepartmentState:
 
     def outcome_for(self, idempotency_key: str) -> Outcome:
         """Deterministic in (seed, key): the same key always gets the same decision."""
-        digest = hashlib.sha256(f"{self.settings.seed}:{idempotency_key}".encode()).digest()
-        point = int.from_bytes(digest[:8], "big") / 2**64
-        weights = [max(self.settings.mix.get(o, 0.0), 0.0) for o in _OUTCOMES]
-        total = sum(weights)
-        acc = 0.0
-        for outcome, weight in zip(_OUTCOMES, weights, strict=True):
-            acc += weight / total
-            if point < acc and weight > 0:
-                return outcome
-        return next(o for o, w in zip(_OUTCOMES, weights, strict=True) if w > 0)
+        return draw(self.settings.seed, idempotency_key, self.settings.mix)
 
     def create(self, idempotency_key: str, body: dict[str, Any]) -> tuple[SimCase, bool]:
         """Record a submission; returns the case and whether it is new."""

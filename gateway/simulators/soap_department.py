@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 from a2wsgi import WSGIMiddleware
 from lxml import etree
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from spyne import (
     Application,
     ByteArray,
@@ -59,6 +59,7 @@ from spyne.model.complex import Array
 from spyne.protocol.soap import Soap11
 from spyne.server.wsgi import WsgiApplication
 
+from gateway.simulators.decisions import Mix, Outcome, default_mix, draw
 from gateway.simulators.rest_department import SimCase
 
 __all__ = [
@@ -96,17 +97,12 @@ Mode = Literal[
     "timeout",
 ]
 MODES: tuple[str, ...] = Mode.__args__  # type: ignore[attr-defined]
-_OUTCOMES = ("approve", "reject", "supplement", "not_accept")
 _VERSION = re.compile(r"-v(\d+)$")
 
 
 def _resent(idempotency_key: str) -> bool:
     match = _VERSION.search(idempotency_key)
     return bool(match and int(match.group(1)) > 1)
-
-
-def _default_mix() -> dict[str, float]:
-    return {"approve": 0.7, "reject": 0.15, "supplement": 0.1, "not_accept": 0.05}
 
 
 class SoapSimulatorSettings(BaseModel):
@@ -120,7 +116,7 @@ class SoapSimulatorSettings(BaseModel):
     path: str = Field(default="/soap", pattern=r"^/[A-Za-z0-9/_-]*$")
     seed: int = 1
     decision_delay_seconds: float = Field(default=2.0, ge=0)
-    mix: dict[str, float] = Field(default_factory=_default_mix)
+    mix: Mix = Field(default_factory=default_mix)
     case_prefix: str = "NRP"
     wsse_username: str | None = Field(default=None, description="require a UsernameToken")
     wsse_password: str | None = None
@@ -130,16 +126,6 @@ class SoapSimulatorSettings(BaseModel):
     slow_seconds: float = Field(default=1.0, ge=0)
     html_status: int = Field(default=502, ge=200, le=599)
     huge_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
-
-    @field_validator("mix")
-    @classmethod
-    def _check_mix(cls, value: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(value) - set(_OUTCOMES))
-        if unknown:
-            raise ValueError(f"unknown outcomes {unknown}; use {list(_OUTCOMES)}")
-        if any(w < 0 for w in value.values()) or sum(value.values()) <= 0:
-            raise ValueError("weights must be >= 0 and not all zero")
-        return value
 
 
 class SoapControl(BaseModel):
@@ -210,21 +196,11 @@ class SoapDepartmentState:
                 "wsdl_requests": self.wsdl_requests,
             }
 
-    def outcome_for(self, idempotency_key: str) -> Any:
+    def outcome_for(self, idempotency_key: str) -> Outcome:
         """Deterministic in (seed, key), the same draw as the REST simulator."""
-        digest = hashlib.sha256(f"{self.settings.seed}:{idempotency_key}".encode()).digest()
-        point = int.from_bytes(digest[:8], "big") / 2**64
-        weights = [max(self.settings.mix.get(o, 0.0), 0.0) for o in _OUTCOMES]
-        if _resent(idempotency_key):
-            # a version re-sent after a supplement has what was asked for: decide it
-            weights[_OUTCOMES.index("supplement")] = 0.0
-        total = sum(weights)
-        acc = 0.0
-        for outcome, weight in zip(_OUTCOMES, weights, strict=True):
-            acc += weight / total
-            if point < acc and weight > 0:
-                return outcome
-        return next(o for o, w in zip(_OUTCOMES, weights, strict=True) if w > 0)
+        return draw(
+            self.settings.seed, idempotency_key, self.settings.mix, resent=_resent(idempotency_key)
+        )
 
     def create(self, idempotency_key: str, body: dict[str, Any]) -> tuple[SimCase, bool]:
         """Record a submission; returns the case and whether it is new."""
