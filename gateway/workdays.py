@@ -1,8 +1,9 @@
 """Working days on the Chinese public-holiday and adjusted-workday calendar (chinesecalendar).
 
 The library covers the years the State Council has announced. Beyond that, weekends are the only
-days off: the deadline is then provisional (``covered`` says so) and is recomputed by the
-deadline watch once a newer calendar is installed.
+days off: the deadline is then provisional (``covered`` says so). Nothing recomputes a stored
+``promised_by`` yet when a newer calendar is installed; the pauses the deadline lists add to it
+are counted on the calendar installed at the time.
 """
 
 from __future__ import annotations
