@@ -1,8 +1,9 @@
 """The promised-time clock: deadlines with the clock paused during supplement and special
 procedure.
 
-``promised_by`` is fixed at intake (``promised_days`` working days on the State Council
-calendar). The pause is derived from the case's event history, not stored: every stretch the
+``promised_by`` is set at intake (``promised_days`` working days on the State Council
+calendar) and recomputed by the watch when a newer calendar covers what intake could only
+guess. The pause is derived from the case's event history, not stored: every stretch the
 case spent in ``supplement_required`` or ``suspended`` adds the working days it covered to the
 deadline. A stretch that starts on day S and ends on day E (China time) covers the working days
 after S up to and including E (the day the pause starts still counts; a pause that ends the day
@@ -23,9 +24,10 @@ from typing import Any
 
 import structlog
 from prometheus_client import Gauge
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, bindparam, or_, select, update
 
 from gateway.clock import now
+from gateway.config.catalog import RouteError
 from gateway.runtime import Runtime
 from gateway.states import FINAL, PAUSED
 from gateway.store.tables import applications, events
@@ -185,8 +187,68 @@ async def overdue_counts(runtime: Runtime) -> dict[str, int]:
     return counts
 
 
+async def refresh_promised_dates(runtime: Runtime) -> int:
+    """Recompute ``promised_by`` of open cases where the installed holiday calendar now covers
+    the whole span and disagrees with what intake computed (intake counted weekends only for a
+    year the calendar did not know yet). Returns how many cases changed."""
+    changed = 0
+    after = ""
+    catalog = runtime.config.catalog
+    cols = (
+        applications.c.id,
+        applications.c.matter_code,
+        applications.c.region,
+        applications.c.created_at,
+        applications.c.promised_by,
+    )
+    while True:
+        async with runtime.engine.connect() as conn:
+            q = (
+                select(*cols)
+                .where(
+                    and_(
+                        applications.c.id > after,
+                        applications.c.status.not_in(_FINAL),
+                        applications.c.promised_by.is_not(None),
+                    )
+                )
+                .order_by(applications.c.id)
+                .limit(PAGE)
+            )
+            rows = (await conn.execute(q)).all()
+        fixes = []
+        for row in rows:
+            try:
+                matter = catalog.route(row.matter_code, row.region)
+            except RouteError:
+                continue  # the catalog no longer offers it: leave the promise as made
+            due, covered = add_workdays(
+                row.created_at.astimezone(CHINA).date(), matter.promised_days
+            )
+            if covered and due != row.promised_by:
+                fixes.append({"_id": row.id, "_due": due})
+        if fixes:
+            async with runtime.engine.begin() as conn:
+                await conn.execute(_SET_PROMISED, fixes)
+            changed += len(fixes)
+        if len(rows) < PAGE:
+            return changed
+        after = rows[-1].id
+
+
+_SET_PROMISED = (
+    update(applications)
+    .where(applications.c.id == bindparam("_id"))
+    .values(promised_by=bindparam("_due"))
+)
+
+
 async def watch(runtime: Runtime) -> dict[str, Any]:
-    """The daemon's deadline watch: per-department overdue and due-soon gauges and a log line."""
+    """The daemon's deadline watch: promised dates brought up to the installed calendar, then
+    per-department overdue and due-soon gauges and a log line."""
+    refreshed = await refresh_promised_dates(runtime)
+    if refreshed:
+        log.info("promised dates recomputed on the installed holiday calendar", cases=refreshed)
     within = runtime.config.gateway.schedule.due_soon_days
     overdue, soon = await listing(runtime, within_days=within)
     per: dict[str, dict[str, int]] = {

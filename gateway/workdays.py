@@ -1,9 +1,8 @@
 """Working days on the Chinese public-holiday and adjusted-workday calendar (chinesecalendar).
 
 The library covers the years the State Council has announced. Beyond that, weekends are the only
-days off: the deadline is then provisional (``covered`` says so). Nothing recomputes a stored
-``promised_by`` yet when a newer calendar is installed; the pauses the deadline lists add to it
-are counted on the calendar installed at the time.
+days off: the deadline is then provisional (``covered`` says so), and the deadline watch
+recomputes it once a newer calendar covering that year is installed.
 """
 
 from __future__ import annotations

@@ -108,3 +108,24 @@ async def test_overdue_and_due_soon_lists(
     assert (await api.get("/v1/ops/deadlines")).status_code == 401
     depts = (await api.get("/v1/ops/departments", headers=ops_headers)).json()
     assert {d["code"]: d["overdue"] for d in depts}["amr"] >= 1
+
+
+async def test_watch_recomputes_a_promise_made_without_the_calendar(runtime: Runtime) -> None:
+    from gateway.deadlines import refresh_promised_dates
+
+    body = ApplicationIn.model_validate(application(matter_code="QR00202000"))
+    accepted = (await submit(runtime, Client("c", "t", "C01", False), "promise", body)).accepted
+    right = accepted.promised_by
+    assert right is not None
+    # as if intake had counted weekends only for a year the old calendar did not know
+    async with runtime.engine.begin() as conn:
+        await conn.execute(
+            update(applications)
+            .where(applications.c.id == accepted.id)
+            .values(promised_by=right - dt.timedelta(days=3))
+        )
+    assert await refresh_promised_dates(runtime) == 1
+    assert await refresh_promised_dates(runtime) == 0  # settled: nothing more to do
+    overdue, soon = await listing(runtime, within_days=100)
+    [mine] = [d for d in overdue + soon if d.application_id == accepted.id]
+    assert mine.promised_by == right
