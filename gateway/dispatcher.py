@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from sqlalchemy import Row, func, update
+from sqlalchemy import Row, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_fixed
 
@@ -328,11 +328,10 @@ class Dispatcher:
                 conn, job.id, self.owner, state=jobs.DONE, attempts=job.attempts + 1
             ):
                 return []  # lease lost: the new holder records the same receipt
-            # the case id is kept even if a callback already moved the case past delivered
+            # this version's receipt names the case (a re-sent version may be a new case at
+            # the department); kept even if a callback already moved the case past delivered
             extra = {
-                "department_case_id": func.coalesce(
-                    applications.c.department_case_id, receipt.case_id
-                ),
+                "department_case_id": receipt.case_id,
                 "last_error": None,
                 "next_poll_at": next_poll,
             }

@@ -22,6 +22,8 @@ from gateway.store.tables import dispatch_jobs
 from tests.conftest import FAST, wait_for
 from tests.handout_fixtures import decide, quiet_runtime, status_of, submit
 
+# a first version is asked for a supplement (all but certainly); a re-sent one is decided
+ASK_FIRST = {"supplement": 1.0, "approve": 1e-9}
 ITEMS = ["营业场所使用证明", "法定代表人身份证明复印件"]
 
 
@@ -190,3 +192,49 @@ async def test_supplement_round_trip_with_the_department(
     [sim_case] = department.cases.values()  # one case at the department, re-sent
     assert sim_case.version == 2
     assert sorted(department.by_key) == [f"ow-{app['id']}-v1", f"ow-{app['id']}-v2"]
+
+
+async def test_resent_version_that_is_a_new_case_at_the_department(
+    example_config: Config,
+) -> None:
+    """The SOAP department opens a new case for version 2: the gateway must follow the new case
+    id (it used to keep polling version 1's case and fall back to supplement_required)."""
+    async with simulated_city(
+        example_config,
+        simulator_overrides={"nrp": {"decision_delay_seconds": 0.2, "mix": ASK_FIRST}},
+        department_overrides={"nrp": {"poll_interval_seconds": 0.1}},
+    ) as city:
+        runtime = Runtime(city.config)
+        await runtime.prepare_database()
+        dispatcher = Dispatcher(runtime, seed=5)
+        task = asyncio.create_task(dispatcher.run())
+        async with runtime.engine.begin() as conn:
+            _c, key = await create_client(conn, name="c01", centre="C01", ops=False)
+        headers = {"Authorization": f"Bearer {key}"}
+        transport = httpx.ASGITransport(app=create_app(runtime))
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as api:
+                app = await submit(api, headers, matter_code="GG00305000", region="339900")
+
+                async def reaches(status: str) -> bool:
+                    await poll_sweep(runtime)
+                    return await status_of(api, headers, app["id"]) == status
+
+                await wait_for(lambda: reaches("supplement_required"))
+                first = (await api.get(f"/v1/applications/{app['id']}", headers=headers)).json()
+                material = await upload(api, headers)
+                resp = await api.post(
+                    f"/v1/applications/{app['id']}/supplements",
+                    json={"materials": [material]},
+                    headers=headers,
+                )
+                assert resp.status_code == 201
+                await wait_for(lambda: reaches("ready_for_pickup"))
+                case = (await api.get(f"/v1/applications/{app['id']}", headers=headers)).json()
+            assert case["version"] == 2
+            assert case["department_case_id"] != first["department_case_id"]
+            assert len(city.states["nrp"].cases) == 2  # one case per version at this department
+        finally:
+            await dispatcher.stop(grace_seconds=2)
+            await task
+            await runtime.aclose()
