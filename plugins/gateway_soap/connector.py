@@ -3,7 +3,8 @@
 zeep does the SOAP; the connector gives it the gateway's shared ``httpx.AsyncClient`` through
 an :class:`zeep.transports.AsyncTransport` subclass (zeep's own constructor would overwrite the
 shared client's headers), a WSDL parsed once per process (:mod:`gateway_soap.wsdl`) and settings
-that refuse DTDs and entities. Every failure is translated here, at the boundary::
+that refuse DTDs and entities; MTOM/XOP answers are checked and rebuilt for zeep by
+:mod:`gateway_soap.mtom`. Every failure is translated here, at the boundary::
 
     timeout, connection refused/reset                    -> TransientError
     HTTP 429 / 5xx that is not a SOAP answer (HTML, text)  -> TransientError
@@ -13,7 +14,10 @@ that refuse DTDs and entities. Every failure is translated here, at the boundary
     malformed XML: with HTTP 5xx                         -> TransientError
                    otherwise                             -> PermanentError
     a DTD or entity declarations in an answer (XXE,
-      billion laughs)                                    -> PermanentError (never expanded)
+      billion laughs; for MTOM, in the root part)        -> PermanentError (never expanded)
+    MTOM/XOP answer: an xop:Include naming a missing
+      attachment or no cid:, truncated/malformed
+      multipart                                          -> PermanentError (5xx: TransientError)
     SOAP fault                                           -> by [options.faults], longest dotted
                                                             prefix of the fault code; unknown
                                                             codes: fault_default
@@ -74,6 +78,7 @@ from gateway.connector import (
 from gateway.errors import ConnectorError, DepartmentRejected, PermanentError, TransientError
 from gateway.mapping import MISSING, get_path, map_envelope, parse_time, put_path
 from gateway.pii import mask_echo
+from gateway_soap import mtom
 from gateway_soap.options import PollResponse, SoapOptions
 from gateway_soap.wsdl import RefusedImport, load_document, secure_settings
 
@@ -113,6 +118,11 @@ class _Transport(AsyncTransport):
         status, response_headers, body = await self.connector._http(
             "POST", address, message, headers
         )
+        content_type = response_headers.get("content-type", "")
+        if content_type.lower().startswith("multipart/related"):
+            content_type, body = self.connector._unpack(address, status, content_type, body)
+            response_headers = httpx.Headers(response_headers)
+            response_headers["content-type"] = content_type
         return _response(status, response_headers, body)
 
     async def post_xml(self, address: str, envelope: Any, headers: dict[str, str]) -> Response:
@@ -413,6 +423,24 @@ class SoapConnector(Connector):
             raise TransientError(f"{self.context.department}: {label}: {what}")
         hint = " (check [options] endpoint and credentials)" if status < 500 else ""
         raise PermanentError(f"{self.context.department}: {label}: {what}{hint}")
+
+    def _unpack(self, url: str, status: int, content_type: str, body: bytes) -> tuple[str, bytes]:
+        """An MTOM/XOP answer, checked and rebuilt for zeep (see :mod:`gateway_soap.mtom`)."""
+        label = f"POST {url.split('?', 1)[0]}"
+        try:
+            parts = mtom.split(content_type, body)
+            if _declares_dtd(parts.root):
+                raise PermanentError(
+                    f"{self.context.department}: {label}: answer refused: its root part "
+                    "declares a DTD or entities; XML entity expansion and external references "
+                    "are off"
+                )
+            return mtom.for_zeep(parts)
+        except mtom.MtomError as exc:
+            problem = f"{self.context.department}: {label}: MTOM/XOP answer unusable: {exc}"
+            if status >= 500:
+                raise TransientError(problem) from exc
+            raise PermanentError(problem) from exc
 
     # -- mapping -------------------------------------------------------------------------------
 
