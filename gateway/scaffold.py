@@ -300,6 +300,11 @@ class Test<<cls>>Conformance(ConnectorConformance):
     connector_class = <<cls>>Connector
     plugin_name = "<<kind>>"
     department_statuses: tuple[str, ...] = ()  # TODO: every status code the department reports
+    # The department pushes no callbacks and leaves no results to pull, so the connector does
+    # not implement parse_callback or pull_updates. If it does, set True and supply the hook
+    # (callback_body / produce_result, below) so the suite checks that channel.
+    pushes_callbacks = False
+    pulls_results = False
 
     @pytest.fixture
     async def department_system(self) -> AsyncIterator[Any]:
@@ -319,6 +324,10 @@ class Test<<cls>>Conformance(ConnectorConformance):
     # Optional, to run more checks (see gateway.testing.conformance):
     #   async def count_cases(self, system, idempotency_key) -> int | None
     #   def provoke(self, system, failure)   # "timeout" | "server_error" -> async context
+    #   def callback_body(self, system, receipt, envelope) -> dict   # pushes_callbacks = True:
+    #       # the JSON body the department pushes about the case just submitted
+    #   async def produce_result(self, system, receipt, envelope) -> bool   # pulls_results = True:
+    #       # make the department leave a result for the case; return True
 
 
 def test_listed_by_gateway_plugins() -> None:

@@ -13,7 +13,14 @@ import pytest
 from gateway_rest.connector import RestConnector
 
 from gateway.config.models import DepartmentConfig
-from gateway.connector import Connector, ConnectorContext, Envelope, Receipt
+from gateway.connector import (
+    CaseUpdate,
+    Connector,
+    ConnectorContext,
+    Envelope,
+    Receipt,
+    UpdateOutcome,
+)
 from gateway.errors import DepartmentRejected, PermanentError, TransientError
 from gateway.runtime import Runtime
 from gateway.simulators.rest_department import (
@@ -57,6 +64,8 @@ class TestRestConnectorConformance(ConnectorConformance):
     connector_class = RestConnector
     plugin_name = "rest"
     department_statuses = tuple(REST_STATUS_MAP)
+    pushes_callbacks = True  # the simulator pushes decisions (callbacks = true)
+    pulls_results = False  # and leaves no result files
 
     @pytest.fixture
     async def department_system(self) -> AsyncIterator[RestSystem]:
@@ -94,6 +103,21 @@ class TestRestConnectorConformance(ConnectorConformance):
                 system.state.mode = "ok"
 
         return failing()
+
+    def callback_body(
+        self, system: RestSystem, receipt: Receipt, envelope: Envelope
+    ) -> dict[str, Any]:
+        view = system.state.view(system.state.cases[receipt.case_id])
+        return {  # what the simulator pushes when a case is decided
+            "event_id": str(uuid.uuid4()),
+            "case_id": view["id"],
+            "idempotency_key": view["idempotency_key"],
+            "status": view["status"],
+            "opinion": view["opinion"],
+            "occurred_at": view["updated_at"],
+            "documents": view["documents"],
+            "supplement_items": view["supplement_items"],
+        }
 
 
 # -- the suite's verdicts on broken connectors ---------------------------------------------------
@@ -191,6 +215,242 @@ def test_unreachable_rewrites_urls_and_ports() -> None:
     assert port != 9 and moved.options["tcp"]["host"] == "127.0.0.1"
     assert moved.options["base_url"] == f"http://127.0.0.1:{port}/api"
     assert suite.unreachable(make_department(options={"folder": "/x"})) is None
+
+
+# -- the result-channel checks: pushed callbacks, pulled updates ----------------------------------
+
+
+class ResultBox(FakeConnector):
+    """Keeps each produced result until it is acknowledged, as ``pull_updates`` must; its
+    ``parse_callback`` reads the status with ``payload["status"]`` (a KeyError when missing)."""
+
+    def __init__(self) -> None:
+        super().__init__(FakeConnector.idempotent().handler)
+        self.pending: list[CaseUpdate] = []
+
+    def parse_callback(self, payload: Any) -> CaseUpdate:
+        return CaseUpdate(case_id=str(payload["case_id"]), status=str(payload["status"]))
+
+    async def pull_updates(self, limit: int) -> list[CaseUpdate]:
+        return self.pending[:limit]
+
+    async def ack_update(
+        self, update: CaseUpdate, outcome: UpdateOutcome, reason: str = ""
+    ) -> None:
+        self.pending.remove(update)
+
+
+class Forgets(ResultBox):
+    """Hands each result out once: a crash before the ack would lose it."""
+
+    async def pull_updates(self, limit: int) -> list[CaseUpdate]:
+        pulled, self.pending = self.pending[:limit], self.pending[limit:]
+        return pulled
+
+
+class NeverSettles(ResultBox):
+    """Acknowledging changes nothing: the same result comes back every round."""
+
+    async def ack_update(
+        self, update: CaseUpdate, outcome: UpdateOutcome, reason: str = ""
+    ) -> None:
+        return None
+
+
+class Vague(ResultBox):
+    """Rejects a body without its status, but does not say what is missing."""
+
+    def parse_callback(self, payload: Any) -> CaseUpdate:
+        if "status" not in payload:
+            raise ValueError("unusable callback")
+        return super().parse_callback(payload)
+
+
+class _ResultSuite(_Suite):
+    result_wait_seconds = 0.1
+
+    def callback_body(self, system: Any, receipt: Receipt, envelope: Envelope) -> dict[str, Any]:
+        return {"case_id": receipt.case_id, "state": {"status": "accepted"}, "note": "accepted"}
+
+    async def produce_result(self, system: ResultBox, receipt: Receipt, envelope: Envelope) -> bool:
+        system.pending.append(
+            CaseUpdate(case_id=receipt.case_id, ref=f"{receipt.case_id}.json", status="approved")
+        )
+        return True
+
+
+class _Box(ResultBox):
+    """The ResultBox whose ``parse_callback`` reads ``state.status``, raising ValueError."""
+
+    def parse_callback(self, payload: Any) -> CaseUpdate:
+        status = payload.get("state", {}).get("status")
+        if status is None:
+            raise ValueError("callback has no 'state.status'")
+        return CaseUpdate(case_id=str(payload["case_id"]), status=str(status))
+
+
+def _result_suite() -> tuple[_ResultSuite, DepartmentConfig, Any]:
+    suite = _ResultSuite()
+    dept = suite.department_config(None)
+
+    def make_envelope(**changes: Any) -> Envelope:
+        return suite.build_envelope(department=dept.code, **changes)
+
+    return suite, dept, make_envelope
+
+
+@pytest.mark.parametrize("outcome", ["duplicate", "unmatched"])
+async def test_a_connector_that_keeps_results_until_acked_passes(outcome: UpdateOutcome) -> None:
+    box = _Box()
+    suite, dept, make_envelope = _result_suite()
+    await suite.test_pull_updates_repeats_an_update_until_it_is_acked(box, dept, box, make_envelope)
+    await suite.test_pull_updates_settles_acked_updates(box, box, make_envelope, outcome)
+    await suite.test_parse_callback_names_the_case_and_maps_its_status(
+        box, dept, box, make_envelope
+    )
+    await suite.test_parse_callback_without_status_says_what_is_missing(box, box, make_envelope)
+    assert box.pending == []
+
+
+async def test_pull_that_forgets_unacked_updates_fails_saying_why() -> None:
+    box = Forgets()
+    suite, dept, make_envelope = _result_suite()
+    with pytest.raises(pytest.fail.Exception) as failed:
+        await suite.test_pull_updates_repeats_an_update_until_it_is_acked(
+            box, dept, box, make_envelope
+        )
+    message = str(failed.value)
+    assert "did not return the update for case FAKE-1 (ref 'FAKE-1.json') again before" in message
+    assert "a crash between applying it and acking it loses" in message
+
+
+@pytest.mark.parametrize("outcome", ["applied", "unmatched"])
+async def test_ack_that_settles_nothing_fails_saying_why(outcome: str) -> None:
+    box = NeverSettles()
+    suite, dept, make_envelope = _result_suite()
+    with pytest.raises(pytest.fail.Exception) as failed:
+        if outcome == "applied":
+            await suite.test_pull_updates_repeats_an_update_until_it_is_acked(
+                box, dept, box, make_envelope
+            )
+        else:
+            await suite.test_pull_updates_settles_acked_updates(
+                box, box, make_envelope, "unmatched"
+            )
+    assert f"again after ack_update(..., {outcome!r})" in str(failed.value)
+    assert ("quarantine it" if outcome == "unmatched" else "archive it") in str(failed.value)
+
+
+async def test_pull_that_never_shows_the_result_fails_saying_why() -> None:
+    class Empty(ResultBox):
+        async def pull_updates(self, limit: int) -> list[CaseUpdate]:
+            return []
+
+    box = Empty()
+    suite, _dept, make_envelope = _result_suite()
+    with pytest.raises(pytest.fail.Exception) as failed:
+        await suite.test_pull_updates_settles_acked_updates(box, box, make_envelope, "duplicate")
+    assert "pull_updates returned no update for case FAKE-1" in str(failed.value)
+
+
+@pytest.mark.parametrize(
+    ("connector", "verdict"),
+    [
+        (
+            ResultBox,
+            "must raise ValueError or PermanentError naming what is missing; "
+            "parse_callback raised KeyError",
+        ),
+        (Vague, "does not say what is missing: ValueError: unusable callback"),
+    ],
+)
+async def test_callback_without_status_fails_saying_why(
+    connector: type[ResultBox], verdict: str
+) -> None:
+    class FlatSuite(_ResultSuite):
+        def callback_body(
+            self, system: Any, receipt: Receipt, envelope: Envelope
+        ) -> dict[str, Any]:
+            return {"case_id": receipt.case_id, "status": "accepted"}
+
+    box = connector()
+    suite = FlatSuite()
+    _s, _d, make_envelope = _result_suite()
+    with pytest.raises(pytest.fail.Exception) as failed:
+        await suite.test_parse_callback_without_status_says_what_is_missing(box, box, make_envelope)
+    assert "callback body without" in str(failed.value) and "'status'" in str(failed.value)
+    assert verdict in str(failed.value)
+
+
+async def test_callback_for_another_case_fails_saying_why() -> None:
+    class Elsewhere(_ResultSuite):
+        def callback_body(
+            self, system: Any, receipt: Receipt, envelope: Envelope
+        ) -> dict[str, Any]:
+            return {"case_id": "FAKE-99", "state": {"status": "accepted"}}
+
+    box = _Box()
+    suite = Elsewhere()
+    _s, dept, make_envelope = _result_suite()
+    with pytest.raises(pytest.fail.Exception) as failed:
+        await suite.test_parse_callback_names_the_case_and_maps_its_status(
+            box, dept, box, make_envelope
+        )
+    assert "names case 'FAKE-99' and no idempotency_key, but the callback is about case FAKE-1" in (
+        str(failed.value)
+    )
+
+
+async def test_result_checks_skip_saying_why() -> None:
+    fake = FakeConnector.idempotent()  # implements neither channel
+    suite, _dept, make_envelope = _result_suite()
+    with pytest.raises(pytest.skip.Exception, match="does not implement parse_callback"):
+        await suite.test_parse_callback_without_status_says_what_is_missing(
+            None, fake, make_envelope
+        )
+    with pytest.raises(pytest.skip.Exception, match="does not implement pull_updates"):
+        await suite.test_pull_updates_settles_acked_updates(None, fake, make_envelope, "applied")
+    box = _Box()
+    plain = _Suite()  # no hooks: nothing to check with
+    with pytest.raises(pytest.skip.Exception, match=r"override callback_body\(system"):
+        await plain.test_parse_callback_without_status_says_what_is_missing(box, box, make_envelope)
+    with pytest.raises(pytest.skip.Exception, match=r"override produce_result\(system"):
+        await plain.test_pull_updates_settles_acked_updates(box, box, make_envelope, "applied")
+
+
+async def test_declared_channels_are_checked_against_the_connector() -> None:
+    fake = FakeConnector.idempotent()  # implements neither channel
+    _s, dept, make_envelope = _result_suite()
+
+    class Required(_ResultSuite):
+        pushes_callbacks = True
+        pulls_results = True
+
+    with pytest.raises(pytest.fail.Exception) as failed:
+        await Required().test_parse_callback_names_the_case_and_maps_its_status(
+            None, dept, fake, make_envelope
+        )
+    assert "pushes_callbacks = True, but FakeConnector does not implement parse_callback" in str(
+        failed.value
+    )
+
+    class Absent(_ResultSuite):
+        pushes_callbacks = False
+        pulls_results = False
+
+    absent = Absent()  # the department has neither channel and the connector agrees: passes
+    await absent.test_parse_callback_without_status_says_what_is_missing(None, fake, make_envelope)
+    await absent.test_pull_updates_settles_acked_updates(None, fake, make_envelope, "unmatched")
+    assert fake.submitted == []
+    box = _Box()
+    with pytest.raises(pytest.fail.Exception) as failed:
+        await absent.test_pull_updates_repeats_an_update_until_it_is_acked(
+            box, dept, box, make_envelope
+        )
+    assert "pulls_results = False says the department has no such channel, but _Box " in str(
+        failed.value
+    )
+    assert "implements pull_updates: set pulls_results = True" in str(failed.value)
 
 
 # -- the fake connector and a whole gateway --------------------------------------------------------

@@ -23,6 +23,13 @@ tests::
         def provoke(self, system, failure):    # optional: "timeout", "server_error"
             return system.failing(failure) if failure in ("timeout", "server_error") else None
 
+        def callback_body(self, system, receipt, envelope):  # optional: parse_callback checks
+            return {"case_id": receipt.case_id, "status": "A", "event_id": "e-1"}
+
+        async def produce_result(self, system, receipt, envelope):  # optional: pull_updates
+            await system.decide(receipt.case_id, "A")       # the department writes a result
+            return True
+
 What it checks: ``kind`` and an ``Options`` model that rejects unknown keys; the plugin shows up
 through its entry point; submit returns a case and is idempotent on the idempotency key (twice on
 one connector, and again on a fresh connector, as after a gateway restart); distinct keys make
@@ -31,15 +38,27 @@ distinct cases; every status the connector reports maps through the department's
 up and reports (never raises) when it is unreachable; connection refused, server errors and
 timeouts raise :class:`~gateway.errors.TransientError` (or, for a hang, give way to the core's
 timeout), and a retry after a timeout makes no second case; ``aclose`` releases the connector's
-own resources and leaves the shared HTTP client open. A check the plugin cannot provoke is
-skipped with the reason; a failure says what is wrong in words.
+own resources and leaves the shared HTTP client open.
+
+The optional result channels, checked when the connector overrides the method and the plugin
+supplies the hook: ``parse_callback`` turns the body ``callback_body`` gives into an update that
+names the case (its case id or idempotency key) with a status the ``status_map`` maps, and
+rejects the body without its status with ``ValueError`` (or ``PermanentError``) naming the
+missing field; ``pull_updates`` returns the update for the result ``produce_result`` made, returns
+it again while it is not acknowledged (a crash between apply and ack must not lose it), and no
+longer once ``ack_update`` settled it as ``applied``, ``duplicate`` or ``unmatched``.
+
+A check the plugin cannot provoke is skipped with the reason; a failure says what is wrong in
+words.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import datetime as dt
+import json
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection
@@ -61,8 +80,9 @@ from gateway.connector import (
     Health,
     MaterialRef,
     Receipt,
+    UpdateOutcome,
 )
-from gateway.errors import TransientError
+from gateway.errors import PermanentError, TransientError
 from gateway.plugin_manager import load_plugins
 from gateway.testing.gateway import TEST_CENTRE, TEST_CITY, TEST_MATTER
 
@@ -89,6 +109,19 @@ class ConnectorConformance:
     #: the longest the timeout check waits for a hung call (the department's
     #: ``timeout_seconds`` when that is shorter): the core's timeout in miniature
     max_timeout_seconds: ClassVar[float] = 2.0
+    #: the department pushes callbacks (``parse_callback``). None: check it when the connector
+    #: implements it and ``callback_body`` gives a body, else skip saying why; True: fail instead
+    #: of skipping; False: the department does not push, so the connector must not implement it
+    pushes_callbacks: ClassVar[bool | None] = None
+    #: the connector pulls results (``pull_updates``: result files, a queue), checked with
+    #: ``produce_result``; None, True and False as for ``pushes_callbacks``
+    pulls_results: ClassVar[bool | None] = None
+    #: dotted path of the status in a ``callback_body`` (e.g. ``"case.status"``); None: the
+    #: field that holds the status ``parse_callback`` read from it
+    callback_status_field: ClassVar[str | None] = None
+    #: how long the result checks keep pulling for the result ``produce_result`` made (for
+    #: departments whose results become visible a moment later, or after a stability window)
+    result_wait_seconds: ClassVar[float] = 5.0
 
     # -- what the plugin provides --------------------------------------------------------------
 
@@ -117,6 +150,21 @@ class ConnectorConformance:
         """Optional: a context in which ``system`` fails as ``failure`` says (``timeout``: it
         never answers; ``server_error``: it answers with its 5xx/fault equivalent), or None
         when the plugin cannot provoke that failure (the check is skipped)."""
+        return None
+
+    def callback_body(
+        self, system: Any, receipt: Receipt, envelope: Envelope
+    ) -> dict[str, Any] | None:
+        """Optional, for a connector that implements ``parse_callback``: the JSON body
+        ``system`` pushes about the case ``receipt`` (submitted as ``envelope``), as the
+        gateway hands it to ``parse_callback`` once the signature checks out. None skips the
+        callback checks."""
+        return None
+
+    async def produce_result(self, system: Any, receipt: Receipt, envelope: Envelope) -> object:
+        """Optional, for a connector that implements ``pull_updates``: make ``system`` produce a
+        result for the case ``receipt`` (submitted as ``envelope``): a result file, a queue
+        message; return True once it has. None or NotImplemented skips the result checks."""
         return None
 
     def unreachable(self, department: DepartmentConfig) -> DepartmentConfig | None:
@@ -497,6 +545,251 @@ class ConnectorConformance:
         if left:
             _fail(f"aclose left {len(left)} task(s) of {package} running: {left[0]!r}")
 
+    # -- the optional result channels: pushed callbacks, pulled result files ------------------
+
+    async def _callback_case(
+        self, system: Any, connector: Connector, make_envelope: MakeEnvelope
+    ) -> tuple[Envelope, Receipt, dict[str, Any]] | None:
+        """What the callback checks work on; None when the department declares no callbacks
+        (and the connector agrees)."""
+        name = type(connector).__name__
+        implemented = type(connector).parse_callback is not Connector.parse_callback
+        if not _channel(self.pushes_callbacks, implemented, name, "parse_callback"):
+            return None
+        envelope = make_envelope()
+        receipt = await self._submit(connector, envelope, "submit")
+        body = self.callback_body(system, receipt, envelope)
+        if body is None:
+            _skip_or_fail(
+                self.pushes_callbacks,
+                "pushes_callbacks",
+                "no sample callback body: override callback_body(system, receipt, envelope)",
+            )
+        try:
+            payload = json.loads(json.dumps(body))
+        except (TypeError, ValueError) as exc:
+            _fail(
+                "callback_body must return a JSON object (the gateway decodes the callback "
+                f"body as JSON before parse_callback sees it): {exc}"
+            )
+        if not isinstance(payload, dict):
+            _fail(f"callback_body must return a JSON object, returned {body!r}")
+        return envelope, receipt, payload
+
+    def _parse_callback(self, connector: Connector, payload: dict[str, Any]) -> CaseUpdate:
+        try:
+            update = connector.parse_callback(payload)
+        except Exception as exc:
+            _fail(
+                f"parse_callback raised {type(exc).__name__}: {exc} on the body callback_body "
+                "gave for a case just submitted"
+            )
+        if not isinstance(update, CaseUpdate):
+            _fail(f"parse_callback must return a CaseUpdate, returned {update!r}")
+        return update
+
+    @pytest.mark.asyncio
+    async def test_parse_callback_names_the_case_and_maps_its_status(
+        self,
+        department_system: Any,
+        department: DepartmentConfig,
+        connector: Connector,
+        make_envelope: MakeEnvelope,
+    ) -> None:
+        found = await self._callback_case(department_system, connector, make_envelope)
+        if found is None:
+            return
+        envelope, receipt, payload = found
+        update = self._parse_callback(connector, payload)
+        key = envelope.idempotency_key
+        if update.idempotency_key not in (None, key):
+            _fail(
+                f"parse_callback's update names idempotency_key {update.idempotency_key!r}, but "
+                f"the callback is about the case submitted as {key!r}: the gateway matches on "
+                "the key first, so this callback would find no case"
+            )
+        if update.case_id != receipt.case_id and update.idempotency_key != key:
+            _fail(
+                f"parse_callback's update names case {update.case_id!r} and no idempotency_key, "
+                f"but the callback is about case {receipt.case_id} (submitted as {key}): the "
+                "gateway could not match it to its case"
+            )
+        if department.map_status(update.status) is None:
+            known = ", ".join(sorted(department.status_map)) or "none"
+            _fail(
+                f"department status {update.status!r} (from parse_callback) maps to no gateway "
+                f"state: add it to the department's status_map (mapped codes: {known})"
+            )
+
+    @pytest.mark.asyncio
+    async def test_parse_callback_without_status_says_what_is_missing(
+        self, department_system: Any, connector: Connector, make_envelope: MakeEnvelope
+    ) -> None:
+        found = await self._callback_case(department_system, connector, make_envelope)
+        if found is None:
+            return
+        payload = found[2]
+        status = self._parse_callback(connector, payload).status
+        paths = [self.callback_status_field] if self.callback_status_field else None
+        paths = paths or _paths_holding(payload, status)
+        if not paths:
+            _fail(
+                f"the status {status!r} parse_callback read is in no field of the callback body: "
+                "set callback_status_field to its dotted path"
+            )
+        stripped = copy.deepcopy(payload)
+        for path in paths:
+            if not _remove_path(stripped, path):
+                _fail(f"callback_status_field {path!r} is not in the callback body")
+        missing = " and ".join(repr(p) for p in paths)
+        try:
+            update = connector.parse_callback(stripped)
+        except (ValueError, PermanentError) as exc:
+            leaves = {p.rsplit(".", 1)[-1] for p in paths}
+            if not any(leaf in str(exc) for leaf in leaves):
+                _fail(
+                    f"parse_callback rejected a callback body without {missing} but its message "
+                    f"does not say what is missing: {type(exc).__name__}: {exc} (the gateway "
+                    "answers the department 422 with this message: name the missing field)"
+                )
+            return
+        except Exception as exc:
+            _fail(
+                f"a callback body without its status ({missing}) must raise ValueError or "
+                f"PermanentError naming what is missing; parse_callback raised "
+                f"{type(exc).__name__}: {exc}"
+            )
+        _fail(
+            f"parse_callback accepted a callback body without its status ({missing}) and "
+            f"returned status {update.status!r}: reject it with a ValueError naming the field"
+        )
+
+    async def _result_case(
+        self, system: Any, connector: Connector, make_envelope: MakeEnvelope
+    ) -> tuple[Envelope, Receipt] | None:
+        """What the result checks work on; None when the department declares no result channel
+        (and the connector agrees)."""
+        name = type(connector).__name__
+        implemented = type(connector).pull_updates is not Connector.pull_updates
+        if not _channel(self.pulls_results, implemented, name, "pull_updates"):
+            return None
+        envelope = make_envelope()
+        receipt = await self._submit(connector, envelope, "submit")
+        try:
+            produced = await self.produce_result(system, receipt, envelope)
+        except NotImplementedError:
+            produced = None
+        if produced is None or produced is NotImplemented:
+            _skip_or_fail(
+                self.pulls_results,
+                "pulls_results",
+                "the plugin cannot make the department produce a result: override "
+                "produce_result(system, receipt, envelope)",
+            )
+        return envelope, receipt
+
+    async def _pull(self, connector: Connector, what: str) -> list[CaseUpdate]:
+        try:
+            updates = await connector.pull_updates(100)
+        except Exception as exc:
+            _fail(f"{what}: pull_updates raised {type(exc).__name__}: {exc}")
+        if not isinstance(updates, list) or not all(isinstance(u, CaseUpdate) for u in updates):
+            _fail(f"{what}: pull_updates must return a list of CaseUpdate, returned {updates!r}")
+        return updates
+
+    async def _pull_result(
+        self, connector: Connector, receipt: Receipt, envelope: Envelope
+    ) -> CaseUpdate:
+        """Pull (as the daemon does, round after round) until the produced result shows up."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.result_wait_seconds
+        while True:
+            updates = await self._pull(connector, "pulling the result produce_result made")
+            mine = [u for u in updates if _names_case(u, receipt, envelope)]
+            if mine:
+                return mine[0]
+            if loop.time() >= deadline:
+                _fail(
+                    f"pull_updates returned no update for case {receipt.case_id} (idempotency_key "
+                    f"{envelope.idempotency_key}) within {self.result_wait_seconds:.1f}s after "
+                    f"produce_result made the department produce one (the last pull returned "
+                    f"{len(updates)} other update(s)); an update must carry the department's "
+                    "case id or the gateway's idempotency key"
+                )
+            await asyncio.sleep(0.05)  # the next round of the daemon's schedule
+
+    async def _ack(
+        self, connector: Connector, update: CaseUpdate, outcome: UpdateOutcome, reason: str = ""
+    ) -> None:
+        try:
+            await connector.ack_update(update, outcome, reason)
+        except Exception as exc:
+            _fail(
+                f"ack_update(update of case {update.case_id}, {outcome!r}) raised "
+                f"{type(exc).__name__}: {exc}"
+            )
+
+    @pytest.mark.asyncio
+    async def test_pull_updates_repeats_an_update_until_it_is_acked(
+        self,
+        department_system: Any,
+        department: DepartmentConfig,
+        connector: Connector,
+        make_envelope: MakeEnvelope,
+    ) -> None:
+        found = await self._result_case(department_system, connector, make_envelope)
+        if found is None:
+            return
+        envelope, receipt = found
+        update = await self._pull_result(connector, receipt, envelope)
+        if department.map_status(update.status) is None:
+            known = ", ".join(sorted(department.status_map)) or "none"
+            _fail(
+                f"department status {update.status!r} (from pull_updates) maps to no gateway "
+                f"state: add it to the department's status_map (mapped codes: {known})"
+            )
+        again = await self._pull(connector, "pulling again before ack_update")
+        if not any(_same_update(u, update) for u in again):
+            _fail(
+                f"pull_updates did not return the update for case {update.case_id} (ref "
+                f"{update.ref!r}) again before it was acknowledged: an update must stay until "
+                "ack_update settles it, or a crash between applying it and acking it loses "
+                "the department's result"
+            )
+        await self._ack(connector, update, "applied")
+        after = await self._pull(connector, "pulling after ack_update(..., 'applied')")
+        if any(_same_update(u, update) for u in after):
+            _fail(
+                f"pull_updates returned the update for case {update.case_id} (ref "
+                f"{update.ref!r}) again after ack_update(..., 'applied'): acknowledging must "
+                "archive it, or the daemon applies it again on every round"
+            )
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize("outcome", ["duplicate", "unmatched"])
+    async def test_pull_updates_settles_acked_updates(
+        self,
+        department_system: Any,
+        connector: Connector,
+        make_envelope: MakeEnvelope,
+        outcome: UpdateOutcome,
+    ) -> None:
+        found = await self._result_case(department_system, connector, make_envelope)
+        if found is None:
+            return
+        envelope, receipt = found
+        update = await self._pull_result(connector, receipt, envelope)
+        reason = "conformance check: no case with this idempotency key or case id"
+        await self._ack(connector, update, outcome, reason if outcome == "unmatched" else "")
+        after = await self._pull(connector, f"pulling after ack_update(..., {outcome!r})")
+        if any(_same_update(u, update) for u in after):
+            what = "quarantine" if outcome == "unmatched" else "archive"
+            _fail(
+                f"pull_updates returned the update for case {update.case_id} (ref "
+                f"{update.ref!r}) again after ack_update(..., {outcome!r}): acknowledging must "
+                f"{what} it, or the daemon meets it again on every round"
+            )
+
     async def _expect_transient(
         self, connector: Connector, envelope: Envelope, what: str, bound: float
     ) -> None:
@@ -513,6 +806,66 @@ class ConnectorConformance:
                 f"{type(exc).__name__}: {exc} (translate it: raise TransientError(...) from exc)"
             )
         _fail(f"submit returned case {receipt.case_id} despite {what}")
+
+
+def _channel(declared: bool | None, implemented: bool, name: str, method: str) -> bool:
+    """Whether to check the channel ``method`` serves: skip or fail when it cannot be checked,
+    False when the department declares it has no such channel and the connector agrees."""
+    flag = "pushes_callbacks" if method == "parse_callback" else "pulls_results"
+    if declared is False:
+        if implemented:
+            _fail(
+                f"{flag} = False says the department has no such channel, but {name} "
+                f"implements {method}: set {flag} = True and supply the hook so the suite "
+                "checks it"
+            )
+        return False
+    if not implemented:
+        _skip_or_fail(declared, flag, f"{name} does not implement {method}")
+    return True
+
+
+def _skip_or_fail(declared: bool | None, flag: str, reason: str) -> NoReturn:
+    if declared:
+        _fail(f"{flag} = True, but {reason}")
+    pytest.skip(f"{reason} (set {flag} = False if the department has no such channel)")
+
+
+def _names_case(update: CaseUpdate, receipt: Receipt, envelope: Envelope) -> bool:
+    return update.case_id == receipt.case_id or update.idempotency_key == envelope.idempotency_key
+
+
+def _same_update(update: CaseUpdate, settled: CaseUpdate) -> bool:
+    """The same update again: the same ``ref`` (the connector's handle), else equal."""
+    return update.ref == settled.ref if settled.ref is not None else update == settled
+
+
+def _paths_holding(body: dict[str, Any], value: str) -> list[str]:
+    """Dotted paths of the fields holding ``value``; those named like a status first."""
+    found: list[str] = []
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, item in node.items():
+            path = f"{prefix}{key}"
+            if isinstance(item, dict):
+                walk(item, f"{path}.")
+            elif isinstance(item, str | int) and not isinstance(item, bool) and str(item) == value:
+                found.append(path)
+
+    walk(body, "")
+    named = [p for p in found if "status" in p.rsplit(".", 1)[-1].lower()]
+    return named or found
+
+
+def _remove_path(body: dict[str, Any], path: str) -> bool:
+    *parents, leaf = path.split(".")
+    node: Any = body
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or leaf not in node:
+        return False
+    del node[leaf]
+    return True
 
 
 def _task_package(task: asyncio.Task[Any]) -> str:
