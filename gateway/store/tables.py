@@ -153,25 +153,29 @@ dispatch_jobs = Table(
     Index("ix_dispatch_jobs_due", "department", "state", "next_attempt_at"),
 )
 
-idempotency_records = Table(
-    "idempotency_records",
-    metadata,
-    Column("client_id", String(32), primary_key=True),
-    Column("key", String(200), primary_key=True),
-    Column("request_hash", String(64), nullable=False),
-    Column("status_code", Integer, nullable=False),
-    Column("response", JSON, nullable=False),
-    Column("created_at", UTCDateTime, nullable=False),
-)
+def _idempotency_columns() -> list[Column[Any]]:
+    return [
+        Column("client_id", String(32), primary_key=True),
+        Column("key", String(200), primary_key=True),
+        Column("request_hash", String(64), nullable=False),
+        Column("status_code", Integer, nullable=False),
+        Column("response", JSON, nullable=False),
+        Column("created_at", UTCDateTime, nullable=False),
+    ]
 
-callback_events = Table(
-    "callback_events",
-    metadata,
-    Column("department", String(32), primary_key=True),
-    Column("event_id", String(128), primary_key=True),
-    Column("application_id", String(32)),
-    Column("received_at", UTCDateTime, nullable=False),
-)
+
+def _callback_event_columns() -> list[Column[Any]]:
+    return [
+        Column("department", String(32), primary_key=True),
+        Column("event_id", String(128), primary_key=True),
+        Column("application_id", String(32)),
+        Column("received_at", UTCDateTime, nullable=False),
+    ]
+
+
+idempotency_records = Table("idempotency_records", metadata, *_idempotency_columns())
+
+callback_events = Table("callback_events", metadata, *_callback_event_columns())
 
 receipt_counters = Table(
     "receipt_counters",
@@ -237,22 +241,14 @@ reconcile_discrepancies = Table(
 idempotency_records_archive = Table(
     "idempotency_records_archive",
     metadata,
-    Column("client_id", String(32), primary_key=True),
-    Column("key", String(200), primary_key=True),
-    Column("request_hash", String(64), nullable=False),
-    Column("status_code", Integer, nullable=False),
-    Column("response", JSON, nullable=False),
-    Column("created_at", UTCDateTime, nullable=False),
+    *_idempotency_columns(),
     Column("archived_at", UTCDateTime, nullable=False),
 )
 
 callback_events_archive = Table(
     "callback_events_archive",
     metadata,
-    Column("department", String(32), primary_key=True),
-    Column("event_id", String(128), primary_key=True),
-    Column("application_id", String(32)),
-    Column("received_at", UTCDateTime, nullable=False),
+    *_callback_event_columns(),
     Column("archived_at", UTCDateTime, nullable=False),
 )
 
