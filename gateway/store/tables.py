@@ -153,6 +153,7 @@ dispatch_jobs = Table(
     Index("ix_dispatch_jobs_due", "department", "state", "next_attempt_at"),
 )
 
+
 def _idempotency_columns() -> list[Column[Any]]:
     return [
         Column("client_id", String(32), primary_key=True),
