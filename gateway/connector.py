@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
@@ -115,6 +115,7 @@ class Health(_Model):
     detail: str = ""
 
 
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
 UpdateOutcome = Literal["applied", "duplicate", "unmatched"]
 MaterialReader = Callable[[MaterialRef], Awaitable[bytes]]
 PayloadMapper = Callable[[Envelope], "dict[str, Any] | None"]
@@ -153,6 +154,13 @@ class Connector:
 
     def __init__(self, context: ConnectorContext) -> None:
         self.context = context
+
+    def options_as(self, cls: type[OptionsT]) -> OptionsT:
+        """The department's validated options, typed as this connector's ``Options`` model."""
+        options = self.context.options
+        if isinstance(options, cls):
+            return options
+        return cls.model_validate(options.model_dump(by_alias=True))
 
     async def submit(self, envelope: Envelope) -> Receipt:
         """Deliver one application version. MUST be idempotent on ``envelope.idempotency_key``:

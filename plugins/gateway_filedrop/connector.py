@@ -70,10 +70,7 @@ class FiledropConnector(Connector):
 
     def __init__(self, context: ConnectorContext) -> None:
         super().__init__(context)
-        options = context.options
-        if not isinstance(options, FiledropOptions):
-            options = FiledropOptions.model_validate(options.model_dump())
-        self.options: FiledropOptions = options
+        self.options = options = self.options_as(FiledropOptions)
         label = context.department
         target = options.target
         self.storage: Storage = (

@@ -51,10 +51,7 @@ class RestConnector(Connector):
 
     def __init__(self, context: ConnectorContext) -> None:
         super().__init__(context)
-        options = context.options
-        if not isinstance(options, RestOptions):
-            options = RestOptions.model_validate(options.model_dump(by_alias=True))
-        self.options: RestOptions = options
+        self.options = options = self.options_as(RestOptions)
         self._headers = _static_headers(options)
 
     # -- the contract --------------------------------------------------------------------------

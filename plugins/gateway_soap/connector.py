@@ -149,10 +149,7 @@ class SoapConnector(Connector):
 
     def __init__(self, context: ConnectorContext) -> None:
         super().__init__(context)
-        options = context.options
-        if not isinstance(options, SoapOptions):
-            options = SoapOptions.model_validate(options.model_dump(by_alias=True))
-        self.options: SoapOptions = options
+        self.options = options = self.options_as(SoapOptions)
         self._transport = _Transport(self)
         self._service: Any = None
         self._lock = asyncio.Lock()
