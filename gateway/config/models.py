@@ -58,7 +58,6 @@ class DispatchSettings(_Strict):
     batch_size: int = Field(default=64, ge=1, le=1000)
     lease_seconds: float = Field(default=60.0, gt=0)
     sweep_interval_seconds: float = Field(default=0.5, gt=0)
-    poll_sweep_seconds: float = Field(default=2.0, gt=0)
 
 
 class PluginSettings(_Strict):
