@@ -15,7 +15,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -32,13 +32,14 @@ from gateway.events import Source, StatusChange
 from gateway.runtime import Runtime
 from gateway.states import State
 from gateway.store import cases, jobs
-from gateway.store.group import GroupCommit
+from gateway.store.group import GroupCommit, run_each
 from gateway.store.tables import applications
 from gateway.updates import announce, move, with_contact
 
 log = structlog.get_logger("gateway.dispatcher")
 
 BREAKER_THRESHOLD = 5
+_Work = Callable[[AsyncConnection], Awaitable[list[StatusChange]]]
 _DISPATCHABLE = (State.RECEIVED.value, State.DISPATCHING.value)
 BREAKER_COOLDOWN_SECONDS = 15.0
 
@@ -118,9 +119,11 @@ class Dispatcher:
         self._buckets: dict[str, _Bucket] = {}
         self._breakers: dict[str, _Breaker] = {}
         # outcomes of finished deliveries are committed together (one transaction per batch)
-        self._recorder = GroupCommit(runtime.engine)
+        self._recorder: GroupCommit[_Work, list[StatusChange]] = GroupCommit(
+            runtime.engine, run_each
+        )
         runtime.on_close.append(self._recorder.aclose)
-        runtime.dispatcher = self  # type: ignore[attr-defined]
+        runtime.dispatcher = self
 
     def breaker_open(self, department: str) -> bool:
         breaker = self._breakers.get(department)
@@ -353,7 +356,7 @@ class Dispatcher:
                 )
             return changes
 
-        announce(self.runtime, await self._recorder.run(work))
+        announce(self.runtime, await self._recorder.submit(work))
 
     async def _record_rejection(
         self, job: Row[Any], dept: DepartmentConfig, exc: DepartmentRejected
@@ -375,7 +378,7 @@ class Dispatcher:
                 detail={"reason": exc.reason},
             )
 
-        announce(self.runtime, await self._recorder.run(work))
+        announce(self.runtime, await self._recorder.submit(work))
 
     async def _record_failure(
         self,
@@ -409,7 +412,7 @@ class Dispatcher:
                     extra={"last_error": reason},
                 )
 
-            announce(self.runtime, await self._recorder.run(give_up))
+            announce(self.runtime, await self._recorder.submit(give_up))
             return
         delay = backoff(dept.retry, attempts, retry_after, self._rng)
 
@@ -431,7 +434,7 @@ class Dispatcher:
                 )
             return []
 
-        await self._recorder.run(retry_later)
+        await self._recorder.submit(retry_later)
         log.info(
             "delivery will be retried",
             department=dept.code,

@@ -3,14 +3,13 @@ transaction, so a 201 always means the case is durable and will be dispatched.""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import functools
 import hashlib
 import json
+import weakref
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from jsonschema import Draft202012Validator
@@ -18,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import insert, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.clock import new_id, now
@@ -30,6 +28,7 @@ from gateway.runtime import Runtime
 from gateway.states import State
 from gateway.store import jobs
 from gateway.store.clients import Client
+from gateway.store.group import GroupCommit
 from gateway.store.tables import (
     applications,
     dispatch_jobs,
@@ -186,7 +185,12 @@ async def submit(runtime: Runtime, client: Client, key: str, body: ApplicationIn
         if replay:
             return replay
         raise
-    return await _writer(runtime).submit(_Pending(client, key, digest, body, matter, delivery))
+    answer = await _writer(runtime).submit(_Pending(client, key, digest, body, matter, delivery))
+    if isinstance(answer, IntakeProblem):
+        raise answer
+    if not answer.replayed:
+        runtime.wakeup.set()  # new work for a dispatcher in this process
+    return answer
 
 
 def _delivery(runtime: Runtime, client: Client, body: ApplicationIn, matter: Matter) -> Delivery:
@@ -207,7 +211,7 @@ def _delivery(runtime: Runtime, client: Client, body: ApplicationIn, matter: Mat
     return delivery.model_copy(update={"centre": pickup})
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Pending:
     client: Client
     key: str
@@ -215,82 +219,28 @@ class _Pending:
     body: ApplicationIn
     matter: Matter
     delivery: Delivery
-    future: asyncio.Future[IntakeResult] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.future = asyncio.get_running_loop().create_future()
-
-    def settle(self, result: IntakeResult | BaseException) -> None:
-        if self.future.done():
-            return
-        if isinstance(result, BaseException):
-            self.future.set_exception(result)
-        else:
-            self.future.set_result(result)
 
 
-def _writer(runtime: Runtime) -> _GroupWriter:
-    writer = getattr(runtime, "_intake_writer", None)
+Answer = IntakeResult | IntakeProblem
+_WRITERS: weakref.WeakKeyDictionary[Runtime, GroupCommit[_Pending, Answer]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _writer(runtime: Runtime) -> GroupCommit[_Pending, Answer]:
+    """Group commit for intake: submissions that arrive together are stored in one transaction
+    with multi-row inserts, each answered only after that commit (~8 statements per batch
+    instead of ~8 and a commit per application)."""
+    writer = _WRITERS.get(runtime)
     if writer is None:
-        writer = _GroupWriter(runtime)
-        runtime._intake_writer = writer  # type: ignore[attr-defined]
+        writer = _WRITERS[runtime] = GroupCommit(runtime.engine, _store_in_order)
         runtime.on_close.append(writer.aclose)
-    assert isinstance(writer, _GroupWriter)
     return writer
 
 
-class _GroupWriter:
-    """Group commit: submissions that arrive together are stored in one transaction with
-    multi-row inserts, and each request is answered only after that commit. Under load this
-    turns ~8 statements and a commit per application into ~8 statements per batch."""
-
-    MAX_BATCH = 64
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self.task: asyncio.Task[None] | None = None
-
-    async def submit(self, item: _Pending) -> IntakeResult:
-        if self.task is None or self.task.done():
-            self.task = asyncio.create_task(self._run(), name="intake writer")
-        await self.queue.put(item)
-        return await item.future
-
-    async def aclose(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-
-    async def _run(self) -> None:
-        while True:
-            batch = [await self.queue.get()]
-            while len(batch) < self.MAX_BATCH and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            try:
-                await self._store(batch)
-            except IntegrityError:
-                # another process stored one of these keys meanwhile: one by one, each then
-                # finds its answer (or its own problem)
-                for item in batch:
-                    try:
-                        await self._store([item])
-                    except Exception as exc:
-                        item.settle(exc)
-            except Exception as exc:
-                for item in batch:
-                    item.settle(exc)
-            for item in batch:
-                item.settle(RuntimeError("intake writer lost the request"))
-
-    async def _store(self, batch: list[_Pending]) -> None:
-        async with self.runtime.engine.begin() as conn:
-            answers = await _store_batch(conn, batch)
-        for item, answer in answers:
-            item.settle(answer)
-        if any(isinstance(a, IntakeResult) and not a.replayed for _i, a in answers):
-            self.runtime.wakeup.set()
+async def _store_in_order(conn: AsyncConnection, batch: list[_Pending]) -> list[Answer]:
+    answers = {id(item): answer for item, answer in await _store_batch(conn, batch)}
+    return [answers[id(item)] for item in batch]
 
 
 _INSERT_APPLICATION = insert(applications)

@@ -23,6 +23,7 @@ from gateway.store.db import create_engine, migrate, needs_migration
 
 if TYPE_CHECKING:
     from gateway.config.loader import Config
+    from gateway.dispatcher import Dispatcher
 
 log = structlog.get_logger("gateway")
 
@@ -52,6 +53,8 @@ class Runtime:
         self.wakeup = asyncio.Event()
         #: called (in reverse order) by aclose, before the database and http client close
         self.on_close: list[Callable[[], Awaitable[None]]] = []
+        #: the dispatcher running in this process, if any (the ops API shows its breakers)
+        self.dispatcher: Dispatcher | None = None
         self._build_connectors()
 
     def _build_connectors(self) -> None:

@@ -36,7 +36,7 @@ async def departments(runtime: RuntimeDep, _ops: OpsDep) -> list[DepartmentStatu
     async with runtime.engine.connect() as conn:
         depth = await jobs.depth(conn)
     overdue = await deadlines.overdue_counts(runtime)
-    dispatcher = getattr(runtime, "dispatcher", None)
+    dispatcher = runtime.dispatcher
     out = []
     for code, dept in sorted(runtime.config.departments.items()):
         connector = runtime.connectors.get(code)

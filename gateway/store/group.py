@@ -1,9 +1,10 @@
-"""Group commit: units of work that arrive together share one transaction.
+"""Group commit: items that arrive together are stored in one transaction.
 
-Each caller awaits its own result, which is given only after the shared commit, so "recorded"
+Each caller awaits its own result, which is given only after the shared commit, so "stored"
 still means committed. On SQLite (one writer, one pooled connection) this turns a transaction
-and a pool hand-off per unit into one per batch. If a batch fails, every unit is retried in a
-transaction of its own, so one unit's error reaches only its caller.
+and a pool hand-off per item into one per batch, and lets ``store`` use multi-row statements.
+If a batch fails, every item is retried in a transaction of its own, so one item's error
+(say, a key another process stored meanwhile) reaches only its own caller.
 """
 
 from __future__ import annotations
@@ -11,35 +12,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-T = TypeVar("T")
-Work = Callable[[AsyncConnection], Awaitable[T]]
+I = TypeVar("I")  # noqa: E741
+R = TypeVar("R")
+Store = Callable[[AsyncConnection, list[I]], Awaitable[list[R]]]
 
 
-class _Unit(Generic[T]):
-    def __init__(self, work: Work[T]) -> None:
-        self.work = work
-        self.future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+class GroupCommit(Generic[I, R]):
+    """``await group.submit(item)`` -> ``store``'s result for that item, after the commit.
 
+    ``store(conn, items)`` runs inside the shared transaction, must not commit or roll back,
+    and returns one result per item, in order.
+    """
 
-class GroupCommit:
-    def __init__(self, engine: AsyncEngine, *, max_batch: int = 64) -> None:
+    def __init__(self, engine: AsyncEngine, store: Store[I, R], *, max_batch: int = 64) -> None:
         self.engine = engine
+        self.store = store
         self.max_batch = max_batch
-        self._queue: asyncio.Queue[_Unit[Any]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[I, asyncio.Future[R]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
-    async def run(self, work: Work[T]) -> T:
-        """Run ``work`` in a (shared) transaction; returns its result once committed. ``work``
-        must not commit or roll back: it shares the transaction with others."""
+    async def submit(self, item: I) -> R:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._loop(), name="group commit")
-        unit: _Unit[T] = _Unit(work)
-        await self._queue.put(unit)
-        return await unit.future
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        await self._queue.put((item, future))
+        return await future
 
     async def aclose(self) -> None:
         if self._task is not None:
@@ -53,22 +54,35 @@ class GroupCommit:
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                results = await self._commit(batch)
+                results = await self._commit([item for item, _f in batch])
             except Exception:
-                for unit in batch:  # one by one, so a failure reaches only its own caller
+                for item, future in batch:  # one by one: a failure reaches only its caller
                     try:
-                        [result] = await self._commit([unit])
+                        [result] = await self._commit([item])
                     except Exception as exc:
-                        if not unit.future.done():
-                            unit.future.set_exception(exc)
+                        _settle(future, exc)
                     else:
-                        if not unit.future.done():
-                            unit.future.set_result(result)
+                        _settle(future, result)
                 continue
-            for unit, result in zip(batch, results, strict=True):
-                if not unit.future.done():
-                    unit.future.set_result(result)
+            for (_item, future), result in zip(batch, results, strict=True):
+                _settle(future, result)
 
-    async def _commit(self, batch: list[_Unit[Any]]) -> list[Any]:
+    async def _commit(self, items: list[I]) -> list[R]:
         async with self.engine.begin() as conn:
-            return [await unit.work(conn) for unit in batch]
+            return await self.store(conn, items)
+
+
+def _settle(future: asyncio.Future[R], outcome: R | BaseException) -> None:
+    if future.done():  # the caller went away (cancelled): the item is stored all the same
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+async def run_each(
+    conn: AsyncConnection, works: list[Callable[[AsyncConnection], Awaitable[R]]]
+) -> list[R]:
+    """A ``store`` for callers that each bring their own unit of work."""
+    return [await work(conn) for work in works]

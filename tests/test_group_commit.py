@@ -1,0 +1,68 @@
+"""Group commit: shared transactions, answers after commit, failures reach only their caller;
+and intake's use of it when the same key arrives several times at once."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.intake import ApplicationIn, IntakeProblem, submit
+from gateway.runtime import Runtime
+from gateway.store.clients import Client
+from gateway.store.db import create_engine
+from gateway.store.group import GroupCommit
+from gateway.store.tables import applications
+from tests.conftest import application
+
+
+async def test_batch_shares_a_transaction_and_a_failure_reaches_only_its_caller(
+    tmp_path: Path,
+) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'g.db'}")
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE t (v INTEGER PRIMARY KEY)"))
+    batches: list[list[int]] = []
+
+    async def store(conn: AsyncConnection, items: list[int]) -> list[int]:
+        batches.append(list(items))
+        for v in items:
+            if v < 0:
+                raise ValueError(f"bad item {v}")
+            await conn.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": v})
+        return [v * 10 for v in items]
+
+    group: GroupCommit[int, int] = GroupCommit(engine, store)
+    try:
+        results = await asyncio.gather(
+            *(group.submit(v) for v in (1, 2, -3, 4)), return_exceptions=True
+        )
+        assert results[0] == 10 and results[1] == 20 and results[3] == 40
+        assert isinstance(results[2], ValueError)
+        assert len(batches[0]) == 4  # they arrived together and were tried together first
+        async with engine.connect() as conn:
+            stored = (await conn.execute(text("SELECT v FROM t ORDER BY v"))).scalars().all()
+        assert stored == [1, 2, 4]  # the failed batch left nothing; the retries stored each
+    finally:
+        await group.aclose()
+        await engine.dispose()
+
+
+async def test_the_same_key_at_once_is_one_application(runtime: Runtime) -> None:
+    client = Client("c-same", "t", "C01", False)
+    body = ApplicationIn.model_validate(application())
+    other = ApplicationIn.model_validate(application(form={"x": 1}))
+    results = await asyncio.gather(
+        *(submit(runtime, client, "same-key", body) for _ in range(5)),
+        submit(runtime, client, "same-key", other),
+        return_exceptions=True,
+    )
+    accepted = [r for r in results[:5] if not isinstance(r, BaseException)]
+    assert len(accepted) == 5 and len({r.accepted.id for r in accepted}) == 1
+    assert sum(not r.replayed for r in accepted) == 1
+    assert isinstance(results[5], IntakeProblem) and results[5].status == 409
+    async with runtime.engine.connect() as conn:
+        n = (await conn.execute(select(func.count()).select_from(applications))).scalar_one()
+    assert n == 1
