@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -143,12 +144,17 @@ def application(**changes: Any) -> dict[str, Any]:
 
 
 async def wait_for(
-    predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0, interval: float = 0.02
+    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02
 ) -> None:
-    """Wait until ``predicate()`` is true; fail after ``timeout`` seconds."""
+    """Wait until ``predicate()`` (plain or async) is true; fail after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not await predicate():
+
+    async def holds() -> bool:
+        value = predicate()
+        return bool(await value if inspect.isawaitable(value) else value)
+
+    while not await holds():
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -94,13 +93,6 @@ async def running_department(
     app, state = create_rest_department(RestSimulatorSettings(**settings))
     async with serve_asgi(app) as base_url:
         yield base_url, state
-
-
-async def wait_for(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
-    """Wait until ``predicate()`` is truthy (checked often), failing after ``timeout``."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 @asynccontextmanager

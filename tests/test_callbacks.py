@@ -16,7 +16,6 @@ from gateway.callbacks import CallbackRejected, sign, verify
 from gateway.dispatcher import Dispatcher
 from gateway.runtime import Runtime
 from gateway.simulators.city import SimulatedCity
-from gateway.simulators.rest_department import RestDepartmentState
 from gateway.simulators.rest_department import sign as simulator_sign
 from gateway.simulators.server import serve_asgi
 from gateway.states import FINAL
@@ -166,7 +165,7 @@ async def test_simulator_pushes_signed_callbacks(
 
             await wait_for(decided, timeout=15)
             # the gateway applies a callback before it answers; the simulator counts after
-            await wait_for(lambda: _sent(state, 5), timeout=5)
+            await wait_for(lambda: state.stats()["callbacks_sent"] >= 5, timeout=5)
 
 
 async def test_rotation_through_the_api(
@@ -210,7 +209,3 @@ async def test_future_timestamp_unknown_department_and_resigned_replay(
     assert again.status_code == 200 and again.json()["status"] == "duplicate"
     history = (await api.get(f"/v1/applications/{app_id}", headers=centre_headers)).json()
     assert [e["to_status"] for e in history["history"] if e["source"] == "callback"] == ["approved"]
-
-
-async def _sent(state: RestDepartmentState, n: int) -> bool:
-    return state.stats()["callbacks_sent"] >= n

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -86,7 +87,7 @@ async def test_sigkill_mid_run_loses_nothing_and_duplicates_nothing(
             log = tmp_path / "daemon.log"
             first = start_daemon(config_path, log)
             try:
-                await wait_for(lambda: _at_least(delivered, 8), timeout=30)
+                await wait_for(lambda: _count_at_least(delivered, 8), timeout=30)
             finally:
                 first.send_signal(signal.SIGKILL)
                 first.wait(timeout=10)
@@ -96,7 +97,7 @@ async def test_sigkill_mid_run_loses_nothing_and_duplicates_nothing(
             sim.mode = "ok"
             second = start_daemon(config_path, log)
             try:
-                await wait_for(lambda: _at_least(delivered, N), timeout=60)
+                await wait_for(lambda: _count_at_least(delivered, N), timeout=60)
             finally:
                 second.send_signal(signal.SIGTERM)
                 assert second.wait(timeout=30) == 0, log.read_text()[-3000:]
@@ -126,6 +127,5 @@ async def test_sigkill_mid_run_loses_nothing_and_duplicates_nothing(
             await runtime.aclose()
 
 
-async def _at_least(count: object, n: int) -> bool:
-    assert callable(count)
-    return bool(await count() >= n)
+async def _count_at_least(count: Callable[[], Awaitable[int]], n: int) -> bool:
+    return await count() >= n

@@ -27,7 +27,8 @@ from gateway.simulators.rest_department import (
     sign,
 )
 from gateway.simulators.server import serve_asgi
-from tests.rest_fixtures import department_client, wait_for
+from tests.conftest import wait_for
+from tests.rest_fixtures import department_client
 
 FINAL = {"9", "4", "3", "2"}
 
