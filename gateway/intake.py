@@ -4,7 +4,6 @@ transaction, so a 201 always means the case is durable and will be dispatched.""
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import hashlib
 import json
 import weakref
@@ -133,25 +132,19 @@ def _route(runtime: Runtime, body: ApplicationIn) -> Matter:
 
 def _validate_form(runtime: Runtime, body: ApplicationIn, matter: Matter) -> None:
     problems: list[str] = []
-    if matter.form_schema:
-        problems.extend(_schema_problems(body.form, matter.form_schema))
+    if matter.form_validator is not None:
+        problems.extend(_schema_problems(body.form, matter.form_validator))
     problems.extend(runtime.plugins.validate_application(body.form, matter, body.region))
     if problems:
         raise IntakeProblem(422, "Form is incomplete", "; ".join(problems), "form")
 
 
-def _schema_problems(form: dict[str, Any], schema: dict[str, Any]) -> list[str]:
-    validator = _validator(json.dumps(schema, sort_keys=True))
+def _schema_problems(form: dict[str, Any], validator: Draft202012Validator) -> list[str]:
     out = []
     for error in sorted(validator.iter_errors(form), key=lambda e: list(e.absolute_path)):
         path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
         out.append(f"form{path}: {error.message}")
     return out
-
-
-@functools.lru_cache(maxsize=256)
-def _validator(schema_json: str) -> Draft202012Validator:
-    return Draft202012Validator(json.loads(schema_json))
 
 
 async def _replay(

@@ -3,9 +3,12 @@ error naming the key, never a silent default."""
 
 from __future__ import annotations
 
+import functools
+import re
 from pathlib import Path
 from typing import Any, Literal
 
+from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from gateway.states import State
@@ -147,11 +150,14 @@ class Matter(_Strict):
     form_schema: dict[str, Any] | None = None
     pickup_anywhere: bool = True
 
+    @functools.cached_property
+    def form_validator(self) -> Draft202012Validator | None:
+        """The compiled JSON Schema of the form (built once per loaded catalog)."""
+        return Draft202012Validator(self.form_schema) if self.form_schema else None
+
     @field_validator("regions")
     @classmethod
     def _regions(cls, value: list[str]) -> list[str]:
-        import re
-
         bad = [r for r in value if not re.fullmatch(REGION_CODE, r)]
         if bad:
             raise ValueError(f"not 6- or 9-digit division codes: {', '.join(bad)}")
