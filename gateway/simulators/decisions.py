@@ -29,13 +29,22 @@ def _check_mix(value: dict[str, float]) -> dict[str, float]:
 Mix = Annotated[dict[str, float], AfterValidator(_check_mix)]
 
 
+def version_of(idempotency_key: str) -> tuple[str, int]:
+    """(lineage, version) of a gateway key ``ow-<application>-v<n>``: a simulator uses it to
+    know a re-sent version (a real department sees the version in the request body)."""
+    lineage, sep, version = idempotency_key.rpartition("-v")
+    return (lineage, int(version)) if sep and version.isdigit() else (idempotency_key, 1)
+
+
 def draw(seed: int, key: str, mix: dict[str, float], *, resent: bool = False) -> Outcome:
     """The decision for ``key``. A version re-sent after a supplement brought what was asked
-    for, so it is never sent back for another one (unless supplement is all the mix has)."""
+    for, so it is never sent back for another one (approved if supplement is all the mix has)."""
     point = int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big") / 2**64
     weights = {o: max(mix.get(o, 0.0), 0.0) for o in OUTCOMES}
-    if resent and sum(w for o, w in weights.items() if o != "supplement") > 0:
+    if resent:
         weights["supplement"] = 0.0
+        if not any(weights.values()):
+            return "approve"
     total = sum(weights.values())
     acc = 0.0
     for outcome, weight in weights.items():

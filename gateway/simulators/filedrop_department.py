@@ -40,7 +40,7 @@ from fastapi import FastAPI
 from lxml import etree
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.simulators.decisions import Mix, Outcome, default_mix, draw
+from gateway.simulators.decisions import Mix, Outcome, default_mix, draw, version_of
 from gateway.simulators.sftp import SftpServer, sftp_server
 
 __all__ = [
@@ -62,7 +62,6 @@ _OPINIONS = {
 _SUPPLEMENT_ITEMS = ["居民户口簿复印件", "近期免冠照片"]
 _EXT = {"json": ".json", "xml": ".xml", "csv": ".csv"}
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-_VERSION = re.compile(r"-v(\d+)$")
 
 
 class FiledropSimulatorSettings(BaseModel):
@@ -287,8 +286,7 @@ class FiledropDepartmentState:
             self.duplicates += 1
             return None
         ok = _readable(data, s.format)
-        match = _VERSION.search(key)
-        version = int(match.group(1)) if match else 1
+        _lineage, version = version_of(key)
         now = dt.datetime.now(dt.UTC)
         seq = len(self.cases) + 1
         case = FileCase(

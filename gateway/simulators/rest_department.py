@@ -47,7 +47,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.simulators.decisions import Mix, Outcome, default_mix, draw
+from gateway.simulators.decisions import Mix, Outcome, default_mix, draw, version_of
 
 __all__ = [
     "STATUS_ACCEPTED",
@@ -264,8 +264,8 @@ class RestDepartmentState:
             self.duplicates += 1
             return self.cases[existing], False
         now = self.clock()
-        lineage, sep, version = idempotency_key.rpartition("-v")
-        if sep and version.isdigit() and lineage in self.by_lineage:
+        lineage, version = version_of(idempotency_key)
+        if version > 1 and lineage in self.by_lineage:
             return self._resend(self.cases[self.by_lineage[lineage]], idempotency_key, body), True
         self.last_seq += 1
         seq = self.last_seq
@@ -280,8 +280,7 @@ class RestDepartmentState:
         )
         self.cases[case.id] = case
         self.by_key[idempotency_key] = case.id
-        if sep and version.isdigit():
-            self.by_lineage[lineage] = case.id
+        self.by_lineage[lineage] = case.id
         if self.settings.callbacks and self.settings.callback_url:
             self._spawn(self._callback_when_decided(case))
         return case, True
@@ -289,8 +288,7 @@ class RestDepartmentState:
     def _resend(self, case: SimCase, idempotency_key: str, body: dict[str, Any]) -> SimCase:
         """A new version of a case after a supplement (补正): the same case, decided afresh;
         a supplemented case is not asked for a supplement again."""
-        outcome = self.outcome_for(idempotency_key)
-        case.outcome = "approve" if outcome == "supplement" else outcome
+        case.outcome = draw(self.settings.seed, idempotency_key, self.settings.mix, resent=True)
         case.idempotency_key = idempotency_key
         case.body = body
         case.version = body.get("version")

@@ -35,7 +35,6 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,7 +58,7 @@ from spyne.model.complex import Array
 from spyne.protocol.soap import Soap11
 from spyne.server.wsgi import WsgiApplication
 
-from gateway.simulators.decisions import Mix, Outcome, default_mix, draw
+from gateway.simulators.decisions import Mix, Outcome, default_mix, draw, version_of
 from gateway.simulators.rest_department import SimCase
 
 __all__ = [
@@ -97,12 +96,6 @@ Mode = Literal[
     "timeout",
 ]
 MODES: tuple[str, ...] = Mode.__args__  # type: ignore[attr-defined]
-_VERSION = re.compile(r"-v(\d+)$")
-
-
-def _resent(idempotency_key: str) -> bool:
-    match = _VERSION.search(idempotency_key)
-    return bool(match and int(match.group(1)) > 1)
 
 
 class SoapSimulatorSettings(BaseModel):
@@ -199,7 +192,10 @@ class SoapDepartmentState:
     def outcome_for(self, idempotency_key: str) -> Outcome:
         """Deterministic in (seed, key), the same draw as the REST simulator."""
         return draw(
-            self.settings.seed, idempotency_key, self.settings.mix, resent=_resent(idempotency_key)
+            self.settings.seed,
+            idempotency_key,
+            self.settings.mix,
+            resent=version_of(idempotency_key)[1] > 1,
         )
 
     def create(self, idempotency_key: str, body: dict[str, Any]) -> tuple[SimCase, bool]:
