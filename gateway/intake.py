@@ -69,7 +69,7 @@ class ApplicationIn(BaseModel):
     region: str = Field(pattern=REGION_CODE, examples=["339901"])
     applicant: Applicant
     form: CleanJson = Field(default_factory=dict)
-    materials: list[str] = Field(
+    materials: list[CleanStr] = Field(
         default_factory=list, max_length=50, description="material ids from POST /v1/materials"
     )
     delivery: Delivery = Field(default_factory=Delivery)

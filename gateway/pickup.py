@@ -31,6 +31,7 @@ from gateway.states import DECIDED, State
 from gateway.store import cases
 from gateway.store.clients import Client
 from gateway.store.tables import applications, handovers
+from gateway.text import CleanStr, shown
 
 log = structlog.get_logger("gateway.pickup")
 
@@ -166,9 +167,9 @@ class CollectIn(BaseModel):
 
     id_number: SecretStr | None = Field(default=None, max_length=64)
     pickup_code: SecretStr | None = Field(default=None, max_length=16)
-    clerk: str = Field(min_length=1, max_length=64)
-    window: str | None = Field(default=None, max_length=32)
-    collected_by: str | None = Field(
+    clerk: CleanStr = Field(min_length=1, max_length=64)
+    window: CleanStr | None = Field(default=None, max_length=32)
+    collected_by: CleanStr | None = Field(
         default=None, max_length=100, description="name of whoever takes it, if not the applicant"
     )
 
@@ -176,15 +177,15 @@ class CollectIn(BaseModel):
 class MailIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    method: str = Field(default="manual", max_length=32)
-    tracking_number: str | None = Field(default=None, min_length=1, max_length=64)
-    carrier: str | None = Field(default=None, max_length=64)
-    address: str | None = Field(
+    method: CleanStr = Field(default="manual", max_length=32)
+    tracking_number: CleanStr | None = Field(default=None, min_length=1, max_length=64)
+    carrier: CleanStr | None = Field(default=None, max_length=64)
+    address: CleanStr | None = Field(
         default=None, max_length=500, description="default: the address given at intake"
     )
-    recipient: str | None = Field(default=None, max_length=100)
-    clerk: str = Field(min_length=1, max_length=64)
-    window: str | None = Field(default=None, max_length=32)
+    recipient: CleanStr | None = Field(default=None, max_length=100)
+    clerk: CleanStr = Field(min_length=1, max_length=64)
+    window: CleanStr | None = Field(default=None, max_length=32)
 
 
 class HandoverOut(BaseModel):
@@ -206,6 +207,7 @@ class HandoverOut(BaseModel):
 
 
 def handover_out(app: Any, h: Any) -> HandoverOut:
+    app, h = shown(app), shown(h)
     return HandoverOut(
         application_id=app.id,
         receipt_number=app.receipt_number,
@@ -251,7 +253,9 @@ def _check_hands_out(client: Client, app: Any, h: Any) -> None:
 def _same(given: str, stored: str | None) -> bool:
     if not stored:
         return False
-    a, b = given.strip().upper().encode(), stored.strip().upper().encode()
+    # surrogatepass: a lone surrogate typed in is a mismatch, not an encoding crash
+    a = given.strip().upper().encode("utf-8", "surrogatepass")
+    b = stored.strip().upper().encode("utf-8", "surrogatepass")
     return hmac.compare_digest(a, b)
 
 

@@ -27,16 +27,17 @@ from gateway.states import State
 from gateway.store import cases, jobs
 from gateway.store.clients import Client
 from gateway.store.tables import events, supplements
+from gateway.text import CleanStr
 
 
 class SupplementIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    materials: list[str] = Field(
+    materials: list[CleanStr] = Field(
         min_length=1, max_length=50, description="material ids from POST /v1/materials"
     )
-    note: str | None = Field(default=None, max_length=1000)
-    clerk: str | None = Field(default=None, max_length=64)
+    note: CleanStr | None = Field(default=None, max_length=1000)
+    clerk: CleanStr | None = Field(default=None, max_length=64)
 
 
 class SupplementAccepted(BaseModel):

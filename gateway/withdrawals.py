@@ -47,6 +47,7 @@ from gateway.states import FORWARD, State
 from gateway.store import cases, jobs
 from gateway.store.clients import Client
 from gateway.store.tables import applications, withdrawals
+from gateway.text import CleanStr, shown
 from gateway.updates import announce
 
 log = structlog.get_logger("gateway.withdrawals")
@@ -60,8 +61,8 @@ PENDING = "pending"
 class WithdrawIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str | None = Field(default=None, max_length=500)
-    clerk: str | None = Field(default=None, max_length=64)
+    reason: CleanStr | None = Field(default=None, max_length=500)
+    clerk: CleanStr | None = Field(default=None, max_length=64)
 
 
 class WithdrawalOut(BaseModel):
@@ -97,6 +98,7 @@ def supports_withdraw(connector: Connector | None) -> bool:
 
 
 def _out(row: Any, status: str) -> WithdrawalOut:
+    row = shown(row)
     return WithdrawalOut(
         id=row.application_id,
         status=State(status),

@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.intake import IntakeProblem
 from gateway.pii import scrub
+from gateway.text import readable
 
 MEDIA_TYPE = "application/problem+json"
 
@@ -52,7 +53,8 @@ def problem_response(
     }
     if errors:
         body["errors"] = [{**e, "message": scrub(e["message"])} for e in errors]
-    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+    # readable: a message may quote what the client sent (a field name, an id), whatever it is
+    return JSONResponse(readable(body), status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
 def _field(loc: tuple[Any, ...]) -> str:

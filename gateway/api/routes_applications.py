@@ -222,6 +222,16 @@ async def list_applications(
             "updated_since needs a time zone (e.g. +08:00)",
             field="updated_since",
         )
+    if updated_since:
+        try:  # the store keeps UTC: year 1 at +01:00 is before the first UTC instant
+            updated_since = updated_since.astimezone(dt.UTC)
+        except OverflowError:
+            raise Problem(
+                422,
+                "Invalid request",
+                "updated_since is out of range once converted to UTC",
+                field="updated_since",
+            ) from None
     size = limit or runtime.config.gateway.api.page_size
     async with runtime.engine.connect() as conn:
         rows = await cases.list_applications(

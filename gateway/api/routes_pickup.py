@@ -15,6 +15,7 @@ from gateway.api.problems import Problem
 from gateway.api.views import DocumentView, document_view, masked_applicant
 from gateway.blobs import BlobCorrupted
 from gateway.store import cases
+from gateway.text import shown
 from gateway.updates import announce
 
 router = APIRouter(prefix="/v1")
@@ -66,7 +67,7 @@ async def list_pickups(
             ready_at=r.h_ready_at,
             documents=[document_view(d) for d in docs.get(r.id, [])],
         )
-        for r in rows
+        for r in map(shown, rows)
     ]
 
 

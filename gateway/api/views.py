@@ -1,4 +1,4 @@
-"""How stored rows are shown through the API (PII masked)."""
+"""How stored rows are shown through the API (PII masked, any stored value renderable)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from gateway.pii import mask_id, mask_phone
 from gateway.states import State
+from gateway.text import readable, shown
 
 
 class EventView(BaseModel):
@@ -36,6 +37,7 @@ class DocumentView(BaseModel):
 
 
 def document_view(row: Any) -> DocumentView:
+    row = shown(row)
     return DocumentView(
         id=row.id,
         name=row.name,
@@ -79,10 +81,23 @@ class ApplicationView(BaseModel):
 
 
 def masked_applicant(applicant: dict[str, Any]) -> dict[str, Any]:
-    out = dict(applicant)
-    out["id_number"] = mask_id(out.get("id_number"))
-    out["phone"] = mask_phone(out.get("phone"))
+    out = dict(readable(applicant) if isinstance(applicant, dict) else {})
+    for key, mask in (("id_number", mask_id), ("phone", mask_phone)):
+        value = out.get(key)
+        out[key] = None if value is None else mask(str(value))
     return out
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    return {} if value is None else {"value": value}
+
+
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, list):
+        return value
+    return [] if value is None else [value]
 
 
 def supplement_items(row: Any, history: Sequence[Any]) -> list[str]:
@@ -91,13 +106,15 @@ def supplement_items(row: Any, history: Sequence[Any]) -> list[str]:
         return []
     for e in reversed(history):
         if e.to_status == State.SUPPLEMENT_REQUIRED.value:
-            return [str(i) for i in (e.detail or {}).get("supplement_items", [])]
+            return [str(i) for i in _as_list(_as_dict(e.detail).get("supplement_items"))]
     return []
 
 
 def application_view(
     row: Any, history: Sequence[Any] | None = None, docs: Sequence[Any] | None = None
 ) -> ApplicationView:
+    row = shown(row)
+    history = None if history is None else [shown(e) for e in history]
     return ApplicationView(
         id=row.id,
         receipt_number=row.receipt_number,
@@ -111,9 +128,9 @@ def application_view(
         centre=row.centre,
         window=row.window,
         applicant=masked_applicant(row.applicant),
-        form=row.form,
-        materials=row.materials,
-        delivery=row.delivery,
+        form=_as_dict(row.form),
+        materials=[m if isinstance(m, dict) else {"value": m} for m in _as_list(row.materials)],
+        delivery=_as_dict(row.delivery),
         promised_by=row.promised_by,
         last_error=row.last_error,
         created_at=row.created_at,
@@ -130,7 +147,7 @@ def application_view(
                 actor=e.actor,
                 from_status=e.from_status,
                 to_status=e.to_status,
-                detail=e.detail,
+                detail=_as_dict(e.detail),
             )
             for e in history
         ],
