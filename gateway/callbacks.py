@@ -1,8 +1,17 @@
 """Department callbacks: signature check, replay protection, then the common update path.
 
 A department signs ``f"{timestamp}.".encode() + body`` with HMAC-SHA256 under its callback
-secret and sends ``X-Timestamp`` (unix seconds), ``X-Signature: sha256=<hex>`` and
-``X-Event-Id``. Two secrets may be configured at once so a secret can be rotated without a gap.
+secret and sends ``X-Timestamp`` (unix seconds) and ``X-Signature: sha256=<hex>``. Two secrets
+may be configured at once so a secret can be rotated without a gap.
+
+What is not signed is not trusted:
+- the event id is the signed body's (the connector's ``event_id`` field); a callback without
+  one is refused, and an ``X-Event-Id`` header, if sent, must say the same (a replayed body with
+  a fresh header was applied again as a "new" event);
+- an update is about one version of the case: the version its idempotency key names, else the
+  version current when it was signed (``X-Timestamp``). An update about an older version than
+  the case's is stale and changes nothing (a captured ``supplement_required`` for version 1
+  must not send the re-sent version 2 back).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from pydantic import SecretStr
 from gateway.events import Source
 from gateway.results import match
 from gateway.runtime import Runtime
+from gateway.store import cases
 from gateway.updates import DuplicateEvent, apply_case_update
 
 WINDOW_SECONDS = 300
@@ -42,8 +52,9 @@ def verify(
     body: bytes,
     *,
     now: float | None = None,
-) -> None:
-    """Raise CallbackRejected unless one of ``secrets`` signed this body recently."""
+) -> int:
+    """The signed timestamp; CallbackRejected unless one of ``secrets`` signed this body
+    recently."""
     if not secrets:
         raise CallbackRejected(
             404, "Callbacks not configured", "this department has no callback secret configured"
@@ -71,6 +82,7 @@ def verify(
         ok |= hmac.compare_digest(sign(secret.get_secret_value(), timestamp, body).encode(), given)
     if not ok:
         raise CallbackRejected(401, "Bad signature", "the callback signature does not match")
+    return sent
 
 
 @dataclass(frozen=True)
@@ -86,7 +98,9 @@ async def receive(
     connector = runtime.connectors.get(department)
     if dept is None or connector is None:
         raise CallbackRejected(404, "Unknown department", f"no active department '{department}'")
-    verify(dept.callback_secrets, headers.get("x-timestamp"), headers.get("x-signature"), body)
+    signed_at = verify(
+        dept.callback_secrets, headers.get("x-timestamp"), headers.get("x-signature"), body
+    )
     try:
         payload = json.loads(body)
         update = connector.parse_callback(payload)
@@ -94,14 +108,26 @@ async def receive(
         raise CallbackRejected(404, "Callbacks not supported", str(exc)) from exc
     except Exception as exc:
         raise CallbackRejected(422, "Unusable callback", f"{type(exc).__name__}: {exc}") from exc
-    event_id = headers.get("x-event-id") or update.event_id
+    event_id = update.event_id
     if not event_id:
-        raise CallbackRejected(422, "Missing event id", "send X-Event-Id (or event_id)")
+        raise CallbackRejected(
+            422, "Missing event id", "the signed body must carry the event's id (event_id)"
+        )
+    header_id = headers.get("x-event-id")
+    if header_id is not None and header_id != event_id:
+        raise CallbackRejected(
+            401,
+            "Event id not signed",
+            "X-Event-Id differs from the signed body's event id; only the body's counts",
+        )
     found = await match(runtime, department, update)
     if found is None:
         raise CallbackRejected(
             404, "Unknown case", f"no case with case id '{update.case_id}' at {department}"
         )
+    if not update.idempotency_key:  # the update does not name its version: when was it signed?
+        async with runtime.engine.connect() as conn:
+            found = (found[0], await cases.version_at(conn, found[0], signed_at))
     try:
         changes = await apply_case_update(
             runtime,

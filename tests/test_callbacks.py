@@ -27,7 +27,8 @@ SECRET = TEST_SECRETS["AMR_CALLBACK_SECRET"]
 def signed(
     body: dict[str, Any], *, secret: str = SECRET, ts: int | None = None, event_id: str = "ev-1"
 ) -> tuple[bytes, dict[str, str]]:
-    raw = json.dumps(body).encode()
+    """A department's callback: the event id in the signed body (and echoed in X-Event-Id)."""
+    raw = json.dumps({"event_id": event_id, **body}).encode()
     stamp = str(int(time.time()) if ts is None else ts)
     return raw, {
         "X-Timestamp": stamp,
@@ -209,3 +210,102 @@ async def test_future_timestamp_unknown_department_and_resigned_replay(
     assert again.status_code == 200 and again.json()["status"] == "duplicate"
     history = (await api.get(f"/v1/applications/{app_id}", headers=centre_headers)).json()
     assert [e["to_status"] for e in history["history"] if e["source"] == "callback"] == ["approved"]
+
+
+# -- issue 12 item 3: what is not signed is not trusted ------------------------------------------
+
+
+async def _supplemented_and_resent(
+    runtime: Runtime, api: httpx.AsyncClient, headers: dict[str, str]
+) -> tuple[str, str, tuple[bytes, dict[str, str]]]:
+    """A case asked for a supplement by a signed callback (returned, as an attacker on the
+    network would have captured it), supplemented and re-sent as version 2."""
+    app_id, case_id = await _delivered_case(runtime, api, headers)
+    captured = signed(
+        {"case_id": case_id, "status": "3", "supplement_items": ["证明"]},
+        ts=int(time.time()) - 5,
+        event_id="ask-1",
+    )
+    first = await api.post("/v1/callbacks/amr", content=captured[0], headers=captured[1])
+    assert first.json()["status"] == "applied"
+    upload = await api.post(
+        "/v1/materials",
+        files={"file": ("证明.pdf", b"%PDF-1.4 supplement", "application/pdf")},
+        headers=headers,
+    )
+    resent = await api.post(
+        f"/v1/applications/{app_id}/supplements",
+        json={"materials": [upload.json()["id"]]},
+        headers=headers,
+    )
+    assert resent.status_code == 201, resent.text
+    dispatcher = Dispatcher(runtime)
+    await dispatcher.sweep()
+    await dispatcher.drain()
+    view = (await api.get(f"/v1/applications/{app_id}", headers=headers)).json()
+    assert view["version"] == 2 and view["status"] not in ("supplement_required", "dispatching")
+    return app_id, view["status"], captured
+
+
+async def test_replayed_callback_with_a_new_event_id_header_is_refused(
+    runtime: Runtime, api: httpx.AsyncClient, centre_headers: dict[str, str]
+) -> None:
+    app_id, status, (raw, headers) = await _supplemented_and_resent(runtime, api, centre_headers)
+    replay = await api.post(
+        "/v1/callbacks/amr", content=raw, headers={**headers, "X-Event-Id": "fresh-id"}
+    )
+    assert replay.status_code == 401 and replay.json()["title"] == "Event id not signed"
+    # without the header the body's own (signed) id makes it a duplicate
+    no_header = {k: v for k, v in headers.items() if k != "X-Event-Id"}
+    again = await api.post("/v1/callbacks/amr", content=raw, headers=no_header)
+    assert again.status_code == 200 and again.json()["status"] == "duplicate"
+    view = (await api.get(f"/v1/applications/{app_id}", headers=centre_headers)).json()
+    assert view["status"] == status and view["version"] == 2
+
+
+async def test_callback_signed_before_the_resend_cannot_move_the_new_version(
+    runtime: Runtime, api: httpx.AsyncClient, centre_headers: dict[str, str]
+) -> None:
+    """A genuine but older event (signed before version 2 existed, no version named) is
+    stale; an update naming version 2 by its idempotency key applies."""
+    app_id, status, (_raw, _h) = await _supplemented_and_resent(runtime, api, centre_headers)
+    view = (await api.get(f"/v1/applications/{app_id}", headers=centre_headers)).json()
+    case_id = view["department_case_id"]
+    raw, headers = signed(
+        {"case_id": case_id, "status": "3"}, ts=int(time.time()) - 4, event_id="ask-again"
+    )
+    old = await api.post("/v1/callbacks/amr", content=raw, headers=headers)
+    assert old.status_code == 200 and old.json()["status"] == "unchanged"
+    raw, headers = signed(
+        {"case_id": case_id, "status": "3", "idempotency_key": f"ow-{app_id}-v1"},
+        event_id="named-v1",
+    )
+    named_old = await api.post("/v1/callbacks/amr", content=raw, headers=headers)
+    assert named_old.json()["status"] == "unchanged"
+    assert (await api.get(f"/v1/applications/{app_id}", headers=centre_headers)).json()[
+        "status"
+    ] == status
+    raw, headers = signed(
+        {"case_id": case_id, "status": "9", "idempotency_key": f"ow-{app_id}-v2"},
+        event_id="named-v2",
+    )
+    current = await api.post("/v1/callbacks/amr", content=raw, headers=headers)
+    assert current.json()["status"] == "applied"
+
+
+async def test_callback_without_a_signed_event_id_is_refused(
+    runtime: Runtime, api: httpx.AsyncClient, centre_headers: dict[str, str]
+) -> None:
+    app_id, case_id = await _delivered_case(runtime, api, centre_headers)
+    raw = json.dumps({"case_id": case_id, "status": "9"}).encode()
+    stamp = str(int(time.time()))
+    headers = {
+        "X-Timestamp": stamp,
+        "X-Signature": sign(SECRET, stamp, raw),
+        "X-Event-Id": "only-in-the-header",
+        "content-type": "application/json",
+    }
+    resp = await api.post("/v1/callbacks/amr", content=raw, headers=headers)
+    assert resp.status_code == 422 and resp.json()["title"] == "Missing event id"
+    view = (await api.get(f"/v1/applications/{app_id}", headers=centre_headers)).json()
+    assert view["status"] == "delivered"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import Row, and_, bindparam, insert, select, update
+from sqlalchemy import Row, and_, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.clock import now
@@ -199,6 +199,17 @@ async def get_application(conn: AsyncConnection, app_id: str) -> Row[Any] | None
 async def history(conn: AsyncConnection, app_id: str) -> Sequence[Row[Any]]:
     q = select(events).where(events.c.application_id == app_id).order_by(events.c.id)
     return (await conn.execute(q)).all()
+
+
+async def version_at(conn: AsyncConnection, app_id: str, unix_seconds: int) -> int:
+    """The case's version current at ``unix_seconds`` (whole seconds: a version that started
+    within that second counts as current). Versions start with their first event."""
+    at = dt.datetime.fromtimestamp(unix_seconds + 1, dt.UTC)
+    q = select(func.max(events.c.version)).where(
+        events.c.application_id == app_id, events.c.at < at
+    )
+    found = (await conn.execute(q)).scalar()
+    return int(found) if found is not None else 1
 
 
 async def list_applications(
