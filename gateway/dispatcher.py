@@ -1,10 +1,10 @@
-"""The dispatcher: claims due jobs with leases and delivers them through connectors.
+"""The dispatcher: claims due jobs with leases and delivers them through the department links.
 
-Retry state lives in the database (attempts, next_attempt_at, last_error): tenacity only retries
-briefly inside one call; across calls the job waits with exponential backoff and jitter (at least
-Retry-After), and after the department's budget the case goes to ``failed`` with the reason.
-Per department, in this process: a concurrency cap, a token-bucket rate limit and a breaker that
-stops claiming after repeated transient failures.
+Per department: take free slots from its link (cap, rate limit, breaker), claim as many due
+jobs, ask the link to submit each, record the outcome. Retry state lives in the database
+(attempts, next_attempt_at, last_error): the link retries only briefly inside one call; across
+calls the job waits with exponential backoff and jitter (at least Retry-After), and after the
+department's budget the case goes to ``failed`` with the reason.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from typing import Any
 import structlog
 from sqlalchemy import Row, update
 from sqlalchemy.ext.asyncio import AsyncConnection
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_fixed
 
 from gateway import metrics
 from gateway.clock import new_id, now
 from gateway.config.models import DepartmentConfig, RetryPolicy
-from gateway.connector import Applicant, Connector, Envelope, MaterialRef, Receipt
+from gateway.connector import Applicant, Envelope, MaterialRef, Receipt
+from gateway.departments import DepartmentLink
 from gateway.errors import DepartmentRejected, PermanentError, TransientError
 from gateway.events import Source, StatusChange
 from gateway.runtime import Runtime
@@ -38,10 +38,8 @@ from gateway.updates import announce, move, with_contact
 
 log = structlog.get_logger("gateway.dispatcher")
 
-BREAKER_THRESHOLD = 5
 _Work = Callable[[AsyncConnection], Awaitable[list[StatusChange]]]
 _DISPATCHABLE = (State.RECEIVED.value, State.DISPATCHING.value)
-BREAKER_COOLDOWN_SECONDS = 15.0
 
 
 def idempotency_key(application_id: str, version: int) -> str:
@@ -76,37 +74,6 @@ def envelope_for(app: Row[Any]) -> Envelope:
     )
 
 
-class _Bucket:
-    def __init__(self, rate: float) -> None:
-        self.rate, self.capacity = rate, max(1.0, rate)
-        self.tokens, self.at = self.capacity, time.monotonic()
-
-    def take(self, want: int) -> int:
-        t = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (t - self.at) * self.rate)
-        self.at = t
-        got = min(want, int(self.tokens))
-        self.tokens -= got
-        return got
-
-
-class _Breaker:
-    def __init__(self) -> None:
-        self.failures = 0
-        self.open_until = 0.0
-
-    def is_open(self) -> bool:
-        return time.monotonic() < self.open_until
-
-    def record(self, ok: bool) -> None:
-        if ok:
-            self.failures, self.open_until = 0, 0.0
-            return
-        self.failures += 1
-        if self.failures >= BREAKER_THRESHOLD:
-            self.open_until = time.monotonic() + BREAKER_COOLDOWN_SECONDS
-
-
 class Dispatcher:
     def __init__(self, runtime: Runtime, *, owner: str | None = None, seed: int | None = None):
         self.runtime = runtime
@@ -116,50 +83,44 @@ class Dispatcher:
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = asyncio.Event()
         self._rng = random.Random(seed)
-        self._buckets: dict[str, _Bucket] = {}
-        self._breakers: dict[str, _Breaker] = {}
         # outcomes of finished deliveries are committed together (one transaction per batch)
         self._recorder: GroupCommit[_Work, list[StatusChange]] = GroupCommit(
             runtime.engine, run_each
         )
         runtime.on_close.append(self._recorder.aclose)
-        runtime.dispatcher = self
 
     def breaker_open(self, department: str) -> bool:
-        breaker = self._breakers.get(department)
-        return bool(breaker and breaker.is_open())
-
-    def _capacity(self, code: str, dept: DepartmentConfig) -> int:
-        free = min(dept.concurrency - self.inflight.get(code, 0), self.settings.batch_size)
-        breaker = self._breakers.setdefault(code, _Breaker())
-        if breaker.is_open():
-            return 0
-        if breaker.failures >= BREAKER_THRESHOLD:  # half-open: one probe at a time
-            free = min(free, 1 - self.inflight.get(code, 0))
-        if free > 0 and dept.rate_limit_per_second:
-            bucket = self._buckets.setdefault(code, _Bucket(dept.rate_limit_per_second))
-            free = bucket.take(free)
-        return max(free, 0)
+        link = self.runtime.link(department)
+        return bool(link and link.breaker_open())
 
     async def sweep(self) -> int:
         """Claim what every available department can take now and start delivering it."""
         claimed = 0
-        for code, connector in self.runtime.connectors.items():
+        for link in self.runtime.links():
             if self.stopping.is_set():
                 break
-            dept = self.runtime.config.departments[code]
-            want = self._capacity(code, dept)
-            if want <= 0:
+            # slots first: a claimed job never waits for one (its lease covers the call only)
+            slots = link.reserve(self.settings.batch_size)
+            if slots <= 0:
                 continue
-            async with self.runtime.engine.begin() as conn:
-                rows = await jobs.claim(conn, code, self.owner, want, self.settings.lease_seconds)
-                ready, changes = await self._prepare(conn, rows) if rows else ([], [])
+            try:
+                async with self.runtime.engine.begin() as conn:
+                    rows = await jobs.claim(
+                        conn,
+                        link.code,
+                        self.owner,
+                        slots,
+                        link.lease_seconds(self.settings.lease_seconds),
+                    )
+                    ready, changes = await self._prepare(conn, rows) if rows else ([], [])
+            except BaseException:
+                link.unreserve(slots)
+                raise
+            link.unreserve(slots - len(ready))
             announce(self.runtime, changes)
-            if dept.rate_limit_per_second and len(rows) < want:
-                self._buckets[code].tokens += want - len(rows)  # unused tokens go back
             for job, envelope in ready:
-                self.inflight[code] = self.inflight.get(code, 0) + 1
-                task = asyncio.create_task(self._deliver(job, envelope, connector, dept))
+                self.inflight[link.code] = self.inflight.get(link.code, 0) + 1
+                task = asyncio.create_task(self._deliver(job, envelope, link))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
             claimed += len(rows)
@@ -237,13 +198,10 @@ class Dispatcher:
             ready.append((job, envelope_for(app)))
         return ready, changes
 
-    async def _deliver(
-        self, job: Row[Any], envelope: Envelope, connector: Connector, dept: DepartmentConfig
-    ) -> None:
-        code = dept.code
-        metrics.INFLIGHT.labels(code).inc()
+    async def _deliver(self, job: Row[Any], envelope: Envelope, link: DepartmentLink) -> None:
+        code = link.code
         try:
-            await self._deliver_job(job, envelope, connector, dept)
+            await self._deliver_job(job, envelope, link)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -251,67 +209,30 @@ class Dispatcher:
             log.exception("delivery crashed", department=code, application=job.application_id)
         finally:
             self.inflight[code] -= 1
-            metrics.INFLIGHT.labels(code).dec()
             self.runtime.wakeup.set()  # a slot is free: claim more without waiting a sweep
 
-    async def _deliver_job(
-        self, job: Row[Any], envelope: Envelope, connector: Connector, dept: DepartmentConfig
-    ) -> None:
+    async def _deliver_job(self, job: Row[Any], envelope: Envelope, link: DepartmentLink) -> None:
+        dept = link.dept
         started = time.perf_counter()
         outcome = "delivered"
         try:
-            receipt = await self._submit(connector, dept, envelope)
+            receipt = await link.submit(envelope, reserved=True)
         except DepartmentRejected as exc:
             outcome = "rejected"
             await self._record_rejection(job, dept, exc)
-        except PermanentError as exc:
+        except (PermanentError, NotImplementedError) as exc:
             outcome = "permanent"
             await self._record_failure(job, dept, f"permanent: {exc}", final=True)
-        except Exception as exc:
+        except TransientError as exc:
             outcome = "transient"
-            retry_after = exc.retry_after if isinstance(exc, TransientError) else None
-            if not isinstance(exc, TransientError):
-                log.error(
-                    "connector raised an unexpected error; treated as transient",
-                    plugin=dept.connector,
-                    department=dept.code,
-                    error=f"{type(exc).__name__}: {exc}",
-                )
             await self._record_failure(
-                job, dept, f"{type(exc).__name__}: {exc}", retry_after=retry_after
+                job, dept, f"{type(exc).__name__}: {exc}", retry_after=exc.retry_after
             )
         else:
             await self._record_receipt(job, dept, receipt)
         finally:
             metrics.DISPATCH_SECONDS.labels(dept.code).observe(time.perf_counter() - started)
             metrics.DISPATCH.labels(dept.code, outcome).inc()
-        self._breakers.setdefault(dept.code, _Breaker()).record(outcome != "transient")
-
-    async def _submit(
-        self, connector: Connector, dept: DepartmentConfig, envelope: Envelope
-    ) -> Receipt:
-        policy = dept.retry
-
-        def short_wait(exc: BaseException) -> bool:
-            if isinstance(exc, TransientError):
-                return exc.retry_after is None or exc.retry_after <= 1.0
-            return False
-
-        async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(policy.in_call_attempts),
-            wait=wait_fixed(policy.in_call_wait_seconds),
-            retry=retry_if_exception(short_wait),
-            reraise=True,
-        ):
-            with attempt:
-                try:
-                    async with asyncio.timeout(dept.timeout_seconds):
-                        return await connector.submit(envelope)
-                except TimeoutError as exc:
-                    raise TransientError(
-                        f"no answer from {dept.code} within {dept.timeout_seconds}s"
-                    ) from exc
-        raise AssertionError("unreachable")
 
     async def _record_receipt(
         self, job: Row[Any], dept: DepartmentConfig, receipt: Receipt

@@ -8,11 +8,13 @@ The hierarchy::
     └── ConnectorError         raised by a connector while talking to a department
         ├── TransientError     try again later; may carry ``retry_after`` seconds
         ├── PermanentError     retrying cannot help; the case goes to ``failed`` for an operator
+        │   └── AnswerTooLarge an answer over the department's ``max_answer_bytes``
         └── DepartmentRejected a business answer from the department; becomes a case status
 
 Connectors translate library errors at their boundary (``raise TransientError(...) from exc``).
-Anything else a connector raises is caught by the dispatcher, logged with the plugin's name and
-treated as transient.
+The department link (:mod:`gateway.departments`) maps what is left, in one place: a deterministic
+local error (``ValueError``, ``TypeError``, ``RecursionError``: an envelope that cannot be
+serialised) is permanent; anything else is logged with the plugin's name and treated as transient.
 """
 
 from __future__ import annotations
@@ -71,6 +73,19 @@ class PermanentError(ConnectorError):
     """Retrying cannot help (bad mapping, 4xx the department will never accept)."""
 
 
+class AnswerTooLarge(PermanentError):
+    """A department's answer was larger than the department's ``max_answer_bytes`` (counted
+    after decompression, so a small gzip bomb is refused too)."""
+
+    def __init__(self, department: str, limit: int) -> None:
+        self.department = department
+        self.limit = limit
+        super().__init__(
+            f"{department}: answer larger than {limit} bytes (max_answer_bytes in the "
+            "department file; raise it if such answers are legitimate)"
+        )
+
+
 class DepartmentRejected(ConnectorError):
     """The department gave a business answer instead of a case (e.g. 不予受理).
 
@@ -85,6 +100,7 @@ class DepartmentRejected(ConnectorError):
 
 
 __all__ = [
+    "AnswerTooLarge",
     "ConfigError",
     "ConfigProblem",
     "ConnectorError",

@@ -12,7 +12,19 @@ DISPATCH_SECONDS = Histogram(
 STATUS_CHANGES = Counter(
     "gateway_status_changes_total", "Committed status changes", ["department", "source", "to"]
 )
-INFLIGHT = Gauge("gateway_dispatch_inflight", "Submit calls in flight", ["department"])
+INFLIGHT = Gauge(
+    "gateway_dispatch_inflight", "Calls to a department in flight (every operation)", ["department"]
+)
 BREAKER_OPEN = Gauge(
     "gateway_breaker_open", "1 while a department's breaker is open", ["department"]
+)
+CALLS = Counter(
+    "gateway_department_calls_total",
+    "Calls to a department through its link, by operation and outcome",
+    ["department", "operation", "outcome"],
+)
+CALL_SECONDS = Histogram(
+    "gateway_department_call_seconds",
+    "Time of one guarded call to a department (slot wait and in-call retries included)",
+    ["department", "operation"],
 )

@@ -1,4 +1,5 @@
-"""Everything a running gateway holds: config, database, plugins, blob store, connectors.
+"""Everything a running gateway holds: config, database, plugins, blob store, connectors and the
+department links every call to a connector goes through.
 
 The API, the dispatcher, the daemon and the CLI all start from one :class:`Runtime`.
 """
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.blobs import BlobStore
 from gateway.connector import Connector, ConnectorContext, Envelope, MaterialRef
+from gateway.departments import DepartmentLink, bounded_client
 from gateway.http import make_client
 from gateway.logs import ensure_configured
 from gateway.plugin_manager import Plugins, load_plugins
@@ -23,7 +25,6 @@ from gateway.store.db import create_engine, migrate, needs_migration
 
 if TYPE_CHECKING:
     from gateway.config.loader import Config
-    from gateway.dispatcher import Dispatcher
 
 log = structlog.get_logger("gateway")
 
@@ -46,15 +47,16 @@ class Runtime:
         self.engine = engine or create_engine(settings.database_url)
         self.blobs = BlobStore(settings.data_dir / "blobs")
         self.http = http or make_client()
+        #: department code -> its connector (tests may replace one: its link follows)
         self.connectors: dict[str, Connector] = {}
+        self._links: dict[str, DepartmentLink] = {}
+        self._clients: list[httpx.AsyncClient] = []
         #: department code -> why it cannot be dispatched to (disabled, connector missing, ...)
         self.unavailable: dict[str, str] = {}
         #: set when new work is committed in this process, so the dispatcher need not wait a sweep
         self.wakeup = asyncio.Event()
         #: called (in reverse order) by aclose, before the database and http client close
         self.on_close: list[Callable[[], Awaitable[None]]] = []
-        #: the dispatcher running in this process, if any (the ops API shows its breakers)
-        self.dispatcher: Dispatcher | None = None
         self._build_connectors()
 
     def _build_connectors(self) -> None:
@@ -79,14 +81,31 @@ class Runtime:
             def mapper(envelope: Envelope, _dept: Any = dept) -> dict[str, Any] | None:
                 return self.plugins.map_payload(envelope, _dept)
 
+            # the connector's own client: the shared pool, answers capped (decompressed bytes)
+            http = bounded_client(self.http, department=code, limit=dept.max_answer_bytes)
+            self._clients.append(http)
             context = ConnectorContext(
                 department=code,
                 options=options,
-                http=self.http,
+                http=http,
                 read_material=self.read_material,
                 map_payload=mapper,
             )
             self.connectors[code] = cls(context)
+
+    def link(self, code: str) -> DepartmentLink | None:
+        """The guarded path to department ``code`` (None if it has no active connector)."""
+        connector = self.connectors.get(code)
+        if connector is None:
+            return None
+        link = self._links.get(code)
+        if link is None or link.connector is not connector:
+            link = self._links[code] = DepartmentLink(self.config.departments[code], connector)
+        return link
+
+    def links(self) -> list[DepartmentLink]:
+        """Every active department's link, by code."""
+        return [link for code in sorted(self.connectors) if (link := self.link(code))]
 
     async def read_material(self, ref: MaterialRef) -> bytes:
         return await self.blobs.get(ref.sha256)
@@ -105,5 +124,7 @@ class Runtime:
                 await connector.aclose()
             except Exception:
                 log.exception("connector close failed", department=connector.context.department)
+        for client in self._clients:
+            await client.aclose()
         await self.http.aclose()
         await self.engine.dispose()

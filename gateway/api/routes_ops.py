@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Response
@@ -36,27 +37,24 @@ async def departments(runtime: RuntimeDep, _ops: OpsDep) -> list[DepartmentStatu
     async with runtime.engine.connect() as conn:
         depth = await jobs.depth(conn)
     overdue = await deadlines.overdue_counts(runtime)
-    dispatcher = runtime.dispatcher
+    links = {code: runtime.link(code) for code in runtime.config.departments}
+    # every department at once, each within its own deadline (the link's health call)
+    checks = await asyncio.gather(*(link.health() for link in links.values() if link))
+    health = dict(zip([c for c, link in links.items() if link], checks, strict=True))
     out = []
     for code, dept in sorted(runtime.config.departments.items()):
-        connector = runtime.connectors.get(code)
-        healthy, detail = None, ""
-        if connector is not None:
-            try:
-                h = await connector.health()
-                healthy, detail = h.ok, h.detail
-            except Exception as exc:
-                healthy, detail = False, f"health check failed: {type(exc).__name__}"
+        link = links[code]
+        h = health.get(code)
         out.append(
             DepartmentStatus(
                 code=code,
                 name=dept.name,
                 connector=dept.connector,
-                available=connector is not None,
+                available=link is not None,
                 reason=runtime.unavailable.get(code),
-                healthy=healthy,
-                health_detail=detail,
-                breaker_open=bool(dispatcher and dispatcher.breaker_open(code)),
+                healthy=h.ok if h else None,
+                health_detail=h.detail if h else "",
+                breaker_open=bool(link and link.breaker_open()),
                 queue=depth.get(code, {}),
                 overdue=overdue.get(code, 0),
             )

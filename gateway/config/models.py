@@ -110,6 +110,19 @@ class RetryPolicy(_Strict):
     in_call_wait_seconds: float = Field(default=0.05, ge=0)
 
 
+class BreakerSettings(_Strict):
+    """``[breaker]`` of a department file: after ``threshold`` transient failures in a row
+    (timeouts, refused connections, 5xx) the gateway stops calling the department for
+    ``cooldown_seconds``, then lets one probe call through; a success closes it again."""
+
+    threshold: int = Field(default=5, ge=1, le=1000, description="failures in a row")
+    cooldown_seconds: float = Field(default=15.0, gt=0, le=3600)
+
+
+#: default cap on one answer from a department (decompressed bytes)
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
+
+
 class DepartmentConfig(_Strict):
     code: str = Field(pattern=DEPARTMENT_CODE)
     name: str
@@ -123,6 +136,9 @@ class DepartmentConfig(_Strict):
     rate_limit_per_second: float | None = Field(default=None, gt=0)
     timeout_seconds: float = Field(default=30.0, gt=0)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    #: an answer (HTTP body after decompression) larger than this is refused: PermanentError
+    max_answer_bytes: int = Field(default=MAX_ANSWER_BYTES, ge=1024, le=1024 * 1024 * 1024)
     reconcile_cron: str = "0 2 * * *"
     simulator: dict[str, Any] | None = None
     #: what reconciliation does with a case the department lost: re-send it with the same

@@ -1,4 +1,5 @@
-"""Dispatch jobs: claimed with leases, finished with a fence on the lease owner."""
+"""Dispatch jobs: claimed with leases (:mod:`gateway.store.leases`), finished with a fence on
+the lease owner."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sqlalchemy import Row, Update, and_, bindparam, func, insert, select, updat
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.clock import now
+from gateway.store import leases
 from gateway.store.tables import dispatch_jobs
 
 PENDING, LEASED, DONE, DEAD = "pending", "leased", "done", "dead"
@@ -45,39 +47,29 @@ async def enqueue(
     )
 
 
+#: dispatch jobs as leased work: due at ``next_attempt_at``, held by ``lease_owner``
+LEASED_JOBS = leases.Leased(
+    dispatch_jobs, dispatch_jobs.c.id, dispatch_jobs.c.next_attempt_at, dispatch_jobs.c.lease_owner
+)
+
+
 async def claim(
     conn: AsyncConnection, department: str, owner: str, limit: int, lease_seconds: float
 ) -> Sequence[Row[Any]]:
     """Lease up to ``limit`` due jobs of one department: pending ones whose time has come and
-    leased ones whose lease ran out (their worker died). SKIP LOCKED on PostgreSQL lets any number
-    of daemons claim at once without waiting on each other or taking the same job."""
-    t = now()
-    due = (
-        select(dispatch_jobs.c.id)
-        .where(
-            and_(
-                dispatch_jobs.c.department == department,
-                dispatch_jobs.c.state.in_((PENDING, LEASED)),
-                dispatch_jobs.c.next_attempt_at <= t,
-            )
-        )
-        .order_by(dispatch_jobs.c.next_attempt_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+    leased ones whose lease ran out (their worker died). See :mod:`gateway.store.leases`."""
+    return await leases.claim(
+        conn,
+        LEASED_JOBS,
+        and_(
+            dispatch_jobs.c.department == department,
+            dispatch_jobs.c.state.in_((PENDING, LEASED)),
+        ),
+        owner=owner,
+        limit=limit,
+        lease_seconds=lease_seconds,
+        values={"state": LEASED, "updated_at": now()},
     )
-    q = (
-        update(dispatch_jobs)
-        .where(dispatch_jobs.c.id.in_(due.scalar_subquery()))
-        .values(
-            state=LEASED,
-            lease_owner=owner,
-            next_attempt_at=t + dt.timedelta(seconds=lease_seconds),
-            updated_at=t,
-        )
-        .returning(dispatch_jobs)
-    )
-    rows: Sequence[Row[Any]] = (await conn.execute(q)).all()
-    return rows
 
 
 async def finish(

@@ -1,0 +1,145 @@
+"""The per-department guards the link holds: concurrency slots, a token bucket, a breaker.
+
+They live in this process's memory (one link per department per process); what several
+daemons share lives in the database (leases), not here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+import structlog
+
+from gateway import metrics
+from gateway.config.models import BreakerSettings
+
+log = structlog.get_logger("gateway.departments")
+
+
+class Slots:
+    """The department's one concurrency cap, shared by every operation.
+
+    ``try_take(n)`` takes what is free now without waiting (a worker that claims leased work
+    takes its slots first, so a claimed job never waits for one); ``take()`` waits its turn.
+    """
+
+    def __init__(self, department: str, cap: int) -> None:
+        self.department = department
+        self.cap = cap
+        self.used = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def try_take(self, want: int) -> int:
+        got = max(0, min(want, self.cap - self.used)) if not self._waiters else 0
+        self._add(got)
+        return got
+
+    async def take(self) -> None:
+        if self.used < self.cap and not self._waiters:
+            self._add(1)
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # the releaser hands its slot over (``used`` stays counted)
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.give(1)  # handed over just as we gave up: pass it on
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def give(self, n: int = 1) -> None:
+        for _ in range(n):
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    break
+            else:
+                self._add(-1)
+
+    def _add(self, n: int) -> None:
+        if n:
+            self.used += n
+            metrics.INFLIGHT.labels(self.department).inc(n)
+
+
+class Bucket:
+    """Token bucket: ``rate`` calls per second, bursts up to ``max(1, rate)``."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate, self.capacity = rate, max(1.0, rate)
+        self.tokens, self.at = self.capacity, time.monotonic()
+
+    def _refill(self) -> None:
+        t = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (t - self.at) * self.rate)
+        self.at = t
+
+    def take(self, want: int) -> int:
+        """Up to ``want`` tokens available now."""
+        self._refill()
+        got = max(0, min(want, int(self.tokens)))
+        self.tokens -= got
+        return got
+
+    def put_back(self, n: int) -> None:
+        self.tokens = min(self.capacity, self.tokens + n)
+
+    def wait_seconds(self) -> float:
+        """How long until one token is there."""
+        self._refill()
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+
+
+class Breaker:
+    """Opens after ``threshold`` transient failures in a row, for ``cooldown_seconds``; then
+    half-open: one probe call at a time until a success closes it (a failure reopens it).
+
+    Opening and closing are logged at WARNING and shown in ``gateway_breaker_open``.
+    """
+
+    def __init__(self, department: str, settings: BreakerSettings) -> None:
+        self.department = department
+        self.threshold = settings.threshold
+        self.cooldown = settings.cooldown_seconds
+        self.failures = 0
+        self.open_until = 0.0
+        metrics.BREAKER_OPEN.labels(department).set(0)
+
+    @property
+    def tripped(self) -> bool:
+        """Open or half-open: not closed."""
+        return self.failures >= self.threshold
+
+    def is_open(self) -> bool:
+        """In its cool-down: no call goes out."""
+        return time.monotonic() < self.open_until
+
+    def open_for(self) -> float:
+        return max(0.0, self.open_until - time.monotonic())
+
+    def record(self, ok: bool) -> None:
+        if ok:
+            if self.tripped:
+                log.warning("breaker closed", department=self.department)
+                metrics.BREAKER_OPEN.labels(self.department).set(0)
+            self.failures, self.open_until = 0, 0.0
+            return
+        self.failures += 1
+        if self.failures >= self.threshold:
+            reopened = self.failures > self.threshold
+            self.open_until = time.monotonic() + self.cooldown
+            metrics.BREAKER_OPEN.labels(self.department).set(1)
+            log.warning(
+                "breaker reopened" if reopened else "breaker opened",
+                department=self.department,
+                failures=self.failures,
+                cooldown_seconds=self.cooldown,
+            )
+
+
+__all__ = ["Breaker", "Bucket", "Slots"]

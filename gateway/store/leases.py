@@ -1,0 +1,84 @@
+"""Leased work: the one claim mechanism for dispatch jobs, status polls and withdrawals.
+
+A unit of work is a row with a "due at" column. Claiming it pushes that column to the lease's
+end (and stamps the owner where the table has one), so the row is not due again until the lease
+runs out: a worker that dies mid-call leaves work that becomes due by itself (reclaim on expiry).
+Finishing is fenced: the update names the owner (or the lease end written at claim), so a worker
+whose lease ran out and was taken over changes nothing.
+
+A claim is two statements: lock the due rows, skipping rows others hold (``FOR UPDATE SKIP
+LOCKED`` where the engine has it: PostgreSQL; SQLite serialises writers anyway), then update
+only the rows this transaction locked. One ``UPDATE ... WHERE id IN (locking subquery)`` can be
+planned so that it waits on rows another daemon holds, and two daemons claiming at once then
+deadlock.
+
+How long a lease is comes from the department link (:meth:`DepartmentLink.lease_seconds`):
+long enough to outlive the worst case of the call it covers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Column, ColumnElement, Row, Table, and_, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.clock import now
+
+
+@dataclass(frozen=True)
+class Leased:
+    """How one table holds leased work."""
+
+    table: Table
+    key: Column[Any]  # the row's identity
+    due_at: Column[Any]  # due when NULL or past; a claim sets it to the lease's end
+    owner: Column[Any] | None = None  # the lease holder, where the table records one
+
+    def fence(self, key: Any, owner: str) -> ColumnElement[bool]:
+        """Rows this owner still holds (for finishing or releasing)."""
+        assert self.owner is not None
+        return and_(self.key == key, self.owner == owner)
+
+
+async def claim(
+    conn: AsyncConnection,
+    leased: Leased,
+    where: ColumnElement[bool],
+    *,
+    owner: str | None,
+    limit: int,
+    lease_seconds: float,
+    values: Mapping[str, Any] | None = None,
+    returning: Sequence[Any] | None = None,
+) -> list[Row[Any]]:
+    """Lease up to ``limit`` rows matching ``where`` that are due (oldest first)."""
+    if limit <= 0:
+        return []
+    t = now()
+    due = (
+        select(leased.key)
+        .where(and_(where, or_(leased.due_at.is_(None), leased.due_at <= t)))
+        .order_by(leased.due_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    ids = [r[0] for r in (await conn.execute(due)).all()]
+    if not ids:
+        return []
+    stamp: dict[str, Any] = {leased.due_at.name: t + dt.timedelta(seconds=lease_seconds)}
+    if leased.owner is not None and owner is not None:
+        stamp[leased.owner.name] = owner
+    q = (
+        update(leased.table)
+        .where(leased.key.in_(ids))
+        .values({**stamp, **(values or {})})
+        .returning(*(returning or [leased.table]))
+    )
+    return list((await conn.execute(q)).all())
+
+
+__all__ = ["Leased", "claim"]
