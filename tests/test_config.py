@@ -171,6 +171,22 @@ def test_literal_secrets_are_refused(cfg: Path) -> None:
     assert len(found) == 2
 
 
+def test_a_field_named_after_a_record_field_is_not_a_secret(cfg: Path) -> None:
+    """``idempotency_key`` in a mapping names where the key is (issue 13); ``app_key`` next to
+    it is still a credential that must be an ``${ENV}`` reference."""
+    amr = cfg / "departments" / "amr.toml"
+    edit(
+        amr,
+        '[options.list]\npath = "/cases"',
+        '[options.list]\npath = "/cases"\n[options.list.item]\nidempotency_key = "bizNo"',
+    )
+    config = load_config(cfg / "gateway.toml", env=ENV)
+    assert config.departments["amr"].options["list"]["item"]["idempotency_key"] == "bizNo"
+    line = append(amr, '\n[options.headers]\napp_key = "literal"\n')
+    found = problems(cfg)
+    assert [(p.key, p.line) for p in found] == [("options.headers.app_key", line + 2)]
+
+
 def test_literal_api_key_in_gateway_toml(cfg: Path) -> None:
     line = append(
         cfg / "gateway.toml",

@@ -34,6 +34,7 @@ from pydantic.fields import FieldInfo
 
 from gateway.config.catalog import Catalog, overlapping_routes
 from gateway.config.models import DepartmentConfig, GatewaySettings, Matter, Region
+from gateway.connector import CaseSummary, CaseUpdate, Envelope, Receipt
 from gateway.errors import ConfigError, ConfigProblem
 
 MATTER_COLUMNS = (
@@ -51,6 +52,11 @@ _REQUIRED_COLUMNS = frozenset(MATTER_COLUMNS) - {"form_schema", "materials", "pi
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SECRET_NAMES = frozenset({"token", "password", "passwd", "key", "secret"})
 _SECRET_SUFFIXES = ("_token", "_password", "_secret", "_key")
+#: Names of the gateway's own record fields (``idempotency_key``): a connector option or
+#: mapping named after one says where that field is, it does not hold a credential.
+_RECORD_FIELDS = frozenset(
+    name for model in (Envelope, Receipt, CaseUpdate, CaseSummary) for name in model.model_fields
+)
 _TOML_POSITION = re.compile(r"\(at line (\d+), column \d+\)")
 _KEY_PART = r"(?:\"[^\"]*\"|'[^']*'|[A-Za-z0-9_-]+)"
 _HEADER = re.compile(rf"^\s*(\[\[?)\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*\]\]?\s*(?:#.*)?$")
@@ -289,6 +295,8 @@ def _find_line(text: str, target: Loc) -> int | None:
 
 def _is_secret_name(name: str) -> bool:
     name = name.lower().replace("-", "_")
+    if name in _RECORD_FIELDS:
+        return False
     return name in _SECRET_NAMES or name.endswith(_SECRET_SUFFIXES)
 
 
