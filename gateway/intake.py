@@ -93,8 +93,17 @@ class ApplicationAccepted(BaseModel):
 class IntakeProblem(Exception):
     """A request the front desk must fix; ``field`` names what is wrong."""
 
-    def __init__(self, status: int, title: str, detail: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        field: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.status, self.title, self.detail, self.field = status, title, detail, field
+        self.headers = headers
         super().__init__(detail)
 
 

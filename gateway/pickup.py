@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from sqlalchemy import Row, and_, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway import documents
+from gateway import documents, verification
 from gateway.clock import now
 from gateway.delivery import DeliveryRefused, Parcel, Shipment
 from gateway.events import Source, StatusChange
@@ -277,6 +277,7 @@ async def collect(runtime: Runtime, client: Client, app_id: str, body: CollectIn
             "id_number",
         )
     failed: str | None = None
+    at = now()
     async with runtime.engine.begin() as conn:
         app = await cases.lock_application(conn, app_id)
         if app is None:
@@ -293,15 +294,32 @@ async def collect(runtime: Runtime, client: Client, app_id: str, body: CollectIn
                 "case is ready_for_pickup",
                 "id",
             )
+        how = "id_number" if body.id_number is not None else "pickup_code"
+        if app.status == State.COLLECTED.value and h.verified_with != how:
+            # a repeat is answered only for the same kind of check: no comparison, no oracle
+            raise IntakeProblem(
+                409,
+                "Already collected",
+                f"application {app_id} was collected already",
+                "id",
+            )
+        try:
+            await verification.check_allowed(conn, client, app_id, how, at)
+        except verification.TooManyFailures as exc:
+            raise IntakeProblem(
+                429,
+                "Too many failed checks",
+                exc.detail,
+                how,
+                headers={"Retry-After": str(exc.retry_after)},
+            ) from exc
         if body.id_number is not None:
             ok = _same(body.id_number.get_secret_value(), (app.applicant or {}).get("id_number"))
-            how, field = "id_number", "id_number"
         else:
             assert body.pickup_code is not None
             locked = h.code_failures >= MAX_CODE_FAILURES
             ok = not locked and _same(body.pickup_code.get_secret_value(), h.pickup_code)
-            how, field = "pickup_code", "pickup_code"
-            if not ok and not locked and app.status == State.READY_FOR_PICKUP.value:
+            if not ok and not locked:
                 await conn.execute(
                     update(handovers)
                     .where(handovers.c.application_id == app_id)
@@ -313,6 +331,7 @@ async def collect(runtime: Runtime, client: Client, app_id: str, body: CollectIn
                     "check the applicant's ID document instead"
                 )
         if not ok:
+            await verification.record_failure(conn, client, app_id, how, at)
             failed = failed or (
                 f"the {how.replace('_', ' ')} does not match this application; nothing was "
                 "handed out"
@@ -320,7 +339,6 @@ async def collect(runtime: Runtime, client: Client, app_id: str, body: CollectIn
         elif app.status == State.COLLECTED.value:
             return Handed(handover_out(app, h), [], replayed=True)
         else:
-            at = now()
             result = await cases.change_status(
                 conn,
                 app,
@@ -348,10 +366,10 @@ async def collect(runtime: Runtime, client: Client, app_id: str, body: CollectIn
             return Handed(
                 handover_out(app, h), [with_contact(result.change, app.applicant)], replayed=False
             )
-    # the failure counter is committed above; only then is the request refused
+    # the failure is committed above; only then is the request refused
     assert failed is not None
-    log.info("pickup identity check failed", application=app_id, check=field)
-    raise IntakeProblem(403, "Identity not confirmed", failed, field)
+    log.info("pickup identity check failed", application=app_id, check=how)
+    raise IntakeProblem(403, "Identity not confirmed", failed, how)
 
 
 async def mail(runtime: Runtime, client: Client, app_id: str, body: MailIn) -> Handed:

@@ -82,7 +82,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(IntakeProblem)
     async def _intake(request: Request, exc: IntakeProblem) -> JSONResponse:
         errors = [{"field": exc.field, "message": exc.detail}] if exc.field else None
-        return problem_response(request, exc.status, exc.title, exc.detail, errors=errors)
+        return problem_response(
+            request, exc.status, exc.title, exc.detail, errors=errors, headers=exc.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

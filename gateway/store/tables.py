@@ -334,6 +334,20 @@ withdrawals = Table(
     Index("ix_withdrawals_due", "outcome", "next_attempt_at"),
 )
 
+# Wrong identity checks at hand-out (ID number or pickup code), counted per case and per key
+# over a window (migration 0007): the check must not be an oracle to guess ID numbers with.
+verification_failures = Table(
+    "verification_failures",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("client_id", String(32), nullable=False),
+    Column("application_id", String(32), nullable=False),
+    Column("check", String(16), nullable=False),  # id_number | pickup_code
+    Column("at", UTCDateTime, nullable=False),
+    Index("ix_verification_failures_client", "client_id", "at"),
+    Index("ix_verification_failures_application", "application_id", "at"),
+)
+
 __all__ = [
     "api_clients",
     "applications",
@@ -352,5 +366,6 @@ __all__ = [
     "result_documents",
     "supplements",
     "task_leases",
+    "verification_failures",
     "withdrawals",
 ]
