@@ -248,8 +248,8 @@ class Daemon:
             dept = rt.config.departments[code]
             if dept.poll_interval_seconds:
 
-                async def poll(code: str = code, connector: Connector = connector) -> None:
-                    await poll_department(rt, code, connector)
+                async def poll(code: str = code) -> None:
+                    await poll_department(rt, code)
                     return None
 
                 tasks.append(
@@ -257,10 +257,8 @@ class Daemon:
                 )
             if _pulls_updates(connector):
 
-                async def pull(
-                    code: str = code, connector: Connector = connector
-                ) -> dict[str, Any]:
-                    return {"applied": await pull_department(rt, code, connector)}
+                async def pull(code: str = code) -> dict[str, Any]:
+                    return {"applied": await pull_department(rt, code)}
 
                 tasks.append(
                     Task(f"results:{code}", _interval(sched.results_seconds), pull, leased=True)

@@ -1,7 +1,9 @@
 """Status polling: for departments with a poll interval, ask about cases they hold.
 
-Due cases are claimed by pushing their ``next_poll_at`` forward in one statement (SKIP LOCKED on
-PostgreSQL), so several daemons never poll the same case in the same round.
+Claim -> ask the link -> record. Due cases are leased work (:mod:`gateway.store.leases`): the
+claim moves their ``next_poll_at`` to the lease's end, so several daemons never poll the same
+case at once and a case whose poll died is due again when its lease runs out. After the round,
+the cases still holding this round's lease are due again one poll interval after the claim.
 """
 
 from __future__ import annotations
@@ -12,97 +14,106 @@ from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from sqlalchemy import Row, and_, or_, select, update
+from sqlalchemy import Row, and_, update
 
 from gateway.clock import now
-from gateway.config.models import DepartmentConfig
-from gateway.connector import Connector, Receipt
+from gateway.connector import Receipt
+from gateway.departments import DepartmentLink
+from gateway.errors import ConnectorError
 from gateway.events import Source
 from gateway.runtime import Runtime
 from gateway.states import AT_DEPARTMENT
+from gateway.store import leases
 from gateway.store.tables import applications
 from gateway.updates import apply_case_update
 
 log = structlog.get_logger("gateway.poller")
 
+#: cases as leased work: due at ``next_poll_at``; the lease end written at claim fences them
+POLLS = leases.Leased(applications, applications.c.id, applications.c.next_poll_at)
 
-async def _claim(runtime: Runtime, dept: DepartmentConfig, limit: int) -> Sequence[Row[Any]]:
-    assert dept.poll_interval_seconds
-    t = now()
-    due = (
-        select(applications.c.id)
-        .where(
+
+async def _claim(runtime: Runtime, link: DepartmentLink, limit: int) -> Sequence[Row[Any]]:
+    async with runtime.engine.begin() as conn:
+        return await leases.claim(
+            conn,
+            POLLS,
             and_(
-                applications.c.department == dept.code,
+                applications.c.department == link.code,
                 applications.c.status.in_([s.value for s in AT_DEPARTMENT]),
                 applications.c.department_case_id.is_not(None),
-                or_(applications.c.next_poll_at.is_(None), applications.c.next_poll_at <= t),
-            )
+            ),
+            owner=None,
+            limit=limit,
+            lease_seconds=link.lease_seconds(link.dept.poll_interval_seconds or 0.0),
+            returning=[
+                applications.c.id,
+                applications.c.department_case_id,
+                applications.c.version,
+                applications.c.next_poll_at,
+            ],
         )
-        .order_by(applications.c.next_poll_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    # Two statements: lock (skipping rows others hold), then update only the rows this
-    # transaction locked. One UPDATE ... WHERE id IN (locking subquery) can be planned so that
-    # it waits on rows another daemon holds, and two daemons polling at once then deadlock.
-    async with runtime.engine.begin() as conn:
-        ids = [r[0] for r in (await conn.execute(due)).all()]
-        if not ids:
-            return []
-        q = (
-            update(applications)
-            .where(applications.c.id.in_(ids))
-            .values(next_poll_at=t + dt.timedelta(seconds=dept.poll_interval_seconds))
-            .returning(applications.c.id, applications.c.department_case_id, applications.c.version)
-        )
-        return (await conn.execute(q)).all()
 
 
-async def poll_department(
-    runtime: Runtime, code: str, connector: Connector, limit: int = 200
-) -> int:
+async def poll_department(runtime: Runtime, code: str, limit: int = 200) -> int:
     """One polling round for one department; returns how many status changes it applied."""
-    dept = runtime.config.departments[code]
-    rows = await _claim(runtime, dept, limit)
-    sem = asyncio.Semaphore(dept.concurrency)
+    link = runtime.link(code)
+    interval = runtime.config.departments[code].poll_interval_seconds
+    if link is None or not interval:
+        return 0
+    claimed_at = now()
+    rows = await _claim(runtime, link, limit)
     applied = 0
 
     async def one(row: Row[Any]) -> None:
         nonlocal applied
-        async with sem:
-            try:
-                async with asyncio.timeout(dept.timeout_seconds):
-                    upd = await connector.poll(Receipt(case_id=row.department_case_id))
-            except Exception as exc:
-                log.warning(
-                    "poll failed",
-                    department=code,
-                    application=row.id,
-                    error=f"{type(exc).__name__}: {exc}",
-                )
-                return
-            if upd is not None:
-                changes = await apply_case_update(
-                    runtime,
-                    row.id,
-                    upd,
-                    source=Source.POLL,
-                    actor=f"poll/{code}",
-                    version=row.version,
-                )
-                applied += len(changes)
+        try:
+            upd = await link.poll(Receipt(case_id=row.department_case_id))
+        except ConnectorError as exc:
+            log.warning("poll failed", department=code, application=row.id, error=str(exc))
+            return
+        if upd is not None:
+            changes = await apply_case_update(
+                runtime,
+                row.id,
+                upd,
+                source=Source.POLL,
+                actor=f"poll/{code}",
+                version=row.version,
+            )
+            applied += len(changes)
 
-    await asyncio.gather(*(one(r) for r in rows))
+    try:
+        await asyncio.gather(*(one(r) for r in rows))
+    finally:
+        if rows:
+            await _due_again(runtime, rows, claimed_at + dt.timedelta(seconds=interval))
     return applied
+
+
+async def _due_again(runtime: Runtime, rows: Sequence[Row[Any]], at: dt.datetime) -> None:
+    """The round's cases are due at ``at``, unless something else moved their poll time since
+    the claim (a new version's receipt, another daemon after the lease ran out)."""
+    lease_end = rows[0].next_poll_at
+    async with runtime.engine.begin() as conn:
+        await conn.execute(
+            update(applications)
+            .where(
+                and_(
+                    applications.c.id.in_([r.id for r in rows]),
+                    applications.c.next_poll_at == lease_end,
+                )
+            )
+            .values(next_poll_at=at)
+        )
 
 
 async def poll_sweep(runtime: Runtime) -> int:
     total = 0
-    for code, connector in runtime.connectors.items():
+    for code in sorted(runtime.connectors):
         if runtime.config.departments[code].poll_interval_seconds:
             try:
-                total += await poll_department(runtime, code, connector)
+                total += await poll_department(runtime, code)
             except Exception:
                 log.exception("poll round failed", department=code)
     return total

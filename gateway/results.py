@@ -1,5 +1,7 @@
 """Pulled updates (result files and the like): match each to its case, apply it, then ack it.
 
+Both the pull and each ack go through the department's link (cap, deadline, breaker).
+
 Matching uses the gateway's idempotency key when the department echoes it (it names the
 application and version), else the department's case id. Apply-then-ack means a crash in
 between re-applies the update on the next round, which the state machine turns into a no-op.
@@ -10,7 +12,7 @@ from __future__ import annotations
 import structlog
 from sqlalchemy import and_, select
 
-from gateway.connector import CaseUpdate, Connector
+from gateway.connector import CaseUpdate
 from gateway.events import Source
 from gateway.runtime import Runtime
 from gateway.store.tables import applications
@@ -47,32 +49,31 @@ async def match(runtime: Runtime, department: str, upd: CaseUpdate) -> tuple[str
         return (row.id, row.version) if row else None
 
 
-async def pull_department(
-    runtime: Runtime, code: str, connector: Connector, limit: int = 500
-) -> int:
+async def pull_department(runtime: Runtime, code: str, limit: int = 500) -> int:
     """One round for one department; returns how many updates changed a case."""
+    link = runtime.link(code)
+    if link is None:
+        return 0
     applied = 0
-    for upd in await connector.pull_updates(limit):
+    for upd in await link.pull_updates(limit):
         found = await match(runtime, code, upd)
         if found is None:
-            await connector.ack_update(
-                upd, "unmatched", "no case with this idempotency key or case id"
-            )
+            await link.ack_update(upd, "unmatched", "no case with this idempotency key or case id")
             continue
         app_id, version = found
         changes = await apply_case_update(
             runtime, app_id, upd, source=Source.POLL, actor=f"results/{code}", version=version
         )
         applied += bool(changes)
-        await connector.ack_update(upd, "applied" if changes else "duplicate")
+        await link.ack_update(upd, "applied" if changes else "duplicate")
     return applied
 
 
 async def pull_sweep(runtime: Runtime) -> int:
     total = 0
-    for code, connector in runtime.connectors.items():
+    for code in sorted(runtime.connectors):
         try:
-            total += await pull_department(runtime, code, connector)
+            total += await pull_department(runtime, code)
         except Exception:
             log.exception("result pull failed", department=code)
     return total

@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.clock import now
 from gateway.config.models import DepartmentConfig
 from gateway.connector import Connector, Receipt
+from gateway.departments import DepartmentLink
 from gateway.dispatcher import backoff
 from gateway.errors import DepartmentRejected, PermanentError, TransientError
 from gateway.events import Source, StatusChange
@@ -44,7 +45,7 @@ from gateway.pickup import may_see
 from gateway.pii import scrub
 from gateway.runtime import Runtime
 from gateway.states import FORWARD, State
-from gateway.store import cases, jobs
+from gateway.store import cases, jobs, leases
 from gateway.store.clients import Client
 from gateway.store.tables import applications, withdrawals
 from gateway.text import CleanStr, shown
@@ -267,60 +268,78 @@ class _Retry:
     final: bool = False  # retrying cannot help (a permanent error)
 
 
-def lease_seconds(runtime: Runtime) -> float:
-    """Long enough for the slowest department's call to end before another daemon may retake."""
-    longest = max((d.timeout_seconds for d in runtime.config.departments.values()), default=0.0)
-    return max(runtime.config.gateway.dispatch.lease_seconds, 2 * longest + 5)
+#: withdrawal requests as leased work: due at ``next_attempt_at``, held by ``lease_owner``
+LEASED = leases.Leased(
+    withdrawals,
+    withdrawals.c.application_id,
+    withdrawals.c.next_attempt_at,
+    withdrawals.c.lease_owner,
+)
 
 
-async def claim(runtime: Runtime, owner: str, limit: int) -> list[Row[Any]]:
-    """Lease up to ``limit`` due pending withdrawals (and those whose lease ran out): lock
-    (SKIP LOCKED on PostgreSQL), then stamp only the rows this transaction locked."""
-    t = now()
-    due = (
-        select(withdrawals.c.application_id)
-        .where(and_(withdrawals.c.outcome == PENDING, withdrawals.c.next_attempt_at <= t))
-        .order_by(withdrawals.c.next_attempt_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
+async def claim(
+    runtime: Runtime, owner: str, department: str, limit: int, lease_seconds: float
+) -> list[Row[Any]]:
+    """Lease up to ``limit`` due pending withdrawals of one department (and those whose lease
+    ran out)."""
+    of_department = select(applications.c.id).where(applications.c.department == department)
     async with runtime.engine.begin() as conn:
-        ids = [r[0] for r in (await conn.execute(due)).all()]
-        if not ids:
-            return []
-        q = (
-            update(withdrawals)
-            .where(withdrawals.c.application_id.in_(ids))
-            .values(
-                lease_owner=owner,
-                next_attempt_at=t + dt.timedelta(seconds=lease_seconds(runtime)),
-            )
-            .returning(withdrawals)
+        return await leases.claim(
+            conn,
+            LEASED,
+            and_(
+                withdrawals.c.outcome == PENDING,
+                withdrawals.c.application_id.in_(of_department.scalar_subquery()),
+            ),
+            owner=owner,
+            limit=limit,
+            lease_seconds=lease_seconds,
         )
-        return list((await conn.execute(q)).all())
 
 
 async def sweep(
     runtime: Runtime, owner: str, *, rng: random.Random | None = None
 ) -> dict[str, Any] | None:
     """One round of the daemon's ``withdrawals`` task: ask the departments about the pending
-    withdrawals this owner claims. Returns counts of what happened, or None if nothing was due."""
-    rows = await claim(runtime, owner, runtime.config.gateway.dispatch.batch_size)
-    if not rows:
-        return None
-    rng = rng or random.Random()
-    sems: dict[str, asyncio.Semaphore] = {}
-    counts: dict[str, int] = {}
+    withdrawals this owner claims. Returns counts of what happened, or None if nothing was due.
 
-    async def one(row: Row[Any]) -> None:
+    Per department: slots first (from its link), then as many requests as slots; a department
+    without an active connector needs none (its requests settle without asking)."""
+    settings = runtime.config.gateway.dispatch
+    rng = rng or random.Random()
+    counts: dict[str, int] = {}
+    work: list[tuple[Row[Any], DepartmentLink | None]] = []
+    for code in sorted(runtime.config.departments):
+        link = runtime.link(code)
+        slots = link.reserve(settings.batch_size) if link else settings.batch_size
+        if slots <= 0:
+            continue
+        lease = link.lease_seconds(settings.lease_seconds) if link else settings.lease_seconds
         try:
-            outcome = await _handle(runtime, row, owner, sems, rng)
+            rows = await claim(runtime, owner, code, slots, lease)
+        except BaseException:
+            if link:
+                link.unreserve(slots)
+            raise
+        if link:
+            link.unreserve(slots - len(rows))
+        work += [(row, link) for row in rows]
+    if not work:
+        return None
+
+    async def one(row: Row[Any], link: DepartmentLink | None) -> None:
+        slot = [link is not None]  # this request's reserved slot, until used or given back
+        try:
+            outcome = await _handle(runtime, row, owner, link, slot, rng)
         except Exception:  # a bug or a database outage: the lease runs out, another round retries
             log.exception("withdrawal round crashed", application=row.application_id)
             outcome = "crashed"
+        finally:
+            if slot[0] and link is not None:
+                link.unreserve(1)
         counts[outcome] = counts.get(outcome, 0) + 1
 
-    await asyncio.gather(*(one(r) for r in rows))
+    await asyncio.gather(*(one(row, link) for row, link in work))
     return counts
 
 
@@ -328,7 +347,8 @@ async def _handle(
     runtime: Runtime,
     row: Row[Any],
     owner: str,
-    sems: dict[str, asyncio.Semaphore],
+    link: DepartmentLink | None,
+    slot: list[bool],
     rng: random.Random,
 ) -> str:
     settled: _Settled | None = None
@@ -343,9 +363,9 @@ async def _handle(
         return _announced(runtime, settled)
     if decided is not None:
         return await _retry(runtime, row, owner, decided, dept, rng)
-    sem = sems.setdefault(dept.code, asyncio.Semaphore(dept.concurrency))
-    async with sem:
-        answer = await _ask(runtime.connectors[dept.code], dept, app)
+    assert link is not None  # _without_asking settles requests of departments without one
+    slot[0] = False  # the link gives the slot back when the call ends
+    answer = await _ask(link, app)
     if isinstance(answer, _Retry):
         return await _retry(runtime, row, owner, answer, dept, rng)
     async with runtime.engine.begin() as conn:
@@ -396,29 +416,17 @@ async def _without_asking(
     return None
 
 
-async def _ask(connector: Connector, dept: DepartmentConfig, app: Any) -> _Settle | _Retry:
-    code, timeout = dept.code, dept.timeout_seconds
+async def _ask(link: DepartmentLink, app: Any) -> _Settle | _Retry:
     try:
-        async with asyncio.timeout(timeout):
-            await connector.withdraw(Receipt(case_id=app.department_case_id))
+        await link.withdraw(Receipt(case_id=app.department_case_id), reserved=True)
     except NotImplementedError as exc:  # e.g. a REST department without [options.withdraw]
         return _Settle("unsupported", str(exc)[:500], withdraw=True, needs_ops=True)
     except DepartmentRejected as exc:
         return _Settle("refused", scrub(exc.reason)[:500], withdraw=False)
     except PermanentError as exc:
         return _Retry(scrub(f"permanent: {exc}")[:400], final=True)
-    except TimeoutError:
-        return _Retry(f"no answer from {code} within {timeout}s")
     except TransientError as exc:
         return _Retry(scrub(f"{type(exc).__name__}: {exc}")[:400], exc.retry_after)
-    except Exception as exc:  # a plugin's failure is treated as transient, as for dispatch
-        log.error(
-            "connector raised an unexpected error on withdraw; treated as transient",
-            department=code,
-            application=app.id,
-            error=f"{type(exc).__name__}: {exc}",
-        )
-        return _Retry(scrub(f"{type(exc).__name__}: {exc}")[:400])
     return _Settle("withdrawn", "the department confirmed the withdrawal", withdraw=True)
 
 

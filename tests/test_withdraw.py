@@ -392,9 +392,9 @@ async def test_concurrent_claims_are_disjoint(
         await ask_withdrawal(api, centre_headers, app["id"])
         ids.append(app["id"])
     a, b, c = await asyncio.gather(
-        withdrawals.claim(runtime, "daemon-a", 4),
-        withdrawals.claim(runtime, "daemon-b", 4),
-        withdrawals.claim(runtime, "daemon-c", 4),
+        withdrawals.claim(runtime, "daemon-a", "amr", 4, 60.0),
+        withdrawals.claim(runtime, "daemon-b", "amr", 4, 60.0),
+        withdrawals.claim(runtime, "daemon-c", "amr", 4, 60.0),
     )
     claimed = [r.application_id for r in (*a, *b, *c)]
     assert sorted(claimed) == sorted(ids)  # each exactly once

@@ -81,7 +81,7 @@ async def test_rest_department_refuses_a_decided_case(
         await conn.execute(
             update(applications).where(applications.c.id == app_id).values(next_poll_at=None)
         )
-    assert await poll_department(runtime, "amr", runtime.connectors["amr"]) >= 1
+    assert await poll_department(runtime, "amr") >= 1
     view = (await api.get(f"/v1/applications/{app_id}", headers=centre_headers)).json()
     assert view["status"] in ("approved", "ready_for_pickup")
     record = (await api.get(f"/v1/applications/{app_id}/withdrawal", headers=centre_headers)).json()

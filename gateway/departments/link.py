@@ -8,8 +8,11 @@ department's guards in one place::
     rate       one token bucket (``rate_limit_per_second``)
     breaker    after ``[breaker] threshold`` transient failures in a row, no calls for
                ``cooldown_seconds``, then one probe at a time (WARNING log, gateway_breaker_open)
-    deadline   every attempt ends within ``timeout_seconds``; a whole call, short retries
-               included, within :attr:`DepartmentLink.call_seconds`
+    deadline   every attempt ends within ``timeout_seconds``; a whole call, the short in-call
+               retries of ``submit`` included, within :attr:`DepartmentLink.call_seconds`
+    retries    across calls one rule (``backoff``: persisted, exponential with jitter, at least
+               Retry-After) used by dispatch and withdrawals; inside a call only ``submit``
+               retries briefly (``[retry] in_call_attempts``): polls come round again anyway
     size       every HTTP answer is capped at ``max_answer_bytes``, decompressed bytes counted
                (:mod:`gateway.departments.answers`)
     errors     one mapping (:func:`classify`): what a connector raises becomes a
@@ -155,14 +158,10 @@ class DepartmentLink:
         return receipt
 
     async def poll(self, receipt: Receipt, *, reserved: bool = False) -> CaseUpdate | None:
-        return await self._call(
-            "poll", lambda: self.connector.poll(receipt), reserved=reserved, retry=True
-        )
+        return await self._call("poll", lambda: self.connector.poll(receipt), reserved=reserved)
 
     async def withdraw(self, receipt: Receipt, *, reserved: bool = False) -> None:
-        await self._call(
-            "withdraw", lambda: self.connector.withdraw(receipt), reserved=reserved, retry=True
-        )
+        await self._call("withdraw", lambda: self.connector.withdraw(receipt), reserved=reserved)
 
     async def pull_updates(self, limit: int) -> list[CaseUpdate]:
         return await self._call("pull_updates", lambda: self.connector.pull_updates(limit))

@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.clock import new_id, now
 from gateway.config.models import DepartmentConfig
 from gateway.connector import CaseUpdate, Connector, Receipt
+from gateway.departments import DepartmentLink
 from gateway.dispatcher import envelope_for, idempotency_key
 from gateway.errors import PermanentError
 from gateway.events import Source
@@ -107,7 +108,7 @@ def compare(dept: DepartmentConfig, gateway_status: str, raw: str) -> Kind:
 class _Run:
     runtime: Runtime
     dept: DepartmentConfig
-    connector: Connector
+    link: DepartmentLink
     run_id: str
     since: dt.datetime
     until: dt.datetime
@@ -209,7 +210,7 @@ class _Run:
         # the full case (documents, opinion) when the department can be asked; else the list line
         upd: CaseUpdate | None = None
         try:
-            upd = await self.connector.poll(Receipt(case_id=d.case_id))
+            upd = await self.link.poll(Receipt(case_id=d.case_id))
         except Exception as exc:
             log.info("reconcile: poll for details failed", case=d.case_id, error=str(exc))
         if upd is None or compare(self.dept, g.status, upd.status) is not Kind.DEPARTMENT_AHEAD:
@@ -236,7 +237,7 @@ class _Run:
             self.count("in_flight")  # not yet acknowledged and the department has nothing
             return
         try:
-            upd = await self.connector.poll(Receipt(case_id=g.case_id))
+            upd = await self.link.poll(Receipt(case_id=g.case_id))
         except PermanentError as exc:
             await self._missing(g, status, f"{exc}")
             return
@@ -262,7 +263,7 @@ class _Run:
         if app is None or app.version != g.version:
             return
         try:
-            receipt = await self.connector.submit(envelope_for(app))
+            receipt = await self.link.submit(envelope_for(app))
         except Exception as exc:
             await self.flag(
                 Kind.MISSING_AT_DEPARTMENT, "flagged", g=g, why=why, resend_error=str(exc)[:300]
@@ -441,15 +442,15 @@ async def reconcile_department(
     """Reconcile one department over ``[since, until)`` (default: since the last run, less the
     overlap, or the last day). The run and its discrepancies are stored; returns the run."""
     dept = runtime.config.departments[department]
-    conn_ = connector or runtime.connectors.get(department)
-    if conn_ is None:
+    link = DepartmentLink(dept, connector) if connector else runtime.link(department)
+    if link is None:
         raise KeyError(f"department {department} has no active connector")
     until = until or now()
     if since is None:
         last = await last_window_end(runtime, department)
         overlap = dt.timedelta(seconds=runtime.config.gateway.schedule.reconcile_overlap_seconds)
         since = last - overlap if last else until - dt.timedelta(days=1)
-    run = _Run(runtime, dept, conn_, new_id(), since, until)
+    run = _Run(runtime, dept, link, new_id(), since, until)
     async with runtime.engine.begin() as conn:
         await conn.execute(
             insert(reconcile_runs).values(
@@ -467,7 +468,7 @@ async def reconcile_department(
     gw_seen, dept_seen = [0], [0]
     state, error = "done", None
     try:
-        async with sorted_department(conn_.list_cases(since, until), counter=dept_seen) as dside:
+        async with sorted_department(link.list_cases(since, until), counter=dept_seen) as dside:
             if progress:
                 progress(gw_seen[0], dept_seen[0])
             async for g, ds in pair(
