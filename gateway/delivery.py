@@ -1,19 +1,16 @@
 """Delivery methods: how a result leaves the centre by post.
 
 A delivery method is registered through the ``register_delivery_methods`` hook (the built-in
-``manual`` method below is registered exactly like a plugin's courier). ``POST
-/v1/applications/{id}/mail`` names a method; the core builds a :class:`Parcel`, awaits
+``manual`` method, :mod:`gateway.manual_mail`, is registered exactly like a plugin's courier).
+``POST /v1/applications/{id}/mail`` names a method; the core builds a :class:`Parcel`, awaits
 :meth:`DeliveryMethod.ship` and records the :class:`Shipment` it returns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from gateway.hookspecs import hookimpl
 
 
 class Parcel(BaseModel):
@@ -64,34 +61,9 @@ class DeliveryMethod:
         raise NotImplementedError
 
 
-class ManualMail(DeliveryMethod):
-    """The clerk posts the parcel at the counter and types in the tracking number."""
-
-    name: ClassVar[str] = "manual"
-    description: ClassVar[str] = (
-        "posted by the centre; the clerk enters carrier and tracking number"
-    )
-
-    async def ship(self, parcel: Parcel) -> Shipment:
-        if not parcel.tracking_number:
-            raise DeliveryRefused(
-                "tracking_number is required when the centre posts the parcel itself "
-                "(method 'manual')",
-                "tracking_number",
-            )
-        return Shipment(carrier=parcel.carrier or "EMS", tracking_number=parcel.tracking_number)
-
-
-@hookimpl(trylast=True)
-def register_delivery_methods(register: Callable[[DeliveryMethod], None]) -> None:
-    register(ManualMail())
-
-
 __all__ = [
     "DeliveryMethod",
     "DeliveryRefused",
-    "ManualMail",
     "Parcel",
     "Shipment",
-    "register_delivery_methods",
 ]

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("gateway.plugins")
 GROUP = "gateway"
 #: Core behaviour registered through the same hooks as plugins: (name, module).
-BUILTIN: tuple[tuple[str, str], ...] = (("manual_mail", "gateway.delivery"),)
+BUILTIN: tuple[tuple[str, str], ...] = (("manual_mail", "gateway.manual_mail"),)
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class Plugins:
         owners: dict[str, str] = {}
         for impl in self.pm.hook.register_connectors.get_hookimpls():
             registered: list[type[Connector]] = []
-            self._call(impl, registered.append)
+            self._call(impl, register=registered.append)
             for cls in registered:
                 kind = getattr(cls, "kind", None)
                 if not isinstance(kind, str) or not hasattr(cls, "Options"):
@@ -116,7 +116,7 @@ class Plugins:
         self, envelope: Envelope, department: DepartmentConfig
     ) -> dict[str, Any] | None:
         for impl in reversed(self.pm.hook.map_payload.get_hookimpls()):
-            result = self._call(impl, envelope, department)
+            result = self._call(impl, envelope=envelope, department=department)
             if result is not None:
                 return dict(result)
         return None
@@ -124,7 +124,7 @@ class Plugins:
     def validate_application(self, form: dict[str, Any], matter: Matter, region: str) -> list[str]:
         problems: list[str] = []
         for impl in self.pm.hook.validate_application.get_hookimpls():
-            problems.extend(self._call(impl, form, matter, region) or [])
+            problems.extend(self._call(impl, form=form, matter=matter, region=region) or [])
         return problems
 
     def delivery_methods(self) -> dict[str, DeliveryMethod]:
@@ -135,7 +135,7 @@ class Plugins:
         owners: dict[str, str] = {}
         for impl in self.pm.hook.register_delivery_methods.get_hookimpls():
             registered: list[DeliveryMethod] = []
-            self._call(impl, registered.append)
+            self._call(impl, register=registered.append)
             for method in registered:
                 name = getattr(method, "name", None)
                 if not isinstance(name, str) or not callable(getattr(method, "ship", None)):
@@ -153,21 +153,23 @@ class Plugins:
     def status_changed(self, change: StatusChange, contact: Contact | None = None) -> None:
         for impl in self.pm.hook.status_changed.get_hookimpls():
             try:
-                self._call(impl, change, contact)
+                self._call(impl, change=change, contact=contact)
             except Exception:
                 log.exception("status_changed hook failed", plugin=impl.plugin_name)
 
     def register_commands(self, cli: typer.Typer) -> None:
         for impl in self.pm.hook.register_commands.get_hookimpls():
             try:
-                self._call(impl, cli)
+                self._call(impl, cli=cli)
             except Exception as exc:
                 self.failures[impl.plugin_name] = f"register_commands: {exc}"
 
-    def _call(self, impl: pluggy.HookImpl, *args: Any) -> Any:
+    def _call(self, impl: pluggy.HookImpl, **kwargs: Any) -> Any:
         # pluggy stops a whole hook call at the first raising impl; calling impls one by one
-        # keeps each plugin in its own error boundary and lets us name the culprit.
-        result = impl.function(*args[: len(impl.argnames)])
+        # keeps each plugin in its own error boundary and lets us name the culprit. Arguments go
+        # by name, as pluggy passes them: an impl may take any subset of the spec's arguments in
+        # any order (registration already refused names the spec does not have).
+        result = impl.function(*(kwargs[name] for name in impl.argnames))
         if self.trace:
             log.info("hook", plugin=impl.plugin_name, hook=impl.function.__name__, result=result)
         return result

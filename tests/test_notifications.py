@@ -12,10 +12,11 @@ import httpx
 import pytest
 
 from gateway.config.loader import Config
-from gateway.delivery import DeliveryMethod, ManualMail
+from gateway.delivery import DeliveryMethod
 from gateway.errors import PluginError
 from gateway.events import StatusChange
 from gateway.hookspecs import hookimpl
+from gateway.manual_mail import ManualMail
 from gateway.notifications import Contact
 from gateway.plugin_manager import load_plugins
 from gateway.runtime import Runtime
