@@ -235,7 +235,24 @@ def may_see(client: Client, app: Any) -> bool:
     """A centre sees the cases it received and those handed out at it; ops see all."""
     if client.ops:
         return True
+    if client.centre is None:  # a key scoped to nothing sees nothing
+        return False
     return client.centre in (app.centre, (app.delivery or {}).get("centre"))
+
+
+def check_may_change(client: Client, app: Any) -> None:
+    """Only the centre that took the application (or ops) may change it: withdraw, supplement,
+    mail. A pickup centre elsewhere sees the case and hands it out, nothing more."""
+    if not may_see(client, app):
+        raise _not_found(app.id)
+    if not client.ops and client.centre != app.centre:
+        raise IntakeProblem(
+            403,
+            "Not the receiving centre",
+            f"application {app.id} was taken at centre {app.centre}; only that centre may "
+            "change it (this centre may hand it out)",
+            "id",
+        )
 
 
 def _check_hands_out(client: Client, app: Any, h: Any) -> None:
@@ -380,7 +397,7 @@ async def mail(runtime: Runtime, client: Client, app_id: str, body: MailIn) -> H
         if app is None:
             raise _not_found(app_id)
         h = await _handover(conn, app)
-        _check_hands_out(client, app, h)
+        check_may_change(client, app)
         if app.status == State.MAILED.value:
             return Handed(handover_out(app, h), [], replayed=True)
         if app.status != State.READY_FOR_PICKUP.value:

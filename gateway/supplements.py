@@ -21,7 +21,7 @@ from gateway.dispatcher import idempotency_key
 from gateway.events import Source, StatusChange
 from gateway.intake import IntakeProblem, resolve_materials
 from gateway.notifications import with_contact
-from gateway.pickup import may_see
+from gateway.pickup import check_may_change, may_see
 from gateway.runtime import Runtime
 from gateway.states import State
 from gateway.store import cases, jobs
@@ -80,6 +80,7 @@ async def submit(runtime: Runtime, client: Client, app_id: str, body: Supplement
             raise IntakeProblem(
                 404, "Unknown application", f"no application '{app_id}' visible to this key", "id"
             )
+        check_may_change(client, app)
         if app.status != State.SUPPLEMENT_REQUIRED.value:
             done = await _same_as_last(conn, app, body.materials)
             if done is not None:

@@ -41,7 +41,7 @@ from gateway.errors import DepartmentRejected, PermanentError, TransientError
 from gateway.events import Source, StatusChange
 from gateway.intake import IntakeProblem
 from gateway.notifications import with_contact
-from gateway.pickup import may_see
+from gateway.pickup import check_may_change, may_see
 from gateway.pii import scrub
 from gateway.runtime import Runtime
 from gateway.states import FORWARD, State
@@ -148,6 +148,7 @@ async def withdraw(runtime: Runtime, client: Client, app_id: str, body: Withdraw
         app = await cases.lock_application(conn, app_id)
         if app is None or not may_see(client, app):
             raise _not_found(app_id)
+        check_may_change(client, app)
         if (row := await _record(conn, app_id)) is not None:
             return Withdrawn(_out(row, app.status), [], replayed=True)
         _check_withdrawable(app)

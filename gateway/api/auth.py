@@ -64,6 +64,9 @@ async def authenticate(request: Request) -> Client:
     client = await keyring.find(key.strip())
     if client is None:
         raise _unauthorized("this API key is not known or was revoked")
+    if client.centre is None and not client.ops:
+        # check-config refuses such keys; one in the database must not act for every centre
+        raise Problem(403, "Key has no scope", "this API key is neither a centre's nor ops")
     return client
 
 

@@ -609,6 +609,15 @@ class _Loader:
                     )
                 )
         for i, key in enumerate(gateway.api_keys):
+            if (key.centre is None) != key.ops:
+                # neither: a key scoped to nothing read every centre's cases; both: ambiguous
+                self.problems.append(
+                    source.problem(
+                        ("gateway", "api_keys", i),
+                        f"key {key.name!r} must give exactly one of centre = \"<code>\" or "
+                        "ops = true",
+                    )
+                )
             if key.centre is not None and key.centre not in centres:
                 self.problems.append(
                     source.problem(
