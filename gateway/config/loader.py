@@ -614,7 +614,7 @@ class _Loader:
                 self.problems.append(
                     source.problem(
                         ("gateway", "api_keys", i),
-                        f"key {key.name!r} must give exactly one of centre = \"<code>\" or "
+                        f'key {key.name!r} must give exactly one of centre = "<code>" or '
                         "ops = true",
                     )
                 )
