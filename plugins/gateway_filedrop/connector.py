@@ -8,6 +8,7 @@ Layout under the target's root (names from ``[options.folders]``)::
                  documents either inline (base64) or in the folder <result stem>.files/
     archive/     results the gateway applied (or found already applied)
     quarantine/  results it could not read or match, each with a <name>.reason sidecar
+                 (among them any link, FIFO, device or socket found where a file should be)
     sent/        the gateway's own record of each request written (idempotency, list_cases)
 
 Every file name the connector makes comes from the gateway's idempotency key
@@ -44,8 +45,10 @@ from gateway.connector import (
 from gateway.errors import ConnectorError, PermanentError, TransientError
 from gateway.mapping import MISSING, get_path, map_envelope, parse_time, put_path
 from gateway_filedrop.formats import EXTENSIONS, ResultFileError, decode_result, encode_request
+from gateway_filedrop.local_storage import LocalStorage
 from gateway_filedrop.options import FiledropOptions, LocalTarget
-from gateway_filedrop.storage import Entry, FileTooLarge, LocalStorage, SftpStorage, Storage
+from gateway_filedrop.sftp_storage import SftpStorage
+from gateway_filedrop.storage import Entry, FileTooLarge, Storage, UnsafeFile
 
 __all__ = ["FiledropConnector", "FiledropOptions", "safe_document_name"]
 
@@ -91,6 +94,18 @@ class FiledropConnector(Connector):
             raise PermanentError(
                 f"{self.context.department}: idempotency key unfit for a file name"
             )
+        try:
+            return await self._submit(envelope, key)
+        except UnsafeFile as exc:
+            raise self._unsafe(exc) from exc
+
+    def _unsafe(self, exc: UnsafeFile) -> PermanentError:
+        """A link or special file where the gateway writes or lists: not for retrying."""
+        return PermanentError(
+            f"{self.context.department}: {exc} (an operator must check the share)"
+        )
+
+    async def _submit(self, envelope: Envelope, key: str) -> Receipt:
         await self._prepare()
         folders, request = self.options.folders, self.options.request
         name = key + EXTENSIONS[request.format]
@@ -183,14 +198,19 @@ class FiledropConnector(Connector):
         await self._prepare()
         outbox = self.options.folders.outbox
         result = self.options.result
-        entries = await self.storage.listdir(outbox)
+        entries = await self._list(outbox)
         names = {e.name for e in entries}
         self._seen = {n: s for n, s in self._seen.items() if n in names}
         updates: list[CaseUpdate] = []
         for entry in sorted(entries, key=lambda e: (e.mtime, e.name)):
             if len(updates) >= limit:
                 break
-            if not self._candidate(entry) or not self._complete(entry, names):
+            if not self._candidate(entry):
+                continue
+            if entry.kind != "file":  # never opened, followed, or waited for
+                await self._quarantine(entry.name, f"{outbox}/{entry.name} is a {entry.kind}")
+                continue
+            if not self._complete(entry, names):
                 continue
             try:
                 updates.append(await self._read_result(entry))
@@ -204,6 +224,8 @@ class FiledropConnector(Connector):
         name = entry.name
         result = self.options.result
         if entry.is_dir or not _plain_name(name) or name.startswith("."):
+            return False
+        if name.endswith(".files"):  # a result's documents (a link there fails that result)
             return False
         return not name.endswith((".tmp", ".part", result.done_suffix, ".reason"))
 
@@ -345,7 +367,7 @@ class FiledropConnector(Connector):
         """Move an outbox file (and its done marker and documents) into ``folder`` under a
         free name; returns that name, or None if the file was already gone."""
         outbox = self.options.folders.outbox
-        taken = {e.name for e in await self.storage.listdir(folder)}
+        taken = {e.name for e in await self._list(folder)}
         stem, ext = _stem(name), name[len(_stem(name)) :]
         dest, n = name, 1
         while dest in taken or f"{_stem(dest)}.files" in taken:
@@ -367,7 +389,7 @@ class FiledropConnector(Connector):
         (``delivered`` until one did), whose last change falls in ``[since, until)``."""
         await self._prepare()
         sent = self.options.folders.sent
-        for entry in sorted(await self.storage.listdir(sent), key=lambda e: e.name):
+        for entry in sorted(await self._list(sent), key=lambda e: e.name):
             if entry.is_dir or not entry.name.endswith(".json") or entry.name.startswith("."):
                 continue
             try:
@@ -386,7 +408,9 @@ class FiledropConnector(Connector):
 
     async def health(self) -> Health:
         try:
-            detail = await self.storage.health()
+            detail = await self.storage.health(self._folders())
+        except UnsafeFile as exc:
+            return Health(ok=False, detail=str(self._unsafe(exc))[:300])
         except ConnectorError as exc:
             return Health(ok=False, detail=str(exc)[:300])
         return Health(ok=True, detail=detail)
@@ -396,10 +420,23 @@ class FiledropConnector(Connector):
 
     async def _prepare(self) -> None:
         if not self._prepared:
-            f = self.options.folders
-            folders = [f.inbox, f.outbox, f.archive, f.quarantine, f.sent]
-            await self.storage.prepare(folders)
+            try:
+                await self.storage.prepare(self._folders()[:5])
+            except UnsafeFile as exc:
+                raise self._unsafe(exc) from exc
             self._prepared = True
+
+    def _folders(self) -> list[str]:
+        f = self.options.folders
+        return [f.inbox, f.outbox, f.archive, f.quarantine, f.sent] + (
+            [f.processed] if f.processed else []
+        )
+
+    async def _list(self, folder: str) -> list[Entry]:
+        try:
+            return await self.storage.listdir(folder)
+        except UnsafeFile as exc:
+            raise self._unsafe(exc) from exc
 
 
 # -- helpers -------------------------------------------------------------------------------------
