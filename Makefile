@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test check test-pg clean
+.PHONY: install demo test test-all test-slow test-pg test-stress test-10x check clean
 
 install: $(STAMP)
 
@@ -16,11 +16,36 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/gateway demo
 
-test: install
-	$(BIN)/python -m pytest -q
+# Tests run in parallel (pytest-xdist, one file per worker at a time). GATEWAY_TEST_PG_URL=auto:
+# the PostgreSQL variants run when the local server (127.0.0.1:5432, database test) answers.
+PG_LOCAL := postgresql+asyncpg://postgres@127.0.0.1:5432/test
+WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile
 
+# everything but the tests marked slow (real processes, SIGKILL, installs); about 2 minutes
+test: install
+	GATEWAY_TEST_PG_URL=$${GATEWAY_TEST_PG_URL:-auto} $(PYTEST) -m "not slow"
+
+# everything, the slow tests too
+test-all: install
+	GATEWAY_TEST_PG_URL=$${GATEWAY_TEST_PG_URL:-auto} $(PYTEST)
+
+# only the tests marked slow (CI runs these after test-stress: every test runs once)
+test-slow: install
+	GATEWAY_TEST_PG_URL=$${GATEWAY_TEST_PG_URL:-auto} $(PYTEST) -m slow
+
+# only the PostgreSQL variants; fails (exit 5) when none passed
 test-pg: install
-	$(BIN)/python -m pytest -q -m postgres
+	GATEWAY_TEST_PG_URL=$${GATEWAY_TEST_PG_URL:-$(PG_LOCAL)} GATEWAY_TEST_PG_REQUIRED=1 \
+		$(PYTEST) -m postgres
+
+# `make test` while CPU burners keep every core busy: the suite must not depend on speed
+test-stress: install
+	$(BIN)/python scripts/under_load.py $(MAKE) --no-print-directory test
+
+# `make test` ten times in a row: the pass count and the slowest run
+test-10x: install
+	scripts/test-10x 10
 
 check: install
 	$(BIN)/ruff check .

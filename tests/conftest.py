@@ -1,5 +1,11 @@
 """Shared fixtures: the example city on a real database (SQLite, and PostgreSQL when
-GATEWAY_TEST_PG_URL is set), with its simulated departments on loopback."""
+GATEWAY_TEST_PG_URL is set), with its simulated departments on loopback.
+
+The suite runs in parallel (pytest-xdist, ``make test``): anything a test opens must be its own,
+so ports are ephemeral (port 0), folders come from ``tmp_path``, PostgreSQL schemas are random.
+``GATEWAY_TEST_PG_URL=auto`` (what ``make test`` sets) uses the local PostgreSQL when it answers.
+The run ends with one line per reason anything was skipped or left out.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +31,38 @@ from gateway.store.clients import create_client
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "gateway.toml"
-PG_URL = os.environ.get("GATEWAY_TEST_PG_URL")
+PG_LOCAL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+PG_HOW = "set GATEWAY_TEST_PG_URL or run make test-pg"
+PG_SKIP = "PostgreSQL tests need GATEWAY_TEST_PG_URL"
+
+
+def _pg_answers(url: str) -> bool:
+    """True when ``url``'s server takes a connection within a few seconds."""
+    import asyncpg
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(url.replace("+asyncpg", ""), timeout=5)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except (OSError, TimeoutError, asyncpg.PostgresError):
+        return False
+    return True
+
+
+def _pg_url() -> str | None:
+    """The PostgreSQL URL for this run; ``auto`` is resolved once, in the first process, and
+    handed to xdist workers through the environment (they start after conftest is imported)."""
+    value = os.environ.get("GATEWAY_TEST_PG_URL", "")
+    if value == "auto":
+        value = PG_LOCAL if _pg_answers(PG_LOCAL) else ""
+        os.environ["GATEWAY_TEST_PG_URL"] = value
+        os.environ["GATEWAY_TEST_PG_MISSED"] = "" if value else "1"
+    return value or None
+
+
+PG_URL = _pg_url()
 TEST_SECRETS = {
     "AMR_CALLBACK_SECRET": "amr-callback-secret-for-tests",
     "AMR_API_TOKEN": "amr-token-for-tests",
@@ -48,10 +85,9 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         yield f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
         return
     if not PG_URL:
-        pytest.skip(
-            "PostgreSQL tests need GATEWAY_TEST_PG_URL (e.g. "
-            "postgresql+asyncpg://postgres@127.0.0.1:5432/test); .ci/run sets it"
-        )
+        if os.environ.get("GATEWAY_TEST_PG_REQUIRED"):
+            pytest.fail(f"GATEWAY_TEST_PG_REQUIRED is set but {PG_SKIP}")
+        pytest.skip(f"{PG_SKIP}: {PG_HOW} (e.g. {PG_LOCAL})")
     schema = f"t_{secrets.token_hex(6)}"
     admin = create_async_engine(PG_URL)
     async with admin.begin() as conn:
@@ -163,3 +199,99 @@ async def wait_for(
 @pytest.fixture
 def anyio_backend() -> Iterator[str]:
     yield "asyncio"
+
+
+# -- the end of the run: what was left out and why, one line per reason -----------------------
+
+
+class _Tally:
+    """Counts, in the process that reports (xdist's controller, or the only process)."""
+
+    def __init__(self) -> None:
+        self.postgres_passed = 0
+        self.deselected_slow = 0
+        self.pg_required_unmet = False
+
+
+_TALLY = _Tally()
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    _TALLY.deselected_slow += sum(1 for item in items if item.get_closest_marker("slow"))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    # xdist: every worker collects (and deselects) the whole suite; the controller does not
+    output = getattr(node, "workeroutput", {})
+    _TALLY.deselected_slow = max(_TALLY.deselected_slow, output.get("deselected_slow", 0))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and report.passed and "postgres" in report.keywords:
+        _TALLY.postgres_passed += 1
+
+
+def _tests(n: int) -> str:
+    return f"{n} test" if n == 1 else f"{n} tests"
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def skip_lines(reasons: list[str], deselected_slow: int, pg_missed: bool) -> list[str]:
+    """One line per reason: PostgreSQL variants, slow tests left out, anything else."""
+    counts: dict[str, int] = {}
+    for reason in reasons:
+        key = PG_SKIP if reason.startswith(PG_SKIP) else reason
+        counts[key] = counts.get(key, 0) + 1
+    lines = []
+    for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+        if reason == PG_SKIP:
+            why = (
+                "nothing answered at 127.0.0.1:5432 (start PostgreSQL, or set GATEWAY_TEST_PG_URL)"
+                if pg_missed
+                else PG_HOW
+            )
+            lines.append(f"{n} PostgreSQL {'test' if n == 1 else 'tests'} skipped: {why}")
+        else:
+            lines.append(f"{_tests(n)} skipped: {reason}")
+    if deselected_slow:
+        lines.append(
+            f"{_tests(deselected_slow)} marked slow not run (-m 'not slow'): "
+            "make test-all runs them"
+        )
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    reports = terminalreporter.stats.get("skipped", [])
+    reasons = [_skip_reason(r) for r in reports if isinstance(r, pytest.TestReport)]
+    pg_missed = bool(os.environ.get("GATEWAY_TEST_PG_MISSED"))
+    lines = skip_lines(reasons, _TALLY.deselected_slow, pg_missed)
+    if _TALLY.pg_required_unmet:
+        lines.append("no PostgreSQL test passed but GATEWAY_TEST_PG_REQUIRED is set: exit 5")
+    if not lines:
+        lines = ["nothing skipped"]
+    terminalreporter.write_sep("-", "left out of this run")
+    for line in lines:
+        terminalreporter.write_line(line)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["deselected_slow"] = _TALLY.deselected_slow
+        return
+    # CI says GATEWAY_TEST_PG_REQUIRED=1: a run where no PostgreSQL test passed (the variants
+    # vanished, or were all deselected) must not look green
+    if (
+        os.environ.get("GATEWAY_TEST_PG_REQUIRED")
+        and exitstatus == 0
+        and _TALLY.postgres_passed == 0
+    ):
+        _TALLY.pg_required_unmet = True
+        session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED

@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # each starts a process that runs a whole (tiny) benchmark
 @pytest.mark.parametrize(
     ("script", "ratio"),
     [("intake.py", "ratio = gateway/bare = "), ("dispatch.py", "ratio = gateway/raw_httpx = ")],
