@@ -164,7 +164,7 @@ async def preload(runtime: Any, n: int, offset: int) -> list[str]:
 
 async def payloads_for(runtime: Any, ids: list[str]) -> list[bytes]:
     """Exactly what the rest connector sends for these applications."""
-    from gateway.dispatcher import envelope_for
+    from gateway.envelopes import envelope_for
     from gateway.store import cases
 
     connector = runtime.connectors[DEPT]

@@ -24,9 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import metrics
 from gateway.clock import new_id, now
-from gateway.config.models import DepartmentConfig, RetryPolicy
-from gateway.connector import Applicant, Envelope, MaterialRef, Receipt
-from gateway.departments import DepartmentLink
+from gateway.config.models import DepartmentConfig
+from gateway.connector import Envelope, Receipt
+from gateway.departments import DepartmentLink, backoff
+from gateway.envelopes import envelope_for
 from gateway.errors import DepartmentRejected, PermanentError, TransientError
 from gateway.events import Source, StatusChange
 from gateway.runtime import Runtime
@@ -40,38 +41,6 @@ log = structlog.get_logger("gateway.dispatcher")
 
 _Work = Callable[[AsyncConnection], Awaitable[list[StatusChange]]]
 _DISPATCHABLE = (State.RECEIVED.value, State.DISPATCHING.value)
-
-
-def idempotency_key(application_id: str, version: int) -> str:
-    """What the department sees: stable across attempts, new per supplement version."""
-    return f"ow-{application_id}-v{version}"
-
-
-def backoff(
-    policy: RetryPolicy, attempts: int, retry_after: float | None, rng: random.Random
-) -> float:
-    """Seconds to wait before attempt ``attempts + 1``."""
-    delay = min(policy.max_seconds, policy.base_seconds * 2.0 ** max(attempts - 1, 0))
-    delay *= 1 - policy.jitter + 2 * policy.jitter * rng.random()
-    return max(delay, retry_after or 0.0)
-
-
-def envelope_for(app: Row[Any]) -> Envelope:
-    return Envelope(
-        application_id=app.id,
-        idempotency_key=idempotency_key(app.id, app.version),
-        version=app.version,
-        department=app.department,
-        matter_code=app.matter_code,
-        matter_name=app.matter_name,
-        region=app.region,
-        receipt_number=app.receipt_number,
-        centre=app.centre,
-        applicant=Applicant.model_validate(app.applicant),
-        form=app.form,
-        materials=[MaterialRef.model_validate(m) for m in app.materials],
-        submitted_at=app.created_at,
-    )
 
 
 class Dispatcher:

@@ -5,6 +5,7 @@ The hierarchy::
     GatewayError
     ├── ConfigError            configuration is invalid (carries every problem found)
     ├── PluginError            a plugin failed to import or register (names the plugin)
+    ├── IntakeProblem          a front-desk request to fix (status, title, field): problem+json
     └── ConnectorError         raised by a connector while talking to a department
         ├── TransientError     try again later; may carry ``retry_after`` seconds
         ├── PermanentError     retrying cannot help; the case goes to ``failed`` for an operator
@@ -57,6 +58,24 @@ class PluginError(GatewayError):
         super().__init__(f'Error in plugin "{plugin}": {message}')
 
 
+class IntakeProblem(GatewayError):
+    """A request the front desk must fix; ``field`` names what is wrong (the API answers it as
+    problem+json with ``status``)."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        field: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.status, self.title, self.detail, self.field = status, title, detail, field
+        self.headers = headers
+        super().__init__(detail)
+
+
 class ConnectorError(GatewayError):
     """Base class of errors a connector raises about a department call."""
 
@@ -106,6 +125,7 @@ __all__ = [
     "ConnectorError",
     "DepartmentRejected",
     "GatewayError",
+    "IntakeProblem",
     "PermanentError",
     "PluginError",
     "TransientError",

@@ -22,7 +22,9 @@ from gateway.clock import new_id, now
 from gateway.config.catalog import RouteError
 from gateway.config.models import REGION_CODE, Matter
 from gateway.connector import Applicant
+from gateway.errors import IntakeProblem as IntakeProblem  # where API code has found it
 from gateway.events import Source
+from gateway.handover import new_handover
 from gateway.runtime import Runtime
 from gateway.states import State
 from gateway.store import jobs
@@ -88,23 +90,6 @@ class ApplicationAccepted(BaseModel):
         description="give it to the applicant: with it (or their ID document) the result is "
         "collected",
     )
-
-
-class IntakeProblem(Exception):
-    """A request the front desk must fix; ``field`` names what is wrong."""
-
-    def __init__(
-        self,
-        status: int,
-        title: str,
-        detail: str,
-        field: str | None = None,
-        *,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        self.status, self.title, self.detail, self.field = status, title, detail, field
-        self.headers = headers
-        super().__init__(detail)
 
 
 @dataclass(frozen=True)
@@ -337,8 +322,6 @@ async def _batch_materials(
 async def _insert(
     conn: AsyncConnection, ok: list[tuple[_Pending, list[dict[str, Any]]]]
 ) -> list[tuple[_Pending, IntakeResult | IntakeProblem]]:
-    from gateway.pickup import new_handover  # pickup builds on intake's problems
-
     at = now()
     receipts = await _receipt_numbers(conn, [item.client.centre or "" for item, _r in ok], at)
     today = at.astimezone(CHINA).date()

@@ -10,126 +10,30 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
-from sqlalchemy import Row, and_, insert, select, update
+from sqlalchemy import Row, and_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import documents, verification
 from gateway.clock import now
 from gateway.delivery import DeliveryRefused, Parcel, Shipment
+from gateway.errors import IntakeProblem
 from gateway.events import Source, StatusChange
-from gateway.intake import IntakeProblem
+from gateway.handover import MAX_CODE_FAILURES, handover_row
 from gateway.notifications import with_contact
 from gateway.runtime import Runtime
-from gateway.states import DECIDED, State
+from gateway.states import State
 from gateway.store import cases
 from gateway.store.clients import Client
 from gateway.store.tables import applications, handovers
 from gateway.text import CleanStr, shown
 
 log = structlog.get_logger("gateway.pickup")
-
-# No 0/O, 1/I/L: read aloud and typed at a counter. 32**8 = 2**40 codes.
-_CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
-CODE_LENGTH = 8
-#: Wrong pickup codes before the code stops working for the case (the ID number still does).
-MAX_CODE_FAILURES = 5
-
-
-def new_pickup_code() -> str:
-    # one draw, written in base 31: uniform, and one call to the OS instead of eight
-    n = secrets.randbelow(len(_CODE_ALPHABET) ** CODE_LENGTH)
-    chars = []
-    for _ in range(CODE_LENGTH):
-        n, digit = divmod(n, len(_CODE_ALPHABET))
-        chars.append(_CODE_ALPHABET[digit])
-    return "".join(chars)
-
-
-def handing_centre(delivery: dict[str, Any], receiving_centre: str) -> str:
-    if delivery.get("method") == "pickup" and delivery.get("centre"):
-        return str(delivery["centre"])
-    return receiving_centre
-
-
-def new_handover(
-    app_id: str, delivery: dict[str, Any], receiving_centre: str
-) -> tuple[dict[str, Any], str]:
-    """The handover row a new case gets at intake, and the pickup code issued with it."""
-    code = new_pickup_code()
-    row = {
-        "application_id": app_id,
-        "centre": handing_centre(delivery, receiving_centre),
-        "method": str(delivery.get("method", "pickup")),
-        "pickup_code": code,
-        "code_failures": 0,
-    }
-    return row, code
-
-
-async def record_at_intake(
-    conn: AsyncConnection, app_id: str, delivery: dict[str, Any], receiving_centre: str
-) -> str:
-    """Create the case's handover record; returns the pickup code issued to the applicant."""
-    row, code = new_handover(app_id, delivery, receiving_centre)
-    await conn.execute(insert(handovers), row)
-    return code
-
-
-async def _handover(conn: AsyncConnection, app: Row[Any]) -> Row[Any]:
-    """The case's handover row (made on the spot for a case from before handovers existed)."""
-    row = (
-        await conn.execute(select(handovers).where(handovers.c.application_id == app.id))
-    ).first()
-    if row is not None:
-        return row
-    await conn.execute(
-        insert(handovers).values(
-            application_id=app.id,
-            centre=handing_centre(app.delivery or {}, app.centre),
-            method=str((app.delivery or {}).get("method", "pickup")),
-            code_failures=0,
-        )
-    )
-    row = (
-        await conn.execute(select(handovers).where(handovers.c.application_id == app.id))
-    ).first()
-    assert row is not None
-    return row
-
-
-async def make_ready(
-    conn: AsyncConnection, app_id: str, *, source: Source, actor: str
-) -> StatusChange | None:
-    """Move a decided case whose documents are in to ``ready_for_pickup`` (inside the caller's
-    transaction); None if it is not decided or its documents are not in yet."""
-    app = await cases.lock_application(conn, app_id)
-    if app is None or app.status not in DECIDED or not await documents.documents_in(conn, app):
-        return None
-    handover = await _handover(conn, app)
-    result = await cases.change_status(
-        conn,
-        app,
-        State.READY_FOR_PICKUP,
-        source=source,
-        actor=actor,
-        detail={"centre": handover.centre, "method": handover.method},
-    )
-    if result.change is None:
-        return None
-    await conn.execute(
-        update(handovers)
-        .where(handovers.c.application_id == app_id)
-        .values(ready_at=result.change.at)
-    )
-    return with_contact(result.change, app.applicant)
-
 
 # -- listing -----------------------------------------------------------------------------------
 
@@ -299,7 +203,7 @@ async def collect(runtime: Runtime, client: Client, app_id: str, body: CollectIn
         app = await cases.lock_application(conn, app_id)
         if app is None:
             raise _not_found(app_id)
-        h = await _handover(conn, app)
+        h = await handover_row(conn, app)
         _check_hands_out(client, app, h)
         if app.status == State.MAILED.value:
             raise IntakeProblem(409, "Already mailed", f"application {app_id} was mailed", "id")
@@ -379,7 +283,7 @@ async def collect(runtime: Runtime, client: Client, app_id: str, body: CollectIn
             )
             app = await cases.get_application(conn, app_id)
             assert app is not None
-            h = await _handover(conn, app)
+            h = await handover_row(conn, app)
             return Handed(
                 handover_out(app, h), [with_contact(result.change, app.applicant)], replayed=False
             )
@@ -396,7 +300,7 @@ async def mail(runtime: Runtime, client: Client, app_id: str, body: MailIn) -> H
         app = await cases.get_application(conn, app_id)
         if app is None:
             raise _not_found(app_id)
-        h = await _handover(conn, app)
+        h = await handover_row(conn, app)
         check_may_change(client, app)
         if app.status == State.MAILED.value:
             return Handed(handover_out(app, h), [], replayed=True)
@@ -451,7 +355,7 @@ async def mail(runtime: Runtime, client: Client, app_id: str, body: MailIn) -> H
         app = await cases.lock_application(conn, app_id)
         assert app is not None
         if app.status == State.MAILED.value:  # a concurrent repeat got there first
-            h = await _handover(conn, app)
+            h = await handover_row(conn, app)
             return Handed(handover_out(app, h), [], replayed=True)
         result = await cases.change_status(
             conn,
@@ -486,7 +390,7 @@ async def mail(runtime: Runtime, client: Client, app_id: str, body: MailIn) -> H
         )
         app = await cases.get_application(conn, app_id)
         assert app is not None
-        h = await _handover(conn, app)
+        h = await handover_row(conn, app)
         return Handed(
             handover_out(app, h), [with_contact(result.change, app.applicant)], replayed=False
         )

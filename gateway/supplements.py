@@ -17,7 +17,7 @@ from sqlalchemy import desc, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.clock import now
-from gateway.dispatcher import idempotency_key
+from gateway.envelopes import idempotency_key
 from gateway.events import Source, StatusChange
 from gateway.intake import IntakeProblem, resolve_materials
 from gateway.notifications import with_contact

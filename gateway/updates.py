@@ -10,7 +10,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway import documents, pickup
+from gateway import documents, handover
 from gateway.clock import now
 from gateway.connector import CaseUpdate
 from gateway.events import Source, StatusChange
@@ -55,7 +55,7 @@ async def move(
     )
     changes = [with_contact(change, app.applicant) for change in steps]
     if changes and changes[-1].to_status in DECIDED:
-        ready = await pickup.make_ready(conn, app_id, source=source, actor=actor)
+        ready = await handover.make_ready(conn, app_id, source=source, actor=actor)
         if ready is not None:
             changes.append(ready)
     return changes
@@ -163,7 +163,7 @@ async def _apply(
         )
         if not changes and upd.documents and state in DECIDED:
             # documents that come after the decision (a second message) complete the case
-            ready = await pickup.make_ready(conn, app_id, source=source, actor=actor)
+            ready = await handover.make_ready(conn, app_id, source=source, actor=actor)
             changes = [ready] if ready is not None else []
     announce(runtime, changes)
     return changes

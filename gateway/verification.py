@@ -5,13 +5,13 @@ Without a bound, a key of the handing centre could guess an applicant's ID numbe
 of tries a second. Every failed check is recorded; within :data:`WINDOW`:
 
 - a case takes at most :data:`PER_CASE` wrong ID numbers, then its ID checks are refused (its
-  pickup code has a lock of its own: :data:`gateway.pickup.MAX_CODE_FAILURES`, for good);
+  pickup code has a lock of its own: :data:`gateway.handover.MAX_CODE_FAILURES`, for good);
 - a key takes at most :data:`PER_KEY` failed checks of either kind over all cases, then its
   checks are refused.
 
 Refused checks are answered ``429`` with ``Retry-After`` and are not compared at all, so a
 locked case answers the same whatever is guessed. (The pickup code also stops working for good
-after :data:`gateway.pickup.MAX_CODE_FAILURES` wrong tries; the ID document still works.)
+after :data:`gateway.handover.MAX_CODE_FAILURES` wrong tries; the ID document still works.)
 """
 
 from __future__ import annotations

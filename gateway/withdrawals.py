@@ -35,11 +35,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.clock import now
 from gateway.config.models import DepartmentConfig
 from gateway.connector import Connector, Receipt
-from gateway.departments import DepartmentLink
-from gateway.dispatcher import backoff
-from gateway.errors import DepartmentRejected, PermanentError, TransientError
+from gateway.departments import DepartmentLink, backoff
+from gateway.errors import DepartmentRejected, IntakeProblem, PermanentError, TransientError
 from gateway.events import Source, StatusChange
-from gateway.intake import IntakeProblem
 from gateway.notifications import with_contact
 from gateway.pickup import check_may_change, may_see
 from gateway.pii import scrub

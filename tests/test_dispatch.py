@@ -15,7 +15,8 @@ from sqlalchemy import func, select, update
 from gateway.api.app import create_app
 from gateway.clock import now
 from gateway.config.loader import Config
-from gateway.dispatcher import Dispatcher, idempotency_key
+from gateway.dispatcher import Dispatcher
+from gateway.envelopes import idempotency_key
 from gateway.intake import ApplicationIn, submit
 from gateway.operations import replay
 from gateway.poller import poll_sweep

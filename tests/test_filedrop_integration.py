@@ -17,7 +17,8 @@ from sqlalchemy import func, select
 
 from gateway.config.loader import Config
 from gateway.connector import CaseUpdate, UpdateOutcome
-from gateway.dispatcher import Dispatcher, idempotency_key
+from gateway.dispatcher import Dispatcher
+from gateway.envelopes import idempotency_key
 from gateway.errors import TransientError
 from gateway.intake import ApplicationIn, submit
 from gateway.results import pull_department, pull_sweep

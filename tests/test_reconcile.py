@@ -22,7 +22,8 @@ from sqlalchemy import select
 from gateway.clock import now
 from gateway.config.loader import Config, load_config
 from gateway.connector import CaseSummary, CaseUpdate
-from gateway.dispatcher import Dispatcher, idempotency_key
+from gateway.dispatcher import Dispatcher
+from gateway.envelopes import idempotency_key
 from gateway.events import Source
 from gateway.intake import ApplicationIn, submit
 from gateway.reconcile import Kind, compare, get_run, reconcile_department

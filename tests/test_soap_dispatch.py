@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import select
 
 from gateway.config.loader import Config
-from gateway.dispatcher import Dispatcher, idempotency_key
+from gateway.dispatcher import Dispatcher
+from gateway.envelopes import idempotency_key
 from gateway.poller import poll_sweep
 from gateway.runtime import Runtime
 from gateway.simulators.city import SimulatedCity, simulated_city

@@ -8,6 +8,19 @@ capped (see :mod:`.answers`).
 from __future__ import annotations
 
 from gateway.departments.answers import bounded_client
-from gateway.departments.link import RECORD_MARGIN_SECONDS, DepartmentLink, Operation, classify
+from gateway.departments.link import (
+    RECORD_MARGIN_SECONDS,
+    DepartmentLink,
+    Operation,
+    backoff,
+    classify,
+)
 
-__all__ = ["RECORD_MARGIN_SECONDS", "DepartmentLink", "Operation", "bounded_client", "classify"]
+__all__ = [
+    "RECORD_MARGIN_SECONDS",
+    "DepartmentLink",
+    "Operation",
+    "backoff",
+    "bounded_client",
+    "classify",
+]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Literal, TypeVar
@@ -35,7 +36,7 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_fixed
 
 from gateway import metrics
-from gateway.config.models import DepartmentConfig
+from gateway.config.models import DepartmentConfig, RetryPolicy
 from gateway.connector import (
     CaseSummary,
     CaseUpdate,
@@ -68,6 +69,15 @@ MAX_CASE_ID = 256
 #: deterministic local errors: the same input fails the same way every time, so retrying
 #: cannot help and the department is not to blame (the breaker never hears of them)
 _LOCAL = (ValueError, TypeError, RecursionError, ArithmeticError)
+
+
+def backoff(
+    policy: RetryPolicy, attempts: int, retry_after: float | None, rng: random.Random
+) -> float:
+    """Seconds to wait before attempt ``attempts + 1``."""
+    delay = min(policy.max_seconds, policy.base_seconds * 2.0 ** max(attempts - 1, 0))
+    delay *= 1 - policy.jitter + 2 * policy.jitter * rng.random()
+    return max(delay, retry_after or 0.0)
 
 
 def classify(department: str, op: str, exc: BaseException) -> tuple[ConnectorError, bool]:
@@ -348,4 +358,4 @@ async def _aclose(items: AsyncIterator[CaseSummary]) -> None:
             log.debug("closing a case listing failed", exc_info=True)
 
 
-__all__ = ["RECORD_MARGIN_SECONDS", "DepartmentLink", "Operation", "classify"]
+__all__ = ["RECORD_MARGIN_SECONDS", "DepartmentLink", "Operation", "backoff", "classify"]

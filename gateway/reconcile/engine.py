@@ -36,7 +36,7 @@ from gateway.clock import new_id, now
 from gateway.config.models import DepartmentConfig
 from gateway.connector import CaseUpdate, Connector, Receipt
 from gateway.departments import DepartmentLink
-from gateway.dispatcher import envelope_for, idempotency_key
+from gateway.envelopes import envelope_for, idempotency_key
 from gateway.errors import PermanentError
 from gateway.events import Source
 from gateway.reconcile.merge import DeptCase, GatewayCase, pair, sorted_department
