@@ -33,7 +33,9 @@ from tests.test_soap_connector import NRP_OPTIONS, _no_material, envelope
 
 
 def connector(http: Any, url: str) -> SoapConnector:
-    options = SoapOptions.model_validate({"wsdl": f"{url}/soap?wsdl", **NRP_OPTIONS})
+    options = SoapOptions.model_validate(
+        {"wsdl": f"{url}/soap?wsdl", "endpoint": f"{url}/soap", **NRP_OPTIONS}
+    )
     context = ConnectorContext(
         department="nrp", options=options, http=http, read_material=_no_material
     )

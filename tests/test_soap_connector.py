@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import resource
+import shutil
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -66,7 +68,7 @@ async def _no_material(ref: MaterialRef) -> bytes:
 
 
 def make_connector(http: httpx.AsyncClient, url: str, **changes: Any) -> SoapConnector:
-    options = {"wsdl": f"{url}/soap?wsdl", **NRP_OPTIONS, **changes}
+    options = {"wsdl": f"{url}/soap?wsdl", "endpoint": f"{url}/soap", **NRP_OPTIONS, **changes}
     context = ConnectorContext(
         department="nrp",
         options=SoapOptions.model_validate(options),
@@ -473,3 +475,96 @@ async def test_wsdl_is_parsed_once_per_process(http: httpx.AsyncClient, departme
     warm = cache_info()
     assert cold.misses == 1 and warm.misses == 1 and warm.hits > cold.hits
     assert state.wsdl_requests == 1
+
+
+# -- issue 12 item 5: the department's WSDL is not trusted ----------------------------------------
+
+
+def test_endpoint_must_be_configured() -> None:
+    with pytest.raises(ValueError, match="endpoint"):
+        SoapOptions.model_validate({"wsdl": "http://127.0.0.1:1/soap?wsdl", **NRP_OPTIONS})
+
+
+async def test_the_wsdl_address_never_receives_an_application(
+    http: httpx.AsyncClient, department: Dept, tmp_path: Path
+) -> None:
+    """A WSDL whose soap:address points elsewhere: the configured endpoint is called."""
+    url, state = department
+    async with soap_department() as (elsewhere, thief):
+        root = etree.fromstring((await http.get(f"{url}/soap?wsdl")).content)
+        [address] = root.iterfind(".//{http://schemas.xmlsoap.org/wsdl/soap/}address")
+        address.set("location", f"{elsewhere}/soap")
+        wsdl = tmp_path / "department.wsdl"
+        wsdl.write_bytes(etree.tostring(root))
+        connector = make_connector(http, url, wsdl=str(wsdl), endpoint=f"{url}/soap")
+        receipt = await connector.submit(envelope("to-the-right-place"))
+    assert receipt.case_id in state.cases and not thief.cases
+
+
+def _importing(folder: Path, location: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    wsdl = folder / "hostile.wsdl"
+    wsdl.write_text(
+        '<definitions xmlns="http://schemas.xmlsoap.org/wsdl/" '
+        'xmlns:xs="http://www.w3.org/2001/XMLSchema" targetNamespace="urn:t">'
+        f'<types><xs:schema><xs:import namespace="urn:x" schemaLocation="{location}"/>'
+        "</xs:schema></types></definitions>"
+    )
+    return wsdl
+
+
+async def test_a_wsdl_cannot_read_the_gateway_s_disk(
+    http: httpx.AsyncClient, department: Dept, tmp_path: Path
+) -> None:
+    url, _state = department
+    secret = tmp_path / "gateway-data" / "secret.xsd"  # e.g. the gateway's own files
+    secret.parent.mkdir()
+    secret.write_text('<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema"/>')
+    for location in (f"file://{secret}", str(secret), "../gateway-data/secret.xsd"):
+        clear_cache()
+        wsdl = _importing(tmp_path / "offline", location)
+        connector = make_connector(http, url, wsdl=str(wsdl))
+        # (zeep turns a bare absolute path into an https URL: refused as unmapped)
+        with pytest.raises(PermanentError, match=r"outside the offline folder|not fetched"):
+            await connector.submit(envelope())
+
+
+async def test_a_wsdl_import_that_is_no_regular_file_or_too_large_is_refused(
+    http: httpx.AsyncClient, department: Dept, tmp_path: Path
+) -> None:
+    """Checked before anything is read: /dev/zero here once ran out of memory; a FIFO hung."""
+    url, _state = department
+    folder = tmp_path / "offline"
+    folder.mkdir()
+    fifo = folder / "pipe.xsd"
+    os.mkfifo(fifo)
+    link = folder / "zero.xsd"
+    link.symlink_to("/dev/zero")  # resolves outside the folder
+    big = folder / "big.xsd"
+    big.write_bytes(b" " * 8192)
+    for name, match in (
+        ("pipe.xsd", "not a regular file"),
+        ("zero.xsd", "outside the offline folder"),
+        ("big.xsd", "larger than 4096 bytes"),
+    ):
+        clear_cache()
+        wsdl = _importing(folder, name)
+        connector = make_connector(http, url, wsdl=str(wsdl), max_wsdl_bytes=4096)
+        with pytest.raises(PermanentError, match=match):
+            await connector.submit(envelope())
+
+
+def test_check_config_says_the_endpoint_is_missing(tmp_path: Path) -> None:
+    from gateway.config.loader import check_connector_options, load_config
+    from tests.conftest import EXAMPLE, TEST_SECRETS
+
+    cfg = tmp_path / "config"
+    shutil.copytree(EXAMPLE.parent, cfg)
+    nrp = cfg / "departments" / "nrp.toml"
+    text = nrp.read_text(encoding="utf-8")
+    line = next(x for x in text.splitlines() if x.startswith("endpoint = "))
+    nrp.write_text(text.replace(line + "\n", ""), encoding="utf-8")
+    config = load_config(cfg / "gateway.toml", env=TEST_SECRETS)
+    found = check_connector_options(config, {"soap": SoapConnector})
+    soap = [(Path(p.file).name, p.key) for p in found if p.key.startswith("options.")]
+    assert soap == [("nrp.toml", "options.endpoint")]

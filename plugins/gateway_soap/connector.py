@@ -251,7 +251,9 @@ class SoapConnector(Connector):
     async def _build(self) -> Any:
         options = self.options
         try:
-            document = await load_document(options.wsdl, options.schemas, self._fetch_wsdl)
+            document = await load_document(
+                options.wsdl, options.schemas, self._fetch_wsdl, options.max_wsdl_bytes
+            )
         except ConnectorError:
             raise
         except RefusedImport as exc:
@@ -288,17 +290,17 @@ class SoapConnector(Connector):
                 f"{self.context.department}: the WSDL has no service/port "
                 f"{options.service or '(first)'}/{options.port or '(first)'}"
             ) from exc
-        binding_options = dict(port.binding_options)
-        if options.endpoint:
-            binding_options["address"] = options.endpoint
-        if not binding_options.get("address"):
-            raise PermanentError(
-                f"{self.context.department}: the WSDL gives no address; set [options] endpoint"
-            )
+        # the configured endpoint, never the WSDL's soap:address (the department's document)
+        binding_options = {**port.binding_options, "address": options.endpoint}
         return _AsyncServiceProxy(client, port.binding, **binding_options)
 
     async def _fetch_wsdl(self, url: str) -> bytes:
         status, _headers, body = await self._http("GET", url, None, {})
+        if status == 200 and len(body) > self.options.max_wsdl_bytes:
+            raise PermanentError(
+                f"{self.context.department}: the WSDL is larger than "
+                f"{self.options.max_wsdl_bytes} bytes; raise [options] max_wsdl_bytes"
+            )
         if status == 200:
             return body
         problem = f"fetching the WSDL: HTTP {status}"

@@ -171,7 +171,10 @@ class SoapOptions(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     wsdl: str = Field(description="http(s) URL, or a file path (relative: to the working dir)")
-    endpoint: str | None = Field(default=None, description="overrides the WSDL's soap:address")
+    endpoint: str = Field(
+        description="the service address: required, the WSDL's soap:address is never used "
+        "(the WSDL comes from the department; its address would receive whole applications)"
+    )
     service: str | None = Field(default=None, description="WSDL service name (default: first)")
     port: str | None = Field(default=None, description="WSDL port name (default: first)")
     schemas: dict[str, str] = Field(
@@ -180,6 +183,9 @@ class SoapOptions(_Strict):
     )
     timeout_seconds: float = Field(default=10.0, gt=0)
     max_response_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_wsdl_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="largest WSDL or schema file read"
+    )
     wsse: UsernameToken | None = None
     basic_auth: BasicAuth | None = None
     faults: dict[str, FaultAction] = Field(
@@ -197,8 +203,8 @@ class SoapOptions(_Strict):
 
     @field_validator("endpoint")
     @classmethod
-    def _endpoint(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
+    def _endpoint(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value
 
