@@ -2,15 +2,35 @@
 
 Files live at ``<root>/<sha[:2]>/<sha>``; writing is atomic (temporary file, fsync, rename) and
 reading checks the hash, so a damaged file is an error, never a silently wrong document.
+
+A write that fails because the disk is full or cannot be written leaves nothing behind (the
+temporary file is removed) and raises :class:`~gateway.errors.StorageFull` or
+:class:`~gateway.errors.StorageUnavailable`: an upload is answered 507/503, a department update
+that carried a document is not applied (so it comes again: callback retried, poll repeated,
+pulled update not acked). The failure is logged once per outage; free space under
+``min_free_bytes`` is a WARNING (and ``gateway_data_dir_free_bytes`` shows it all the time).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
+
+import structlog
+
+from gateway import metrics
+from gateway.errors import InfrastructureError, StorageFull, StorageUnavailable
+from gateway.outage import REMIND_SECONDS, Outage
+
+log = structlog.get_logger("gateway.blobs")
+
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 class BlobCorrupted(Exception):
@@ -18,9 +38,41 @@ class BlobCorrupted(Exception):
 
 
 class BlobStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, min_free_bytes: int = 0) -> None:
         self.root = root
+        self.min_free_bytes = min_free_bytes
+        self.outage = Outage("storage", what="not writable")
+        self._low_said = -float("inf")  # monotonic time of the last low-space WARNING
+        self._low = False
         root.mkdir(parents=True, exist_ok=True)
+        metrics.DATA_DIR_FREE.set_function(self.free_bytes)
+        self.check_space()
+
+    def free_bytes(self) -> float:
+        try:
+            return float(shutil.disk_usage(self.root).free)
+        except OSError:
+            return float("nan")
+
+    def check_space(self) -> float:
+        """Free bytes under the root; a WARNING when under ``min_free_bytes`` (again at most
+        every few minutes while it stays so), an INFO when it is back over."""
+        free = self.free_bytes()
+        low = free < self.min_free_bytes
+        metrics.DATA_DIR_LOW.set(int(low))
+        t = time.monotonic()
+        if low and (not self._low or t - self._low_said >= REMIND_SECONDS):
+            self._low_said = t
+            log.warning(
+                "data_dir low on free space",
+                path=str(self.root),
+                free_mb=round(free / 2**20, 1),
+                threshold_mb=round(self.min_free_bytes / 2**20, 1),
+            )
+        elif self._low and not low:
+            log.info("data_dir has free space again", free_mb=round(free / 2**20, 1))
+        self._low = low
+        return free
 
     def path(self, sha256: str) -> Path:
         if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
@@ -52,9 +104,27 @@ class BlobStore:
         return data
 
     async def put(self, data: bytes) -> str:
-        """Store ``data``; returns its sha256."""
-        return await asyncio.to_thread(self._put, data)
+        """Store ``data``; returns its sha256. Raises StorageFull / StorageUnavailable."""
+        try:
+            sha = await asyncio.to_thread(self._put, data)
+        except OSError as exc:
+            error = storage_error(exc)
+            self.outage.failed(str(error))
+            self.check_space()
+            raise error from exc
+        self.outage.ok()
+        if self.min_free_bytes:
+            self.check_space()
+        return sha
 
     async def get(self, sha256: str) -> bytes:
         """The bytes stored under ``sha256``, checked against it."""
         return await asyncio.to_thread(self._get, sha256)
+
+
+def storage_error(exc: OSError) -> InfrastructureError:
+    """What a failed write under data_dir means for the caller."""
+    why = exc.strerror or type(exc).__name__
+    if exc.errno in _FULL:
+        return StorageFull(f"data_dir is full: {why}", retry_after=60.0)
+    return StorageUnavailable(f"data_dir cannot be written: {why}", retry_after=30.0)

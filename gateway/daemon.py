@@ -18,6 +18,12 @@ of the same task still runs somewhere (unfinished, lease not expired) is skipped
 coalesce into one run; runs later than ``misfire_grace_seconds`` are dropped (the next tick
 comes).
 
+While the database (or data_dir) is out, a tick that meets an
+:class:`~gateway.errors.InfrastructureError` pauses every task of this daemon: ticks are skipped
+quietly for a backoff (0.5 s doubling to ``MAX_PAUSE_SECONDS``) and the next tick after it is
+the probe; it ends early once anything in the process reaches the database again. The outage
+itself is logged once (:mod:`gateway.outage`), not once per tick.
+
 Stopping (SIGTERM): the scheduler is paused, the dispatcher stops claiming, running ticks get
 ``grace_seconds`` to finish, the rest are cancelled and their lease rows marked ``released``;
 the dispatcher hands its leased jobs back.
@@ -30,6 +36,7 @@ import datetime as dt
 import logging
 import os
 import socket
+import time
 import zoneinfo
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -47,7 +54,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.clock import new_id, now
 from gateway.connector import Connector
 from gateway.dispatcher import Dispatcher
+from gateway.errors import InfrastructureError
 from gateway.runtime import Runtime
+from gateway.store.db import outage_of
 from gateway.store.tables import task_leases
 
 log = structlog.get_logger("gateway.daemon")
@@ -57,6 +66,10 @@ logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
 EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
 TaskFunc = Callable[[], Awaitable[dict[str, Any] | None]]
+
+MIN_PAUSE_SECONDS = 0.5
+#: the longest a daemon waits before trying the database again (bounds recovery time)
+MAX_PAUSE_SECONDS = 4.0
 
 
 @dataclass(frozen=True)
@@ -209,6 +222,8 @@ class Daemon:
         self._running: set[asyncio.Task[Any]] = set()
         self._wakeup_watch: asyncio.Task[None] | None = None
         self._stopping = False
+        self._paused_until = 0.0  # time.monotonic(); ticks before it are skipped
+        self._pause = 0.0  # the current backoff (0: not paused)
 
     def _tasks(self) -> list[Task]:
         from gateway import deadlines, housekeeping, reconcile, withdrawals
@@ -293,19 +308,34 @@ class Daemon:
         assert me is not None
         self._running.add(me)
         try:
-            if self._stopping:
+            if self._stopping or self._paused():
                 return
             if task.leased:
                 tick = tick_of(task.trigger, now(), self.schedule.misfire_grace_seconds)
                 await run_leased(self.runtime, task, self.owner, tick)
             else:
                 await task.run()
+            self._pause = 0.0
         except asyncio.CancelledError:
             raise
+        except InfrastructureError:
+            # logged once per outage by gateway.outage; a traceback per tick would bury it
+            self._pause = min(MAX_PAUSE_SECONDS, max(MIN_PAUSE_SECONDS, self._pause * 2))
+            self._paused_until = time.monotonic() + self._pause
         except Exception:
             log.exception("task failed", task=name)
         finally:
             self._running.discard(me)
+
+    def _paused(self) -> bool:
+        """Skip this tick: the infrastructure is out and the backoff has not run out (it ends
+        early when another part of this process reached the database again)."""
+        if not self._pause:
+            return False
+        if not outage_of(self.runtime.engine).down:
+            self._pause = 0.0
+            return False
+        return time.monotonic() < self._paused_until
 
     def run_soon(self, name: str) -> None:
         """Bring a task's next run forward to now (new local work, tests)."""

@@ -28,7 +28,12 @@ from gateway.config.models import DepartmentConfig
 from gateway.connector import Envelope, Receipt
 from gateway.departments import DepartmentLink, backoff
 from gateway.envelopes import envelope_for
-from gateway.errors import DepartmentRejected, PermanentError, TransientError
+from gateway.errors import (
+    DepartmentRejected,
+    InfrastructureError,
+    PermanentError,
+    TransientError,
+)
 from gateway.events import Source, StatusChange
 from gateway.runtime import Runtime
 from gateway.states import State
@@ -173,8 +178,10 @@ class Dispatcher:
             await self._deliver_job(job, envelope, link)
         except asyncio.CancelledError:
             raise
+        except InfrastructureError:
+            pass  # the lease runs out and another sweep retries; gateway.outage logs it once
         except Exception:
-            # a bug or a database outage: the lease runs out and another sweep retries the job
+            # a bug: the lease runs out and another sweep retries the job
             log.exception("delivery crashed", department=code, application=job.application_id)
         finally:
             self.inflight[code] -= 1

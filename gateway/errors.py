@@ -6,16 +6,25 @@ The hierarchy::
     ├── ConfigError            configuration is invalid (carries every problem found)
     ├── PluginError            a plugin failed to import or register (names the plugin)
     ├── IntakeProblem          a front-desk request to fix (status, title, field): problem+json
-    └── ConnectorError         raised by a connector while talking to a department
-        ├── TransientError     try again later; may carry ``retry_after`` seconds
-        ├── PermanentError     retrying cannot help; the case goes to ``failed`` for an operator
-        │   └── AnswerTooLarge an answer over the department's ``max_answer_bytes``
-        └── DepartmentRejected a business answer from the department; becomes a case status
+    ├── ConnectorError         raised by a connector while talking to a department
+    │   ├── TransientError     try again later; may carry ``retry_after`` seconds
+    │   ├── PermanentError     retrying cannot help; the case goes to ``failed`` for an operator
+    │   │   └── AnswerTooLarge an answer over the department's ``max_answer_bytes``
+    │   └── DepartmentRejected a business answer from the department; becomes a case status
+    └── InfrastructureError    the gateway's own infrastructure failed; nothing is wrong with the
+        │                      request, the same request later will do (API: 503 + Retry-After)
+        ├── DatabaseUnavailable  unreachable, connection lost, too slow (statement/pool timeout)
+        ├── StorageFull          ``data_dir`` has no space left (API: 507)
+        ├── StorageUnavailable   ``data_dir`` cannot be written (read-only, permissions, I/O error)
+        └── Overloaded           a bounded queue is full: load is shed instead of memory growing
 
 Connectors translate library errors at their boundary (``raise TransientError(...) from exc``).
 The department link (:mod:`gateway.departments`) maps what is left, in one place: a deterministic
 local error (``ValueError``, ``TypeError``, ``RecursionError``: an envelope that cannot be
 serialised) is permanent; anything else is logged with the plugin's name and treated as transient.
+The store translates database and disk errors the same way (:mod:`gateway.store.db`,
+:mod:`gateway.blobs`): an ``InfrastructureError`` is logged once per outage
+(:mod:`gateway.outage`), never once per request, and the daemon pauses while it lasts.
 """
 
 from __future__ import annotations
@@ -118,15 +127,70 @@ class DepartmentRejected(ConnectorError):
         super().__init__(reason)
 
 
+class InfrastructureError(GatewayError):
+    """The database, the disk or a queue of the gateway itself is failing; retry later.
+
+    ``retry_after`` is the seconds a client should wait; ``status`` the HTTP status it is
+    answered with (503 unless the class says otherwise).
+    """
+
+    status = 503
+    component = "infrastructure"
+
+    def __init__(self, message: str, *, retry_after: float = 5.0) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class DatabaseUnavailable(InfrastructureError):
+    """The database cannot be reached, lost the connection, or did not answer in time.
+
+    ``connection_lost``: an established connection died mid-work (server restart, failover,
+    ``pg_terminate_backend``): a fresh connection may well work at once.
+    """
+
+    component = "database"
+
+    def __init__(
+        self, message: str, *, retry_after: float = 5.0, connection_lost: bool = False
+    ) -> None:
+        self.connection_lost = connection_lost
+        super().__init__(message, retry_after=retry_after)
+
+
+class StorageFull(InfrastructureError):
+    """``data_dir`` has no space left (ENOSPC, EDQUOT, or SQLite's "database or disk is full")."""
+
+    status = 507
+    component = "storage"
+
+
+class StorageUnavailable(InfrastructureError):
+    """``data_dir`` cannot be written: read-only, permissions, an I/O error."""
+
+    component = "storage"
+
+
+class Overloaded(InfrastructureError):
+    """A bounded queue is full; the caller is asked to come back instead of queueing forever."""
+
+    component = "intake"
+
+
 __all__ = [
     "AnswerTooLarge",
     "ConfigError",
     "ConfigProblem",
     "ConnectorError",
+    "DatabaseUnavailable",
     "DepartmentRejected",
     "GatewayError",
+    "InfrastructureError",
     "IntakeProblem",
+    "Overloaded",
     "PermanentError",
     "PluginError",
+    "StorageFull",
+    "StorageUnavailable",
     "TransientError",
 ]

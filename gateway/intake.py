@@ -214,13 +214,20 @@ _WRITERS: weakref.WeakKeyDictionary[Runtime, GroupCommit[_Pending, Answer]] = (
 )
 
 
+#: submissions waiting for their commit before intake answers 503 (Overloaded): a database
+#: slower than the front desk makes clients retry instead of growing this process's memory
+QUEUE_LIMIT = 1000
+
+
 def _writer(runtime: Runtime) -> GroupCommit[_Pending, Answer]:
     """Group commit for intake: submissions that arrive together are stored in one transaction
     with multi-row inserts, each answered only after that commit (~8 statements per batch
     instead of ~8 and a commit per application)."""
     writer = _WRITERS.get(runtime)
     if writer is None:
-        writer = _WRITERS[runtime] = GroupCommit(runtime.engine, _store_in_order)
+        writer = _WRITERS[runtime] = GroupCommit(
+            runtime.engine, _store_in_order, max_queue=QUEUE_LIMIT
+        )
         runtime.on_close.append(writer.aclose)
     return writer
 

@@ -28,3 +28,16 @@ CALL_SECONDS = Histogram(
     "Time of one guarded call to a department (slot wait and in-call retries included)",
     ["department", "operation"],
 )
+OUTAGE = Gauge("gateway_outage", "1 while the component (database, storage) is out", ["component"])
+OUTAGE_SECONDS = Counter(
+    "gateway_outage_seconds", "Length of ended outages, per component", ["component"]
+)
+UNAVAILABLE = Counter(
+    "gateway_unavailable_answers_total",
+    "API answers of 503/507 because of the gateway's own infrastructure",
+    ["component"],
+)
+DATA_DIR_FREE = Gauge("gateway_data_dir_free_bytes", "Free space in data_dir")
+DATA_DIR_LOW = Gauge(
+    "gateway_data_dir_low", "1 while data_dir has less free space than data_dir_min_free_mb"
+)

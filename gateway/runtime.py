@@ -45,7 +45,9 @@ class Runtime:
             load=settings.plugins.load, block=settings.plugins.block, trace=settings.plugins.trace
         )
         self.engine = engine or create_engine(settings.database_url)
-        self.blobs = BlobStore(settings.data_dir / "blobs")
+        self.blobs = BlobStore(
+            settings.data_dir / "blobs", min_free_bytes=settings.data_dir_min_free_mb * 2**20
+        )
         self.http = http or make_client()
         #: department code -> its connector (tests may replace one: its link follows)
         self.connectors: dict[str, Connector] = {}

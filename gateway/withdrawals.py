@@ -36,7 +36,13 @@ from gateway.clock import now
 from gateway.config.models import DepartmentConfig
 from gateway.connector import Connector, Receipt
 from gateway.departments import DepartmentLink, backoff
-from gateway.errors import DepartmentRejected, IntakeProblem, PermanentError, TransientError
+from gateway.errors import (
+    DepartmentRejected,
+    InfrastructureError,
+    IntakeProblem,
+    PermanentError,
+    TransientError,
+)
 from gateway.events import Source, StatusChange
 from gateway.notifications import with_contact
 from gateway.pickup import check_may_change, may_see
@@ -330,7 +336,9 @@ async def sweep(
         slot = [link is not None]  # this request's reserved slot, until used or given back
         try:
             outcome = await _handle(runtime, row, owner, link, slot, rng)
-        except Exception:  # a bug or a database outage: the lease runs out, another round retries
+        except InfrastructureError:  # logged once per outage; the lease runs out, a round retries
+            outcome = "infrastructure"
+        except Exception:  # a bug: the lease runs out, another round retries
             log.exception("withdrawal round crashed", application=row.application_id)
             outcome = "crashed"
         finally:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import math
 
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from gateway import metrics
 from gateway.api import problems
 from gateway.api.auth import KeyRing
 from gateway.api.limits import BodyLimit
@@ -14,7 +18,32 @@ from gateway.api.routes_pickup import router as pickup_router
 from gateway.api.routes_reconcile import router as reconcile_router
 from gateway.api.routes_supplements import router as supplements_router
 from gateway.api.routes_withdrawals import router as withdrawals_router
+from gateway.errors import InfrastructureError
 from gateway.runtime import Runtime
+
+_UNAVAILABLE = {
+    "database": "the gateway's database is not answering right now",
+    "storage": "the gateway has no room (or no permission) to store files right now; ops are "
+    "alerted",
+    "intake": "the gateway is receiving more applications than it can store right now",
+}
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The one answer to an infrastructure failure: 503 (507 when data_dir is full) with
+    Retry-After. Not logged here: :mod:`gateway.outage` tells ops once per outage."""
+    assert isinstance(exc, InfrastructureError)
+    metrics.UNAVAILABLE.labels(exc.component).inc()
+    why = _UNAVAILABLE.get(exc.component, "the gateway cannot complete requests right now")
+    return problems.problem_response(
+        request,
+        exc.status,
+        "Insufficient storage" if exc.status == 507 else "Service unavailable",
+        f"{why}. Send the same request again after {math.ceil(exc.retry_after)} s: with the "
+        "same Idempotency-Key (or the same upload) that is safe, whether or not this attempt "
+        "was stored.",
+        headers={"Retry-After": str(math.ceil(exc.retry_after))},
+    )
 
 
 def create_app(runtime: Runtime) -> FastAPI:
@@ -27,6 +56,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.state.runtime = runtime
     app.state.keyring = KeyRing(runtime)
     problems.install(app)
+    app.add_exception_handler(InfrastructureError, _unavailable)
     app.include_router(applications_router)
     app.include_router(callbacks_router)
     app.include_router(ops_router)

@@ -90,6 +90,8 @@ class GatewaySettings(_Strict):
     city: str = Field(pattern=REGION_CODE)
     database_url: str = "sqlite+aiosqlite:///var/gateway.db"
     data_dir: Path = Path("var")
+    #: under this many MiB free in data_dir: a WARNING and gateway_data_dir_low = 1
+    data_dir_min_free_mb: int = Field(default=1024, ge=0)
     api: ApiSettings = Field(default_factory=ApiSettings)
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
     plugins: PluginSettings = Field(default_factory=PluginSettings)

@@ -1,7 +1,24 @@
-"""Engine creation and schema migration."""
+"""Engine creation, schema migration, and the translation of database failures.
+
+Every failure that says "the database is not there" rather than "this request is wrong" leaves
+the engine as one exception, :class:`~gateway.errors.DatabaseUnavailable` (or
+:class:`~gateway.errors.StorageFull` / :class:`~gateway.errors.StorageUnavailable` for SQLite's
+own disk), whatever raised it: the driver on connect (refused, timed out, the server starting
+up), a statement (connection killed, statement timeout, SQLite locked), or the pool (no
+connection free in time). Callers catch one class; the API answers it with 503, the daemon
+pauses on it. Each engine has an :class:`~gateway.outage.Outage` that logs the outage once.
+
+PostgreSQL connections are pre-pinged at checkout (a connection the server killed while idle,
+as after a failover, is replaced: one extra round trip, not an error) and recycled after
+``recycle_seconds``; statements end after ``statement_timeout`` so a slow database holds a
+pooled connection for a bounded time, and a request waits at most ``pool_timeout`` for one.
+"""
 
 from __future__ import annotations
 
+import errno
+import sqlite3
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -9,37 +26,194 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, event
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+from gateway.errors import (
+    DatabaseUnavailable,
+    InfrastructureError,
+    StorageFull,
+    StorageUnavailable,
+)
+from gateway.outage import Outage
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
+#: seconds a client is told to wait (Retry-After) while the database is out
+RETRY_AFTER = 2.0
 
-def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
-    """An async engine for ``url``; SQLite gets WAL, a busy timeout and immediate transactions."""
+# SQLSTATEs that mean the server, not the statement: connection exceptions (08), shutdown and
+# start-up (57P01-57P03), too many connections / out of resources (53), statement or lock
+# timeout (57014, 55P03)
+_UNAVAILABLE_CLASSES = ("08", "53")
+_UNAVAILABLE_STATES = {"57P01", "57P02", "57P03", "57014", "55P03"}
+
+_OUTAGES: weakref.WeakKeyDictionary[Engine, Outage] = weakref.WeakKeyDictionary()
+
+
+def outage_of(engine: AsyncEngine) -> Outage:
+    """The database :class:`Outage` of ``engine`` (one per engine, made on first use)."""
+    sync = engine.sync_engine
+    found = _OUTAGES.get(sync)
+    if found is None:
+        found = _OUTAGES[sync] = Outage("database")
+    return found
+
+
+def unavailable(exc: BaseException, *, disconnect: bool = False) -> InfrastructureError | None:
+    """The infrastructure error ``exc`` (or an exception it was raised from) means, if any."""
+    if isinstance(exc, InfrastructureError):
+        return exc
+    seen: BaseException | None = exc
+    while seen is not None:
+        found = _one(seen)
+        if found is not None:
+            return found
+        seen = seen.__cause__ or seen.__context__
+    if disconnect:
+        return DatabaseUnavailable(
+            f"database connection lost: {_short(exc)}",
+            retry_after=RETRY_AFTER,
+            connection_lost=True,
+        )
+    return None
+
+
+def _one(exc: BaseException) -> InfrastructureError | None:
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).lower()
+        if "database or disk is full" in text:
+            return StorageFull(f"no space left for the database: {exc}", retry_after=60.0)
+        if any(t in text for t in ("disk i/o error", "unable to open", "readonly database")):
+            return StorageUnavailable(f"the database file cannot be written: {exc}")
+        if "locked" in text or "busy" in text:
+            return DatabaseUnavailable(f"database busy: {exc}", retry_after=RETRY_AFTER)
+        return None
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(state, str) and (
+        state[:2] in _UNAVAILABLE_CLASSES or state in _UNAVAILABLE_STATES
+    ):
+        lost = state[:2] == "08" or state in {"57P01", "57P02"}
+        return DatabaseUnavailable(
+            f"database unavailable: {_short(exc)}", retry_after=RETRY_AFTER, connection_lost=lost
+        )
+    if isinstance(exc, sa_exc.TimeoutError):  # no pooled connection came free in time
+        return DatabaseUnavailable(f"database too slow: {_short(exc)}", retry_after=RETRY_AFTER)
+    if isinstance(exc, OSError | TimeoutError) and not isinstance(exc, FileNotFoundError):
+        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            return StorageFull(f"no space left for the database: {exc}", retry_after=60.0)
+        return DatabaseUnavailable(f"database unreachable: {_short(exc)}", retry_after=RETRY_AFTER)
+    if (
+        type(exc).__module__.startswith("asyncpg")
+        and "ConnectionDoesNotExist" in type(exc).__name__
+    ):
+        return DatabaseUnavailable(
+            f"database connection lost: {_short(exc)}",
+            retry_after=RETRY_AFTER,
+            connection_lost=True,
+        )
+    return None
+
+
+def _short(exc: BaseException) -> str:
+    # one line, bounded: the class and the driver's first line, never a statement or parameters
+    first = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}"[:300]
+
+
+class _Pool(AsyncAdaptedQueuePool):
+    """Waiting for a free connection too long is the database being too slow, not a bug."""
+
+    def _do_get(self) -> Any:
+        try:
+            return super()._do_get()
+        except sa_exc.TimeoutError as exc:
+            raise DatabaseUnavailable(
+                f"no database connection free within {self._timeout:g} s (database too slow)",
+                retry_after=RETRY_AFTER,
+            ) from exc
+
+
+def _watch(engine: AsyncEngine) -> None:
+    """Translate failures to :class:`InfrastructureError` and keep the engine's Outage."""
+    outage = outage_of(engine)
+    sync = engine.sync_engine
+
+    @event.listens_for(sync, "handle_error")
+    def _on_error(ctx: ExceptionContext) -> BaseException | None:
+        if ctx.is_pre_ping:  # the pool replaces the dead connection itself: not a failure
+            return None
+        found = unavailable(ctx.original_exception, disconnect=ctx.is_disconnect)
+        if found is not None:
+            outage.failed(str(found))
+        return found
+
+    @event.listens_for(sync, "do_connect")
+    def _on_connect(dialect: Any, _rec: Any, cargs: Any, cparams: Any) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except Exception as exc:
+            found = unavailable(exc)
+            if found is None:
+                raise
+            outage.failed(str(found))
+            raise found from exc
+
+    @event.listens_for(sync, "after_cursor_execute")
+    def _on_success(*_args: Any) -> None:
+        outage.ok()
+
+
+def create_engine(
+    url: str,
+    *,
+    echo: bool = False,
+    pool_size: int = 10,
+    max_overflow: int = 10,
+    pool_timeout: float = 10.0,
+    recycle_seconds: float = 1800.0,
+    statement_timeout: float = 15.0,
+    connect_timeout: float = 5.0,
+) -> AsyncEngine:
+    """An async engine for ``url``; SQLite gets WAL, a busy timeout and immediate transactions.
+
+    PostgreSQL URLs may carry ``?search_path=`` (tables in one schema) and
+    ``?statement_timeout=`` (milliseconds, overrides ``statement_timeout``).
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
+        settings = {"statement_timeout": str(int(statement_timeout * 1000))}
         # ?search_path=name puts the gateway's tables in one schema (tests use one per test)
-        search_path = parsed.query.get("search_path")
-        connect_args: dict[str, Any] = {}
-        if isinstance(search_path, str):
-            parsed = parsed.difference_update_query(["search_path"])
-            connect_args["server_settings"] = {"search_path": search_path}
-        return create_async_engine(
+        for key in ("search_path", "statement_timeout"):
+            value = parsed.query.get(key)
+            if isinstance(value, str):
+                parsed = parsed.difference_update_query([key])
+                settings[key] = value
+        engine = create_async_engine(
             parsed,
             echo=echo,
-            pool_size=10,
-            max_overflow=10,
+            poolclass=_Pool,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_timeout=pool_timeout,
+            pool_recycle=recycle_seconds,
             pool_pre_ping=True,
-            connect_args=connect_args,
+            connect_args={"server_settings": settings, "timeout": connect_timeout},
         )
+        _watch(engine)
+        return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     # SQLite has one writer. One pooled connection serialises this process's transactions in an
     # async queue (no busy-wait); BEGIN IMMEDIATE makes other processes wait in busy_timeout
     # instead of failing on a read-to-write upgrade.
-    engine = create_async_engine(url, echo=echo, pool_size=1, max_overflow=0, pool_timeout=120)
+    engine = create_async_engine(
+        url, echo=echo, poolclass=_Pool, pool_size=1, max_overflow=0, pool_timeout=120
+    )
+    _watch(engine)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -69,6 +243,8 @@ def _alembic_config(connection: Connection) -> AlembicConfig:
 
 
 def _upgrade(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":  # a migration may take longer than a request
+        connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
     command.upgrade(_alembic_config(connection), "head")
 
 

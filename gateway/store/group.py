@@ -4,7 +4,11 @@ Each caller awaits its own result, which is given only after the shared commit, 
 still means committed. On SQLite (one writer, one pooled connection) this turns a transaction
 and a pool hand-off per item into one per batch, and lets ``store`` use multi-row statements.
 If a batch fails, every item is retried in a transaction of its own, so one item's error
-(say, a key another process stored meanwhile) reaches only its own caller.
+(say, a key another process stored meanwhile) reaches only its own caller. An infrastructure
+failure is not an item's fault: the whole batch gets it at once (no per-item retries against a
+database that is down), except a connection killed before the commit was sent, which costs one
+retry of the batch on a fresh connection. The queue is bounded (``max_queue``): when it is full
+``submit`` raises :class:`~gateway.errors.Overloaded` instead of letting memory grow.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway.errors import DatabaseUnavailable, InfrastructureError, Overloaded
 
 I = TypeVar("I")  # noqa: E741
 R = TypeVar("R")
@@ -28,18 +34,31 @@ class GroupCommit(Generic[I, R]):
     and returns one result per item, in order.
     """
 
-    def __init__(self, engine: AsyncEngine, store: Store[I, R], *, max_batch: int = 64) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        store: Store[I, R],
+        *,
+        max_batch: int = 64,
+        max_queue: int = 0,
+    ) -> None:
         self.engine = engine
         self.store = store
         self.max_batch = max_batch
-        self._queue: asyncio.Queue[tuple[I, asyncio.Future[R]]] = asyncio.Queue()
+        self.max_queue = max_queue  # 0: unbounded (callers bound themselves)
+        self._queue: asyncio.Queue[tuple[I, asyncio.Future[R]]] = asyncio.Queue(max_queue)
         self._task: asyncio.Task[None] | None = None
 
     async def submit(self, item: I) -> R:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._loop(), name="group commit")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        await self._queue.put((item, future))
+        try:
+            self._queue.put_nowait((item, future))
+        except asyncio.QueueFull:
+            raise Overloaded(
+                f"{self.max_queue} items are already waiting to be stored", retry_after=1.0
+            ) from None
         return await future
 
     async def aclose(self) -> None:
@@ -55,21 +74,57 @@ class GroupCommit(Generic[I, R]):
                 batch.append(self._queue.get_nowait())
             try:
                 results = await self._commit([item for item, _f in batch])
+            except InfrastructureError as exc:  # not the items' fault: all get it, no retries
+                for _item, future in batch:
+                    _settle(future, exc)
+                continue
             except Exception:
-                for item, future in batch:  # one by one: a failure reaches only its caller
-                    try:
-                        [result] = await self._commit([item])
-                    except Exception as exc:
-                        _settle(future, exc)
-                    else:
-                        _settle(future, result)
+                await self._one_by_one(batch)
                 continue
             for (_item, future), result in zip(batch, results, strict=True):
                 _settle(future, result)
 
+    async def _one_by_one(self, batch: list[tuple[I, asyncio.Future[R]]]) -> None:
+        """A failure reaches only its own caller (until the database itself fails)."""
+        down: InfrastructureError | None = None
+        for item, future in batch:
+            if down is not None:
+                _settle(future, down)
+                continue
+            try:
+                [result] = await self._commit([item])
+            except InfrastructureError as exc:
+                down = exc
+                _settle(future, exc)
+            except Exception as exc:
+                _settle(future, exc)
+            else:
+                _settle(future, result)
+
     async def _commit(self, items: list[I]) -> list[R]:
+        try:
+            return await self._commit_once(items)
+        except _NotSent:  # the connection died before COMMIT: nothing stored; a new one may do
+            try:
+                return await self._commit_once(items)
+            except _NotSent as again:
+                raise again.error from None
+
+    async def _commit_once(self, items: list[I]) -> list[R]:
         async with self.engine.begin() as conn:
-            return await self.store(conn, items)
+            try:
+                return await self.store(conn, items)
+            except DatabaseUnavailable as exc:
+                # raised by a statement, so the transaction was never committed
+                if exc.connection_lost:
+                    raise _NotSent(exc) from exc
+                raise
+
+
+class _NotSent(Exception):
+    def __init__(self, error: DatabaseUnavailable) -> None:
+        self.error = error
+        super().__init__(str(error))
 
 
 def _settle(future: asyncio.Future[R], outcome: R | BaseException) -> None:

@@ -1,0 +1,229 @@
+"""Infrastructure failures are their own class: told once per outage, answered 503/507 with
+Retry-After (never 500), nothing half-written. The fault suite (tests/faults/) drives the same
+paths against real processes; these are the quick checks of each piece."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import text
+from structlog.testing import capture_logs
+
+from gateway.api.app import create_app
+from gateway.blobs import BlobStore
+from gateway.config.loader import load_config
+from gateway.errors import DatabaseUnavailable, InfrastructureError, Overloaded, StorageFull
+from gateway.outage import Outage
+from gateway.runtime import Runtime
+from gateway.store.db import create_engine, outage_of, unavailable
+from gateway.store.group import GroupCommit
+from tests.conftest import EXAMPLE, application, configure_for_test, wait_for
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:  # bound, never listening: connecting is refused at once
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_an_outage_is_logged_once_reminded_and_ended_with_its_length() -> None:
+    clock = _Clock()
+    outage = Outage("database", remind_seconds=60, clock=clock)
+    with capture_logs() as logs:
+        for _ in range(500):  # 50 s of failures, ten a second
+            outage.failed("refused")
+            clock.t += 0.1
+        clock.t += 20  # past the reminder interval
+        outage.failed("refused")
+        outage.ok()
+        outage.ok()
+    events = [(e["log_level"], e["event"]) for e in logs]
+    assert events[0][0] == "warning" and events[0][1].startswith("database unreachable since ")
+    assert events[1] == ("warning", "database still unreachable")
+    assert events[2] == ("info", "database back after 70.0 s")
+    assert len(events) == 3
+    assert logs[2]["failures"] == 501
+
+
+def test_a_flapping_dependency_is_not_announced_each_time() -> None:
+    clock = _Clock()
+    outage = Outage("database", remind_seconds=300, clock=clock)
+    with capture_logs() as logs:
+        for _ in range(100):  # down 1 s, up 1 s, for 200 s
+            outage.failed("refused")
+            clock.t += 1
+            outage.ok()
+            clock.t += 1
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert len(warnings) == 1
+    assert len(logs) == 2  # the one announced outage's end; the rest were counted, not told
+
+
+def test_database_errors_are_told_apart_from_bugs() -> None:
+    import sqlite3
+
+    assert isinstance(unavailable(ConnectionRefusedError(111, "refused")), DatabaseUnavailable)
+    assert isinstance(unavailable(TimeoutError()), DatabaseUnavailable)
+    locked = unavailable(sqlite3.OperationalError("database is locked"))
+    assert isinstance(locked, DatabaseUnavailable) and locked.status == 503
+    full = unavailable(sqlite3.OperationalError("database or disk is full"))
+    assert isinstance(full, StorageFull) and full.status == 507
+    assert unavailable(sqlite3.OperationalError("no such table: x")) is None
+    assert unavailable(ValueError("a bug")) is None
+    wrapped = RuntimeError("outer")
+    wrapped.__cause__ = ConnectionResetError(104, "reset")
+    assert isinstance(unavailable(wrapped), DatabaseUnavailable)
+
+
+async def test_an_unreachable_database_is_503_with_retry_after_and_one_log_line(
+    tmp_path: Path,
+) -> None:
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{_closed_port()}/gateway"
+    config = configure_for_test(load_config(EXAMPLE), tmp_path, url)
+    runtime = Runtime(config)
+    transport = httpx.ASGITransport(app=create_app(runtime), raise_app_exceptions=False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as client:
+            with capture_logs() as logs:
+                answers = [
+                    await client.post(
+                        "/v1/applications",
+                        json=application(),
+                        headers={"Authorization": "Bearer k", "Idempotency-Key": f"k{i}"},
+                    )
+                    for i in range(20)
+                ]
+    finally:
+        await runtime.aclose()
+    assert {a.status_code for a in answers} == {503}
+    first = answers[0]
+    assert first.headers["content-type"] == "application/problem+json"
+    assert int(first.headers["retry-after"]) >= 1
+    assert "database" in first.json()["detail"] and "Idempotency-Key" in first.json()["detail"]
+    assert [e["event"][:29] for e in logs] == ["database unreachable since 20"]
+    assert outage_of(runtime.engine).down
+
+
+async def test_sqlite_outage_ends_with_the_next_statement_that_works(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'g.db'}")
+    outage = outage_of(engine)
+    try:
+        outage.failed("simulated")
+        with capture_logs() as logs:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        assert not outage.down
+        assert logs[0]["event"].startswith("database back after ")
+    finally:
+        await engine.dispose()
+
+
+async def test_group_commit_sheds_load_when_its_queue_is_full(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'g.db'}")
+    release = asyncio.Event()
+
+    stores: list[list[int]] = []
+
+    async def slow_store(_conn: object, items: list[int]) -> list[int]:
+        stores.append(items)
+        await release.wait()  # a database slower than the callers
+        return items
+
+    group: GroupCommit[int, int] = GroupCommit(engine, slow_store, max_queue=3)  # type: ignore[arg-type]
+    try:
+        first = asyncio.ensure_future(group.submit(0))
+        await wait_for(lambda: stores == [[0]])  # the writer took item 0, waits on the database
+        waiting = [asyncio.ensure_future(group.submit(i)) for i in (1, 2, 3)]
+        await wait_for(lambda: group._queue.full())
+        with pytest.raises(Overloaded) as shed:
+            await group.submit(4)
+        assert shed.value.status == 503 and shed.value.retry_after > 0
+        release.set()
+        assert await asyncio.gather(first, *waiting) == [0, 1, 2, 3]
+    finally:
+        await group.aclose()
+        await engine.dispose()
+
+
+def _fail_fsync_with_enospc(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the write hook: a full disk is reported by write() or by fsync() (delayed allocation)
+    def full(_fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("gateway.blobs.os.fsync", full)
+
+
+async def test_a_full_data_dir_refuses_the_blob_and_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    _fail_fsync_with_enospc(monkeypatch)
+    with capture_logs() as logs:
+        for _ in range(3):
+            with pytest.raises(StorageFull):
+                await store.put(b"%PDF- a scanned document")
+    assert [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()] == []
+    assert [e["event"][:28] for e in logs] == ["storage not writable since 2"]
+    monkeypatch.undo()
+    with capture_logs() as logs:
+        sha = await store.put(b"%PDF- a scanned document")
+    assert await store.get(sha) == b"%PDF- a scanned document"
+    assert logs[0]["event"].startswith("storage back after ")
+
+
+def test_low_free_space_is_a_warning_and_a_metric(tmp_path: Path) -> None:
+    with capture_logs() as logs:
+        store = BlobStore(tmp_path / "blobs", min_free_bytes=2**62)
+        store.check_space()  # still low: not told again so soon
+    assert [e["event"] for e in logs] == ["data_dir low on free space"]
+    assert REGISTRY.get_sample_value("gateway_data_dir_low") == 1
+    free = REGISTRY.get_sample_value("gateway_data_dir_free_bytes")
+    assert free is not None and free > 0
+    BlobStore(tmp_path / "blobs", min_free_bytes=0)
+    assert REGISTRY.get_sample_value("gateway_data_dir_low") == 0
+
+
+async def test_an_upload_to_a_full_data_dir_is_507(
+    runtime: Runtime,
+    api: httpx.AsyncClient,
+    centre_headers: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _fail_fsync_with_enospc(monkeypatch)
+    r = await api.post(
+        "/v1/materials",
+        files={"file": ("scan.pdf", b"%PDF-1.4 scan", "application/pdf")},
+        headers=centre_headers,
+    )
+    assert r.status_code == 507, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert int(r.headers["retry-after"]) > 0
+    assert "no room" in r.json()["detail"]
+    monkeypatch.undo()
+    r = await api.post(
+        "/v1/materials",
+        files={"file": ("scan.pdf", b"%PDF-1.4 scan", "application/pdf")},
+        headers=centre_headers,
+    )
+    assert r.status_code == 201
+
+
+def test_every_infrastructure_error_is_a_retry_later_answer() -> None:
+    for cls in InfrastructureError.__subclasses__():
+        err = cls("x")
+        assert err.status in (503, 507) and err.retry_after > 0, cls
