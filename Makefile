@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all test-slow test-pg test-stress test-10x check clean
+.PHONY: install demo test test-all test-slow test-faults test-pg test-stress test-10x check clean
 
 install: $(STAMP)
 
@@ -22,9 +22,9 @@ PG_LOCAL := postgresql+asyncpg://postgres@127.0.0.1:5432/test
 WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile
 
-# everything but the tests marked slow (real processes, SIGKILL, installs); about 2 minutes
+# everything but the tests marked slow (real processes, SIGKILL, installs) or faults; about 2 minutes
 test: install
-	GATEWAY_TEST_PG_URL=$${GATEWAY_TEST_PG_URL:-auto} $(PYTEST) -m "not slow"
+	GATEWAY_TEST_PG_URL=$${GATEWAY_TEST_PG_URL:-auto} $(PYTEST) -m "not slow and not faults"
 
 # everything, the slow tests too
 test-all: install
@@ -33,6 +33,12 @@ test-all: install
 # only the tests marked slow (CI runs these after test-stress: every test runs once)
 test-slow: install
 	GATEWAY_TEST_PG_URL=$${GATEWAY_TEST_PG_URL:-auto} $(PYTEST) -m slow
+
+# the fault suite (tests/faults/): a PostgreSQL cluster of its own stopped, its connections
+# killed, a table locked; data_dir full; a department or SFTP server that drops or hangs.
+# Each test prints a FAULT line with its figures.
+test-faults: install
+	$(BIN)/python -m pytest -q -s -p no:randomly -m faults
 
 # only the PostgreSQL variants; fails (exit 5) when none passed
 test-pg: install
