@@ -1,12 +1,14 @@
 """Loading plugins and calling their hooks.
 
 Built-in connectors and third-party plugins load the same way: from the ``gateway`` entry-point
-group. A plugin that fails to import is recorded by name and the others still load. The
+group. Plugins in the ``gateway.opt_in`` group (the example notifier and courier) load only when
+enabled by name. A plugin that fails to import is recorded by name and the others still load. The
 :class:`Plugins` wrapper is the only place the core touches ``pm.hook``, so the rest of the code
 works with typed values and every call runs inside an error boundary per plugin.
 
 Ops switches (environment, or ``[plugins]`` in gateway.toml):
 ``GATEWAY_LOAD_PLUGINS=a,b`` loads only those, ``GATEWAY_BLOCK_PLUGINS=c`` never loads c,
+``GATEWAY_ENABLE_PLUGINS=d`` loads the opt-in plugin d too,
 ``GATEWAY_TRACE_PLUGINS=1`` logs every hook call.
 """
 
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("gateway.plugins")
 GROUP = "gateway"
+#: Entry points loaded only when enabled by name (``[gateway.plugins] enable``).
+OPT_IN_GROUP = "gateway.opt_in"
 #: Core behaviour registered through the same hooks as plugins: (name, module).
 BUILTIN: tuple[tuple[str, str], ...] = (("manual_mail", "gateway.manual_mail"),)
 
@@ -188,11 +192,13 @@ def load_plugins(
     *,
     load: Iterable[str] = (),
     block: Iterable[str] = (),
+    enable: Iterable[str] = (),
     trace: bool = False,
     entry_points: bool = True,
     extra: Iterable[tuple[str, ModuleType | object]] = (),
 ) -> Plugins:
-    """Build the plugin manager: every ``gateway`` entry point, then ``extra`` (name, plugin).
+    """Build the plugin manager: every ``gateway`` entry point, the ``gateway.opt_in`` entry
+    points named in ``enable``, then ``extra`` (name, plugin).
 
     Import errors are recorded in ``Plugins.failures`` by plugin name; the other plugins load.
     """
@@ -201,9 +207,12 @@ def load_plugins(
     plugins = Plugins(pm)
     load = [*load, *_env_list("GATEWAY_LOAD_PLUGINS")]
     block = [*block, *_env_list("GATEWAY_BLOCK_PLUGINS")]
+    enabled = {*enable, *_env_list("GATEWAY_ENABLE_PLUGINS")}
     if entry_points:
-        for ep in md.entry_points(group=GROUP):
-            if not _wanted(ep.name, load, block):
+        opt_in = [ep for ep in md.entry_points(group=OPT_IN_GROUP) if ep.name in enabled]
+        for ep in [*md.entry_points(group=GROUP), *opt_in]:
+            # an enabled opt-in plugin loads even when `load` narrows the others; block wins
+            if not _wanted(ep.name, () if ep in opt_in else load, block):
                 continue
             dist = ep.dist
             try:

@@ -42,7 +42,10 @@ class Runtime:
         self.config = config
         settings = config.gateway
         self.plugins = plugins or load_plugins(
-            load=settings.plugins.load, block=settings.plugins.block, trace=settings.plugins.trace
+            load=settings.plugins.load,
+            block=settings.plugins.block,
+            enable=settings.plugins.enable,
+            trace=settings.plugins.trace,
         )
         self.engine = engine or create_engine(settings.database_url)
         self.blobs = BlobStore(

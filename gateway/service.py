@@ -19,7 +19,7 @@ from gateway.config.loader import Config
 from gateway.daemon import Daemon
 from gateway.dispatcher import Dispatcher
 from gateway.runtime import Runtime
-from gateway.simulators.server import serve_asgi
+from gateway.serving import serve_asgi
 
 log = structlog.get_logger("gateway.service")
 

@@ -106,11 +106,6 @@ def judge(current: State, target: State) -> Verdict:
     return Verdict.ILLEGAL
 
 
-def can_restart(current: State) -> bool:
-    """Whether an explicit action (supplement re-send, operator retry) may re-dispatch."""
-    return current in RESTART
-
-
 __all__ = [
     "AT_DEPARTMENT",
     "DECIDED",
@@ -120,7 +115,6 @@ __all__ = [
     "RESTART",
     "State",
     "Verdict",
-    "can_restart",
     "judge",
     "reachable",
 ]

@@ -23,7 +23,9 @@ def _problems(config_path: Path) -> tuple[Config | None, list[ConfigProblem]]:
         return None, list(exc.problems)
     settings = config.gateway.plugins
     try:
-        plugins = load_plugins(load=settings.load, block=settings.block, trace=settings.trace)
+        plugins = load_plugins(
+            load=settings.load, block=settings.block, enable=settings.enable, trace=settings.trace
+        )
         connectors = plugins.connectors()
     except PluginError as exc:
         return config, [ConfigProblem(f"plugin {exc.plugin}", "", str(exc))]

@@ -164,7 +164,9 @@ def plugins(config: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False) 
         settings = None
         err.print(f"note: {config} does not load; [gateway.plugins] switches ignored", markup=False)
     pm = load_plugins(
-        load=settings.load if settings else (), block=settings.block if settings else ()
+        load=settings.load if settings else (),
+        block=settings.block if settings else (),
+        enable=settings.enable if settings else (),
     )
     info = pm.info()
     kinds = {kind: cls.__module__ for kind, cls in pm.connectors().items()}

@@ -25,8 +25,8 @@ from gateway.cli import app
 from gateway.config.loader import load_config
 from gateway.config.models import DepartmentConfig
 from gateway.errors import ConfigError, ConfigProblem
+from gateway.serving import serve_asgi
 from gateway.simulators import SIMULATORS
-from gateway.simulators.server import serve_asgi
 
 __all__ = ["RunningSimulator", "run_simulators", "simulator_table"]
 

@@ -66,6 +66,10 @@ class DispatchSettings(_Strict):
 class PluginSettings(_Strict):
     load: list[str] = Field(default_factory=list, description="only these plugins (empty: all)")
     block: list[str] = Field(default_factory=list, description="never these plugins")
+    enable: list[str] = Field(
+        default_factory=list,
+        description="opt-in plugins to load too (entry-point group gateway.opt_in, e.g. examples)",
+    )
     trace: bool = False
 
 

@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from pydantic import BaseModel
 
-from gateway.simulators.server import serve_asgi
+from gateway.serving import serve_asgi
 
 __all__ = ["SIMULATORS", "SimulatorFactory", "serve_asgi"]
 
@@ -31,18 +31,26 @@ class SimulatorFactory:
     create_name: str
     description: str = ""
 
+    def _module(self) -> Any:
+        try:
+            return importlib.import_module(self.module)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("gateway"):
+                raise
+            # spyne and a2wsgi are the simulators' own dependencies, not the gateway's
+            raise ModuleNotFoundError(
+                f"the {self.kind} simulator needs {exc.name}: install the simulators extra "
+                "(pip install 'onewindow-gateway[simulators]'; make install does)",
+                name=exc.name,
+            ) from exc
+
     @property
     def settings(self) -> type[BaseModel]:
-        return cast(
-            type[BaseModel], getattr(importlib.import_module(self.module), self.settings_name)
-        )
+        return cast(type[BaseModel], getattr(self._module(), self.settings_name))
 
     @property
     def create(self) -> Callable[[Any], tuple[Any, Any]]:
-        return cast(
-            Callable[[Any], tuple[Any, Any]],
-            getattr(importlib.import_module(self.module), self.create_name),
-        )
+        return cast(Callable[[Any], tuple[Any, Any]], getattr(self._module(), self.create_name))
 
     def build(self, table: dict[str, Any]) -> tuple[BaseModel, Any, Any]:
         """Validate a ``[simulator]`` table and build (settings, asgi_app, state)."""

@@ -23,10 +23,6 @@ class Client:
     centre: str | None
     ops: bool
 
-    @property
-    def city_wide(self) -> bool:
-        return self.ops
-
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
