@@ -80,6 +80,9 @@ class Receipt(_Model):
     case_id: str
     status: str | None = None  # department status code, if it says one
     detail: str | None = None
+    #: the department already held this case (a re-send after a crash or a lost answer);
+    #: the gateway records it on the case and counts it
+    resent: bool = False
 
 
 class CaseUpdate(_Model):
@@ -151,6 +154,8 @@ class Connector:
 
     kind: ClassVar[str]
     Options: ClassVar[type[BaseModel]]
+    #: pages the last ``list_cases`` read (reconciliation reports it); None: not counted
+    last_listing_pages: int | None = None
 
     def __init__(self, context: ConnectorContext) -> None:
         self.context = context
@@ -168,7 +173,11 @@ class Connector:
         raise NotImplementedError
 
     async def poll(self, receipt: Receipt) -> CaseUpdate | None:
-        """Current status of a case, or None if the department cannot be polled."""
+        """Current status of a case, or None if the department cannot be polled.
+
+        A case the department does not hold raises :class:`~gateway.errors.CaseNotFound`:
+        never an update (there is nothing to report), never ``TransientError`` (asking again
+        cannot find it)."""
         return None
 
     def list_cases(self, since: dt.datetime, until: dt.datetime) -> AsyncIterator[CaseSummary]:

@@ -8,6 +8,7 @@ Tasks, and how several daemons sharing one database stay out of each other's way
     results:<dept>        [gateway.schedule] results_seconds      one lease row per tick
     reconcile:<dept>      the department's reconcile_cron          one lease row per tick
     deadlines             deadlines_seconds                        one lease row per tick
+    refetch               refetch_seconds                          one lease row per tick
     housekeeping          housekeeping_seconds                     one lease row per tick
 
 The scheduler's job store is in memory, one per daemon; the database decides who runs what.
@@ -226,7 +227,7 @@ class Daemon:
         self._pause = 0.0  # the current backoff (0: not paused)
 
     def _tasks(self) -> list[Task]:
-        from gateway import deadlines, housekeeping, reconcile, withdrawals
+        from gateway import deadlines, housekeeping, reconcile, refetch, withdrawals
         from gateway.poller import poll_department
         from gateway.results import pull_department
 
@@ -248,6 +249,12 @@ class Daemon:
                 "deadlines",
                 _interval(sched.deadlines_seconds),
                 lambda: deadlines.watch(rt),
+                leased=True,
+            ),
+            Task(
+                "refetch",
+                _interval(sched.refetch_seconds),
+                lambda: refetch.sweep(rt),
                 leased=True,
             ),
             Task(

@@ -223,6 +223,19 @@ class Dispatcher:
             else None
         )
 
+        detail: dict[str, Any] = {"case_id": receipt.case_id}
+        if receipt.resent:
+            # the department already held this case: an earlier delivery reached it and its
+            # answer was lost (a crash, a timeout); worth seeing, not an error
+            detail["resent"] = True
+            metrics.RESENDS.labels(dept.code).inc()
+            log.info(
+                "re-sent: the department already held the case",
+                department=dept.code,
+                application=job.application_id,
+                case=receipt.case_id,
+            )
+
         async def work(conn: AsyncConnection) -> list[StatusChange]:
             if not await jobs.finish(
                 conn, job.id, self.owner, state=jobs.DONE, attempts=job.attempts + 1
@@ -242,7 +255,7 @@ class Dispatcher:
                 source=Source.DISPATCH,
                 actor=self.owner,
                 version=job.version,
-                detail={"case_id": receipt.case_id},
+                detail=detail,
                 extra=extra,
             )
             if not changes:  # nothing moved, but the receipt is still worth keeping

@@ -6,14 +6,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, and_, func, insert, select
+from sqlalchemy import Row, and_, exists, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.blobs import BlobStore
 from gateway.clock import new_id, now
 from gateway.connector import ResultDocument
 from gateway.states import State
-from gateway.store.tables import result_documents
+from gateway.store.tables import applications, result_documents
 
 
 async def store(
@@ -111,4 +111,31 @@ async def documents_in(conn: AsyncConnection, app: Row[Any]) -> bool:
     return bool((await conn.execute(q)).scalar())
 
 
-__all__ = ["documents_in", "for_application", "for_applications", "get", "store"]
+async def undocumented(
+    conn: AsyncConnection,
+    *,
+    department: str | None = None,
+    app_ids: Sequence[str] | None = None,
+    limit: int = 500,
+) -> Sequence[Row[Any]]:
+    """Cases decided ``approved`` that hold no result document: nothing to hand out, so they
+    wait (oldest decision first). ``app_ids`` narrows to those cases."""
+    q = select(applications).where(
+        applications.c.status == State.APPROVED.value,
+        ~exists().where(result_documents.c.application_id == applications.c.id),
+    )
+    if department is not None:
+        q = q.where(applications.c.department == department)
+    if app_ids is not None:
+        q = q.where(applications.c.id.in_(list(app_ids)))
+    return (await conn.execute(q.order_by(applications.c.updated_at).limit(limit))).all()
+
+
+__all__ = [
+    "documents_in",
+    "for_application",
+    "for_applications",
+    "get",
+    "store",
+    "undocumented",
+]

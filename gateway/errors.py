@@ -9,7 +9,8 @@ The hierarchy::
     ├── ConnectorError         raised by a connector while talking to a department
     │   ├── TransientError     try again later; may carry ``retry_after`` seconds
     │   ├── PermanentError     retrying cannot help; the case goes to ``failed`` for an operator
-    │   │   └── AnswerTooLarge an answer over the department's ``max_answer_bytes``
+    │   │   ├── AnswerTooLarge an answer over the department's ``max_answer_bytes``
+    │   │   └── CaseNotFound   ``poll``: the department holds no such case
     │   └── DepartmentRejected a business answer from the department; becomes a case status
     └── InfrastructureError    the gateway's own infrastructure failed; nothing is wrong with the
         │                      request, the same request later will do (API: 503 + Retry-After)
@@ -114,6 +115,18 @@ class AnswerTooLarge(PermanentError):
         )
 
 
+class CaseNotFound(PermanentError):
+    """``poll`` asked about a case the department does not hold (its own "no such case"
+    answer). Retrying cannot help, and no update may be made up for it."""
+
+    def __init__(self, department: str, case_id: str, detail: str = "") -> None:
+        self.department = department
+        self.case_id = case_id
+        super().__init__(
+            f"{department}: no such case {case_id}" + (f" ({detail})" if detail else "")
+        )
+
+
 class DepartmentRejected(ConnectorError):
     """The department gave a business answer instead of a case (e.g. 不予受理).
 
@@ -179,6 +192,7 @@ class Overloaded(InfrastructureError):
 
 __all__ = [
     "AnswerTooLarge",
+    "CaseNotFound",
     "ConfigError",
     "ConfigProblem",
     "ConnectorError",

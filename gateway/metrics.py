@@ -41,3 +41,19 @@ DATA_DIR_FREE = Gauge("gateway_data_dir_free_bytes", "Free space in data_dir")
 DATA_DIR_LOW = Gauge(
     "gateway_data_dir_low", "1 while data_dir has less free space than data_dir_min_free_mb"
 )
+DOCUMENTS_MISSING = Counter(
+    "gateway_documents_missing_total",
+    "Reports that an approved case is decided but carried no document (the case waits; the "
+    "daemon asks again)",
+    ["department", "source"],
+)
+REFETCHES = Counter(
+    "gateway_document_refetch_total",
+    "Result re-fetches of approved cases without documents, by outcome",
+    ["department", "outcome"],
+)
+RESENDS = Counter(
+    "gateway_resends_total",
+    "Deliveries the department answered as a case it already held (a re-send)",
+    ["department"],
+)

@@ -14,7 +14,7 @@ from gateway import documents, handover
 from gateway.clock import now
 from gateway.connector import CaseUpdate
 from gateway.events import Source, StatusChange
-from gateway.metrics import STATUS_CHANGES
+from gateway.metrics import DOCUMENTS_MISSING, STATUS_CHANGES
 from gateway.notifications import split, with_contact
 from gateway.runtime import Runtime
 from gateway.states import DECIDED, State
@@ -165,6 +165,18 @@ async def _apply(
             # documents that come after the decision (a second message) complete the case
             ready = await handover.make_ready(conn, app_id, source=source, actor=actor)
             changes = [ready] if ready is not None else []
+        now_at = changes[-1].to_status if changes else State(app.status)
+    if state is State.APPROVED and now_at is State.APPROVED:
+        # approved, nothing to hand out: never silent (the refetch task asks again)
+        DOCUMENTS_MISSING.labels(app.department, source.value).inc()
+        log.warning(
+            "decided without documents",
+            department=app.department,
+            application=app_id,
+            case=upd.case_id,
+            source=source.value,
+            hint="check the department's documents mapping; gateway refetch fetches again",
+        )
     announce(runtime, changes)
     return changes
 

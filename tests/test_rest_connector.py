@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from gateway.config.loader import load_config
 from gateway.connector import Envelope, MaterialRef, Receipt
-from gateway.errors import DepartmentRejected, PermanentError, TransientError
+from gateway.errors import CaseNotFound, DepartmentRejected, PermanentError, TransientError
 from gateway.http import make_client
 from gateway.simulators.server import serve_asgi
 from tests.rest_fixtures import (
@@ -144,10 +144,10 @@ async def test_poll_without_options_returns_none(http: httpx.AsyncClient) -> Non
     assert await connector.poll(Receipt(case_id="X")) is None
 
 
-async def test_poll_unknown_case_is_permanent(http: httpx.AsyncClient) -> None:
+async def test_poll_unknown_case_is_case_not_found(http: httpx.AsyncClient) -> None:
     async with running_department() as (base, _):
         connector = make_connector(rest_options(base), http)
-        with pytest.raises(PermanentError, match=r"amr: GET /cases/\{case_id\}: HTTP 404"):
+        with pytest.raises(CaseNotFound, match=r"amr: no such case AMR-2026-424242 \(HTTP 404\)"):
             await connector.poll(Receipt(case_id="AMR-2026-424242"))
 
 

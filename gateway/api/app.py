@@ -16,6 +16,7 @@ from gateway.api.routes_callbacks import router as callbacks_router
 from gateway.api.routes_ops import router as ops_router
 from gateway.api.routes_pickup import router as pickup_router
 from gateway.api.routes_reconcile import router as reconcile_router
+from gateway.api.routes_refetch import router as refetch_router
 from gateway.api.routes_supplements import router as supplements_router
 from gateway.api.routes_withdrawals import router as withdrawals_router
 from gateway.errors import InfrastructureError
@@ -61,6 +62,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(callbacks_router)
     app.include_router(ops_router)
     app.include_router(reconcile_router)
+    app.include_router(refetch_router)
     app.include_router(pickup_router)
     app.include_router(supplements_router)
     app.include_router(withdrawals_router)

@@ -6,6 +6,7 @@ from gateway.cli import (
     new_plugin_cmd,  # noqa: F401
     ops_cmd,  # noqa: F401
     reconcile_cmd,  # noqa: F401
+    refetch_cmd,  # noqa: F401
     service_cmd,  # noqa: F401
     simulate_cmd,  # noqa: F401
 )

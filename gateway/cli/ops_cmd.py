@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from gateway import operations
+from gateway import documents, operations
 from gateway.cli import app
 from gateway.cli.common import (
     DEFAULT_CONFIG,
@@ -126,7 +126,9 @@ def status(
                 row = await cases.get_application(conn, application_id)
                 if row is None:
                     return None
-                return application_view(row, await cases.history(conn, application_id))
+                history = await cases.history(conn, application_id)
+                docs = await documents.for_application(conn, application_id)
+                return application_view(row, history, docs)
         finally:
             await runtime.aclose()
 
@@ -141,6 +143,17 @@ def status(
         f"[bold]{view.receipt_number}[/bold] {view.matter_name} -> {view.department}"
         f" ({view.department_case_id or 'no case id yet'}): [bold]{view.status}[/bold]"
     )
+    resent = [e for e in view.history or [] if (e.detail or {}).get("resent")]
+    if resent:
+        console.print(
+            f"re-sent {len(resent)} time(s): the department already held this case (an earlier "
+            "delivery reached it and its answer was lost)"
+        )
+    if view.status == "approved" and not view.documents:
+        console.print(
+            "decided without documents: nothing to hand out yet "
+            f"(gateway refetch {application_id} asks the department again)"
+        )
     table = Table("at", "source", "actor", "from", "to", "detail")
     for e in view.history or []:
         table.add_row(

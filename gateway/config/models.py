@@ -81,6 +81,9 @@ class ScheduleSettings(_Strict):
     results_seconds: float = Field(default=2.0, gt=0, description="result pulls")
     deadlines_seconds: float = Field(default=900.0, gt=0, description="deadline watch")
     due_soon_days: int = Field(default=3, ge=0, le=60, description="working days")
+    refetch_seconds: float = Field(
+        default=300.0, gt=0, description="re-fetch results of approved cases without documents"
+    )
     housekeeping_seconds: float = Field(default=3600.0, gt=0)
     archive_after_days: int = Field(default=90, ge=1, description="idempotency records")
     lease_retention_days: int = Field(default=7, ge=1, description="task lease rows")

@@ -17,8 +17,12 @@ Endpoints::
     GET  /api/v1/cases/{id}       {"case": {id, status, opinion, updated_at, supplement_items,
                                             documents: [{name, content_type, content_b64}]}}
     GET  /api/v1/cases            ?since&until&cursor&limit -> {"items": [...], "next": cursor|null}
-    POST /_control                {"mode": ok|fail503|fail429|timeout|slow,
-                                   "slow_seconds", "retry_after"}
+    POST /_control                {"mode": ok|fail503|fail429|busy|timeout|slow,
+                                   "slow_seconds", "retry_after", "count"}
+    POST /api/v1/auth/token       with ``[simulator.token]``: {appId, appSecret} -> token
+
+Answers follow the style set in ``[simulator]`` (envelope, inline documents, listing style,
+charset, form bodies, token auth, signed requests): see :mod:`.rest_styles`.
     GET  /_stats                  {"submissions", "cases", "duplicates"}
 
 A case's status is computed from the clock when read; only callbacks (``callbacks = true``) run
@@ -36,6 +40,7 @@ import hmac
 import json
 import logging
 import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -43,11 +48,19 @@ from typing import Any, Literal
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.simulators.decisions import Mix, Outcome, default_mix, draw, version_of
+from gateway.simulators.rest_styles import (
+    SimStyle,
+    TokenStore,
+    answer,
+    check_signature,
+    error,
+    read_body,
+)
 
 __all__ = [
     "STATUS_ACCEPTED",
@@ -62,6 +75,7 @@ __all__ = [
     "RestDepartmentState",
     "RestSimulatorSettings",
     "SimCase",
+    "certificate",
     "create_rest_department",
     "sign",
 ]
@@ -100,8 +114,10 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
-class RestSimulatorSettings(BaseModel):
-    """The ``[simulator]`` table of a department file whose simulator kind is ``rest``."""
+class RestSimulatorSettings(SimStyle):
+    """The ``[simulator]`` table of a department file whose simulator kind is ``rest``; the
+    style fields (envelope, documents, listing, charset, form bodies, token, signing) are
+    :class:`~gateway.simulators.rest_styles.SimStyle`'s."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -129,9 +145,11 @@ class RestSimulatorSettings(BaseModel):
 class ControlRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    mode: Literal["ok", "fail503", "fail429", "timeout", "slow"] = "ok"
+    mode: Literal["ok", "fail503", "fail429", "busy", "timeout", "slow"] = "ok"
     slow_seconds: float = Field(default=1.0, ge=0)
     retry_after: int = Field(default=1, ge=0)
+    #: fail this many API calls, then back to ok (0: until told otherwise)
+    count: int = Field(default=0, ge=0)
 
 
 @dataclass
@@ -174,7 +192,7 @@ class SimCase:
         share = 0.5 if self.outcome == "not_accept" else 1.0
         return self.created_at + dt.timedelta(seconds=max(delay * share, 0.0))
 
-    def view(self, now: dt.datetime, delay: float) -> dict[str, Any]:
+    def view(self, now: dt.datetime, delay: float, inline: bool = False) -> dict[str, Any]:
         status, updated = self.phase(now, delay)
         final = status == _FINAL_STATUS[self.outcome] and now >= self.decided_at(delay)
         documents: list[dict[str, str]] = []
@@ -183,10 +201,19 @@ class SimCase:
                 {
                     "name": f"certificate-{self.id}.pdf",
                     "content_type": "application/pdf",
-                    "content_b64": base64.b64encode(_certificate(self.id)).decode(),
+                    "content_b64": base64.b64encode(certificate(self.id)).decode(),
                 }
             )
+        if inline:  # one document in fields of the case itself, as many systems send it
+            doc = documents[0] if documents else None
+            extra: dict[str, Any] = {
+                "certFile": doc["content_b64"] if doc else None,
+                "certName": doc["name"] if doc else None,
+            }
+        else:
+            extra = {"documents": documents}
         return {
+            **extra,
             "id": self.id,
             "status": status,
             "idempotency_key": self.idempotency_key,
@@ -195,7 +222,6 @@ class SimCase:
             "supplement_items": list(_SUPPLEMENT_ITEMS)
             if final and self.outcome == "supplement"
             else [],
-            "documents": documents,
             "created_at": _iso(self.created_at),
             "updated_at": _iso(updated),
         }
@@ -210,7 +236,9 @@ class SimCase:
         }
 
 
-def _certificate(case_id: str) -> bytes:
+def certificate(case_id: str) -> bytes:
+    """The document the department issues for an approved case (tests compare it byte for
+    byte with what the front desk hands out)."""
     return b"%PDF-1.4\n% simulated certificate\n" + case_id.encode() + b"\n%%EOF\n"
 
 
@@ -240,6 +268,12 @@ class RestDepartmentState:
     retry_after: int = 1
     callbacks_sent: int = 0
     callbacks_failed: int = 0
+    #: API calls still to fail in the current mode (0: fail until told otherwise)
+    fail_left: int = 0
+    #: calls refused as transient (503/429/busy): tests assert that retries happened
+    transient_answers: int = 0
+    tokens: TokenStore | None = None
+    nonces: set[str] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     http: httpx.AsyncClient | None = None
 
@@ -299,7 +333,27 @@ class RestDepartmentState:
         return case
 
     def view(self, case: SimCase) -> dict[str, Any]:
-        return case.view(self.clock(), self.settings.decision_delay_seconds)
+        inline = self.settings.documents == "inline"
+        return case.view(self.clock(), self.settings.decision_delay_seconds, inline)
+
+    def approve(self, case_id: str) -> bytes:
+        """Decide a case as approved now; returns the certificate it is issued with."""
+        case = self.cases[case_id]
+        case.outcome, case.forced = "approve", None
+        delay = self.settings.decision_delay_seconds
+        case.created_at = self.clock() - dt.timedelta(seconds=delay)
+        return certificate(case.id)
+
+    def fail_one(self) -> str | None:
+        """The failure mode for one API call, counting down a limited failure run."""
+        mode = self.mode
+        if mode in ("fail503", "fail429", "busy"):
+            self.transient_answers += 1
+            if self.fail_left:
+                self.fail_left -= 1
+                if not self.fail_left:
+                    self.mode = "ok"
+        return mode
 
     # -- drift, for reconciliation tests: what real back offices do behind the gateway's back --
 
@@ -418,12 +472,17 @@ class _FaultMiddleware:
         if scope["type"] != "http" or not scope["path"].startswith("/api/"):
             await self.app(scope, receive, send)
             return
-        mode = self.state.mode
-        if mode == "fail503":
-            response: Response = _error(503, "unavailable", "department system is down")
+        mode = self.state.fail_one()
+        style = self.state.settings
+        if mode == "busy" and style.envelope:
+            # the envelope style's outage: HTTP 200 with a "system busy" business code
+            response: Response = answer(style, None, code="busy")
+            await response(scope, receive, send)
+        elif mode in ("fail503", "busy"):
+            response = error(style, 503, "unavailable", "department system is down")
             await response(scope, receive, send)
         elif mode == "fail429":
-            response = _error(429, "rate_limited", "too many requests")
+            response = error(style, 429, "rate_limited", "too many requests")
             response.headers["Retry-After"] = str(self.state.retry_after)
             await response(scope, receive, send)
         elif mode == "timeout":
@@ -440,10 +499,6 @@ async def _hang_until_disconnect(receive: Receive) -> None:
         async with asyncio.timeout(_HANG_SECONDS):
             while (await receive())["type"] != "http.disconnect":
                 pass
-
-
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
 def _has_path(body: dict[str, Any], dotted: str) -> bool:
@@ -482,98 +537,148 @@ def create_rest_department(
     app = FastAPI(title="Simulated department (REST)", lifespan=lifespan)
     app.add_middleware(_FaultMiddleware, state=state)
 
-    def unauthorized(request: Request) -> JSONResponse | None:
+    async def denied(request: Request, raw_body: str = "") -> Response | None:
+        if settings.token is not None and state.tokens is not None:
+            given = request.headers.get("authorization", "")
+            if not state.tokens.valid(given, state.clock()):
+                response = error(settings, 401, "unauthorized", "token missing or expired")
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return response
         if settings.auth_token is not None:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {settings.auth_token}".encode()):
-                response = _error(401, "unauthorized", "missing or wrong bearer token")
+                response = error(settings, 401, "unauthorized", "missing or wrong bearer token")
                 response.headers["WWW-Authenticate"] = "Bearer"
                 return response
         if settings.auth_key is not None:
             given = request.headers.get(settings.auth_header, "")
             if not hmac.compare_digest(given.encode(), settings.auth_key.encode()):
-                return _error(401, "unauthorized", f"missing or wrong {settings.auth_header}")
+                return error(
+                    settings, 401, "unauthorized", f"missing or wrong {settings.auth_header}"
+                )
+        if settings.signing is not None:
+            problem = check_signature(settings.signing, request, raw_body, state.nonces)
+            if problem is not None:
+                return error(settings, 401, "bad_sign", f"签名错误: {problem}")
         return None
+
+    if settings.token is not None:
+        state.tokens = TokenStore(settings.token)
+
+        @app.post("/api/v1/auth/token")
+        async def token(request: Request) -> Response:
+            assert settings.token is not None and state.tokens is not None
+            body, _raw = await read_body(request, settings.model_copy(update={"form_bodies": True}))
+            if (
+                body is None
+                or body.get("appId") != settings.token.app_id
+                or not hmac.compare_digest(
+                    str(body.get("appSecret", "")).encode(), settings.token.app_secret.encode()
+                )
+            ):
+                return error(settings, 401, "unauthorized", "wrong appId or appSecret")
+            issued, ttl = state.tokens.issue(state.clock())
+            return answer(settings, {"access_token": issued, "expires_in": ttl})
 
     @app.post("/api/v1/cases")
     async def create_case(request: Request) -> Response:
-        if (denied := unauthorized(request)) is not None:
-            return denied
+        body, raw = await read_body(request, settings)
+        if (refused := await denied(request, raw)) is not None:
+            return refused
         key = request.headers.get("idempotency-key")
         if not key:
-            return _error(400, "missing_idempotency_key", "Idempotency-Key header is required")
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            return _error(400, "bad_json", "body is not JSON")
-        if not isinstance(body, dict):
-            return _error(422, "bad_body", "body must be a JSON object")
+            return error(
+                settings, 400, "missing_idempotency_key", "Idempotency-Key header is required"
+            )
+        if body is None:
+            return error(settings, 422, "bad_body", "body must be a JSON object or a form")
         missing = [p for p in settings.required_fields if not _has_path(body, p)]
         if missing and key not in state.by_key:
-            return _error(422, "missing_fields", f"required fields missing: {', '.join(missing)}")
+            return error(settings, 422, "refused", f"申请材料不全：缺少 {', '.join(missing)}")
         case, new = state.create(key, body)
-        return JSONResponse({"case": state.view(case)}, status_code=201 if new else 200)
+        if settings.envelope:
+            return answer(settings, state.view(case), code="ok" if new else "exists")
+        return answer(settings, {"case": state.view(case)}, status=201 if new else 200)
 
     @app.get("/api/v1/cases/{case_id}")
     async def get_case(case_id: str, request: Request) -> Response:
-        if (denied := unauthorized(request)) is not None:
-            return denied
+        if (refused := await denied(request)) is not None:
+            return refused
         case = state.cases.get(case_id)
         if case is None:
-            return _error(404, "not_found", f"no case {case_id}")
-        return JSONResponse({"case": state.view(case)})
+            return error(settings, 404, "not_found", f"no case {case_id}")
+        view = state.view(case)
+        return answer(settings, view if settings.envelope else {"case": view})
 
     @app.post("/api/v1/cases/{case_id}/withdraw")
     async def withdraw_case(case_id: str, request: Request) -> Response:
-        if (denied := unauthorized(request)) is not None:
-            return denied
+        raw = (await request.body()).decode("utf-8", errors="replace")
+        if (refused := await denied(request, raw)) is not None:
+            return refused
         case = state.cases.get(case_id)
         if case is None:
-            return _error(404, "not_found", f"no case {case_id}")
-        status, _since = case.phase(state.clock(), settings.decision_delay_seconds)
+            return error(settings, 404, "not_found", f"no case {case_id}")
+        status, _since = case.phase(state.clock(), state.settings.decision_delay_seconds)
         if status not in (STATUS_RECEIVED, STATUS_ACCEPTED, STATUS_IN_REVIEW, STATUS_WITHDRAWN):
-            return _error(409, "decided", f"case {case_id} is already decided ({status})")
+            return error(settings, 409, "decided", f"case {case_id} is already decided ({status})")
         state.force_status(case_id, STATUS_WITHDRAWN)
-        return JSONResponse({"case": state.view(case)})
+        view = state.view(case)
+        return answer(settings, view if settings.envelope else {"case": view})
 
     @app.get("/api/v1/cases")
-    async def list_cases(
-        request: Request,
-        since: str | None = None,
-        until: str | None = None,
-        cursor: str | None = None,
-        limit: int = 100,
-    ) -> Response:
-        if (denied := unauthorized(request)) is not None:
-            return denied
+    async def list_cases(request: Request) -> Response:
+        if (refused := await denied(request)) is not None:
+            return refused
+        query = request.query_params
         try:
-            lower = _parse_time(since)
-            upper = _parse_time(until)
-            after = int(cursor) if cursor else 0
+            lower = _parse_time(query.get("since"))
+            upper = _parse_time(query.get("until"))
+            after = int(query.get("cursor") or 0)
+            size = int(query.get("size" if settings.listing == "page" else "limit") or 100)
+            page = int(query.get("page") or 1)
+            offset = int(query.get("offset") or 0)
         except ValueError:
-            return _error(400, "bad_query", "since/until must be ISO 8601, cursor from a page")
-        limit = min(max(limit, 1), 1000)
+            return error(settings, 400, "bad_query", "since/until ISO 8601, numbers for paging")
+        size = min(max(size, 1), 1000)
         now = state.clock()
-        delay = settings.decision_delay_seconds
-        items: list[dict[str, Any]] = []
-        next_cursor: str | None = None
-        for case in state.cases.values():  # insertion order is seq order
-            if case.seq <= after:
-                continue
-            _, updated = case.phase(now, delay)
-            if (lower and updated < lower) or (upper and updated >= upper):
-                continue
-            if len(items) == limit:
-                next_cursor = str(items[-1]["_seq"])
-                break
-            items.append({**case.summary(now, delay), "_seq": case.seq})
-        for item in items:
-            del item["_seq"]
-        return JSONResponse({"items": items, "next": next_cursor})
+        delay = state.settings.decision_delay_seconds
+        matching = [
+            case
+            for case in state.cases.values()  # insertion order is seq order
+            if (lower is None or case.phase(now, delay)[1] >= lower)
+            and (upper is None or case.phase(now, delay)[1] < upper)
+        ]
+        result: dict[str, Any]
+        if settings.listing in ("page", "offset"):
+            start = (max(page, 1) - 1) * size if settings.listing == "page" else max(offset, 0)
+            chosen = matching[start : start + size]
+            result = {
+                "items": [c.summary(now, delay) for c in chosen],
+                "total": len(matching),
+            }
+        else:
+            rest = [c for c in matching if c.seq > after]
+            chosen = rest[:size]
+            more = len(rest) > size
+            cursor = str(chosen[-1].seq) if more else None
+            result = {"items": [c.summary(now, delay) for c in chosen]}
+            if settings.listing == "next_link":
+                link = None
+                if cursor is not None:
+                    params = {k: v for k, v in query.items() if k not in ("cursor", "sign")}
+                    params = {
+                        k: v for k, v in params.items() if k not in ("appKey", "timestamp", "nonce")
+                    }
+                    link = "/api/v1/cases?" + urllib.parse.urlencode({**params, "cursor": cursor})
+                result["links"] = {"next": link}
+            else:
+                result["next"] = cursor
+        return answer(settings, result)
 
     @app.post("/_control")
     async def control(request: ControlRequest) -> dict[str, Any]:
         state.mode = request.mode
+        state.fail_left = request.count
         state.slow_seconds = request.slow_seconds
         state.retry_after = request.retry_after
         return {"mode": state.mode}

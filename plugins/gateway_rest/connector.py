@@ -1,12 +1,17 @@
-"""The built-in ``rest`` connector: departments with a JSON-over-HTTP back-office system.
+"""The built-in ``rest`` connector: departments with an HTTP back-office system.
 
-Every httpx error and every HTTP status is translated here, at the boundary::
+Every httpx error, HTTP status and business code is translated here, at the boundary::
 
     timeout, connection refused/reset, 5xx, 429   -> TransientError (429/503 honour Retry-After)
     status in ``reject_statuses``                  -> DepartmentRejected(reason from the answer)
+    poll: status in ``poll.not_found_statuses``    -> CaseNotFound
+    401 with token auth                            -> a fresh token, then the call once more
     any other 4xx                                  -> PermanentError
     2xx that is not JSON or lacks a mapped field   -> PermanentError naming the path
+    2xx with an ``[options.envelope]`` code        -> see :mod:`gateway_rest.envelope`
 
+Requests are JSON or form-encoded, optionally signed (:mod:`.signing`) and authenticated by a
+fetched token (:mod:`.auth`); answers are decoded in the department's charset (GBK included).
 Messages name the department, method, path and status, never the request body: it holds
 applicants' ID numbers.
 """
@@ -14,15 +19,15 @@ applicants' ID numbers.
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as dt
 import email.utils
 import json
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import httpx
+import structlog
 from pydantic import BaseModel
 
 from gateway.connector import (
@@ -35,12 +40,28 @@ from gateway.connector import (
     Receipt,
     ResultDocument,
 )
-from gateway.errors import DepartmentRejected, PermanentError, TransientError
+from gateway.errors import CaseNotFound, DepartmentRejected, PermanentError, TransientError
 from gateway.mapping import MISSING, get_path, map_envelope, parse_time, put_path
 from gateway.pii import mask_echo
-from gateway_rest.options import ApiKeyAuth, BasicAuth, BearerAuth, PollResponse, RestOptions
+from gateway_rest import documents, envelope
+from gateway_rest.auth import TokenCache
+from gateway_rest.listing import Pager, Request
+from gateway_rest.options import (
+    ApiKeyAuth,
+    BasicAuth,
+    BearerAuth,
+    PollResponse,
+    RestOptions,
+    TokenAuth,
+)
+from gateway_rest.signing import sign_parameters
 
 __all__ = ["RestConnector", "RestOptions"]
+
+log = structlog.get_logger("gateway_rest")
+Op = Literal["submit", "poll", "withdraw", "list", "token", "document"]
+# the charsets real systems declare are often narrower than what they send: GB18030 covers both
+_WIDER = {"gbk": "gb18030", "gb2312": "gb18030", "cp936": "gb18030"}
 
 
 class RestConnector(Connector):
@@ -53,6 +74,8 @@ class RestConnector(Connector):
         super().__init__(context)
         self.options = options = self.options_as(RestOptions)
         self._headers = _static_headers(options)
+        auth = options.auth
+        self.tokens = TokenCache(auth, self._fetch_token) if isinstance(auth, TokenAuth) else None
 
     # -- the contract --------------------------------------------------------------------------
 
@@ -61,9 +84,14 @@ class RestConnector(Connector):
         payload = await self._payload(envelope)
         headers = {self.options.idempotency_header: envelope.idempotency_key}
         response = await self._call(
-            submit.method, submit.path, json_body=payload, headers=headers, envelope=envelope
+            submit.method,
+            submit.path,
+            body=payload,
+            encoding=submit.encoding,
+            headers=headers,
+            envelope=envelope,
         )
-        data = self._json(response, submit.method, submit.path)
+        data, outcome = self._answer(response, submit.method, submit.path, "submit", envelope)
         case_id = self._require(data, submit.response.case_id, submit.method, submit.path)
         status = get_path(data, submit.response.status) if submit.response.status else None
         detail = get_path(data, submit.response.detail) if submit.response.detail else None
@@ -71,6 +99,7 @@ class RestConnector(Connector):
             case_id=str(case_id),
             status=None if status in (None, MISSING) else str(status),
             detail=None if detail in (None, MISSING) else str(detail),
+            resent=outcome == "exists" or response.status_code in submit.resent_statuses,
         )
 
     async def poll(self, receipt: Receipt) -> CaseUpdate | None:
@@ -78,9 +107,14 @@ class RestConnector(Connector):
         if poll is None:
             return None
         path = poll.path.replace("{case_id}", urllib.parse.quote(receipt.case_id, safe=""))
-        response = await self._call(poll.method, path, label=poll.path)
-        data = self._json(response, poll.method, poll.path)
-        return self._case_update(data, poll.response, poll.method, poll.path)
+        response = await self._call(
+            poll.method, path, label=poll.path, not_found=(poll.not_found_statuses, receipt)
+        )
+        data, _ = self._answer(response, poll.method, poll.path, "poll", case_id=receipt.case_id)
+        update = self._case_update(data, poll.response, poll.method, poll.path)
+        if poll.response.fetch_documents:
+            update.documents[:] = [await self._fetched(d, poll.path) for d in update.documents]
+        return update
 
     def parse_callback(self, payload: Any) -> CaseUpdate:
         spec = self.options.callback
@@ -100,17 +134,16 @@ class RestConnector(Connector):
         listing = self.options.cases
         if listing is None:
             raise NotImplementedError(f"{self.context.department}: no [options.list] configured")
-        cursor: str | None = None
-        for _ in range(listing.max_pages):
-            params: dict[str, str | int] = {
-                listing.since_param: since.isoformat(),
-                listing.until_param: until.isoformat(),
-                listing.limit_param: listing.page_size,
-            }
-            if cursor:
-                params[listing.cursor_param] = cursor
-            response = await self._call("GET", listing.path, params=params)
-            data = self._json(response, "GET", listing.path)
+        pager = Pager(listing, since, until)
+        self.last_listing_pages = 0
+        request: Request | None = pager.first()
+        while request is not None:
+            if pager.pages >= listing.max_pages:
+                raise PermanentError(
+                    self._where("GET", listing.path, f"more than {listing.max_pages} pages; loop?")
+                )
+            response = await self._call("GET", listing.path, params=request.params, url=request.url)
+            data, _ = self._answer(response, "GET", listing.path, "list")
             items = self._require(data, listing.items, "GET", listing.path)
             if not isinstance(items, list):
                 raise PermanentError(
@@ -118,12 +151,15 @@ class RestConnector(Connector):
                 )
             for item in items:
                 yield self._summary(item, listing.path)
-            nxt = get_path(data, listing.next)
-            if nxt in (None, MISSING, ""):
-                return
-            cursor = str(nxt)
-        raise PermanentError(
-            self._where("GET", listing.path, f"more than {listing.max_pages} pages; cursor loop?")
+            request = pager.after(data, items)
+            self.last_listing_pages = pager.pages
+        if (problem := pager.shortfall()) is not None:
+            raise PermanentError(self._where("GET", listing.path, problem))
+        log.info(
+            "case list read",
+            department=self.context.department,
+            pages=pager.pages,
+            cases=pager.read,
         )
 
     async def withdraw(self, receipt: Receipt) -> None:
@@ -132,7 +168,9 @@ class RestConnector(Connector):
             raise NotImplementedError(f"{self.context.department}: no [options.withdraw]")
         path = spec.path.replace("{case_id}", urllib.parse.quote(receipt.case_id, safe=""))
         # 409: the department has decided already and refuses, with its reason
-        await self._call(spec.method, path, label=spec.path, refusals=(409,))
+        response = await self._call(spec.method, path, label=spec.path, refusals=(409,))
+        if self.options.envelope is not None:
+            self._answer(response, spec.method, spec.path, "withdraw", case_id=receipt.case_id)
 
     async def health(self) -> Health:
         url = self.options.base_url + self.options.health_path
@@ -190,32 +228,36 @@ class RestConnector(Connector):
         method: str,
         path: str,
         *,
-        json_body: Any = None,
+        body: Any = None,
+        encoding: Literal["json", "form"] = "json",
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str | int] | None = None,
+        url: str | None = None,
         label: str | None = None,
         envelope: Envelope | None = None,
         refusals: tuple[int, ...] = (),
+        not_found: tuple[list[int], Receipt] | None = None,
     ) -> httpx.Response:
         label = label or path
-        url = self.options.base_url + path
+        target = self._url(url, label) if url is not None else self.options.base_url + path
         all_headers = {**self._headers, **(headers or {})}
+        query = {k: str(v) for k, v in (params or {}).items()}
         content: bytes | None = None
-        if json_body is not None:
-            content = json.dumps(json_body, ensure_ascii=False).encode()
+        signed: dict[str, str] = dict(query)
+        if url is not None:  # a next link carries its own query: signed like any other
+            signed.update(urllib.parse.parse_qsl(urllib.parse.urlsplit(target).query))
+        if body is not None and encoding == "form":
+            fields = _form_fields(body)
+            content = urllib.parse.urlencode(fields).encode()
+            all_headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
+            signed.update(fields)
+        elif body is not None:
+            text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+            content = text.encode()
             all_headers.setdefault("Content-Type", "application/json")
-        try:
-            response = await self.context.http.request(
-                method,
-                url,
-                content=content,
-                headers=all_headers,
-                params=params,
-                timeout=self.options.timeout_seconds,
-            )
-        except (httpx.TransportError, OSError) as exc:
-            # OSError: a reset the transport did not wrap (aiohttp's mapping is partial)
-            raise TransientError(self._where(method, label, self._transport_problem(exc))) from exc
+            if self.options.signing is not None:
+                signed[self.options.signing.body_name] = text
+        response = await self._send(method, target, label, content, all_headers, query, signed)
         status = response.status_code
         if status < 300:
             return response
@@ -224,10 +266,119 @@ class RestConnector(Connector):
                 self._where(method, label, f"HTTP {status}"),
                 retry_after=_retry_after(response.headers.get("Retry-After")),
             )
+        if not_found is not None and status in not_found[0]:
+            raise CaseNotFound(self.context.department, not_found[1].case_id, f"HTTP {status}")
         if status in self.options.reject_statuses or status in refusals:
             reason = self._reason(response) or f"HTTP {status}"
             raise DepartmentRejected(_echo(reason, envelope), status=self.options.reject_status)
         raise PermanentError(self._where(method, label, f"HTTP {status}"))
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        label: str,
+        content: bytes | None,
+        headers: dict[str, str],
+        query: dict[str, str],
+        signed: dict[str, str],
+    ) -> httpx.Response:
+        """One request, signed and authenticated; with token auth a 401 is answered by one
+        more try with a fresh token (the cached one expired early or was revoked)."""
+        for attempt in (1, 2):
+            sent_headers, sent_query = dict(headers), dict(query)
+            if self.options.signing is not None:
+                added = sign_parameters(self.options.signing, signed)
+                (sent_headers if self.options.signing.place == "header" else sent_query).update(
+                    added
+                )
+            token: str | None = None
+            if self.tokens is not None:
+                name, token = await self.tokens.header()
+                sent_headers[name] = token
+            try:
+                response = await self.context.http.request(
+                    method,
+                    url,
+                    content=content,
+                    headers=sent_headers,
+                    params=sent_query or None,
+                    timeout=self.options.timeout_seconds,
+                )
+            except (httpx.TransportError, OSError) as exc:
+                # OSError: a reset the transport did not wrap (aiohttp's mapping is partial)
+                raise TransientError(
+                    self._where(method, label, self._transport_problem(exc))
+                ) from exc
+            if response.status_code != 401 or self.tokens is None or attempt == 2:
+                return response
+            self.tokens.drop(token)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _fetch_token(self) -> tuple[str, float | None]:
+        auth = self.options.auth
+        assert isinstance(auth, TokenAuth)
+        fields = {
+            auth.app_id_field: auth.app_id,
+            auth.app_secret_field: auth.app_secret.get_secret_value(),
+        }
+        url = (
+            self._url(auth.path, auth.path)
+            if "://" in auth.path
+            else self.options.base_url + auth.path
+        )
+        headers = {"Accept": "application/json"}
+        if auth.method == "GET":
+            kwargs: dict[str, Any] = {"params": fields}
+        elif auth.encoding == "form":
+            kwargs = {"data": fields}
+        else:
+            kwargs = {"json": fields}
+        try:
+            response = await self.context.http.request(
+                auth.method, url, headers=headers, timeout=self.options.timeout_seconds, **kwargs
+            )
+        except (httpx.TransportError, OSError) as exc:
+            raise TransientError(
+                self._where(auth.method, auth.path, self._transport_problem(exc))
+            ) from exc
+        if response.status_code == 429 or response.status_code >= 500:
+            raise TransientError(
+                self._where(auth.method, auth.path, f"HTTP {response.status_code}")
+            )
+        if response.status_code >= 300:
+            # wrong app id or secret: no retry fixes that, an operator must
+            raise PermanentError(
+                self._where(auth.method, auth.path, f"token refused: HTTP {response.status_code}")
+            )
+        data, _ = self._answer(response, auth.method, auth.path, "token")
+        token = self._require(data, auth.token_path, auth.method, auth.path)
+        ttl = get_path(data, auth.expires_in_path) if auth.expires_in_path else None
+        try:
+            seconds = float(ttl) if ttl not in (None, MISSING) else None
+        except (TypeError, ValueError):
+            seconds = None
+        return str(token), seconds
+
+    async def _fetched(self, doc: ResultDocument, label: str) -> ResultDocument:
+        """A document given as a URL, fetched (same host only) with the department's auth."""
+        if doc.content is not None or doc.url is None:
+            return doc
+        url = self._url(doc.url, label)
+        response = await self._call("GET", "", url=url, label=f"{label} (document)")
+        return doc.model_copy(update={"content": response.content, "url": None})
+
+    def _url(self, link: str, label: str) -> str:
+        """``link`` resolved against ``base_url``; only the department's own host is called (its
+        auth headers must never go anywhere else)."""
+        url = urllib.parse.urljoin(self.options.base_url + "/", link)
+        base = urllib.parse.urlsplit(self.options.base_url)
+        got = urllib.parse.urlsplit(url)
+        if (got.scheme, got.netloc) != (base.scheme, base.netloc):
+            raise PermanentError(
+                self._where("GET", label, f"link to another host refused ({got.netloc})")
+            )
+        return url
 
     def _transport_problem(self, exc: BaseException) -> str:
         # aiohttp reports a refused connection as ConnectTimeout: look at the real cause.
@@ -245,16 +396,44 @@ class RestConnector(Connector):
     def _where(self, method: str, path: str, what: str) -> str:
         return f"{self.context.department}: {method} {path}: {what}"
 
-    def _json(self, response: httpx.Response, method: str, path: str) -> Any:
+    def _decode(self, response: httpx.Response, method: str, path: str) -> Any:
+        charset = (self.options.charset or response.charset_encoding or "utf-8").lower()
         try:
-            return response.json()
-        except (ValueError, UnicodeDecodeError) as exc:
+            return json.loads(response.content.decode(_WIDER.get(charset, charset)))
+        except (ValueError, UnicodeDecodeError, LookupError) as exc:
             kind = response.headers.get("content-type", "no content type")
             raise PermanentError(
                 self._where(
                     method, path, f"HTTP {response.status_code} answer is not JSON ({kind})"
                 )
             ) from exc
+
+    def _answer(
+        self,
+        response: httpx.Response,
+        method: str,
+        path: str,
+        op: Op,
+        envelope_: Envelope | None = None,
+        *,
+        case_id: str | None = None,
+    ) -> tuple[Any, envelope.Outcome]:
+        """The decoded answer and, with an envelope, its business outcome (raises for the
+        codes that are not a success)."""
+        data = self._decode(response, method, path)
+        spec = self.options.envelope
+        if spec is None:
+            return data, "ok"
+        outcome = envelope.read_outcome(
+            data,
+            spec,
+            where=lambda what: self._where(method, path, what),
+            echo=lambda text: _echo(text, envelope_),
+            reject_status=self.options.reject_status,
+            department=self.context.department,
+            case_id=case_id if op in ("poll", "withdraw") else None,
+        )
+        return data, outcome
 
     def _require(self, data: Any, path: str, method: str, url_path: str) -> Any:
         value = get_path(data, path)
@@ -266,47 +445,32 @@ class RestConnector(Connector):
 
     def _reason(self, response: httpx.Response) -> str | None:
         try:
-            value = get_path(response.json(), self.options.reject_reason)
-        except (ValueError, UnicodeDecodeError):
+            data = self._decode(response, "", "")
+        except PermanentError:
             text = response.text.strip()
             return text[:500] or None
-        if value in (None, MISSING):
-            return None
-        return str(value)[:500]
+        paths = [self.options.reject_reason]
+        if self.options.envelope is not None:
+            paths.append(self.options.envelope.message)
+        for path in paths:
+            value = get_path(data, path)
+            if value not in (None, MISSING):
+                return str(value)[:500]
+        return None
 
     def _case_update(self, data: Any, spec: PollResponse, method: str, path: str) -> CaseUpdate:
         case_id = self._require(data, spec.case_id, method, path)
         status = self._require(data, spec.status, method, path)
         detail = get_path(data, spec.detail) if spec.detail else None
         occurred = get_path(data, spec.occurred_at) if spec.occurred_at else None
-        docs = get_path(data, spec.documents) if spec.documents else None
         items = get_path(data, spec.supplement_items) if spec.supplement_items else None
-        documents: list[ResultDocument] = []
-        fields = spec.document_fields
-        for raw in docs if isinstance(docs, list) else []:
-            if not isinstance(raw, dict):
-                raise PermanentError(self._where(method, path, "document entry is not an object"))
-            encoded = raw.get(fields.content_b64)
-            try:
-                content = base64.b64decode(encoded, validate=True) if encoded else None
-            except (binascii.Error, TypeError) as exc:
-                raise PermanentError(
-                    self._where(method, path, f"document {fields.content_b64!r} is not base64")
-                ) from exc
-            documents.append(
-                ResultDocument(
-                    name=str(raw.get(fields.name) or "document"),
-                    content_type=str(raw.get(fields.content_type) or "application/octet-stream"),
-                    content=content,
-                    url=raw.get(fields.url) or None,
-                )
-            )
+        docs = documents.extract(data, spec, lambda what: self._where(method, path, what))
         return CaseUpdate(
             case_id=str(case_id),
             status=str(status),
             detail=None if detail in (None, MISSING) else str(detail),
             occurred_at=parse_time(occurred),
-            documents=documents,
+            documents=docs,
             supplement_items=[str(i) for i in items] if isinstance(items, list) else [],
         )
 
@@ -340,6 +504,24 @@ def _static_headers(options: RestOptions) -> dict[str, str]:
         pair = f"{auth.username}:{auth.password.get_secret_value()}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
     return headers
+
+
+def _form_fields(body: Mapping[str, Any]) -> dict[str, str]:
+    """Form fields of a mapped body: top-level names; a nested value goes as compact JSON
+    (what form-based systems that take structured fields expect), None as empty."""
+    out: dict[str, str] = {}
+    for name, value in body.items():
+        if value is None:
+            out[name] = ""
+        elif isinstance(value, str):
+            out[name] = value
+        elif isinstance(value, bool):
+            out[name] = "true" if value else "false"
+        elif isinstance(value, int | float):
+            out[name] = str(value)
+        else:
+            out[name] = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return out
 
 
 def _retry_after(value: str | None) -> float | None:

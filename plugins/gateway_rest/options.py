@@ -9,9 +9,10 @@ fields here, at validation time; only ``form.*`` paths can still be missing at r
 
 from __future__ import annotations
 
+import codecs
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from gateway.mapping import check_source_path
 
@@ -20,13 +21,17 @@ __all__ = [
     "BasicAuth",
     "BearerAuth",
     "DocumentFields",
+    "EnvelopeOptions",
+    "InlineDocument",
     "ListItemFields",
     "ListOptions",
     "PollOptions",
     "PollResponse",
     "RestOptions",
+    "SigningOptions",
     "SubmitOptions",
     "SubmitResponse",
+    "TokenAuth",
 ]
 
 
@@ -63,7 +68,82 @@ class BasicAuth(_Strict):
     password: SecretStr
 
 
-Auth = Annotated[BearerAuth | ApiKeyAuth | BasicAuth, Field(discriminator="type")]
+class TokenAuth(_Strict):
+    """A token from the department's token endpoint (app id + app secret), cached until it
+    expires (less ``refresh_margin_seconds``) and fetched again when a call answers 401."""
+
+    type: Literal["token"]
+    path: str = Field(default="/auth/token", description="relative to base_url, or a full URL")
+    method: Literal["POST", "GET"] = "POST"
+    encoding: Literal["json", "form"] = "json"
+    app_id: str
+    app_secret: SecretStr
+    app_id_field: str = "appId"
+    app_secret_field: str = "appSecret"
+    token_path: str = "data.access_token"
+    expires_in_path: str | None = "data.expires_in"
+    default_ttl_seconds: float = Field(default=600.0, gt=0, description="if no expires_in")
+    refresh_margin_seconds: float = Field(default=30.0, ge=0)
+    header: str = "Authorization"
+    prefix: str = "Bearer "
+
+
+Auth = Annotated[BearerAuth | ApiKeyAuth | BasicAuth | TokenAuth, Field(discriminator="type")]
+
+
+class SigningOptions(_Strict):
+    """Request signing over sorted parameters (see docs/plugins/rest.md, "Signed requests").
+
+    The signed text is ``name=value`` pairs sorted by name and joined by ``&``: the app id,
+    timestamp and nonce, every query parameter, every form field (a JSON body is one pair,
+    ``body_name`` = the body as sent). The digest algorithms append ``&<secret_name>=<secret>``;
+    ``hmac-sha256`` keys the HMAC with the secret instead."""
+
+    algorithm: Literal["md5", "sha256", "hmac-sha256", "sm3"]
+    app_id: str
+    secret: SecretStr
+    place: Literal["header", "query"] = "header"
+    app_id_name: str = "appKey"
+    timestamp_name: str = "timestamp"
+    nonce_name: str = "nonce"
+    sign_name: str = "sign"
+    body_name: str = "body"
+    secret_name: str = "key"
+    timestamp_unit: Literal["s", "ms"] = "ms"
+    uppercase: bool = True
+
+
+class EnvelopeOptions(_Strict):
+    """A business answer inside HTTP 200: where its code and message are, and what each code
+    means. Codes compare as text (``0`` and ``"0"`` are the same). A code in no list is
+    permanent: the case goes to ``failed`` naming the code and the department's message."""
+
+    code: str = "code"
+    message: str = "msg"
+    success: list[str] = Field(default_factory=lambda: ["0"])
+    transient: list[str] = Field(default_factory=list, description="retry later")
+    refused: list[str] = Field(default_factory=list, description="a refusal (DepartmentRejected)")
+    not_found: list[str] = Field(default_factory=list, description="no such case (poll)")
+    exists: list[str] = Field(
+        default_factory=list,
+        description="submit: the department already holds the case (a re-send); the answer "
+        "still names it",
+    )
+
+    @field_validator("success", "transient", "refused", "not_found", "exists", mode="before")
+    @classmethod
+    def _as_text(cls, value: Any) -> Any:
+        return [str(v) for v in value] if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> EnvelopeOptions:
+        seen: dict[str, str] = {}
+        for name in ("success", "transient", "refused", "not_found", "exists"):
+            for code in getattr(self, name):
+                if code in seen:
+                    raise ValueError(f"code {code!r} is in both {seen[code]} and {name}")
+                seen[code] = name
+        return self
 
 
 class SubmitResponse(_Strict):
@@ -86,6 +166,13 @@ class SubmitOptions(_Strict):
     constants: dict[str, Any] = Field(default_factory=dict, description="fixed values merged in")
     materials: Literal["none", "inline_base64"] = "none"
     materials_field: str = "materials"
+    encoding: Literal["json", "form"] = Field(
+        default="json", description="form: application/x-www-form-urlencoded, nested values as JSON"
+    )
+    resent_statuses: list[int] = Field(
+        default_factory=list,
+        description="HTTP statuses that mean the department already held the case (a re-send)",
+    )
     response: SubmitResponse = Field(default_factory=SubmitResponse)
 
     @field_validator("body")
@@ -104,6 +191,25 @@ class DocumentFields(_Strict):
     content_type: str = "content_type"
     content_b64: str = "content_b64"
     url: str = "url"
+    default_name: str = "document"
+    default_content_type: str = "application/octet-stream"
+
+
+class InlineDocument(_Strict):
+    """One document held in fields of the answer itself (paths from the answer's root)."""
+
+    content_b64: str | None = None
+    url: str | None = None
+    name: str | None = None
+    content_type: str | None = None
+    default_name: str = "document"
+    default_content_type: str = "application/pdf"
+
+    @model_validator(mode="after")
+    def _has_content(self) -> InlineDocument:
+        if not self.content_b64 and not self.url:
+            raise ValueError("give content_b64 or url: where the document is")
+        return self
 
 
 class PollResponse(_Strict):
@@ -114,6 +220,13 @@ class PollResponse(_Strict):
     documents: str | None = "case.documents"
     supplement_items: str | None = "case.supplement_items"
     document_fields: DocumentFields = Field(default_factory=DocumentFields)
+    document: InlineDocument | None = Field(
+        default=None, description="a document held inline in the answer (base64 or a URL)"
+    )
+    fetch_documents: bool = Field(
+        default=False,
+        description="fetch documents given as URLs (same host only, with the department's auth)",
+    )
 
 
 class CallbackFields(PollResponse):
@@ -142,6 +255,9 @@ class PollOptions(_Strict):
 
     method: Literal["GET", "POST"] = "GET"
     path: str = "/cases/{case_id}"
+    not_found_statuses: list[int] = Field(
+        default_factory=lambda: [404], description="HTTP statuses that mean no such case"
+    )
     response: PollResponse = Field(default_factory=PollResponse)
 
 
@@ -153,11 +269,22 @@ class ListItemFields(_Strict):
 
 
 class ListOptions(_Strict):
-    """How the department's case list is paged through for reconciliation."""
+    """How the department's case list is paged through for reconciliation.
 
+    ``style``: ``cursor`` (``next`` holds a cursor sent back as ``cursor_param``),
+    ``next_link`` (``next`` holds the next page's URL), ``page`` (``page_param`` counts from
+    ``first_page``; ends at ``total`` or a short page), ``offset`` (``offset_param``; ends the
+    same way). With ``total`` the listing fails when it read fewer cases than the department
+    said it has."""
+
+    style: Literal["cursor", "next_link", "page", "offset"] = "cursor"
     path: str = "/cases"
     items: str = "items"
     next: str = "next"
+    total: str | None = None
+    page_param: str = "page"
+    first_page: int = Field(default=1, ge=0)
+    offset_param: str = "offset"
     since_param: str = "since"
     until_param: str = "until"
     cursor_param: str = "cursor"
@@ -176,6 +303,12 @@ class RestOptions(_Strict):
     timeout_seconds: float = Field(default=10.0, gt=0)
     idempotency_header: str = "Idempotency-Key"
     headers: dict[str, str] = Field(default_factory=dict, description="sent on every request")
+    charset: str | None = Field(
+        default=None,
+        description="answers' text encoding; None: the Content-Type's charset, else UTF-8",
+    )
+    envelope: EnvelopeOptions | None = None
+    signing: SigningOptions | None = None
     reject_statuses: list[int] = Field(default_factory=lambda: [422])
     reject_reason: str = "error.message"
     reject_status: str = Field(
@@ -195,6 +328,17 @@ class RestOptions(_Strict):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("charset")
+    @classmethod
+    def _charset(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                codecs.lookup(value)
+            except LookupError:
+                msg = f"unknown text encoding {value!r} (e.g. utf-8, gbk, gb18030)"
+                raise ValueError(msg) from None
+        return value
 
     @field_validator("reject_statuses")
     @classmethod
