@@ -146,10 +146,7 @@ async def test_example_department_connects_by_config_alone(
 
     # the department decides; polls bring the certificates
     clock.now += dt.timedelta(seconds=state.settings.decision_delay_seconds + 1)
-    connector = runtime.connectors[code]
-    await until(
-        runtime, lambda: poll_department(runtime, code, connector), accepted, {"ready_for_pickup"}
-    )
+    await until(runtime, lambda: poll_department(runtime, code), accepted, {"ready_for_pickup"})
     async with runtime.engine.connect() as conn:
         for app_id in accepted:
             row = await cases.get_application(conn, app_id)

@@ -467,7 +467,7 @@ async def reconcile_department(
         )
     gw_seen, dept_seen = [0], [0]
     state, error = "done", None
-    conn_.last_listing_pages = None  # the connector counts this listing's pages, if it can
+    link.connector.last_listing_pages = None  # the connector counts this listing's pages, if it can
     try:
         async with sorted_department(link.list_cases(since, until), counter=dept_seen) as dside:
             if progress:
@@ -483,8 +483,8 @@ async def reconcile_department(
         log.error("reconciliation failed", department=department, error=error)
     run.counts["gateway_cases"] = gw_seen[0]
     run.counts["department_cases"] = dept_seen[0]
-    if conn_.last_listing_pages is not None:
-        run.counts["department_pages"] = conn_.last_listing_pages
+    if link.connector.last_listing_pages is not None:
+        run.counts["department_pages"] = link.connector.last_listing_pages
     if progress:
         progress(gw_seen[0], dept_seen[0])
     await run.flush()
