@@ -3,6 +3,7 @@
 from gateway.cli import (
     config_cmd,  # noqa: F401
     demo_cmd,  # noqa: F401
+    keys_cmd,  # noqa: F401
     new_plugin_cmd,  # noqa: F401
     ops_cmd,  # noqa: F401
     reconcile_cmd,  # noqa: F401

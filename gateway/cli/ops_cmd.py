@@ -1,4 +1,4 @@
-"""Operator commands: ``keys create``, ``replay``, ``status``, ``plugins``."""
+"""Operator commands: ``replay``, ``status``, ``plugins`` (keys: :mod:`gateway.cli.keys_cmd`)."""
 
 from __future__ import annotations
 
@@ -24,49 +24,6 @@ from gateway.errors import ConfigError
 from gateway.plugin_manager import load_plugins
 from gateway.runtime import Runtime
 from gateway.store import cases
-from gateway.store.clients import create_client
-
-keys = typer.Typer(help="API keys for front-desk systems and ops.", no_args_is_help=True)
-app.add_typer(keys, name="keys")
-
-
-@keys.command("create")
-def keys_create(
-    config: ConfigOption = DEFAULT_CONFIG,
-    centre: Annotated[str | None, typer.Option(help="centre code the key acts for")] = None,
-    ops: Annotated[
-        bool, typer.Option("--ops", help="an ops key (ops endpoints, all centres)")
-    ] = False,
-    name: Annotated[str | None, typer.Option(help="who holds the key")] = None,
-) -> None:
-    """Create an API key; it is printed once and only its hash is stored."""
-    if bool(centre) == ops:
-        err.print("give exactly one of --centre NAME or --ops")
-        raise typer.Exit(2)
-    cfg = load(config)
-    if centre and centre not in {c.code for c in cfg.gateway.centres}:
-        known = ", ".join(c.code for c in cfg.gateway.centres)
-        err.print(f"unknown centre '{centre}' (configured: {known})")
-        raise typer.Exit(2)
-
-    async def go() -> str:
-        runtime = Runtime(cfg)
-        try:
-            await runtime.prepare_database()
-            async with runtime.engine.begin() as conn:
-                _client, key = await create_client(
-                    conn, name=name or (centre or "ops"), centre=centre, ops=ops
-                )
-            return key
-        finally:
-            await runtime.aclose()
-
-    key = run(go())
-    console.print(
-        "New API key (shown only now; store it in the front-desk system's secrets):",
-        highlight=False,
-    )
-    print(key)
 
 
 @app.command()

@@ -67,6 +67,9 @@ api_clients = Table(
     Column("key_hash", String(64), nullable=False, unique=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("revoked_at", UTCDateTime),
+    # a rotated key works until its grace period ends, then never again (migration 0008)
+    Column("expires_at", UTCDateTime),
+    Column("replaced_by", String(32)),
 )
 
 materials = Table(
