@@ -84,6 +84,11 @@ def check_config(
                 for p in problems
             ],
         }
+        if loaded is not None:
+            out["warnings"] = [
+                {"file": w.file, "line": w.line, "key": w.key, "message": w.message}
+                for w in loaded.warnings
+            ]
         if loaded is not None and not problems:
             out["summary"] = _summary(loaded)
         typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
@@ -95,6 +100,9 @@ def check_config(
         err.print(f"{len(problems)} problem(s) found", style="bold red")
         raise typer.Exit(1)
     assert loaded is not None
+    warn = Console(stderr=True, highlight=False, soft_wrap=True)
+    for warning in loaded.warnings:
+        warn.print(f"warning: {warning}", markup=False)
     _print_summary(loaded)
 
 

@@ -57,6 +57,9 @@ _SECRET_SUFFIXES = ("_token", "_password", "_secret", "_key")
 _RECORD_FIELDS = frozenset(
     name for model in (Envelope, Receipt, CaseUpdate, CaseSummary) for name in model.model_fields
 )
+_URL_PASSWORD = re.compile(r"://[^/@:]*:([^@/]*)@")
+_CREDENTIAL_HEADER = re.compile(r"auth|token|key|secret|sign|pass|cookie|credential", re.I)
+_CREDENTIAL_VALUE = re.compile(r"(?i)(bearer|basic|token|digest)\s+\S")
 _TOML_POSITION = re.compile(r"\(at line (\d+), column \d+\)")
 _KEY_PART = r"(?:\"[^\"]*\"|'[^']*'|[A-Za-z0-9_-]+)"
 _HEADER = re.compile(rf"^\s*(\[\[?)\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*\]\]?\s*(?:#.*)?$")
@@ -75,6 +78,8 @@ class Config:
     departments: dict[str, DepartmentConfig]  # by code
     catalog: Catalog
     department_files: dict[str, Path] = field(default_factory=dict)  # by code
+    #: what is allowed but probably wrong (a literal credential): check-config shows these
+    warnings: tuple[ConfigProblem, ...] = ()
 
     @property
     def config_dir(self) -> Path:
@@ -306,6 +311,7 @@ class _Loader:
         self.dir = path.parent
         self.env = env
         self.problems: list[ConfigProblem] = []
+        self.warnings: list[ConfigProblem] = []
         # departments whose file exists but is invalid: matters naming them are not reported
         # again as naming an unknown department
         self.broken: set[str] = set()
@@ -325,6 +331,7 @@ class _Loader:
             departments=departments,
             catalog=Catalog(matters, gateway.regions),
             department_files=files,
+            warnings=tuple(self.warnings),
         )
 
     # -- TOML files --------------------------------------------------------------------------
@@ -389,6 +396,24 @@ class _Loader:
             for i, item in enumerate(table):
                 self._check_secrets_in(item, (*loc, i), source)
 
+    def _warn_literal_headers(self, options: Any, source: _Source) -> None:
+        """A literal credential in ``[options.headers]`` (``Authorization = "Bearer ..."``): its
+        name is no secret's, so it is allowed, but it belongs in the environment."""
+        headers = options.get("headers") if isinstance(options, dict) else None
+        if not isinstance(headers, dict):
+            return
+        for name, value in headers.items():
+            if not isinstance(value, str) or _ENV_REF.search(value) or _is_secret_name(name):
+                continue  # a reference, or already refused as a literal secret
+            if _CREDENTIAL_HEADER.search(name) or _CREDENTIAL_VALUE.match(value):
+                self.warnings.append(
+                    source.problem(
+                        ("options", "headers", name),
+                        f"header {name!r} has a literal value that looks like a credential: "
+                        "give it as ${ENV}",
+                    )
+                )
+
     def _gateway(self) -> tuple[GatewaySettings | None, _Source]:
         source = self._read(self.path)
         if source is None:
@@ -405,6 +430,16 @@ class _Loader:
         if not isinstance(raw, dict):
             self.problems.append(source.problem(("gateway",), "the [gateway] table is missing"))
             return None, source
+        url = raw.get("database_url")
+        password = _URL_PASSWORD.search(url) if isinstance(url, str) else None
+        if password and not _ENV_REF.fullmatch(password.group(1)):
+            self.warnings.append(
+                source.problem(
+                    ("gateway", "database_url"),
+                    "the URL holds a literal password: give it as ${ENV} "
+                    "(e.g. postgresql+asyncpg://gateway:${PG_PASSWORD}@host/db)",
+                )
+            )
         keys = raw.get("api_keys")
         if isinstance(keys, list):
             for i, item in enumerate(keys):
@@ -437,6 +472,7 @@ class _Loader:
             self._check_secret(data.get("callback_secrets"), ("callback_secrets",), source)
             for table in ("options", "simulator"):
                 self._check_secrets_in(data.get(table), (table,), source)
+            self._warn_literal_headers(data.get("options"), source)
             data = self._resolve(data, (), source)
             try:
                 department = DepartmentConfig.model_validate(data)
