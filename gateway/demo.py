@@ -308,6 +308,22 @@ async def _supplement(
     return len(waiting)
 
 
+async def _every_pickup(http: httpx.AsyncClient, auth: dict[str, str]) -> list[dict[str, Any]]:
+    """Every page of the centre's pickup list (handing out does not move the pages: a
+    handed-out case leaves the list behind the cursor)."""
+    items: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        params = {"limit": "500", **({"cursor": cursor} if cursor else {})}
+        listed = await http.get("/v1/pickups", params=params, headers=auth)
+        listed.raise_for_status()
+        page = listed.json()
+        items.extend(page["items"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return items
+
+
 async def _hand_out(
     http: httpx.AsyncClient,
     runtime: Runtime,
@@ -322,9 +338,7 @@ async def _hand_out(
         task = progress.add_task("handing out results", total=len(ready))
         for key in {p.key for p in people.values()}:
             auth = {"Authorization": f"Bearer {key}"}
-            listed = await http.get("/v1/pickups", headers=auth)
-            listed.raise_for_status()
-            for n, item in enumerate(listed.json()):
+            for n, item in enumerate(await _every_pickup(http, auth)):
                 person = people.get(item["id"])
                 if person is None:
                     continue

@@ -3,9 +3,9 @@
 The hierarchy::
 
     GatewayError
+    ├── RequestProblem         a request the client must fix (rendered as problem+json by the API)
     ├── ConfigError            configuration is invalid (carries every problem found)
     ├── PluginError            a plugin failed to import or register (names the plugin)
-    ├── IntakeProblem          a front-desk request to fix (status, title, field): problem+json
     ├── ConnectorError         raised by a connector while talking to a department
     │   ├── TransientError     try again later; may carry ``retry_after`` seconds
     │   ├── PermanentError     retrying cannot help; the case goes to ``failed`` for an operator
@@ -30,11 +30,65 @@ The store translates database and disk errors the same way (:mod:`gateway.store.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 
 class GatewayError(Exception):
     """Base class of every error the gateway raises on purpose."""
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One field the client must fix: ``code`` is stable (docs/front-desk-api.md lists them),
+    ``params`` fill the message in the client's language."""
+
+    field: str
+    code: str
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class RequestProblem(GatewayError):
+    """A request the client must fix, or cannot have: the API answers it as problem+json.
+
+    ``code`` is the stable machine code (it also names the problem's ``type`` page); ``title``
+    and ``detail`` are the English text, ``params`` fill the other languages' messages (see
+    :mod:`gateway.api.messages`). ``field`` names the one request field at fault; ``errors``
+    lists several (one per failing field). ``extra`` members are added to the problem body.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        field: str | None = None,
+        *,
+        code: str | None = None,
+        params: dict[str, Any] | None = None,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        self.status, self.title, self.detail, self.field = status, title, detail, field
+        self.code = code or "_".join(title.lower().replace("-", " ").split())
+        self.params = params or {}
+        self.errors = errors or []
+        self.headers = headers
+        self.extra = extra
+        super().__init__(detail)
+
+
+def unknown_application(app_id: str) -> RequestProblem:
+    """The one answer for a case that does not exist or that the key may not see."""
+    return RequestProblem(
+        404,
+        "Unknown application",
+        f"no application '{app_id}' visible to this key",
+        "id",
+        params={"id": app_id},
+    )
 
 
 @dataclass(frozen=True)
@@ -68,22 +122,8 @@ class PluginError(GatewayError):
         super().__init__(f'Error in plugin "{plugin}": {message}')
 
 
-class IntakeProblem(GatewayError):
-    """A request the front desk must fix; ``field`` names what is wrong (the API answers it as
-    problem+json with ``status``)."""
-
-    def __init__(
-        self,
-        status: int,
-        title: str,
-        detail: str,
-        field: str | None = None,
-        *,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        self.status, self.title, self.detail, self.field = status, title, detail, field
-        self.headers = headers
-        super().__init__(detail)
+#: The name the front-desk path has long raised problems by: the same class.
+IntakeProblem = RequestProblem
 
 
 class ConnectorError(GatewayError):
@@ -198,13 +238,16 @@ __all__ = [
     "ConnectorError",
     "DatabaseUnavailable",
     "DepartmentRejected",
+    "FieldError",
     "GatewayError",
     "InfrastructureError",
     "IntakeProblem",
     "Overloaded",
     "PermanentError",
     "PluginError",
+    "RequestProblem",
     "StorageFull",
     "StorageUnavailable",
     "TransientError",
+    "unknown_application",
 ]

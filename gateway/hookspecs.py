@@ -63,7 +63,9 @@ def validate_application(form: dict[str, Any], matter: Matter, region: str) -> l
     :param region: the 6-digit division code the application is for.
     :return: problems as messages a clerk can act on ("form.area: must be positive"), or None.
 
-    Any problem from any plugin rejects the application with 422; nothing is stored.
+    Any problem from any plugin rejects the application with 422; nothing is stored. A message
+    starting with a form path and ": " becomes an ``errors[]`` item for that field (code
+    ``form_rejected``, the rest of the message as written); any other names the whole ``form``.
     """
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 import weakref
 from collections import Counter
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from typing import Any, Literal
 
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 from sqlalchemy import insert, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -22,6 +24,7 @@ from gateway.clock import new_id, now
 from gateway.config.catalog import RouteError
 from gateway.config.models import REGION_CODE, Matter
 from gateway.connector import Applicant
+from gateway.errors import FieldError
 from gateway.errors import IntakeProblem as IntakeProblem  # where API code has found it
 from gateway.events import Source
 from gateway.handover import new_handover
@@ -58,7 +61,11 @@ class Delivery(BaseModel):
     @model_validator(mode="after")
     def _mail_needs_address(self) -> Delivery:
         if self.method == "mail" and not self.address:
-            raise ValueError("delivery.address is required when delivery.method is 'mail'")
+            raise PydanticCustomError(
+                "address_required",
+                "delivery.address is required when delivery.method is 'mail'",
+                {"field": "address"},
+            )
         return self
 
 
@@ -111,7 +118,14 @@ def _route(runtime: Runtime, body: ApplicationIn) -> Matter:
     try:
         matter = runtime.config.catalog.route(body.matter_code, body.region)
     except RouteError as exc:
-        raise IntakeProblem(422, "Cannot route application", exc.message, exc.field) from exc
+        raise IntakeProblem(
+            422,
+            "Cannot route application",
+            exc.message,
+            exc.field,
+            code=exc.code,
+            params=exc.params,
+        ) from exc
     dept = runtime.config.departments.get(matter.department)
     if dept is None or not dept.enabled:
         raise IntakeProblem(
@@ -120,25 +134,101 @@ def _route(runtime: Runtime, body: ApplicationIn) -> Matter:
             f"matter {matter.code} is handled by department '{matter.department}', which is not "
             "accepting applications through the gateway yet",
             "matter_code",
+            params={"matter": matter.code},
         )
     return matter
 
 
 def _validate_form(runtime: Runtime, body: ApplicationIn, matter: Matter) -> None:
-    problems: list[str] = []
+    errors: list[FieldError] = []
     if matter.form_validator is not None:
-        problems.extend(_schema_problems(body.form, matter.form_validator))
-    problems.extend(runtime.plugins.validate_application(body.form, matter, body.region))
-    if problems:
-        raise IntakeProblem(422, "Form is incomplete", "; ".join(problems), "form")
+        errors.extend(_schema_problems(body.form, matter.form_validator))
+    for text in runtime.plugins.validate_application(body.form, matter, body.region):
+        # a department plugin's own wording (its clerks' language), passed on as it is; the
+        # hook's "form.area: must be positive" convention names the field
+        path, sep, reason = text.partition(": ")
+        if sep and re.fullmatch(r"form(\.[\w-]+|\[\d+\])*", path):
+            errors.append(FieldError(path, "form_rejected", {"reason": reason}))
+        else:
+            errors.append(FieldError("form", "form_rejected", {"reason": text}))
+    if errors:
+        fields = ", ".join(dict.fromkeys(e.field for e in errors))
+        raise IntakeProblem(
+            422,
+            "Form incomplete",
+            f"the form of matter {matter.code} needs fixing: {fields}",
+            code="form_incomplete",
+            params={"matter": matter.code, "fields": fields},
+            errors=errors,
+        )
 
 
-def _schema_problems(form: dict[str, Any], validator: Draft202012Validator) -> list[str]:
-    out = []
+# JSON Schema keywords -> the API's field error codes (the same codes pydantic errors map to)
+_SCHEMA_CODES = {
+    "required": "required",
+    "type": "wrong_type",
+    "minLength": "too_short",
+    "maxLength": "too_long",
+    "minItems": "too_few",
+    "maxItems": "too_many",
+    "pattern": "bad_format",
+    "format": "bad_format",
+    "enum": "not_allowed",
+    "const": "not_allowed",
+    "minimum": "out_of_range",
+    "maximum": "out_of_range",
+    "exclusiveMinimum": "out_of_range",
+    "exclusiveMaximum": "out_of_range",
+    "additionalProperties": "unknown_field",
+}
+
+
+def _schema_problems(form: dict[str, Any], validator: Draft202012Validator) -> list[FieldError]:
+    """One error per failing form field (``form.business_name``), never the validator's own
+    wording (it quotes the schema and the value)."""
+    out: list[FieldError] = []
     for error in sorted(validator.iter_errors(form), key=lambda e: list(e.absolute_path)):
-        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
-        out.append(f"form{path}: {error.message}")
-    return out
+        path = "form" + "".join(
+            f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path
+        )
+        code = _SCHEMA_CODES.get(str(error.validator), "invalid")
+        params: dict[str, Any] = {}
+        value = error.validator_value
+        if code == "required":
+            given = form_at(form, list(error.absolute_path))
+            for name in value:
+                if not isinstance(given, dict) or name not in given:
+                    out.append(FieldError(f"{path}.{name}", "required"))
+            continue
+        if code == "unknown_field":
+            given = form_at(form, list(error.absolute_path))
+            known = set(error.schema.get("properties", {}))
+            for name in given if isinstance(given, dict) else []:
+                if name not in known:
+                    out.append(FieldError(f"{path}.{name}", "unknown_field"))
+            continue
+        if code in ("too_short", "too_few"):
+            params["min"] = value
+        elif code in ("too_long", "too_many"):
+            params["max"] = value
+        elif code == "not_allowed":
+            params["allowed"] = ", ".join(map(str, value if isinstance(value, list) else [value]))
+        elif code == "wrong_type":
+            params["expected"] = value if isinstance(value, str) else "/".join(value)
+        elif code == "out_of_range":
+            params["bound"] = value
+        out.append(FieldError(path, code, params))
+    # jsonschema reports a missing property once per "required" it breaks: one item each
+    return list({(e.field, e.code): e for e in out}.values())
+
+
+def form_at(form: Any, path: list[Any]) -> Any:
+    for part in path:
+        try:
+            form = form[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return form
 
 
 async def _replay(
@@ -187,13 +277,20 @@ def _delivery(runtime: Runtime, client: Client, body: ApplicationIn, matter: Mat
         return delivery
     pickup = delivery.centre or client.centre
     if pickup not in {c.code for c in runtime.config.gateway.centres}:
-        raise IntakeProblem(422, "Unknown centre", f"no centre '{pickup}'", "delivery.centre")
+        raise IntakeProblem(
+            422,
+            "Unknown centre",
+            f"no centre '{pickup}'",
+            "delivery.centre",
+            params={"centre": pickup},
+        )
     if pickup != client.centre and not matter.pickup_anywhere:
         raise IntakeProblem(
             422,
             "Pickup centre not allowed",
             f"matter {matter.code} must be collected where it was handed in",
             "delivery.centre",
+            params={"matter": matter.code},
         )
     return delivery.model_copy(update={"centre": pickup})
 
@@ -456,6 +553,7 @@ def _material_refs(
                 f"no material '{mid}' uploaded by this "
                 "centre; upload it with POST /v1/materials first",
                 f"{field}[{i}]",
+                params={"material": mid},
             )
         out.append(
             {

@@ -10,7 +10,7 @@ from sqlalchemy import Row, select
 from gateway.events import Source, StatusChange
 from gateway.runtime import Runtime
 from gateway.states import State
-from gateway.store import cases, jobs
+from gateway.store import cases, jobs, paging
 from gateway.store.tables import applications
 
 
@@ -46,12 +46,19 @@ async def replay(runtime: Runtime, app_id: str, actor: str) -> StatusChange:
     return result.change
 
 
-async def failures(runtime: Runtime, limit: int = 500) -> Sequence[Row[Any]]:
+async def failures(
+    runtime: Runtime, limit: int = 500, *, after: Sequence[Any] | None = None
+) -> Sequence[Row[Any]]:
+    """Failed cases, most recently failed first; ``after`` is the (updated_at, id) a page
+    starts after."""
     async with runtime.engine.connect() as conn:
         q = (
             select(applications)
             .where(applications.c.status == State.FAILED.value)
-            .order_by(applications.c.updated_at.desc())
+            .order_by(applications.c.updated_at.desc(), applications.c.id.desc())
             .limit(limit)
         )
+        start = paging.after([applications.c.updated_at, applications.c.id], after, descending=True)
+        if start is not None:
+            q = q.where(start)
         return (await conn.execute(q)).all()

@@ -22,13 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway import documents, verification
 from gateway.clock import now
 from gateway.delivery import DeliveryRefused, Parcel, Shipment
-from gateway.errors import IntakeProblem
+from gateway.errors import IntakeProblem, unknown_application
 from gateway.events import Source, StatusChange
 from gateway.handover import MAX_CODE_FAILURES, handover_row
 from gateway.notifications import with_contact
 from gateway.runtime import Runtime
 from gateway.states import State
-from gateway.store import cases
+from gateway.store import cases, paging
 from gateway.store.clients import Client
 from gateway.store.tables import applications, handovers
 from gateway.text import CleanStr, shown
@@ -39,13 +39,21 @@ log = structlog.get_logger("gateway.pickup")
 
 
 async def ready_at(
-    conn: AsyncConnection, centre: str | None, limit: int = 500
+    conn: AsyncConnection,
+    centre: str | None,
+    limit: int = 500,
+    *,
+    after: Sequence[Any] | None = None,
 ) -> Sequence[Row[Any]]:
     """Applications ready to be handed out at ``centre`` (every centre: None), oldest first,
-    with the handover's ``h_centre``, ``h_method`` and ``h_ready_at``."""
+    with the handover's ``h_centre``, ``h_method`` and ``h_ready_at``; ``after`` is the
+    (ready_at, id) the page starts after."""
     conds = [applications.c.status == State.READY_FOR_PICKUP.value]
     if centre is not None:
         conds.append(handovers.c.centre == centre)
+    start = paging.after([handovers.c.ready_at, applications.c.id], after)
+    if start is not None:
+        conds.append(start)
     q = (
         select(
             applications,
@@ -130,9 +138,7 @@ def handover_out(app: Any, h: Any) -> HandoverOut:
 
 
 def _not_found(app_id: str) -> IntakeProblem:
-    return IntakeProblem(
-        404, "Unknown application", f"no application '{app_id}' visible to this key", "id"
-    )
+    return unknown_application(app_id)
 
 
 def may_see(client: Client, app: Any) -> bool:
@@ -156,6 +162,7 @@ def check_may_change(client: Client, app: Any) -> None:
             f"application {app.id} was taken at centre {app.centre}; only that centre may "
             "change it (this centre may hand it out)",
             "id",
+            params={"id": app.id, "centre": app.centre},
         )
 
 
@@ -168,6 +175,7 @@ def _check_hands_out(client: Client, app: Any, h: Any) -> None:
             "Handed out elsewhere",
             f"application {app.id} is handed out at centre {h.centre}, not at this centre",
             "id",
+            params={"id": app.id, "centre": h.centre},
         )
 
 
@@ -206,7 +214,13 @@ async def collect(runtime: Runtime, client: Client, app_id: str, body: CollectIn
         h = await handover_row(conn, app)
         _check_hands_out(client, app, h)
         if app.status == State.MAILED.value:
-            raise IntakeProblem(409, "Already mailed", f"application {app_id} was mailed", "id")
+            raise IntakeProblem(
+                409,
+                "Already mailed",
+                f"application {app_id} was mailed",
+                "id",
+                params={"id": app_id},
+            )
         if app.status not in (State.READY_FOR_PICKUP.value, State.COLLECTED.value):
             raise IntakeProblem(
                 409,
@@ -214,6 +228,7 @@ async def collect(runtime: Runtime, client: Client, app_id: str, body: CollectIn
                 f"application {app_id} is {app.status}; results can be handed out once the "
                 "case is ready_for_pickup",
                 "id",
+                params={"id": app_id, "status": app.status},
             )
         how = "id_number" if body.id_number is not None else "pickup_code"
         if app.status == State.COLLECTED.value and h.verified_with != how:
@@ -223,6 +238,7 @@ async def collect(runtime: Runtime, client: Client, app_id: str, body: CollectIn
                 "Already collected",
                 f"application {app_id} was collected already",
                 "id",
+                params={"id": app_id},
             )
         try:
             await verification.check_allowed(conn, client, app_id, how, at)
@@ -311,6 +327,7 @@ async def mail(runtime: Runtime, client: Client, app_id: str, body: MailIn) -> H
                 f"application {app_id} is {app.status}; results can be mailed once the case "
                 "is ready_for_pickup",
                 "id",
+                params={"id": app_id, "status": app.status},
             )
         docs = await documents.for_application(conn, app_id)
     method = methods.get(body.method)
@@ -320,6 +337,7 @@ async def mail(runtime: Runtime, client: Client, app_id: str, body: MailIn) -> H
             "Unknown delivery method",
             f"no delivery method '{body.method}'; installed: {', '.join(sorted(methods))}",
             "method",
+            params={"method": body.method, "installed": ", ".join(sorted(methods))},
         )
     delivery = app.delivery or {}
     address = body.address or delivery.get("address")
@@ -340,7 +358,9 @@ async def mail(runtime: Runtime, client: Client, app_id: str, body: MailIn) -> H
     try:
         shipment = Shipment.model_validate(await method.ship(parcel))
     except DeliveryRefused as exc:
-        raise IntakeProblem(422, "Cannot mail", str(exc), exc.field) from exc
+        raise IntakeProblem(
+            422, "Cannot mail", str(exc), exc.field, params={"reason": str(exc)}
+        ) from exc
     except Exception as exc:
         log.exception("delivery method failed", method=body.method, application=app_id)
         raise IntakeProblem(
@@ -349,6 +369,7 @@ async def mail(runtime: Runtime, client: Client, app_id: str, body: MailIn) -> H
             f"delivery method '{body.method}' failed ({type(exc).__name__}); nothing was "
             "recorded, try again or use another method",
             "method",
+            params={"method": body.method},
         ) from exc
     actor = f"{client.centre or 'ops'}/{body.clerk}"
     async with runtime.engine.begin() as conn:
@@ -371,7 +392,11 @@ async def mail(runtime: Runtime, client: Client, app_id: str, body: MailIn) -> H
         )
         if result.change is None:
             raise IntakeProblem(
-                409, "Not ready for mailing", f"application {app_id} is {app.status}", "id"
+                409,
+                "Not ready for mailing",
+                f"application {app_id} is {app.status}",
+                "id",
+                params={"id": app_id, "status": app.status},
             )
         await conn.execute(
             update(handovers)

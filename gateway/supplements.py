@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.clock import now
 from gateway.envelopes import idempotency_key
+from gateway.errors import unknown_application
 from gateway.events import Source, StatusChange
 from gateway.intake import IntakeProblem, resolve_materials
 from gateway.notifications import with_contact
@@ -77,9 +78,7 @@ async def submit(runtime: Runtime, client: Client, app_id: str, body: Supplement
     async with runtime.engine.begin() as conn:
         app = await cases.lock_application(conn, app_id)
         if app is None or not may_see(client, app):
-            raise IntakeProblem(
-                404, "Unknown application", f"no application '{app_id}' visible to this key", "id"
-            )
+            raise unknown_application(app_id)
         check_may_change(client, app)
         if app.status != State.SUPPLEMENT_REQUIRED.value:
             done = await _same_as_last(conn, app, body.materials)
@@ -91,6 +90,7 @@ async def submit(runtime: Runtime, client: Client, app_id: str, body: Supplement
                 f"application {app_id} is {app.status}; materials can be added only while "
                 "it is supplement_required",
                 "id",
+                params={"id": app_id, "status": app.status},
             )
         refs = await resolve_materials(conn, client, body.materials)
         items = await asked_for(conn, app_id)

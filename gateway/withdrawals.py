@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,7 @@ from gateway.errors import (
     IntakeProblem,
     PermanentError,
     TransientError,
+    unknown_application,
 )
 from gateway.events import Source, StatusChange
 from gateway.notifications import with_contact
@@ -49,7 +51,7 @@ from gateway.pickup import check_may_change, may_see
 from gateway.pii import scrub
 from gateway.runtime import Runtime
 from gateway.states import FORWARD, State
-from gateway.store import cases, jobs, leases
+from gateway.store import cases, jobs, leases, paging
 from gateway.store.clients import Client
 from gateway.store.tables import applications, withdrawals
 from gateway.text import CleanStr, shown
@@ -135,9 +137,7 @@ async def _at_department(conn: AsyncConnection, app: Any) -> bool:
 
 
 def _not_found(app_id: str) -> IntakeProblem:
-    return IntakeProblem(
-        404, "Unknown application", f"no application '{app_id}' visible to this key", "id"
-    )
+    return unknown_application(app_id)
 
 
 # -- the front desk's side ----------------------------------------------------------------------
@@ -194,6 +194,7 @@ def _check_withdrawable(app: Any) -> None:
             "Cannot withdraw",
             f"application {app.id} is {app.status}; only a case not yet decided can be withdrawn",
             "id",
+            params={"id": app.id, "status": app.status},
         )
 
 
@@ -206,7 +207,11 @@ async def get(runtime: Runtime, client: Client, app_id: str) -> WithdrawalOut:
         row = await _record(conn, app_id)
     if row is None:
         raise IntakeProblem(
-            404, "No withdrawal", f"application {app_id} has no withdrawal request", "id"
+            404,
+            "No withdrawal",
+            f"application {app_id} has no withdrawal request",
+            "id",
+            params={"id": app_id},
         )
     return _out(row, app.status)
 
@@ -214,7 +219,15 @@ async def get(runtime: Runtime, client: Client, app_id: str) -> WithdrawalOut:
 # -- ops ----------------------------------------------------------------------------------------
 
 
-async def flagged(runtime: Runtime, *, include_resolved: bool = False) -> list[WithdrawalOut]:
+async def flagged(
+    runtime: Runtime,
+    *,
+    include_resolved: bool = False,
+    limit: int = 500,
+    after: Sequence[Any] | None = None,
+) -> list[tuple[WithdrawalOut, list[Any]]]:
+    """Withdrawals that need ops, oldest first, each with its sort key (requested_at, id);
+    ``after`` is the key a page starts after."""
     q = (
         select(withdrawals, applications.c.status)
         .join(applications, applications.c.id == withdrawals.c.application_id)
@@ -222,9 +235,13 @@ async def flagged(runtime: Runtime, *, include_resolved: bool = False) -> list[W
     )
     if not include_resolved:
         q = q.where(withdrawals.c.resolved_at.is_(None))
+    start = paging.after([withdrawals.c.requested_at, withdrawals.c.application_id], after)
+    if start is not None:
+        q = q.where(start)
+    q = q.order_by(withdrawals.c.requested_at, withdrawals.c.application_id).limit(limit)
     async with runtime.engine.connect() as conn:
-        rows = (await conn.execute(q.order_by(withdrawals.c.requested_at))).all()
-    return [_out(r, r.status) for r in rows]
+        rows = (await conn.execute(q)).all()
+    return [(_out(r, r.status), [r.requested_at, r.application_id]) for r in rows]
 
 
 async def resolve(runtime: Runtime, app_id: str, actor: str) -> WithdrawalOut:
@@ -233,7 +250,11 @@ async def resolve(runtime: Runtime, app_id: str, actor: str) -> WithdrawalOut:
         row = await _record(conn, app_id)
         if row is None or not row.needs_ops:
             raise IntakeProblem(
-                404, "No flagged withdrawal", f"no withdrawal of '{app_id}' needs ops", "id"
+                404,
+                "No flagged withdrawal",
+                f"no withdrawal of '{app_id}' needs ops",
+                "id",
+                params={"id": app_id},
             )
         if row.resolved_at is None:
             await conn.execute(

@@ -143,7 +143,10 @@ async def runtime(city: SimulatedCity) -> AsyncIterator[Runtime]:
 @pytest.fixture
 async def api(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=create_app(runtime))
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+    # problems speak the centre's language (zh-CN) unless asked; tests read them in English
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://gateway.test", headers={"Accept-Language": "en"}
+    ) as client:
         yield client
 
 

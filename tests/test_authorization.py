@@ -48,7 +48,7 @@ async def test_centre_a_cannot_read_download_or_collect_centre_b_results(
         headers=a,
     )
     assert mail.status_code == 404
-    assert (await api.get("/v1/pickups", headers=a)).json() == []
+    assert (await api.get("/v1/pickups", headers=a)).json()["items"] == []
     other = await api.get("/v1/pickups", params={"centre": "C02"}, headers=a)
     assert other.status_code == 403 and other.json()["errors"][0]["field"] == "centre"
     listed = (await api.get("/v1/applications", headers=a)).json()["items"]
@@ -65,9 +65,11 @@ async def test_ops_key_sees_every_centre(
     b = await make_key("C02")
     app = await submit(api, b)
     await decide(runtime, app["id"])
-    everywhere = (await api.get("/v1/pickups", headers=ops_headers)).json()
+    everywhere = (await api.get("/v1/pickups", headers=ops_headers)).json()["items"]
     assert [p["id"] for p in everywhere] == [app["id"]]
-    at_c01 = (await api.get("/v1/pickups", params={"centre": "C01"}, headers=ops_headers)).json()
+    at_c01 = (await api.get("/v1/pickups", params={"centre": "C01"}, headers=ops_headers)).json()[
+        "items"
+    ]
     assert at_c01 == []
 
 

@@ -106,7 +106,7 @@ async def test_overdue_and_due_soon_lists(
     bad = await api.get("/v1/ops/deadlines", params={"department": "x"}, headers=ops_headers)
     assert bad.status_code == 404
     assert (await api.get("/v1/ops/deadlines")).status_code == 401
-    depts = (await api.get("/v1/ops/departments", headers=ops_headers)).json()
+    depts = (await api.get("/v1/ops/departments", headers=ops_headers)).json()["items"]
     assert {d["code"]: d["overdue"] for d in depts}["amr"] >= 1
 
 

@@ -400,7 +400,7 @@ async def test_ops_retry_endpoint_replays_a_failed_case(example_config: Config) 
             async with httpx.AsyncClient(transport=transport, base_url="http://gw") as api:
                 [app_id] = await submit_many(runtime, 1)
                 await wait_for(lambda: all_in(runtime, [app_id], {"failed"}))
-                failures = (await api.get("/v1/ops/failures", headers=ops)).json()
+                failures = (await api.get("/v1/ops/failures", headers=ops)).json()["items"]
                 assert [f["id"] for f in failures] == [app_id]
                 assert "gave up after 3 attempts" in failures[0]["last_error"]
                 denied = await api.post(

@@ -86,8 +86,8 @@ def learn(path: str, answer: Any, values: dict[str, str]) -> None:
         values["id"], values["pickup_code"] = answer["id"], answer["pickup_code"]
     elif path == "/v1/materials" and isinstance(answer, dict):
         values["material_id"] = answer["id"]
-    elif path.startswith("/v1/pickups") and isinstance(answer, list) and answer:
-        values["doc_id"] = answer[0]["documents"][0]["id"]
+    elif path.startswith("/v1/pickups") and isinstance(answer, dict) and answer["items"]:
+        values["doc_id"] = answer["items"][0]["documents"][0]["id"]
 
 
 async def test_front_desk_walkthrough_runs(

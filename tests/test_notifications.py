@@ -114,7 +114,7 @@ async def test_courier_is_idempotent_and_listed(
 ) -> None:
     manifest = tmp_path / "courier.jsonl"
     monkeypatch.setenv("GATEWAY_COURIER_MANIFEST", str(manifest))
-    methods = (await api.get("/v1/delivery-methods", headers=centre_headers)).json()
+    methods = (await api.get("/v1/delivery-methods", headers=centre_headers)).json()["items"]
     assert {m["name"] for m in methods} >= {"manual", "courier"}
     app = await submit(api, centre_headers)  # chose pickup; asks to have it mailed after all
     await decide(runtime, app["id"])

@@ -43,7 +43,7 @@ async def test_approval_with_document_becomes_ready_and_is_listed(
     assert doc["sha256"] == hashlib.sha256(CERTIFICATE).hexdigest()
     assert doc["size"] == len(CERTIFICATE)
 
-    listed = (await api.get("/v1/pickups", headers=centre_headers)).json()
+    listed = (await api.get("/v1/pickups", headers=centre_headers)).json()["items"]
     assert [p["id"] for p in listed] == [app["id"]]
     assert listed[0]["centre"] == "C01" and listed[0]["method"] == "pickup"
     assert listed[0]["applicant"]["id_number"] != ID_NUMBER  # masked
@@ -60,7 +60,7 @@ async def test_approval_without_document_waits_for_it(
 ) -> None:
     app = await submit(api, centre_headers)
     assert await decide(runtime, app["id"], document=None) == ["approved"]
-    assert (await api.get("/v1/pickups", headers=centre_headers)).json() == []
+    assert (await api.get("/v1/pickups", headers=centre_headers)).json()["items"] == []
     # the certificate comes in a later message with the same status
     assert await decide(runtime, app["id"]) == ["ready_for_pickup"]
     assert await status_of(api, centre_headers, app["id"]) == "ready_for_pickup"
@@ -117,7 +117,7 @@ async def test_collect_with_id_number_is_recorded_and_idempotent(
         "history"
     ]
     assert [e["to_status"] for e in history].count("collected") == 1
-    assert (await api.get("/v1/pickups", headers=centre_headers)).json() == []
+    assert (await api.get("/v1/pickups", headers=centre_headers)).json()["items"] == []
 
 
 async def test_collect_with_pickup_code(
@@ -203,7 +203,7 @@ async def test_mail_manual_needs_tracking_number_then_records_it(
         api, centre_headers, delivery={"method": "mail", "address": "东城区青石路1号"}
     )
     await decide(runtime, app["id"])
-    listed = (await api.get("/v1/pickups", headers=centre_headers)).json()
+    listed = (await api.get("/v1/pickups", headers=centre_headers)).json()["items"]
     assert listed[0]["method"] == "mail" and listed[0]["address"] == "东城区青石路1号"
     url = f"/v1/applications/{app['id']}/mail"
     missing = await api.post(url, json={"clerk": "c"}, headers=centre_headers)
@@ -244,8 +244,10 @@ async def test_pickup_at_another_centre_is_listed_there(
     c01, c02 = await make_key("C01"), await make_key("C02")
     app = await submit(api, c01, delivery={"method": "pickup", "centre": "C02"})
     await decide(runtime, app["id"])
-    assert (await api.get("/v1/pickups", headers=c01)).json() == []
-    assert [p["id"] for p in (await api.get("/v1/pickups", headers=c02)).json()] == [app["id"]]
+    assert (await api.get("/v1/pickups", headers=c01)).json()["items"] == []
+    assert [p["id"] for p in (await api.get("/v1/pickups", headers=c02)).json()["items"]] == [
+        app["id"]
+    ]
     # the receiving centre sees the case but does not hand it out
     resp = await api.post(
         f"/v1/applications/{app['id']}/collect",

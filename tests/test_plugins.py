@@ -196,6 +196,13 @@ async def test_validate_application_rejects_at_intake(city: SimulatedCity) -> No
                 headers={**headers, "Idempotency-Key": str(uuid.uuid4())},
             )
             assert bad.status_code == 422 and "form.reason" in bad.json()["detail"]
+            assert bad.json()["errors"] == [
+                {
+                    "field": "form.reason",
+                    "code": "form_rejected",
+                    "message": "is required for this matter",
+                }
+            ]
             ok = await api.post(
                 "/v1/applications",
                 json=application(form={"reason": "x"}),

@@ -195,7 +195,7 @@ async def test_every_class_with_drift_injected(
     # the API serves the runs (ops key only)
     listed = await api.get("/v1/ops/reconciliations", headers=ops_headers)
     assert listed.status_code == 200
-    assert [r["id"] for r in listed.json()] == [again.id, result.id]
+    assert [r["id"] for r in listed.json()["items"]] == [again.id, result.id]
     one = await api.get(f"/v1/ops/reconciliations/{result.id}", headers=ops_headers)
     assert one.status_code == 200
     assert {d["kind"] for d in one.json()["discrepancies"]} >= {

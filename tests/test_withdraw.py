@@ -136,7 +136,7 @@ async def test_never_sent_case_is_withdrawn_at_once(
     assert again.status_code == 200 and again.json() == resp.json()
     assert again.headers["Idempotent-Replayed"] == "true"
     assert await withdrawal(api, centre_headers, app["id"]) == resp.json()
-    assert (await api.get("/v1/ops/withdrawals", headers=ops_headers)).json() == []
+    assert (await api.get("/v1/ops/withdrawals", headers=ops_headers)).json()["items"] == []
     assert await withdrawals.sweep(runtime, "daemon-a") is None  # nothing for the department
     assert withdrawing.calls == []
 
@@ -191,7 +191,7 @@ async def test_department_refusal_leaves_the_case(
     assert "已作出决定" in out["detail"] and ID_NUMBER not in out["detail"]  # scrubbed
     assert await status_of(api, centre_headers, app["id"]) == "in_review"
     assert await withdrawn_events(runtime, app["id"]) == []
-    assert (await api.get("/v1/ops/withdrawals", headers=ops_headers)).json() == []
+    assert (await api.get("/v1/ops/withdrawals", headers=ops_headers)).json()["items"] == []
     # the case goes on; asking again answers with the refusal, without asking the department
     again = await api.post(f"/v1/applications/{app['id']}/withdraw", headers=centre_headers)
     assert again.status_code == 200 and again.json() == out
@@ -266,12 +266,12 @@ async def test_connector_that_cannot_withdraw_is_flagged_for_ops(
     out = await withdrawal(api, centre_headers, app["id"])
     assert out["outcome"] == "unsupported" and out["needs_ops"] is True
     assert await status_of(api, centre_headers, app["id"]) == "withdrawn"
-    flagged = (await api.get("/v1/ops/withdrawals", headers=ops_headers)).json()
+    flagged = (await api.get("/v1/ops/withdrawals", headers=ops_headers)).json()["items"]
     assert [(f["id"], f["status"]) for f in flagged] == [(app["id"], "withdrawn")]
     assert (await api.get("/v1/ops/withdrawals", headers=centre_headers)).status_code == 403
     done = await api.post(f"/v1/ops/withdrawals/{app['id']}/resolve", headers=ops_headers)
     assert done.status_code == 200 and done.json()["resolved_by"].startswith("ops/")
-    assert (await api.get("/v1/ops/withdrawals", headers=ops_headers)).json() == []
+    assert (await api.get("/v1/ops/withdrawals", headers=ops_headers)).json()["items"] == []
 
 
 async def test_unknown_department_case_id_is_flagged_for_ops(
@@ -298,7 +298,7 @@ async def test_unknown_department_case_id_is_flagged_for_ops(
     out = await withdrawal(api, centre_headers, app["id"])
     assert out["outcome"] == "unknown" and out["needs_ops"] is True
     assert out["status"] == "withdrawn"
-    flagged = (await api.get("/v1/ops/withdrawals", headers=ops_headers)).json()
+    flagged = (await api.get("/v1/ops/withdrawals", headers=ops_headers)).json()["items"]
     assert [f["id"] for f in flagged] == [app["id"]]
 
 
@@ -357,7 +357,7 @@ async def test_department_unreachable_after_the_budget_is_flagged_for_ops(
         assert out["detail"] == "gave up after 3 attempts: TransientError: HTTP 503"
     else:
         assert out["detail"].startswith("permanent: ")
-    flagged = (await api.get("/v1/ops/withdrawals", headers=ops_headers)).json()
+    flagged = (await api.get("/v1/ops/withdrawals", headers=ops_headers)).json()["items"]
     assert [f["id"] for f in flagged] == [app["id"]]
 
 

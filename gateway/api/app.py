@@ -20,7 +20,7 @@ from gateway.api.routes_reconcile import router as reconcile_router
 from gateway.api.routes_refetch import router as refetch_router
 from gateway.api.routes_supplements import router as supplements_router
 from gateway.api.routes_withdrawals import router as withdrawals_router
-from gateway.errors import InfrastructureError
+from gateway.errors import InfrastructureError, RequestProblem
 from gateway.runtime import Runtime
 
 _UNAVAILABLE = {
@@ -37,14 +37,19 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, InfrastructureError)
     metrics.UNAVAILABLE.labels(exc.component).inc()
     why = _UNAVAILABLE.get(exc.component, "the gateway cannot complete requests right now")
-    return problems.problem_response(
+    retry = math.ceil(exc.retry_after)
+    return problems.render(
         request,
-        exc.status,
-        "Insufficient storage" if exc.status == 507 else "Service unavailable",
-        f"{why}. Send the same request again after {math.ceil(exc.retry_after)} s: with the "
-        "same Idempotency-Key (or the same upload) that is safe, whether or not this attempt "
-        "was stored.",
-        headers={"Retry-After": str(math.ceil(exc.retry_after))},
+        RequestProblem(
+            exc.status,
+            "Insufficient storage" if exc.status == 507 else "Service unavailable",
+            f"{why}. Send the same request again after {retry} s: with the "
+            "same Idempotency-Key (or the same upload) that is safe, whether or not this attempt "
+            "was stored.",
+            code="insufficient_storage" if exc.status == 507 else "service_unavailable",
+            params={"retry": retry},
+            headers={"Retry-After": str(retry)},
+        ),
     )
 
 

@@ -67,6 +67,7 @@ async def authenticate(request: Request) -> Client:
     if client.centre is None and not client.ops:
         # check-config refuses such keys; one in the database must not act for every centre
         raise Problem(403, "Key has no scope", "this API key is neither a centre's nor ops")
+    request.state.client = client  # errors speak the key's centre's language
     return client
 
 

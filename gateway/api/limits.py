@@ -57,11 +57,12 @@ class _TooLarge(HTTPException):
 
 async def _too_large(scope: Scope, send: Send, limit: int) -> None:
     body: dict[str, Any] = {
-        "type": "https://onewindow.example/problems/payload-too-large",
+        "type": "/problems/payload_too_large",
         "title": "Payload too large",
         "status": 413,
         "detail": f"the request body is larger than the limit of {limit} bytes",
         "instance": scope["path"],
+        "code": "payload_too_large",
     }
     raw = json.dumps(body).encode()
     await send(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 from typing import Annotated
 
@@ -12,10 +11,12 @@ from sqlalchemy import insert
 
 from gateway import documents, intake, metrics
 from gateway.api.auth import ClientDep, RuntimeDep
+from gateway.api.paging import Page, PageDep
 from gateway.api.problems import Problem
 from gateway.api.views import ApplicationView, application_view
 from gateway.clock import new_id, now
 from gateway.config.models import Matter
+from gateway.errors import FieldError, unknown_application
 from gateway.pickup import may_see
 from gateway.states import State
 from gateway.store import cases
@@ -24,9 +25,15 @@ from gateway.store.tables import materials
 router = APIRouter(prefix="/v1")
 
 
-@router.get("/matters", response_model=list[Matter], tags=["matters"])
-async def list_matters(runtime: RuntimeDep, _client: ClientDep) -> list[Matter]:
-    return runtime.config.catalog.all()
+class MatterPage(Page[Matter]):
+    pass
+
+
+@router.get("/matters", response_model=MatterPage, tags=["matters"])
+async def list_matters(runtime: RuntimeDep, _client: ClientDep, paging: PageDep) -> MatterPage:
+    """The matter catalogue in code order, with each matter's form schema."""
+    cut = paging.slice("matters", runtime.config.catalog.all(), lambda m: [m.code])
+    return MatterPage(items=cut.items, next_cursor=cut.next_cursor)
 
 
 @router.get("/matters/{code}", response_model=Matter, tags=["matters"])
@@ -34,7 +41,11 @@ async def get_matter(code: str, runtime: RuntimeDep, _client: ClientDep) -> Matt
     matter = runtime.config.catalog.get(code)
     if matter is None:
         raise Problem(
-            404, "Unknown matter", f"no matter with code '{code}' in the catalog", field="code"
+            404,
+            "Unknown matter",
+            f"no matter with code '{code}' in the catalog",
+            field="code",
+            params={"matter": code},
         )
     return matter
 
@@ -58,6 +69,7 @@ async def upload_material(file: UploadFile, runtime: RuntimeDep, client: ClientD
             f"'{content_type or 'unknown'}' is not accepted; send one of "
             f"{', '.join(api.material_types)}",
             field="file",
+            params={"type": content_type or "unknown", "allowed": ", ".join(api.material_types)},
         )
     data = await file.read(api.material_max_bytes + 1)
     if len(data) > api.material_max_bytes:
@@ -155,50 +167,32 @@ async def get_application(app_id: str, runtime: RuntimeDep, client: ClientDep) -
     async with runtime.engine.connect() as conn:
         row = await cases.get_application(conn, app_id)
         if row is None or not may_see(client, row):
-            raise Problem(
-                404,
-                "Unknown application",
-                f"no application '{app_id}' visible to this key",
-                field="id",
-            )
+            raise unknown_application(app_id)
         history = await cases.history(conn, app_id)
         docs = await documents.for_application(conn, app_id)
     return application_view(row, history, docs)
 
 
-class ApplicationPage(BaseModel):
-    items: list[ApplicationView]
-    next_cursor: str | None
-
-
-def _cursor(value: str | None) -> str | None:
-    if not value:
-        return None
-    try:
-        decoded = base64.b64decode(value.encode(), altchars=b"-_", validate=True).decode()
-    except ValueError:
-        decoded = ""
-    if not decoded.isalnum():
-        raise Problem(
-            400,
-            "Bad cursor",
-            "cursor is not one this API returned; start again without it",
-            field="cursor",
-        )
-    return decoded
+class ApplicationPage(Page[ApplicationView]):
+    pass
 
 
 @router.get("/applications", response_model=ApplicationPage, tags=["applications"])
 async def list_applications(
     runtime: RuntimeDep,
     client: ClientDep,
+    paging: PageDep,
     status: Annotated[State | None, Query()] = None,
     centre: Annotated[str | None, Query(max_length=32)] = None,
     department: Annotated[str | None, Query(max_length=32)] = None,
     updated_since: Annotated[dt.datetime | None, Query()] = None,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
-    limit: Annotated[int | None, Query(ge=1, le=500)] = None,
+    receipt_number: Annotated[
+        str | None,
+        Query(max_length=48, description="exact receipt number, as printed on the receipt"),
+    ] = None,
 ) -> ApplicationPage:
+    """Applications in creation order (a centre key: its own centre's). Filters combine; a
+    receipt number finds its one case."""
     if not client.ops:
         if centre and centre != client.centre:
             raise Problem(
@@ -213,7 +207,9 @@ async def list_applications(
             422,
             "Invalid request",
             "updated_since needs a time zone (e.g. +08:00)",
-            field="updated_since",
+            code="invalid_request",
+            params={"fields": "updated_since"},
+            errors=[FieldError("updated_since", "bad_datetime")],
         )
     if updated_since:
         try:  # the store keeps UTC: year 1 at +01:00 is before the first UTC instant
@@ -223,9 +219,11 @@ async def list_applications(
                 422,
                 "Invalid request",
                 "updated_since is out of range once converted to UTC",
-                field="updated_since",
+                code="invalid_request",
+                params={"fields": "updated_since"},
+                errors=[FieldError("updated_since", "bad_datetime")],
             ) from None
-    size = limit or runtime.config.gateway.api.page_size
+    start = paging.key("applications", 1)
     async with runtime.engine.connect() as conn:
         rows = await cases.list_applications(
             conn,
@@ -233,8 +231,11 @@ async def list_applications(
             centre=centre,
             department=department,
             updated_since=updated_since,
-            after_id=_cursor(cursor),
-            limit=size,
+            receipt_number=receipt_number,
+            after_id=start[0] if start else None,
+            limit=paging.limit + 1,
         )
-    nxt = base64.urlsafe_b64encode(rows[-1].id.encode()).decode() if len(rows) == size else None
-    return ApplicationPage(items=[application_view(r) for r in rows], next_cursor=nxt)
+    cut = paging.page("applications", rows, lambda r: [r.id])
+    return ApplicationPage(
+        items=[application_view(r) for r in cut.items], next_cursor=cut.next_cursor
+    )

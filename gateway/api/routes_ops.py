@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from gateway import deadlines, operations
 from gateway.api.auth import OpsDep, RuntimeDep
+from gateway.api.paging import Page, PageDep
 from gateway.api.problems import Problem
 from gateway.api.views import ApplicationView, application_view
 from gateway.store import jobs
@@ -32,17 +33,24 @@ class DepartmentStatus(BaseModel):
     overdue: int = 0
 
 
-@router.get("/v1/ops/departments", response_model=list[DepartmentStatus], tags=["ops"])
-async def departments(runtime: RuntimeDep, _ops: OpsDep) -> list[DepartmentStatus]:
+class DepartmentPage(Page[DepartmentStatus]):
+    pass
+
+
+@router.get("/v1/ops/departments", response_model=DepartmentPage, tags=["ops"])
+async def departments(runtime: RuntimeDep, _ops: OpsDep, paging: PageDep) -> DepartmentPage:
     async with runtime.engine.connect() as conn:
         depth = await jobs.depth(conn)
     overdue = await deadlines.overdue_counts(runtime)
-    links = {code: runtime.link(code) for code in runtime.config.departments}
+    # health is asked only of the departments on this page
+    cut = paging.slice("departments", sorted(runtime.config.departments), lambda c: [c])
+    links = {code: runtime.link(code) for code in cut.items}
     # every department at once, each within its own deadline (the link's health call)
     checks = await asyncio.gather(*(link.health() for link in links.values() if link))
     health = dict(zip([c for c, link in links.items() if link], checks, strict=True))
     out = []
-    for code, dept in sorted(runtime.config.departments.items()):
+    for code in cut.items:
+        dept = runtime.config.departments[code]
         link = links[code]
         h = health.get(code)
         out.append(
@@ -59,12 +67,20 @@ async def departments(runtime: RuntimeDep, _ops: OpsDep) -> list[DepartmentStatu
                 overdue=overdue.get(code, 0),
             )
         )
-    return out
+    return DepartmentPage(items=out, next_cursor=cut.next_cursor)
 
 
-@router.get("/v1/ops/failures", response_model=list[ApplicationView], tags=["ops"])
-async def failures(runtime: RuntimeDep, _ops: OpsDep) -> list[ApplicationView]:
-    return [application_view(r) for r in await operations.failures(runtime)]
+class FailurePage(Page[ApplicationView]):
+    pass
+
+
+@router.get("/v1/ops/failures", response_model=FailurePage, tags=["ops"])
+async def failures(runtime: RuntimeDep, _ops: OpsDep, paging: PageDep) -> FailurePage:
+    """Failed cases (dead letters), most recently failed first."""
+    start = paging.key("failures", 2)
+    rows = await operations.failures(runtime, paging.limit + 1, after=start)
+    cut = paging.page("failures", rows, lambda r: [r.updated_at, r.id])
+    return FailurePage(items=[application_view(r) for r in cut.items], next_cursor=cut.next_cursor)
 
 
 @router.post("/v1/ops/applications/{app_id}/retry", tags=["ops"])
@@ -72,7 +88,7 @@ async def retry(app_id: str, runtime: RuntimeDep, ops: OpsDep) -> dict[str, Any]
     try:
         change = await operations.replay(runtime, app_id, actor=f"ops/{ops.name}")
     except operations.NotReplayable as exc:
-        raise Problem(409, "Not replayable", str(exc), field="id") from exc
+        raise Problem(409, "Not replayable", str(exc), field="id", params={"id": app_id}) from exc
     return {"id": app_id, "status": change.to_status}
 
 

@@ -11,9 +11,11 @@ from pydantic import BaseModel
 
 from gateway import documents, pickup
 from gateway.api.auth import ClientDep, RuntimeDep
+from gateway.api.paging import Page, PageDep
 from gateway.api.problems import Problem
 from gateway.api.views import DocumentView, document_view, masked_applicant
 from gateway.blobs import BlobCorrupted
+from gateway.errors import unknown_application
 from gateway.store import cases
 from gateway.text import shown
 from gateway.updates import announce
@@ -34,13 +36,17 @@ class PickupItem(BaseModel):
     documents: list[DocumentView]
 
 
-@router.get("/pickups", response_model=list[PickupItem], tags=["pickup"])
+class PickupPage(Page[PickupItem]):
+    pass
+
+
+@router.get("/pickups", response_model=PickupPage, tags=["pickup"])
 async def list_pickups(
     runtime: RuntimeDep,
     client: ClientDep,
+    paging: PageDep,
     centre: Annotated[str | None, Query(max_length=32)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 500,
-) -> list[PickupItem]:
+) -> PickupPage:
     """Results ready to be handed out (collected or mailed) at a centre, oldest first."""
     if not client.ops:
         if centre and centre != client.centre:
@@ -51,10 +57,13 @@ async def list_pickups(
                 field="centre",
             )
         centre = client.centre
+    start = paging.key("pickups", 2)
     async with runtime.engine.connect() as conn:
-        rows = await pickup.ready_at(conn, centre, limit)
+        found = await pickup.ready_at(conn, centre, paging.limit + 1, after=start)
+        cut = paging.page("pickups", found, lambda r: [r.h_ready_at, r.id])
+        rows = cut.items
         docs = await documents.for_applications(conn, [r.id for r in rows])
-    return [
+    items = [
         PickupItem(
             id=r.id,
             receipt_number=r.receipt_number,
@@ -69,6 +78,7 @@ async def list_pickups(
         )
         for r in map(shown, rows)
     ]
+    return PickupPage(items=items, next_cursor=cut.next_cursor)
 
 
 @router.get(
@@ -82,12 +92,7 @@ async def download(app_id: str, doc_id: str, runtime: RuntimeDep, client: Client
     async with runtime.engine.connect() as conn:
         app = await cases.get_application(conn, app_id)
         if app is None or not pickup.may_see(client, app):
-            raise Problem(
-                404,
-                "Unknown application",
-                f"no application '{app_id}' visible to this key",
-                field="id",
-            )
+            raise unknown_application(app_id)
         doc = await documents.get(conn, app_id, doc_id)
     if doc is None:
         raise Problem(
@@ -95,6 +100,7 @@ async def download(app_id: str, doc_id: str, runtime: RuntimeDep, client: Client
             "Unknown document",
             f"application {app_id} has no document '{doc_id}'",
             field="doc_id",
+            params={"id": app_id, "doc_id": doc_id},
         )
     if doc.sha256 is None:
         raise Problem(
@@ -155,9 +161,18 @@ class DeliveryMethodOut(BaseModel):
     description: str
 
 
-@router.get("/delivery-methods", response_model=list[DeliveryMethodOut], tags=["pickup"])
-async def delivery_methods(runtime: RuntimeDep, _client: ClientDep) -> list[DeliveryMethodOut]:
-    return [
+class DeliveryMethodPage(Page[DeliveryMethodOut]):
+    pass
+
+
+@router.get("/delivery-methods", response_model=DeliveryMethodPage, tags=["pickup"])
+async def delivery_methods(
+    runtime: RuntimeDep, _client: ClientDep, paging: PageDep
+) -> DeliveryMethodPage:
+    """How results can be mailed (``method`` of ``POST .../mail``): the installed plugins'."""
+    methods = [
         DeliveryMethodOut(name=name, description=getattr(m, "description", ""))
-        for name, m in sorted(runtime.plugins.delivery_methods().items())
+        for name, m in runtime.plugins.delivery_methods().items()
     ]
+    cut = paging.slice("delivery-methods", methods, lambda m: [m.name])
+    return DeliveryMethodPage(items=cut.items, next_cursor=cut.next_cursor)

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from gateway import deadlines, reconcile
 from gateway.api.auth import OpsDep, RuntimeDep
+from gateway.api.paging import Page, PageDep
 from gateway.api.problems import Problem
 
 router = APIRouter(prefix="/v1/ops", tags=["ops"])
@@ -41,39 +42,65 @@ class Discrepancy(BaseModel):
 
 
 class ReconcileRunDetail(ReconcileRun):
+    """A run with one page of its discrepancies (``?cursor=`` pages on, like every list)."""
+
     discrepancies: list[Discrepancy]
+    next_cursor: str | None
+
+
+class ReconcileRunPage(Page[ReconcileRun]):
+    pass
 
 
 def _run(row: Any) -> dict[str, Any]:
     return {k: getattr(row, k) for k in ReconcileRun.model_fields}
 
 
-@router.get("/reconciliations", response_model=list[ReconcileRun])
+@router.get("/reconciliations", response_model=ReconcileRunPage)
 async def reconciliations(
     runtime: RuntimeDep,
     _ops: OpsDep,
+    paging: PageDep,
     department: str | None = None,
-    limit: int = Query(default=50, ge=1, le=500),
-) -> list[ReconcileRun]:
-    rows = await reconcile.list_runs(runtime, department=department, limit=limit)
-    return [ReconcileRun.model_validate(_run(r)) for r in rows]
+) -> ReconcileRunPage:
+    """Reconciliation runs, newest first."""
+    rows = await reconcile.list_runs(
+        runtime,
+        department=department,
+        limit=paging.limit + 1,
+        after=paging.key("reconciliations", 2),
+    )
+    cut = paging.page("reconciliations", rows, lambda r: [r.started_at, r.id])
+    return ReconcileRunPage(
+        items=[ReconcileRun.model_validate(_run(r)) for r in cut.items],
+        next_cursor=cut.next_cursor,
+    )
 
 
 @router.get("/reconciliations/{run_id}", response_model=ReconcileRunDetail)
 async def reconciliation(
-    run_id: str,
-    runtime: RuntimeDep,
-    _ops: OpsDep,
-    limit: int = Query(default=1000, ge=1, le=10_000),
+    run_id: str, runtime: RuntimeDep, _ops: OpsDep, paging: PageDep
 ) -> ReconcileRunDetail:
-    run, found = await reconcile.get_run(runtime, run_id, limit=limit)
+    start = paging.key("discrepancies", 1)
+    run, found = await reconcile.get_run(
+        runtime, run_id, limit=paging.limit + 1, after=start[0] if start else None
+    )
     if run is None:
-        raise Problem(404, "No such reconciliation run", f"no run '{run_id}'", field="id")
+        raise Problem(
+            404,
+            "No such reconciliation run",
+            f"no run '{run_id}'",
+            field="id",
+            params={"id": run_id},
+        )
+    cut = paging.page("discrepancies", found, lambda d: [d.id])
     items = [
         Discrepancy.model_validate({k: getattr(d, k) for k in Discrepancy.model_fields})
-        for d in found
+        for d in cut.items
     ]
-    return ReconcileRunDetail.model_validate({**_run(run), "discrepancies": items})
+    return ReconcileRunDetail.model_validate(
+        {**_run(run), "discrepancies": items, "next_cursor": cut.next_cursor}
+    )
 
 
 class DeadlineView(BaseModel):
@@ -106,7 +133,11 @@ async def deadline_lists(
 ) -> DeadlineLists:
     if department and department not in runtime.config.departments:
         raise Problem(
-            404, "Unknown department", f"no department '{department}'", field="department"
+            404,
+            "Unknown department",
+            f"no department '{department}'",
+            field="department",
+            params={"department": department},
         )
     on = deadlines.today()
     overdue, soon = await deadlines.listing(

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Response
 
 from gateway import withdrawals
 from gateway.api.auth import ClientDep, OpsDep, RuntimeDep
+from gateway.api.paging import Page, PageDep
 from gateway.updates import announce
 
 router = APIRouter(prefix="/v1")
@@ -58,14 +59,26 @@ async def get_withdrawal(
     return await withdrawals.get(runtime, client, app_id)
 
 
-@router.get("/ops/withdrawals", response_model=list[withdrawals.WithdrawalOut], tags=["ops"])
+class WithdrawalPage(Page[withdrawals.WithdrawalOut]):
+    pass
+
+
+@router.get("/ops/withdrawals", response_model=WithdrawalPage, tags=["ops"])
 async def flagged_withdrawals(
     runtime: RuntimeDep,
     _ops: OpsDep,
+    paging: PageDep,
     include_resolved: Annotated[bool, Query()] = False,
-) -> list[withdrawals.WithdrawalOut]:
-    """Withdrawals the gateway could not pass on to the department by itself."""
-    return await withdrawals.flagged(runtime, include_resolved=include_resolved)
+) -> WithdrawalPage:
+    """Withdrawals the gateway could not pass on to the department by itself, oldest first."""
+    found = await withdrawals.flagged(
+        runtime,
+        include_resolved=include_resolved,
+        limit=paging.limit + 1,
+        after=paging.key("withdrawals", 2),
+    )
+    cut = paging.page("withdrawals", found, lambda f: f[1])
+    return WithdrawalPage(items=[w for w, _key in cut.items], next_cursor=cut.next_cursor)
 
 
 @router.post(

@@ -69,9 +69,13 @@ def replay(
 
 @app.command()
 def status(
-    application_id: str, config: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False
+    application_id: Annotated[
+        str, typer.Argument(help="application id, or the receipt number printed on the receipt")
+    ],
+    config: ConfigOption = DEFAULT_CONFIG,
+    as_json: JsonOption = False,
 ) -> None:
-    """Show one application and its history."""
+    """Show one application and its history (by id or by receipt number)."""
     from gateway.api.views import application_view
 
     cfg = load(config)
@@ -82,16 +86,18 @@ def status(
             async with runtime.engine.connect() as conn:
                 row = await cases.get_application(conn, application_id)
                 if row is None:
+                    row = await cases.by_receipt(conn, application_id)
+                if row is None:
                     return None
-                history = await cases.history(conn, application_id)
-                docs = await documents.for_application(conn, application_id)
+                history = await cases.history(conn, row.id)
+                docs = await documents.for_application(conn, row.id)
                 return application_view(row, history, docs)
         finally:
             await runtime.aclose()
 
     view = run(go())
     if view is None:
-        err.print(f"no application '{application_id}'")
+        err.print(f"no application with id or receipt number '{application_id}'")
         raise typer.Exit(1)
     if as_json:
         emit_json(view.model_dump(mode="json"))

@@ -21,9 +21,12 @@ class RouteError(GatewayError):
     """No route for a matter in a region. ``field`` names the request field at fault
     (``matter_code`` or ``region``); ``message`` is for the front-desk clerk."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, code: str = "not_routable", **params: str) -> None:
         self.field = field
         self.message = message
+        #: stable machine code (unknown_matter, unknown_region, not_offered_here) and what
+        #: fills its message in other languages
+        self.code, self.params = code, params
         super().__init__(message)
 
 
@@ -73,9 +76,13 @@ class Catalog:
         """
         rows = self._rows.get(code)
         if not rows:
-            raise RouteError("matter_code", f"unknown matter code {code!r}")
+            raise RouteError(
+                "matter_code", f"unknown matter code {code!r}", "unknown_matter", matter=code
+            )
         if region not in self.regions:
-            raise RouteError("region", f"unknown region {region!r}")
+            raise RouteError(
+                "region", f"unknown region {region!r}", "unknown_region", region=region
+            )
         for here in self.lineage(region):
             for row in rows:
                 if here in row.regions:
@@ -85,6 +92,10 @@ class Catalog:
             "region",
             f"matter {code} ({rows[0].name}) is not offered in {self._region_label(region)}; "
             f"it is offered in: {offered}",
+            "not_offered_here",
+            matter=code,
+            region=self._region_label(region),
+            offered=offered,
         )
 
     def _region_label(self, code: str) -> str:

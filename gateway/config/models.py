@@ -29,10 +29,16 @@ class Region(_Strict):
     parent: str | None = None
 
 
+Language = Literal["zh-CN", "en"]
+
+
 class Centre(_Strict):
     code: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
     name: str
     region: str = Field(pattern=REGION_CODE)
+    language: Language | None = Field(
+        default=None, description="language of API errors for this centre's keys (default: api)"
+    )
 
 
 class StaticKey(_Strict):
@@ -55,6 +61,8 @@ class ApiSettings(_Strict):
         default_factory=lambda: ["application/pdf", "image/jpeg", "image/png"]
     )
     page_size: int = Field(default=50, ge=1, le=500)
+    #: the language of error messages for centre keys that send no Accept-Language
+    language: Language = "zh-CN"
 
 
 class DispatchSettings(_Strict):

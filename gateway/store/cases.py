@@ -196,6 +196,12 @@ async def get_application(conn: AsyncConnection, app_id: str) -> Row[Any] | None
     return (await conn.execute(select(applications).where(applications.c.id == app_id))).first()
 
 
+async def by_receipt(conn: AsyncConnection, receipt_number: str) -> Row[Any] | None:
+    """The case with this receipt number (unique across the city)."""
+    q = select(applications).where(applications.c.receipt_number == receipt_number)
+    return (await conn.execute(q)).first()
+
+
 async def history(conn: AsyncConnection, app_id: str) -> Sequence[Row[Any]]:
     q = select(events).where(events.c.application_id == app_id).order_by(events.c.id)
     return (await conn.execute(q)).all()
@@ -219,11 +225,14 @@ async def list_applications(
     centre: str | None = None,
     department: str | None = None,
     updated_since: dt.datetime | None = None,
+    receipt_number: str | None = None,
     after_id: str | None = None,
     limit: int = 50,
 ) -> Sequence[Row[Any]]:
     """A page ordered by id (creation order); ``after_id`` is the cursor."""
     conds = []
+    if receipt_number is not None:
+        conds.append(applications.c.receipt_number == receipt_number)
     if status:
         conds.append(applications.c.status == status)
     if centre:
