@@ -151,7 +151,7 @@ async def test_a_poison_value_already_stored_breaks_no_view(
     page = await api.get("/v1/applications", headers=centre_headers)
     assert page.status_code == 200 and [i["id"] for i in page.json()["items"]] == [app["id"]]
     failures = await api.get("/v1/ops/failures", headers=ops_headers)
-    assert failures.status_code == 200 and failures.json()[0]["id"] == app["id"]
+    assert failures.status_code == 200 and failures.json()["items"][0]["id"] == app["id"]
 
 
 @pytest.mark.parametrize(

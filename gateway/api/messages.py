@@ -577,9 +577,10 @@ FIELD_ERRORS: dict[str, tuple[str, str]] = {
         "须为带时区的日期时间（如 2026-12-01T09:00:00+08:00）",
     ),
     "bad_characters": (
-        "contains characters that cannot be stored (control characters)",
-        "含有无法保存的字符（控制字符）",
+        "contains characters that cannot be stored (control characters, lone surrogates)",
+        "含有无法保存的字符（控制字符或孤立的 UTF-16 代理项）",
     ),
+    "too_deep": ("nests deeper than {max} levels", "嵌套超过 {max} 层"),
     "address_required": (
         "is required when delivery.method is 'mail'",
         "delivery.method 为 'mail' 时必填",
@@ -637,6 +638,8 @@ def field_message(code: str, language: Language, params: dict[str, Any], field: 
         values["expected"] = (" 或 " if language == "zh-CN" else " or ").join(
             n[1] if language == "zh-CN" else n[0] for n in names
         )
+    if code == "invalid" and values.get("reason") and language == "en":
+        return f"is not valid: {values['reason']}"
     try:
         return (zh if language == "zh-CN" else en).format(**values)
     except (KeyError, IndexError):

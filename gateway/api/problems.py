@@ -24,6 +24,7 @@ from gateway.api import messages
 from gateway.api.messages import LANGUAGES, Language
 from gateway.errors import FieldError, RequestProblem
 from gateway.pii import scrub
+from gateway.text import MAX_DEPTH
 from gateway.text import readable
 
 MEDIA_TYPE = "application/problem+json"
@@ -112,7 +113,6 @@ def _field(loc: tuple[Any, ...]) -> str:
 
 _TYPE_ERRORS = {
     "string_type": "string",
-    "string_unicode": "string",
     "int_type": "integer",
     "int_parsing": "integer",
     "int_from_float": "integer",
@@ -163,10 +163,16 @@ def field_error(err: Any) -> FieldError:
         return FieldError(field, "out_of_range", {"bound": f"{_RANGE[kind]} {bound}"})
     if kind.startswith(("datetime_", "date_", "timezone_")):
         return FieldError(field, "bad_datetime")
-    if kind == "value_error" and "character" in str(ctx.get("error", "")):
+    if kind == "string_unicode":
         return FieldError(field, "bad_characters")
-    if kind == "value_error" and "surrogate" in str(ctx.get("error", "")):
-        return FieldError(field, "bad_characters")
+    if kind == "value_error":
+        # our own validators' ValueErrors (gateway.text): named by what they found
+        reason = str(ctx.get("error", ""))
+        if "character" in reason or "surrogate" in reason:
+            return FieldError(field, "bad_characters")
+        if "deeper than" in reason:
+            return FieldError(field, "too_deep", {"max": MAX_DEPTH})
+        return FieldError(field, "invalid", {"reason": reason})
     return FieldError(field, "invalid")
 
 
