@@ -24,8 +24,7 @@ from gateway.api import messages
 from gateway.api.messages import LANGUAGES, Language
 from gateway.errors import FieldError, RequestProblem
 from gateway.pii import scrub
-from gateway.text import MAX_DEPTH
-from gateway.text import readable
+from gateway.text import MAX_DEPTH, readable
 
 MEDIA_TYPE = "application/problem+json"
 
