@@ -34,7 +34,7 @@ async def second_process(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def key_id_of(api: httpx.AsyncClient, ops: dict[str, str], name: str) -> str:
-    keys = (await api.get("/v1/ops/keys", headers=ops)).json()
+    keys = (await api.get("/v1/ops/keys", params={"limit": "500"}, headers=ops)).json()["items"]
     [found] = [k for k in keys if k["name"] == name]
     key_id: str = found["id"]
     return key_id

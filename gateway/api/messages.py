@@ -92,6 +92,22 @@ PROBLEMS: dict[str, Entry] = {
         "A centre's key lists only its own centre's cases and results.",
         "中心密钥只能列出本中心受理的件和本中心发放的结果。",
     ),
+    "unknown_key": _e(
+        404,
+        "Unknown key",
+        "未知密钥",
+        "没有 id 为 {id} 的 API 密钥",
+        "No API key with this id (GET /v1/ops/keys lists them).",
+        "没有这个 id 的 API 密钥（GET /v1/ops/keys 可列出）。",
+    ),
+    "key_not_active": _e(
+        409,
+        "Key not active",
+        "密钥未生效",
+        "该密钥已吊销或已过期，不能轮换",
+        "Only a working key can be rotated; this one is revoked or expired.",
+        "只有在用的密钥可以轮换；该密钥已吊销或已过期。",
+    ),
     "not_found": _e(
         404,
         "Not found",

@@ -11,6 +11,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.api.auth import OpsDep, RuntimeDep
+from gateway.api.paging import Page, PageDep
 from gateway.api.problems import Problem
 from gateway.store import clients
 from gateway.store.clients import KeyInfo
@@ -55,14 +56,26 @@ class Rotated(BaseModel):
 
 
 def _unknown(key_id: str) -> Problem:
-    return Problem(404, "Unknown key", f"no API key with id '{key_id}'", field="key_id")
+    return Problem(
+        404,
+        "Unknown key",
+        f"no API key with id '{key_id}'",
+        field="key_id",
+        params={"id": key_id},
+    )
 
 
-@router.get("", response_model=list[KeyInfo])
-async def list_keys(runtime: RuntimeDep, _ops: OpsDep) -> list[KeyInfo]:
+class KeyPage(Page[KeyInfo]):
+    pass
+
+
+@router.get("", response_model=KeyPage)
+async def list_keys(runtime: RuntimeDep, _ops: OpsDep, paging: PageDep) -> KeyPage:
     """Every key in the database (never the key itself) and whether it works now."""
     async with runtime.engine.connect() as conn:
-        return await clients.list_keys(conn)
+        found = await clients.list_keys(conn, limit=paging.limit + 1, after=paging.key("keys", 2))
+    cut = paging.page("keys", found, lambda k: [k.created_at, k.id])
+    return KeyPage(items=cut.items, next_cursor=cut.next_cursor)
 
 
 @router.post("", response_model=NewKey, status_code=201)
@@ -70,7 +83,13 @@ async def create_key(body: KeyIn, runtime: RuntimeDep, _ops: OpsDep) -> NewKey:
     if body.centre is not None and body.centre not in {
         c.code for c in runtime.config.gateway.centres
     }:
-        raise Problem(422, "Unknown centre", f"no centre '{body.centre}'", field="centre")
+        raise Problem(
+            422,
+            "Unknown centre",
+            f"no centre '{body.centre}'",
+            field="centre",
+            params={"centre": body.centre},
+        )
     async with runtime.engine.begin() as conn:
         client, key = await clients.create_client(
             conn, name=body.name, centre=body.centre, ops=body.ops

@@ -12,13 +12,16 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import ColumnElement, Row, and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.clock import new_id, now
+from gateway.store import paging
 from gateway.store.tables import api_clients
 
 KEY_PREFIX = "owk_"
@@ -112,9 +115,17 @@ def _info(row: Row[object], at: dt.datetime) -> KeyInfo:
     )
 
 
-async def list_keys(conn: AsyncConnection) -> list[KeyInfo]:
+async def list_keys(
+    conn: AsyncConnection, *, limit: int | None = None, after: Sequence[Any] | None = None
+) -> list[KeyInfo]:
+    """Keys, oldest first; ``after`` is the (created_at, id) a page starts after."""
     at = now()
     q = select(api_clients).order_by(api_clients.c.created_at, api_clients.c.id)
+    start = paging.after([api_clients.c.created_at, api_clients.c.id], after)
+    if start is not None:
+        q = q.where(start)
+    if limit is not None:
+        q = q.limit(limit)
     return [_info(row, at) for row in (await conn.execute(q)).all()]
 
 
