@@ -119,6 +119,8 @@ class Health(_Model):
 
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
+#: default cap on one answer from a department (decompressed bytes; ``max_answer_bytes``)
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
 UpdateOutcome = Literal["applied", "duplicate", "unmatched"]
 MaterialReader = Callable[[MaterialRef], Awaitable[bytes]]
 PayloadMapper = Callable[[Envelope], "dict[str, Any] | None"]
@@ -135,11 +137,16 @@ class ConnectorContext:
         http: httpx.AsyncClient,
         read_material: MaterialReader,
         map_payload: PayloadMapper | None = None,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         self.department = department
         self.options = options
+        #: answers read through it are capped at ``max_answer_bytes`` (decompressed bytes)
         self.http = http
         self.read_material = read_material
+        #: the department's cap on one answer: a connector reading answers other than through
+        #: ``http`` (files, a queue) reads at most this many bytes of one
+        self.max_answer_bytes = max_answer_bytes
         # The ``map_payload`` hook; connectors that build payloads ask it before their own mapping.
         self.map_payload: PayloadMapper = map_payload or (lambda envelope: None)
 
@@ -225,6 +232,7 @@ class Connector:
 
 
 __all__ = [
+    "MAX_ANSWER_BYTES",
     "Applicant",
     "CaseSummary",
     "CaseUpdate",

@@ -95,6 +95,7 @@ class Runtime:
                 http=http,
                 read_material=self.read_material,
                 map_payload=mapper,
+                max_answer_bytes=dept.max_answer_bytes,
             )
             self.connectors[code] = cls(context)
 

@@ -42,6 +42,9 @@ def write_config(dest: Path, db_url: str, sim_urls: dict[str, str]) -> Path:
         dept = path.read_text()
         dept = re.sub(r'(?m)^base_url = "http://[^/"]+', f'base_url = "{url}', dept)
         dept = re.sub(r"(?m)^concurrency = .*$", "concurrency = 2", dept)
+        # leases outlive the worst-case call (the department link's rule): short calls, so the
+        # jobs the killed daemon held are due again within seconds
+        dept = re.sub(r"(?m)^timeout_seconds = .*$", "timeout_seconds = 1", dept)
         path.write_text(dept)
     return main
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from gateway.connector import MAX_ANSWER_BYTES
 from gateway.states import State
 
 REGION_CODE = r"^\d{6}(\d{3})?$"
@@ -134,10 +135,6 @@ class BreakerSettings(_Strict):
 
     threshold: int = Field(default=5, ge=1, le=1000, description="failures in a row")
     cooldown_seconds: float = Field(default=15.0, gt=0, le=3600)
-
-
-#: default cap on one answer from a department (decompressed bytes)
-MAX_ANSWER_BYTES = 8 * 1024 * 1024
 
 
 class DepartmentConfig(_Strict):

@@ -82,6 +82,8 @@ class FiledropConnector(Connector):
             else SftpStorage(target, label, options.timeout_seconds)
         )
         self._prepared = False
+        # the file is the department's answer: capped by [options.result] and the department's cap
+        self._max_bytes = min(options.result.max_bytes, context.max_answer_bytes)
         #: outbox name -> (size, mtime, monotonic time first seen like that)
         self._seen: dict[str, tuple[int, float, float]] = {}
         self._clock = time.monotonic
@@ -197,7 +199,6 @@ class FiledropConnector(Connector):
     async def pull_updates(self, limit: int) -> list[CaseUpdate]:
         await self._prepare()
         outbox = self.options.folders.outbox
-        result = self.options.result
         entries = await self._list(outbox)
         names = {e.name for e in entries}
         self._seen = {n: s for n, s in self._seen.items() if n in names}
@@ -217,7 +218,7 @@ class FiledropConnector(Connector):
             except ResultFileError as exc:
                 await self._quarantine(entry.name, str(exc))
             except FileTooLarge:
-                await self._quarantine(entry.name, f"larger than {result.max_bytes} bytes")
+                await self._quarantine(entry.name, f"larger than {self._max_bytes} bytes")
         return updates
 
     def _candidate(self, entry: Entry) -> bool:
@@ -246,7 +247,7 @@ class FiledropConnector(Connector):
         if not entry.name.endswith(ext):
             raise ResultFileError(f"not a {ext} file")
         data = await self.storage.read(
-            f"{self.options.folders.outbox}/{entry.name}", result.max_bytes
+            f"{self.options.folders.outbox}/{entry.name}", self._max_bytes
         )
         record = decode_result(data, result.format, encoding=result.encoding)
         return await self._case_update(record, entry.name)
@@ -323,7 +324,7 @@ class FiledropConnector(Connector):
             raise ResultFileError("unsafe document file name (only plain names are allowed)")
         folder = f"{self.options.folders.outbox}/{_stem(result_name)}.files"
         try:
-            return await self.storage.read(f"{folder}/{file_ref}", self.options.result.max_bytes)
+            return await self.storage.read(f"{folder}/{file_ref}", self._max_bytes)
         except FileTooLarge as exc:
             raise ResultFileError("a document file is too large") from exc
         except TransientError as exc:

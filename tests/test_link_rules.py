@@ -1,0 +1,169 @@
+"""The department link's rules seen from the workers: a poison application fails alone and
+permanently (a deterministic local error never feeds the breaker), and a lease always outlives
+the worst-case call it covers."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from typing import Any, cast
+
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import REGISTRY
+from sqlalchemy import select, update
+
+from gateway.config.models import DepartmentConfig, RetryPolicy
+from gateway.connector import Connector
+from gateway.departments import RECORD_MARGIN_SECONDS, DepartmentLink
+from gateway.dispatcher import Dispatcher
+from gateway.intake import ApplicationIn, submit
+from gateway.runtime import Runtime
+from gateway.simulators.city import SimulatedCity
+from gateway.store import jobs
+from gateway.store.clients import Client
+from gateway.store.tables import applications, dispatch_jobs
+from tests.conftest import application, wait_for
+
+CLIENT = Client(id="c-rules", name="rules", centre="C01", ops=False)
+DELIVERED = {"delivered", "accepted", "in_review", "approved", "rejected", "ready_for_pickup"}
+
+
+async def accept(runtime: Runtime, n: int) -> list[str]:
+    ids = []
+    for _ in range(n):
+        body = ApplicationIn.model_validate(application())
+        ids.append((await submit(runtime, CLIENT, uuid.uuid4().hex, body)).accepted.id)
+    return ids
+
+
+async def rows(runtime: Runtime, ids: list[str]) -> dict[str, Any]:
+    async with runtime.engine.connect() as conn:
+        q = select(applications).where(applications.c.id.in_(ids))
+        return {r.id: r for r in (await conn.execute(q)).all()}
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    form: dict[str, Any] = {}
+    for _ in range(depth):
+        form = {"a": form}
+    return form
+
+
+async def test_poison_applications_fail_alone_and_the_department_flows_on(
+    runtime: Runtime, city: SimulatedCity
+) -> None:
+    # stored before intake bounded forms (or by an older gateway): the dispatcher meets them
+    deep, surrogate = await accept(runtime, 2)
+    async with runtime.engine.begin() as conn:
+        await conn.execute(
+            update(applications).where(applications.c.id == deep).values(form=_nested(300))
+        )
+        await conn.execute(
+            update(applications)
+            .where(applications.c.id == surrogate)
+            .values(form={"name": "a\ud800b"})
+        )
+    normal = await accept(runtime, 10)
+    dispatcher = Dispatcher(runtime, seed=3)
+    started = time.monotonic()
+    task = asyncio.create_task(dispatcher.run())
+    try:
+
+        async def flowed() -> bool:
+            found = await rows(runtime, normal)
+            return all(r.status in DELIVERED for r in found.values())
+
+        await wait_for(flowed, timeout=60)
+        took = time.monotonic() - started
+        await wait_for(lambda: _all_failed(runtime, [deep, surrogate]), timeout=30)
+    finally:
+        await dispatcher.stop(grace_seconds=2)
+        await task
+    poisoned = await rows(runtime, [deep, surrogate])
+    assert "serialization depth" in poisoned[deep].last_error
+    assert "surrogates not allowed" in poisoned[surrogate].last_error
+    assert all("permanent" in r.last_error for r in poisoned.values())
+    link = runtime.link("amr")
+    assert link is not None and link.breaker.failures == 0  # never fed the breaker
+    assert REGISTRY.get_sample_value("gateway_breaker_open", {"department": "amr"}) == 0
+    print(f"\n10 normal applications after 2 poison ones delivered in {took:.2f} s")
+
+
+async def _all_failed(runtime: Runtime, ids: list[str]) -> bool:
+    return all(r.status == "failed" for r in (await rows(runtime, ids)).values())
+
+
+# -- leases -----------------------------------------------------------------------------------
+
+
+def _link(**settings: Any) -> DepartmentLink:
+    dept = DepartmentConfig(code="slow", name="slow", connector="idle", **settings)
+    return DepartmentLink(dept, cast(Connector, None))  # the rule needs no connector
+
+
+@given(
+    timeout=st.floats(min_value=0.001, max_value=86_400),
+    attempts=st.integers(min_value=1, max_value=5),
+    wait=st.floats(min_value=0, max_value=3_600),
+    configured=st.floats(min_value=0.001, max_value=86_400),
+)
+def test_the_lease_outlives_the_worst_case_call(
+    timeout: float, attempts: int, wait: float, configured: float
+) -> None:
+    link = _link(
+        timeout_seconds=timeout,
+        retry=RetryPolicy(in_call_attempts=attempts, in_call_wait_seconds=wait),
+    )
+    worst_call = attempts * timeout + (attempts - 1) * wait  # every attempt to its deadline
+    worst_wait_for_a_slot = worst_call  # bounded by the same deadline
+    lease = link.lease_seconds(configured)
+    assert lease >= worst_wait_for_a_slot + worst_call + RECORD_MARGIN_SECONDS - 1e-6
+    assert lease >= configured
+
+
+async def test_no_other_worker_takes_a_job_while_its_slowest_call_runs(
+    runtime: Runtime, city: SimulatedCity
+) -> None:
+    """The slowest in-call settings (5 attempts, each to its deadline) against a department
+    that never answers, with a configured lease far shorter than the call: the lease still
+    covers the whole call, so a second dispatcher claims nothing until the first records."""
+    slowest = RetryPolicy(in_call_attempts=5, in_call_wait_seconds=0.2, max_attempts=50)
+    cfg = runtime.config
+    dept = cfg.departments["amr"].model_copy(update={"timeout_seconds": 0.5, "retry": slowest})
+    settings = cfg.gateway.model_copy(
+        update={"dispatch": cfg.gateway.dispatch.model_copy(update={"lease_seconds": 0.1})}
+    )
+    config = dataclasses.replace(
+        cfg, gateway=settings, departments={**cfg.departments, "amr": dept}
+    )
+    first_rt = Runtime(config, engine=runtime.engine)
+    second_rt = Runtime(config, engine=runtime.engine)
+    city.states["amr"].mode = "timeout"  # the department holds every request
+    [app_id] = await accept(runtime, 1)
+    first, second = Dispatcher(first_rt, owner="first"), Dispatcher(second_rt, owner="second")
+    try:
+        assert await first.sweep() == 1
+        started = time.monotonic()
+        taken_over = 0
+        while first.tasks:  # the call runs: 5 x 0.5 s + 4 x 0.2 s at the least
+            taken_over += await second.sweep()
+            await asyncio.sleep(0.05)
+        took = time.monotonic() - started
+        assert taken_over == 0
+        assert took >= 5 * 0.5
+        async with runtime.engine.connect() as conn:
+            job = (
+                await conn.execute(
+                    select(dispatch_jobs).where(dispatch_jobs.c.application_id == app_id)
+                )
+            ).one()
+        assert job.state == jobs.PENDING and job.attempts == 1  # recorded by the first, once
+        assert "within 0.5s" in (job.last_error or "")
+    finally:
+        await first.stop(grace_seconds=0.1)
+        await second.stop(grace_seconds=0.1)
+        await first_rt.http.aclose()
+        await second_rt.http.aclose()
