@@ -23,7 +23,8 @@ While the database (or data_dir) is out, a tick that meets an
 :class:`~gateway.errors.InfrastructureError` pauses every task of this daemon: ticks are skipped
 quietly for a backoff (0.5 s doubling to ``MAX_PAUSE_SECONDS``) and the next tick after it is
 the probe; it ends early once anything in the process reaches the database again. The outage
-itself is logged once (:mod:`gateway.outage`), not once per tick.
+itself is logged once (:mod:`gateway.outage`), not once per tick; so is a task whose department
+keeps failing (a connector error: "task results:civil failing since ...", then "back after").
 
 Stopping (SIGTERM): the scheduler is paused, the dispatcher stops claiming, running ticks get
 ``grace_seconds`` to finish, the rest are cancelled and their lease rows marked ``released``;
@@ -55,7 +56,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.clock import new_id, now
 from gateway.connector import Connector
 from gateway.dispatcher import Dispatcher
-from gateway.errors import InfrastructureError
+from gateway.errors import ConnectorError, InfrastructureError
+from gateway.outage import Outage
 from gateway.runtime import Runtime
 from gateway.store.db import outage_of
 from gateway.store.tables import task_leases
@@ -225,6 +227,8 @@ class Daemon:
         self._stopping = False
         self._paused_until = 0.0  # time.monotonic(); ticks before it are skipped
         self._pause = 0.0  # the current backoff (0: not paused)
+        #: tasks whose department keeps failing (told once per stretch, not every tick)
+        self._failing: dict[str, Outage] = {}
 
     def _tasks(self) -> list[Task]:
         from gateway import deadlines, housekeeping, reconcile, refetch, withdrawals
@@ -323,8 +327,13 @@ class Daemon:
             else:
                 await task.run()
             self._pause = 0.0
+            if name in self._failing:
+                self._failing[name].ok()
         except asyncio.CancelledError:
             raise
+        except ConnectorError as exc:  # the department, not the gateway: retried next tick
+            failing = self._failing.setdefault(name, Outage(f"task {name}", what="failing"))
+            failing.failed(f"{type(exc).__name__}: {exc}"[:300])
         except InfrastructureError:
             # logged once per outage by gateway.outage; a traceback per tick would bury it
             self._pause = min(MAX_PAUSE_SECONDS, max(MIN_PAUSE_SECONDS, self._pause * 2))

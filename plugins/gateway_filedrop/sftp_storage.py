@@ -46,6 +46,12 @@ _TYPES: dict[int, Kind] = {
     asyncssh.FILEXFER_TYPE_SOCKET: "socket",
 }
 
+# One request in flight per file: asyncssh's parallel file I/O (up to 128 requests) leaves the
+# other requests' ConnectionLost unretrieved when a connection drops mid-transfer, and asyncio
+# logs each one with a traceback ("Task exception was never retrieved"): a flapping SFTP link
+# buried the log. The files exchanged here are small; one request at a time costs little.
+_REQUESTS = 1
+
 
 def _kind(attrs: asyncssh.SFTPAttrs) -> Kind:
     if attrs.permissions is not None and stat.S_IFMT(attrs.permissions):
@@ -245,7 +251,7 @@ class SftpStorage:
     async def read(self, path: str, max_bytes: int) -> bytes:
         async def run(sftp: asyncssh.SFTPClient) -> bytes:
             await self._check_file(sftp, path)
-            async with sftp.open(self._path(path), "rb") as fh:
+            async with sftp.open(self._path(path), "rb", max_requests=_REQUESTS) as fh:
                 kind = _kind(await fh.stat())
                 if kind != "file":  # swapped since the lstat
                     raise not_a(path, kind, "file")
@@ -266,14 +272,15 @@ class SftpStorage:
                 temp = self._path(temp_name(path))
                 with contextlib.suppress(asyncssh.SFTPNoSuchFile):
                     await sftp.remove(temp)  # stale, or a link planted where we write
-                async with sftp.open(temp, "xb") as fh:  # exclusive: never through a link
+                # exclusive: never through a link
+                async with sftp.open(temp, "xb", max_requests=_REQUESTS) as fh:
                     await fh.write(data)
                 await _replace(sftp, temp, final)
                 return
             kind = await self._lkind(sftp, path)
             if kind not in (None, "file"):
                 raise not_a(path, kind, "file")
-            async with sftp.open(final, "wb") as fh:
+            async with sftp.open(final, "wb", max_requests=_REQUESTS) as fh:
                 await fh.write(data)
 
         await self._run(f"write {path}", run)

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import glob
 import os
+import random
 import re
 import shutil
 import signal
@@ -200,6 +201,7 @@ class GatewayProcess:
     config: Path
     log: Path
     port: int = field(default_factory=free_port)
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -207,7 +209,7 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        env = {**os.environ, **TEST_SECRETS, **KEY_ENV}
+        env = {**os.environ, **TEST_SECRETS, **KEY_ENV, **self.env}
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [
@@ -257,8 +259,10 @@ class GatewayProcess:
 
 
 @contextlib.asynccontextmanager
-async def gateway_process(config: Path, log: Path) -> AsyncIterator[GatewayProcess]:
-    gw = GatewayProcess(config, log)
+async def gateway_process(
+    config: Path, log: Path, env: dict[str, str] | None = None
+) -> AsyncIterator[GatewayProcess]:
+    gw = GatewayProcess(config, log, env=env or {})
     try:
         await gw.start()
         yield gw
@@ -277,11 +281,13 @@ class FrontDesk:
     base_url: str
     prefix: str
     retry_every: float = 1.0
+    body: dict[str, Any] = field(default_factory=application)
     answers: Counter[str] = field(default_factory=Counter)
     accepted: dict[str, str] = field(default_factory=dict)  # key -> application id
     #: monotonic times of every 201
     accepted_at: list[float] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # unexpected answers, with their bodies
+    slowest: float = 0.0  # seconds, the longest any one answer took
     _client: httpx.AsyncClient | None = None
 
     def headers(self, key: str) -> dict[str, str]:
@@ -303,14 +309,16 @@ class FrontDesk:
     async def submit(self, key: str, deadline: float) -> None:
         assert self._client is not None
         while time.monotonic() < deadline:
+            started = time.monotonic()
             try:
                 r = await self._client.post(
-                    "/v1/applications", json=application(), headers=self.headers(key)
+                    "/v1/applications", json=self.body, headers=self.headers(key)
                 )
             except httpx.HTTPError as exc:
                 self.answers["conn_error"] += 1
                 self.answers[f"conn_error:{type(exc).__name__}"] += 0
             else:
+                self.slowest = max(self.slowest, time.monotonic() - started)
                 self.answers[str(r.status_code)] += 1
                 if r.status_code == 201:
                     self.accepted[key] = r.json()["id"]
@@ -337,7 +345,7 @@ class FrontDesk:
         out = {}
         for key in self.accepted:
             r = await self._client.post(
-                "/v1/applications", json=application(), headers=self.headers(key)
+                "/v1/applications", json=self.body, headers=self.headers(key)
             )
             assert r.status_code in (200, 201), r.text
             out[key] = r.json()["id"]
@@ -351,6 +359,133 @@ class FrontDesk:
             assert r.status_code == 200, r.text
             out[r.json()["status"]] += 1
         return out
+
+
+# -- a network in between -------------------------------------------------------------------------
+
+
+class FlakyProxy:
+    """A TCP proxy on loopback in front of a department. ``mode``:
+
+    ``forward``    pass bytes both ways
+    ``hang``       accept, read, never answer (a blackholed host behind a firewall that accepts)
+    ``no_accept``  a listener that never accepts: connects hang in the SYN queue
+    ``cut``        forward, but abort each connection after a number of bytes from the client
+                   drawn from ``cut_after`` (min, max): in a handshake, or mid-transfer
+    """
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self.mode = "forward"
+        self.cut_after = (2048, 16384)
+        self._rng = random.Random(7)
+        self.connections = 0
+        self.open = 0
+        self.max_open = 0
+        self.cuts = 0
+        self._server: asyncio.Server | None = None
+        self._parked: socket.socket | None = None
+        self._streams: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._handle, "127.0.0.1", self.port, reuse_address=True
+        )
+
+    async def set_mode(self, mode: str) -> None:
+        if mode == "no_accept" and self.mode != "no_accept":
+            await self._close_server()
+            parked = socket.socket()
+            parked.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            parked.bind(("127.0.0.1", self.port))
+            parked.listen(0)  # the queue fills at once; nothing is ever accepted
+            self._parked = parked
+        elif mode != "no_accept" and self.mode == "no_accept":
+            assert self._parked is not None
+            self._parked.close()
+            self._parked = None
+            await self.start()
+        if mode == "forward":  # whatever hung before is cut now, as when a route comes back
+            for writer in list(self._streams):
+                writer.close()
+        self.mode = mode
+
+    async def _close_server(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for writer in list(self._streams):
+                writer.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def aclose(self) -> None:
+        await self._close_server()
+        if self._parked is not None:
+            self._parked.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open += 1
+        self.max_open = max(self.max_open, self.open)
+        self._streams.add(writer)
+        try:
+            if self.mode == "hang":
+                while await reader.read(65536):
+                    pass
+                return
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+            self._streams.add(up_writer)
+            budget = self._rng.randint(*self.cut_after) if self.mode == "cut" else None
+            try:
+                await asyncio.gather(
+                    self._pipe(reader, up_writer, budget, writer),
+                    self._pipe(up_reader, writer, None, up_writer),
+                )
+            finally:
+                self._streams.discard(up_writer)
+                up_writer.close()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self.open -= 1
+            self._streams.discard(writer)
+            writer.close()
+
+    async def _pipe(
+        self,
+        src: asyncio.StreamReader,
+        dst: asyncio.StreamWriter,
+        budget: int | None,
+        other: asyncio.StreamWriter,
+    ) -> None:
+        try:
+            while data := await src.read(65536):
+                if budget is not None:
+                    if len(data) >= budget:
+                        dst.write(data[:budget])
+                        self.cuts += 1
+                        dst.transport.abort()
+                        other.transport.abort()
+                        return
+                    budget -= len(data)
+                dst.write(data)
+                await dst.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                dst.write_eof()
+
+
+@contextlib.asynccontextmanager
+async def flaky_proxy(host: str, port: int) -> AsyncIterator[FlakyProxy]:
+    proxy = FlakyProxy(host, port)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.aclose()
 
 
 def report(name: str, **figures: object) -> str:
