@@ -28,8 +28,10 @@ from sqlalchemy import and_, bindparam, or_, select, update
 
 from gateway.clock import now
 from gateway.config.catalog import RouteError
+from gateway.events import Source
 from gateway.runtime import Runtime
 from gateway.states import FINAL, PAUSED
+from gateway.store import cases
 from gateway.store.tables import applications, events
 from gateway.workdays import add_workdays, workdays_between
 
@@ -188,10 +190,12 @@ async def overdue_counts(runtime: Runtime) -> dict[str, int]:
 
 
 async def refresh_promised_dates(runtime: Runtime) -> int:
-    """Recompute ``promised_by`` of open cases where the installed holiday calendar now covers
-    the whole span and disagrees with what intake computed (intake counted weekends only for a
-    year the calendar did not know yet). Returns how many cases changed."""
-    changed = 0
+    """Settle the promised dates intake could only estimate: once the installed holiday
+    calendar covers the whole span, ``promised_by`` is recomputed on it and becomes final, with
+    an event on the case (``source`` deadlines, from and to its current status, detail
+    ``{"promised_by", "estimated", "promised_by_final": true}``) so the front desk hears of it.
+    Returns how many cases were settled."""
+    settled = 0
     after = ""
     catalog = runtime.config.catalog
     cols = (
@@ -210,6 +214,7 @@ async def refresh_promised_dates(runtime: Runtime) -> int:
                         applications.c.id > after,
                         applications.c.status.not_in(_FINAL),
                         applications.c.promised_by.is_not(None),
+                        applications.c.promised_final.is_not(True),
                     )
                 )
                 .order_by(applications.c.id)
@@ -225,21 +230,41 @@ async def refresh_promised_dates(runtime: Runtime) -> int:
             due, covered = add_workdays(
                 row.created_at.astimezone(CHINA).date(), matter.promised_days
             )
-            if covered and due != row.promised_by:
-                fixes.append({"_id": row.id, "_due": due})
-        if fixes:
-            async with runtime.engine.begin() as conn:
-                await conn.execute(_SET_PROMISED, fixes)
-            changed += len(fixes)
+            if covered:
+                fixes.append((row.id, due, row.promised_by))
+        for app_id, due, estimated in fixes:
+            settled += await _settle(runtime, app_id, due, estimated)
         if len(rows) < PAGE:
-            return changed
+            return settled
         after = rows[-1].id
+
+
+async def _settle(runtime: Runtime, app_id: str, due: dt.date, estimated: dt.date) -> int:
+    # no status_changed hook: the case did not move (a notifier would text the same news
+    # twice); the front desk's status subscriptions carry the event like any other
+    async with runtime.engine.begin() as conn:
+        app = await cases.lock_application(conn, app_id)
+        if app is None or app.promised_final:
+            return 0  # another daemon settled it meanwhile
+        await conn.execute(_SET_PROMISED, {"_id": app_id, "_due": due})
+        await cases.note(
+            conn,
+            app,
+            source=Source.DEADLINES,
+            actor="deadlines",
+            detail={
+                "promised_by": due.isoformat(),
+                "estimated": estimated.isoformat(),
+                "promised_by_final": True,
+            },
+        )
+    return 1
 
 
 _SET_PROMISED = (
     update(applications)
     .where(applications.c.id == bindparam("_id"))
-    .values(promised_by=bindparam("_due"))
+    .values(promised_by=bindparam("_due"), promised_final=True)
 )
 
 
@@ -248,7 +273,7 @@ async def watch(runtime: Runtime) -> dict[str, Any]:
     per-department overdue and due-soon gauges and a log line."""
     refreshed = await refresh_promised_dates(runtime)
     if refreshed:
-        log.info("promised dates recomputed on the installed holiday calendar", cases=refreshed)
+        log.info("promised dates made final on the installed holiday calendar", cases=refreshed)
     within = runtime.config.gateway.schedule.due_soon_days
     overdue, soon = await listing(runtime, within_days=within)
     per: dict[str, dict[str, int]] = {

@@ -18,6 +18,8 @@ class Source(enum.StrEnum):
     POLL = "poll"
     RECONCILE = "reconcile"
     OPERATOR = "operator"
+    #: the deadline watch: a promised date became final on the installed holiday calendar
+    DEADLINES = "deadlines"
 
 
 class StatusChange(BaseModel):

@@ -92,6 +92,12 @@ class ApplicationAccepted(BaseModel):
     status: State
     department: str
     promised_by: dt.date | None
+    promised_by_final: bool = Field(
+        default=True,
+        description="false: the holiday calendar does not cover the date yet, so it is an "
+        "estimate (weekends only); it becomes final, with an event on the case, once the "
+        "calendar covers it",
+    )
     pickup_code: str | None = Field(
         default=None,
         description="give it to the applicant: with it (or their ID document) the result is "
@@ -434,7 +440,7 @@ async def _insert(
     for (item, refs), receipt in zip(ok, receipts, strict=True):
         client, body, matter = item.client, item.body, item.matter
         app_id = new_id("a")
-        promised_by, _covered = add_workdays(today, matter.promised_days)
+        promised_by, covered = add_workdays(today, matter.promised_days)
         delivery = item.delivery.model_dump(mode="json")
         apps.append(
             {
@@ -456,6 +462,7 @@ async def _insert(
                 "delivery": delivery,
                 "idempotency_key": item.key,
                 "promised_by": promised_by,
+                "promised_final": covered,
                 "created_at": at,
                 "updated_at": at,
             }
@@ -481,6 +488,7 @@ async def _insert(
             status=State.RECEIVED,
             department=matter.department,
             promised_by=promised_by,
+            promised_by_final=covered,
             pickup_code=code,
         )
         idem.append(

@@ -64,6 +64,8 @@ async def asked_for(conn: AsyncConnection, app_id: str) -> list[str]:
         .where(
             events.c.application_id == app_id,
             events.c.to_status == State.SUPPLEMENT_REQUIRED.value,
+            # a note on the case while it waits (its promise became final) is no new request
+            events.c.from_status.is_distinct_from(events.c.to_status),
         )
         .order_by(desc(events.c.id))
         .limit(1)

@@ -122,7 +122,7 @@ async def test_watch_recomputes_a_promise_made_without_the_calendar(runtime: Run
         await conn.execute(
             update(applications)
             .where(applications.c.id == accepted.id)
-            .values(promised_by=right - dt.timedelta(days=3))
+            .values(promised_by=right - dt.timedelta(days=3), promised_final=False)
         )
     assert await refresh_promised_dates(runtime) == 1
     assert await refresh_promised_dates(runtime) == 0  # settled: nothing more to do

@@ -660,3 +660,42 @@ def field_message(code: str, language: Language, params: dict[str, Any], field: 
         return (zh if language == "zh-CN" else en).format(**values)
     except (KeyError, IndexError):
         return FIELD_ERRORS["invalid"][1 if language == "zh-CN" else 0]
+
+
+#: What a citizen brings to the pickup window (``bring[].code`` of a pickup item)
+BRING: dict[str, tuple[str, str]] = {
+    "id_document": (
+        "the applicant's ID document, or the pickup code printed on the receipt",
+        "申请人身份证件原件，或受理回执上的取件码",
+    ),
+    "proxy_authorisation": (
+        "someone collecting for the applicant: the applicant's signed authorisation and their "
+        "own ID document",
+        "他人代领：申请人签字的委托书及代领人本人身份证件",
+    ),
+    "company_authorisation": (
+        "for an organisation: an authorisation letter with its seal and the collector's ID "
+        "document",
+        "单位申请：加盖公章的授权委托书及领取人身份证件",
+    ),
+}
+
+#: What the clerk hands over, by decision (``notice`` of a pickup item); approvals have none
+NOTICES: dict[str, tuple[str, str]] = {
+    "rejected": (
+        "Refused (不予许可): hand over the decision and explain the department's opinion.",
+        "不予许可：发放不予许可决定，并向申请人说明部门意见。",
+    ),
+    "not_accepted": (
+        "Not accepted (不予受理): hand over the notice and explain the department's opinion.",
+        "不予受理：发放不予受理通知，并向申请人说明部门意见。",
+    ),
+    "mail": (
+        "To be mailed: post it with POST /v1/applications/{id}/mail; nobody needs to come.",
+        "邮寄送达：用 POST /v1/applications/{id}/mail 寄出，申请人无需到场。",
+    ),
+}
+
+
+def pick(texts: tuple[str, str], language: Language) -> str:
+    return texts[1] if language == "zh-CN" else texts[0]

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 import urllib.parse
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, Field
 
 from gateway import documents, pickup
+from gateway.api import messages
 from gateway.api.auth import ClientDep, RuntimeDep
+from gateway.api.messages import Language
 from gateway.api.paging import Page, PageDep
-from gateway.api.problems import Problem
+from gateway.api.problems import Problem, language
 from gateway.api.views import DocumentView, document_view, masked_applicant
 from gateway.blobs import BlobCorrupted
 from gateway.errors import unknown_application
+from gateway.pii import scrub
 from gateway.store import cases
 from gateway.text import shown
 from gateway.updates import announce
@@ -23,7 +26,15 @@ from gateway.updates import announce
 router = APIRouter(prefix="/v1")
 
 
+class BringItem(BaseModel):
+    code: str = Field(description="stable: id_document, proxy_authorisation, ...")
+    text: str = Field(description="in the language of the request (Accept-Language)")
+
+
 class PickupItem(BaseModel):
+    """A result ready to be handed out: what was decided, what is handed over, and what the
+    citizen must bring."""
+
     id: str
     receipt_number: str
     matter_code: str
@@ -33,7 +44,18 @@ class PickupItem(BaseModel):
     method: str
     address: str | None
     ready_at: dt.datetime | None
-    documents: list[DocumentView]
+    decision: Literal["approved", "rejected", "not_accepted"] | None = Field(
+        description="the department's decision; a refusal is handed out as its decision"
+    )
+    decided_at: dt.datetime | None
+    opinion: str | None = Field(
+        description="the department's opinion (ID and phone numbers in it masked)"
+    )
+    notice: str | None = Field(
+        description="what the clerk hands over when it is not an approval, or that it is mailed"
+    )
+    documents: list[DocumentView] = Field(description="result documents, with their sizes")
+    bring: list[BringItem] = Field(description="what the citizen brings (empty when mailed)")
 
 
 class PickupPage(Page[PickupItem]):
@@ -42,6 +64,7 @@ class PickupPage(Page[PickupItem]):
 
 @router.get("/pickups", response_model=PickupPage, tags=["pickup"])
 async def list_pickups(
+    request: Request,
     runtime: RuntimeDep,
     client: ClientDep,
     paging: PageDep,
@@ -63,22 +86,42 @@ async def list_pickups(
         cut = paging.page("pickups", found, lambda r: [r.h_ready_at, r.id])
         rows = cut.items
         docs = await documents.for_applications(conn, [r.id for r in rows])
-    items = [
-        PickupItem(
-            id=r.id,
-            receipt_number=r.receipt_number,
-            matter_code=r.matter_code,
-            matter_name=r.matter_name,
-            applicant=masked_applicant(r.applicant),
-            centre=r.h_centre,
-            method=r.h_method,
-            address=(r.delivery or {}).get("address") if r.h_method == "mail" else None,
-            ready_at=r.h_ready_at,
-            documents=[document_view(d) for d in docs.get(r.id, [])],
-        )
-        for r in map(shown, rows)
-    ]
+        decided = await cases.decisions(conn, [r.id for r in rows])
+    lang = language(request)
+    items = [_item(r, docs.get(r.id, []), decided.get(r.id), lang) for r in map(shown, rows)]
     return PickupPage(items=items, next_cursor=cut.next_cursor)
+
+
+def _bring(r: Any, lang: Language) -> list[BringItem]:
+    if r.h_method == "mail":
+        return []
+    codes = ["id_document", "proxy_authorisation"]
+    if (r.applicant or {}).get("kind") == "organization":
+        codes.append("company_authorisation")
+    return [BringItem(code=c, text=messages.pick(messages.BRING[c], lang)) for c in codes]
+
+
+def _item(r: Any, docs: list[Any], decision: Any, lang: Language) -> PickupItem:
+    verdict = decision.to_status if decision is not None else None
+    opinion = (decision.detail or {}).get("opinion") if decision is not None else None
+    notice = messages.NOTICES.get("mail" if r.h_method == "mail" else str(verdict))
+    return PickupItem(
+        id=r.id,
+        receipt_number=r.receipt_number,
+        matter_code=r.matter_code,
+        matter_name=r.matter_name,
+        applicant=masked_applicant(r.applicant),
+        centre=r.h_centre,
+        method=r.h_method,
+        address=(r.delivery or {}).get("address") if r.h_method == "mail" else None,
+        ready_at=r.h_ready_at,
+        decision=verdict if verdict in ("approved", "rejected", "not_accepted") else None,
+        decided_at=decision.at if decision is not None else None,
+        opinion=scrub(str(opinion)) if opinion else None,
+        notice=messages.pick(notice, lang).replace("{id}", r.id) if notice else None,
+        documents=[document_view(d) for d in docs],
+        bring=_bring(r, lang),
+    )
 
 
 @router.get(

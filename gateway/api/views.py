@@ -69,6 +69,9 @@ class ApplicationView(BaseModel):
     materials: list[dict[str, Any]]
     delivery: dict[str, Any]
     promised_by: dt.date | None
+    promised_by_final: bool = Field(
+        description="false while promised_by is an estimate the holiday calendar does not cover yet"
+    )
     last_error: str | None
     created_at: dt.datetime
     updated_at: dt.datetime
@@ -105,7 +108,7 @@ def supplement_items(row: Any, history: Sequence[Any]) -> list[str]:
     if row.status != State.SUPPLEMENT_REQUIRED.value:
         return []
     for e in reversed(history):
-        if e.to_status == State.SUPPLEMENT_REQUIRED.value:
+        if e.to_status == State.SUPPLEMENT_REQUIRED.value and e.from_status != e.to_status:
             return [str(i) for i in _as_list(_as_dict(e.detail).get("supplement_items"))]
     return []
 
@@ -132,6 +135,7 @@ def application_view(
         materials=[m if isinstance(m, dict) else {"value": m} for m in _as_list(row.materials)],
         delivery=_as_dict(row.delivery),
         promised_by=row.promised_by,
+        promised_by_final=bool(row.promised_final),
         last_error=row.last_error,
         created_at=row.created_at,
         updated_at=row.updated_at,

@@ -192,8 +192,39 @@ async def _write(
     ]
 
 
+async def note(
+    conn: AsyncConnection,
+    app: Row[Any],
+    *,
+    source: Source,
+    actor: str,
+    detail: dict[str, Any],
+) -> list[StatusChange]:
+    """Record something that happened to a locked case without moving it (its promise became
+    final): an event from and to its current status, told like any change."""
+    current = State(app.status)
+    return await _write(
+        conn, app, [(current, current)], source=source, actor=actor, detail=detail, extra=None
+    )
+
+
 async def get_application(conn: AsyncConnection, app_id: str) -> Row[Any] | None:
     return (await conn.execute(select(applications).where(applications.c.id == app_id))).first()
+
+
+async def decisions(conn: AsyncConnection, app_ids: Sequence[str]) -> dict[str, Row[Any]]:
+    """Each case's latest decision event (to approved, rejected or not_accepted)."""
+    if not app_ids:
+        return {}
+    q = (
+        select(events)
+        .where(
+            events.c.application_id.in_(list(app_ids)),
+            events.c.to_status.in_([s.value for s in DECIDED]),
+        )
+        .order_by(events.c.id)
+    )
+    return {row.application_id: row for row in (await conn.execute(q)).all()}
 
 
 async def by_receipt(conn: AsyncConnection, receipt_number: str) -> Row[Any] | None:

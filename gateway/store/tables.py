@@ -107,6 +107,8 @@ applications = Table(
     Column("idempotency_key", String(200), nullable=False),
     Column("department_case_id", String(128)),
     Column("promised_by", Date),
+    # the calendar covered every day of promised_by (migration 0009; NULL: from before it)
+    Column("promised_final", Boolean),
     Column("last_error", Text),
     Column("next_poll_at", UTCDateTime),
     Column("created_at", UTCDateTime, nullable=False),
