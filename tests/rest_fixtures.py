@@ -56,7 +56,7 @@ MAPPED_BODY = {
 def rest_options(base_url: str, **extra: Any) -> RestOptions:
     data: dict[str, Any] = {
         "base_url": f"{base_url}/api/v1",
-        "timeout_seconds": 5,
+        "timeout_seconds": 30,  # generous: only the timeout tests want a short one
         "submit": {"body": MAPPED_BODY, "constants": {"channel": "onewindow"}},
         "poll": {},
         "list": {"page_size": 2},

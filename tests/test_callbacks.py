@@ -164,9 +164,9 @@ async def test_simulator_pushes_signed_callbacks(
                     v["status"] in {s.value for s in FINAL} | {"supplement_required"} for v in views
                 )
 
-            await wait_for(decided, timeout=15)
+            await wait_for(decided)
             # the gateway applies a callback before it answers; the simulator counts after
-            await wait_for(lambda: state.stats()["callbacks_sent"] >= 5, timeout=5)
+            await wait_for(lambda: state.stats()["callbacks_sent"] >= 5)
 
 
 async def test_rotation_through_the_api(

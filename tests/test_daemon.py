@@ -126,7 +126,7 @@ async def test_daemon_schedules_every_task_and_stops_cleanly(runtime: Runtime) -
                 ).all()
             return all(r.status in SETTLED for r in rows)
 
-        await wait_for(decided, timeout=15)
+        await wait_for(decided)
         daemon.run_soon("housekeeping")
 
         async def housekept() -> bool:

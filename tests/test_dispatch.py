@@ -80,7 +80,7 @@ async def test_delivers_and_decides_without_duplicates(
         await poll_sweep(runtime)
         return await all_in(runtime, ids, {s.value for s in FINAL} | {"supplement_required"})
 
-    await wait_for(decided, timeout=20)
+    await wait_for(decided)
     amr, hrss = city.states["amr"], city.states["hrss"]
     assert amr.stats()["cases"] == 20 and hrss.stats()["cases"] == 10
     assert amr.stats()["duplicates"] == 0
@@ -278,9 +278,7 @@ async def test_concurrent_dispatchers_never_double_deliver(
     workers = [Dispatcher(runtime, owner=f"w{i}") for i in range(3)]
     tasks = [asyncio.create_task(w.run()) for w in workers]
     try:
-        await wait_for(
-            lambda: all_in(runtime, ids, {"delivered", "accepted", "in_review", *FINAL}), timeout=20
-        )
+        await wait_for(lambda: all_in(runtime, ids, {"delivered", "accepted", "in_review", *FINAL}))
     finally:
         for w in workers:
             await w.stop(grace_seconds=1)
@@ -339,9 +337,9 @@ async def test_concurrency_cap_limits_claims(runtime: Runtime, city: SimulatedCi
 async def test_rate_limit_limits_claims(runtime: Runtime, city: SimulatedCity) -> None:
     city.states["amr"].mode = "timeout"
     await submit_many(runtime, 10)
-    # 1/s: a full bucket holds one call, and the next token takes a second (a margin that
-    # a loaded machine cannot eat between two sweeps)
-    limited = _with_department(runtime, rate_limit_per_second=1.0, concurrency=50)
+    # one call per 1000 s: a full bucket holds one call and the next token is 1000 s away, so no
+    # pause between the two sweeps (a busy machine) can refill it
+    limited = _with_department(runtime, rate_limit_per_second=0.001, concurrency=50)
     dispatcher = Dispatcher(limited, owner="limited")
     try:
         assert await dispatcher.sweep() == 1
@@ -355,7 +353,9 @@ async def test_breaker_opens_after_repeated_transient_failures(
     example_config: Config,
 ) -> None:
     retry = FAST_RETRY | {"max_attempts": 50, "base_seconds": 0.001, "max_seconds": 0.001}
-    async with await _with_city(example_config, amr={"retry": retry}) as city:
+    # an hour's cool-down: the breaker cannot close again however slow the sweeps are
+    breaker = {"threshold": 5, "cooldown_seconds": 3600}
+    async with await _with_city(example_config, amr={"retry": retry, "breaker": breaker}) as city:
         runtime = Runtime(city.config)
         await runtime.prepare_database()
         city.states["amr"].mode = "fail503"
@@ -363,11 +363,11 @@ async def test_breaker_opens_after_repeated_transient_failures(
         try:
             await submit_many(runtime, 1)
             for _ in range(5):  # five failed calls in a row
-                await wait_for(lambda: _due(runtime), timeout=5)
+                await wait_for(lambda: _due(runtime))
                 assert await dispatcher.sweep() == 1
                 await dispatcher.drain()
             assert dispatcher.breaker_open("amr")
-            await wait_for(lambda: _due(runtime), timeout=5)
+            await wait_for(lambda: _due(runtime))
             assert await dispatcher.sweep() == 0  # open: nothing is claimed for amr
         finally:
             await dispatcher.stop(grace_seconds=0.1)

@@ -116,7 +116,7 @@ async def test_civil_end_to_end_until_every_application_is_final(
         await pull_sweep(rt)
         return not [p for p in (dept.root / "outbox").iterdir() if not p.name.startswith(".")]
 
-    await wait_for(settled, timeout=10)
+    await wait_for(settled)
     quarantine = sorted(p.name for p in (dept.root / "quarantine").iterdir())
     assert len(quarantine) == 2 * garbage
     assert all(n.startswith("garbage-") for n in quarantine)

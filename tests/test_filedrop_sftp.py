@@ -174,7 +174,7 @@ async def test_simulated_department_over_sftp(tmp_path: Path, http: httpx.AsyncC
                     await conn.ack_update(update, "applied")
                 return "9" in seen
 
-            await wait_for(final, timeout=10)
+            await wait_for(final)
         finally:
             await conn.aclose()
         assert seen == ["1", "9"]

@@ -63,7 +63,7 @@ async def test_round_trip_in_every_format(
         )
         await conn.submit(envelope())
         seen: list[CaseUpdate] = []
-        await wait_for(lambda: collect(conn, seen, 2), timeout=10)
+        await wait_for(lambda: collect(conn, seen, 2))
     assert [u.status for u in seen] == ["1", "9"]
     assert all(u.idempotency_key == KEY for u in seen)
     [doc] = seen[1].documents
@@ -108,7 +108,7 @@ async def test_slow_writes_are_never_read_half_written(
         for i in range(3):
             await conn.submit(envelope(f"a000000000000000{i}"))
         seen: list[CaseUpdate] = []
-        await wait_for(lambda: collect(conn, seen, 6), timeout=20, interval=0.005)
+        await wait_for(lambda: collect(conn, seen, 6), interval=0.005)
         assert dept.stats()["slow_writes"] == 6
     assert sorted(u.status for u in seen) == ["1", "1", "1", "9", "9", "9"]
     assert not (tmp_path / "quarantine").exists() or not list((tmp_path / "quarantine").iterdir())
@@ -136,7 +136,7 @@ async def test_an_unstable_threshold_of_zero_would_read_partial_files(
             q = tmp_path / "quarantine"
             return q.exists() and any(p.suffix == ".reason" for p in q.iterdir())
 
-        await wait_for(quarantined, timeout=10, interval=0.005)
+        await wait_for(quarantined, interval=0.005)
 
 
 async def test_garbage_and_duplicates_on_request(tmp_path: Path, http: httpx.AsyncClient) -> None:
@@ -147,7 +147,7 @@ async def test_garbage_and_duplicates_on_request(tmp_path: Path, http: httpx.Asy
         conn = make_connector({**dept.connector_options(), "result": {"stable_seconds": 0}}, http)
         await conn.submit(envelope())
         seen: list[CaseUpdate] = []
-        await wait_for(lambda: collect(conn, seen, 2), timeout=10)
+        await wait_for(lambda: collect(conn, seen, 2))
         stats = dept.stats()
     assert [u.status for u in seen] == ["4", "4"]  # the duplicate is passed on, the core drops it
     assert stats["garbage_written"] == 1 and stats["duplicate_results"] == 1

@@ -45,7 +45,7 @@ async def test_nrp_applications_reach_a_final_state(nrp_city: SimulatedCity) -> 
         for matter, region in MATTERS:
             ids += await submit_many(runtime, 8, matter_code=matter, region=region)
         after_dispatch = {s.value for s in State} - {"received", "dispatching"}
-        await wait_for(lambda: all_in(runtime, ids, after_dispatch), timeout=20)
+        await wait_for(lambda: all_in(runtime, ids, after_dispatch))
 
         async def decided() -> bool:
             await poll_sweep(runtime)

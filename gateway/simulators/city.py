@@ -7,6 +7,7 @@ loopback, and its connector's ``base_url`` is rewritten to the simulator's real 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
@@ -59,6 +60,7 @@ async def simulated_city(
     department_overrides = department_overrides or {}
     departments = dict(config.departments)
     city = SimulatedCity(config)
+    stop = asyncio.Event()  # all servers shut down at once when the city ends
     async with contextlib.AsyncExitStack() as stack:
         for code, dept in sorted(config.departments.items()):
             update: dict[str, Any] = dict(department_overrides.get(code, {}))
@@ -79,7 +81,7 @@ async def simulated_city(
                     table.setdefault("callback_secret", dept.callback_secrets[0].get_secret_value())
                 settings, app, state = factory.build(table)
                 url = await stack.enter_async_context(
-                    serve_asgi(app, host="127.0.0.1", port=getattr(settings, "port", 0))
+                    serve_asgi(app, host="127.0.0.1", port=getattr(settings, "port", 0), stop=stop)
                 )
                 city.urls[code], city.states[code] = url, state
                 options = dict(dept.options)
@@ -93,4 +95,5 @@ async def simulated_city(
             if update:
                 departments[code] = type(dept).model_validate({**dict(dept), **update})
         city.config = dataclasses.replace(config, departments=departments)
+        stack.callback(stop.set)  # runs first on the way out
         yield city
