@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import structlog
 
 from gateway.pii import scrub_event
 
 _configured = False
+
+
+def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
+    # sys.stderr as it is when a line is written, not as it was at configure(): whoever swapped
+    # it in between (a test runner capturing output, a CLI test harness) may have closed that one
+    return structlog.PrintLogger(sys.stderr)
 
 
 def ensure_configured() -> None:
@@ -44,6 +51,6 @@ def configure(level: str = "INFO", *, json: bool = False) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
