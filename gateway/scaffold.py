@@ -202,7 +202,13 @@ from gateway.connector import (
     Health,
     Receipt,
 )
-from gateway.errors import ConnectorError, DepartmentRejected, PermanentError, TransientError
+from gateway.errors import (
+    CaseNotFound,
+    ConnectorError,
+    DepartmentRejected,
+    PermanentError,
+    TransientError,
+)
 
 
 class <<cls>>Options(BaseModel):
@@ -229,7 +235,8 @@ class <<cls>>Connector(Connector):
         raise NotImplementedError("TODO: submit")
 
     async def poll(self, receipt: Receipt) -> CaseUpdate | None:
-        """The case's current status (raw department code; the status_map maps it)."""
+        """The case's current status (raw department code; the status_map maps it). A case
+        the department does not hold raises CaseNotFound: pass ``case=`` to ``_request``."""
         raise NotImplementedError("TODO: poll")
 
     async def list_cases(
@@ -249,8 +256,11 @@ class <<cls>>Connector(Connector):
     async def aclose(self) -> None:
         """Release what the connector opened itself (the shared http client is not its own)."""
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One call to the department, every failure translated to a gateway error."""
+    async def _request(
+        self, method: str, path: str, *, case: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """One call to the department, every failure translated to a gateway error; with
+        ``case``, a 404 means the department holds no such case."""
         where = f"{self.context.department}: {method} {path}"
         try:
             response = await self.context.http.request(
@@ -273,6 +283,8 @@ class <<cls>>Connector(Connector):
             )
         if status == 422:
             raise DepartmentRejected(f"{where}: {response.text[:200]}")
+        if status == 404 and case is not None:
+            raise CaseNotFound(self.context.department, case, f"HTTP 404 from {path}")
         if status >= 400:
             raise PermanentError(f"{where}: HTTP {status}")
         return response
@@ -328,6 +340,8 @@ class Test<<cls>>Conformance(ConnectorConformance):
     #       # the JSON body the department pushes about the case just submitted
     #   async def produce_result(self, system, receipt, envelope) -> bool   # pulls_results = True:
     #       # make the department leave a result for the case; return True
+    #   async def decide_with_documents(self, system, receipt, envelope) -> list[bytes]:
+    #       # make the department approve the case; return the documents it issued
 
 
 def test_listed_by_gateway_plugins() -> None:

@@ -11,18 +11,22 @@ byte, and reconciliation reads every page and says how many it read.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
+import pytest_asyncio
+from gateway_rest.connector import RestConnector
 
 from gateway import documents
 from gateway.config import check_connector_options, load_config
 from gateway.config.models import DepartmentConfig, RetryPolicy
+from gateway.connector import Envelope, Receipt
 from gateway.plugin_manager import load_plugins
 from gateway.poller import poll_department
 from gateway.reconcile import reconcile_department
@@ -30,7 +34,14 @@ from gateway.runtime import Runtime
 from gateway.simulators import SIMULATORS, serve_asgi
 from gateway.simulators.rest_department import RestDepartmentState, certificate
 from gateway.store import cases
-from gateway.testing import case_status, dispatch, make_config, running_gateway
+from gateway.testing import (
+    ConnectorConformance,
+    Failure,
+    case_status,
+    dispatch,
+    make_config,
+    running_gateway,
+)
 from gateway.testing import submit_application as submit
 from tests.conftest import wait_for
 
@@ -158,3 +169,66 @@ async def test_example_department_connects_by_config_alone(
     assert run.state == "done", run.error
     assert run.counts["department_cases"] == CASES
     assert run.counts["department_pages"] == PAGES
+
+
+# -- the conformance suite against each example ----------------------------------------------
+
+
+@dataclasses.dataclass
+class StyledSystem:
+    url: str
+    state: RestDepartmentState
+    department: DepartmentConfig
+
+
+class _StyleConformance(ConnectorConformance):
+    """The conformance suite against the simulator in one example file's style."""
+
+    connector_class = RestConnector
+    plugin_name = "rest"
+    department_statuses = ("0", "1", "2", "3", "4", "5", "8", "9")
+    pulls_results = False
+    example: ClassVar[Path]
+
+    @pytest_asyncio.fixture
+    async def department_system(self, tmp_path: Path) -> AsyncIterator[StyledSystem]:
+        dept, table = load_example(self.example, tmp_path)
+        _settings, app, state = SIMULATORS["rest"].build(
+            {**table, "port": 0, "decision_delay_seconds": 0}
+        )
+        async with serve_asgi(app) as url:
+            yield StyledSystem(url, state, pointed_at(dept, url))
+
+    def department_config(self, system: StyledSystem) -> DepartmentConfig:
+        return system.department.model_copy(update={"timeout_seconds": 1.0})
+
+    def build_envelope(self, **changes: Any) -> Envelope:
+        # the example departments refuse applications without a licence number
+        return super().build_envelope(**{"form": {"licenceNo": "L-1"}, **changes})
+
+    async def count_cases(self, system: StyledSystem, idempotency_key: str) -> int:
+        return sum(1 for c in system.state.cases.values() if c.idempotency_key == idempotency_key)
+
+    def provoke(
+        self, system: StyledSystem, failure: Failure
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        @contextlib.asynccontextmanager
+        async def failing() -> AsyncIterator[None]:
+            # a "server error" in these styles is the envelope's busy code in an HTTP 200
+            system.state.mode = {"timeout": "timeout", "server_error": "busy"}[failure]
+            try:
+                yield
+            finally:
+                system.state.mode = "ok"
+
+        return failing()
+
+    async def decide_with_documents(
+        self, system: StyledSystem, receipt: Receipt, envelope: Envelope
+    ) -> list[bytes]:
+        return [system.state.approve(receipt.case_id)]
+
+
+for _path in EXAMPLES:
+    _name = "TestConformance_" + _path.stem
+    globals()[_name] = type(_name, (_StyleConformance,), {"example": _path})

@@ -27,8 +27,19 @@ CONNECTOR_FILL = {
         case = response.json()["case"]
         return Receipt(case_id=case["id"], status=case["status"])""",
     '        raise NotImplementedError("TODO: poll")': """\
-        case = (await self._request("GET", f"/cases/{receipt.case_id}")).json()["case"]
-        return CaseUpdate(case_id=case["id"], status=case["status"], detail=case["opinion"])""",
+        import base64
+
+        from gateway.connector import ResultDocument
+
+        path = f"/cases/{receipt.case_id}"
+        case = (await self._request("GET", path, case=receipt.case_id)).json()["case"]
+        docs = [
+            ResultDocument(name=d["name"], content=base64.b64decode(d["content_b64"]))
+            for d in case["documents"]
+        ]
+        return CaseUpdate(
+            case_id=case["id"], status=case["status"], detail=case["opinion"], documents=docs
+        )""",
     '        raise NotImplementedError("TODO: list_cases")\n'
     "        yield  # an async generator  # pragma: no cover": """\
         params = {"since": since.isoformat(), "until": until.isoformat()}
@@ -85,6 +96,9 @@ TESTS_FILL = {
                 system[1].mode = "ok"
 
         return failing()
+
+    async def decide_with_documents(self, system: Any, receipt: Any, envelope: Any) -> Any:
+        return [system[1].approve(receipt.case_id)]
 """,
 }
 # The deliberate bug: a fresh key on every call, so every retry makes another case.

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 from gateway_rest.connector import RestConnector
 
@@ -18,10 +19,11 @@ from gateway.connector import (
     Connector,
     ConnectorContext,
     Envelope,
+    MaterialRef,
     Receipt,
     UpdateOutcome,
 )
-from gateway.errors import DepartmentRejected, PermanentError, TransientError
+from gateway.errors import CaseNotFound, DepartmentRejected, PermanentError, TransientError
 from gateway.runtime import Runtime
 from gateway.simulators.rest_department import (
     RestDepartmentState,
@@ -118,6 +120,71 @@ class TestRestConnectorConformance(ConnectorConformance):
             "documents": view["documents"],
             "supplement_items": view["supplement_items"],
         }
+
+    async def decide_with_documents(
+        self, system: RestSystem, receipt: Receipt, envelope: Envelope
+    ) -> list[bytes]:
+        return [system.state.approve(receipt.case_id)]
+
+
+class DocumentDropping(RestConnector):
+    """Reports decisions but loses their documents (a documents mapping that does not fit)."""
+
+    async def poll(self, receipt: Receipt) -> CaseUpdate | None:
+        update = await super().poll(receipt)
+        return None if update is None else update.model_copy(update={"documents": []})
+
+
+class NoSuchCaseTransient(RestConnector):
+    """Treats the department's "no such case" as an outage."""
+
+    async def poll(self, receipt: Receipt) -> CaseUpdate | None:
+        try:
+            return await super().poll(receipt)
+        except CaseNotFound as exc:
+            raise TransientError(str(exc)) from exc
+
+
+async def _rest_suite_run(cls: type[RestConnector], check: str) -> str:
+    """Run one check of the REST suite against ``cls`` on a real simulator; its failure text."""
+    suite = type("Suite", (TestRestConnectorConformance,), {"connector_class": cls})()
+    app, state = create_rest_department(RestSimulatorSettings(decision_delay_seconds=0))
+    async with serve_asgi(app) as url, httpx.AsyncClient() as http:
+        system = RestSystem(url, state)
+        dept = suite.department_config(system)
+        options = RestConnector.Options.model_validate(dept.options)
+
+        async def no_material(ref: MaterialRef) -> bytes:
+            raise AssertionError("no materials here")
+
+        context = ConnectorContext(
+            department=dept.code, options=options, http=http, read_material=no_material
+        )
+        connector = cls(context)
+
+        def make_envelope(**changes: Any) -> Envelope:
+            return suite.build_envelope(department=dept.code, **changes)
+
+        with pytest.raises(pytest.fail.Exception) as failed:
+            if check == "documents":
+                await suite.test_decided_case_keeps_its_documents(
+                    system, dept, connector, make_envelope
+                )
+            else:
+                await suite.test_poll_of_no_such_case_raises_case_not_found(system, connector)
+    return str(failed.value)
+
+
+async def test_connector_that_drops_documents_fails_saying_so() -> None:
+    message = await _rest_suite_run(DocumentDropping, "documents")
+    assert "was decided approved with 1 document(s), but poll's update carries none" in message
+    assert "never reaches pickup" in message
+
+
+async def test_no_such_case_as_transient_fails_saying_why() -> None:
+    message = await _rest_suite_run(NoSuchCaseTransient, "no_such_case")
+    assert "which the department does not hold, raised TransientError" in message
+    assert "raise CaseNotFound" in message
 
 
 # -- the suite's verdicts on broken connectors ---------------------------------------------------

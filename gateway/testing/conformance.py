@@ -30,6 +30,9 @@ tests::
             await system.decide(receipt.case_id, "A")       # the department writes a result
             return True
 
+        async def decide_with_documents(self, system, receipt, envelope):  # optional
+            return [system.approve(receipt.case_id)]        # the documents it issued (bytes)
+
 What it checks: ``kind`` and an ``Options`` model that rejects unknown keys; the plugin shows up
 through its entry point; submit returns a case and is idempotent on the idempotency key (twice on
 one connector, and again on a fresh connector, as after a gateway restart); distinct keys make
@@ -47,6 +50,13 @@ rejects the body without its status with ``ValueError`` (or ``PermanentError``) 
 missing field; ``pull_updates`` returns the update for the result ``produce_result`` made, returns
 it again while it is not acknowledged (a crash between apply and ack must not lose it), and no
 longer once ``ack_update`` settled it as ``applied``, ``duplicate`` or ``unmatched``.
+
+Documents and "no such case": with ``decide_with_documents`` the suite has the department
+approve a case and checks that ``poll`` reports it approved with every document it issued, byte
+for byte (a connector that loses documents fails, saying so: such a case would never reach
+pickup). ``poll`` of a case the department does not hold (``unknown_case``) must raise
+:class:`~gateway.errors.CaseNotFound` (returning None is fine for a connector that cannot poll);
+an update would be made up, and ``TransientError`` would be asked again forever.
 
 A check the plugin cannot provoke is skipped with the reason; a failure says what is wrong in
 words.
@@ -82,8 +92,9 @@ from gateway.connector import (
     Receipt,
     UpdateOutcome,
 )
-from gateway.errors import PermanentError, TransientError
+from gateway.errors import CaseNotFound, PermanentError, TransientError
 from gateway.plugin_manager import load_plugins
+from gateway.states import State
 from gateway.testing.gateway import TEST_CENTRE, TEST_CITY, TEST_MATTER
 
 __all__ = ["ConnectorConformance", "Failure", "MakeConnector", "MakeEnvelope"]
@@ -169,6 +180,19 @@ class ConnectorConformance:
         result for the case ``receipt`` (submitted as ``envelope``): a result file, a queue
         message; return True once it has. None or NotImplemented skips the result checks."""
         return None
+
+    async def decide_with_documents(
+        self, system: Any, receipt: Receipt, envelope: Envelope
+    ) -> list[bytes] | None:
+        """Optional: make ``system`` decide the case ``receipt`` as approved, issuing its
+        documents; return their contents (checked byte for byte in what ``poll`` reports).
+        None skips the documents check."""
+        return None
+
+    def unknown_case(self, system: Any) -> Receipt:
+        """A receipt for a case ``system`` does not hold (the "no such case" check); override
+        when the department's case ids have a shape this default does not fit."""
+        return Receipt(case_id=f"NO-SUCH-CASE-{uuid.uuid4().hex[:12].upper()}")
 
     def unreachable(self, department: DepartmentConfig) -> DepartmentConfig | None:
         """The department with options that point at a closed port on loopback, or None.
@@ -550,6 +574,83 @@ class ConnectorConformance:
         ]
         if left:
             _fail(f"aclose left {len(left)} task(s) of {package} running: {left[0]!r}")
+
+    @pytest.mark.asyncio
+    async def test_decided_case_keeps_its_documents(
+        self,
+        department_system: Any,
+        department: DepartmentConfig,
+        connector: Connector,
+        make_envelope: MakeEnvelope,
+    ) -> None:
+        envelope = make_envelope()
+        receipt = await self._submit(connector, envelope, "submit")
+        issued = await self.decide_with_documents(department_system, receipt, envelope)
+        if issued is None:
+            pytest.skip("decide_with_documents not provided: documents are not checked")
+        if await connector.poll(receipt) is None:
+            pytest.skip("poll is not implemented: documents are checked through poll")
+        update = await self._poll_until_decided(department, connector, receipt)
+        if not update.documents:
+            _fail(
+                f"case {receipt.case_id} was decided approved with {len(issued)} document(s), "
+                "but poll's update carries none: the connector loses the department's "
+                "documents (check where it reads them), and such a case never reaches pickup"
+            )
+        contents = [d.content for d in update.documents if d.content is not None]
+        linked = [d for d in update.documents if d.content is None and d.url]
+        for i, expected in enumerate(issued):
+            if expected not in contents and not linked:
+                sizes = ", ".join(str(len(c)) for c in contents) or "none"
+                _fail(
+                    f"document {i + 1} of case {receipt.case_id} ({len(expected)} bytes) is not "
+                    f"in poll's update byte for byte (documents there: {sizes} bytes)"
+                )
+
+    async def _poll_until_decided(
+        self, department: DepartmentConfig, connector: Connector, receipt: Receipt
+    ) -> CaseUpdate:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.result_wait_seconds
+        while True:
+            update = await connector.poll(receipt)
+            if update is None:
+                _fail("poll answered the decided case with None")
+            state = department.map_status(update.status)
+            if state is State.APPROVED:
+                return update
+            if loop.time() > deadline:
+                _fail(
+                    f"case {receipt.case_id} was decided approved, but poll still reports "
+                    f"status {update.status!r} ({state or 'unmapped'}) after "
+                    f"{self.result_wait_seconds}s"
+                )
+            await asyncio.sleep(0.05)
+
+    @pytest.mark.asyncio
+    async def test_poll_of_no_such_case_raises_case_not_found(
+        self, department_system: Any, connector: Connector
+    ) -> None:
+        receipt = self.unknown_case(department_system)
+        try:
+            update = await connector.poll(receipt)
+        except CaseNotFound:
+            return
+        except TransientError as exc:
+            _fail(
+                f"poll of case {receipt.case_id}, which the department does not hold, raised "
+                f"TransientError ({exc}): it would be asked again forever; raise CaseNotFound"
+            )
+        except Exception as exc:
+            _fail(
+                f"poll of case {receipt.case_id}, which the department does not hold, must raise "
+                f"gateway.errors.CaseNotFound; it raised {type(exc).__name__}: {exc}"
+            )
+        if update is not None:
+            _fail(
+                f"poll of case {receipt.case_id}, which the department does not hold, returned "
+                f"an update (status {update.status!r}): raise CaseNotFound instead"
+            )
 
     # -- the optional result channels: pushed callbacks, pulled result files ------------------
 

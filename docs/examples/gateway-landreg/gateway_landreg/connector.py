@@ -10,7 +10,8 @@ One request per connection, UTF-8, each line ends with ``\\n``::
 
 Failures are translated here, at the boundary: no answer within ``timeout_seconds``, refused or
 reset connections and ``ERR 5xx`` raise TransientError; ``ERR 422`` is the registry's business
-"no" (DepartmentRejected, status ``D``); any other ``ERR`` is a PermanentError.
+"no" (DepartmentRejected, status ``D``); ``ERR 404`` to ``STATUS`` is CaseNotFound; any other
+``ERR`` is a PermanentError.
 """
 
 from __future__ import annotations
@@ -33,7 +34,13 @@ from gateway.connector import (
     Health,
     Receipt,
 )
-from gateway.errors import ConnectorError, DepartmentRejected, PermanentError, TransientError
+from gateway.errors import (
+    CaseNotFound,
+    ConnectorError,
+    DepartmentRejected,
+    PermanentError,
+    TransientError,
+)
 
 
 class LandregOptions(BaseModel):
@@ -129,6 +136,8 @@ class LandregConnector(Connector):
                 raise DepartmentRejected(reason, status="D")
             if code.startswith("5"):
                 raise TransientError(f"{where}: ERR {code} {reason}")
+            if code == "404" and verb == "STATUS":  # STATUS <case id>: no such case
+                raise CaseNotFound(self.context.department, request.split(" ")[1], reason)
             raise PermanentError(f"{where}: ERR {code} {reason}")
         return lines
 
