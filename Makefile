@@ -2,16 +2,35 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Versions every environment installs (make install, CI, the deployment guide): the ranges in
+# pyproject.toml say what works, this file says what was tested. `make lock` refreshes it.
+CONSTRAINTS := constraints.txt
 
-.PHONY: install demo test test-all test-slow test-faults test-pg test-stress test-10x check clean
+.PHONY: install lock dist demo test test-all test-slow test-faults test-pg test-stress test-10x check clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,simulators]'
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev,simulators]'
 	touch $(STAMP)
+
+# Re-resolve from pyproject.toml's ranges in a clean environment and pin what came out.
+lock:
+	rm -rf .lock-venv
+	$(PY) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet '.[dev]'
+	( echo "# pinned by 'make lock' from pyproject.toml's ranges; make install uses it (-c)"; \
+	  .lock-venv/bin/python -m pip freeze --all --exclude onewindow-gateway \
+	    | grep -v -E '^pip==' ) > $(CONSTRAINTS)
+	rm -rf .lock-venv
+
+# The wheel and sdist ops install (docs/deploy.md); built from this environment, no download.
+dist: install
+	rm -rf dist
+	$(BIN)/python -m build --no-isolation --outdir dist .
 
 demo: install
 	$(BIN)/gateway demo
@@ -60,4 +79,4 @@ check: install
 	$(BIN)/lint-imports
 
 clean:
-	rm -rf $(VENV) .gateway-demo
+	rm -rf $(VENV) .gateway-demo dist build

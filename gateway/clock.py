@@ -14,3 +14,14 @@ def now() -> dt.datetime:
 def new_id(prefix: str = "") -> str:
     """A 24-hex-digit id that sorts by creation time (48-bit milliseconds + 48 random bits)."""
     return f"{prefix}{time.time_ns() // 1_000_000:012x}{secrets.token_hex(6)}"
+
+
+def id_time(an_id: str) -> dt.datetime | None:
+    """When an id from :func:`new_id` was made (None for ids of another shape)."""
+    stamp = an_id[-24:-12]
+    try:
+        return (
+            dt.datetime.fromtimestamp(int(stamp, 16) / 1000, dt.UTC) if len(stamp) == 12 else None
+        )
+    except ValueError:
+        return None

@@ -176,7 +176,7 @@ async def run_leased(
         if await earlier_tick_running(conn, task.name, tick):
             await finish_tick(conn, task.name, tick, owner, "skipped", {"why": "overlap"})
             return None
-    log.info("tick won", task=task.name, tick=tick.isoformat(), owner=owner)
+    log.debug("tick won", task=task.name, tick=tick.isoformat(), owner=owner)
     outcome, detail = "failed", None
     try:
         detail = await task.run()
@@ -338,6 +338,9 @@ class Daemon:
             # logged once per outage by gateway.outage; a traceback per tick would bury it
             self._pause = min(MAX_PAUSE_SECONDS, max(MIN_PAUSE_SECONDS, self._pause * 2))
             self._paused_until = time.monotonic() + self._pause
+        except ConnectorError as exc:
+            # the department's trouble, already reported (gateway.reachability): no traceback
+            log.debug("task failed", task=name, error=f"{type(exc).__name__}: {exc}")
         except Exception:
             log.exception("task failed", task=name)
         finally:

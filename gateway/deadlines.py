@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from prometheus_client import Gauge
 from sqlalchemy import and_, bindparam, or_, select, update
 
 from gateway.clock import now
 from gateway.config.catalog import RouteError
 from gateway.events import Source
+from gateway.metrics import DUE_SOON, OVERDUE
 from gateway.runtime import Runtime
 from gateway.states import FINAL, PAUSED
 from gateway.store import cases
@@ -41,11 +41,6 @@ CHINA = dt.timezone(dt.timedelta(hours=8))
 PAGE = 1000
 _PAUSED = [s.value for s in PAUSED]
 _FINAL = [s.value for s in FINAL]
-
-OVERDUE = Gauge("gateway_overdue_cases", "Open cases past their promised date", ["department"])
-DUE_SOON = Gauge(
-    "gateway_due_soon_cases", "Open cases due within the warning window", ["department"]
-)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import structlog
 from sqlalchemy import Row, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway import metrics
+from gateway import metrics, tracing
 from gateway.clock import new_id, now
 from gateway.config.models import DepartmentConfig
 from gateway.connector import Envelope, Receipt
@@ -192,7 +192,8 @@ class Dispatcher:
         started = time.perf_counter()
         outcome = "delivered"
         try:
-            receipt = await link.submit(envelope, reserved=True)
+            with tracing.case(envelope.application_id):
+                receipt = await link.submit(envelope, reserved=True)
         except DepartmentRejected as exc:
             outcome = "rejected"
             await self._record_rejection(job, dept, exc)

@@ -1,22 +1,66 @@
-"""Structured logging setup (structlog), with PII scrubbed from every event."""
+"""Logging: one setup for the gateway's own (structlog) and its libraries' (stdlib) records.
+
+Policy (docs/ops.md, "Logs"):
+
+* INFO: what an operator wants to read: start and stop, migrations, reconciliation runs,
+  retries, API requests (the access log, ``gateway.access``);
+* DEBUG: routine ticks and every outbound call;
+* WARNING, always with the reason: a department goes down or comes back, a breaker opens or
+  closes, a case turns ``failed``, a result is quarantined, overdue cases;
+* ERROR: a bug or an outage the gateway cannot work around (with the traceback).
+
+Two formats, chosen by ``--log-format`` or ``GATEWAY_LOG_FORMAT``: ``console`` (default; one
+readable line) and ``json`` (one object per line with the stable fields :data:`JSON_FIELDS`
+plus the event's own). PII (ID numbers, phone numbers) is masked in every record.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from typing import Any
-
-import structlog
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.pii import scrub_event
 
+if TYPE_CHECKING:
+    from structlog.typing import Processor
+
+LogFormat = Literal["console", "json"]
+FORMATS: tuple[LogFormat, ...] = ("console", "json")
+FORMAT_ENV = "GATEWAY_LOG_FORMAT"
+LEVEL_ENV = "GATEWAY_LOG_LEVEL"
+#: Every JSON line has these; event-specific fields (department, application, trace_id, ...)
+#: come after them. Renaming one breaks ops' queries: they are a contract.
+JSON_FIELDS = ("ts", "level", "logger", "event")
+
 _configured = False
 
+# libraries that log every request or migration step at INFO: their noise, and its cost on the
+# dispatch path, is not what ops need; their warnings still show
+_NOISY = ("httpx", "httpcore", "alembic", "aiosqlite", "asyncssh", "uvicorn.access")
 
-def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
-    # sys.stderr as it is when a line is written, not as it was at configure(): whoever swapped
-    # it in between (a test runner capturing output, a CLI test harness) may have closed that one
-    return structlog.PrintLogger(sys.stderr)
+
+class LogSettingError(ValueError):
+    """A log level or format that does not exist (named in the message)."""
+
+
+def resolve(level: str | None = None, fmt: str | None = None) -> tuple[int, LogFormat]:
+    """The level and format to use: the arguments, else the environment, else INFO/console."""
+    level_name = (level or os.environ.get(LEVEL_ENV) or "INFO").upper()
+    numeric = logging.getLevelName(level_name)
+    if not isinstance(numeric, int):
+        raise LogSettingError(
+            f"log level {level_name!r} does not exist (DEBUG, INFO, WARNING, ERROR)"
+        )
+    chosen = (fmt or os.environ.get(FORMAT_ENV) or "console").lower()
+    if chosen not in FORMATS:
+        raise LogSettingError(
+            f"log format {chosen!r} does not exist ({FORMAT_ENV} or --log-format: "
+            f"{' or '.join(FORMATS)})"
+        )
+    return numeric, chosen
 
 
 def ensure_configured() -> None:
@@ -26,31 +70,63 @@ def ensure_configured() -> None:
         configure()
 
 
-def configure(level: str = "INFO", *, json: bool = False) -> None:
+def _fields_first(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
+    # the stable fields lead every line, so a person reading raw JSON finds them in one place
+    head = {key: event.pop(key) for key in JSON_FIELDS if key in event}
+    return {**head, **event}
+
+
+def configure(level: str | None = None, *, fmt: str | None = None) -> None:
+    """Route structlog and stdlib logging through one handler on stderr.
+
+    :param level: DEBUG, INFO, WARNING or ERROR (default: ``GATEWAY_LOG_LEVEL`` or INFO).
+    :param fmt: ``console`` or ``json`` (default: ``GATEWAY_LOG_FORMAT`` or console).
+    :raises LogSettingError: an unknown level or format.
+    """
+    import structlog  # here, not at the top: the CLI's help must not pay for it
+
     global _configured
+    numeric, chosen = resolve(level, fmt)
     _configured = True
-    logging.basicConfig(stream=sys.stderr, level=level, format="%(message)s")
-    # libraries that log every request or migration step at INFO: their noise, and its cost on
-    # the dispatch path, is not what ops need; warnings still show
-    for noisy in ("httpx", "httpcore", "alembic", "aiosqlite", "asyncssh"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
-        if json
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+    ]
+    renderer: Processor = (
+        structlog.processors.JSONRenderer(ensure_ascii=False, default=str)
+        if chosen == "json"
         else structlog.dev.ConsoleRenderer(
-            colors=False, exception_formatter=structlog.dev.plain_traceback
+            colors=False, exception_formatter=structlog.dev.plain_traceback, timestamp_key="ts"
         )
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                scrub_event,
+                _fields_first,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    for noisy in _NOISY:
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, numeric))
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            scrub_event,
-            renderer,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=_stderr_logger,
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
     )

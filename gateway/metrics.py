@@ -1,4 +1,13 @@
-"""Prometheus metrics, named gateway_*; served at /metrics."""
+"""Prometheus metrics, named gateway_*; served at /metrics (API) and on the daemon's metrics
+port. deploy/prometheus/alerts.yml and deploy/grafana/gateway.json use these names; a test
+checks that every name they query is defined here.
+
+Counters and histograms count what happened in this process (sum them over instances).
+Backlog gauges (``gateway_backlog_cases``, ``gateway_retrying_jobs``, ``gateway_failed_cases``,
+``gateway_overdue_cases``, ``gateway_due_soon_cases``) describe the shared database: every
+instance reports the same value, read at scrape time by :mod:`gateway.collector` (use
+``max by (department)``, not ``sum``).
+"""
 
 from __future__ import annotations
 
@@ -57,3 +66,64 @@ RESENDS = Counter(
     "Deliveries the department answered as a case it already held (a re-send)",
     ["department"],
 )
+DEPARTMENT_UP = Gauge(
+    "gateway_department_up",
+    "1 while the department answers this process's calls, 0 after repeated failures",
+    ["department"],
+)
+
+# -- latency of a case, from intake ---------------------------------------------------------------
+_MINUTE, _HOUR, _DAY = 60.0, 3600.0, 86400.0
+DELIVERY_LATENCY = Histogram(
+    "gateway_delivery_latency_seconds",
+    "From intake until the department acknowledged the case (delivered)",
+    ["department"],
+    buckets=(0.1, 0.5, 1, 5, 15, _MINUTE, 5 * _MINUTE, 15 * _MINUTE, _HOUR, 6 * _HOUR, _DAY),
+)
+DECISION_LATENCY = Histogram(
+    "gateway_decision_latency_seconds",
+    "From intake until the department decided (approved, rejected, not accepted)",
+    ["department"],
+    buckets=(
+        _MINUTE,
+        _HOUR,
+        6 * _HOUR,
+        _DAY,
+        3 * _DAY,
+        7 * _DAY,
+        14 * _DAY,
+        30 * _DAY,
+        60 * _DAY,
+    ),
+)
+
+# -- results coming back --------------------------------------------------------------------------
+CALLBACKS = Counter(
+    "gateway_callbacks_total",
+    "Department callbacks by outcome (applied, unchanged, duplicate, rejected_<status>)",
+    ["department", "outcome"],
+)
+RECONCILE_RUNS = Counter(
+    "gateway_reconcile_runs_total", "Reconciliation runs by final state", ["department", "state"]
+)
+RECONCILE_DISCREPANCIES = Counter(
+    "gateway_reconcile_discrepancies_total",
+    "Discrepancies found by reconciliation, by class",
+    ["department", "class"],
+)
+
+# -- the shared backlog, read at scrape time (gateway.collector) -------------------------------
+BACKLOG = Gauge(
+    "gateway_backlog_cases", "Open cases by department and state", ["department", "state"]
+)
+RETRYING = Gauge(
+    "gateway_retrying_jobs",
+    "Dispatch jobs waiting to be retried after a failed attempt",
+    ["department"],
+)
+FAILED = Gauge("gateway_failed_cases", "Cases in failed (dead letter) state", ["department"])
+OVERDUE = Gauge("gateway_overdue_cases", "Open cases past their promised date", ["department"])
+DUE_SOON = Gauge(
+    "gateway_due_soon_cases", "Open cases due within the warning window", ["department"]
+)
+COLLECT_SECONDS = Gauge("gateway_collector_seconds", "Time the last scrape-time backlog query took")

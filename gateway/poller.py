@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Row, and_, update
 
+from gateway import tracing
 from gateway.clock import now
 from gateway.connector import Receipt
 from gateway.departments import DepartmentLink
@@ -68,9 +69,11 @@ async def poll_department(runtime: Runtime, code: str, limit: int = 200) -> int:
     async def one(row: Row[Any]) -> None:
         nonlocal applied
         try:
-            upd = await link.poll(Receipt(case_id=row.department_case_id))
+            with tracing.case(row.id):
+                upd = await link.poll(Receipt(case_id=row.department_case_id))
         except ConnectorError as exc:
-            log.warning("poll failed", department=code, application=row.id, error=str(exc))
+            # DEBUG: the link warns once when the department goes down, not per case
+            log.debug("poll failed", department=code, application=row.id, error=str(exc))
             return
         if upd is not None:
             changes = await apply_case_update(

@@ -58,7 +58,15 @@ async def pull_department(runtime: Runtime, code: str, limit: int = 500) -> int:
     for upd in await link.pull_updates(limit):
         found = await match(runtime, code, upd)
         if found is None:
-            await link.ack_update(upd, "unmatched", "no case with this idempotency key or case id")
+            why = "no case with this idempotency key or case id"
+            log.warning(
+                "result quarantined",
+                department=code,
+                case=upd.case_id,
+                idempotency_key=upd.idempotency_key,
+                reason=why,
+            )
+            await link.ack_update(upd, "unmatched", why)
             continue
         app_id, version = found
         changes = await apply_case_update(

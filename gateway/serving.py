@@ -60,6 +60,9 @@ async def serve_asgi(
         port=port,
         lifespan=lifespan,  # type: ignore[arg-type]
         log_level="warning",
+        # uvicorn's own handlers would bypass the gateway's format (JSON); its records go to
+        # the root logger that gateway.logs sets up
+        log_config=None,
         access_log=False,
         timeout_graceful_shutdown=max(1, round(graceful_seconds)),
     )

@@ -11,10 +11,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import documents, handover
-from gateway.clock import now
+from gateway.clock import id_time, now
 from gateway.connector import CaseUpdate
 from gateway.events import Source, StatusChange
-from gateway.metrics import DOCUMENTS_MISSING, STATUS_CHANGES
+from gateway.metrics import DECISION_LATENCY, DELIVERY_LATENCY, DOCUMENTS_MISSING, STATUS_CHANGES
 from gateway.notifications import split, with_contact
 from gateway.runtime import Runtime
 from gateway.states import DECIDED, State
@@ -62,12 +62,32 @@ async def move(
 
 
 def announce(runtime: Runtime, changes: list[StatusChange]) -> None:
-    """After commit: metrics and the status_changed hook (with the applicant's contact where
-    the change carries it)."""
+    """After commit: metrics, the WARNING for a failed case, and the status_changed hook (with
+    the applicant's contact where the change carries it)."""
     for change in changes:
         STATUS_CHANGES.labels(change.department, change.source, change.to_status).inc()
+        _observe(change)
         plain, contact = split(change)
         runtime.plugins.status_changed(plain, contact)
+
+
+def _observe(change: StatusChange) -> None:
+    if change.to_status is State.FAILED:
+        log.warning(
+            "case failed",
+            application=change.application_id,
+            receipt=change.receipt_number,
+            department=change.department,
+            reason=str(change.detail.get("reason", "(no reason recorded)")),
+        )
+        return
+    if change.to_status is State.DELIVERED or change.to_status in DECIDED:
+        submitted = id_time(change.application_id)
+        if submitted is None or change.version != 1:
+            return  # a re-sent version's clock started at the supplement, not at intake
+        seconds = max((change.at - submitted).total_seconds(), 0.0)
+        histogram = DELIVERY_LATENCY if change.to_status is State.DELIVERED else DECISION_LATENCY
+        histogram.labels(change.department).observe(seconds)
 
 
 class DuplicateEvent(Exception):

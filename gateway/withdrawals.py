@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Row, and_, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway import tracing
 from gateway.clock import now
 from gateway.config.models import DepartmentConfig
 from gateway.connector import Connector, Receipt
@@ -446,7 +447,8 @@ async def _without_asking(
 
 async def _ask(link: DepartmentLink, app: Any) -> _Settle | _Retry:
     try:
-        await link.withdraw(Receipt(case_id=app.department_case_id), reserved=True)
+        with tracing.case(app.id):
+            await link.withdraw(Receipt(case_id=app.department_case_id), reserved=True)
     except NotImplementedError as exc:  # e.g. a REST department without [options.withdraw]
         return _Settle("unsupported", str(exc)[:500], withdraw=True, needs_ops=True)
     except DepartmentRejected as exc:

@@ -149,7 +149,10 @@ def _ticks(logs: list[Path]) -> Counter[tuple[str, str]]:
 
 
 @pytest.mark.slow
-async def test_three_daemons_share_one_database(tmp_path: Path, db_url: str) -> None:
+async def test_three_daemons_share_one_database(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_LOG_LEVEL", "DEBUG")  # "tick won" lines are DEBUG
     n = 60
     example = load_config(EXAMPLE)
     fast = {"decision_delay_seconds": 0.3, "callbacks": False}

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from gateway import metrics
 from gateway.api import problems
+from gateway.api.access import AccessLog
 from gateway.api.auth import KeyRing
 from gateway.api.limits import BodyLimit
 from gateway.api.routes_applications import router as applications_router
@@ -79,4 +80,6 @@ def create_app(runtime: Runtime) -> FastAPI:
         default=api.max_body_bytes,
         per_path={"/v1/materials": api.material_max_bytes + 64 * 1024},
     )
+    if api.access_log:
+        app.add_middleware(AccessLog)  # added last: outermost, so it sees every answer
     return app

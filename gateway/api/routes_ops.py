@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import text
 
-from gateway import deadlines, operations
+from gateway import collector, deadlines, operations
 from gateway.api.auth import OpsDep, RuntimeDep
 from gateway.api.paging import Page, PageDep
 from gateway.api.problems import Problem
@@ -109,5 +109,6 @@ async def readyz(runtime: RuntimeDep, response: Response) -> dict[str, Any]:
 
 
 @router.get("/metrics", tags=["probes"])
-async def metrics() -> Response:
+async def metrics(runtime: RuntimeDep) -> Response:
+    await collector.collect_or_log(runtime)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

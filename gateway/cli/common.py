@@ -2,24 +2,43 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
+import os
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 
-from gateway.config.loader import Config, load_config
 from gateway.errors import ConfigError
-from gateway.logs import configure
+from gateway.logs import LEVEL_ENV, configure
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from gateway.config.loader import Config
 
 T = TypeVar("T")
 
-console = Console()
-err = Console(stderr=True)
+
+class _LazyConsole:
+    """A rich Console made on first use: importing rich costs ``gateway --help`` ~50 ms."""
+
+    def __init__(self, *, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr)
+        return getattr(self._console, name)
+
+
+console: Console = _LazyConsole(stderr=False)  # type: ignore[assignment]
+err: Console = _LazyConsole(stderr=True)  # type: ignore[assignment]
 
 ConfigOption = Annotated[
     Path,
@@ -33,7 +52,10 @@ JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable outpu
 
 def load(path: Path) -> Config:
     """Load config or exit 1 listing every problem."""
-    configure("WARNING")
+    from gateway.config.loader import load_config
+
+    # commands other than serve/daemon are quiet unless asked (--log-level)
+    configure(None if os.environ.get(LEVEL_ENV) else "WARNING")
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -45,6 +67,8 @@ def load(path: Path) -> Config:
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
+    import asyncio
+
     return asyncio.run(coro)
 
 

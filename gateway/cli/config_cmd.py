@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from gateway.cli import app
-from gateway.config.loader import Config, check_connector_options, load_config
 from gateway.errors import ConfigError, ConfigProblem, GatewayError, PluginError
-from gateway.plugin_manager import load_plugins
+
+if TYPE_CHECKING:
+    from gateway.config.loader import Config
 
 
 def _problems(config_path: Path) -> tuple[Config | None, list[ConfigProblem]]:
+    from gateway.config.loader import check_connector_options, load_config
+    from gateway.plugin_manager import load_plugins
+
     try:
         config = load_config(config_path)
     except ConfigError as exc:
@@ -93,6 +95,8 @@ def check_config(
             out["summary"] = _summary(loaded)
         typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
         raise typer.Exit(1 if problems else 0)
+    from rich.console import Console
+
     if problems:
         err = Console(stderr=True, highlight=False, soft_wrap=True)
         for problem in problems:
@@ -107,6 +111,9 @@ def check_config(
 
 
 def _print_summary(config: Config) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     console = Console(highlight=False)
     summary = _summary(config)
     table = Table(title=f"Departments ({config.path})")

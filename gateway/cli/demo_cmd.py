@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from gateway.cli import app
 from gateway.cli.common import DEFAULT_CONFIG, ConfigOption, console, load, run
@@ -27,6 +26,8 @@ def demo(
     ] = None,
 ) -> None:
     """Run simulated departments and the gateway together, submit applications, summarise."""
+    from rich.console import Console
+
     from gateway.demo import run_demo, use_demo_secrets  # heavy: only when the demo runs
 
     use_demo_secrets()

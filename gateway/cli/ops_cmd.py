@@ -5,9 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from gateway import documents, operations
 from gateway.cli import app
 from gateway.cli.common import (
     DEFAULT_CONFIG,
@@ -19,11 +17,7 @@ from gateway.cli.common import (
     load,
     run,
 )
-from gateway.config.loader import load_config
 from gateway.errors import ConfigError
-from gateway.plugin_manager import load_plugins
-from gateway.runtime import Runtime
-from gateway.store import cases
 
 
 @app.command()
@@ -36,6 +30,9 @@ def replay(
     if bool(application_id) == failed:
         err.print("give an application id or --failed")
         raise typer.Exit(2)
+    from gateway import operations
+    from gateway.runtime import Runtime
+
     cfg = load(config)
 
     async def go() -> tuple[int, list[str]]:
@@ -76,7 +73,12 @@ def status(
     as_json: JsonOption = False,
 ) -> None:
     """Show one application and its history (by id or by receipt number)."""
+    from rich.table import Table
+
+    from gateway import documents
     from gateway.api.views import application_view
+    from gateway.runtime import Runtime
+    from gateway.store import cases
 
     cfg = load(config)
 
@@ -133,6 +135,11 @@ def status(
 @app.command()
 def plugins(config: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False) -> None:
     """List loaded plugins: name, version, hooks and where each came from."""
+    from rich.table import Table
+
+    from gateway.config.loader import load_config
+    from gateway.plugin_manager import load_plugins
+
     # the listing must work even when the rest of the config does not load (it helps fix it)
     try:
         settings = load_config(config).gateway.plugins if config.exists() else None

@@ -8,13 +8,10 @@ import enum
 import io
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from gateway import deadlines, reconcile
 from gateway.cli import app
 from gateway.cli.common import (
     DEFAULT_CONFIG,
@@ -26,7 +23,14 @@ from gateway.cli.common import (
     load,
     run,
 )
-from gateway.runtime import Runtime
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from gateway import deadlines
+
+#: the city's clock, for dates given without an offset (as gateway.deadlines.CHINA)
+_CHINA = dt.timezone(dt.timedelta(hours=8))
 
 
 class Format(enum.StrEnum):
@@ -44,7 +48,7 @@ def _when(value: str | None, name: str) -> dt.datetime | None:
         raise typer.BadParameter(
             f"{value!r} is not an ISO date or datetime", param_hint=name
         ) from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=deadlines.CHINA)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=_CHINA)
 
 
 def _rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
@@ -79,6 +83,12 @@ def reconcile_cmd(
 ) -> None:
     """Compare the gateway's cases with each department's own list; repair what is safe to
     repair, flag the rest. Every run is stored (GET /v1/ops/reconciliations)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from gateway import reconcile
+    from gateway.runtime import Runtime
+
     cfg = load(config)
     lower, upper = _when(since, "--since"), _when(until, "--until")
 
@@ -186,6 +196,11 @@ def deadlines_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Overdue and due-soon cases (the clock is paused during supplement and suspension)."""
+    from rich.table import Table
+
+    from gateway import deadlines
+    from gateway.runtime import Runtime
+
     cfg = load(config)
 
     async def go() -> tuple[list[deadlines.Deadline], list[deadlines.Deadline]]:

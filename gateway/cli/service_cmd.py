@@ -25,7 +25,7 @@ def serve(
     from gateway.service import serve_until_signalled
 
     cfg = load(config)
-    configure("INFO")
+    configure()
     run(serve_until_signalled(cfg, api=True, daemon=with_daemon, host=host, port=port))
 
 
@@ -35,7 +35,7 @@ def daemon(config: ConfigOption = DEFAULT_CONFIG) -> None:
     from gateway.service import serve_until_signalled
 
     cfg = load(config)
-    configure("INFO")
+    configure()
     run(serve_until_signalled(cfg, api=False, daemon=True))
 
 

@@ -14,24 +14,21 @@ import signal
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
-from rich.table import Table
 
 from gateway.cli import app
-from gateway.config.loader import load_config
-from gateway.config.models import DepartmentConfig
+from gateway.cli.common import console as _console
+from gateway.cli.common import err as _err
 from gateway.errors import ConfigError, ConfigProblem
-from gateway.serving import serve_asgi
-from gateway.simulators import SIMULATORS
+
+if TYPE_CHECKING:  # imported where used: `gateway --help` must not load them
+    from pydantic import ValidationError
+
+    from gateway.config.models import DepartmentConfig
 
 __all__ = ["RunningSimulator", "run_simulators", "simulator_table"]
-
-_console = Console()
-_err = Console(stderr=True)
 
 
 @dataclass
@@ -75,6 +72,11 @@ async def run_simulators(
     :param only: department codes to run (default: all with a ``[simulator]`` table).
     :raises ConfigError: a ``[simulator]`` table is invalid or ``only`` names an unknown code.
     """
+    from pydantic import ValidationError
+
+    from gateway.serving import serve_asgi
+    from gateway.simulators import SIMULATORS
+
     wanted = set(only or ())
     unknown = sorted(wanted - set(departments))
     if unknown:
@@ -120,6 +122,8 @@ async def run_simulators(
 
 
 def _print(rows: list[RunningSimulator]) -> None:
+    from rich.table import Table
+
     table = Table(title="Simulated departments")
     table.add_column("department")
     table.add_column("kind")
@@ -162,6 +166,8 @@ def simulate(
     ] = None,
 ) -> None:
     """Run the config's simulated department systems until Ctrl-C."""
+    from gateway.config.loader import load_config
+
     try:
         cfg = load_config(config)
         api = cfg.gateway.api

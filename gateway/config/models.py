@@ -64,6 +64,7 @@ class ApiSettings(_Strict):
     page_size: int = Field(default=50, ge=1, le=500)
     #: the language of error messages for centre keys that send no Accept-Language
     language: Language = "zh-CN"
+    access_log: bool = Field(default=True, description="one INFO line per request")
 
 
 class DispatchSettings(_Strict):

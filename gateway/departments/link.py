@@ -18,6 +18,8 @@ department's guards in one place::
     errors     one mapping (:func:`classify`): what a connector raises becomes a
                ``TransientError``, ``PermanentError`` or ``DepartmentRejected``
     metrics    gateway_department_call_seconds / gateway_department_calls_total per operation
+    reach      every answer or failure feeds gateway.reachability (one WARNING when the
+               department goes down, one when it is back; gateway_department_up)
 
 Workers are then claim -> ask the link -> record. Work leased in the database is leased for
 :meth:`DepartmentLink.lease_seconds`, which outlives the worst case of a guarded call.
@@ -35,7 +37,7 @@ from typing import Literal, TypeVar
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_fixed
 
-from gateway import metrics
+from gateway import metrics, reachability
 from gateway.config.models import DepartmentConfig, RetryPolicy
 from gateway.connector import (
     CaseSummary,
@@ -222,6 +224,7 @@ class DepartmentLink:
             self._log_unexpected("list_cases", exc, error)
             if unwell:
                 self.breaker.record(False)
+                reachability.failed(self.code, "list_cases", str(error))
             raise error from exc
         finally:
             if items is not None:
@@ -229,6 +232,7 @@ class DepartmentLink:
             self.slots.give(1)
             if outcome == "ok":
                 self.breaker.record(True)
+                reachability.succeeded(self.code, "list_cases")
             self._observe("list_cases", outcome, started)
 
     # -- the guarded call --------------------------------------------------------------------------
@@ -291,13 +295,17 @@ class DepartmentLink:
             self._log_unexpected(op, exc, error)
             if unwell and breaker:
                 self.breaker.record(False)
+            if unwell:
+                reachability.failed(self.code, op, str(error))
             if error is exc:
                 raise
             raise error from exc
         finally:
             self.slots.give(1)
-            if breaker and outcome in ("ok", "rejected"):
-                self.breaker.record(True)
+            if outcome in ("ok", "rejected"):
+                reachability.succeeded(self.code, op)
+                if breaker:
+                    self.breaker.record(True)
             self._observe(op, outcome, started)
 
     async def _attempts(self, op: Operation, fn: Callable[[], Awaitable[T]], retry: bool) -> T:

@@ -1,0 +1,74 @@
+"""The command line as a person and a script meet it: quick help, plain help text, readable
+errors. (Speed itself is measured by benchmarks/cli_startup.py, not by a timed test.)"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _python(*code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "\n".join(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+def test_help_imports_nothing_heavy() -> None:
+    # what makes `gateway --help` slow is importing the database, connectors, the API and the
+    # logging stack; the commands import them when they run
+    result = _python(
+        "import sys, json",
+        "from gateway.cli import app",
+        "try:",
+        "    app(['--help'])",
+        "except SystemExit:",
+        "    pass",
+        "heavy = ['sqlalchemy', 'structlog', 'pydantic', 'fastapi', 'httpx', 'rich.console',",
+        "         'gateway.runtime', 'gateway.plugin_manager', 'gateway_rest', 'zeep']",
+        "print(json.dumps([m for m in heavy if m in sys.modules]))",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "serve" in result.stdout and "daemon" in result.stdout
+    assert json.loads(result.stdout.splitlines()[-1]) == []
+
+
+def test_option_help_keeps_square_brackets() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0
+    assert "override [gateway.api] host" in " ".join(result.stdout.split())
+
+
+def test_built_in_plugins_add_no_commands() -> None:
+    # help skips importing the gateway's own plugins on the strength of this
+    for ep in md.entry_points(group="gateway"):
+        if ep.dist is not None and ep.dist.name == "onewindow-gateway":
+            module = importlib.import_module(ep.value)
+            assert not hasattr(module, "register_commands"), ep.name
+
+
+def test_unknown_command_says_did_you_mean() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "migrat"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2
+    assert "Did you mean 'migrate'" in result.stderr
