@@ -42,6 +42,18 @@ _configured = False
 _NOISY = ("httpx", "httpcore", "alembic", "aiosqlite", "asyncssh", "uvicorn.access")
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time (test capture, a replaced stream)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 class LogSettingError(ValueError):
     """A log level or format that does not exist (named in the message)."""
 
@@ -101,7 +113,7 @@ def configure(level: str | None = None, *, fmt: str | None = None) -> None:
             colors=False, exception_formatter=structlog.dev.plain_traceback, timestamp_key="ts"
         )
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,

@@ -262,15 +262,21 @@ async def test_a_quarantined_result_and_an_unreachable_drop_are_warnings(
     reachability.reset()
     stray = CaseUpdate(case_id="NOPE-1", status="approved")
     drop = _Drop([stray])
-    with capture_logs() as logged:
-        await pull_department(runtime, "nrp", drop)  # type: ignore[arg-type]
-        down = _Drop(TransientError("sftp: connection refused"))
-        for _ in range(reachability.DOWN_AFTER):
-            with pytest.raises(TransientError):
-                await pull_department(runtime, "nrp", down)  # type: ignore[arg-type]
+    # the department's side of the channel, behind the department's real link
+    real = runtime.connectors["nrp"]
+    runtime.connectors["nrp"] = drop  # type: ignore[assignment]
+    try:
+        with capture_logs() as logged:
+            await pull_department(runtime, "nrp")
+            runtime.connectors["nrp"] = _Drop(TransientError("sftp: refused"))  # type: ignore[assignment]
+            for _ in range(reachability.DOWN_AFTER):
+                with pytest.raises(TransientError):
+                    await pull_department(runtime, "nrp")
+    finally:
+        runtime.connectors["nrp"] = real
     assert drop.acked == [("NOPE-1", "unmatched")]
     warnings = [e for e in logged if e["log_level"] == "warning"]
-    assert [e["event"] for e in warnings] == ["result quarantined", "department down"]
+    assert [e["event"] for e in warnings][:2] == ["result quarantined", "department down"]
     assert warnings[0]["case"] == "NOPE-1" and "no case" in warnings[0]["reason"]
-    assert warnings[1]["via"] == "results" and "connection refused" in warnings[1]["reason"]
+    assert warnings[1]["via"] == "pull_updates" and "sftp: refused" in warnings[1]["reason"]
     reachability.reset()
