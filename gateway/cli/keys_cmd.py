@@ -10,11 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
-from rich.table import Table
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.cli import app
 from gateway.cli.common import (
@@ -27,9 +25,12 @@ from gateway.cli.common import (
     load,
     run,
 )
-from gateway.config.loader import Config
-from gateway.runtime import Runtime
-from gateway.store import clients
+
+if TYPE_CHECKING:  # the commands import these when they run: `gateway --help` must stay quick
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+    from gateway.config.loader import Config
+    from gateway.store import clients
 
 T = TypeVar("T")
 
@@ -55,6 +56,8 @@ def parse_grace(text: str) -> dt.timedelta:
 
 
 async def _with_runtime(cfg: Config, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    from gateway.runtime import Runtime
+
     runtime = Runtime(cfg)
     try:
         await runtime.prepare_database()
@@ -85,6 +88,8 @@ def keys_create(
     if bool(centre) == ops:
         err.print("give exactly one of --centre NAME or --ops")
         raise typer.Exit(2)
+    from gateway.store import clients
+
     cfg = load(config)
     if centre and centre not in {c.code for c in cfg.gateway.centres}:
         known = ", ".join(c.code for c in cfg.gateway.centres)
@@ -103,6 +108,10 @@ def keys_create(
 @keys.command("list")
 def keys_list(config: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False) -> None:
     """Every key stored in the database (never the key itself) and whether it works now."""
+    from rich.table import Table
+
+    from gateway.store import clients
+
     cfg = load(config)
     found = run(_with_runtime(cfg, clients.list_keys))
     if as_json:
@@ -128,6 +137,8 @@ def keys_revoke(
     config: ConfigOption = DEFAULT_CONFIG,
 ) -> None:
     """Revoke a key: every process refuses it from now on."""
+    from gateway.store import clients
+
     cfg = load(config)
 
     async def work(conn: AsyncConnection) -> clients.KeyInfo | None:
@@ -149,6 +160,8 @@ def keys_rotate(
     ] = "24h",
 ) -> None:
     """A new key for the same holder and scope, valid at once; the old one until --grace ends."""
+    from gateway.store import clients
+
     period = parse_grace(grace)
     cfg = load(config)
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from gateway import refetch as refetching
 from gateway.cli import app
 from gateway.cli.common import (
     DEFAULT_CONFIG,
@@ -19,7 +17,6 @@ from gateway.cli.common import (
     load,
     run,
 )
-from gateway.runtime import Runtime
 
 
 @app.command()
@@ -39,6 +36,11 @@ def refetch(
 ) -> None:
     """Fetch the results of approved cases that came without documents again (named cases or
     --all), or --list them. Exit 1 when a named case still has no document."""
+    from rich.table import Table
+
+    from gateway import refetch as refetching
+    from gateway.runtime import Runtime
+
     if list_only == bool(application_ids or all_cases) or (application_ids and all_cases):
         err.print("give case ids, --all, or --list")
         raise typer.Exit(2)
