@@ -338,9 +338,6 @@ class Daemon:
             # logged once per outage by gateway.outage; a traceback per tick would bury it
             self._pause = min(MAX_PAUSE_SECONDS, max(MIN_PAUSE_SECONDS, self._pause * 2))
             self._paused_until = time.monotonic() + self._pause
-        except ConnectorError as exc:
-            # the department's trouble, already reported (gateway.reachability): no traceback
-            log.debug("task failed", task=name, error=f"{type(exc).__name__}: {exc}")
         except Exception:
             log.exception("task failed", task=name)
         finally:
