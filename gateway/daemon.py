@@ -4,6 +4,7 @@ Tasks, and how several daemons sharing one database stay out of each other's way
 
     dispatch              every sweep_interval_seconds  item leases (dispatch_jobs, SKIP LOCKED)
     withdrawals           every sweep_interval_seconds  item leases (withdrawals, SKIP LOCKED)
+    webhooks              every sweep_interval_seconds  item leases (webhook deliveries, in order)
     poll:<dept>           the department's poll interval item leases (next_poll_at, SKIP LOCKED)
     results:<dept>        [gateway.schedule] results_seconds      one lease row per tick
     reconcile:<dept>      the department's reconcile_cron          one lease row per tick
@@ -231,7 +232,7 @@ class Daemon:
         self._failing: dict[str, Outage] = {}
 
     def _tasks(self) -> list[Task]:
-        from gateway import deadlines, housekeeping, reconcile, refetch, withdrawals
+        from gateway import deadlines, housekeeping, reconcile, refetch, webhooks, withdrawals
         from gateway.poller import poll_department
         from gateway.results import pull_department
 
@@ -247,6 +248,12 @@ class Daemon:
                 "withdrawals",
                 _interval(rt.config.gateway.dispatch.sweep_interval_seconds),
                 lambda: withdrawals.sweep(rt, self.owner),
+                leased=False,
+            ),
+            Task(
+                "webhooks",
+                _interval(rt.config.gateway.dispatch.sweep_interval_seconds),
+                lambda: webhooks.sweep(rt, self.owner),
                 leased=False,
             ),
             Task(
@@ -393,6 +400,9 @@ class Daemon:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         await self.dispatcher.stop(grace_seconds)
+        from gateway import webhooks
+
+        await webhooks.release(self.runtime, self.owner)
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         log.info("daemon stopped", owner=self.owner)

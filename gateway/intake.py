@@ -30,7 +30,7 @@ from gateway.events import Source
 from gateway.handover import new_handover
 from gateway.runtime import Runtime
 from gateway.states import State
-from gateway.store import jobs
+from gateway.store import jobs, outbox
 from gateway.store.clients import Client
 from gateway.store.group import GroupCommit
 from gateway.store.tables import (
@@ -510,6 +510,7 @@ async def _insert(
         (_INSERT_IDEMPOTENCY, idem),
     ):
         await conn.execute(stmt, rows)
+    await outbox.fan_out(conn, [str(row["id"]) for row in apps], at)
     return answers
 
 

@@ -20,6 +20,7 @@ from gateway.api.routes_pickup import router as pickup_router
 from gateway.api.routes_reconcile import router as reconcile_router
 from gateway.api.routes_refetch import router as refetch_router
 from gateway.api.routes_supplements import router as supplements_router
+from gateway.api.routes_webhooks import router as webhooks_router
 from gateway.api.routes_withdrawals import router as withdrawals_router
 from gateway.errors import InfrastructureError, RequestProblem
 from gateway.runtime import Runtime
@@ -74,6 +75,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(pickup_router)
     app.include_router(supplements_router)
     app.include_router(withdrawals_router)
+    app.include_router(webhooks_router)
     api = runtime.config.gateway.api
     app.add_middleware(
         BodyLimit,

@@ -459,6 +459,14 @@ PROBLEMS: dict[str, Entry] = {
         "No such webhook subscription, or one this key may not see.",
         "没有这个状态订阅，或此密钥无权查看。",
     ),
+    "too_many_subscriptions": _e(
+        409,
+        "Too many subscriptions",
+        "订阅过多",
+        "中心 {centre} 的有效订阅已达上限 {limit}；请先删除一个",
+        "A centre has at most [gateway.webhooks] max_subscriptions_per_centre active ones.",
+        "每个中心的有效订阅数有上限（[gateway.webhooks] max_subscriptions_per_centre）。",
+    ),
     "bad_event_range": _e(
         422,
         "Bad event range",

@@ -14,6 +14,7 @@ from gateway.text import readable, shown
 
 
 class EventView(BaseModel):
+    id: int = Field(description="the event id (X-Event-Id of status subscriptions)")
     at: dt.datetime
     version: int
     source: str
@@ -145,6 +146,7 @@ def application_view(
         if history is None
         else [
             EventView(
+                id=e.id,
                 at=e.at,
                 version=e.version,
                 source=e.source,

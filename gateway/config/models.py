@@ -73,6 +73,20 @@ class DispatchSettings(_Strict):
     sweep_interval_seconds: float = Field(default=0.5, gt=0)
 
 
+class WebhookSettings(_Strict):
+    """``[gateway.webhooks]``: status subscriptions of front-desk systems. A delivery is retried
+    with backoff (base_seconds doubling up to max_seconds, jittered) until the receiver
+    answers 2xx; there is no give-up (ops see what is pending at /v1/ops/webhooks)."""
+
+    base_seconds: float = Field(default=1.0, gt=0)
+    max_seconds: float = Field(default=300.0, gt=0)
+    jitter: float = Field(default=0.25, ge=0, le=1)
+    timeout_seconds: float = Field(default=10.0, gt=0, description="per POST")
+    batch_size: int = Field(default=50, ge=1, le=1000, description="deliveries claimed at once")
+    lease_seconds: float = Field(default=60.0, gt=0)
+    max_subscriptions_per_centre: int = Field(default=10, ge=1, le=1000)
+
+
 class PluginSettings(_Strict):
     load: list[str] = Field(default_factory=list, description="only these plugins (empty: all)")
     block: list[str] = Field(default_factory=list, description="never these plugins")
@@ -111,6 +125,7 @@ class GatewaySettings(_Strict):
     data_dir_min_free_mb: int = Field(default=1024, ge=0)
     api: ApiSettings = Field(default_factory=ApiSettings)
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     plugins: PluginSettings = Field(default_factory=PluginSettings)
     regions: list[Region] = Field(default_factory=list)
     centres: list[Centre] = Field(default_factory=list)

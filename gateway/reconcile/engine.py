@@ -42,7 +42,7 @@ from gateway.events import Source
 from gateway.reconcile.merge import DeptCase, GatewayCase, pair, sorted_department
 from gateway.runtime import Runtime
 from gateway.states import AT_DEPARTMENT, DECIDED, State, Verdict, judge
-from gateway.store import cases, jobs
+from gateway.store import cases, jobs, outbox
 from gateway.store.tables import (
     applications,
     dispatch_jobs,
@@ -279,11 +279,12 @@ class _Run:
                 .values(department_case_id=receipt.case_id, updated_at=now())
             )
             # a repair without a status change is still an event in the case's history
+            at = now()
             await conn.execute(
                 insert(events).values(
                     application_id=g.app_id,
                     version=g.version,
-                    at=now(),
+                    at=at,
                     source=Source.RECONCILE.value,
                     actor=self.actor,
                     from_status=locked.status,
@@ -296,6 +297,7 @@ class _Run:
                     },
                 )
             )
+            await outbox.fan_out(conn, [g.app_id], at)
         await self.flag(
             Kind.MISSING_AT_DEPARTMENT, "resent", g=g, why=why, new_case_id=receipt.case_id
         )

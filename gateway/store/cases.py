@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.clock import now
 from gateway.events import Source, StatusChange
 from gateway.states import DECIDED, State, Verdict, judge
+from gateway.store import outbox
 from gateway.store.tables import applications, events
 
 log = structlog.get_logger("gateway.store")
@@ -173,6 +174,7 @@ async def _write(
             for src, dst in steps
         ],
     )
+    await outbox.fan_out(conn, [app.id], at)
     return [
         StatusChange(
             application_id=app.id,

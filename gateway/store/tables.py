@@ -353,6 +353,44 @@ verification_failures = Table(
     Index("ix_verification_failures_application", "application_id", "at"),
 )
 
+# -- status subscriptions of front-desk systems (migration 0010) --------------------------------
+
+webhook_subscriptions = Table(
+    "webhook_subscriptions",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("centre", String(32), nullable=False),
+    # set: only the cases this key submitted (scope "key"); NULL: every case of the centre
+    Column("client_id", String(32)),
+    Column("url", Text, nullable=False),
+    Column("secret", String(64), nullable=False),  # signs deliveries; shown once at creation
+    Column("created_by", String(100), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("disabled_at", UTCDateTime),
+    Index("ix_webhook_subscriptions_centre", "centre"),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("subscription_id", String(32), ForeignKey("webhook_subscriptions.id"), nullable=False),
+    Column("event_id", BigInteger, nullable=False),  # events.id: what is delivered
+    Column("application_id", String(32), nullable=False),
+    # pending -> leased -> delivered; a leased delivery's next_attempt_at is its lease expiry
+    Column("state", String(12), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("lease_owner", String(64)),
+    Column("last_error", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("delivered_at", UTCDateTime),
+    UniqueConstraint("subscription_id", "event_id"),
+    Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
+    # order per case: an earlier undelivered event of the same case holds the later ones back
+    Index("ix_webhook_deliveries_case", "subscription_id", "application_id", "event_id"),
+)
+
 __all__ = [
     "api_clients",
     "applications",
@@ -372,5 +410,7 @@ __all__ = [
     "supplements",
     "task_leases",
     "verification_failures",
+    "webhook_deliveries",
+    "webhook_subscriptions",
     "withdrawals",
 ]

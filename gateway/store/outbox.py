@@ -1,0 +1,75 @@
+"""The status-subscription outbox: every event written for a case becomes a pending delivery
+for each subscription that follows the case, in the same transaction as the event (so a
+committed event is never missed, and a rolled-back one never sent).
+
+A subscription follows a case when its centre received the case or hands it out, and, for a
+key-scoped subscription, when its key submitted the case.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, insert, literal, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.clock import now
+from gateway.store.tables import (
+    UTCDateTime,
+    applications,
+    events,
+    handovers,
+    webhook_deliveries,
+    webhook_subscriptions,
+)
+
+PENDING, LEASED, DELIVERED = "pending", "leased", "delivered"
+
+COLUMNS = [
+    "subscription_id",
+    "event_id",
+    "application_id",
+    "state",
+    "attempts",
+    "next_attempt_at",
+    "created_at",
+]
+
+
+def followers(*conds: ColumnElement[bool]) -> Select[Any]:
+    """SELECT of (subscription, event) pairs to deliver for the events matching ``conds``, as
+    rows of a new pending delivery (columns in :data:`COLUMNS` order)."""
+    s, a, h = webhook_subscriptions, applications, handovers
+    stamp = literal(now(), UTCDateTime())
+    return (
+        select(
+            s.c.id,
+            events.c.id,
+            events.c.application_id,
+            literal(PENDING),
+            literal(0),
+            stamp,
+            stamp,
+        )
+        .select_from(events)
+        .join(a, a.c.id == events.c.application_id)
+        .outerjoin(h, h.c.application_id == a.c.id)
+        .join(
+            s,
+            and_(
+                s.c.disabled_at.is_(None),
+                or_(s.c.centre == a.c.centre, s.c.centre == h.c.centre),
+                or_(s.c.client_id.is_(None), s.c.client_id == a.c.client_id),
+            ),
+        )
+        .where(*conds)
+    )
+
+
+async def fan_out(conn: AsyncConnection, app_ids: Sequence[str], at: dt.datetime) -> None:
+    """Queue the events just written at ``at`` for these cases (inside the caller's
+    transaction; one statement, nothing when no subscription follows them)."""
+    q = followers(events.c.application_id.in_(list(app_ids)), events.c.at == at)
+    await conn.execute(insert(webhook_deliveries).from_select(COLUMNS, q))
