@@ -11,22 +11,28 @@ byte, and reconciliation reads every page and says how many it read.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-import shutil
+import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+import httpx
 import pytest
 import pytest_asyncio
 from gateway_rest.connector import RestConnector
+from prometheus_client import REGISTRY
+from typer.testing import CliRunner
 
 from gateway import documents
+from gateway.cli import app as cli
 from gateway.config import check_connector_options, load_config
 from gateway.config.models import DepartmentConfig, RetryPolicy
-from gateway.connector import Envelope, Receipt
+from gateway.connector import ConnectorContext, Envelope, MaterialRef, Receipt
+from gateway.errors import CaseNotFound, DepartmentRejected, PermanentError
 from gateway.plugin_manager import load_plugins
 from gateway.poller import poll_department
 from gateway.reconcile import reconcile_department
@@ -62,18 +68,32 @@ class Clock:
         return self.now
 
 
-def load_example(path: Path, tmp_path: Path) -> tuple[DepartmentConfig, dict[str, Any]]:
-    """The department in ``path`` through the real loader (secrets, env references, the
-    connector's options model), and its resolved ``[simulator]`` table."""
+def config_folder(path: Path, tmp_path: Path, url: str | None = None) -> Path:
+    """A config folder holding only the department in ``path`` (at ``url`` if given) and a
+    SQLite database of the test's own; returns its gateway.toml."""
     folder = tmp_path / "config"
     (folder / "departments").mkdir(parents=True)
-    shutil.copy(ROOT / "config" / "gateway.toml", folder / "gateway.toml")
-    shutil.copy(path, folder / "departments" / path.name)
+    main = (ROOT / "config" / "gateway.toml").read_text(encoding="utf-8")
+    main = re.sub(
+        r"(?m)^database_url = .*$", f'database_url = "sqlite+aiosqlite:///{tmp_path}/gw.db"', main
+    )
+    main = re.sub(r"(?m)^data_dir = .*$", f'data_dir = "{tmp_path / "var"}"', main)
+    (folder / "gateway.toml").write_text(main, encoding="utf-8")
+    dept = path.read_text(encoding="utf-8")
+    if url is not None:
+        dept = re.sub(r'(?m)^base_url = "http://[^/"]+', f'base_url = "{url}', dept)
+    (folder / "departments" / path.name).write_text(dept, encoding="utf-8")
     (folder / "matters.csv").write_text(
         f"code,name,department,regions,promised_days\nXK00000001,Test,{path.stem},339900,5\n",
         encoding="utf-8",
     )
-    config = load_config(folder / "gateway.toml", env=ENV)
+    return folder / "gateway.toml"
+
+
+def load_example(path: Path, tmp_path: Path) -> tuple[DepartmentConfig, dict[str, Any]]:
+    """The department in ``path`` through the real loader (secrets, env references, the
+    connector's options model), and its resolved ``[simulator]`` table."""
+    config = load_config(config_folder(path, tmp_path), env=ENV)
     assert check_connector_options(config, load_plugins().connectors()) == []
     dept = config.departments[path.stem]
     assert dept.simulator is not None
@@ -232,3 +252,168 @@ class _StyleConformance(ConnectorConformance):
 for _path in EXAMPLES:
     _name = "TestConformance_" + _path.stem
     globals()[_name] = type(_name, (_StyleConformance,), {"example": _path})
+
+
+# -- what each style needs beyond the shared walk-through ------------------------------------
+
+WINDOW = (
+    dt.datetime.now(dt.UTC) - dt.timedelta(hours=1),
+    dt.datetime.now(dt.UTC) + dt.timedelta(hours=1),
+)
+
+
+def rest_connector(dept: DepartmentConfig, http: httpx.AsyncClient) -> RestConnector:
+    async def no_material(ref: MaterialRef) -> bytes:
+        raise AssertionError("no materials here")
+
+    options = RestConnector.Options.model_validate(dept.options)
+    context = ConnectorContext(
+        department=dept.code, options=options, http=http, read_material=no_material
+    )
+    return RestConnector(context)
+
+
+def envelope(key: str, **changes: Any) -> Envelope:
+    return _StyleConformance().build_envelope(
+        idempotency_key=f"ow-{key}-v1", matter_code="XK00000001", **changes
+    )
+
+
+def example(name: str) -> Path:
+    return ROOT / "config" / "examples" / f"{name}.toml"
+
+
+async def test_resend_is_recorded_counted_and_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A department that already holds the case (an earlier delivery reached it, its answer was
+    lost) answers 2001 "案件已存在": the delivered event says re-sent, a metric counts it and
+    ``gateway status`` shows it."""
+    _dept, table = load_example(example("gov_envelope"), tmp_path / "a")
+    _settings, app, state = SIMULATORS["rest"].build({**table, "port": 0})
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    async with serve_asgi(app) as url:
+        path = config_folder(example("gov_envelope"), tmp_path, url)
+        runtime = Runtime(load_config(path))
+        await runtime.prepare_database()
+        try:
+            app_id = await submit(runtime, form={"licenceNo": "L-9"})
+            state.create(f"ow-{app_id}-v1", {"form": {"licenceNo": "L-9"}})  # the lost delivery
+            before = REGISTRY.get_sample_value(
+                "gateway_resends_total", {"department": "gov_envelope"}
+            )
+            await dispatch(runtime)
+            assert await case_status(runtime, app_id) == "delivered"
+            async with runtime.engine.connect() as conn:
+                history = await cases.history(conn, app_id)
+            [delivered] = [e for e in history if e.to_status == "delivered"]
+            assert delivered.detail["resent"] is True
+            after = REGISTRY.get_sample_value(
+                "gateway_resends_total", {"department": "gov_envelope"}
+            )
+            assert (after or 0) == (before or 0) + 1
+        finally:
+            await runtime.aclose()
+        shown = await asyncio.to_thread(
+            CliRunner().invoke, cli, ["status", app_id, "--config", str(path)]
+        )
+    assert shown.exit_code == 0, shown.output
+    assert "re-sent 1 time(s): the department already held this case" in shown.output
+    assert state.stats()["cases"] == 1
+
+
+async def test_token_is_cached_and_fetched_again_on_401(tmp_path: Path) -> None:
+    dept, table = load_example(example("gov_token"), tmp_path)
+    _settings, app, state = SIMULATORS["rest"].build({**table, "port": 0})
+    async with serve_asgi(app) as url, httpx.AsyncClient() as http:
+        connector = rest_connector(pointed_at(dept, url), http)
+        first = await connector.submit(envelope("tok-1"))
+        await connector.submit(envelope("tok-2"))
+        await connector.poll(first)
+        assert state.tokens is not None and state.tokens.issued == 1  # one token, cached
+        state.tokens.expire_all()  # the department restarted: every token is void
+        assert (await connector.poll(first)) is not None  # 401, a fresh token, the call again
+        assert state.tokens.issued == 2
+    wrong = dept.options["auth"] | {"app_secret": "not-the-secret"}
+    async with serve_asgi(app) as url, httpx.AsyncClient() as http:
+        options = {**pointed_at(dept, url).options, "auth": wrong}
+        connector = rest_connector(dept.model_copy(update={"options": options}), http)
+        with pytest.raises(PermanentError, match="token refused: HTTP 401"):
+            await connector.submit(envelope("tok-3"))
+
+
+@pytest.mark.parametrize("algorithm", ["md5", "sha256", "hmac-sha256", "sm3"])
+@pytest.mark.parametrize("place", ["header", "query"])
+async def test_signed_requests(tmp_path: Path, algorithm: str, place: str) -> None:
+    dept, table = load_example(example("gov_signed"), tmp_path)
+    signing = {**table["signing"], "algorithm": algorithm, "place": place}
+    _settings, app, state = SIMULATORS["rest"].build({**table, "port": 0, "signing": signing})
+    async with serve_asgi(app) as url, httpx.AsyncClient() as http:
+        base = pointed_at(dept, url)
+        options = {**base.options, "signing": {**base.options["signing"], **signing}}
+        connector = rest_connector(base.model_copy(update={"options": options}), http)
+        receipt = await connector.submit(envelope("sig-1"))
+        await connector.poll(receipt)
+        listed = [c async for c in connector.list_cases(*WINDOW)]
+        assert [c.case_id for c in listed] == [receipt.case_id]
+        assert len(state.nonces) == 3  # three calls, each signed and checked
+        forged = {**options["signing"], "secret": "not-the-secret"}
+        options = {**options, "signing": forged}
+        connector = rest_connector(base.model_copy(update={"options": options}), http)
+        with pytest.raises(PermanentError, match="department code 4003: 签名错误"):
+            await connector.submit(envelope("sig-2"))
+
+
+async def test_gbk_answers_are_read(tmp_path: Path) -> None:
+    dept, table = load_example(example("gov_gbk"), tmp_path)
+    _settings, app, _state = SIMULATORS["rest"].build({**table, "port": 0})
+    async with serve_asgi(app) as url, httpx.AsyncClient() as http:
+        raw = await http.post(f"{url}/api/v1/cases", json={}, headers={"Idempotency-Key": "k"})
+        assert raw.headers["content-type"] == "application/json; charset=gbk"
+        with pytest.raises(UnicodeDecodeError):
+            raw.content.decode("utf-8")  # really GBK on the wire
+        connector = rest_connector(pointed_at(dept, url), http)
+        with pytest.raises(DepartmentRejected, match=r"申请材料不全：缺少 form\.licenceNo"):
+            await connector.submit(envelope("gbk-1", form={}))
+        with pytest.raises(CaseNotFound, match=r"no such case NONE \(department code 4004"):
+            await connector.poll(Receipt(case_id="NONE"))
+
+
+async def test_form_bodies_are_form_encoded(tmp_path: Path) -> None:
+    dept, table = load_example(example("gov_form_body"), tmp_path)
+    _settings, app, state = SIMULATORS["rest"].build({**table, "port": 0})
+    async with serve_asgi(app) as url, httpx.AsyncClient() as http:
+        connector = rest_connector(pointed_at(dept, url), http)
+        receipt = await connector.submit(envelope("form-1"))
+    body = state.cases[receipt.case_id].body
+    assert body["idNo"] == "110101199003074518" and body["itemCode"] == "XK00000001"
+    assert body["form"] == {"licenceNo": "L-1"}  # a nested value travels as JSON text
+
+
+async def test_listing_short_of_the_total_fails(tmp_path: Path) -> None:
+    """A department whose pages hold fewer cases than its total says: never a quiet success."""
+    dept, table = load_example(example("gov_page_list"), tmp_path)
+    _settings, app, _state = SIMULATORS["rest"].build({**table, "port": 0})
+    async with serve_asgi(app) as url, httpx.AsyncClient() as http:
+        base = pointed_at(dept, url)
+        connector = rest_connector(base, http)
+        for i in range(3):
+            await connector.submit(envelope(f"page-{i}"))
+        # the issue's department: paged by number, read as if by cursor (page 1 only)
+        options = {**base.options, "list": {**base.options["list"], "style": "cursor"}}
+        wrong = rest_connector(base.model_copy(update={"options": options}), http)
+        with pytest.raises(PermanentError, match="the department says 3 cases, 1 pages gave 2"):
+            [c async for c in wrong.list_cases(*WINDOW)]
+        listed = [c async for c in connector.list_cases(*WINDOW)]
+        assert len(listed) == 3 and connector.last_listing_pages == 2
+
+
+async def test_next_link_to_another_host_is_refused(tmp_path: Path) -> None:
+    dept, table = load_example(example("gov_next_link"), tmp_path)
+    _settings, app, _state = SIMULATORS["rest"].build({**table, "port": 0})
+    async with serve_asgi(app) as url, httpx.AsyncClient() as http:
+        connector = rest_connector(pointed_at(dept, url), http)
+        with pytest.raises(PermanentError, match="link to another host refused"):
+            connector._url("http://elsewhere.example/api/v1/cases?cursor=2", "/cases")
+        assert connector._url("/api/v1/cases?cursor=2", "/cases") == f"{url}/api/v1/cases?cursor=2"

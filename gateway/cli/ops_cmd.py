@@ -112,12 +112,14 @@ def status(
     if resent:
         console.print(
             f"re-sent {len(resent)} time(s): the department already held this case (an earlier "
-            "delivery reached it and its answer was lost)"
+            "delivery reached it and its answer was lost)",
+            soft_wrap=True,
         )
     if view.status == "approved" and not view.documents:
         console.print(
             "decided without documents: nothing to hand out yet "
-            f"(gateway refetch {application_id} asks the department again)"
+            f"(gateway refetch {application_id} asks the department again)",
+            soft_wrap=True,
         )
     table = Table("at", "source", "actor", "from", "to", "detail")
     for e in view.history or []:
