@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import inspect
 import json
 import time
 import tracemalloc
@@ -24,15 +25,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncssh
 import pytest
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from gateway.config.loader import load_config
-from gateway.connector import Applicant, Envelope, Receipt
+from gateway.connector import Applicant, CaseUpdate, Envelope, Receipt
 from gateway.departments import DepartmentLink
 from gateway.errors import AnswerTooLarge, ConnectorError, PermanentError, TransientError
 from gateway.runtime import Runtime
+from gateway.simulators import sftp as sftp_simulator
 from gateway.simulators.city import SimulatedCity, simulated_city
 from tests.conftest import EXAMPLE, configure_for_test, wait_for
 from tests.hostile_department import Hostile, gzip_bomb, hostile
@@ -132,6 +135,22 @@ async def behind_door(
             await runtime.aclose()
 
 
+class Clock:
+    """The breaker's clock, steered: a cool-down passes when the test says so."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def steered(link: DepartmentLink) -> Clock:
+    clock = Clock()
+    link.breaker.clock = clock
+    return clock
+
+
 def gauge(code: str) -> float | None:
     return REGISTRY.get_sample_value("gateway_breaker_open", {"department": code})
 
@@ -199,6 +218,7 @@ async def check_size(call_it: Callable[[], Awaitable[Any]]) -> int:
 
 async def check_breaker(link: DepartmentLink, op: str, case_id: str, door: Hostile) -> None:
     code = link.code
+    clock = steered(link)
     with capture_logs() as logs:
         door.mode = "fail"
         for _ in range(2):
@@ -212,7 +232,8 @@ async def check_breaker(link: DepartmentLink, op: str, case_id: str, door: Hosti
             await call(link, op, case_id)
         assert door.requests == asked  # refused without calling the department
         door.mode = "ok"
-        await wait_for(lambda: not link.breaker_open(), timeout=10)
+        clock.t += link.breaker.cooldown + 1
+        assert not link.breaker_open()
         await call(link, op, case_id)  # the probe succeeds: closed
         assert not link.breaker.tripped
         assert gauge(code) == 0
@@ -222,6 +243,7 @@ async def check_breaker(link: DepartmentLink, op: str, case_id: str, door: Hosti
 
 async def check_health_ignores_breaker(link: DepartmentLink, case_id: str, door: Hostile) -> None:
     """Health is exempt: it asks even while the breaker is open, and never moves it."""
+    steered(link)
     door.mode = "fail"
     for _ in range(2):
         with pytest.raises(TransientError):
@@ -266,7 +288,7 @@ async def test_guards_hold_for_http_departments(
             door.mode = mode
             growth[mode] = await check_size(lambda: call(link, op, case))
 
-    breaker = BreakerSettings(threshold=2, cooldown_seconds=0.3)
+    breaker = BreakerSettings(threshold=2, cooldown_seconds=15.0)
     async with behind_door(city, code, breaker=breaker, retry=retry) as (door, link, case):
         if op == "health":
             await check_health_ignores_breaker(link, case, door)
@@ -282,6 +304,207 @@ async def test_guards_hold_for_http_departments(
 
 
 # -- file drop ----------------------------------------------------------------------------------
+
+#: file-drop operations; only pull_updates reads an answer of the department's making (a
+#: result file): the others write, move or list, so the size row is pull_updates'
+FILEDROP_OPS = ["submit", "pull_updates", "ack_update", "list_cases", "health"]
+
+
+class SftpDoor:
+    """What the hostile SFTP server does with each request (shared by its sessions)."""
+
+    def __init__(self) -> None:
+        self.mode = "ok"
+        self.release = asyncio.Event()
+        self.requests = 0
+        self.inflight = 0
+        self.max_inflight = 0
+
+
+_DOOR = SftpDoor()
+_WRAPPED = ("open", "scandir", "stat", "lstat", "rename", "posix_rename", "mkdir", "remove")
+
+
+class HostileSftp(sftp_simulator._Sftp):
+    """The simulator's SFTP server, with each request held, slowed or failed on request."""
+
+
+class _Entered:
+    """One request at the door: counted while in, held, slowed or failed as the door says."""
+
+    async def __aenter__(self) -> None:
+        door = _DOOR
+        door.requests += 1
+        door.inflight += 1
+        door.max_inflight = max(door.max_inflight, door.inflight)
+        try:
+            if door.mode == "hold":
+                await asyncio.wait_for(door.release.wait(), timeout=60)
+            elif door.mode == "trickle":
+                await asyncio.sleep(2.0)  # a department that takes 2 s per file operation
+            elif door.mode == "fail":
+                raise asyncssh.SFTPFailure("the share is unavailable")
+        except BaseException:
+            door.inflight -= 1
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        _DOOR.inflight -= 1
+
+
+def _guarded(name: str) -> Callable[..., Any]:
+    plain = getattr(sftp_simulator._Sftp, name)
+    if inspect.isasyncgenfunction(plain):
+
+        async def listing(self: Any, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            async with _Entered():
+                async for item in plain(self, *args, **kwargs):
+                    yield item
+
+        return listing
+
+    async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        async with _Entered():
+            result = plain(self, *args, **kwargs)
+            return await result if inspect.isawaitable(result) else result
+
+    return method
+
+
+for _name in _WRAPPED:
+    setattr(HostileSftp, _name, _guarded(_name))
+
+
+@contextlib.asynccontextmanager
+async def filedrop_over_sftp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **settings: Any
+) -> AsyncIterator[tuple[SftpDoor, DepartmentLink, Path]]:
+    global _DOOR
+    _DOOR = door = SftpDoor()
+    monkeypatch.setattr(sftp_simulator, "_Sftp", HostileSftp)
+    base = tmp_path / uuid.uuid4().hex[:8]
+    root = base / "share"
+    root.mkdir(parents=True)
+    async with sftp_simulator.sftp_server(root, keydir=base / "keys") as server:
+        config = configure_for_test(load_config(EXAMPLE), base, "sqlite+aiosqlite://")
+        dept = config.departments["civil"]
+        options = dict(dept.options)
+        options["target"] = {
+            "type": "sftp",
+            "host": server.host,
+            "port": server.port,
+            "username": server.username,
+            "private_key": str(server.client_key_path),
+            "host_key": server.host_key_line,
+            "root": "/",
+        }
+        options["result"] = {**options.get("result", {}), "stable_seconds": 0}
+        dept = dept.model_copy(update={"options": options, **settings})
+        runtime = Runtime(
+            dataclasses.replace(config, departments={**config.departments, "civil": dept})
+        )
+        try:
+            link = runtime.link("civil")
+            assert link is not None
+            # set-up, not under test: connect and make the folders
+            assert await link.connector.pull_updates(1) == []
+            yield door, link, root
+        finally:
+            await runtime.aclose()
+
+
+async def call_filedrop(link: DepartmentLink, op: str) -> Any:
+    if op == "ack_update":
+        update = CaseUpdate(case_id="X1", status="9", ref="gone-result.json")
+        return await link.ack_update(update, "applied")
+    return await call(link, op, "X1")
+
+
+@pytest.mark.parametrize("op", FILEDROP_OPS)
+async def test_guards_hold_for_file_drop_over_sftp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, op: str
+) -> None:
+    from gateway.config.models import BreakerSettings, RetryPolicy
+
+    retry = RetryPolicy(in_call_attempts=1, in_call_wait_seconds=0.0)
+    async with filedrop_over_sftp(tmp_path, monkeypatch, concurrency=2, timeout_seconds=20.0) as (
+        door,
+        link,
+        _root,
+    ):
+        door.mode = "hold"
+        tasks = [asyncio.create_task(call_filedrop(link, op)) for _ in range(6)]
+        tasks += [asyncio.create_task(call(link, "health", "X1")) for _ in range(2)]
+        # two calls pass the link (the connector then takes the share one request at a time),
+        # six wait at the link
+        await wait_for(lambda: link.slots.used == 2 and len(link.slots._waiters) == 6, timeout=20)
+        await wait_for(lambda: door.inflight >= 1, timeout=20)
+        door.release.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert not [r for r in results if isinstance(r, BaseException)], results
+        assert door.max_inflight <= 2
+
+    async with filedrop_over_sftp(tmp_path, monkeypatch, timeout_seconds=0.5, retry=retry) as (
+        door,
+        link,
+        _root,
+    ):
+        door.mode = "trickle"
+        await check_deadline(lambda: call_filedrop(link, op), op)
+
+    if op == "pull_updates":
+        async with filedrop_over_sftp(tmp_path, monkeypatch, max_answer_bytes=MB) as (
+            door,
+            link,
+            root,
+        ):
+            big = {"case_id": "X1", "status": "9", "detail": "x" * (4 * MB)}
+            (root / "outbox" / "BIG-result.json").write_bytes(json.dumps(big).encode())
+            tracemalloc.start()
+            try:
+                base = tracemalloc.get_traced_memory()[0]
+                assert await link.pull_updates(10) == []
+                growth = tracemalloc.get_traced_memory()[1] - base
+            finally:
+                tracemalloc.stop()
+            reason = (root / "quarantine" / "BIG-result.json.reason").read_text()
+            assert f"larger than {MB} bytes" in reason
+            assert growth < 50 * MB
+
+    breaker = BreakerSettings(threshold=2, cooldown_seconds=15.0)
+    async with filedrop_over_sftp(tmp_path, monkeypatch, breaker=breaker, retry=retry) as (
+        door,
+        link,
+        _root,
+    ):
+        clock = steered(link)
+        if op == "health":
+            door.mode = "fail"
+            for _ in range(2):
+                with pytest.raises(TransientError):
+                    await call_filedrop(link, "submit")
+            assert link.breaker_open()
+            door.mode = "ok"
+            asked = door.requests
+            await call(link, "health", "X1")
+            assert door.requests > asked and link.breaker_open()
+            return
+        with capture_logs() as logs:
+            door.mode = "fail"
+            for _ in range(2):
+                with pytest.raises(TransientError):
+                    await call_filedrop(link, op)
+            assert link.breaker_open() and gauge("civil") == 1
+            assert any(e["event"] == "breaker opened" for e in logs)
+            asked = door.requests
+            with pytest.raises(TransientError, match="breaker open"):
+                await call_filedrop(link, op)
+            assert door.requests == asked
+            door.mode = "ok"
+            clock.t += link.breaker.cooldown + 1
+            await call_filedrop(link, op)
+            assert not link.breaker.tripped and gauge("civil") == 0
+            assert any(e["event"] == "breaker closed" and e["log_level"] == "warning" for e in logs)
 
 
 async def test_file_drop_answers_are_capped(city: SimulatedCity, tmp_path: Path) -> None:

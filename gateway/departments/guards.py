@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 
 import structlog
 
@@ -108,6 +109,8 @@ class Breaker:
         self.cooldown = settings.cooldown_seconds
         self.failures = 0
         self.open_until = 0.0
+        #: the breaker's clock (tests steer it instead of waiting out a cool-down)
+        self.clock: Callable[[], float] = time.monotonic
         metrics.BREAKER_OPEN.labels(department).set(0)
 
     @property
@@ -117,10 +120,10 @@ class Breaker:
 
     def is_open(self) -> bool:
         """In its cool-down: no call goes out."""
-        return time.monotonic() < self.open_until
+        return self.clock() < self.open_until
 
     def open_for(self) -> float:
-        return max(0.0, self.open_until - time.monotonic())
+        return max(0.0, self.open_until - self.clock())
 
     def record(self, ok: bool) -> None:
         if ok:
@@ -132,7 +135,7 @@ class Breaker:
         self.failures += 1
         if self.failures >= self.threshold:
             reopened = self.failures > self.threshold
-            self.open_until = time.monotonic() + self.cooldown
+            self.open_until = self.clock() + self.cooldown
             metrics.BREAKER_OPEN.labels(self.department).set(1)
             log.warning(
                 "breaker reopened" if reopened else "breaker opened",
