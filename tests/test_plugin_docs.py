@@ -74,7 +74,7 @@ def test_every_hook_has_a_test(hook: str) -> None:
 
 def test_every_page_is_linked_from_the_index() -> None:
     index = (DOCS / "README.md").read_text(encoding="utf-8")
-    for page in [*PAGES[1:], "soap.md", "filedrop.md"]:
+    for page in [*PAGES[1:], "rest.md", "soap.md", "filedrop.md"]:
         assert f"]({page}" in index, f"docs/plugins/README.md does not link {page}"
 
 
