@@ -6,9 +6,10 @@ import math
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 
 from gateway import metrics
-from gateway.api import problems
+from gateway.api import openapi, problems
 from gateway.api.access import AccessLog
 from gateway.api.auth import KeyRing
 from gateway.api.limits import BodyLimit
@@ -55,16 +56,26 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _operation_id(route: APIRoute) -> str:
+    return route.name
+
+
 def create_app(runtime: Runtime) -> FastAPI:
     """The API over a started :class:`Runtime` (the caller owns its lifecycle)."""
     app = FastAPI(
         title="OneWindow Gateway",
         version="0.1.0",
-        description="One window in, one window out: the front-desk API of the gateway.",
+        description="One window in, one window out: the front-desk API of the gateway. "
+        "The guide is docs/front-desk-api.md; every error is application/problem+json with a "
+        "stable code (GET /problems lists them).",
+        # operation ids are the handlers' names (submit_application, list_pickups, ...): what
+        # a generated client calls its functions
+        generate_unique_id_function=_operation_id,
     )
     app.state.runtime = runtime
     app.state.keyring = KeyRing(runtime)
     problems.install(app)
+    openapi.install(app)
     app.add_exception_handler(InfrastructureError, _unavailable)
     app.include_router(applications_router)
     app.include_router(callbacks_router)

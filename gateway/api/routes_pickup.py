@@ -128,7 +128,15 @@ def _item(r: Any, docs: list[Any], decision: Any, lang: Language) -> PickupItem:
     "/applications/{app_id}/documents/{doc_id}",
     tags=["pickup"],
     response_class=Response,
-    responses={200: {"content": {"application/pdf": {}}, "description": "the document"}},
+    responses={
+        200: {
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+            "description": "the document's bytes; Content-Type is the document's own "
+            "(application/pdf, image/png, ...), X-Content-SHA256 its hash",
+        }
+    },
 )
 async def download(app_id: str, doc_id: str, runtime: RuntimeDep, client: ClientDep) -> Response:
     """A result document's bytes, checked against their sha256 before they are sent."""
