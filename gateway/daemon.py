@@ -355,7 +355,7 @@ class Daemon:
         early when another part of this process reached the database again)."""
         if not self._pause:
             return False
-        if not outage_of(self.runtime.engine).down:
+        if outage_of(self.runtime.engine).answering:
             self._pause = 0.0
             return False
         return time.monotonic() < self._paused_until

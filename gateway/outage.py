@@ -4,9 +4,13 @@ During an outage every request and every daemon tick fails the same way; logging
 buries everything else (a 30 s database outage once wrote 59 MB of tracebacks). An
 :class:`Outage` turns that stream into a few lines::
 
-    WARNING  database unreachable since 2026-12-01T10:00:00Z   (once, when it starts)
-    WARNING  database still unreachable                      (at most every remind_seconds)
+    WARNING  database unavailable since 2026-12-01T10:00:00Z   (once, when it starts)
+    WARNING  database still unavailable                      (at most every remind_seconds)
     INFO     database back after 31.2 s                       (once, when it ends)
+
+An outage ends at the first success ``SETTLE_SECONDS`` after its last failure: while a database
+is slow, some statements time out and others work, and each success is not the end of it. Its
+length is told from the first failure to the last.
 
 and into metrics: ``gateway_outage{component}`` is 1 while it lasts,
 ``gateway_outage_seconds_total{component}`` adds its length when it ends. A dependency that
@@ -28,6 +32,7 @@ log = structlog.get_logger("gateway.outage")
 
 REMIND_SECONDS = 300.0
 FLAP_SECONDS = 60.0
+SETTLE_SECONDS = 5.0
 
 
 class Outage:
@@ -38,7 +43,7 @@ class Outage:
         self,
         component: str,
         *,
-        what: str = "unreachable",
+        what: str = "unavailable",
         remind_seconds: float = REMIND_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -51,6 +56,8 @@ class Outage:
         self.since: dt.datetime | None = None
         self.failures = 0
         self._started = 0.0
+        self._last_failure = 0.0
+        self._last_ok = 0.0
         self._announced = False  # the current outage was logged (so its end is too)
         self._last_said = -float("inf")  # monotonic time of the last WARNING
         self._last_end = -float("inf")  # monotonic time the last outage ended
@@ -59,6 +66,7 @@ class Outage:
         """An operation failed because the dependency is out; logs only as the class says."""
         t = self._clock()
         self.failures += 1
+        self._last_failure = t
         if not self.down:
             self.down = True
             self.since = dt.datetime.now(dt.UTC)
@@ -82,11 +90,14 @@ class Outage:
             )
 
     def ok(self) -> None:
-        """An operation worked: the outage, if any, is over."""
+        """An operation worked: the outage, if any, is over once nothing failed for
+        ``SETTLE_SECONDS``."""
         if not self.down:
             return
-        t = self._clock()
-        seconds = t - self._started
+        t = self._last_ok = self._clock()
+        if t - self._last_failure < SETTLE_SECONDS:
+            return
+        seconds = self._last_failure - self._started
         self.down = False
         self._last_end = t
         metrics.OUTAGE.labels(self.component).set(0)
@@ -100,6 +111,11 @@ class Outage:
         self.since = None
         self.failures = 0
 
+    @property
+    def answering(self) -> bool:
+        """Up, or it worked again since its last failure (the outage may not be over yet)."""
+        return not self.down or self._last_ok > self._last_failure
+
     def _say(self, event: str, t: float, **kw: object) -> None:
         self._last_said = t
         self._announced = True
@@ -110,4 +126,4 @@ def _iso(at: dt.datetime | None) -> str:
     return at.isoformat(timespec="seconds").replace("+00:00", "Z") if at else ""
 
 
-__all__ = ["FLAP_SECONDS", "REMIND_SECONDS", "Outage"]
+__all__ = ["FLAP_SECONDS", "REMIND_SECONDS", "SETTLE_SECONDS", "Outage"]

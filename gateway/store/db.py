@@ -147,7 +147,9 @@ def _watch(engine: AsyncEngine) -> None:
         if ctx.is_pre_ping:  # the pool replaces the dead connection itself: not a failure
             return None
         found = unavailable(ctx.original_exception, disconnect=ctx.is_disconnect)
-        if found is not None:
+        # a connection killed under a statement (failover, pg_terminate_backend) costs a retry;
+        # if the server is really gone, the reconnect fails and that starts the outage
+        if found is not None and not getattr(found, "connection_lost", False):
             outage.failed(str(found))
         return found
 

@@ -148,6 +148,7 @@ async def test_data_dir_full(tmp_path: Path, backend: str) -> None:
             replayed = {**await early.replayed_ids(), **await late.replayed_ids()}
             log_text = gw.text_since(before)
     answers = early.answers + late.answers
+    print(log_text)  # what ops saw
     report(
         f"data_dir full ({backend})",
         uploads_refused=sum(1 for u in uploads if u == 507),

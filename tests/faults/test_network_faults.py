@@ -66,7 +66,7 @@ async def test_department_blackholed(tmp_path: Path, mode: str) -> None:
         r = await ops.get("/v1/ops/departments")
         ops_seconds = time.monotonic() - asked
         assert r.status_code == 200, r.text
-        amr = next(d for d in r.json() if d["code"] == "amr")
+        amr = next(d for d in r.json()["items"] if d["code"] == "amr")
         delivered_during = len(sim.cases)
         await proxy.set_mode("forward")
         switched = time.monotonic()
@@ -79,6 +79,7 @@ async def test_department_blackholed(tmp_path: Path, mode: str) -> None:
 
         await wait_for(past_dispatch, timeout=120, interval=1)
         log_text = gw.text_since(before)
+    print(log_text)  # what ops saw
     report(
         f"department blackholed ({mode}) {blackout:.0f} s",
         requests=desk.requests,
@@ -183,6 +184,7 @@ async def test_sftp_drops_mid_transfer(tmp_path: Path) -> None:
         await wait_for(decided, timeout=120, interval=1)
         stats = dept.stats()
         log_text = gw.text_since(before)
+    print(log_text)  # what ops saw
     report(
         f"SFTP drops mid-transfer {flaky_for:.0f} s",
         requests=desk.requests,
