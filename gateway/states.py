@@ -40,7 +40,11 @@ _DECIDED = (S.APPROVED, S.REJECTED, S.NOT_ACCEPTED)
 FORWARD: dict[State, frozenset[State]] = {
     S.RECEIVED: frozenset({S.DISPATCHING, S.WITHDRAWN}),
     S.DISPATCHING: frozenset({S.DELIVERED, S.FAILED, S.WITHDRAWN}),
-    S.DELIVERED: frozenset({S.ACCEPTED, S.NOT_ACCEPTED, S.SUPPLEMENT_REQUIRED, S.WITHDRAWN}),
+    # delivered -> failed: the department handed the request back as unprocessable (e.g. a
+    # file-drop error file) before taking it; an operator replays it like a dispatch failure
+    S.DELIVERED: frozenset(
+        {S.ACCEPTED, S.NOT_ACCEPTED, S.SUPPLEMENT_REQUIRED, S.FAILED, S.WITHDRAWN}
+    ),
     S.ACCEPTED: frozenset({S.IN_REVIEW, S.SUPPLEMENT_REQUIRED, S.WITHDRAWN}),
     S.IN_REVIEW: frozenset(
         {S.APPROVED, S.REJECTED, S.SUPPLEMENT_REQUIRED, S.SUSPENDED, S.WITHDRAWN}

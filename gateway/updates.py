@@ -172,14 +172,26 @@ async def _apply(
             detail["documents"] = await documents.store(
                 conn, runtime.blobs, app_id, version or app.version, upd.documents
             )
-        if app.department_case_id is None:
+        placeholder = app.department_case_id in (None, upd.idempotency_key)
+        if placeholder and upd.case_id and upd.case_id != app.department_case_id:
+            # a department that answers only later with its own case number (file drop: the
+            # receipt is our key) gets that number kept
             await conn.execute(
                 update(applications)
                 .where(applications.c.id == app_id)
                 .values(department_case_id=upd.case_id)
             )
+        # a case the department handed back as unprocessable: ops see why in the failures list
+        extra = {"last_error": upd.detail} if state is State.FAILED and upd.detail else None
         changes = await move(
-            conn, app_id, [state], source=source, actor=actor, detail=detail, version=version
+            conn,
+            app_id,
+            [state],
+            source=source,
+            actor=actor,
+            detail=detail,
+            version=version,
+            extra=extra,
         )
         if not changes and upd.documents and state in DECIDED:
             # documents that come after the decision (a second message) complete the case

@@ -167,10 +167,24 @@ def test_options_are_strict() -> None:
                 }
             }
         )
-    with pytest.raises(ValidationError, match="plain folder name"):
-        FiledropOptions.model_validate(
-            {"target": {"type": "local", "root": "/x"}, "folders": {"outbox": "../etc"}}
-        )
+    for bad in ("../etc", "/etc", "a//b", "inbox/../x", "a/b/c/d/e"):
+        with pytest.raises(ValidationError, match="not a folder path"):
+            FiledropOptions.model_validate(
+                {"target": {"type": "local", "root": "/x"}, "folders": {"outbox": bad}}
+            )
+    nested = FiledropOptions.model_validate(
+        {"target": {"type": "local", "root": "/x"}, "folders": {"processed": "inbox/done"}}
+    )
+    assert nested.folders.processed == "inbox/done"
+    for key, value, message in [
+        ("timezone", "Mars/Olympus", "IANA time zone"),
+        ("list_separators", [" "], "non-blank"),
+        ("document_patterns", ["../{stem}.pdf"], "beside the result"),
+    ]:
+        with pytest.raises(ValidationError, match=message):
+            FiledropOptions.model_validate(
+                {"target": {"type": "local", "root": "/x"}, "result": {key: value}}
+            )
     with pytest.raises(ValidationError, match="Extra inputs"):
         FiledropOptions.model_validate({"target": {"type": "local", "root": "/x"}, "formt": 1})
     with pytest.raises(ValidationError, match="unknown envelope field"):
@@ -222,7 +236,11 @@ async def test_garbage_and_hostile_files_are_quarantined(
     tmp_path: Path, http: httpx.AsyncClient
 ) -> None:
     conn = make_connector(
-        local_options(tmp_path, result={"stable_seconds": 0, "max_bytes": 4096}), http
+        local_options(
+            tmp_path,
+            result={"stable_seconds": 0, "max_bytes": 4096, "missing_document_wait_seconds": 0},
+        ),
+        http,
     )
     drop(tmp_path, "a-garbage.json", b"{not json")
     drop(tmp_path, "a2-binary.json", b"\x00\xff")
@@ -394,9 +412,11 @@ async def test_list_cases_from_the_sent_record(conn: FiledropConnector, tmp_path
     await conn.ack_update(update, "applied")
     since = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
     until = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
-    cases = {c.case_id: c async for c in conn.list_cases(since, until)}
+    cases = {c.idempotency_key: c async for c in conn.list_cases(since, until)}
+    assert cases[KEY].case_id == "MZ-2025-000001"  # the department's case number, once known
     assert cases[KEY].status == "4"
     assert cases[KEY].updated_at == dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
     assert cases["ow-a0000000000000002-v1"].status == "delivered"
     later = dt.datetime(2025, 6, 1, tzinfo=dt.UTC)
     assert {c.case_id async for c in conn.list_cases(later, until)} == {"ow-a0000000000000002-v1"}
+    assert cases["ow-a0000000000000002-v1"].case_id == "ow-a0000000000000002-v1"

@@ -15,6 +15,7 @@ import pytest
 from gateway_filedrop.connector import FiledropConnector
 from sqlalchemy import func, select
 
+from gateway import operations
 from gateway.config.loader import Config
 from gateway.connector import CaseUpdate, UpdateOutcome
 from gateway.dispatcher import Dispatcher
@@ -153,7 +154,8 @@ async def test_civil_end_to_end_until_every_application_is_final(
     assert approved_docs and all(
         json.loads(d)["documents"] if isinstance(d, str) else d["documents"] for d in approved_docs
     )
-    assert all(case_id == idempotency_key(app, 1) for app, case_id in case_ids)
+    # the department's own case number replaced the placeholder (our key) with its first result
+    assert all(case_id.startswith("MZ-") for _app, case_id in case_ids), case_ids
 
 
 QUIET = {"decision_delay_seconds": 3600, "scan_interval_seconds": 0.02}
@@ -218,3 +220,44 @@ async def test_crash_between_apply_and_archive(
             )
         ).scalar_one()
     assert approved == 1
+
+
+async def test_a_refused_request_fails_the_case_visibly_and_a_replay_resends_it(
+    example_config: Config,
+) -> None:
+    folders = {"errors": "error"}
+    async with simulated_city(
+        example_config,
+        simulator_overrides={"civil": QUIET, "amr": FAST, "hrss": FAST},
+        department_overrides={"civil": {"options": {"result": RESULT, "folders": folders}}},
+    ) as city:
+        rt = Runtime(city.config)
+        await rt.prepare_database()
+        dispatcher = Dispatcher(rt, seed=1)
+        task = asyncio.create_task(dispatcher.run())
+        try:
+            dept: FiledropDepartmentState = city.states["civil"]
+            [app_id] = await submit_civil(rt, 1)
+            key = idempotency_key(app_id, 1)
+            await wait_for(lambda: key in dept.cases)
+            # the back office hands the request back into its error folder, saying why
+            (dept.root / "error").mkdir()
+            (dept.root / "processed" / f"{key}.json").rename(dept.root / "error" / f"{key}.json")
+            (dept.root / "error" / f"{key}.json.err").write_text("申请人证件号码缺失")
+            assert await pull_department(rt, "civil") == 1
+            [failed] = await operations.failures(rt)
+            assert (failed.id, failed.status) == (app_id, State.FAILED)
+            assert "申请人证件号码缺失" in failed.last_error
+            assert await pull_department(rt, "civil") == 0  # read once
+            await operations.replay(rt, app_id, actor="ops/test")
+            # written again under the same key: the department sees the same request again
+            await wait_for(lambda: dept.duplicates == 1, timeout=20)
+
+            async def delivered() -> bool:
+                return (await statuses(rt, [app_id]))[app_id] == State.DELIVERED
+
+            await wait_for(delivered, timeout=20)
+        finally:
+            await dispatcher.stop(grace_seconds=2)
+            await task
+            await rt.aclose()

@@ -77,7 +77,8 @@ async def test_submit_pull_ack_over_sftp(conn: FiledropConnector, server: SftpSe
     await conn.ack_update(update, "applied")
     assert tree(server.root / "archive") == {"r1.json"}
     assert tree(server.root / "quarantine") == {"junk.json", "junk.json.reason"}
-    assert (await conn.health()).ok
+    health = await conn.health()  # reachable, but a file waits for ops in quarantine
+    assert not health.ok and "1 result file(s) in quarantine" in health.detail
     # one connection served all of that
     assert server.connections == 1
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import typer
+
 from gateway.connector import Connector
 from gateway.hookspecs import hookimpl
 
@@ -13,3 +15,10 @@ def register_connectors(register: Callable[[type[Connector]], None]) -> None:
     from gateway_filedrop.connector import FiledropConnector
 
     register(FiledropConnector)
+
+
+@hookimpl
+def register_commands(cli: typer.Typer) -> None:
+    from gateway_filedrop.cli import commands
+
+    cli.add_typer(commands, name="filedrop")

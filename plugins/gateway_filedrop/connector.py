@@ -1,12 +1,14 @@
 """The built-in ``filedrop`` connector: departments that exchange files through folders.
 
-Layout under the target's root (names from ``[options.folders]``)::
+Layout under the target's root (names from ``[options.folders]``; nested paths allowed)::
 
     inbox/       requests for the department: <key>.<ext> (+ <key>.m<n>.<ext> materials)
     processed/   where the department moves requests it has taken (optional)
+    errors/      where the department moves requests it refused, with <name>.err (optional)
     outbox/      results from the department: any name ending in the result format's extension,
-                 documents either inline (base64) or in the folder <result stem>.files/
-    archive/     results the gateway applied (or found already applied)
+                 documents inline (base64), in the folder <result stem>.files/, or beside
+                 the result (``documents_beside``, ``document_patterns``)
+    archive/     results the gateway applied (or found already applied), and .err files read
     quarantine/  results it could not read or match, each with a <name>.reason sidecar
                  (among them any link, FIFO, device or socket found where a file should be)
     sent/        the gateway's own record of each request written (idempotency, list_cases)
@@ -15,20 +17,25 @@ Every file name the connector makes comes from the gateway's idempotency key
 (``ow-<application id>-v<version>``), never from applicant input. Names found in the outbox
 are only ever used as one path segment in the folder they were listed from; names inside
 result files never become paths unless they pass a strict check.
+
+Nothing is dropped silently: a quarantined result is logged at WARNING and counted
+(``gateway_filedrop_quarantined_total``), health reports the quarantine until ops clears it
+(``gateway filedrop quarantine`` lists it, ``... requeue`` puts a file back), and a request
+the department refused (``.err``) moves its case to ``failed`` with the department's reason,
+where ``gateway replay`` re-sends it.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator
-from pathlib import PurePosixPath
 from typing import Any, ClassVar
 
+from prometheus_client import Counter
 from pydantic import BaseModel
 
 from gateway.connector import (
@@ -43,26 +50,49 @@ from gateway.connector import (
     UpdateOutcome,
 )
 from gateway.errors import ConnectorError, PermanentError, TransientError
-from gateway.mapping import MISSING, get_path, map_envelope, parse_time, put_path
+from gateway.mapping import map_envelope, put_path
+from gateway_filedrop import quarantine, records
 from gateway_filedrop.formats import EXTENSIONS, ResultFileError, decode_result, encode_request
 from gateway_filedrop.local_storage import LocalStorage
 from gateway_filedrop.options import FiledropOptions, LocalTarget
+from gateway_filedrop.records import safe_document_name
 from gateway_filedrop.sftp_storage import SftpStorage
 from gateway_filedrop.storage import Entry, FileTooLarge, Storage, UnsafeFile
 
-__all__ = ["FiledropConnector", "FiledropOptions", "safe_document_name"]
+__all__ = ["REFUSED", "FiledropConnector", "FiledropOptions", "open_storage", "safe_document_name"]
 
+log = logging.getLogger("gateway_filedrop")
+
+QUARANTINED = Counter(
+    "gateway_filedrop_quarantined_total",
+    "Result files moved to quarantine, by department",
+    ["department"],
+)
+REFUSALS = Counter(
+    "gateway_filedrop_refused_requests_total",
+    "Request files the department moved to its error folder, by department",
+    ["department"],
+)
+
+#: the status a refused request (a department-side .err file) reports: the gateway state
+REFUSED = "failed"
+_ERR_REF = "errors:"
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-_FILE_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_FILE_REF = re.compile(r"^[^/\\\x00-\x1f]{1,128}$")
 _MATERIAL_EXT = {"application/pdf": ".pdf", "image/jpeg": ".jpg", "image/png": ".png"}
+_REASON_BYTES = 4096
 
 
-def safe_document_name(name: str) -> str:
-    """A display name from a department's document name: the last segment, no leading dots,
-    no control characters. It is stored as data only; this keeps it harmless if shown."""
-    last = PurePosixPath(name.replace("\\", "/")).name
-    last = "".join(ch for ch in last if ch.isprintable()).lstrip(".").strip()
-    return last[:128] or "document"
+class _DocumentNotYet(ResultFileError):
+    """A document file the result names is not there (yet)."""
+
+
+def open_storage(options: FiledropOptions, label: str) -> Storage:
+    """The storage of a department's target (local folder or SFTP server)."""
+    target = options.target
+    if isinstance(target, LocalTarget):
+        return LocalStorage(target, label)
+    return SftpStorage(target, label, options.timeout_seconds)
 
 
 class FiledropConnector(Connector):
@@ -73,29 +103,29 @@ class FiledropConnector(Connector):
 
     def __init__(self, context: ConnectorContext) -> None:
         super().__init__(context)
-        self.options = options = self.options_as(FiledropOptions)
-        label = context.department
-        target = options.target
-        self.storage: Storage = (
-            LocalStorage(target, label)
-            if isinstance(target, LocalTarget)
-            else SftpStorage(target, label, options.timeout_seconds)
-        )
+        self.options = self.options_as(FiledropOptions)
+        self.storage = open_storage(self.options, context.department)
         self._prepared = False
         # the file is the department's answer: capped by [options.result] and the department's cap
-        self._max_bytes = min(options.result.max_bytes, context.max_answer_bytes)
+        self._max_bytes = min(self.options.result.max_bytes, context.max_answer_bytes)
         #: outbox name -> (size, mtime, monotonic time first seen like that)
         self._seen: dict[str, tuple[int, float, float]] = {}
+        #: outbox name -> monotonic time a document it names was first found missing
+        self._waiting: dict[str, float] = {}
+        #: outbox name -> document files beside it, moved along when it is archived
+        self._beside: dict[str, list[str]] = {}
         self._clock = time.monotonic
+
+    @property
+    def _dept(self) -> str:
+        return self.context.department
 
     # -- submit --------------------------------------------------------------------------------
 
     async def submit(self, envelope: Envelope) -> Receipt:
         key = envelope.idempotency_key
         if not _KEY.fullmatch(key):
-            raise PermanentError(
-                f"{self.context.department}: idempotency key unfit for a file name"
-            )
+            raise PermanentError(f"{self._dept}: idempotency key unfit for a file name")
         try:
             return await self._submit(envelope, key)
         except UnsafeFile as exc:
@@ -103,26 +133,29 @@ class FiledropConnector(Connector):
 
     def _unsafe(self, exc: UnsafeFile) -> PermanentError:
         """A link or special file where the gateway writes or lists: not for retrying."""
-        return PermanentError(
-            f"{self.context.department}: {exc} (an operator must check the share)"
-        )
+        return PermanentError(f"{self._dept}: {exc} (an operator must check the share)")
 
     async def _submit(self, envelope: Envelope, key: str) -> Receipt:
         await self._prepare()
         folders, request = self.options.folders, self.options.request
         name = key + EXTENSIONS[request.format]
         receipt = Receipt(case_id=key)
-        if await self.storage.exists(self._ledger(key)):
-            return receipt
+        ledger = await self._read_ledger(key)
+        if ledger is not None and not ledger.get("refused"):
+            if ledger.get("status") or await self._at_department(name) is not False:
+                return receipt
+            ledger = None  # the department lost it (reconciliation's re-send): write it again
         inbox_path = f"{folders.inbox}/{name}"
-        if await self.storage.exists(inbox_path) or (
-            folders.processed and await self.storage.exists(f"{folders.processed}/{name}")
+        if ledger is None and (
+            await self.storage.exists(inbox_path)
+            or (folders.processed and await self.storage.exists(f"{folders.processed}/{name}"))
         ):
             # an earlier attempt wrote the request and stopped before recording it
             if request.commit == "done_marker" and await self.storage.exists(inbox_path):
                 await self.storage.write(inbox_path + request.done_suffix, b"", atomic=False)
             await self._record_sent(envelope, name)
             return receipt
+        # new, or refused by the department and now sent again (an operator's replay)
         payload = await self._payload(envelope, key)
         data = encode_request(
             payload, request.format, encoding=request.encoding, xml_root=request.xml_root
@@ -135,6 +168,17 @@ class FiledropConnector(Connector):
         await self._record_sent(envelope, name)
         return receipt
 
+    async def _at_department(self, name: str) -> bool | None:
+        """Whether the request ``name`` is in the department's inbox, processed or error
+        folder; None when that cannot be known (no processed folder: taken requests vanish)."""
+        folders = self.options.folders
+        if not folders.processed:
+            return None
+        for folder in (folders.inbox, folders.processed, folders.errors):
+            if folder and await self.storage.exists(f"{folder}/{name}"):
+                return True
+        return False
+
     async def _payload(self, envelope: Envelope, key: str) -> dict[str, Any]:
         request = self.options.request
         source = envelope.model_dump(mode="json")
@@ -146,7 +190,7 @@ class FiledropConnector(Connector):
             payload.pop("materials", None)
         else:
             payload = map_envelope(
-                source, request.body, where=f"{self.context.department} [options.request.body]"
+                source, request.body, where=f"{self._dept} [options.request.body]"
             )
         for target, value in request.constants.items():
             put_path(payload, target, value)
@@ -177,6 +221,15 @@ class FiledropConnector(Connector):
     def _ledger(self, key: str) -> str:
         return f"{self.options.folders.sent}/{key}.json"
 
+    async def _read_ledger(self, key: str) -> dict[str, Any] | None:
+        if not await self.storage.exists(self._ledger(key)):
+            return None
+        try:
+            entry = json.loads(await self.storage.read(self._ledger(key), 65536))
+        except (FileTooLarge, ValueError):
+            return {}  # ours but unreadable: the request was written, do not write it again
+        return entry if isinstance(entry, dict) else {}
+
     async def _record_sent(self, envelope: Envelope, name: str) -> None:
         now = _iso(dt.datetime.now(dt.UTC))
         entry = {
@@ -202,6 +255,8 @@ class FiledropConnector(Connector):
         entries = await self._list(outbox)
         names = {e.name for e in entries}
         self._seen = {n: s for n, s in self._seen.items() if n in names}
+        self._waiting = {n: s for n, s in self._waiting.items() if n in names}
+        files = {e.name for e in entries if e.kind == "file"}
         updates: list[CaseUpdate] = []
         for entry in sorted(entries, key=lambda e: (e.mtime, e.name)):
             if len(updates) >= limit:
@@ -214,11 +269,17 @@ class FiledropConnector(Connector):
             if not self._complete(entry, names):
                 continue
             try:
-                updates.append(await self._read_result(entry))
+                updates.append(await self._read_result(entry, files))
+            except _DocumentNotYet as exc:
+                first = self._waiting.setdefault(entry.name, self._clock())
+                if self._clock() - first >= result.missing_document_wait_seconds:
+                    await self._quarantine(entry.name, str(exc))
             except ResultFileError as exc:
                 await self._quarantine(entry.name, str(exc))
             except FileTooLarge:
                 await self._quarantine(entry.name, f"larger than {self._max_bytes} bytes")
+        if len(updates) < limit and self.options.folders.errors:
+            updates += await self._refusals(limit - len(updates))
         return updates
 
     def _candidate(self, entry: Entry) -> bool:
@@ -228,7 +289,17 @@ class FiledropConnector(Connector):
             return False
         if name.endswith(".files"):  # a result's documents (a link there fails that result)
             return False
+        if entry.kind == "file" and self._documents_beside and not self._is_result(name):
+            return False  # a document waiting beside its result
         return not name.endswith((".tmp", ".part", result.done_suffix, ".reason"))
+
+    @property
+    def _documents_beside(self) -> bool:
+        result = self.options.result
+        return result.documents_beside or bool(result.document_patterns)
+
+    def _is_result(self, name: str) -> bool:
+        return name.endswith(EXTENSIONS[self.options.result.format])
 
     def _complete(self, entry: Entry, names: set[str]) -> bool:
         result = self.options.result
@@ -241,102 +312,158 @@ class FiledropConnector(Connector):
             return result.stable_seconds == 0
         return now - seen[2] >= result.stable_seconds
 
-    async def _read_result(self, entry: Entry) -> CaseUpdate:
+    async def _read_result(self, entry: Entry, files: set[str]) -> CaseUpdate:
         result = self.options.result
         ext = EXTENSIONS[result.format]
-        if not entry.name.endswith(ext):
+        if not self._is_result(entry.name):
             raise ResultFileError(f"not a {ext} file")
         data = await self.storage.read(
             f"{self.options.folders.outbox}/{entry.name}", self._max_bytes
         )
         record = decode_result(data, result.format, encoding=result.encoding)
-        return await self._case_update(record, entry.name)
+        return await self._case_update(record, entry.name, files)
 
-    async def _case_update(self, record: dict[str, Any], name: str) -> CaseUpdate:
-        fields = self.options.result.fields
-        key = _text(record, fields.idempotency_key)
-        case_id = _text(record, fields.case_id) or key
-        status = _text(record, fields.status)
+    async def _case_update(self, record: dict[str, Any], name: str, files: set[str]) -> CaseUpdate:
+        result = self.options.result
+        fields = result.fields
+        key = records.text(record, fields.idempotency_key)
+        case_id = records.text(record, fields.case_id) or key
+        status = records.text(record, fields.status)
         if not status:
             raise ResultFileError(f"no status in {fields.status!r}")
         if not case_id:
             raise ResultFileError("names no case (no case id or idempotency key)")
-        items = get_path(record, fields.supplement_items) if fields.supplement_items else None
-        if isinstance(items, str):
-            items = [i for i in items.split(";") if i.strip()]
-        elif isinstance(items, dict) and len(items) == 1:
-            items = _as_list(next(iter(items.values())))
+        items = records.items(
+            records.field(record, fields.supplement_items), result.list_separators
+        )
+        detail = records.text(record, fields.detail) if fields.detail else ""
+        event_id = records.text(record, fields.event_id) if fields.event_id else ""
         return CaseUpdate(
             case_id=case_id[:200],
             idempotency_key=key[:200] if key else None,
             ref=name,
             status=status[:64],
-            detail=(_text(record, fields.detail) or None) if fields.detail else None,
-            occurred_at=parse_time(_text(record, fields.occurred_at)),
-            event_id=(_text(record, fields.event_id) or None) if fields.event_id else None,
-            documents=await self._documents(record, name),
-            supplement_items=[str(i) for i in items] if isinstance(items, list) else [],
+            detail=detail or None,
+            occurred_at=records.time_of(records.text(record, fields.occurred_at), result.timezone),
+            event_id=event_id or None,
+            documents=await self._documents(record, name, files),
+            supplement_items=[str(i) for i in items if not isinstance(i, (dict, list))],
         )
 
-    async def _documents(self, record: dict[str, Any], name: str) -> list[ResultDocument]:
-        fields = self.options.result.fields
-        if not fields.documents:
-            return []
-        raw = get_path(record, fields.documents)
-        if raw is MISSING or raw in (None, ""):
-            return []
-        if isinstance(raw, str):  # CSV: ";"-separated file names
-            raw = [
-                {fields.document_fields.file: part.strip()}
-                for part in raw.split(";")
-                if part.strip()
-            ]
+    async def _documents(
+        self, record: dict[str, Any], name: str, files: set[str]
+    ) -> list[ResultDocument]:
+        result = self.options.result
+        refs = records.document_refs(record, result) if result.fields.documents else []
+        named = {ref.file for ref in refs if ref.file}
+        for extra in records.beside(name, files, result.document_patterns):
+            if extra not in named:
+                refs.append(
+                    records.DocumentRef(
+                        name=safe_document_name(extra),
+                        content_type=records.content_type_of(extra),
+                        file=extra,
+                    )
+                )
         docs = []
-        spec = fields.document_fields
-        for item in _as_list(raw):
-            if not isinstance(item, dict):
-                raise ResultFileError("a document entry is not a record")
-            file_ref = _text(item, spec.file)
-            encoded = _text(item, spec.content_b64)
-            content: bytes | None = None
-            if encoded:
-                try:
-                    content = base64.b64decode(encoded, validate=True)
-                except (binascii.Error, ValueError) as exc:
-                    raise ResultFileError("a document is not valid base64") from exc
-            elif file_ref:
-                content = await self._document_file(name, file_ref)
-            display = _text(item, spec.name) or file_ref or "document"
+        beside: list[str] = []
+        for ref in refs:
+            content = ref.content
+            if ref.file is not None:
+                content = await self._document_file(name, ref.file)
+                if self._documents_beside:
+                    beside.append(ref.file)
             docs.append(
                 ResultDocument(
-                    name=safe_document_name(display),
-                    content_type=(_text(item, spec.content_type) or "application/octet-stream")[
-                        :100
-                    ],
-                    content=content,
-                    url=_text(item, spec.url) or None,
+                    name=ref.name, content_type=ref.content_type, content=content, url=ref.url
                 )
             )
+        self._beside[name] = beside
         return docs
 
     async def _document_file(self, result_name: str, file_ref: str) -> bytes:
-        if not _FILE_REF.fullmatch(file_ref) or ".." in file_ref:
+        if not _FILE_REF.fullmatch(file_ref) or file_ref.startswith(".") or ".." in file_ref:
             raise ResultFileError("unsafe document file name (only plain names are allowed)")
-        folder = f"{self.options.folders.outbox}/{_stem(result_name)}.files"
+        outbox = self.options.folders.outbox
+        if self._documents_beside:
+            if file_ref == result_name:
+                raise ResultFileError("a document file is the result itself")
+            path = f"{outbox}/{file_ref}"
+        else:
+            path = f"{outbox}/{records.stem_of(result_name)}.files/{file_ref}"
         try:
-            return await self.storage.read(f"{folder}/{file_ref}", self._max_bytes)
+            return await self.storage.read(path, self._max_bytes)
         except FileTooLarge as exc:
             raise ResultFileError("a document file is too large") from exc
         except TransientError as exc:
-            if await self.storage.exists(f"{folder}/{file_ref}"):
+            if await self.storage.exists(path):
                 raise
-            raise ResultFileError("a document file named in the result is missing") from exc
+            raise _DocumentNotYet(
+                f"a document file named in the result is missing ({path})"
+            ) from exc
+
+    async def _refusals(self, limit: int) -> list[CaseUpdate]:
+        """The department's error files (``<request name>.err`` or ``<key>.err``) as updates
+        that move their case to ``failed`` with the department's reason."""
+        folders = self.options.folders
+        assert folders.errors is not None
+        try:
+            entries = await self._list(folders.errors)
+        except TransientError:
+            return []  # the department has not made its error folder (yet)
+        out: list[CaseUpdate] = []
+        for entry in sorted(entries, key=lambda e: (e.mtime, e.name)):
+            if len(out) >= limit:
+                break
+            name = entry.name
+            key = name.split(".", 1)[0]
+            if not name.endswith(folders.error_suffix) or not _KEY.fullmatch(key):
+                continue
+            if entry.kind != "file":
+                why = f"(its reason file is a {entry.kind}; not read)"
+            else:
+                why = await self._reason_text(f"{folders.errors}/{name}")
+            REFUSALS.labels(self._dept).inc()
+            log.warning("%s: the department refused request %s (%s)", self._dept, key, name)
+            out.append(
+                CaseUpdate(
+                    case_id=key,
+                    idempotency_key=key,
+                    ref=_ERR_REF + name,
+                    status=REFUSED,
+                    detail=f"the department refused the request file: {why}",
+                )
+            )
+        return out
+
+    async def _reason_text(self, path: str) -> str:
+        try:
+            data = await self.storage.read(path, _REASON_BYTES)
+        except FileTooLarge:
+            data = b""
+        except (UnsafeFile, TransientError):
+            return "(its reason file could not be read)"
+        for encoding in dict.fromkeys((self.options.request.encoding, "utf-8", "gb18030")):
+            try:
+                text = data.decode(encoding)
+                break
+            except (UnicodeDecodeError, LookupError):
+                continue
+        else:
+            text = data.decode("utf-8", "replace")
+        text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+        return text[:300] or "(no reason given)"
 
     async def ack_update(
         self, update: CaseUpdate, outcome: UpdateOutcome, reason: str = ""
     ) -> None:
         name = update.ref
-        if not name or not _plain_name(name):
+        if not name:
+            return
+        if name.startswith(_ERR_REF):
+            await self._settle_refusal(update, name[len(_ERR_REF) :], outcome, reason)
+            return
+        if not _plain_name(name):
             return
         if outcome == "unmatched":
             await self._quarantine(name, reason or "no matching case")
@@ -344,41 +471,83 @@ class FiledropConnector(Connector):
         await self._move_out(name, self.options.folders.archive)
         key = update.idempotency_key or update.case_id
         if _KEY.fullmatch(key):
-            await self._note_status(key, update)
+            await self._note(key, update.occurred_at, status=update.status, case_id=update.case_id)
 
-    async def _note_status(self, key: str, update: CaseUpdate) -> None:
-        path = self._ledger(key)
+    async def _settle_refusal(
+        self, update: CaseUpdate, name: str, outcome: UpdateOutcome, reason: str
+    ) -> None:
+        folders = self.options.folders
+        if not _plain_name(name) or folders.errors is None:
+            return
+        target = folders.quarantine if outcome == "unmatched" else folders.archive
+        if outcome != "unmatched":
+            # a replay writes the request again instead of trusting the record of it
+            await self._note(update.case_id, None, refused=update.detail or "refused")
+        moved = await self._move(folders.errors, name, target)
+        if moved is not None and outcome == "unmatched":
+            await self._write_reason(moved, name, reason or "no matching case")
+
+    async def _note(self, key: str, at: dt.datetime | None, **changes: Any) -> None:
+        """Record what became of a request in its ledger entry (for replays, list_cases)."""
         try:
-            entry = json.loads(await self.storage.read(path, 65536))
-        except (FileTooLarge, ValueError, ConnectorError):
+            entry = await self._read_ledger(key)
+        except (UnsafeFile, ConnectorError):
+            return
+        if not entry:
             return  # no request of ours (or unreadable): list_cases just won't show it
-        entry["status"] = update.status
-        entry["updated_at"] = _iso(update.occurred_at or dt.datetime.now(dt.UTC))
+        entry.update({k: v for k, v in changes.items() if v is not None})
+        entry["updated_at"] = _iso(at or dt.datetime.now(dt.UTC))
         await self._write_ledger(key, entry)
 
     async def _quarantine(self, name: str, reason: str) -> None:
-        moved = await self._move_out(name, self.options.folders.quarantine)
+        folders = self.options.folders
+        moved = await self._move_out(name, folders.quarantine)
         if moved is not None:
-            note = f"{_iso(dt.datetime.now(dt.UTC))} {name}: {reason}\n"
-            await self.storage.write(
-                f"{self.options.folders.quarantine}/{moved}.reason", note.encode(), atomic=True
+            QUARANTINED.labels(self._dept).inc()
+            log.warning(
+                "%s: result file %s quarantined: %s (gateway filedrop quarantine lists it)",
+                self._dept,
+                name,
+                reason,
             )
+            await self._write_reason(moved, name, reason)
+
+    async def _write_reason(self, moved: str, name: str, reason: str) -> None:
+        note = f"{_iso(dt.datetime.now(dt.UTC))} {name}: {reason}\n"
+        await self.storage.write(
+            f"{self.options.folders.quarantine}/{moved}.reason", note.encode(), atomic=True
+        )
 
     async def _move_out(self, name: str, folder: str) -> str | None:
         """Move an outbox file (and its done marker and documents) into ``folder`` under a
         free name; returns that name, or None if the file was already gone."""
         outbox = self.options.folders.outbox
-        taken = {e.name for e in await self._list(folder)}
-        stem, ext = _stem(name), name[len(_stem(name)) :]
-        dest, n = name, 1
-        while dest in taken or f"{_stem(dest)}.files" in taken:
-            dest, n = f"{stem}.dup{n}{ext}", n + 1
         self._seen.pop(name, None)
-        if not await self.storage.move(f"{outbox}/{name}", f"{folder}/{dest}"):
+        self._waiting.pop(name, None)
+        beside = self._beside.pop(name, [])
+        dest = await self._move(outbox, name, folder, also_files=True)
+        if dest is None:
             return None
-        suffix = self.options.result.done_suffix
-        await self.storage.move(f"{outbox}/{name}{suffix}", f"{folder}/{dest}{suffix}")
-        await self.storage.move(f"{outbox}/{stem}.files", f"{folder}/{_stem(dest)}.files")
+        for document in beside:
+            await self._move(outbox, document, folder)
+        return dest
+
+    async def _move(
+        self, src: str, name: str, folder: str, *, also_files: bool = False
+    ) -> str | None:
+        taken = {e.name for e in await self._list(folder)}
+        stem, ext = records.stem_of(name), name[len(records.stem_of(name)) :]
+        dest, n = name, 1
+        while dest in taken or f"{records.stem_of(dest)}.files" in taken:
+            dest, n = f"{stem}.dup{n}{ext}", n + 1
+        if not await self.storage.move(f"{src}/{name}", f"{folder}/{dest}"):
+            return None
+        if also_files:
+            suffix = self.options.result.done_suffix
+            await self.storage.move(f"{src}/{name}{suffix}", f"{folder}/{dest}{suffix}")
+            await self.storage.move(
+                f"{src}/{stem}.files", f"{folder}/{records.stem_of(dest)}.files"
+            )
         return dest
 
     # -- reconciliation and health -------------------------------------------------------------
@@ -386,20 +555,39 @@ class FiledropConnector(Connector):
     async def list_cases(
         self, since: dt.datetime, until: dt.datetime
     ) -> AsyncIterator[CaseSummary]:
-        """Every request the gateway wrote, with the last status a result file reported
-        (``delivered`` until one did), whose last change falls in ``[since, until)``."""
+        """Every request the gateway wrote whose last change falls in ``[since, until)``, as
+        the department's side shows it: the last status its result files reported, ``failed``
+        if it refused the request (an error file, read or not), else ``delivered`` while the
+        request is in its inbox or (when ``processed`` is configured) its processed folder.
+        A request found in neither, with no result ever, is left out: the department lost it,
+        and reconciliation reports it missing."""
         await self._prepare()
-        sent = self.options.folders.sent
+        folders = self.options.folders
+        waiting = await self._names(folders.inbox)
+        taken = await self._names(folders.processed) if folders.processed else None
+        refused = await self._names(folders.errors) if folders.errors else set()
+        refused_keys = {n.split(".", 1)[0] for n in refused if n.endswith(folders.error_suffix)}
+        sent = folders.sent
         for entry in sorted(await self._list(sent), key=lambda e: e.name):
-            if entry.is_dir or not entry.name.endswith(".json") or entry.name.startswith("."):
+            if entry.kind != "file" or not entry.name.endswith(".json"):
+                continue
+            if entry.name.startswith("."):
                 continue
             try:
                 data = json.loads(await self.storage.read(f"{sent}/{entry.name}", 65536))
-                updated = parse_time(data.get("updated_at"))
+                key = str(data["idempotency_key"])
+                updated = records.time_of(str(data.get("updated_at") or ""), "UTC")
+                status = data.get("status")
+                if data.get("refused") or key in refused_keys:
+                    status = REFUSED
+                elif not status and taken is not None:
+                    request = str(data.get("file") or "")
+                    if request not in waiting and request not in taken:
+                        continue  # lost by the department
                 summary = CaseSummary(
-                    case_id=str(data["case_id"]),
-                    idempotency_key=data.get("idempotency_key"),
-                    status=str(data.get("status") or "delivered"),
+                    case_id=str(data.get("case_id") or key),
+                    idempotency_key=key,
+                    status=str(status or "delivered"),
                     updated_at=updated,
                 )
             except (ValueError, KeyError, TypeError, FileTooLarge):
@@ -407,13 +595,31 @@ class FiledropConnector(Connector):
             if updated is None or since <= updated < until:
                 yield summary
 
+    async def _names(self, folder: str) -> set[str]:
+        try:
+            return {e.name for e in await self._list(folder)}
+        except TransientError:
+            return set()  # not there (yet)
+
     async def health(self) -> Health:
         try:
             detail = await self.storage.health(self._folders())
+            held = await quarantine.held(
+                self.storage,
+                self.options.folders,
+                self.options.result.done_suffix,
+                reasons=False,
+            )
         except UnsafeFile as exc:
             return Health(ok=False, detail=str(self._unsafe(exc))[:300])
         except ConnectorError as exc:
             return Health(ok=False, detail=str(exc)[:300])
+        if held:
+            return Health(
+                ok=False,
+                detail=f"{detail}; {len(held)} result file(s) in quarantine "
+                f"(gateway filedrop quarantine --department {self._dept})",
+            )
         return Health(ok=True, detail=detail)
 
     async def aclose(self) -> None:
@@ -421,17 +627,18 @@ class FiledropConnector(Connector):
 
     async def _prepare(self) -> None:
         if not self._prepared:
+            f = self.options.folders
             try:
-                await self.storage.prepare(self._folders()[:5])
+                await self.storage.prepare([f.inbox, f.outbox, f.archive, f.quarantine, f.sent])
             except UnsafeFile as exc:
                 raise self._unsafe(exc) from exc
             self._prepared = True
 
     def _folders(self) -> list[str]:
         f = self.options.folders
-        return [f.inbox, f.outbox, f.archive, f.quarantine, f.sent] + (
-            [f.processed] if f.processed else []
-        )
+        return [f.inbox, f.outbox, f.archive, f.quarantine, f.sent] + [
+            n for n in (f.processed, f.errors) if n
+        ]
 
     async def _list(self, folder: str) -> list[Entry]:
         try:
@@ -445,31 +652,6 @@ class FiledropConnector(Connector):
 
 def _plain_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
-
-
-def _stem(name: str) -> str:
-    stem, dot, _ext = name.rpartition(".")
-    return stem if dot and stem else name
-
-
-def _text(data: Any, path: str | None) -> str:
-    value = get_path(data, path)
-    if value is MISSING or value is None or isinstance(value, (dict, list)):
-        return ""
-    return str(value).strip()
-
-
-def _as_list(value: Any) -> list[Any]:
-    """A list from JSON lists and from XML's shapes (one child, or a wrapper of children)."""
-    if isinstance(value, list):
-        return value
-    if isinstance(value, dict) and len(value) == 1:
-        inner = next(iter(value.values()))
-        if isinstance(inner, (list, dict)):
-            return _as_list(inner) if isinstance(inner, list) else [inner]
-    if value in (None, "", MISSING):
-        return []
-    return [value]
 
 
 def _iso(value: dt.datetime) -> str:

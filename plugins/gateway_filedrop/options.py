@@ -11,11 +11,14 @@ Every model forbids unknown keys, so a typo is a config error naming the key. Th
 
 Mappings are dotted paths as in the ``rest`` connector: ``"applicant.idNo" =
 "applicant.id_number"`` puts the envelope's ``applicant.id_number`` at ``applicant.idNo``.
+Where a result names a field (``[options.result.fields]``), a field whose literal name is in
+the record wins over the dotted reading (a CSV column may be called ``"办件.编号"``).
 """
 
 from __future__ import annotations
 
 import re
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -36,6 +39,7 @@ __all__ = [
 
 Format = Literal["json", "xml", "csv"]
 _FOLDER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_MAX_DEPTH = 4
 _XML_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
@@ -81,7 +85,8 @@ Target = Annotated[LocalTarget | SftpTarget, Field(discriminator="type")]
 
 
 class FolderOptions(_Strict):
-    """Folder names under the target's root (plain names, no paths)."""
+    """Folders under the target's root: plain names, or up to four of them joined by ``/``
+    (``processed = "inbox/done"``); never ``..``, never absolute."""
 
     inbox: str = Field(default="inbox", description="request files for the department")
     outbox: str = Field(default="outbox", description="result files from the department")
@@ -91,18 +96,37 @@ class FolderOptions(_Strict):
     processed: str | None = Field(
         default="processed", description="where the department moves requests it took, if any"
     )
+    errors: str | None = Field(
+        default=None,
+        description="where the department moves requests it refused, each with a reason file "
+        "<request name><error_suffix> (or <key><error_suffix>); none: it has no such folder",
+    )
+    error_suffix: str = ".err"
 
-    @field_validator("inbox", "outbox", "archive", "quarantine", "sent", "processed")
+    @field_validator("inbox", "outbox", "archive", "quarantine", "sent", "processed", "errors")
     @classmethod
     def _plain(cls, value: str | None) -> str | None:
-        if value is not None and (not _FOLDER.fullmatch(value) or ".." in value):
-            raise ValueError(f"{value!r} is not a plain folder name")
+        if value is None:
+            return value
+        parts = value.split("/")
+        if len(parts) > _MAX_DEPTH or any(not _FOLDER.fullmatch(p) or ".." in p for p in parts):
+            raise ValueError(
+                f"{value!r} is not a folder path (plain names joined by '/', at most "
+                f"{_MAX_DEPTH}, no '..')"
+            )
+        return value
+
+    @field_validator("error_suffix")
+    @classmethod
+    def _suffix(cls, value: str) -> str:
+        if not re.fullmatch(r"\.[A-Za-z0-9_-]{1,16}", value):
+            raise ValueError("must look like '.err'")
         return value
 
     @model_validator(mode="after")
     def _distinct(self) -> FolderOptions:
         names = [self.inbox, self.outbox, self.archive, self.quarantine, self.sent]
-        names += [self.processed] if self.processed else []
+        names += [n for n in (self.processed, self.errors) if n]
         if len(set(names)) != len(names):
             raise ValueError("folder names must differ from each other")
         return self
@@ -161,7 +185,9 @@ class DocumentFields(_Strict):
     content_type: str = "content_type"
     content_b64: str = "content_b64"
     file: str = Field(
-        default="file", description="a file in the outbox folder <result name stem>.files/"
+        default="file",
+        description="a document file: in <result name stem>.files/, or beside the result "
+        "when [options.result] documents_beside = true",
     )
     url: str = "url"
 
@@ -200,6 +226,55 @@ class ResultOptions(_Strict):
     encoding: str = "utf-8"
     max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     fields: ResultFields = Field(default_factory=ResultFields)
+    list_separators: list[str] = Field(
+        default_factory=lambda: [";"],
+        description="what separates items where a list is one text field (CSV columns of "
+        'document file names and supplement items), e.g. [";", "；"]',
+    )
+    timezone: str = Field(
+        default="Asia/Shanghai",
+        description="the zone of result times written without one (an explicit offset wins)",
+    )
+    documents_beside: bool = Field(
+        default=False,
+        description="document files named in a result are in the outbox beside it, not in "
+        "<result stem>.files/",
+    )
+    document_patterns: list[str] = Field(
+        default_factory=list,
+        description="files beside a result that are its documents without being named in it: "
+        'glob patterns where {stem} is the result file\'s name without extension ("{stem}.pdf")',
+    )
+    missing_document_wait_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="how long a result naming a document file that is not there yet waits "
+        "before it is quarantined (departments write files in any order)",
+    )
+
+    @field_validator("list_separators")
+    @classmethod
+    def _separators(cls, value: list[str]) -> list[str]:
+        if not value or any(not sep or sep.isspace() for sep in value):
+            raise ValueError("give one or more non-blank separators")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"{value!r} is not an IANA time zone (e.g. Asia/Shanghai)") from exc
+        return value
+
+    @field_validator("document_patterns")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            if "/" in pattern or "\\" in pattern or pattern.startswith("."):
+                raise ValueError(f"{pattern!r}: a pattern names files beside the result only")
+        return value
 
 
 class FiledropOptions(_Strict):
