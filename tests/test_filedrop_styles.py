@@ -11,12 +11,13 @@ import io
 import json
 import logging
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import structlog
 from gateway_filedrop.connector import QUARANTINED, REFUSALS
 from typer.testing import CliRunner
 
@@ -261,6 +262,17 @@ async def test_reconciliation_leaves_out_a_request_the_department_lost(
     assert (tmp_path / "inbox" / "ow-a0000000000000003-v1.csv").exists()
 
 
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """The CLI configures logging onto the runner's stream, closed after it: put it back."""
+    saved = structlog.get_config()
+    handlers = logging.root.handlers[:]
+    yield
+    structlog.configure(**saved)
+    logging.root.handlers[:] = handlers
+
+
+@pytest.mark.usefixtures("restore_logging")
 def test_ops_list_and_requeue_the_quarantine(tmp_path: Path) -> None:
     cfg = tmp_path / "config"
     shutil.copytree(EXAMPLE, cfg)

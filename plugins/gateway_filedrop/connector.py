@@ -272,7 +272,7 @@ class FiledropConnector(Connector):
                 updates.append(await self._read_result(entry, files))
             except _DocumentNotYet as exc:
                 first = self._waiting.setdefault(entry.name, self._clock())
-                if self._clock() - first >= result.missing_document_wait_seconds:
+                if self._clock() - first >= self.options.result.missing_document_wait_seconds:
                     await self._quarantine(entry.name, str(exc))
             except ResultFileError as exc:
                 await self._quarantine(entry.name, str(exc))
