@@ -5,6 +5,7 @@ paths against real processes; these are the quick checks of each piece."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
 import os
 import socket
@@ -237,3 +238,34 @@ def test_every_infrastructure_error_is_a_retry_later_answer() -> None:
     for cls in InfrastructureError.__subclasses__():
         err = cls("x")
         assert err.status in (503, 507) and err.retry_after > 0, cls
+
+
+async def test_a_callback_whose_document_finds_no_room_is_refused_and_applies_when_resent(
+    runtime: Runtime,
+    api: httpx.AsyncClient,
+    centre_headers: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.test_callbacks import _delivered_case, signed
+
+    app_id, case_id = await _delivered_case(runtime, api, centre_headers)
+    certificate = {
+        "name": "certificate.pdf",
+        "content_type": "application/pdf",
+        "content_b64": base64.b64encode(b"%PDF-1.4 certificate").decode(),
+    }
+    raw, headers = signed(
+        {"case_id": case_id, "status": "9", "documents": [certificate]}, event_id="ev-doc"
+    )
+    _fail_fsync_with_enospc(monkeypatch)
+    first = await api.post("/v1/callbacks/amr", content=raw, headers=headers)
+    assert first.status_code == 507, first.text
+    assert int(first.headers["retry-after"]) > 0
+    view = (await api.get(f"/v1/applications/{app_id}", headers=centre_headers)).json()
+    assert view["status"] != "approved" and view["documents"] == []  # not applied without it
+    monkeypatch.undo()
+    again = await api.post("/v1/callbacks/amr", content=raw, headers=headers)  # the resend
+    assert again.status_code == 200 and again.json()["status"] == "applied", again.text
+    view = (await api.get(f"/v1/applications/{app_id}", headers=centre_headers)).json()
+    assert view["status"] in ("approved", "ready_for_pickup")
+    assert [d["name"] for d in view["documents"]] == ["certificate.pdf"]

@@ -245,7 +245,15 @@ class GatewayProcess:
             return sum(1 for _ in fh)
 
     def text_since(self, line: int) -> str:
-        return "".join(self.log.read_text(errors="replace").splitlines(keepends=True)[line:])
+        """What the gateway logged after ``line``, without the access log (one INFO line per
+        request by design: its volume is the traffic's, not the fault's)."""
+        return "".join(x for x in self._since(line) if "[gateway.access]" not in x)
+
+    def access_lines_since(self, line: int) -> int:
+        return sum(1 for x in self._since(line) if "[gateway.access]" in x)
+
+    def _since(self, line: int) -> list[str]:
+        return self.log.read_text(errors="replace").splitlines(keepends=True)[line:]
 
     async def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -87,8 +87,9 @@ async def test_database_stopped_and_started(tmp_path: Path) -> None:
         recovery = min(t for t in desk.accepted_at if t > back) - back
         await load
         lost, doubled, cases = await settle(desk, city, n)
-        log_lines = gw.lines() - before  # the outage and the catching up after it
-        outage_log = gw.text_since(before)
+        outage_log = gw.text_since(before)  # the outage and the catching up after it
+        log_lines = len(outage_log.splitlines())
+        access_lines = gw.access_lines_since(before)
     print(outage_log)  # what ops saw
     report(
         f"database stopped {outage:.0f} s",
@@ -102,6 +103,7 @@ async def test_database_stopped_and_started(tmp_path: Path) -> None:
         department_cases=cases,
         recovery_s=round(recovery, 2),
         log_lines=log_lines,
+        access_log_lines=access_lines,
     )
     assert desk.refused == []
     assert desk.answers["500"] == 0
