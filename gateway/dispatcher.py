@@ -323,7 +323,16 @@ class Dispatcher:
                     extra={"last_error": reason},
                 )
 
-            announce(self.runtime, await self._recorder.submit(give_up))
+            changes = await self._recorder.submit(give_up)
+            announce(self.runtime, changes)
+            if changes:  # an operator is needed: say so where ops look
+                log.warning(
+                    "delivery failed for good",
+                    department=dept.code,
+                    application=job.application_id,
+                    attempts=attempts,
+                    reason=reason,
+                )
             return
         delay = backoff(dept.retry, attempts, retry_after, self._rng)
 

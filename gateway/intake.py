@@ -31,6 +31,7 @@ from gateway.handover import new_handover
 from gateway.runtime import Runtime
 from gateway.states import State
 from gateway.store import jobs, outbox
+from gateway.store.chain import seal_events
 from gateway.store.clients import Client
 from gateway.store.group import GroupCommit
 from gateway.store.tables import (
@@ -467,18 +468,18 @@ async def _insert(
                 "updated_at": at,
             }
         )
-        evs.append(
-            {
-                "application_id": app_id,
-                "version": 1,
-                "at": at,
-                "source": Source.API.value,
-                "actor": f"{client.centre}/{body.clerk or client.name}",
-                "from_status": None,
-                "to_status": State.RECEIVED.value,
-                "detail": {"receipt_number": receipt},
-            }
-        )
+        event = {
+            "application_id": app_id,
+            "version": 1,
+            "at": at,
+            "source": Source.API.value,
+            "actor": f"{client.centre}/{body.clerk or client.name}",
+            "from_status": None,
+            "to_status": State.RECEIVED.value,
+            "detail": {"receipt_number": receipt},
+        }
+        apps[-1]["events_hash"] = seal_events(None, [event])
+        evs.append(event)
         jbs.append(jobs.new_job_row(app_id, 1, matter.department, at))
         row, code = new_handover(app_id, delivery, client.centre or "")
         hand.append(row)

@@ -268,11 +268,12 @@ async def test_callback_signed_before_the_resend_cannot_move_the_new_version(
 ) -> None:
     """A genuine but older event (signed before version 2 existed, no version named) is
     stale; an update naming version 2 by its idempotency key applies."""
-    app_id, status, (_raw, _h) = await _supplemented_and_resent(runtime, api, centre_headers)
+    app_id, status, (_raw, captured) = await _supplemented_and_resent(runtime, api, centre_headers)
     view = (await api.get(f"/v1/applications/{app_id}", headers=centre_headers)).json()
     case_id = view["department_case_id"]
+    # signed when the first supplement was asked for, before version 2 existed
     raw, headers = signed(
-        {"case_id": case_id, "status": "3"}, ts=int(time.time()) - 4, event_id="ask-again"
+        {"case_id": case_id, "status": "3"}, ts=int(captured["X-Timestamp"]), event_id="ask-again"
     )
     old = await api.post("/v1/callbacks/amr", content=raw, headers=headers)
     assert old.status_code == 200 and old.json()["status"] == "unchanged"

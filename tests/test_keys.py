@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -17,6 +17,7 @@ from gateway.api.app import create_app
 from gateway.cli import app as cli
 from gateway.config.loader import Config
 from gateway.runtime import Runtime
+from tests.cli_support import isolated_logging
 from tests.conftest import EXAMPLE
 
 
@@ -113,6 +114,13 @@ async def test_key_endpoints_need_an_ops_key_and_a_single_scope(
     assert all("key" not in k and "key_hash" not in k for k in listed)
 
 
+@pytest.fixture
+def _logging() -> Iterator[None]:
+    with isolated_logging():
+        yield
+
+
+@pytest.mark.usefixtures("_logging")
 def test_cli_create_list_rotate_revoke(tmp_path: Path, example_config: Config) -> None:
     cfg = tmp_path / "config"
     shutil.copytree(EXAMPLE.parent, cfg)

@@ -14,6 +14,7 @@ from gateway.api.access import AccessLog
 from gateway.api.auth import KeyRing
 from gateway.api.limits import BodyLimit
 from gateway.api.routes_applications import router as applications_router
+from gateway.api.routes_audit import router as audit_router
 from gateway.api.routes_callbacks import router as callbacks_router
 from gateway.api.routes_keys import router as keys_router
 from gateway.api.routes_ops import router as ops_router
@@ -81,6 +82,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(callbacks_router)
     app.include_router(ops_router)
     app.include_router(keys_router)
+    app.include_router(audit_router)
     app.include_router(reconcile_router)
     app.include_router(refetch_router)
     app.include_router(pickup_router)

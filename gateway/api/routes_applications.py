@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, Response, UploadFile
 from pydantic import BaseModel
 from sqlalchemy import insert
 
-from gateway import documents, intake, metrics
+from gateway import audit, documents, intake, metrics
 from gateway.api.auth import ClientDep, RuntimeDep
 from gateway.api.paging import Page, PageDep
 from gateway.api.problems import Problem
@@ -170,6 +170,7 @@ async def get_application(app_id: str, runtime: RuntimeDep, client: ClientDep) -
             raise unknown_application(app_id)
         history = await cases.history(conn, app_id)
         docs = await documents.for_application(conn, app_id)
+    await audit.api_read(runtime, client, "GET /v1/applications/{id}", [app_id])
     return application_view(row, history, docs)
 
 
@@ -236,6 +237,7 @@ async def list_applications(
             limit=paging.limit + 1,
         )
     cut = paging.page("applications", rows, lambda r: [r.id])
+    await audit.api_read(runtime, client, "GET /v1/applications", [r.id for r in cut.items])
     return ApplicationPage(
         items=[application_view(r) for r in cut.items], next_cursor=cut.next_cursor
     )

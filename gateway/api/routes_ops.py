@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import text
 
-from gateway import collector, deadlines, operations
+from gateway import audit, collector, deadlines, operations
 from gateway.api.auth import OpsDep, RuntimeDep
 from gateway.api.paging import Page, PageDep
 from gateway.api.problems import Problem
@@ -75,11 +75,12 @@ class FailurePage(Page[ApplicationView]):
 
 
 @router.get("/v1/ops/failures", response_model=FailurePage, tags=["ops"])
-async def failures(runtime: RuntimeDep, _ops: OpsDep, paging: PageDep) -> FailurePage:
+async def failures(runtime: RuntimeDep, ops: OpsDep, paging: PageDep) -> FailurePage:
     """Failed cases (dead letters), most recently failed first."""
     start = paging.key("failures", 2)
     rows = await operations.failures(runtime, paging.limit + 1, after=start)
     cut = paging.page("failures", rows, lambda r: [r.updated_at, r.id])
+    await audit.api_read(runtime, ops, "GET /v1/ops/failures", [r.id for r in cut.items])
     return FailurePage(items=[application_view(r) for r in cut.items], next_cursor=cut.next_cursor)
 
 

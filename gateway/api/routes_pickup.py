@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from gateway import documents, pickup
+from gateway import audit, documents, pickup
 from gateway.api import messages
 from gateway.api.auth import ClientDep, RuntimeDep
 from gateway.api.messages import Language
@@ -87,6 +87,7 @@ async def list_pickups(
         rows = cut.items
         docs = await documents.for_applications(conn, [r.id for r in rows])
         decided = await cases.decisions(conn, [r.id for r in rows])
+    await audit.api_read(runtime, client, "GET /v1/pickups", [r.id for r in rows])
     lang = language(request)
     items = [_item(r, docs.get(r.id, []), decided.get(r.id), lang) for r in map(shown, rows)]
     return PickupPage(items=items, next_cursor=cut.next_cursor)
@@ -161,6 +162,7 @@ async def download(app_id: str, doc_id: str, runtime: RuntimeDep, client: Client
             field="doc_id",
             url=doc.url,
         )
+    await audit.api_read(runtime, client, "GET /v1/applications/{id}/documents", [app_id])
     try:
         data = await runtime.blobs.get(doc.sha256)
     except (BlobCorrupted, FileNotFoundError) as exc:

@@ -1,6 +1,7 @@
 """Imports every command module so each registers itself on ``app``."""
 
 from gateway.cli import (
+    audit_cmd,  # noqa: F401
     config_cmd,  # noqa: F401
     demo_cmd,  # noqa: F401
     keys_cmd,  # noqa: F401

@@ -75,7 +75,7 @@ def status(
     """Show one application and its history (by id or by receipt number)."""
     from rich.table import Table
 
-    from gateway import documents
+    from gateway import audit, documents
     from gateway.api.views import application_view
     from gateway.runtime import Runtime
     from gateway.store import cases
@@ -93,7 +93,8 @@ def status(
                     return None
                 history = await cases.history(conn, row.id)
                 docs = await documents.for_application(conn, row.id)
-                return application_view(row, history, docs)
+            await audit.cli_read(runtime, "gateway status", [row.id])
+            return application_view(row, history, docs)
         finally:
             await runtime.aclose()
 

@@ -42,11 +42,10 @@ from gateway.events import Source
 from gateway.reconcile.merge import DeptCase, GatewayCase, pair, sorted_department
 from gateway.runtime import Runtime
 from gateway.states import AT_DEPARTMENT, DECIDED, State, Verdict, judge
-from gateway.store import cases, jobs, outbox
+from gateway.store import cases, jobs
 from gateway.store.tables import (
     applications,
     dispatch_jobs,
-    events,
     reconcile_discrepancies,
     reconcile_runs,
 )
@@ -279,25 +278,18 @@ class _Run:
                 .values(department_case_id=receipt.case_id, updated_at=now())
             )
             # a repair without a status change is still an event in the case's history
-            at = now()
-            await conn.execute(
-                insert(events).values(
-                    application_id=g.app_id,
-                    version=g.version,
-                    at=at,
-                    source=Source.RECONCILE.value,
-                    actor=self.actor,
-                    from_status=locked.status,
-                    to_status=locked.status,
-                    detail={
-                        "action": "resend",
-                        "idempotency_key": idempotency_key(g.app_id, g.version),
-                        "old_case_id": g.case_id,
-                        "case_id": receipt.case_id,
-                    },
-                )
-            )
-            await outbox.fan_out(conn, [g.app_id], at)
+            await cases.note(
+                conn,
+                locked,
+                source=Source.RECONCILE,
+                actor=self.actor,
+                detail={
+                    "action": "resend",
+                    "idempotency_key": idempotency_key(g.app_id, g.version),
+                    "old_case_id": g.case_id,
+                    "case_id": receipt.case_id,
+                },
+            )  # note() queues it for webhook subscribers like every event
         await self.flag(
             Kind.MISSING_AT_DEPARTMENT, "resent", g=g, why=why, new_case_id=receipt.case_id
         )

@@ -15,6 +15,7 @@ from gateway.clock import now
 from gateway.events import Source, StatusChange
 from gateway.states import DECIDED, State, Verdict, judge
 from gateway.store import outbox
+from gateway.store.chain import seal_events
 from gateway.store.tables import applications, events
 
 log = structlog.get_logger("gateway.store")
@@ -156,24 +157,23 @@ async def _write(
     values: dict[str, Any] = {"status": final.value, "updated_at": at, **(extra or {})}
     if any(to in DECIDED for _f, to in steps):
         values["decided_at"] = at
-    await conn.execute(update(applications).where(applications.c.id == app.id).values(**values))
     new_version = values.get("version", app.version)
-    await conn.execute(
-        _INSERT_EVENT,
-        [
-            {
-                "application_id": app.id,
-                "version": new_version,
-                "at": at,
-                "source": source.value,
-                "actor": actor,
-                "from_status": src.value,
-                "to_status": dst.value,
-                "detail": detail or {},
-            }
-            for src, dst in steps
-        ],
-    )
+    rows = [
+        {
+            "application_id": app.id,
+            "version": new_version,
+            "at": at,
+            "source": source.value,
+            "actor": actor,
+            "from_status": src.value,
+            "to_status": dst.value,
+            "detail": detail or {},
+        }
+        for src, dst in steps
+    ]
+    values["events_hash"] = seal_events(await _chain_head(conn, app.id), rows)
+    await conn.execute(update(applications).where(applications.c.id == app.id).values(**values))
+    await conn.execute(_INSERT_EVENT, rows)
     await outbox.fan_out(conn, [app.id], at)
     return [
         StatusChange(
@@ -208,6 +208,13 @@ async def note(
     return await _write(
         conn, app, [(current, current)], source=source, actor=actor, detail=detail, extra=None
     )
+
+
+async def _chain_head(conn: AsyncConnection, app_id: str) -> str | None:
+    # read here, not from the caller's row: another event may have been added since it was read
+    q = select(applications.c.events_hash).where(applications.c.id == app_id)
+    head: str | None = (await conn.execute(q)).scalar()
+    return head
 
 
 async def get_application(conn: AsyncConnection, app_id: str) -> Row[Any] | None:

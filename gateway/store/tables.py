@@ -114,6 +114,8 @@ applications = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("decided_at", UTCDateTime),
+    # hash of the case's latest event: the head of its chain (store/chain.py, migration 0011)
+    Column("events_hash", String(64)),
     Index("ix_applications_department_status", "department", "status"),
     Index("ix_applications_department_case", "department", "department_case_id"),
     Index("ix_applications_updated_at", "updated_at"),
@@ -135,6 +137,8 @@ events = Table(
     Column("from_status", String(24)),
     Column("to_status", String(24), nullable=False),
     Column("detail", JSON, nullable=False),
+    # sha256 over the previous event's hash of the case and this event (store/chain.py)
+    Column("hash", String(64)),
     Index("ix_events_application", "application_id", "id"),
 )
 
@@ -391,11 +395,36 @@ webhook_deliveries = Table(
     Index("ix_webhook_deliveries_case", "subscription_id", "application_id", "event_id"),
 )
 
+# Append-only record of who read personal data, when, through what (migration 0011). Rows are
+# hash-chained like events; chain_heads holds the latest hash (a deleted last row shows there).
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("channel", String(8), nullable=False),  # api | cli
+    Column("actor", String(100), nullable=False),  # key id and name, or the OS user
+    Column("centre", String(32)),
+    Column("action", String(64), nullable=False),  # e.g. GET /v1/applications/{app_id}
+    Column("applications", JSON, nullable=False),  # ids of the cases whose data was shown
+    Column("hash", String(64), nullable=False),
+)
+
+chain_heads = Table(
+    "chain_heads",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("last_id", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
 __all__ = [
     "api_clients",
     "applications",
+    "audit_log",
     "callback_events",
     "callback_events_archive",
+    "chain_heads",
     "dispatch_jobs",
     "events",
     "handovers",
