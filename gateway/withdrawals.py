@@ -461,11 +461,7 @@ async def _ask(link: DepartmentLink, app: Any) -> _Settle | _Retry:
 
 
 def _fence(app_id: str, owner: str) -> Any:
-    return and_(
-        withdrawals.c.application_id == app_id,
-        withdrawals.c.lease_owner == owner,
-        withdrawals.c.outcome == PENDING,
-    )
+    return and_(LEASED.fence(app_id, owner), withdrawals.c.outcome == PENDING)
 
 
 async def _retry(

@@ -167,3 +167,51 @@ async def test_no_other_worker_takes_a_job_while_its_slowest_call_runs(
         await second.stop(grace_seconds=0.1)
         await first_rt.http.aclose()
         await second_rt.http.aclose()
+
+
+# -- one cap across workers -------------------------------------------------------------------
+
+
+async def test_one_cap_across_every_worker(runtime: Runtime, city: SimulatedCity) -> None:
+    """Dispatch, polls, withdrawals and health checks at once against a department that holds
+    every request: never more than its ``concurrency`` at the department."""
+    from gateway import poller, withdrawals
+    from tests.hostile_department import hostile
+
+    async with hostile(city.urls["amr"]) as (door, url):
+        cfg = runtime.config
+        amr = cfg.departments["amr"]
+        options = {**amr.options, "base_url": url + "/api/v1"}
+        dept = amr.model_copy(update={"options": options, "concurrency": 2, "timeout_seconds": 20})
+        rt = Runtime(
+            dataclasses.replace(cfg, departments={**cfg.departments, "amr": dept}),
+            engine=runtime.engine,
+        )
+        dispatcher = Dispatcher(rt, owner="capped")
+        try:
+            held = await accept(rt, 4)  # delivered first: the department holds them
+            assert await dispatcher.sweep() == 2
+            await dispatcher.drain()
+            assert await dispatcher.sweep() == 2
+            await dispatcher.drain()
+            for app_id in held[:2]:
+                await withdrawals.withdraw(rt, CLIENT, app_id, withdrawals.WithdrawIn())
+            await accept(rt, 3)  # waiting to be dispatched
+            link = rt.link("amr")
+            assert link is not None
+            door.mode = "hold"
+            work = [
+                asyncio.create_task(poller.poll_department(rt, "amr")),
+                asyncio.create_task(withdrawals.sweep(rt, "capped")),
+                asyncio.create_task(dispatcher.sweep()),
+                asyncio.create_task(link.health()),
+            ]
+            await wait_for(lambda: door.inflight == 2 and link.slots._waiters, timeout=20)
+            door.release.set()
+            await asyncio.gather(*work)
+            await dispatcher.drain()
+            assert door.max_inflight <= 2
+            assert door.requests > 2  # the others got their turn
+        finally:
+            await dispatcher.stop(grace_seconds=1)
+            await rt.http.aclose()
