@@ -47,3 +47,21 @@ def test_the_lease_figure_is_the_links() -> None:
     )
     assert round(link.lease_seconds(60.0)) == 125
     assert "about 125 s" in OPS.read_text(encoding="utf-8")
+
+
+def test_check_config_knows_the_link_settings(tmp_path: Path) -> None:
+    import shutil
+
+    from tests.test_config import EXAMPLE as EXAMPLE_DIR
+    from tests.test_config import append, edit, only, problems
+
+    cfg = tmp_path / "config"
+    shutil.copytree(EXAMPLE_DIR, cfg)
+    amr = cfg / "departments" / "amr.toml"
+    line = edit(amr, "concurrency = 8", "concurrency = 8\nmax_answer_byte = 4096")
+    breaker = append(amr, "\n[breaker]\nthresold = 3\n")
+    found = problems(cfg)
+    typo = only(found, "departments/amr.toml", "max_answer_byte")
+    assert "did you mean 'max_answer_bytes'" in typo.message and typo.line == line + 1
+    nested = only(found, "departments/amr.toml", "breaker.thresold")
+    assert "did you mean 'threshold'" in nested.message and nested.line == breaker + 2
