@@ -57,7 +57,10 @@ async def test_nrp_applications_reach_a_final_state(nrp_city: SimulatedCity) -> 
         await task
     try:
         nrp = nrp_city.states["nrp"]
-        assert nrp.stats()["cases"] == 24 and nrp.stats()["duplicates"] == 0
+        # One case per application: the effect is exactly once. A re-send answered from the
+        # department's idempotency record (``duplicates``) is allowed: on a loaded machine a
+        # call can outlive its timeout and be retried, which is what the key is for.
+        assert nrp.stats()["cases"] == 24
         assert set(nrp.by_key) == {idempotency_key(i, 1) for i in ids}
         async with runtime.engine.connect() as conn:
             rows = (

@@ -48,7 +48,7 @@ class Slots:
         except BaseException:
             if waiter.done() and not waiter.cancelled():
                 self.give(1)  # handed over just as we gave up: pass it on
-            else:
+            elif waiter in self._waiters:  # give() may have dropped it already
                 self._waiters.remove(waiter)
             raise
 
