@@ -417,3 +417,55 @@ async def test_next_link_to_another_host_is_refused(tmp_path: Path) -> None:
         with pytest.raises(PermanentError, match="link to another host refused"):
             connector._url("http://elsewhere.example/api/v1/cases?cursor=2", "/cases")
         assert connector._url("/api/v1/cases?cursor=2", "/cases") == f"{url}/api/v1/cases?cursor=2"
+
+
+async def test_documents_by_url_are_fetched_with_the_departments_auth(tmp_path: Path) -> None:
+    """A certificate given as a link is fetched (token and signature included) and stored byte
+    for byte, not kept as a link the front desk could not open."""
+    dept, table = load_example(example("gov_token"), tmp_path)
+    _settings, app, state = SIMULATORS["rest"].build(
+        {**table, "port": 0, "documents": "url", "decision_delay_seconds": 0}
+    )
+    async with serve_asgi(app) as url, httpx.AsyncClient() as http:
+        base = pointed_at(dept, url)
+        poll = {
+            "path": "/cases/{case_id}",
+            "response": {
+                **base.options["poll"]["response"],
+                "documents": "",
+                "document": {"url": "data.certUrl", "name": "data.certName"},
+                "fetch_documents": True,
+            },
+        }
+        options = {**base.options, "poll": poll}
+        connector = rest_connector(base.model_copy(update={"options": options}), http)
+        receipt = await connector.submit(envelope("url-1"))
+        issued = state.approve(receipt.case_id)
+        update = await connector.poll(receipt)
+    assert update is not None and update.status == "9"
+    [doc] = update.documents
+    assert doc.content == issued and doc.url is None
+    assert (
+        doc.name == f"certificate-{receipt.case_id}.pdf" and doc.content_type == "application/pdf"
+    )
+
+
+async def test_withdraw_and_no_such_case_in_the_envelope_style(tmp_path: Path) -> None:
+    dept, table = load_example(example("gov_envelope"), tmp_path)
+    _settings, app, state = SIMULATORS["rest"].build(
+        {**table, "port": 0, "decision_delay_seconds": 3600}
+    )
+    async with serve_asgi(app) as url, httpx.AsyncClient() as http:
+        connector = rest_connector(pointed_at(dept, url), http)
+        pending = await connector.submit(envelope("wd-1"))
+        await connector.withdraw(pending)
+        assert state.cases[pending.case_id].forced is not None
+        assert state.cases[pending.case_id].forced[0] == "8"  # 撤回 at the department
+        decided = await connector.submit(envelope("wd-2"))
+        state.approve(decided.case_id)
+        with pytest.raises(DepartmentRejected, match="already decided"):
+            await connector.withdraw(decided)
+        with pytest.raises(CaseNotFound, match=r"no such case GONE-1 \(department code 4004"):
+            await connector.poll(Receipt(case_id="GONE-1"))
+        again = await connector.submit(envelope("wd-1"))  # the same key: the case it has
+        assert again.case_id == pending.case_id and again.resent

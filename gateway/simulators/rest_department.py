@@ -192,7 +192,7 @@ class SimCase:
         share = 0.5 if self.outcome == "not_accept" else 1.0
         return self.created_at + dt.timedelta(seconds=max(delay * share, 0.0))
 
-    def view(self, now: dt.datetime, delay: float, inline: bool = False) -> dict[str, Any]:
+    def view(self, now: dt.datetime, delay: float, style: str = "list") -> dict[str, Any]:
         status, updated = self.phase(now, delay)
         final = status == _FINAL_STATUS[self.outcome] and now >= self.decided_at(delay)
         documents: list[dict[str, str]] = []
@@ -204,10 +204,15 @@ class SimCase:
                     "content_b64": base64.b64encode(certificate(self.id)).decode(),
                 }
             )
-        if inline:  # one document in fields of the case itself, as many systems send it
-            doc = documents[0] if documents else None
+        doc = documents[0] if documents else None
+        if style == "inline":  # one document in fields of the case itself, as many send it
             extra: dict[str, Any] = {
                 "certFile": doc["content_b64"] if doc else None,
+                "certName": doc["name"] if doc else None,
+            }
+        elif style == "url":  # a link to fetch it from, on the department's own host
+            extra = {
+                "certUrl": f"/api/v1/cases/{self.id}/certificate" if doc else None,
                 "certName": doc["name"] if doc else None,
             }
         else:
@@ -333,8 +338,9 @@ class RestDepartmentState:
         return case
 
     def view(self, case: SimCase) -> dict[str, Any]:
-        inline = self.settings.documents == "inline"
-        return case.view(self.clock(), self.settings.decision_delay_seconds, inline)
+        return case.view(
+            self.clock(), self.settings.decision_delay_seconds, self.settings.documents
+        )
 
     def approve(self, case_id: str) -> bytes:
         """Decide a case as approved now; returns the certificate it is issued with."""
@@ -609,6 +615,15 @@ def create_rest_department(
             return error(settings, 404, "not_found", f"no case {case_id}")
         view = state.view(case)
         return answer(settings, view if settings.envelope else {"case": view})
+
+    @app.get("/api/v1/cases/{case_id}/certificate")
+    async def get_certificate(case_id: str, request: Request) -> Response:
+        if (refused := await denied(request)) is not None:
+            return refused
+        case = state.cases.get(case_id)
+        if case is None or not state.view(case).get("certUrl"):
+            return error(settings, 404, "not_found", f"no certificate for {case_id}")
+        return Response(certificate(case_id), media_type="application/pdf")
 
     @app.post("/api/v1/cases/{case_id}/withdraw")
     async def withdraw_case(case_id: str, request: Request) -> Response:

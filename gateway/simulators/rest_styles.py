@@ -6,7 +6,8 @@ play a department in any of them and the REST connector is proven against each b
 - ``envelope = true``: every answer is HTTP 200 ``{"code", "msg", "data"}``; business codes
   :data:`CODES` (busy ``5001`` is transient, ``4001`` a refusal, ``4004`` no such case, ``2001``
   case already exists on a re-send, ``4003`` bad signature)
-- ``documents = "inline"``: the certificate as base64 in ``certFile`` with ``certName``
+- ``documents = "inline"``: the certificate as base64 in ``certFile`` with ``certName``;
+  ``"url"``: a link to it in ``certUrl`` (``GET /api/v1/cases/{id}/certificate``, same auth)
 - ``listing``: ``cursor``, ``next_link`` (``links.next``), ``page`` (``page``/``size``, ``total``)
   or ``offset`` (``offset``/``limit``, ``total``)
 - ``charset = "gbk"``: answers encoded in GBK (declared in Content-Type)
@@ -86,7 +87,7 @@ class SimStyle(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     envelope: bool = False
-    documents: Literal["list", "inline"] = "list"
+    documents: Literal["list", "inline", "url"] = "list"
     listing: Literal["cursor", "next_link", "page", "offset"] = "cursor"
     charset: str = "utf-8"
     form_bodies: bool = False

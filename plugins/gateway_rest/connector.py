@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import email.utils
 import json
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
@@ -43,13 +42,10 @@ from gateway.connector import (
 from gateway.errors import CaseNotFound, DepartmentRejected, PermanentError, TransientError
 from gateway.mapping import MISSING, get_path, map_envelope, parse_time, put_path
 from gateway.pii import mask_echo
-from gateway_rest import documents, envelope
+from gateway_rest import documents, envelope, wire
 from gateway_rest.auth import TokenCache
 from gateway_rest.listing import Pager, Request
 from gateway_rest.options import (
-    ApiKeyAuth,
-    BasicAuth,
-    BearerAuth,
     PollResponse,
     RestOptions,
     TokenAuth,
@@ -73,7 +69,7 @@ class RestConnector(Connector):
     def __init__(self, context: ConnectorContext) -> None:
         super().__init__(context)
         self.options = options = self.options_as(RestOptions)
-        self._headers = _static_headers(options)
+        self._headers = wire.static_headers(options)
         auth = options.auth
         self.tokens = TokenCache(auth, self._fetch_token) if isinstance(auth, TokenAuth) else None
 
@@ -247,7 +243,7 @@ class RestConnector(Connector):
         if url is not None:  # a next link carries its own query: signed like any other
             signed.update(urllib.parse.parse_qsl(urllib.parse.urlsplit(target).query))
         if body is not None and encoding == "form":
-            fields = _form_fields(body)
+            fields = wire.form_fields(body)
             content = urllib.parse.urlencode(fields).encode()
             all_headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
             signed.update(fields)
@@ -264,7 +260,7 @@ class RestConnector(Connector):
         if status == 429 or status >= 500:
             raise TransientError(
                 self._where(method, label, f"HTTP {status}"),
-                retry_after=_retry_after(response.headers.get("Retry-After")),
+                retry_after=wire.retry_after(response.headers.get("Retry-After")),
             )
         if not_found is not None and status in not_found[0]:
             raise CaseNotFound(self.context.department, not_found[1].case_id, f"HTTP {status}")
@@ -491,55 +487,6 @@ class RestConnector(Connector):
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def _static_headers(options: RestOptions) -> dict[str, str]:
-    headers = {"Accept": "application/json", **options.headers}
-    auth = options.auth
-    if isinstance(auth, BearerAuth):
-        headers["Authorization"] = f"Bearer {auth.token.get_secret_value()}"
-    elif isinstance(auth, ApiKeyAuth):
-        headers[auth.header] = auth.key.get_secret_value()
-    elif isinstance(auth, BasicAuth):
-        pair = f"{auth.username}:{auth.password.get_secret_value()}".encode()
-        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
-    return headers
-
-
-def _form_fields(body: Mapping[str, Any]) -> dict[str, str]:
-    """Form fields of a mapped body: top-level names; a nested value goes as compact JSON
-    (what form-based systems that take structured fields expect), None as empty."""
-    out: dict[str, str] = {}
-    for name, value in body.items():
-        if value is None:
-            out[name] = ""
-        elif isinstance(value, str):
-            out[name] = value
-        elif isinstance(value, bool):
-            out[name] = "true" if value else "false"
-        elif isinstance(value, int | float):
-            out[name] = str(value)
-        else:
-            out[name] = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return out
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP-date); None if absent or bad."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return max((when - dt.datetime.now(dt.UTC)).total_seconds(), 0.0)
 
 
 def _echo(text: str, envelope: Envelope | None) -> str:
