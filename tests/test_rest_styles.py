@@ -248,6 +248,22 @@ class _StyleConformance(ConnectorConformance):
     ) -> list[bytes]:
         return [system.state.approve(receipt.case_id)]
 
+    def callback_body(
+        self, system: StyledSystem, receipt: Receipt, envelope: Envelope
+    ) -> dict[str, Any]:
+        case = system.state.cases[receipt.case_id]
+        view = case.view(system.state.clock(), 0)  # the simulator's callbacks carry a list
+        return {
+            "event_id": f"e-{receipt.case_id}",
+            "case_id": view["id"],
+            "idempotency_key": view["idempotency_key"],
+            "status": view["status"],
+            "opinion": view["opinion"],
+            "occurred_at": view["updated_at"],
+            "documents": view["documents"],
+            "supplement_items": view["supplement_items"],
+        }
+
 
 for _path in EXAMPLES:
     _name = "TestConformance_" + _path.stem
