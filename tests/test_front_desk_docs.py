@@ -1,7 +1,9 @@
 """docs/front-desk-api.md is run, request by request, against the gateway: every ```http request
 block is sent, the ```http answer block after it must match (status, content type, and every
-JSON key it shows; ``"..."`` matches any value), and ``<!-- run: department ... -->`` lines stand
-in for the department. The page cannot drift from the API."""
+JSON key it shows; ``"..."`` matches any value), and the quoted "(the test plays it:
+`department ...`)" lines stand in for the department. The page covers every endpoint a centre's
+key can call, and its state diagram is the state machine's. The page cannot drift from the
+API."""
 
 from __future__ import annotations
 
@@ -15,11 +17,14 @@ import pytest
 
 from gateway.config.loader import Config
 from gateway.runtime import Runtime
+from gateway.states import FORWARD, RESTART
 from tests.conftest import ROOT
 from tests.handout_fixtures import decide, quiet_runtime
 
 DOC = ROOT / "docs" / "front-desk-api.md"
-_BLOCK = re.compile(r"^```http\n(.*?)^```$|^<!-- run: (.*?) -->$", re.S | re.M)
+_BLOCK = re.compile(
+    r"^```http\n(.*?)^```$|^> \(the test plays it: `department (.*?)`\)\.$", re.S | re.M
+)
 _STATES = {"supplement_required": "3", "approved": "9", "rejected": "4"}
 
 
@@ -82,8 +87,11 @@ def learn(path: str, answer: Any, values: dict[str, str]) -> None:
     """Remember what later requests refer to."""
     if not isinstance(answer, (dict, list)):
         return
-    if path == "/v1/applications" and isinstance(answer, dict):
+    if path == "/v1/applications" and isinstance(answer, dict) and "pickup_code" in answer:
         values["id"], values["pickup_code"] = answer["id"], answer["pickup_code"]
+        values["receipt_number"] = answer["receipt_number"]
+    elif path == "/v1/webhooks" and isinstance(answer, dict) and "id" in answer:
+        values["subscription_id"] = answer["id"]
     elif path == "/v1/materials" and isinstance(answer, dict):
         values["material_id"] = answer["id"]
     elif path.startswith("/v1/pickups") and isinstance(answer, dict) and answer["items"]:
@@ -95,14 +103,13 @@ async def test_front_desk_walkthrough_runs(
 ) -> None:
     values = {"centre_key": centre_headers["Authorization"].removeprefix("Bearer ")}
     plan = steps(DOC.read_text(encoding="utf-8"))
-    assert sum(kind == "request" for kind, _ in plan) >= 12, "the walkthrough lost its examples"
+    assert sum(kind == "request" for kind, _ in plan) >= 25, "the walkthrough lost its examples"
     last: httpx.Response | None = None
     checked = 0
     for kind, text in plan:
         text = fill(text, values)
         if kind == "run":
-            verb, app_id, state, *items = text.split(" ")
-            assert verb == "department", text
+            app_id, state, *items = text.split(" ")
             await decide(
                 runtime,
                 app_id,
@@ -124,4 +131,42 @@ async def test_front_desk_walkthrough_runs(
             if body.strip():
                 matches(json.loads(body), last.json(), first)
             checked += 1
-    assert checked >= 12
+    assert checked >= 25
+    assert sum(kind == "run" for kind, _ in plan) >= 3
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    parts = re.split(r"\{[^}]*\}", template)
+    return re.compile("[^/]+".join(re.escape(p) for p in parts) + "$")
+
+
+async def test_every_endpoint_a_centre_key_can_call_is_shown(api: httpx.AsyncClient) -> None:
+    spec = (await api.get("/openapi.json")).json()
+    callable_by_centre = {
+        (method.upper(), path)
+        for path, item in spec["paths"].items()
+        for method in item
+        if not path.startswith(("/v1/ops/", "/v1/callbacks/"))
+        and path not in ("/healthz", "/readyz", "/metrics", "/problems")
+    }
+    shown = [
+        (first.split(" ")[0], first.split(" ")[1].split("?", 1)[0])
+        for kind, block in steps(DOC.read_text(encoding="utf-8"))
+        if kind == "request"
+        for first in [block.splitlines()[0]]
+    ]
+    missing = [
+        (method, template)
+        for method, template in sorted(callable_by_centre)
+        if not any(m == method and _pattern(template).match(p) for m, p in shown)
+    ]
+    assert not missing, missing
+
+
+def test_the_state_diagram_is_the_state_machine() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    diagram = text.split("```mermaid", 1)[1].split("```", 1)[0]
+    drawn = set(re.findall(r"^\s*(\w+) --> (\w+)", diagram, re.M))
+    machine = {(a.value, b.value) for a, targets in FORWARD.items() for b in targets}
+    machine |= {(a.value, b.value) for a, b in RESTART.items()}
+    assert drawn == machine
