@@ -60,8 +60,8 @@ async def poll_department(runtime: Runtime, code: str, limit: int = 200) -> int:
     """One polling round for one department; returns how many status changes it applied."""
     link = runtime.link(code)
     interval = runtime.config.departments[code].poll_interval_seconds
-    if link is None or not interval:
-        return 0
+    if link is None or not interval or link.breaker_open():
+        return 0  # while the breaker is open the cases stay due: the next round asks
     claimed_at = now()
     rows = await _claim(runtime, link, limit)
     applied = 0

@@ -52,8 +52,8 @@ async def match(runtime: Runtime, department: str, upd: CaseUpdate) -> tuple[str
 async def pull_department(runtime: Runtime, code: str, limit: int = 500) -> int:
     """One round for one department; returns how many updates changed a case."""
     link = runtime.link(code)
-    if link is None:
-        return 0
+    if link is None or link.breaker_open():
+        return 0  # while the breaker is open the files wait: the next round reads them
     applied = 0
     for upd in await link.pull_updates(limit):
         found = await match(runtime, code, upd)

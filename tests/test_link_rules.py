@@ -215,3 +215,23 @@ async def test_one_cap_across_every_worker(runtime: Runtime, city: SimulatedCity
         finally:
             await dispatcher.stop(grace_seconds=1)
             await rt.http.aclose()
+
+
+async def test_rounds_wait_while_the_breaker_is_open(runtime: Runtime, city: SimulatedCity) -> None:
+    """Polls and result pulls ask nothing and claim nothing while the breaker is open: the
+    cases stay due for the first round after the cool-down."""
+    from gateway import poller, results
+
+    dispatcher = Dispatcher(runtime, owner="w")
+    [app_id] = await accept(runtime, 1)
+    assert await dispatcher.sweep() == 1
+    await dispatcher.drain()
+    link = runtime.link("amr")
+    assert link is not None
+    for _ in range(link.breaker.threshold):
+        link.breaker.record(False)
+    before = (await rows(runtime, [app_id]))[app_id].next_poll_at
+    assert await poller.poll_department(runtime, "amr") == 0
+    assert await results.pull_department(runtime, "amr") == 0
+    assert (await rows(runtime, [app_id]))[app_id].next_poll_at == before  # not claimed
+    await dispatcher.stop(grace_seconds=1)
