@@ -485,3 +485,18 @@ async def test_withdraw_and_no_such_case_in_the_envelope_style(tmp_path: Path) -
             await connector.poll(Receipt(case_id="GONE-1"))
         again = await connector.submit(envelope("wd-1"))  # the same key: the case it has
         assert again.case_id == pending.case_id and again.resent
+
+
+async def test_the_issues_2900_cases_are_read_on_every_page(tmp_path: Path) -> None:
+    """The issue's department: 2,900 cases paged by number, 50 a page; all 58 pages are read."""
+    dept, table = load_example(example("gov_page_list"), tmp_path)
+    _settings, app, state = SIMULATORS["rest"].build({**table, "port": 0})
+    for i in range(2900):
+        state.create(f"ow-bulk{i}-v1", {})
+    async with serve_asgi(app) as url, httpx.AsyncClient() as http:
+        base = pointed_at(dept, url)
+        options = {**base.options, "list": {**base.options["list"], "page_size": 50}}
+        connector = rest_connector(base.model_copy(update={"options": options}), http)
+        listed = [c async for c in connector.list_cases(*WINDOW)]
+    assert len({c.case_id for c in listed}) == 2900
+    assert connector.last_listing_pages == 58
