@@ -13,6 +13,7 @@ from gateway.blobs import BlobStore
 from gateway.clock import new_id, now
 from gateway.connector import ResultDocument
 from gateway.states import State
+from gateway.store import paging
 from gateway.store.tables import applications, result_documents
 
 
@@ -117,9 +118,11 @@ async def undocumented(
     department: str | None = None,
     app_ids: Sequence[str] | None = None,
     limit: int = 500,
+    after: Sequence[Any] | None = None,
 ) -> Sequence[Row[Any]]:
     """Cases decided ``approved`` that hold no result document: nothing to hand out, so they
-    wait (oldest decision first). ``app_ids`` narrows to those cases."""
+    wait (oldest decision first). ``app_ids`` narrows to those cases; ``after`` is the
+    (updated_at, id) a page starts after."""
     q = select(applications).where(
         applications.c.status == State.APPROVED.value,
         ~exists().where(result_documents.c.application_id == applications.c.id),
@@ -128,7 +131,11 @@ async def undocumented(
         q = q.where(applications.c.department == department)
     if app_ids is not None:
         q = q.where(applications.c.id.in_(list(app_ids)))
-    return (await conn.execute(q.order_by(applications.c.updated_at).limit(limit))).all()
+    start = paging.after([applications.c.updated_at, applications.c.id], after)
+    if start is not None:
+        q = q.where(start)
+    q = q.order_by(applications.c.updated_at, applications.c.id).limit(limit)
+    return (await conn.execute(q)).all()
 
 
 __all__ = [

@@ -50,11 +50,12 @@ async def waiting(
     department: str | None = None,
     app_ids: Sequence[str] | None = None,
     limit: int = 500,
+    after: Sequence[Any] | None = None,
 ) -> Sequence[Row[Any]]:
-    """Approved cases without documents (oldest first)."""
+    """Approved cases without documents (oldest first; ``after``: (updated_at, id))."""
     async with runtime.engine.connect() as conn:
         return await documents.undocumented(
-            conn, department=department, app_ids=app_ids, limit=limit
+            conn, department=department, app_ids=app_ids, limit=limit, after=after
         )
 
 

@@ -52,7 +52,7 @@ async def audit_of(
     params = {"application": app_id} if app_id else {}
     resp = await api.get("/v1/ops/audit", params=params, headers=ops)
     assert resp.status_code == 200, resp.text
-    rows: list[dict[str, Any]] = resp.json()
+    rows: list[dict[str, Any]] = resp.json()["items"]
     return rows
 
 

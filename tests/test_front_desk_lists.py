@@ -180,3 +180,27 @@ async def test_a_cursor_is_checked(
         assert resp.status_code == 422
         assert resp.json()["errors"][0]["field"] == "limit"
         assert resp.json()["errors"][0]["code"] == "out_of_range"
+
+
+async def test_no_list_endpoint_answers_a_bare_array(api: httpx.AsyncClient) -> None:
+    """Every list is a page (items + next_cursor, with limit and cursor): a bare JSON array
+    could only be cut short silently."""
+    spec = (await api.get("/openapi.json")).json()
+    schemas = spec["components"]["schemas"]
+    bare, unpaged = [], []
+    for path, item in spec["paths"].items():
+        op = item.get("get")
+        if op is None:
+            continue
+        content = op["responses"].get("200", {}).get("content", {})
+        schema = content.get("application/json", {}).get("schema", {})
+        if schema.get("type") == "array":
+            bare.append(path)
+        ref = schema.get("$ref", "")
+        props = schemas.get(ref.rsplit("/", 1)[-1], {}).get("properties", {})
+        if "next_cursor" in props:
+            params = {p["name"] for p in op.get("parameters", [])}
+            if not {"limit", "cursor"} <= params:
+                unpaged.append(path)
+    assert bare == [], bare
+    assert unpaged == [], unpaged

@@ -74,7 +74,7 @@ async def test_visible_listed_and_fetched_again_by_ops(
     assert warnings[0]["application"] == app_id and warnings[0]["department"] == "amr"
     assert missing_count("amr", "poll") >= before + 1
 
-    listed = (await api.get("/v1/ops/undocumented", headers=ops_headers)).json()
+    listed = (await api.get("/v1/ops/undocumented", headers=ops_headers)).json()["items"]
     assert [(u["id"], u["department_case_id"]) for u in listed] == [(app_id, case.id)]
     assert (await api.get("/v1/ops/undocumented", headers=centre_headers)).status_code == 403
 
@@ -91,7 +91,7 @@ async def test_visible_listed_and_fetched_again_by_ops(
     async with runtime.engine.connect() as conn:
         [doc] = await documents.for_application(conn, app_id)
     assert await runtime.blobs.get(doc.sha256) == issued == certificate(case.id)
-    assert (await api.get("/v1/ops/undocumented", headers=ops_headers)).json() == []
+    assert (await api.get("/v1/ops/undocumented", headers=ops_headers)).json()["items"] == []
 
     # a case that is not waiting is said so; a body naming neither or both is refused
     again = await api.post("/v1/ops/refetch", json={"applications": [app_id]}, headers=ops_headers)

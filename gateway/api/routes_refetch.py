@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway import refetch
 from gateway.api.auth import OpsDep, RuntimeDep
+from gateway.api.paging import Page, PageDep
 
 router = APIRouter(prefix="/v1/ops", tags=["ops"])
 
@@ -47,23 +48,38 @@ class RefetchResult(BaseModel):
     status: str | None
 
 
-@router.get("/undocumented", response_model=list[Undocumented])
+class UndocumentedPage(Page[Undocumented]):
+    pass
+
+
+@router.get("/undocumented", response_model=UndocumentedPage)
 async def undocumented(
     runtime: RuntimeDep,
     _ops: OpsDep,
+    paging: PageDep,
     department: str | None = Query(default=None, max_length=32),
-) -> list[Undocumented]:
-    rows = await refetch.waiting(runtime, department=department)
-    return [
-        Undocumented(
-            id=r.id,
-            receipt_number=r.receipt_number,
-            department=r.department,
-            department_case_id=r.department_case_id,
-            decided_at=r.updated_at,
-        )
-        for r in rows
-    ]
+) -> UndocumentedPage:
+    """Approved cases still without their documents, oldest decision first."""
+    rows = await refetch.waiting(
+        runtime,
+        department=department,
+        limit=paging.limit + 1,
+        after=paging.key("undocumented", 2),
+    )
+    cut = paging.page("undocumented", rows, lambda r: [r.updated_at, r.id])
+    return UndocumentedPage(
+        items=[
+            Undocumented(
+                id=r.id,
+                receipt_number=r.receipt_number,
+                department=r.department,
+                department_case_id=r.department_case_id,
+                decided_at=r.updated_at,
+            )
+            for r in cut.items
+        ],
+        next_cursor=cut.next_cursor,
+    )
 
 
 @router.post("/refetch", response_model=list[RefetchResult])

@@ -86,11 +86,17 @@ async def append_audit(conn: AsyncConnection, rows: list[dict[str, Any]]) -> Non
 
 
 async def audit_rows(
-    conn: AsyncConnection, *, application: str | None = None, limit: int = 100
+    conn: AsyncConnection,
+    *,
+    application: str | None = None,
+    limit: int = 100,
+    before: int | None = None,
 ) -> list[Any]:
     """The latest audit rows (about one case, if given: among the latest 10,000), newest
-    first."""
+    first; ``before``: the row id a page starts below."""
     q = select(audit_log).order_by(audit_log.c.id.desc())
+    if before is not None:
+        q = q.where(audit_log.c.id < before)
     if application is None:
         return list((await conn.execute(q.limit(limit))).all())
     # JSON containment is spelled differently per engine: filter a bounded window here
