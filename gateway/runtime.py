@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import structlog
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.blobs import BlobStore
@@ -83,21 +83,34 @@ class Runtime:
                 self.unavailable[code] = f"invalid options: {exc.errors()[0]['msg']}"
                 continue
 
-            def mapper(envelope: Envelope, _dept: Any = dept) -> dict[str, Any] | None:
-                return self.plugins.map_payload(envelope, _dept)
+            self.connectors[code] = cls(self.context_for(code, options))
 
-            # the connector's own client: the shared pool, answers capped (decompressed bytes)
-            http = bounded_client(self.http, department=code, limit=dept.max_answer_bytes)
-            self._clients.append(http)
-            context = ConnectorContext(
-                department=code,
-                options=options,
-                http=http,
-                read_material=self.read_material,
-                map_payload=mapper,
-                max_answer_bytes=dept.max_answer_bytes,
-            )
-            self.connectors[code] = cls(context)
+    def context_for(self, code: str, options: BaseModel) -> ConnectorContext:
+        """What department ``code``'s connector is given: its options, an HTTP client over the
+        shared pool whose answers are capped (decompressed bytes), the material store and the
+        ``map_payload`` hook."""
+        dept = self.config.departments[code]
+
+        def mapper(envelope: Envelope) -> dict[str, Any] | None:
+            return self.plugins.map_payload(envelope, dept)
+
+        http = bounded_client(self.http, department=code, limit=dept.max_answer_bytes)
+        self._clients.append(http)
+        return ConnectorContext(
+            department=code,
+            options=options,
+            http=http,
+            read_material=self.read_material,
+            map_payload=mapper,
+            max_answer_bytes=dept.max_answer_bytes,
+        )
+
+    def attach(self, code: str, connector: Connector) -> None:
+        """Use ``connector`` (built elsewhere, e.g. a test's fake) for department ``code``: it
+        gets this runtime's context for the department and is called through its link."""
+        connector.context = self.context_for(code, connector.context.options)
+        self.connectors[code] = connector
+        self.unavailable.pop(code, None)
 
     def link(self, code: str) -> DepartmentLink | None:
         """The guarded path to department ``code`` (None if it has no active connector)."""

@@ -26,7 +26,7 @@ from gateway.config.models import (
     Region,
     RetryPolicy,
 )
-from gateway.connector import Connector, ConnectorContext
+from gateway.connector import Connector
 from gateway.plugin_manager import Plugins
 from gateway.runtime import Runtime
 
@@ -112,14 +112,7 @@ async def running_gateway(
     runtime = Runtime(config, plugins=plugins)
     try:
         for code, connector in (connectors or {}).items():
-            connector.context = ConnectorContext(
-                department=code,
-                options=connector.context.options,
-                http=runtime.http,
-                read_material=runtime.read_material,
-            )
-            runtime.connectors[code] = connector
-            runtime.unavailable.pop(code, None)
+            runtime.attach(code, connector)
         await runtime.prepare_database()
         yield runtime
     finally:
