@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import typer
 
     from gateway.config.models import DepartmentConfig, Matter
-    from gateway.connector import Connector, Envelope
+    from gateway.connector import Applicant, Connector, Envelope
     from gateway.delivery import DeliveryMethod
     from gateway.events import StatusChange
     from gateway.notifications import Contact
@@ -55,17 +55,29 @@ def map_payload(envelope: Envelope, department: DepartmentConfig) -> dict[str, A
 
 
 @hookspec
-def validate_application(form: dict[str, Any], matter: Matter, region: str) -> list[str] | None:
+def validate_application(
+    form: dict[str, Any],
+    matter: Matter,
+    region: str,
+    applicant: Applicant,
+    department: DepartmentConfig,
+) -> list[str] | None:
     """Check an application at intake, beyond the matter's JSON Schema.
 
     :param form: the application's form fields as submitted.
     :param matter: the catalog entry applied for.
     :param region: the 6-digit division code the application is for.
+    :param applicant: who applies (:class:`gateway.connector.Applicant`; ``id_number`` and
+        ``phone`` are PII: never put them in a message).
+    :param department: the department the application goes to (its connector and options),
+        e.g. to check that its systems can carry the text.
     :return: problems as messages a clerk can act on ("form.area: must be positive"), or None.
 
-    Any problem from any plugin rejects the application with 422; nothing is stored. A message
-    starting with a form path and ": " becomes an ``errors[]`` item for that field (code
-    ``form_rejected``, the rest of the message as written); any other names the whole ``form``.
+    An implementation may take any of these arguments by name. Any problem from any plugin
+    rejects the application with 422; nothing is stored. A message starting with a form or
+    applicant path (``form.area``, ``applicant.name``) and ": " becomes an ``errors[]`` item
+    for that field (code ``form_rejected``, the rest of the message as written); any other
+    names the whole ``form``.
     """
 
 

@@ -150,11 +150,14 @@ def _validate_form(runtime: Runtime, body: ApplicationIn, matter: Matter) -> Non
     errors: list[FieldError] = []
     if matter.form_validator is not None:
         errors.extend(_schema_problems(body.form, matter.form_validator))
-    for text in runtime.plugins.validate_application(body.form, matter, body.region):
+    department = runtime.config.departments[matter.department]
+    for text in runtime.plugins.validate_application(
+        body.form, matter, body.region, body.applicant, department
+    ):
         # a department plugin's own wording (its clerks' language), passed on as it is; the
         # hook's "form.area: must be positive" convention names the field
         path, sep, reason = text.partition(": ")
-        if sep and re.fullmatch(r"form(\.[\w-]+|\[\d+\])*", path):
+        if sep and re.fullmatch(r"(form|applicant)(\.[\w-]+|\[\d+\])*", path):
             errors.append(FieldError(path, "form_rejected", {"reason": reason}))
         else:
             errors.append(FieldError("form", "form_rejected", {"reason": text}))

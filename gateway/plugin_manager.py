@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import typer
 
     from gateway.config.models import DepartmentConfig, Matter
-    from gateway.connector import Connector, Envelope
+    from gateway.connector import Applicant, Connector, Envelope
     from gateway.delivery import DeliveryMethod
     from gateway.events import StatusChange
     from gateway.notifications import Contact
@@ -125,10 +125,19 @@ class Plugins:
                 return dict(result)
         return None
 
-    def validate_application(self, form: dict[str, Any], matter: Matter, region: str) -> list[str]:
+    def validate_application(
+        self,
+        form: dict[str, Any],
+        matter: Matter,
+        region: str,
+        applicant: Applicant | None = None,
+        department: DepartmentConfig | None = None,
+    ) -> list[str]:
         problems: list[str] = []
+        args = {"form": form, "matter": matter, "region": region}
+        args |= {"applicant": applicant, "department": department}
         for impl in self.pm.hook.validate_application.get_hookimpls():
-            problems.extend(self._call(impl, form=form, matter=matter, region=region) or [])
+            problems.extend(self._call(impl, **args) or [])
         return problems
 
     def delivery_methods(self) -> dict[str, DeliveryMethod]:

@@ -182,7 +182,10 @@ async def _apply(
                 .values(department_case_id=upd.case_id)
             )
         # a case the department handed back as unprocessable: ops see why in the failures list
-        extra = {"last_error": upd.detail} if state is State.FAILED and upd.detail else None
+        extra = None
+        if state is State.FAILED and upd.detail:
+            extra = {"last_error": upd.detail}
+            detail["reason"] = upd.detail
         changes = await move(
             conn,
             app_id,

@@ -35,9 +35,12 @@ def test_worked_example_runs_and_prints_what_the_doc_says(tmp_path: Path) -> Non
 
 
 def test_configuration_examples_validate() -> None:
-    local, sftp = (tomllib.loads(text) for text in blocks("toml"))
+    local, sftp, gbk = (tomllib.loads(text) for text in blocks("toml"))
     assert FiledropOptions.model_validate(local["options"]).target.type == "local"
     assert FiledropOptions.model_validate(sftp["options"]).target.type == "sftp"
+    options = FiledropOptions.model_validate(gbk["options"])  # the whole department file:
+    assert options.result.fields.case_id == "办件编号"  # tests/test_filedrop_onboarding.py
+    assert options.folders.processed == "inbox/done"  # runs it
 
 
 def test_the_example_city_department_matches(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,7 +49,7 @@ def test_the_example_city_department_matches(monkeypatch: pytest.MonkeyPatch) ->
     civil = load_config(ROOT / "config" / "gateway.toml").departments["civil"]
     assert civil.enabled and civil.connector == "filedrop"
     options = FiledropOptions.model_validate(civil.options)
-    [local, _sftp] = (tomllib.loads(text) for text in blocks("toml"))
+    [local, _sftp, _gbk] = (tomllib.loads(text) for text in blocks("toml"))
     documented = FiledropOptions.model_validate(local["options"])
     assert options.target == documented.target
     assert options.result == documented.result

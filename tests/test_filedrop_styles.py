@@ -22,6 +22,7 @@ from gateway_filedrop.connector import QUARANTINED, REFUSALS
 from typer.testing import CliRunner
 
 from gateway.cli import app
+from gateway.errors import PermanentError
 from tests.filedrop_helpers import (
     FakeClock,
     envelope,
@@ -315,3 +316,16 @@ def test_ops_list_and_requeue_the_quarantine(tmp_path: Path) -> None:
         app, ["filedrop", "requeue", "civil", "r1.json", "--config", str(cfg / "gateway.toml")]
     )
     assert result.exit_code == 1 and "already holds" in result.output
+
+
+async def test_text_the_encoding_cannot_carry_fails_naming_the_field_only(
+    tmp_path: Path, http: httpx.AsyncClient
+) -> None:
+    conn = make_connector(gbk_options(tmp_path), http)
+    rare = envelope(applicant={"name": "张𠮷", "id_number": "110101199003074518"})
+    with pytest.raises(PermanentError) as info:
+        await conn.submit(rare)
+    message = str(info.value)
+    assert "applicant.name" in message and "U+20BB7" in message and "gbk" in message
+    assert "张" not in message
+    assert not (tmp_path / "inbox" / f"{KEY}.csv").exists()

@@ -13,7 +13,14 @@ results (rates in the settings or ``POST /_control``). Department status codes::
 Result files are ``<case id>-<n>.<ext>`` with the fields the ``filedrop`` connector reads by
 default (``case_id, idempotency_key, status, opinion, occurred_at, supplement_items,
 documents``); JSON and XML carry the certificate inline (base64), CSV names a file in
-``<result stem>.files/``. A tiny control API (``GET /_stats``, ``POST /_control``) runs where
+``<result stem>.files/``. It can also play a back office written by someone else (the
+"GBK style" of docs/plugins/filedrop.md): ``encoding`` for requests and results, ``columns``
+renaming the result fields (``{"case_id" = "办件编号", ...}``), ``status_words`` instead of
+codes (``{"9" = "办结", ...}``), ``documents = "beside"`` (the certificate written next to the
+result and named in its documents column), ``list_separator = "；"``, ``local_times`` (zone-less
+Asia/Shanghai times), and ``errors``/``error_rate`` (a share of requests refused into an error
+folder with a ``<request name>.err`` reason; a refused request sent again is taken). A tiny
+control API (``GET /_stats``, ``POST /_control``) runs where
 the other simulators run their department API, and its lifespan starts and stops the watcher.
 """
 
@@ -62,6 +69,7 @@ _OPINIONS = {
 _SUPPLEMENT_ITEMS = ["居民户口簿复印件", "近期免冠照片"]
 _EXT = {"json": ".json", "xml": ".xml", "csv": ".csv"}
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+_SHANGHAI = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
 
 
 class FiledropSimulatorSettings(BaseModel):
@@ -99,6 +107,22 @@ class FiledropSimulatorSettings(BaseModel):
     slow_chunk_pause_seconds: float = Field(default=0.05, ge=0)
     garbage_rate: float = Field(default=0.0, ge=0, le=1)
     duplicate_rate: float = Field(default=0.0, ge=0, le=1)
+    encoding: str = "utf-8"
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="result field -> the department's column name"
+    )
+    status_words: dict[str, str] = Field(
+        default_factory=dict, description='status code ("1", "9", ...) -> the word written'
+    )
+    documents: Literal["auto", "beside"] = Field(
+        default="auto",
+        description="auto: inline (JSON, XML) or in <result stem>.files/ (CSV); beside: files "
+        "next to the result, named in its documents field",
+    )
+    list_separator: str = ";"
+    local_times: bool = Field(default=False, description="zone-less Asia/Shanghai times")
+    errors: str | None = Field(default=None, description="error folder for refused requests")
+    error_rate: float = Field(default=0.0, ge=0, le=1)
 
 
 class FiledropControl(BaseModel):
@@ -134,6 +158,7 @@ class FiledropDepartmentState:
     requests: int = 0
     duplicates: int = 0
     bad_requests: int = 0
+    refused: set[str] = field(default_factory=set)
     results_written: int = 0
     slow_writes: int = 0
     garbage_written: int = 0
@@ -157,8 +182,9 @@ class FiledropDepartmentState:
             self.root = s.root
         else:
             self._temp = self.root = Path(tempfile.mkdtemp(prefix="filedrop-sim-"))
-        for folder in (s.inbox, s.outbox, s.processed):
-            (self.root / folder).mkdir(parents=True, exist_ok=True)
+        for folder in (s.inbox, s.outbox, s.processed, s.errors):
+            if folder:
+                (self.root / folder).mkdir(parents=True, exist_ok=True)
         self._stack = contextlib.AsyncExitStack()
         if s.transport == "sftp":
             keydir = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="sftp-")))
@@ -226,6 +252,7 @@ class FiledropDepartmentState:
             "slow_writes": self.slow_writes,
             "garbage_written": self.garbage_written,
             "duplicate_results": self.duplicate_results,
+            "refused": len(self.refused),
             "sftp_connections": self.sftp.connections if self.sftp else 0,
             "sftp_dropped": self.sftp.dropped if self.sftp else 0,
         }
@@ -277,15 +304,23 @@ class FiledropDepartmentState:
         s = self.settings
         inbox, processed = self.root / s.inbox, self.root / s.processed
         data = (inbox / name).read_bytes()
+        ok = _readable(data, s.format, s.encoding)
+        refuse = s.errors is not None and key not in self.refused and key not in self.cases
+        refuse = refuse and (not ok or random.Random(f"{s.seed}:{key}:err").random() < s.error_rate)
+        to = self.root / s.errors if refuse and s.errors else processed
         for other in sorted(names):
             if other.startswith(f"{key}.m") or other == name + s.done_suffix:
-                (inbox / other).replace(processed / other)
-        (inbox / name).replace(processed / name)
+                (inbox / other).replace(to / other)
+        (inbox / name).replace(to / name)
         self.requests += 1
+        if refuse:
+            self.refused.add(key)
+            why = "申请文件无法读取" if not ok else "第2行：申请人证件号码校验未通过"
+            (to / f"{name}.err").write_bytes(why.encode(s.encoding))
+            return None
         if key in self.cases:
             self.duplicates += 1
             return None
-        ok = _readable(data, s.format)
         _lineage, version = version_of(key)
         now = dt.datetime.now(dt.UTC)
         seq = len(self.cases) + 1
@@ -327,12 +362,18 @@ class FiledropDepartmentState:
         opinion = _OPINIONS[case.outcome] if final else "已受理"
         if not case.request_ok:
             opinion = "不予受理：申请文件无法读取"
+        at = dt.datetime.now(dt.UTC)
+        when = (
+            at.astimezone(_SHANGHAI).strftime("%Y-%m-%d %H:%M:%S")
+            if self.settings.local_times
+            else at.isoformat().replace("+00:00", "Z")
+        )
         record: dict[str, Any] = {
             "case_id": case.case_id,
             "idempotency_key": case.idempotency_key,
-            "status": status,
+            "status": self.settings.status_words.get(status, status),
             "opinion": opinion,
-            "occurred_at": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
+            "occurred_at": when,
             "supplement_items": list(_SUPPLEMENT_ITEMS) if final and status == "3" else [],
             "documents": [],
         }
@@ -353,15 +394,20 @@ class FiledropDepartmentState:
         name = name or f"{case.case_id}-{len(case.results) + 1}{_EXT[s.format]}"
         record = self.result_record(case, status, final=final)
         outbox = self.root / s.outbox
-        if s.format == "csv" and record["documents"]:
-            folder = outbox / f"{name.rsplit('.', 1)[0]}.files"
-            folder.mkdir(exist_ok=True)
+        if record["documents"] and (s.format == "csv" or s.documents == "beside"):
+            folder = outbox
+            if s.documents != "beside":
+                folder = outbox / f"{name.rsplit('.', 1)[0]}.files"
+                folder.mkdir(exist_ok=True)
             names = []
             for doc in record["documents"]:
                 (folder / doc["name"]).write_bytes(base64.b64decode(doc["content_b64"]))
                 names.append(doc["name"])
-            record["documents"] = ";".join(names)
-        data = encode_result(record, s.format)
+            record["documents"] = s.list_separator.join(names)
+        if isinstance(record["supplement_items"], list) and s.format == "csv":
+            record["supplement_items"] = s.list_separator.join(record["supplement_items"])
+        record = {s.columns.get(k, k): v for k, v in record.items()}
+        data = encode_result(record, s.format, s.encoding)
         slow = self._rng.random() < s.slow_write_rate
         await self.write_file(name, data, slow=slow)
         case.results.append(name)
@@ -393,10 +439,10 @@ class FiledropDepartmentState:
         await self.write_file(name, b"\x00\xff garbage, not a result \x89PNG\r\n")
 
 
-def encode_result(record: dict[str, Any], fmt: str) -> bytes:
+def encode_result(record: dict[str, Any], fmt: str, encoding: str = "utf-8") -> bytes:
     """A result record in the department's file format."""
     if fmt == "json":
-        return json.dumps(record, ensure_ascii=False, indent=2).encode()
+        return json.dumps(record, ensure_ascii=False, indent=2).encode(encoding)
     if fmt == "xml":
         root = etree.Element("result")
         for key, value in record.items():
@@ -411,24 +457,24 @@ def encode_result(record: dict[str, Any], fmt: str) -> bytes:
                     etree.SubElement(child, "item").text = item
             else:
                 child.text = str(value)
-        return bytes(etree.tostring(root, xml_declaration=True, encoding="utf-8"))
+        return bytes(etree.tostring(root, xml_declaration=True, encoding=encoding))
     out = io.StringIO(newline="")
     writer = csv.writer(out, lineterminator="\r\n")
     row = {k: ";".join(v) if isinstance(v, list) else str(v) for k, v in record.items()}
     writer.writerow(list(row))
     writer.writerow(list(row.values()))
-    return out.getvalue().encode()
+    return out.getvalue().encode(encoding)
 
 
-def _readable(data: bytes, fmt: str) -> bool:
+def _readable(data: bytes, fmt: str, encoding: str = "utf-8") -> bool:
     try:
         if fmt == "json":
-            return isinstance(json.loads(data), dict)
+            return isinstance(json.loads(data.decode(encoding)), dict)
         if fmt == "xml":
             parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
             etree.fromstring(data, parser=parser)
             return True
-        return len(list(csv.DictReader(io.StringIO(data.decode())))) == 1
+        return len(list(csv.DictReader(io.StringIO(data.decode(encoding))))) == 1
     except (ValueError, UnicodeDecodeError, etree.XMLSyntaxError, csv.Error):
         return False
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import typer
 
-from gateway.connector import Connector
+from gateway.config.models import DepartmentConfig
+from gateway.connector import Applicant, Connector
 from gateway.hookspecs import hookimpl
 
 
@@ -22,3 +24,12 @@ def register_commands(cli: typer.Typer) -> None:
     from gateway_filedrop.cli import commands
 
     cli.add_typer(commands, name="filedrop")
+
+
+@hookimpl
+def validate_application(
+    form: dict[str, Any], applicant: Applicant, department: DepartmentConfig
+) -> list[str] | None:
+    from gateway_filedrop.intake import encoding_problems
+
+    return encoding_problems(form, applicant, department)

@@ -52,7 +52,13 @@ from gateway.connector import (
 from gateway.errors import ConnectorError, PermanentError, TransientError
 from gateway.mapping import map_envelope, put_path
 from gateway_filedrop import quarantine, records
-from gateway_filedrop.formats import EXTENSIONS, ResultFileError, decode_result, encode_request
+from gateway_filedrop.formats import (
+    EXTENSIONS,
+    ResultFileError,
+    decode_result,
+    encode_request,
+    unencodable,
+)
 from gateway_filedrop.local_storage import LocalStorage
 from gateway_filedrop.options import FiledropOptions, LocalTarget
 from gateway_filedrop.records import safe_document_name
@@ -157,9 +163,18 @@ class FiledropConnector(Connector):
             return receipt
         # new, or refused by the department and now sent again (an operator's replay)
         payload = await self._payload(envelope, key)
-        data = encode_request(
-            payload, request.format, encoding=request.encoding, xml_root=request.xml_root
-        )
+        try:
+            data = encode_request(
+                payload, request.format, encoding=request.encoding, xml_root=request.xml_root
+            )
+        except UnicodeEncodeError as exc:
+            # intake refuses such text for this department; this is what slipped past it
+            # (a material's file name, a case accepted before the check): name the field only
+            path, char = unencodable(payload, request.encoding, "") or ("?", "?")
+            raise PermanentError(
+                f"{self._dept}: request field {path}: character {char} cannot be written in "
+                f"{request.encoding}"
+            ) from exc
         if request.commit == "rename":
             await self.storage.write(inbox_path, data, atomic=True)
         else:

@@ -8,6 +8,7 @@ outright: a department's result file has no business declaring entities.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -16,7 +17,14 @@ from typing import Any
 
 from lxml import etree
 
-__all__ = ["EXTENSIONS", "ResultFileError", "decode_result", "encode_request"]
+__all__ = [
+    "EXTENSIONS",
+    "ResultFileError",
+    "carries_all",
+    "decode_result",
+    "encode_request",
+    "unencodable",
+]
 
 EXTENSIONS = {"json": ".json", "xml": ".xml", "csv": ".csv"}
 _XML_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -27,6 +35,40 @@ class ResultFileError(ValueError):
 
 
 # -- requests ------------------------------------------------------------------------------------
+
+#: encodings that carry every character: nothing to check
+_COMPLETE = frozenset({"utf_8", "utf_8_sig", "utf_16", "utf_32", "gb18030"})
+
+
+def carries_all(encoding: str) -> bool:
+    try:
+        return codecs.lookup(encoding).name.replace("-", "_") in _COMPLETE
+    except LookupError:
+        return False
+
+
+def unencodable(value: Any, encoding: str, path: str) -> tuple[str, str] | None:
+    """The first text inside ``value`` (keys included) that ``encoding`` cannot write: its
+    dotted path and the character as ``U+XXXX`` (never the text itself: it may be personal)."""
+    if isinstance(value, str):
+        for ch in value:
+            try:
+                ch.encode(encoding)
+            except UnicodeEncodeError:
+                return path, f"U+{ord(ch):04X}"
+        return None
+    if isinstance(value, dict):
+        for key, child in value.items():
+            found = unencodable(str(key), encoding, path) or unencodable(
+                child, encoding, f"{path}.{key}" if path else str(key)
+            )
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, child in enumerate(value):
+            if found := unencodable(child, encoding, f"{path}[{i}]"):
+                return found
+    return None
 
 
 def encode_request(payload: dict[str, Any], fmt: str, *, encoding: str, xml_root: str) -> bytes:
