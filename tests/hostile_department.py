@@ -9,6 +9,7 @@ hands back its answer; in the other modes it answers as a broken or hostile syst
     bomb     200 with a small gzip body that inflates to 200 MB
     big      200 with a body over a few MB, chunked (no length announced)
     fail     503
+    canned   200 with ``canned`` as the body
 
 It counts requests and the most it ever had in flight at once.
 """
@@ -47,6 +48,7 @@ class Hostile:
         self.upstream = upstream.rstrip("/")
         self.xml = xml
         self.mode = "ok"
+        self.canned = b""
         self.release = asyncio.Event()
         self.requests = 0
         self.inflight = 0
@@ -80,7 +82,9 @@ class Hostile:
         if mode == "hold":
             await asyncio.wait_for(self.release.wait(), timeout=60)
             mode = "ok"
-        if mode == "fail":
+        if mode == "canned":
+            await _whole(send, 200, [(b"content-type", kind)], self.canned)
+        elif mode == "fail":
             await _whole(send, 503, [(b"content-type", b"text/plain")], b"unavailable")
         elif mode == "bomb":
             headers = [(b"content-type", kind), (b"content-encoding", b"gzip")]

@@ -303,6 +303,16 @@ async def test_guards_hold_for_http_departments(
         )
 
 
+async def test_an_outsized_case_id_is_not_stored(city: SimulatedCity) -> None:
+    """A department answering a 5 MB case id (under the 8 MB answer cap) is refused as a
+    permanent error naming the limit; nothing of it is kept."""
+    async with behind_door(city, "amr") as (door, link, _case):
+        door.mode = "canned"
+        door.canned = json.dumps({"case": {"id": "X" * (5 * MB), "status": "0"}}).encode()
+        with pytest.raises(PermanentError, match="longer than 256 characters"):
+            await link.submit(envelope("amr"))
+
+
 # -- file drop ----------------------------------------------------------------------------------
 
 #: file-drop operations; only pull_updates reads an answer of the department's making (a
