@@ -5,6 +5,7 @@ The hierarchy::
     GatewayError
     ├── RequestProblem         a request the client must fix (rendered as problem+json by the API)
     ├── ConfigError            configuration is invalid (carries every problem found)
+    ├── SchemaOutdated         the database schema needs ``gateway migrate`` (started without it)
     ├── PluginError            a plugin failed to import or register (names the plugin)
     ├── ConnectorError         raised by a connector while talking to a department
     │   ├── TransientError     try again later; may carry ``retry_after`` seconds
@@ -112,6 +113,11 @@ class ConfigError(GatewayError):
     def __init__(self, problems: list[ConfigProblem]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+
+class SchemaOutdated(GatewayError):
+    """The database schema is older than the code (or empty) and this process may not migrate
+    it (``--no-migrate``: with several nodes, one ``gateway migrate`` runs before the restart)."""
 
 
 class PluginError(GatewayError):

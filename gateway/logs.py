@@ -39,7 +39,19 @@ _configured = False
 
 # libraries that log every request or migration step at INFO: their noise, and its cost on the
 # dispatch path, is not what ops need; their warnings still show
-_NOISY = ("httpx", "httpcore", "alembic", "aiosqlite", "asyncssh", "uvicorn.access")
+_NOISY = (
+    "httpx",
+    "httpcore",
+    "alembic",
+    "aiosqlite",
+    "asyncssh",
+    "uvicorn.access",
+    "apscheduler",  # "Running job ..." / "executed successfully" for every tick
+    "sqlalchemy",
+    "gateway.store.db",  # the connection pool's own INFO lines (it logs under its class)
+    "spyne",
+    "zeep",
+)
 
 
 class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]

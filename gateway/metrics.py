@@ -100,7 +100,7 @@ DECISION_LATENCY = Histogram(
 # -- results coming back --------------------------------------------------------------------------
 CALLBACKS = Counter(
     "gateway_callbacks_total",
-    "Department callbacks by outcome (applied, unchanged, duplicate, rejected_<status>)",
+    "Department callbacks by outcome (applied, unchanged, duplicate, refused_<HTTP status>)",
     ["department", "outcome"],
 )
 RECONCILE_RUNS = Counter(

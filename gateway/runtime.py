@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.blobs import BlobStore
 from gateway.connector import Connector, ConnectorContext, Envelope, MaterialRef
 from gateway.departments import DepartmentLink, bounded_client
+from gateway.errors import SchemaOutdated
 from gateway.http import make_client
 from gateway.logs import ensure_configured
 from gateway.plugin_manager import Plugins, load_plugins
@@ -47,11 +48,15 @@ class Runtime:
             enable=settings.plugins.enable,
             trace=settings.plugins.trace,
         )
-        self.engine = engine or create_engine(settings.database_url)
+        self.engine = engine or create_engine(
+            settings.database_url, **settings.database.engine_options()
+        )
         self.blobs = BlobStore(
             settings.data_dir / "blobs", min_free_bytes=settings.data_dir_min_free_mb * 2**20
         )
-        self.http = http or make_client()
+        self.http = http or make_client(
+            max_connections=settings.http.max_connections, timeout=settings.http.timeout_seconds
+        )
         #: department code -> its connector (tests may replace one: its link follows)
         self.connectors: dict[str, Connector] = {}
         self._links: dict[str, DepartmentLink] = {}
@@ -122,6 +127,20 @@ class Runtime:
             link = self._links[code] = DepartmentLink(self.config.departments[code], connector)
         return link
 
+    def apply_config(self, config: Config) -> None:
+        """Take a reloaded configuration (checked by :mod:`gateway.reload`): readers see it at
+        once; a department whose guards (concurrency, rate limit, breaker) changed gets a
+        fresh link, the others keep theirs (and their breaker state) with the new settings."""
+        self.config = config
+        for code, link in list(self._links.items()):
+            dept = config.departments[code]
+            old = link.dept
+            guards = ("concurrency", "rate_limit_per_second", "breaker")
+            if any(getattr(old, key) != getattr(dept, key) for key in guards):
+                del self._links[code]  # calls in flight finish on the old link
+            else:
+                link.dept = dept
+
     def links(self) -> list[DepartmentLink]:
         """Every active department's link, by code."""
         return [link for code in sorted(self.connectors) if (link := self.link(code))]
@@ -130,8 +149,14 @@ class Runtime:
         return await self.blobs.get(ref.sha256)
 
     async def prepare_database(self, *, auto_migrate: bool = True) -> None:
-        """Migrate an empty or older database (``serve``/``daemon`` do this on start)."""
-        if auto_migrate and await needs_migration(self.engine):
+        """Migrate an empty or older database (``serve``/``daemon`` do this on start); with
+        ``auto_migrate=False`` an outdated schema is an error that says what to run."""
+        if await needs_migration(self.engine):
+            if not auto_migrate:
+                raise SchemaOutdated(
+                    "the database schema is older than this gateway (or empty): run "
+                    "'gateway migrate' once, then start the API nodes and daemons"
+                )
             log.info("migrating database")
             await migrate(self.engine)
 

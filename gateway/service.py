@@ -11,10 +11,13 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import structlog
 
+from gateway import reload as reloading
 from gateway.api.app import create_app
+from gateway.api.metrics_app import metrics_app
 from gateway.config.loader import Config
 from gateway.daemon import Daemon
 from gateway.dispatcher import Dispatcher
@@ -32,15 +35,29 @@ async def running(
     daemon: bool,
     host: str | None = None,
     port: int | None = None,
+    migrate: bool = True,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> AsyncIterator[tuple[Dispatcher | None, str | None]]:
     """Start the parts asked for; yields (dispatcher, API base URL). The daemon part is the
     APScheduler-driven :class:`~gateway.daemon.Daemon` (the same one ``gateway daemon`` runs).
     Leaving the block stops them gracefully: no new claims or ticks, in-flight work finishes or
-    is released."""
-    await runtime.prepare_database()
+    is released.
+
+    :param migrate: bring an empty or older schema up to date first; with False an outdated
+        schema is an error naming ``gateway migrate`` (several nodes must not migrate at once).
+    :param metrics_port: also serve ``/metrics`` and ``/healthz`` there (daemons have no API).
+    """
+    await runtime.prepare_database(auto_migrate=migrate)
     worker = Daemon(runtime) if daemon else None
     base_url = None
     async with contextlib.AsyncExitStack() as stack:
+        if metrics_port is not None:
+            await stack.enter_async_context(
+                serve_asgi(
+                    metrics_app(runtime), host=metrics_host, port=metrics_port, lifespan="off"
+                )
+            )
         if api:
             settings = runtime.config.gateway.api
             base_url = await stack.enter_async_context(
@@ -68,14 +85,39 @@ async def serve_until_signalled(
     host: str | None = None,
     port: int | None = None,
     on_ready: Callable[[str | None], Awaitable[None]] | None = None,
+    migrate: bool = True,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
+    config_path: Path | None = None,
 ) -> None:
+    """Run until SIGTERM/SIGINT. SIGHUP reloads ``config_path`` (validated first; a bad or
+    restart-only change is refused with a WARNING and the running configuration kept)."""
     runtime = Runtime(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[bool]] = set()
+    if config_path is not None:
+
+        def on_hup() -> None:
+            task = loop.create_task(reloading.reload(runtime, config_path))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    pid_file = reloading.write_pid_file(config.gateway.data_dir)
     try:
-        async with running(runtime, api=api, daemon=daemon, host=host, port=port) as (_, url):
+        async with running(
+            runtime,
+            api=api,
+            daemon=daemon,
+            host=host,
+            port=port,
+            migrate=migrate,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+        ) as (_, url):
             log.info(
                 "gateway running", api=url, daemon=daemon, unavailable=runtime.unavailable or None
             )
@@ -84,4 +126,8 @@ async def serve_until_signalled(
             await stop.wait()
             log.info("stopping: finishing in-flight work")
     finally:
+        if config_path is not None:
+            loop.remove_signal_handler(signal.SIGHUP)
+        await asyncio.gather(*reloads, return_exceptions=True)
+        pid_file.unlink(missing_ok=True)
         await runtime.aclose()

@@ -73,3 +73,17 @@ def test_unknown_command_says_did_you_mean() -> None:
     )
     assert result.returncode == 2
     assert "Did you mean 'migrate'" in result.stderr
+
+
+def test_migrate_says_what_it_did(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+    from tests.test_crash_recovery import write_config
+
+    config = write_config(tmp_path / "c", f"sqlite+aiosqlite:///{tmp_path / 'g.db'}", {})
+    first = CliRunner().invoke(app, ["migrate", "--config", str(config)])
+    assert first.exit_code == 0, first.output
+    assert "created the schema in sqlite+aiosqlite:///" in first.output
+    again = CliRunner().invoke(app, ["migrate", "--config", str(config)])
+    assert "is already at the newest schema" in again.output and "nothing to do" in again.output

@@ -121,13 +121,15 @@ def test_missing_env_var_names_file_key_and_line(cfg: Path) -> None:
     problem = found[0]
     assert problem.file.endswith("departments/amr.toml")
     assert problem.key == "callback_secrets.0"
-    assert problem.message == "environment variable AMR_CALLBACK_SECRET is not set"
+    assert problem.message == (
+        "environment variable AMR_CALLBACK_SECRET (or AMR_CALLBACK_SECRET_FILE) is not set"
+    )
     text = (cfg / "departments" / "amr.toml").read_text(encoding="utf-8").splitlines()
     assert problem.line is not None
     assert text[problem.line - 1].startswith("callback_secrets")
     assert str(problem).endswith(
         f"amr.toml:{problem.line} [callback_secrets.0]: "
-        "environment variable AMR_CALLBACK_SECRET is not set"
+        "environment variable AMR_CALLBACK_SECRET (or AMR_CALLBACK_SECRET_FILE) is not set"
     )
 
 
@@ -135,7 +137,7 @@ def test_missing_env_var_everywhere_it_is_used(cfg: Path) -> None:
     env = {k: v for k, v in ENV.items() if k != "HRSS_API_KEY"}
     found = problems(cfg, env)
     assert {p.key for p in found} == {"options.auth.key", "simulator.auth_key"}
-    assert all("HRSS_API_KEY is not set" in p.message for p in found)
+    assert all("HRSS_API_KEY (or HRSS_API_KEY_FILE) is not set" in p.message for p in found)
 
 
 def test_env_reference_inside_a_longer_string(cfg: Path) -> None:

@@ -74,3 +74,29 @@ def test_delivery_latency_is_measured_from_intake() -> None:
     announce(_Runtime(), [change])  # type: ignore[arg-type]
     took = DELIVERY_LATENCY.labels("civil")._sum.get() - before  # type: ignore[attr-defined]
     assert 89 <= took <= 120
+
+
+async def test_callback_outcomes_and_reconciliation_runs_are_counted(
+    api: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    from prometheus_client import REGISTRY
+
+    from gateway import reconcile
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    refused = value("gateway_callbacks_total", department="amr", outcome="refused_401")
+    unknown = value("gateway_callbacks_total", department="unknown", outcome="refused_404")
+    answer = await api.post("/v1/callbacks/amr", content=b"{}", headers={"X-Timestamp": "1"})
+    assert answer.status_code == 401
+    stranger = await api.post("/v1/callbacks/nope-" + "x" * 40, content=b"{}")
+    assert stranger.status_code == 404
+    assert value("gateway_callbacks_total", department="amr", outcome="refused_401") == refused + 1
+    after = value("gateway_callbacks_total", department="unknown", outcome="refused_404")
+    assert after == unknown + 1  # an unknown path is not a label of its own
+
+    runs = value("gateway_reconcile_runs_total", department="amr", state="done")
+    result = await reconcile.reconcile_department(runtime, "amr", trigger="cli")
+    assert result.state == "done"
+    assert value("gateway_reconcile_runs_total", department="amr", state="done") == runs + 1

@@ -2,6 +2,7 @@
 
 from gateway.cli import (
     audit_cmd,  # noqa: F401
+    backup_cmd,  # noqa: F401
     config_cmd,  # noqa: F401
     demo_cmd,  # noqa: F401
     keys_cmd,  # noqa: F401

@@ -369,7 +369,22 @@ class _Loader:
             name = match.group(1)
             if name in self.env:
                 return self.env[name]
-            self.problems.append(source.problem(loc, f"environment variable {name} is not set"))
+            # NAME_FILE names a file holding the secret (systemd credentials, Docker/K8s
+            # secrets): the value never sits in the environment of every child process
+            file_name = self.env.get(f"{name}_FILE")
+            if file_name:
+                try:
+                    return Path(file_name).read_text(encoding="utf-8").rstrip("\r\n")
+                except (OSError, UnicodeDecodeError) as exc:
+                    self.problems.append(
+                        source.problem(
+                            loc, f"{name}_FILE={file_name} cannot be read: {type(exc).__name__}"
+                        )
+                    )
+                    return match.group(0)
+            self.problems.append(
+                source.problem(loc, f"environment variable {name} (or {name}_FILE) is not set")
+            )
             return match.group(0)
 
         return _ENV_REF.sub(replace, value)

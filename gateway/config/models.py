@@ -116,6 +116,41 @@ class ScheduleSettings(_Strict):
     timezone: str = Field(default="Asia/Shanghai", description="for reconcile_cron")
 
 
+class DatabaseSettings(_Strict):
+    """``[gateway.database]``: the connection pool of each process (PostgreSQL; SQLite always
+    uses one connection). Size it so that every process's ``pool_size + max_overflow`` summed
+    over API nodes and daemons stays under the server's ``max_connections`` (docs/deploy.md)."""
+
+    pool_size: int = Field(default=10, ge=1, le=500)
+    max_overflow: int = Field(default=10, ge=0, le=500)
+    pool_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="a request waits this long for a free connection"
+    )
+    recycle_seconds: float = Field(default=1800.0, gt=0, description="reconnect after this age")
+    statement_timeout_seconds: float = Field(default=15.0, gt=0)
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    def engine_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`gateway.store.db.create_engine`."""
+        return {
+            "pool_size": self.pool_size,
+            "max_overflow": self.max_overflow,
+            "pool_timeout": self.pool_timeout_seconds,
+            "recycle_seconds": self.recycle_seconds,
+            "statement_timeout": self.statement_timeout_seconds,
+            "connect_timeout": self.connect_timeout_seconds,
+        }
+
+
+class HttpSettings(_Strict):
+    """``[gateway.http]``: the outbound client every connector shares (per process)."""
+
+    max_connections: int = Field(default=200, ge=1, le=10_000)
+    timeout_seconds: float = Field(
+        default=30.0, gt=0, description="per request; a department's timeout_seconds is tighter"
+    )
+
+
 class GatewaySettings(_Strict):
     name: str = "OneWindow Gateway"
     city: str = Field(pattern=REGION_CODE)
@@ -131,6 +166,21 @@ class GatewaySettings(_Strict):
     centres: list[Centre] = Field(default_factory=list)
     api_keys: list[StaticKey] = Field(default_factory=list)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    #: the time zone the CLI shows times in (stored times are UTC)
+    timezone: str = "Asia/Shanghai"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (e.g. Asia/Shanghai)") from exc
+        return value
 
 
 class RetryPolicy(_Strict):

@@ -39,6 +39,7 @@ from gateway.departments import DepartmentLink
 from gateway.envelopes import envelope_for, idempotency_key
 from gateway.errors import PermanentError
 from gateway.events import Source
+from gateway.metrics import RECONCILE_DISCREPANCIES, RECONCILE_RUNS
 from gateway.reconcile.merge import DeptCase, GatewayCase, pair, sorted_department
 from gateway.runtime import Runtime
 from gateway.states import AT_DEPARTMENT, DECIDED, State, Verdict, judge
@@ -50,6 +51,9 @@ from gateway.store.tables import (
     reconcile_runs,
 )
 from gateway.updates import announce, apply_case_update, move
+
+#: counts of a run that are totals, not classes of case
+_TOTALS = frozenset({"gateway_cases", "department_cases", "department_pages"})
 
 log = structlog.get_logger("gateway.reconcile")
 
@@ -489,4 +493,8 @@ async def reconcile_department(
             .values(state=state, counts=run.counts, error=error, finished_at=now())
         )
     log.info("reconciliation finished", department=department, state=state, **run.counts)
+    RECONCILE_RUNS.labels(department, state).inc()
+    for kind, count in run.counts.items():
+        if kind not in _TOTALS and count:
+            RECONCILE_DISCREPANCIES.labels(department, kind).inc(count)
     return RunResult(run.run_id, department, since, until, state, dict(run.counts), error)

@@ -250,9 +250,13 @@ def _upgrade(connection: Connection) -> None:
     command.upgrade(_alembic_config(connection), "head")
 
 
-def _pending(connection: Connection) -> bool:
+def _revisions(connection: Connection) -> tuple[str | None, str | None]:
     head = ScriptDirectory.from_config(_alembic_config(connection)).get_current_head()
-    current = MigrationContext.configure(connection).get_current_revision()
+    return MigrationContext.configure(connection).get_current_revision(), head
+
+
+def _pending(connection: Connection) -> bool:
+    current, head = _revisions(connection)
     return bool(current != head)
 
 
@@ -260,6 +264,12 @@ async def migrate(engine: AsyncEngine) -> None:
     """Bring the schema to the newest revision (a no-op when it is there)."""
     async with engine.begin() as conn:
         await conn.run_sync(_upgrade)
+
+
+async def revisions(engine: AsyncEngine) -> tuple[str | None, str | None]:
+    """(the database's schema revision, None when empty; the newest this code knows)."""
+    async with engine.connect() as conn:
+        return await conn.run_sync(_revisions)
 
 
 async def needs_migration(engine: AsyncEngine) -> bool:
