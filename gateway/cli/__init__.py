@@ -2,9 +2,9 @@
 
 Start-up cost matters (``gateway --help`` answers in well under a second on a busy machine): the
 command modules import their heavy parts (database, connectors, the API) inside the commands,
-and plugins' extra commands are loaded only when they can be asked for: when the command
-line names a command that is not built in, or when help lists the commands (then only plugins
-from other distributions are imported: the built-in ones add no commands, a test checks it).
+and plugins' extra commands are loaded only when they are run. Help lists the built-in
+plugins' command groups from :data:`BUILTIN_PLUGIN_COMMANDS` without importing them, and
+imports only plugins of other distributions.
 Help is plain text: rich markup would swallow ``[gateway.api]`` in option help.
 """
 
@@ -21,19 +21,33 @@ from gateway.logs import FORMAT_ENV, FORMATS, LEVEL_ENV, LogSettingError, resolv
 if TYPE_CHECKING:  # typer vendors click (0.2x); the group's methods take its types
     from typer._click import Command, Context
 
-#: the distribution whose own entry points (rest, soap, filedrop, ...) add no commands
+#: the distribution whose own plugins (rest, soap, filedrop, ...) help does not import
 OWN_DISTRIBUTION = "onewindow-gateway"
+#: command groups the built-in plugins register, with their help line (help lists them from
+#: here; tests/test_cli.py checks this table against what the plugins register)
+BUILTIN_PLUGIN_COMMANDS = {"filedrop": "File-drop departments: quarantined files."}
 
 
 class _Group(TyperGroup):
     _plugins_loaded = False
+    _listing = False
 
     def list_commands(self, ctx: Context) -> list[str]:
         self._load_plugin_commands(third_party_only=True)
-        return super().list_commands(ctx)
+        names = super().list_commands(ctx)
+        return names + [n for n in BUILTIN_PLUGIN_COMMANDS if n not in names]
+
+    def format_commands(self, ctx: Context, formatter: Any) -> None:
+        self._listing = True  # help needs names and help lines, not the commands themselves
+        try:
+            super().format_commands(ctx, formatter)
+        finally:
+            self._listing = False
 
     def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
         found = super().get_command(ctx, cmd_name)
+        if found is None and self._listing and cmd_name in BUILTIN_PLUGIN_COMMANDS:
+            return _stub(cmd_name)
         if found is None and not self._plugins_loaded:
             self._load_plugin_commands(third_party_only=False)
             found = super().get_command(ctx, cmd_name)
@@ -67,6 +81,11 @@ class _Group(TyperGroup):
         for name, command in group.commands.items():
             if name not in self.commands:  # a plugin cannot replace a built-in command
                 self.add_command(command, name)
+
+
+def _stub(name: str) -> Command:
+    """A stand-in listed by help (never run: running the name loads the real command)."""
+    return TyperGroup(name=name, help=BUILTIN_PLUGIN_COMMANDS[name])
 
 
 app = typer.Typer(

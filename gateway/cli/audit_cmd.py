@@ -6,6 +6,8 @@ Exit 0 when every chain holds (the audit head is printed: record it elsewhere to
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from gateway.cli import app
@@ -19,8 +21,9 @@ from gateway.cli.common import (
     load,
     run,
 )
-from gateway.runtime import Runtime
-from gateway.store.chain import Break, verify_audit, verify_events
+
+if TYPE_CHECKING:  # imported by the command: `gateway --help` must stay quick
+    from gateway.store.chain import Break
 
 audit = typer.Typer(help="The audit trail: who read personal data, and whether records hold.")
 app.add_typer(audit, name="audit")
@@ -29,6 +32,9 @@ app.add_typer(audit, name="audit")
 @audit.command("verify")
 def verify(config: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False) -> None:
     """Find any altered or deleted audit row or case event (hash chains)."""
+    from gateway.runtime import Runtime
+    from gateway.store.chain import Break, verify_audit, verify_events
+
     cfg = load(config)
 
     async def go() -> tuple[list[Break], int, int, str]:
