@@ -20,6 +20,7 @@ from gateway.runtime import Runtime
 from gateway.states import FORWARD, RESTART
 from tests.conftest import ROOT
 from tests.handout_fixtures import decide, quiet_runtime
+from tests.loopback import loopback_api
 
 DOC = ROOT / "docs" / "front-desk-api.md"
 _BLOCK = re.compile(
@@ -33,6 +34,13 @@ async def runtime(example_config: Config) -> AsyncIterator[Runtime]:
     """No simulated departments needed: their answers are applied directly."""
     async with quiet_runtime(example_config) as rt:
         yield rt
+
+
+@pytest.fixture
+async def api(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway on a loopback port (not in-process)."""
+    async with loopback_api(runtime) as client:
+        yield client
 
 
 def steps(text: str) -> list[tuple[str, str]]:

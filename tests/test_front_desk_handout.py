@@ -18,12 +18,20 @@ from gateway.events import Source
 from gateway.runtime import Runtime
 from gateway.updates import apply_case_update
 from tests.handout_fixtures import CERTIFICATE, decide, quiet_runtime, submit
+from tests.loopback import loopback_api
 
 
 @pytest.fixture
 async def runtime(example_config: Config) -> AsyncIterator[Runtime]:
     async with quiet_runtime(example_config) as rt:
         yield rt
+
+
+@pytest.fixture
+async def api(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway on a loopback port (not in-process)."""
+    async with loopback_api(runtime) as client:
+        yield client
 
 
 async def refuse(runtime: Runtime, app_id: str, status: str, opinion: str) -> None:

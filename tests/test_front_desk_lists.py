@@ -21,6 +21,7 @@ from gateway.states import State
 from gateway.updates import move
 from tests.conftest import TEST_SECRETS
 from tests.handout_fixtures import decide, quiet_runtime, submit
+from tests.loopback import loopback_api
 from tests.test_crash_recovery import write_config
 
 
@@ -28,6 +29,13 @@ from tests.test_crash_recovery import write_config
 async def runtime(example_config: Config) -> AsyncIterator[Runtime]:
     async with quiet_runtime(example_config) as rt:
         yield rt
+
+
+@pytest.fixture
+async def api(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway on a loopback port (not in-process)."""
+    async with loopback_api(runtime) as client:
+        yield client
 
 
 async def every_page(

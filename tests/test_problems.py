@@ -13,12 +13,12 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from gateway.api.app import create_app
 from gateway.api.messages import FIELD_ERRORS, PROBLEMS
 from gateway.config.loader import Config
 from gateway.runtime import Runtime
 from tests.conftest import ROOT, application
 from tests.handout_fixtures import quiet_runtime
+from tests.loopback import loopback_api
 
 DOC = ROOT / "docs" / "front-desk-api.md"
 LIBRARY_WORDING = re.compile(
@@ -43,10 +43,16 @@ async def runtime(example_config: Config) -> AsyncIterator[Runtime]:
 
 
 @pytest.fixture
+async def api(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway on a loopback port (not in-process)."""
+    async with loopback_api(runtime) as client:
+        yield client
+
+
+@pytest.fixture
 async def raw(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
     """A client that sends no Accept-Language (as a front-desk system may not)."""
-    transport = httpx.ASGITransport(app=create_app(runtime))
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+    async with loopback_api(runtime, language=None) as client:
         yield client
 
 
@@ -165,7 +171,7 @@ async def test_type_uris_resolve_to_pages_the_gateway_serves(
 ) -> None:
     resp = await raw.get("/v1/applications/a-missing", headers=centre_headers)
     uri = resp.json()["type"]
-    assert uri == "http://gateway.test/problems/unknown_application"
+    assert uri == str(raw.base_url).rstrip("/") + "/problems/unknown_application"
     page = await raw.get(urlsplit(uri).path)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "unknown_application" in page.text and "未知申请" in page.text

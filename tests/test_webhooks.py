@@ -27,6 +27,7 @@ from gateway.serving import serve_asgi
 from gateway.simulators.city import SimulatedCity
 from tests.conftest import wait_for
 from tests.handout_fixtures import submit
+from tests.loopback import loopback_api
 
 QUIET = {"received", "supplement_required", "ready_for_pickup", "failed", "withdrawn"}
 
@@ -76,6 +77,13 @@ async def runtime(city: SimulatedCity) -> AsyncIterator[Runtime]:
         yield rt
     finally:
         await rt.aclose()
+
+
+@pytest.fixture
+async def api(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway on a loopback port (not in-process)."""
+    async with loopback_api(runtime) as client:
+        yield client
 
 
 async def history(api: httpx.AsyncClient, headers: dict[str, str], app_id: str) -> list[int]:

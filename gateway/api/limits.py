@@ -56,8 +56,12 @@ class _TooLarge(HTTPException):
 
 
 async def _too_large(scope: Scope, send: Send, limit: int) -> None:
+    # answered before the app (and its problem renderer) sees the request: the same shape,
+    # with the type page on the host the client called
+    host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+    base = f"{scope.get('scheme', 'http')}://{host}" if host else ""
     body: dict[str, Any] = {
-        "type": "/problems/payload_too_large",
+        "type": f"{base}/problems/payload_too_large",
         "title": "Payload too large",
         "status": 413,
         "detail": f"the request body is larger than the limit of {limit} bytes",
