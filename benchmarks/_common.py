@@ -44,7 +44,7 @@ def application_body(i: int = 0) -> dict[str, Any]:
     return {
         "matter_code": MATTER,
         "region": REGION,
-        "applicant": {"name": "张三", "id_number": "110101199003074518", "phone": "13800138000"},
+        "applicant": {"name": "张三", "id_number": "110101199003074514", "phone": "13800138000"},
         "form": {"note": f"benchmark {i}"},
         "window": "W01",
         "clerk": "bench",

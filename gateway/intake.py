@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from jsonschema import Draft202012Validator
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from sqlalchemy import insert, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -28,6 +28,7 @@ from gateway.errors import FieldError
 from gateway.errors import IntakeProblem as IntakeProblem  # where API code has found it
 from gateway.events import Source
 from gateway.handover import new_handover
+from gateway.identity import RESIDENT_ID, check_phone, check_resident_id
 from gateway.runtime import Runtime
 from gateway.states import State
 from gateway.store import jobs, outbox
@@ -70,6 +71,23 @@ class Delivery(BaseModel):
         return self
 
 
+class ApplicantIn(Applicant):
+    """The applicant as the front desk gives it: ID number and phone are checked (not when a
+    stored application is read back: what was accepted stays readable)."""
+
+    @field_validator("id_number")
+    @classmethod
+    def _id_number(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("id_type", RESIDENT_ID) == RESIDENT_ID:
+            return check_resident_id(value)
+        return value
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, value: str | None) -> str | None:
+        return None if value is None else check_phone(value)
+
+
 class ApplicationIn(BaseModel):
     """What the front desk submits."""
 
@@ -77,7 +95,7 @@ class ApplicationIn(BaseModel):
 
     matter_code: str = Field(max_length=16, examples=["XK00123000"])
     region: str = Field(pattern=REGION_CODE, examples=["339901"])
-    applicant: Applicant
+    applicant: ApplicantIn
     form: CleanJson = Field(default_factory=dict)
     materials: list[CleanStr] = Field(
         default_factory=list, max_length=50, description="material ids from POST /v1/materials"

@@ -11,6 +11,7 @@ value stored before these checks (or by a plugin) cannot break a list page.
 
 from __future__ import annotations
 
+import math
 import re
 from types import SimpleNamespace
 from typing import Annotated, Any
@@ -43,6 +44,9 @@ def check_tree(value: Any, path: str = "", depth: int = 0) -> Any:
         raise ValueError(f"nests deeper than {MAX_DEPTH} levels (at {path or 'the top'})")
     if isinstance(value, str):
         _at(path, value)
+    elif isinstance(value, float) and not math.isfinite(value):
+        # JSON has no NaN or Infinity (Python's parser accepts them, and 1e400 as inf)
+        raise ValueError(f"{path or 'value'}: not a finite number")
     elif isinstance(value, dict):
         for k, v in value.items():
             key = str(k)

@@ -211,7 +211,7 @@ def application(**changes: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "matter_code": "GG00301000",
         "region": "339900",
-        "applicant": {"name": "张三", "id_number": "110101199003074518", "phone": "13800138000"},
+        "applicant": {"name": "张三", "id_number": "110101199003074514", "phone": "13800138000"},
         "form": {},
     }
     body.update(changes)

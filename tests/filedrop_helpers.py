@@ -45,7 +45,7 @@ def envelope(app_id: str = "a0123456789abcdef", version: int = 1, **changes: Any
         "region": "339901",
         "receipt_number": "C01-20250101-0001",
         "centre": "C01",
-        "applicant": Applicant(name="张三", id_number="110101199003074518", phone="13800138000"),
+        "applicant": Applicant(name="张三", id_number="110101199003074514", phone="13800138000"),
         "form": {"spouse": "李四"},
         "materials": [MATERIAL_REF],
         "submitted_at": dt.datetime(2025, 1, 1, tzinfo=dt.UTC),

@@ -17,7 +17,7 @@ from gateway.runtime import Runtime
 from gateway.updates import apply_case_update
 from tests.conftest import application
 
-ID_NUMBER = "110101199003074518"
+ID_NUMBER = "110101199003074514"
 CERTIFICATE = b"%PDF-1.4\n% licence for tests\n%%EOF\n"
 
 

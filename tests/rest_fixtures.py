@@ -19,7 +19,7 @@ from gateway.simulators.rest_department import (
 )
 from gateway.simulators.server import serve_asgi
 
-ID_NUMBER = "110101199003074518"
+ID_NUMBER = "110101199003074514"
 
 
 def make_envelope(key: str = "app-1:v1", **changes: Any) -> Envelope:

@@ -72,7 +72,7 @@ def envelope(department: str) -> Envelope:
         region="339900",
         receipt_number="C01-20260101-0001",
         centre="C01",
-        applicant=Applicant(name="张三", id_number="110101199003074518"),
+        applicant=Applicant(name="张三", id_number="110101199003074514"),
         form={"项目名称": "示范楼"},
         submitted_at=dt.datetime.now(dt.UTC),
     )

@@ -130,7 +130,7 @@ async def test_xml_and_csv_requests_with_a_body_map(
     root = etree.fromstring((tmp_path / "x" / "inbox" / f"{KEY}.xml").read_bytes())
     assert root.tag == "application"
     assert root.findtext("case/ref") == KEY and root.findtext("case/kind") == "MZ"
-    assert root.findtext("applicant/idNo") == "110101199003074518"
+    assert root.findtext("applicant/idNo") == "110101199003074514"
     assert root.find("form/field").get("name") == "<bad key>"  # never an element name
     assert root.findtext("materials/item/file") == f"{KEY}.m1.pdf"
 
@@ -146,7 +146,7 @@ async def test_xml_and_csv_requests_with_a_body_map(
         )
     )
     assert rows == [
-        {"case.ref": KEY, "applicant.idNo": "110101199003074518", "form.spouse": "李四"}
+        {"case.ref": KEY, "applicant.idNo": "110101199003074514", "form.spouse": "李四"}
     ]
     assert not (tmp_path / "c" / "inbox" / f"{KEY}.m1.pdf").exists()
 
@@ -389,7 +389,7 @@ async def test_unwritable_inbox_is_a_transient_error_without_pii(
     conn = make_connector(local_options(tmp_path), http)
     with pytest.raises(TransientError) as info:
         await conn.submit(envelope())
-    assert "110101199003074518" not in str(info.value) and "张三" not in str(info.value)
+    assert "110101199003074514" not in str(info.value) and "张三" not in str(info.value)
     assert not (tmp_path / "sent" / f"{KEY}.json").exists()
 
 

@@ -97,7 +97,7 @@ async def test_gbk_csv_with_a_certificate_beside_the_result(
     tmp_path: Path, http: httpx.AsyncClient
 ) -> None:
     conn = make_connector(gbk_options(tmp_path), http)
-    await conn.submit(envelope(applicant={"name": "张三", "id_number": "110101199003074518"}))
+    await conn.submit(envelope(applicant={"name": "张三", "id_number": "110101199003074514"}))
     request = (tmp_path / "inbox" / f"{KEY}.csv").read_bytes()
     assert "张三".encode("gbk") in request
     outbox = tmp_path / "outbox"

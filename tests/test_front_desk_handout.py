@@ -52,7 +52,7 @@ async def test_pickup_items_say_what_was_decided_and_what_to_bring(
     rejected = await submit(api, centre_headers)
     # the opinion quotes an ID number: it is shown masked
     await refuse(
-        runtime, rejected["id"], "4", "经营场所与申请人110101199003074518登记不符，不予许可"
+        runtime, rejected["id"], "4", "经营场所与申请人110101199003074514登记不符，不予许可"
     )
     mailed = await submit(
         api, centre_headers, delivery={"method": "mail", "address": "示范市青石路1号"}
@@ -73,7 +73,7 @@ async def test_pickup_items_say_what_was_decided_and_what_to_bring(
 
     no = items[rejected["id"]]
     assert no["decision"] == "rejected" and no["documents"] == []
-    assert no["opinion"] == "经营场所与申请人1101**********4518登记不符，不予许可"
+    assert no["opinion"] == "经营场所与申请人1101**********4514登记不符，不予许可"
     assert no["notice"].startswith("Refused")
     assert no["bring"]
 

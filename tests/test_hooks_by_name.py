@@ -35,7 +35,7 @@ ENVELOPE = Envelope(
     region="339900",
     receipt_number="C01-1",
     centre="C01",
-    applicant=Applicant(name="N", id_number="110101199003074518"),
+    applicant=Applicant(name="N", id_number="110101199003074514"),
     submitted_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
 )
 DEPARTMENT = DepartmentConfig(code="amr", name="amr", connector="rest")

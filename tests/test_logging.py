@@ -35,7 +35,7 @@ from gateway.updates import announce
 from tests.conftest import application
 
 ROOT = Path(__file__).resolve().parent.parent
-ID_NUMBER = "110101199003074518"
+ID_NUMBER = "110101199003074514"
 PHONE = "13800138000"
 APP_ID = "a018f2c3d4e5f60718293a4b5"  # the shape of gateway.clock.new_id("a")
 

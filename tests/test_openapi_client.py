@@ -126,7 +126,7 @@ async def _walkthrough(c: Any, runtime: Runtime, models: Any, types: Any, op: An
             "region": "339900",
             "applicant": {
                 "name": "张三",
-                "id_number": "110101199003074518",
+                "id_number": "110101199003074514",
                 "phone": "13800138000",
             },
             "delivery": {"method": "pickup", "centre": "C01"},

@@ -403,7 +403,7 @@ async def test_form_bodies_are_form_encoded(tmp_path: Path) -> None:
         connector = rest_connector(pointed_at(dept, url), http)
         receipt = await connector.submit(envelope("form-1"))
     body = state.cases[receipt.case_id].body
-    assert body["idNo"] == "110101199003074518" and body["itemCode"] == "XK00000001"
+    assert body["idNo"] == "110101199003074514" and body["itemCode"] == "XK00000001"
     assert body["form"] == {"licenceNo": "L-1"}  # a nested value travels as JSON text
 
 

@@ -88,7 +88,7 @@ def envelope(key: str = "app-1:v1", **changes: Any) -> Envelope:
         "region": "339900",
         "receipt_number": "C01-20260101-0001",
         "centre": "C01",
-        "applicant": Applicant(name="张三", id_number="110101199003074518", phone="13800138000"),
+        "applicant": Applicant(name="张三", id_number="110101199003074514", phone="13800138000"),
         "form": {"项目名称": "示范楼"},
         "submitted_at": dt.datetime.now(dt.UTC),
     }
@@ -267,7 +267,7 @@ async def test_fault_reason_masks_the_applicants_id(
     url, _state = department
     connector = make_connector(http, url)
     await connector.submit(envelope("warm"))
-    id_number = "110101199003074518"
+    id_number = "110101199003074514"
     mapped = connector._fault(
         "SubmitApplication", Fault(f"bad id {id_number}", "Client"), envelope()
     )

@@ -215,7 +215,7 @@ class ConnectorConformance:
             "region": TEST_CITY,
             "receipt_number": f"{TEST_CENTRE}-{uuid.uuid4().hex[:8]}",
             "centre": TEST_CENTRE,
-            "applicant": {"name": "Test Applicant", "id_number": "110101199003074518"},
+            "applicant": {"name": "Test Applicant", "id_number": "110101199003074514"},
             "form": {},
             "submitted_at": dt.datetime.now(dt.UTC),
         }

@@ -135,7 +135,7 @@ async def submit_application(
         {
             "matter_code": matter_code,
             "region": region,
-            "applicant": {"name": "Test Applicant", "id_number": "110101199003074518"},
+            "applicant": {"name": "Test Applicant", "id_number": "110101199003074514"},
             "form": form or {},
         }
     )

@@ -163,7 +163,7 @@ async def test_sftp_drops_mid_transfer(tmp_path: Path) -> None:
         body = {
             "matter_code": "QR00403000",
             "region": "339900",
-            "applicant": {"name": "李四", "id_number": "110101199003074518"},
+            "applicant": {"name": "李四", "id_number": "110101199003074514"},
             "form": {},
         }
         desk = await stack.enter_async_context(FrontDesk(gw.url, "sftp", body=body))
