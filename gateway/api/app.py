@@ -9,9 +9,10 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from gateway import metrics
-from gateway.api import openapi, problems
+from gateway.api import exposure, openapi, problems
 from gateway.api.access import AccessLog
 from gateway.api.auth import KeyRing
+from gateway.api.exposure import SecurityHeaders
 from gateway.api.limits import BodyLimit
 from gateway.api.routes_applications import router as applications_router
 from gateway.api.routes_audit import router as audit_router
@@ -63,7 +64,9 @@ def _operation_id(route: APIRoute) -> str:
 
 def create_app(runtime: Runtime) -> FastAPI:
     """The API over a started :class:`Runtime` (the caller owns its lifecycle)."""
+    api = runtime.config.gateway.api
     app = FastAPI(
+        **exposure.docs_urls(api.openapi),
         title="OneWindow Gateway",
         version="0.1.0",
         description="One window in, one window out: the front-desk API of the gateway. "
@@ -77,6 +80,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.state.keyring = KeyRing(runtime)
     problems.install(app)
     openapi.install(app)
+    exposure.install_docs(app, api.openapi)
     app.add_exception_handler(InfrastructureError, _unavailable)
     app.include_router(applications_router)
     app.include_router(callbacks_router)
@@ -89,12 +93,12 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(supplements_router)
     app.include_router(withdrawals_router)
     app.include_router(webhooks_router)
-    api = runtime.config.gateway.api
     app.add_middleware(
         BodyLimit,
         default=api.max_body_bytes,
         per_path={"/v1/materials": api.material_max_bytes + 64 * 1024},
     )
+    app.add_middleware(SecurityHeaders)
     if api.access_log:
         app.add_middleware(AccessLog)  # added last: outermost, so it sees every answer
     return app

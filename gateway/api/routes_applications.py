@@ -171,7 +171,7 @@ async def get_application(app_id: str, runtime: RuntimeDep, client: ClientDep) -
         history = await cases.history(conn, app_id)
         docs = await documents.for_application(conn, app_id)
     await audit.api_read(runtime, client, "GET /v1/applications/{id}", [app_id])
-    return application_view(row, history, docs)
+    return application_view(row, history, docs, ops=client.ops)
 
 
 class ApplicationPage(Page[ApplicationView]):
@@ -239,5 +239,6 @@ async def list_applications(
     cut = paging.page("applications", rows, lambda r: [r.id])
     await audit.api_read(runtime, client, "GET /v1/applications", [r.id for r in cut.items])
     return ApplicationPage(
-        items=[application_view(r) for r in cut.items], next_cursor=cut.next_cursor
+        items=[application_view(r, ops=client.ops) for r in cut.items],
+        next_cursor=cut.next_cursor,
     )

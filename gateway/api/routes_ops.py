@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import text
 
 from gateway import audit, collector, deadlines, operations
 from gateway.api.auth import OpsDep, RuntimeDep
+from gateway.api.exposure import metrics_allowed
 from gateway.api.paging import Page, PageDep
 from gateway.api.problems import Problem
 from gateway.api.views import ApplicationView, application_view
@@ -81,7 +82,9 @@ async def failures(runtime: RuntimeDep, ops: OpsDep, paging: PageDep) -> Failure
     rows = await operations.failures(runtime, paging.limit + 1, after=start)
     cut = paging.page("failures", rows, lambda r: [r.updated_at, r.id])
     await audit.api_read(runtime, ops, "GET /v1/ops/failures", [r.id for r in cut.items])
-    return FailurePage(items=[application_view(r) for r in cut.items], next_cursor=cut.next_cursor)
+    return FailurePage(
+        items=[application_view(r, ops=True) for r in cut.items], next_cursor=cut.next_cursor
+    )
 
 
 @router.post("/v1/ops/applications/{app_id}/retry", tags=["ops"])
@@ -109,7 +112,7 @@ async def readyz(runtime: RuntimeDep, response: Response) -> dict[str, Any]:
     return {"status": "ready", "unavailable_departments": runtime.unavailable}
 
 
-@router.get("/metrics", tags=["probes"])
+@router.get("/metrics", tags=["probes"], dependencies=[Depends(metrics_allowed)])
 async def metrics(runtime: RuntimeDep) -> Response:
     await collector.collect_or_log(runtime)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

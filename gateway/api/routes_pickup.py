@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from gateway import audit, documents, pickup
 from gateway.api import messages
 from gateway.api.auth import ClientDep, RuntimeDep
+from gateway.api.exposure import document_media_type, safe_link
 from gateway.api.messages import Language
 from gateway.api.paging import Page, PageDep
 from gateway.api.problems import Problem, language
@@ -160,7 +161,7 @@ async def download(app_id: str, doc_id: str, runtime: RuntimeDep, client: Client
             "Document held by the department",
             "the department only linked this document; fetch it from its url",
             field="doc_id",
-            url=doc.url,
+            url=safe_link(doc.url),
         )
     await audit.api_read(runtime, client, "GET /v1/applications/{id}/documents", [app_id])
     try:
@@ -176,7 +177,7 @@ async def download(app_id: str, doc_id: str, runtime: RuntimeDep, client: Client
     quoted = urllib.parse.quote(doc.name, safe="")
     return Response(
         content=data,
-        media_type=doc.content_type,
+        media_type=document_media_type(doc.content_type),
         headers={
             "Content-Disposition": f"attachment; filename*=UTF-8''{quoted}",
             "ETag": f'"{doc.sha256}"',

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from gateway.api.exposure import centre_safe, safe_link
 from gateway.pii import mask_id, mask_phone
 from gateway.states import State
 from gateway.text import readable, shown
@@ -46,7 +47,7 @@ def document_view(row: Any) -> DocumentView:
         sha256=row.sha256,
         size=row.size,
         version=row.version,
-        url=row.url,
+        url=safe_link(row.url),
         download=f"/v1/applications/{row.application_id}/documents/{row.id}"
         if row.sha256
         else None,
@@ -115,7 +116,11 @@ def supplement_items(row: Any, history: Sequence[Any]) -> list[str]:
 
 
 def application_view(
-    row: Any, history: Sequence[Any] | None = None, docs: Sequence[Any] | None = None
+    row: Any,
+    history: Sequence[Any] | None = None,
+    docs: Sequence[Any] | None = None,
+    *,
+    ops: bool = False,
 ) -> ApplicationView:
     row = shown(row)
     history = None if history is None else [shown(e) for e in history]
@@ -137,7 +142,8 @@ def application_view(
         delivery=_as_dict(row.delivery),
         promised_by=row.promised_by,
         promised_by_final=bool(row.promised_final),
-        last_error=row.last_error,
+        # a centre sees no department addresses; ops see the whole error
+        last_error=row.last_error if ops else centre_safe(row.last_error),
         created_at=row.created_at,
         updated_at=row.updated_at,
         supplement_items=supplement_items(row, history or []),

@@ -94,7 +94,7 @@ def status(
                 history = await cases.history(conn, row.id)
                 docs = await documents.for_application(conn, row.id)
             await audit.cli_read(runtime, "gateway status", [row.id])
-            return application_view(row, history, docs)
+            return application_view(row, history, docs, ops=True)
         finally:
             await runtime.aclose()
 

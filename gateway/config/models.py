@@ -65,6 +65,10 @@ class ApiSettings(_Strict):
     #: the language of error messages for centre keys that send no Accept-Language
     language: Language = "zh-CN"
     access_log: bool = Field(default=True, description="one INFO line per request")
+    #: who may read /openapi.json, /docs and /redoc: public | key (any valid key) | off
+    openapi: Literal["public", "key", "off"] = "public"
+    #: who may read /metrics: public | ops (an ops key) | off
+    metrics: Literal["public", "ops", "off"] = "public"
 
 
 class DispatchSettings(_Strict):
