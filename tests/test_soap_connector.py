@@ -271,7 +271,7 @@ async def test_fault_reason_masks_the_applicants_id(
     mapped = connector._fault(
         "SubmitApplication", Fault(f"bad id {id_number}", "Client"), envelope()
     )
-    assert id_number not in str(mapped) and "11**************18" in str(mapped)
+    assert id_number not in str(mapped) and "11**************14" in str(mapped)
 
 
 @pytest.mark.parametrize(
