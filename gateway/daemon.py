@@ -20,6 +20,13 @@ of the same task still runs somewhere (unfinished, lease not expired) is skipped
 coalesce into one run; runs later than ``misfire_grace_seconds`` are dropped (the next tick
 comes).
 
+A running tick renews its lease every third of it, so a lease can be short: a daemon killed
+mid-tick (SIGKILL, power) blocks its task for at most one lease (result pulls: three
+``results_seconds``, at least 30 s). An earlier tick whose owner names a process of this host
+that no longer exists (owner ``host:pid:...``) is taken as abandoned at once, so a restarted
+daemon resumes at its first tick. A tick skipped for a live holder says so: one WARNING per
+holder ("held by ... until ...").
+
 While the database (or data_dir) is out, a tick that meets an
 :class:`~gateway.errors.InfrastructureError` pauses every task of this daemon: ticks are skipped
 quietly for a backoff (0.5 s doubling to ``MAX_PAUSE_SECONDS``) and the next tick after it is
@@ -50,7 +57,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -130,9 +137,16 @@ async def claim_tick(
 
 
 async def earlier_tick_running(conn: AsyncConnection, task: str, tick: dt.datetime) -> bool:
+    return await earlier_tick_holder(conn, task, tick) is not None
+
+
+async def earlier_tick_holder(
+    conn: AsyncConnection, task: str, tick: dt.datetime
+) -> tuple[dt.datetime, str, dt.datetime] | None:
+    """(tick, owner, lease end) of the latest earlier tick of ``task`` still running somewhere
+    (unfinished, lease not expired), or None."""
     q = (
-        select(func.count())
-        .select_from(task_leases)
+        select(task_leases.c.tick, task_leases.c.owner, task_leases.c.expires_at)
         .where(
             and_(
                 task_leases.c.task == task,
@@ -141,8 +155,88 @@ async def earlier_tick_running(conn: AsyncConnection, task: str, tick: dt.dateti
                 task_leases.c.expires_at > now(),
             )
         )
+        .order_by(task_leases.c.tick.desc())
+        .limit(1)
     )
-    return bool((await conn.execute(q)).scalar_one())
+    row = (await conn.execute(q)).first()
+    return (row[0], row[1], row[2]) if row else None
+
+
+def owner_gone(owner: str) -> bool:
+    """Whether ``owner`` (``host:pid:suffix``, as :class:`Daemon` names itself) is a process of
+    this host that no longer exists. Anything else (another host, another naming) is alive as
+    far as this daemon can tell: its lease must run out."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, another user's
+        return False
+    return False
+
+
+#: (task, holder tick) pairs already reported, so a long holder is named once, not every tick
+_reported: set[tuple[str, dt.datetime]] = set()
+
+
+async def _clear_way(
+    conn: AsyncConnection, task: Task, tick: dt.datetime
+) -> dict[str, str] | None:
+    """None if this tick may run; else why not (an earlier tick still running elsewhere). An
+    earlier tick of a dead process of this host is marked abandoned and does not count."""
+    while (held := await earlier_tick_holder(conn, task.name, tick)) is not None:
+        held_tick, owner, until = held
+        if not owner_gone(owner):
+            if (task.name, held_tick) not in _reported:
+                _reported.add((task.name, held_tick))
+                log.warning(
+                    "task skipped: an earlier tick still holds its lease",
+                    task=task.name,
+                    held_by=owner,
+                    held_tick=held_tick.isoformat(),
+                    until=until.isoformat(),
+                )
+            return {"why": "overlap", "held_by": owner, "until": until.isoformat()}
+        await conn.execute(
+            update(task_leases)
+            .where(and_(task_leases.c.task == task.name, task_leases.c.tick == held_tick))
+            .values(finished_at=now(), outcome="abandoned", detail={"why": f"{owner} is gone"})
+        )
+        log.warning(
+            "task resumes: the earlier tick's daemon is gone",
+            task=task.name,
+            owner=owner,
+            held_tick=held_tick.isoformat(),
+        )
+    return None
+
+
+async def _keep_lease(runtime: Runtime, task: Task, tick: dt.datetime, owner: str) -> None:
+    """Renew a running tick's lease every third of it (a short lease then only outlives a
+    daemon that died, never a slow tick)."""
+    every = task.lease_seconds / 3
+    while True:
+        await asyncio.sleep(every)
+        try:
+            async with runtime.engine.begin() as conn:
+                await conn.execute(
+                    update(task_leases)
+                    .where(
+                        and_(
+                            task_leases.c.task == task.name,
+                            task_leases.c.tick == tick,
+                            task_leases.c.owner == owner,
+                            task_leases.c.finished_at.is_(None),
+                        )
+                    )
+                    .values(expires_at=now() + dt.timedelta(seconds=task.lease_seconds))
+                )
+        except Exception as exc:  # the database is out: the outage is reported elsewhere
+            log.debug("lease renewal failed", task=task.name, error=type(exc).__name__)
 
 
 async def finish_tick(
@@ -174,11 +268,12 @@ async def run_leased(
         if not await claim_tick(conn, task.name, tick, owner, task.lease_seconds):
             return None
     async with runtime.engine.begin() as conn:
-        if await earlier_tick_running(conn, task.name, tick):
-            await finish_tick(conn, task.name, tick, owner, "skipped", {"why": "overlap"})
+        if why := await _clear_way(conn, task, tick):
+            await finish_tick(conn, task.name, tick, owner, "skipped", why)
             return None
     log.debug("tick won", task=task.name, tick=tick.isoformat(), owner=owner)
     outcome, detail = "failed", None
+    renewing = asyncio.create_task(_keep_lease(runtime, task, tick, owner))
     try:
         detail = await task.run()
         outcome = "done"
@@ -190,6 +285,8 @@ async def run_leased(
         detail = {"error": f"{type(exc).__name__}: {exc}"[:500]}
         raise
     finally:
+        renewing.cancel()
+        await asyncio.gather(renewing, return_exceptions=True)
         async with runtime.engine.begin() as conn:
             await finish_tick(conn, task.name, tick, owner, outcome, detail)
 
@@ -293,8 +390,16 @@ class Daemon:
                 async def pull(code: str = code) -> dict[str, Any]:
                     return {"applied": await pull_department(rt, code)}
 
+                # renewed while it runs: a crashed daemon's tick blocks the next for one lease
+                lease = max(3 * sched.results_seconds, 30.0)
                 tasks.append(
-                    Task(f"results:{code}", _interval(sched.results_seconds), pull, leased=True)
+                    Task(
+                        f"results:{code}",
+                        _interval(sched.results_seconds),
+                        pull,
+                        leased=True,
+                        lease_seconds=lease,
+                    )
                 )
             try:
                 cron = CronTrigger.from_crontab(dept.reconcile_cron, timezone=tz)
@@ -408,4 +513,13 @@ class Daemon:
         log.info("daemon stopped", owner=self.owner)
 
 
-__all__ = ["Daemon", "Task", "claim_tick", "finish_tick", "run_leased", "tick_of"]
+__all__ = [
+    "Daemon",
+    "Task",
+    "claim_tick",
+    "earlier_tick_holder",
+    "finish_tick",
+    "owner_gone",
+    "run_leased",
+    "tick_of",
+]

@@ -103,7 +103,8 @@ async def test_overlapping_tick_is_skipped_and_failure_recorded(runtime: Runtime
             (r.task, r.owner): (r.outcome, r.detail)
             for r in (await conn.execute(select(task_leases))).all()
         }
-    assert rows[("slow", "b")] == ("skipped", {"why": "overlap"})
+    outcome, why = rows[("slow", "b")]
+    assert (outcome, why["why"], why["held_by"]) == ("skipped", "overlap", "a")
     assert rows[("slow", "a")][0] == "done"
     assert rows[("boom", "a")] == ("failed", {"error": "RuntimeError: department list unavailable"})
 
