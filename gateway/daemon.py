@@ -183,9 +183,7 @@ def owner_gone(owner: str) -> bool:
 _reported: set[tuple[str, dt.datetime]] = set()
 
 
-async def _clear_way(
-    conn: AsyncConnection, task: Task, tick: dt.datetime
-) -> dict[str, str] | None:
+async def _clear_way(conn: AsyncConnection, task: Task, tick: dt.datetime) -> dict[str, str] | None:
     """None if this tick may run; else why not (an earlier tick still running elsewhere). An
     earlier tick of a dead process of this host is marked abandoned and does not count."""
     while (held := await earlier_tick_holder(conn, task.name, tick)) is not None:
