@@ -181,7 +181,7 @@ async def test_text_gbk_cannot_carry_is_refused_at_intake(rt: Runtime) -> None:
         application(
             matter_code="QR00404000",
             region="339900",
-            applicant={"name": "张𠮷", "id_number": "110101199003074518"},
+            applicant={"name": "张𠮷", "id_number": "110101199003074514"},
         )
     )
     with pytest.raises(RequestProblem) as info:
@@ -197,7 +197,7 @@ async def test_text_gbk_cannot_carry_is_refused_at_intake(rt: Runtime) -> None:
         application(
             matter_code="QR00401000",
             region="339901",
-            applicant={"name": "张𠮷", "id_number": "110101199003074518"},
+            applicant={"name": "张𠮷", "id_number": "110101199003074514"},
         )
     )
     assert (await submit(rt, CLIENT, "utf8-rare", body)).accepted.status == State.RECEIVED

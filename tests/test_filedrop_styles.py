@@ -322,7 +322,7 @@ async def test_text_the_encoding_cannot_carry_fails_naming_the_field_only(
     tmp_path: Path, http: httpx.AsyncClient
 ) -> None:
     conn = make_connector(gbk_options(tmp_path), http)
-    rare = envelope(applicant={"name": "张𠮷", "id_number": "110101199003074518"})
+    rare = envelope(applicant={"name": "张𠮷", "id_number": "110101199003074514"})
     with pytest.raises(PermanentError) as info:
         await conn.submit(rare)
     message = str(info.value)
