@@ -7,6 +7,9 @@ The API, the dispatcher, the daemon and the CLI all start from one :class:`Runti
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -16,12 +19,14 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.blobs import BlobStore
+from gateway.clock import now
 from gateway.connector import Connector, ConnectorContext, Envelope, MaterialRef
-from gateway.departments import DepartmentLink, bounded_client
+from gateway.departments import Breaker, DepartmentLink, bounded_client
 from gateway.errors import SchemaOutdated
 from gateway.http import make_client
 from gateway.logs import ensure_configured
 from gateway.plugin_manager import Plugins, load_plugins
+from gateway.store import breakers
 from gateway.store.db import create_engine, migrate, needs_migration
 
 if TYPE_CHECKING:
@@ -67,6 +72,9 @@ class Runtime:
         self.wakeup = asyncio.Event()
         #: called (in reverse order) by aclose, before the database and http client close
         self.on_close: list[Callable[[], Awaitable[None]]] = []
+        #: this process, as it signs what it records for others (its breakers)
+        self.process = f"{socket.gethostname()}:{os.getpid()}"
+        self._recording: set[asyncio.Task[None]] = set()
         self._build_connectors()
 
     def _build_connectors(self) -> None:
@@ -124,7 +132,9 @@ class Runtime:
             return None
         link = self._links.get(code)
         if link is None or link.connector is not connector:
-            link = self._links[code] = DepartmentLink(self.config.departments[code], connector)
+            link = self._links[code] = DepartmentLink(
+                self.config.departments[code], connector, on_breaker=self._breaker_changed
+            )
         return link
 
     def apply_config(self, config: Config) -> None:
@@ -145,6 +155,33 @@ class Runtime:
         """Every active department's link, by code."""
         return [link for code in sorted(self.connectors) if (link := self.link(code))]
 
+    def _breaker_changed(self, breaker: Breaker) -> None:
+        """Record a breaker's change for other processes (the ops API, ``gateway status``),
+        after the call that changed it; a database problem only costs the record."""
+        is_open = breaker.is_open()
+        until = now() + dt.timedelta(seconds=breaker.open_for()) if is_open else None
+        task = asyncio.get_running_loop().create_task(
+            self._record_breaker(breaker.department, is_open, breaker.failures, until)
+        )
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+
+    async def _record_breaker(
+        self, department: str, is_open: bool, failures: int, until: dt.datetime | None
+    ) -> None:
+        try:
+            async with self.engine.begin() as conn:
+                await breakers.record(
+                    conn,
+                    department,
+                    self.process,
+                    is_open=is_open,
+                    failures=failures,
+                    open_until=until,
+                )
+        except Exception as exc:
+            log.warning("breaker state not recorded", department=department, error=str(exc))
+
     async def read_material(self, ref: MaterialRef) -> bytes:
         return await self.blobs.get(ref.sha256)
 
@@ -163,6 +200,7 @@ class Runtime:
     async def aclose(self) -> None:
         for hook in reversed(self.on_close):
             await hook()
+        await asyncio.gather(*self._recording, return_exceptions=True)
         for connector in self.connectors.values():
             try:
                 await connector.aclose()

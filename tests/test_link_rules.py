@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import time
 import uuid
+from pathlib import Path
 from typing import Any, cast
 
 from hypothesis import given
@@ -235,3 +236,64 @@ async def test_rounds_wait_while_the_breaker_is_open(runtime: Runtime, city: Sim
     assert await results.pull_department(runtime, "amr") == 0
     assert (await rows(runtime, [app_id]))[app_id].next_poll_at == before  # not claimed
     await dispatcher.stop(grace_seconds=1)
+
+
+async def test_another_process_sees_an_open_breaker(
+    tmp_path: Path, db_url: str, city: SimulatedCity
+) -> None:
+    """A daemon's breaker is recorded when it opens and closes: the ops API of another process
+    and ``gateway status`` show it."""
+    import httpx
+    from typer.testing import CliRunner
+
+    from gateway.api.app import create_app
+    from gateway.cli import app as cli
+    from gateway.config.loader import load_config
+    from gateway.store import breakers
+    from gateway.store.clients import create_client
+    from tests.conftest import TEST_SECRETS
+    from tests.test_crash_recovery import write_config
+
+    config = write_config(tmp_path / "config", db_url, city.urls)
+    daemon = Runtime(load_config(config))
+    await daemon.prepare_database()
+    api = Runtime(load_config(config))
+    try:
+        [app_id] = await accept(daemon, 1)
+        link = daemon.link("amr")
+        assert link is not None
+        for _ in range(link.breaker.threshold):
+            link.breaker.record(False)  # what failed calls do
+
+        async def recorded() -> bool:
+            async with daemon.engine.connect() as conn:
+                return [b.department for b in await breakers.open_ones(conn)] == ["amr"]
+
+        await wait_for(recorded, timeout=10)
+        async with api.engine.begin() as conn:
+            _c, key = await create_client(conn, name="ops", centre=None, ops=True)
+        transport = httpx.ASGITransport(app=create_app(api))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            page = await client.get(
+                "/v1/ops/departments", headers={"Authorization": f"Bearer {key}"}
+            )
+        shown = {d["code"]: d["breaker_open"] for d in page.json()["items"]}
+        assert shown["amr"] is True and shown["hrss"] is False
+        assert not api.link("amr").breaker_open()  # type: ignore[union-attr]  # its own: closed
+
+        result = await asyncio.to_thread(
+            CliRunner().invoke, cli, ["status", app_id, "--config", str(config)], env=TEST_SECRETS
+        )
+        assert result.exit_code == 0, result.output
+        assert "amr: breaker open in" in result.output
+
+        link.breaker.record(True)  # a success closes it
+
+        async def cleared() -> bool:
+            async with daemon.engine.connect() as conn:
+                return await breakers.open_ones(conn) == []
+
+        await wait_for(cleared, timeout=10)
+    finally:
+        await api.aclose()
+        await daemon.aclose()

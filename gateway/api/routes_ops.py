@@ -16,7 +16,7 @@ from gateway.api.exposure import metrics_allowed
 from gateway.api.paging import Page, PageDep
 from gateway.api.problems import Problem
 from gateway.api.views import ApplicationView, application_view
-from gateway.store import jobs
+from gateway.store import breakers, jobs
 
 router = APIRouter()
 
@@ -42,6 +42,8 @@ class DepartmentPage(Page[DepartmentStatus]):
 async def departments(runtime: RuntimeDep, _ops: OpsDep, paging: PageDep) -> DepartmentPage:
     async with runtime.engine.connect() as conn:
         depth = await jobs.depth(conn)
+        # breakers other processes (daemons) hold open, besides this process's own
+        held_open = {b.department for b in await breakers.open_ones(conn)}
     overdue = await deadlines.overdue_counts(runtime)
     # health is asked only of the departments on this page
     cut = paging.slice("departments", sorted(runtime.config.departments), lambda c: [c])
@@ -63,7 +65,7 @@ async def departments(runtime: RuntimeDep, _ops: OpsDep, paging: PageDep) -> Dep
                 reason=runtime.unavailable.get(code),
                 healthy=h.ok if h else None,
                 health_detail=h.detail if h else "",
-                breaker_open=bool(link and link.breaker_open()),
+                breaker_open=bool(link and link.breaker_open()) or code in held_open,
                 queue=depth.get(code, {}),
                 overdue=overdue.get(code, 0),
             )

@@ -78,9 +78,10 @@ def status(
     from gateway import audit, documents
     from gateway.api.views import application_view
     from gateway.runtime import Runtime
-    from gateway.store import cases
+    from gateway.store import breakers, cases
 
     cfg = load(config)
+    held_open: list[breakers.OpenBreaker] = []
 
     async def go() -> Any:
         runtime = Runtime(cfg)
@@ -93,6 +94,7 @@ def status(
                     return None
                 history = await cases.history(conn, row.id)
                 docs = await documents.for_application(conn, row.id)
+                held_open.extend(await breakers.open_ones(conn, row.department))
             await audit.cli_read(runtime, "gateway status", [row.id])
             return application_view(row, history, docs, ops=True)
         finally:
@@ -109,6 +111,14 @@ def status(
         f"[bold]{view.receipt_number}[/bold] {view.matter_name} -> {view.department}"
         f" ({view.department_case_id or 'no case id yet'}): [bold]{view.status}[/bold]"
     )
+    for b in held_open:  # why a case waiting to be sent does not move
+        until = b.open_until.isoformat(timespec="seconds") if b.open_until else "?"
+        console.print(
+            f"{view.department}: breaker open in {b.owner} until {until} after {b.failures} "
+            "failed calls in a row: nothing is sent to the department until then",
+            soft_wrap=True,
+            markup=False,
+        )
     resent = [e for e in view.history or [] if (e.detail or {}).get("resent")]
     if resent:
         console.print(

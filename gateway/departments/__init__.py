@@ -8,6 +8,7 @@ capped (see :mod:`.answers`).
 from __future__ import annotations
 
 from gateway.departments.answers import bounded_client
+from gateway.departments.guards import Breaker
 from gateway.departments.link import (
     RECORD_MARGIN_SECONDS,
     DepartmentLink,
@@ -18,6 +19,7 @@ from gateway.departments.link import (
 
 __all__ = [
     "RECORD_MARGIN_SECONDS",
+    "Breaker",
     "DepartmentLink",
     "Operation",
     "backoff",

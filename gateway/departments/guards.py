@@ -111,6 +111,8 @@ class Breaker:
         self.open_until = 0.0
         #: the breaker's clock (tests steer it instead of waiting out a cool-down)
         self.clock: Callable[[], float] = time.monotonic
+        #: told when the breaker opens (again) or closes (the runtime records it for others)
+        self.on_change: Callable[[Breaker], None] | None = None
         metrics.BREAKER_OPEN.labels(department).set(0)
 
     @property
@@ -127,10 +129,12 @@ class Breaker:
 
     def record(self, ok: bool) -> None:
         if ok:
-            if self.tripped:
+            was_tripped = self.tripped
+            self.failures, self.open_until = 0, 0.0
+            if was_tripped:
                 log.warning("breaker closed", department=self.department)
                 metrics.BREAKER_OPEN.labels(self.department).set(0)
-            self.failures, self.open_until = 0, 0.0
+                self._changed()
             return
         self.failures += 1
         if self.failures >= self.threshold:
@@ -143,6 +147,14 @@ class Breaker:
                 failures=self.failures,
                 cooldown_seconds=self.cooldown,
             )
+            self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(self)
+            except Exception:  # telling others must never break a call
+                log.exception("breaker change not recorded", department=self.department)
 
 
 __all__ = ["Breaker", "Bucket", "Slots"]

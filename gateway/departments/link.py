@@ -104,7 +104,13 @@ def classify(department: str, op: str, exc: BaseException) -> tuple[ConnectorErr
 class DepartmentLink:
     """One department's connector behind its guards (one per department per process)."""
 
-    def __init__(self, dept: DepartmentConfig, connector: Connector) -> None:
+    def __init__(
+        self,
+        dept: DepartmentConfig,
+        connector: Connector,
+        *,
+        on_breaker: Callable[[Breaker], None] | None = None,
+    ) -> None:
         self.dept = dept
         self.code = dept.code
         self.connector = connector
@@ -112,6 +118,7 @@ class DepartmentLink:
         self.slots = Slots(dept.code, dept.concurrency)
         self.bucket = Bucket(dept.rate_limit_per_second) if dept.rate_limit_per_second else None
         self.breaker = Breaker(dept.code, dept.breaker)
+        self.breaker.on_change = on_breaker
 
     # -- the rules ---------------------------------------------------------------------------------
 

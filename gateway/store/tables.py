@@ -418,6 +418,19 @@ chain_heads = Table(
     Column("hash", String(64), nullable=False),
 )
 
+department_breakers = Table(
+    "department_breakers",
+    metadata,
+    # each process's breaker per department, as it last changed (open or closed): what another
+    # process (the ops API, `gateway status`) can know of a daemon's breakers
+    Column("department", String(32), primary_key=True),
+    Column("owner", String(64), primary_key=True),
+    Column("open", Boolean, nullable=False),
+    Column("failures", Integer, nullable=False),
+    Column("open_until", UTCDateTime),
+    Column("changed_at", UTCDateTime, nullable=False),
+)
+
 __all__ = [
     "api_clients",
     "applications",
@@ -425,6 +438,7 @@ __all__ = [
     "callback_events",
     "callback_events_archive",
     "chain_heads",
+    "department_breakers",
     "dispatch_jobs",
     "events",
     "handovers",
