@@ -72,9 +72,20 @@ def write_plugin(name: str, directory: Path | None = None) -> list[Path]:
     return written
 
 
+def gateway_install_command() -> str:
+    """How to install the gateway this scaffold was written by, outside its source tree: its
+    source folder when it runs from one, else its wheel."""
+    import gateway
+
+    source = Path(gateway.__file__).resolve().parent.parent
+    if (source / "pyproject.toml").is_file() and (source / "gateway").is_dir():
+        return f"pip install '{source}'        # or: pip install onewindow_gateway-*.whl"
+    return "pip install /path/to/onewindow_gateway-<version>-py3-none-any.whl"
+
+
 def _render(template: str, names: PluginNames) -> str:
     # str.format would trip over the braces of the code inside the templates
-    out = template
+    out = template.replace("<<gateway_install>>", gateway_install_command())
     for key, value in names.__dict__.items():
         out = out.replace(f"<<{key}>>", value)
     return out
@@ -129,9 +140,17 @@ A [OneWindow Gateway](https://example.invalid/onewindow) connector plugin: conne
 
 1. Fill in every `TODO` in `<<package>>/connector.py` (the department's requests and answers)
    and in `tests/test_conformance.py` (how to start the department's test system or simulator).
-2. `pip install -e '.[test]'` and run `pytest`: the gateway's conformance suite checks idempotent
-   submit, status mapping, error classification, `list_cases`, `health`, `aclose` and timeouts,
-   and says in words what is wrong.
+2. Install the gateway into your environment first: it is on no public package index, so pip
+   cannot fetch it by name. Either its wheel (from the gateway's release, or `make dist` in its
+   source tree) or its source folder:
+
+   ```sh
+   <<gateway_install>>
+   ```
+
+   Then `pip install -e '.[test]'` and run `pytest`: the gateway's conformance suite checks
+   idempotent submit, status mapping, error classification, `list_cases`, `health`, `aclose`
+   and timeouts, and says in words what is wrong.
 3. `gateway plugins` lists `<<kind>>` once the package is installed.
 
 ## Use it

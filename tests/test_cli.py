@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,3 +103,67 @@ def test_migrate_says_what_it_did(tmp_path: Path) -> None:
     assert "created the schema in sqlite+aiosqlite:///" in first.output
     again = CliRunner().invoke(app, ["migrate", "--config", str(config)])
     assert "is already at the newest schema" in again.output and "nothing to do" in again.output
+
+
+def test_status_piped_is_plain_tab_separated_in_the_city_time_zone(tmp_path: Path) -> None:
+    import asyncio
+
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+    from gateway.config.loader import load_config
+    from gateway.intake import ApplicationIn, submit
+    from gateway.runtime import Runtime
+    from gateway.store.clients import Client
+    from tests.conftest import application
+    from tests.test_crash_recovery import write_config
+
+    config = write_config(tmp_path / "c", f"sqlite+aiosqlite:///{tmp_path / 'g.db'}", {})
+
+    async def one_application() -> Any:
+        runtime = Runtime(load_config(config))
+        try:
+            await runtime.prepare_database()
+            client = Client(id="c-cli", name="cli", centre="C01", ops=False)
+            return await submit(runtime, client, "k1", ApplicationIn.model_validate(application()))
+        finally:
+            await runtime.aclose()
+
+    made = asyncio.run(one_application())
+    app_id = made.accepted.id
+    result = CliRunner().invoke(app, ["status", app_id, "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].endswith(": received") and "C01-" in lines[0]
+    assert lines[1] == "# history (times in Asia/Shanghai)"
+    assert lines[2].split("\t") == ["at", "source", "actor", "from", "to", "detail"]
+    first = lines[3].split("\t")
+    assert first[0].endswith("+08:00") and first[4] == "received"
+    assert first[5] == "" or isinstance(json.loads(first[5]), dict)
+
+
+def test_unknown_department_is_an_error_with_a_suggestion(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+    from tests.test_crash_recovery import write_config
+
+    config = write_config(tmp_path / "c", f"sqlite+aiosqlite:///{tmp_path / 'g.db'}", {})
+    result = CliRunner().invoke(app, ["deadlines", "-d", "amrr", "--config", str(config)])
+    assert result.exit_code == 1
+    assert "unknown department 'amrr'. Did you mean 'amr'?" in result.output
+    assert "known: amr, civil, hrss, nrp" in result.output
+
+
+def test_plugins_says_why_the_config_does_not_load(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+    from tests.test_crash_recovery import write_config
+
+    config = write_config(tmp_path / "c", f"sqlite+aiosqlite:///{tmp_path / 'g.db'}", {})
+    config.write_text(config.read_text().replace("batch_size = 64", "batch_sise = 64"))
+    result = CliRunner().invoke(app, ["plugins", "--config", str(config)])
+    assert "does not load" in result.output
+    assert "batch_sise" in result.output  # the problem itself, not only that there is one
+    assert "rest" in result.output  # the listing still comes

@@ -3,6 +3,7 @@ filled in passes the conformance suite; a non-idempotent variant fails saying wh
 
 from __future__ import annotations
 
+import re
 import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -202,3 +203,18 @@ def test_generated_plugin_filled_in_installed_and_conformant(tmp_path: Path) -> 
     why = messages["TestForgetful.test_submit_is_idempotent"]
     assert "submit is not idempotent: the same idempotency_key produced case ids" in why, why
     assert result.returncode == 1
+
+
+def test_readme_says_how_to_install_the_gateway_outside_its_source_tree(tmp_path: Path) -> None:
+    # the gateway is on no public index: `pip install -e '.[test]'` alone cannot work
+    target = tmp_path / "plugin"
+    result = CliRunner().invoke(app, ["new-plugin", "land-registry", "--directory", str(target)])
+    assert result.exit_code == 0
+    readme = (target / "README.md").read_text()
+    match = re.search(r"pip install '([^']+)'", readme)
+    assert match, readme
+    source = Path(match.group(1))
+    assert source.is_absolute()  # works from any folder, not only inside the repo
+    assert 'name = "onewindow-gateway"' in (source / "pyproject.toml").read_text()
+    assert "onewindow_gateway-" in readme and ".whl" in readme
+    assert match.group(0) in result.output

@@ -107,28 +107,29 @@ def keys_create(
 
 @keys.command("list")
 def keys_list(config: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False) -> None:
-    """Every key stored in the database (never the key itself) and whether it works now."""
-    from rich.table import Table
-
+    """Every key stored in the database (never the key itself) and whether it works now;
+    times in the configured time zone, --json for scripts."""
+    from gateway.cli.output import local_time, print_table
     from gateway.store import clients
 
     cfg = load(config)
+    zone = cfg.gateway.timezone
     found = run(_with_runtime(cfg, clients.list_keys))
     if as_json:
         emit_json([k.model_dump(mode="json") for k in found])
         return
-    table = Table("id", "name", "scope", "created", "state")
+    rows = []
     for k in found:
         if k.revoked_at:
-            state = f"revoked {k.revoked_at.isoformat(timespec='seconds')}"
+            state = f"revoked {local_time(k.revoked_at, zone)}"
         elif k.expires_at:
             verb = "expires" if k.active else "expired"
-            state = f"{verb} {k.expires_at.isoformat(timespec='seconds')} (-> {k.replaced_by})"
+            state = f"{verb} {local_time(k.expires_at, zone)} (-> {k.replaced_by})"
         else:
             state = "active"
         scope = "ops" if k.ops else f"centre {k.centre}"
-        table.add_row(k.id, k.name, scope, k.created_at.isoformat(timespec="seconds"), state)
-    console.print(table)
+        rows.append((k.id, k.name, scope, local_time(k.created_at, zone), state))
+    print_table(("id", "name", "scope", "created", "state"), rows)
 
 
 @keys.command("revoke")

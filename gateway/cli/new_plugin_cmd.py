@@ -21,7 +21,7 @@ def new_plugin(
 ) -> None:
     """Write a ready-to-install connector plugin: pyproject with the entry point, a connector
     skeleton with TODOs, conformance tests and a README."""
-    from gateway.scaffold import names_for, write_plugin
+    from gateway.scaffold import gateway_install_command, names_for, write_plugin
 
     try:
         names = names_for(name)
@@ -32,9 +32,8 @@ def new_plugin(
     root = directory if directory is not None else Path(names.distribution)
     for path in files:
         console.print(f"  wrote {path}", highlight=False, markup=False)
-    console.print(
-        f"\nNext: fill in the TODOs, then\n  cd {root}\n  pip install -e '.[test]'\n  pytest\n"
-        f"  gateway plugins        # lists {names.kind}",
-        highlight=False,
-        markup=False,
+    typer.echo(
+        f"\nNext: fill in the TODOs, then, in the environment the plugin is for\n"
+        f"  {gateway_install_command()}\n  cd {root}\n  pip install -e '.[test]'\n  pytest\n"
+        f"  gateway plugins        # lists {names.kind}"
     )

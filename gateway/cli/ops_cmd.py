@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 import typer
@@ -17,6 +18,7 @@ from gateway.cli.common import (
     load,
     run,
 )
+from gateway.cli.output import local_time, print_table
 from gateway.errors import ConfigError
 
 
@@ -72,9 +74,8 @@ def status(
     config: ConfigOption = DEFAULT_CONFIG,
     as_json: JsonOption = False,
 ) -> None:
-    """Show one application and its history (by id or by receipt number)."""
-    from rich.table import Table
-
+    """Show one application and its history (by id or by receipt number); times in the
+    configured time zone, --json for scripts."""
     from gateway import audit, documents
     from gateway.api.views import application_view
     from gateway.runtime import Runtime
@@ -107,9 +108,10 @@ def status(
     if as_json:
         emit_json(view.model_dump(mode="json"))
         return
-    console.print(
-        f"[bold]{view.receipt_number}[/bold] {view.matter_name} -> {view.department}"
-        f" ({view.department_case_id or 'no case id yet'}): [bold]{view.status}[/bold]"
+    zone = cfg.gateway.timezone
+    typer.echo(
+        f"{view.receipt_number} {view.matter_name} -> {view.department}"
+        f" ({view.department_case_id or 'no case id yet'}): {view.status}"
     )
     for b in held_open:  # why a case waiting to be sent does not move
         until = b.open_until.isoformat(timespec="seconds") if b.open_until else "?"
@@ -121,44 +123,58 @@ def status(
         )
     resent = [e for e in view.history or [] if (e.detail or {}).get("resent")]
     if resent:
-        console.print(
+        typer.echo(
             f"re-sent {len(resent)} time(s): the department already held this case (an earlier "
-            "delivery reached it and its answer was lost)",
-            soft_wrap=True,
+            "delivery reached it and its answer was lost)"
         )
     if view.status == "approved" and not view.documents:
-        console.print(
+        typer.echo(
             "decided without documents: nothing to hand out yet "
-            f"(gateway refetch {application_id} asks the department again)",
-            soft_wrap=True,
+            f"(gateway refetch {application_id} asks the department again)"
         )
-    table = Table("at", "source", "actor", "from", "to", "detail")
-    for e in view.history or []:
-        table.add_row(
-            e.at.isoformat(timespec="seconds"),
-            e.source,
-            e.actor,
-            e.from_status or "",
-            e.to_status,
-            str(e.detail or ""),
-        )
-    console.print(table)
+    print_table(
+        ("at", "source", "actor", "from", "to", "detail"),
+        [
+            (
+                local_time(e.at, zone),
+                e.source,
+                e.actor,
+                e.from_status or "",
+                e.to_status,
+                # JSON, not Python's dict text: what ops copy into a ticket or a query
+                json.dumps(e.detail, ensure_ascii=False, sort_keys=True) if e.detail else "",
+            )
+            for e in view.history or []
+        ],
+        title=f"history (times in {zone})",
+    )
 
 
 @app.command()
 def plugins(config: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False) -> None:
     """List loaded plugins: name, version, hooks and where each came from."""
-    from rich.table import Table
-
     from gateway.config.loader import load_config
     from gateway.plugin_manager import load_plugins
 
     # the listing must work even when the rest of the config does not load (it helps fix it)
     try:
         settings = load_config(config).gateway.plugins if config.exists() else None
-    except ConfigError:
+    except ConfigError as exc:
         settings = None
-        err.print(f"note: {config} does not load; [gateway.plugins] switches ignored", markup=False)
+        err.print(
+            f"note: {config} does not load, so its [gateway.plugins] switches are ignored "
+            f"({len(exc.problems)} problem(s); 'gateway check-config' lists them all):",
+            markup=False,
+            highlight=False,
+        )
+        for problem in exc.problems[:5]:
+            err.print(f"  {problem}", markup=False, highlight=False)
+    if not config.exists():
+        err.print(
+            f"note: no {config} (give --config or GATEWAY_CONFIG); listing every installed plugin",
+            markup=False,
+            highlight=False,
+        )
     pm = load_plugins(
         load=settings.load if settings else (),
         block=settings.block if settings else (),
@@ -171,11 +187,11 @@ def plugins(config: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False) 
             {"plugins": [p.__dict__ for p in info], "failures": pm.failures, "connectors": kinds}
         )
         return
-    table = Table("name", "version", "hooks", "origin")
-    for p in info:
-        table.add_row(p.name, p.version or "", ", ".join(p.hooks), p.origin)
-    console.print(table)
-    console.print("connector kinds: " + (", ".join(sorted(kinds)) or "none"))
+    print_table(
+        ("name", "version", "hooks", "origin"),
+        [(p.name, p.version or "", ", ".join(p.hooks), p.origin) for p in info],
+    )
+    typer.echo("connector kinds: " + (", ".join(sorted(kinds)) or "none"))
     for name, why in pm.failures.items():
         err.print(f"[red]plugin {name} failed to load:[/red] {why}")
     if pm.failures:

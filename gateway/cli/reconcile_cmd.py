@@ -23,6 +23,7 @@ from gateway.cli.common import (
     load,
     run,
 )
+from gateway.cli.output import print_table, unknown_name
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -97,13 +98,9 @@ def reconcile_cmd(
         try:
             await runtime.prepare_database()
             codes = department or sorted(runtime.connectors)
-            unknown = [c for c in codes if c not in runtime.connectors]
-            if unknown:
-                err.print(
-                    f"no active department {', '.join(unknown)} "
-                    f"(active: {', '.join(sorted(runtime.connectors))})"
-                )
-                raise typer.Exit(2)
+            for code in codes:
+                if code not in runtime.connectors:
+                    raise unknown_name("active department", code, runtime.connectors)
             runs: list[dict[str, Any]] = []
             found: list[dict[str, Any]] = []
             with Progress(
@@ -163,7 +160,7 @@ def reconcile_cmd(
         for cells in rows:
             table.add_row(*cells)
         if output is None:
-            console.print(table)
+            print_table(head, rows, title="reconciliation")
             for r in runs:
                 if r["error"]:
                     err.print(f"[red]{r['department']} failed:[/red] {r['error']}")
@@ -196,12 +193,12 @@ def deadlines_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Overdue and due-soon cases (the clock is paused during supplement and suspension)."""
-    from rich.table import Table
-
     from gateway import deadlines
     from gateway.runtime import Runtime
 
     cfg = load(config)
+    if department is not None and department not in cfg.departments:
+        raise unknown_name("department", department, cfg.departments)
 
     async def go() -> tuple[list[deadlines.Deadline], list[deadlines.Deadline]]:
         runtime = Runtime(cfg)
@@ -218,24 +215,19 @@ def deadlines_cmd(
         )
         return
     for title, items in (("overdue", overdue), (f"due within {within_days} working days", soon)):
-        table = Table(
-            "department",
-            "receipt",
-            "status",
-            "promised",
-            "paused",
-            "due",
-            "left",
+        print_table(
+            ("department", "receipt", "status", "promised", "paused", "due", "left"),
+            [
+                (
+                    d.department,
+                    d.receipt_number,
+                    d.status + (" (paused)" if d.paused else ""),
+                    d.promised_by.isoformat(),
+                    d.paused_days,
+                    d.due_by.isoformat(),
+                    d.days_left,
+                )
+                for d in items
+            ],
             title=f"{title} ({len(items)})",
         )
-        for d in items:
-            table.add_row(
-                d.department,
-                d.receipt_number,
-                d.status + (" (paused)" if d.paused else ""),
-                d.promised_by.isoformat(),
-                str(d.paused_days),
-                d.due_by.isoformat(),
-                str(d.days_left),
-            )
-        console.print(table)
