@@ -14,6 +14,7 @@ from gateway.api.access import AccessLog
 from gateway.api.auth import KeyRing
 from gateway.api.exposure import SecurityHeaders
 from gateway.api.limits import BodyLimit
+from gateway.api.quotas import RateLimiter
 from gateway.api.routes_applications import router as applications_router
 from gateway.api.routes_audit import router as audit_router
 from gateway.api.routes_callbacks import router as callbacks_router
@@ -78,6 +79,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     )
     app.state.runtime = runtime
     app.state.keyring = KeyRing(runtime)
+    app.state.rate_limiter = RateLimiter(api.quotas)
     problems.install(app)
     openapi.install(app)
     exposure.install_docs(app, api.openapi)

@@ -361,6 +361,22 @@ PROBLEMS: dict[str, Entry] = {
         "The result was collected already.",
         "结果已被领取。",
     ),
+    "too_many_requests": _e(
+        429,
+        "Too many requests",
+        "请求过于频繁",
+        "该密钥的请求过于频繁；请 {retry} 秒后重发（使用同一 Idempotency-Key 是安全的）",
+        "This key sends applications or uploads faster than its rate; wait for Retry-After.",
+        "该密钥提交或上传的速度超过限额；请按 Retry-After 等待后重发。",
+    ),
+    "upload_quota_exceeded": _e(
+        413,
+        "Upload quota exceeded",
+        "上传配额已用完",
+        "该密钥 24 小时内已上传 {used} 字节，配额为 {quota} 字节",
+        "This key uploaded its quota of bytes in the last 24 hours.",
+        "该密钥 24 小时内的上传字节数已达配额。",
+    ),
     "too_many_failed_checks": _e(
         429,
         "Too many failed checks",

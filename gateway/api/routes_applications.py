@@ -13,6 +13,7 @@ from gateway import audit, documents, intake, metrics
 from gateway.api.auth import ClientDep, RuntimeDep
 from gateway.api.paging import Page, PageDep
 from gateway.api.problems import Problem
+from gateway.api.quotas import check_upload_quota
 from gateway.api.views import ApplicationView, application_view
 from gateway.clock import new_id, now
 from gateway.config.models import Matter
@@ -59,8 +60,11 @@ class MaterialOut(BaseModel):
 
 
 @router.post("/materials", status_code=201, response_model=MaterialOut, tags=["materials"])
-async def upload_material(file: UploadFile, runtime: RuntimeDep, client: ClientDep) -> MaterialOut:
+async def upload_material(
+    file: UploadFile, request: Request, runtime: RuntimeDep, client: ClientDep
+) -> MaterialOut:
     api = runtime.config.gateway.api
+    request.app.state.rate_limiter.check(client, "uploads")
     content_type = (file.content_type or "").split(";")[0].strip().lower()
     if content_type not in api.material_types:
         raise Problem(
@@ -81,6 +85,8 @@ async def upload_material(file: UploadFile, runtime: RuntimeDep, client: ClientD
         )
     if not data:
         raise Problem(422, "Empty file", "the uploaded file is empty", field="file")
+    async with runtime.engine.connect() as conn:
+        await check_upload_quota(conn, client, len(data), api.quotas)
     sha = await runtime.blobs.put(data)
     out = MaterialOut(
         id=new_id("m"),
@@ -124,6 +130,7 @@ _IDEMPOTENCY_HEADER = {
 async def submit_application(
     body: intake.ApplicationIn, request: Request, runtime: RuntimeDep, client: ClientDep
 ) -> Response:
+    request.app.state.rate_limiter.check(client, "intake")
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is not None and len(idempotency_key) > 200:
         raise Problem(

@@ -52,6 +52,17 @@ class StaticKey(_Strict):
     key: SecretStr | None = None
 
 
+class QuotaSettings(_Strict):
+    """``[gateway.api.quotas]``: per key and per API process (gateway/api/quotas.py)."""
+
+    centre_intake_per_second: float = Field(default=200.0, gt=0)
+    centre_uploads_per_second: float = Field(default=20.0, gt=0)
+    ops_intake_per_second: float = Field(default=20.0, gt=0)
+    ops_uploads_per_second: float = Field(default=5.0, gt=0)
+    burst_seconds: float = Field(default=5.0, gt=0, description="a full bucket lasts this long")
+    upload_bytes_per_day: int = Field(default=2 * 1024**3, gt=0, description="per key, 24 h")
+
+
 class ApiSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -69,6 +80,7 @@ class ApiSettings(_Strict):
     openapi: Literal["public", "key", "off"] = "public"
     #: who may read /metrics: public | ops (an ops key) | off
     metrics: Literal["public", "ops", "off"] = "public"
+    quotas: QuotaSettings = Field(default_factory=QuotaSettings)
 
 
 class DispatchSettings(_Strict):
