@@ -24,6 +24,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.clock import now
 from gateway.config.catalog import RouteError
@@ -103,6 +104,28 @@ def deadline_of(
     )
 
 
+History = list[tuple[dt.datetime, str | None, str]]
+
+
+async def pause_history(conn: AsyncConnection, app_ids: Sequence[str]) -> dict[str, History]:
+    """The events that start or end a pause, per case, in order: what :func:`deadline_of` needs
+    (cases that never paused are absent)."""
+    hist: dict[str, History] = {}
+    q = (
+        select(events.c.application_id, events.c.at, events.c.from_status, events.c.to_status)
+        .where(
+            and_(
+                events.c.application_id.in_(list(app_ids)),
+                or_(events.c.to_status.in_(_PAUSED), events.c.from_status.in_(_PAUSED)),
+            )
+        )
+        .order_by(events.c.application_id, events.c.id)
+    )
+    for app_id, at, frm, to in (await conn.execute(q)).all():
+        hist.setdefault(app_id, []).append((at, frm, to))
+    return hist
+
+
 async def open_deadlines(
     runtime: Runtime, *, department: str | None = None, on: dt.date | None = None
 ) -> list[Deadline]:
@@ -135,21 +158,7 @@ async def open_deadlines(
             ).all()
             if not rows:
                 break
-            hist: dict[str, list[tuple[dt.datetime, str | None, str]]] = {}
-            q = (
-                select(
-                    events.c.application_id, events.c.at, events.c.from_status, events.c.to_status
-                )
-                .where(
-                    and_(
-                        events.c.application_id.in_([r.id for r in rows]),
-                        or_(events.c.to_status.in_(_PAUSED), events.c.from_status.in_(_PAUSED)),
-                    )
-                )
-                .order_by(events.c.application_id, events.c.id)
-            )
-            for app_id, at, frm, to in (await conn.execute(q)).all():
-                hist.setdefault(app_id, []).append((at, frm, to))
+            hist = await pause_history(conn, [r.id for r in rows])
         out.extend(deadline_of(r, hist.get(r.id, []), on) for r in rows)
         if len(rows) < PAGE:
             break

@@ -18,7 +18,7 @@ import structlog
 
 from gateway.metrics import DEPARTMENT_UP
 
-__all__ = ["DOWN_AFTER", "failed", "is_down", "reset", "succeeded"]
+__all__ = ["DOWN_AFTER", "failed", "is_down", "last_answer", "reset", "succeeded"]
 
 DOWN_AFTER = 3
 
@@ -29,6 +29,7 @@ log = structlog.get_logger("gateway.departments")
 class _State:
     failures: int = 0
     down_since: float | None = None
+    answered_at: float | None = None  # wall clock (time.time()) of the last answer
 
 
 _states: dict[str, _State] = {}
@@ -50,6 +51,7 @@ def succeeded(department: str, via: str) -> None:
         )
         DEPARTMENT_UP.labels(department).set(1)
     state.failures, state.down_since = 0, None
+    state.answered_at = time.time()
 
 
 def failed(department: str, via: str, reason: str) -> None:
@@ -73,6 +75,12 @@ def failed(department: str, via: str, reason: str) -> None:
 def is_down(department: str) -> bool:
     state = _states.get(department)
     return bool(state and state.down_since is not None)
+
+
+def last_answer(department: str) -> float | None:
+    """When ``department`` last answered this process (Unix time), None when never."""
+    state = _states.get(department)
+    return state.answered_at if state else None
 
 
 def reset() -> None:

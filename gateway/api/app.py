@@ -26,6 +26,7 @@ from gateway.api.routes_refetch import router as refetch_router
 from gateway.api.routes_supplements import router as supplements_router
 from gateway.api.routes_webhooks import router as webhooks_router
 from gateway.api.routes_withdrawals import router as withdrawals_router
+from gateway.console import router as console_router
 from gateway.errors import InfrastructureError, RequestProblem
 from gateway.runtime import Runtime
 
@@ -95,6 +96,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(supplements_router)
     app.include_router(withdrawals_router)
     app.include_router(webhooks_router)
+    app.include_router(console_router)  # /console: the ops console (issue 14)
     app.add_middleware(
         BodyLimit,
         default=api.max_body_bytes,
