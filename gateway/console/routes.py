@@ -332,7 +332,11 @@ async def department(code: str, request: Request) -> Response:
         t("dept.decisions"),
     )
     rate_chart = svg.lines(
-        labels, [(t("col.on_time_rate"), [w.on_time_rate for w in weeks])], t("dept.on_time"), "%"
+        labels,
+        [(t("col.on_time_rate"), [w.on_time_rate for w in weeks])],
+        t("dept.on_time"),
+        "%",
+        top=100,
     )
     overdue, _soon = await deadlines.listing(runtime, department=code, within_days=2)
     failed = await figures.failed_cases(runtime, department=code, limit=50)

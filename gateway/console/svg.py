@@ -59,10 +59,12 @@ def lines(
     series: Sequence[tuple[str, Sequence[float | None]]],
     title: str,
     unit: str = "",
+    top: float = 0,
 ) -> Markup:
-    """One polyline per (name, values) over the x ``labels`` (weeks); gaps where None."""
+    """One polyline per (name, values) over the x ``labels`` (weeks), scaled to ``top`` (or
+    the largest value); gaps where None."""
     width, height, left, bottom = 560, 180, 44, 24
-    top = max((v for _n, vs in series for v in vs if v is not None), default=0) or 1
+    top = top or max((v for _n, vs in series for v in vs if v is not None), default=0) or 1
     n = max(len(labels) - 1, 1)
     plot_w, plot_h = width - left - 10, height - bottom - 10
 
