@@ -73,7 +73,22 @@ class SubscriptionIn(BaseModel):
         parsed = httpx.URL(value) if "://" in value else None
         if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
             raise ValueError("must be an absolute http(s) URL")
+        if parsed.userinfo:
+            # it would be listed back to every key of the centre: sign, do not embed secrets
+            raise ValueError("must not carry a user name or password")
         return value
+
+
+def host_allowed(url: str, allowed: Sequence[str]) -> bool:
+    """Whether ``url``'s host is one of ``allowed`` (``*.example`` covers its subdomains);
+    an empty list allows any host."""
+    if not allowed:
+        return True
+    host = httpx.URL(url).host.lower()
+    for entry in (a.lower() for a in allowed):
+        if host == entry or (entry.startswith("*.") and host.endswith(entry[1:])):
+            return True
+    return False
 
 
 class DeliveryCounts(BaseModel):
@@ -139,7 +154,17 @@ async def subscribe(runtime: Runtime, client: Client, body: SubscriptionIn) -> S
         raise RequestProblem(
             403, "Not a centre key", "only a centre's key can subscribe to its cases"
         )
-    limit = runtime.config.gateway.webhooks.max_subscriptions_per_centre
+    settings = runtime.config.gateway.webhooks
+    if not host_allowed(body.url, settings.allowed_hosts):
+        raise RequestProblem(
+            422,
+            "Webhook host not allowed",
+            f"the gateway may not call {httpx.URL(body.url).host}; allowed: "
+            f"{', '.join(settings.allowed_hosts)}",
+            "url",
+            params={"host": httpx.URL(body.url).host},
+        )
+    limit = settings.max_subscriptions_per_centre
     async with runtime.engine.begin() as conn:
         active = (
             await conn.execute(

@@ -246,3 +246,25 @@ def test_receiver_helper_refuses_a_wrong_signature() -> None:
             return resp.status_code
 
     assert asyncio.run(go()) == 401
+
+
+async def test_a_subscription_may_point_only_at_allowed_hosts(
+    api: httpx.AsyncClient, runtime: Runtime, centre_headers: dict[str, str]
+) -> None:
+    settings = runtime.config.gateway.webhooks
+    settings.allowed_hosts = ["127.0.0.1", "*.c01.example"]
+    for url, status in (
+        ("http://127.0.0.1:9/h", 201),
+        ("https://frontdesk.c01.example/h", 201),
+        ("http://169.254.169.254/latest", 422),
+        ("http://c01.example.evil.test/h", 422),
+        ("http://user:pw@127.0.0.1:9/h", 422),
+    ):
+        resp = await api.post("/v1/webhooks", json={"url": url}, headers=centre_headers)
+        assert resp.status_code == status, (url, resp.text)
+        if status == 422:
+            assert resp.json()["errors"][0]["field"] == "url"
+    refused = await api.post(
+        "/v1/webhooks", json={"url": "http://10.0.0.1/h"}, headers=centre_headers
+    )
+    assert refused.json()["code"] == "webhook_host_not_allowed"

@@ -483,6 +483,14 @@ PROBLEMS: dict[str, Entry] = {
         "A centre has at most [gateway.webhooks] max_subscriptions_per_centre active ones.",
         "每个中心的有效订阅数有上限（[gateway.webhooks] max_subscriptions_per_centre）。",
     ),
+    "webhook_host_not_allowed": _e(
+        422,
+        "Webhook host not allowed",
+        "不允许的回调地址",
+        "网关不可调用主机 {host}（见 [gateway.webhooks] allowed_hosts）",
+        "The URL's host is not in [gateway.webhooks] allowed_hosts; ask ops to add it.",
+        "该地址的主机不在 [gateway.webhooks] allowed_hosts 中；请联系运维添加。",
+    ),
     "bad_event_range": _e(
         422,
         "Bad event range",

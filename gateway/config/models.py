@@ -101,6 +101,10 @@ class WebhookSettings(_Strict):
     batch_size: int = Field(default=50, ge=1, le=1000, description="deliveries claimed at once")
     lease_seconds: float = Field(default=60.0, gt=0)
     max_subscriptions_per_centre: int = Field(default=10, ge=1, le=1000)
+    #: hosts a subscription may point at ("frontdesk.example", or "*.example" for its
+    #: subdomains); empty: any. Set it where the gateway can reach hosts a centre must not
+    #: make it call (an internal network).
+    allowed_hosts: list[str] = Field(default_factory=list)
 
 
 class PluginSettings(_Strict):
