@@ -10,29 +10,22 @@ The run ends with one line per reason anything was skipped or left out.
 from __future__ import annotations
 
 import asyncio
-import atexit
-import concurrent.futures
 import dataclasses
 import inspect
 import os
-import secrets
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.api.app import create_app
 from gateway.config.loader import Config, load_config
 from gateway.runtime import Runtime
 from gateway.simulators.city import SimulatedCity, simulated_city
 from gateway.store.clients import create_client
-from gateway.store.db import create_engine, migrate
+from tests.databases import SQLITE, SchemaPool, empty_schema, migrated_sqlite
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "gateway.toml"
@@ -83,27 +76,40 @@ def _secrets(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """A fresh empty database: a SQLite file, or a new schema in the test PostgreSQL."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
-        return
+DB_PARAMS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+_SCHEMAS = SchemaPool(PG_URL) if PG_URL else None
+
+
+def _postgres_or_skip() -> str:
     if not PG_URL:
         if os.environ.get("GATEWAY_TEST_PG_REQUIRED"):
             pytest.fail(f"GATEWAY_TEST_PG_REQUIRED is set but {PG_SKIP}")
         pytest.skip(f"{PG_SKIP}: {PG_HOW} (e.g. {PG_LOCAL})")
-    schema = f"t_{secrets.token_hex(6)}"
-    admin = create_async_engine(PG_URL)
-    async with admin.begin() as conn:
-        await conn.execute(text(f"CREATE SCHEMA {schema}"))
-    sep = "&" if "?" in PG_URL else "?"
-    try:
-        yield f"{PG_URL}{sep}search_path={schema}"
-    finally:
-        async with admin.begin() as conn:
-            await conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        await admin.dispose()
+    return PG_URL
+
+
+@pytest.fixture(params=DB_PARAMS)
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh database migrated to head: a SQLite file, or a schema of its own in the test
+    PostgreSQL (tests/databases.py says how they are made cheaply)."""
+    if request.param == "sqlite":
+        migrated_sqlite(tmp_path / "gateway.db")
+        yield f"{SQLITE}{tmp_path / 'gateway.db'}"
+        return
+    _postgres_or_skip()
+    assert _SCHEMAS is not None
+    async with _SCHEMAS.lease() as url:
+        yield url
+
+
+@pytest.fixture(params=DB_PARAMS)
+async def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh empty database (not migrated): a SQLite file, or a new PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"{SQLITE}{tmp_path / 'empty.db'}"
+        return
+    async with empty_schema(_postgres_or_skip()) as url:
+        yield url
 
 
 def configure_for_test(config: Config, tmp_path: Path, db_url: str) -> Config:
@@ -117,39 +123,9 @@ def configure_for_test(config: Config, tmp_path: Path, db_url: str) -> Config:
     return dataclasses.replace(config, gateway=settings)
 
 
-_SQLITE = "sqlite+aiosqlite:///"
-_migrated: list[Path] = []
-
-
-def migrated_sqlite(target: Path) -> None:
-    """Put a SQLite database migrated to head at ``target``: a copy of one this process migrated
-    once (migrating costs ~0.2 s of CPU per test, a copy about a millisecond). Migrating itself
-    is tested on an empty database in tests/test_migrations.py."""
-    if not _migrated:
-        folder = tempfile.mkdtemp(prefix="gateway-migrated-")
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        template = Path(folder) / "head.db"
-
-        async def make() -> None:
-            engine = create_engine(f"{_SQLITE}{template}")
-            try:
-                await migrate(engine)
-            finally:
-                await engine.dispose()  # the last connection folds the WAL into the file
-
-        # a thread of its own: the caller may be inside a running event loop
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pool.submit(asyncio.run, make()).result()
-        _migrated.append(template)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(_migrated[0], target)
-
-
 @pytest.fixture
 def example_config(tmp_path: Path, db_url: str) -> Config:
-    """The example city on ``db_url``, migrated (SQLite: from a copy)."""
-    if db_url.startswith(_SQLITE):
-        migrated_sqlite(Path(db_url.removeprefix(_SQLITE)))
+    """The example city on ``db_url``."""
     return configure_for_test(load_config(EXAMPLE), tmp_path, db_url)
 
 
@@ -324,6 +300,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _SCHEMAS is not None:
+        _SCHEMAS.drop_all()
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:
         workeroutput["deselected_slow"] = _TALLY.deselected_slow

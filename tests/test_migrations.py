@@ -18,8 +18,8 @@ def test_single_head() -> None:
     assert len(script.get_heads()) == 1, "two migrations claim the same parent: renumber one"
 
 
-async def test_migrated_schema_matches_tables(db_url: str, tmp_path: Path) -> None:
-    engine = create_engine(db_url)
+async def test_migrated_schema_matches_tables(empty_db_url: str, tmp_path: Path) -> None:
+    engine = create_engine(empty_db_url)
     try:
         assert await needs_migration(engine)
         await migrate(engine)

@@ -20,7 +20,7 @@ from gateway.states import FORWARD, RESTART, State, Verdict, judge, reachable
 from gateway.store import cases
 from gateway.store.db import create_engine
 from gateway.store.tables import applications, events
-from tests.conftest import migrated_sqlite
+from tests.databases import migrated_sqlite
 
 states = st.sampled_from(list(State))
 
