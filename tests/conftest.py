@@ -19,7 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 
+import gateway.logs
 from gateway.api.app import create_app
 from gateway.config.loader import Config, load_config
 from gateway.runtime import Runtime
@@ -74,6 +76,18 @@ FAST = {"decision_delay_seconds": 0.2, "callbacks": False}
 def _secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in TEST_SECRETS.items():
         monkeypatch.setenv(name, value)
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """A test that runs a CLI command in-process configures logging for the whole process
+    (level, stream); put it back, or the tests after it in this worker log differently (an
+    INFO line filtered out) depending on which file xdist gave the worker first."""
+    before = structlog.get_config()
+    configured = gateway.logs._configured
+    yield
+    structlog.configure(**before)
+    gateway.logs._configured = configured
 
 
 DB_PARAMS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
