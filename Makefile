@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # pyproject.toml say what works, this file says what was tested. `make lock` refreshes it.
 CONSTRAINTS := constraints.txt
 
-.PHONY: install lock dist demo test test-all test-slow test-faults test-pg test-stress test-10x check clean
+.PHONY: install lock dist demo fuzz test test-all test-slow test-faults test-pg test-stress test-10x check clean
 
 install: $(STAMP)
 
@@ -42,6 +42,11 @@ WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile
 
 # everything but the tests marked slow (real processes, SIGKILL, installs) or faults; about 2 minutes
+# The API fuzzed by schemathesis: >= 300 examples per operation, with a centre key and an ops
+# key, against a real `gateway serve` (the normal test run does a few per operation).
+fuzz: install
+	FUZZ_EXAMPLES=300 $(BIN)/python -m pytest -q -p no:randomly tests/test_schemathesis.py
+
 test: install
 	GATEWAY_TEST_PG_URL=$${GATEWAY_TEST_PG_URL:-auto} $(PYTEST) -m "not slow and not faults"
 

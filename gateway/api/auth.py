@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.api.problems import Problem
@@ -52,7 +53,14 @@ async def _lookup(conn: AsyncConnection, digests: list[str]) -> list[Client | No
     return [found.get(d) for d in digests]
 
 
-async def authenticate(request: Request) -> Client:
+# declares the bearer scheme in OpenAPI (the header is read below, with our own messages)
+_BEARER = HTTPBearer(auto_error=False, description="an API key: gateway keys create")
+
+
+async def authenticate(
+    request: Request,
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)] = None,
+) -> Client:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():

@@ -114,7 +114,13 @@ async def readyz(runtime: RuntimeDep, response: Response) -> dict[str, Any]:
     return {"status": "ready", "unavailable_departments": runtime.unavailable}
 
 
-@router.get("/metrics", tags=["probes"], dependencies=[Depends(metrics_allowed)])
+@router.get(
+    "/metrics",
+    tags=["probes"],
+    dependencies=[Depends(metrics_allowed)],
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus metrics"}},
+)
 async def metrics(runtime: RuntimeDep) -> Response:
     await collector.collect_or_log(runtime)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
