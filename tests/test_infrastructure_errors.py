@@ -10,6 +10,7 @@ import errno
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -269,3 +270,56 @@ async def test_a_callback_whose_document_finds_no_room_is_refused_and_applies_wh
     view = (await api.get(f"/v1/applications/{app_id}", headers=centre_headers)).json()
     assert view["status"] in ("approved", "ready_for_pickup")
     assert [d["name"] for d in view["documents"]] == ["certificate.pdf"]
+
+
+async def test_intake_sheds_load_with_503_when_its_queue_is_full(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway import intake
+    from gateway.store.clients import Client, hash_key
+
+    app = create_app(runtime)
+    # a key from config: on SQLite a stored key's lookup would queue behind the slow write
+    app.state.keyring.static[hash_key("static-c01")] = Client("s1", "front desk", "C01", False)
+    centre_headers = {"Authorization": "Bearer static-c01"}
+    transport = httpx.ASGITransport(app=app)
+    api = httpx.AsyncClient(transport=transport, base_url="http://gw.test")
+
+    store = intake._store_in_order
+    release = asyncio.Event()
+
+    async def slow_database(conn: Any, batch: list[Any]) -> list[Any]:
+        await release.wait()  # a database slower than the front desk
+        return await store(conn, batch)
+
+    monkeypatch.setattr(intake, "QUEUE_LIMIT", 3)
+    monkeypatch.setattr(intake, "_store_in_order", slow_database)
+
+    def post(i: int) -> asyncio.Future[httpx.Response]:
+        return asyncio.ensure_future(
+            api.post(
+                "/v1/applications",
+                json=application(),
+                headers={**centre_headers, "Idempotency-Key": f"shed-{i}"},
+            )
+        )
+
+    first = post(0)
+    await wait_for(lambda: runtime in intake._WRITERS)
+    writer = intake._WRITERS[runtime]
+    await wait_for(lambda: writer._queue.empty())  # the writer holds item 0
+    waiting = [post(i) for i in (1, 2, 3)]
+    await wait_for(lambda: writer._queue.full())
+    shed = await api.post(
+        "/v1/applications",
+        json=application(),
+        headers={**centre_headers, "Idempotency-Key": "shed-4"},
+    )
+    release.set()
+    answers = await asyncio.gather(first, *waiting)
+    await api.aclose()
+    assert shed.status_code == 503, shed.text
+    assert shed.headers["retry-after"] == "1"
+    assert shed.json()["code"] == "service_unavailable", shed.json()
+    assert "Idempotency-Key" in shed.json()["detail"]
+    assert [a.status_code for a in answers] == [201, 201, 201, 201]
