@@ -105,8 +105,10 @@ async def run_demo(
     data_dir: Path,
     timeout: float = 180.0,
     console: Console | None = None,
+    keep: bool = False,
 ) -> bool:
-    """Run the demo; True if every application reached a final or explained state."""
+    """Run the demo; True if every application reached a final or explained state. With
+    ``keep`` the gateway, the simulators and the console stay up afterwards (until Ctrl-C)."""
     console = console or Console()
     rng = random.Random(seed)
     settings = config.gateway.model_copy(
@@ -127,9 +129,25 @@ async def run_demo(
                 assert url is not None
                 city.set_callback_url(url)
                 console.print(f"gateway API at {url}; database {data_dir / 'gateway.db'}")
-                return await _drive(runtime, city.urls, url, count, rng, timeout, console)
+                ok = await _drive(runtime, city.urls, url, count, rng, timeout, console)
+                if keep:
+                    await _keep_running(runtime, url, console)
+                return ok
         finally:
             await runtime.aclose()
+
+
+async def _keep_running(runtime: Runtime, url: str, console: Console) -> None:
+    """Print the console's address and a new ops key (shown this once), then serve until
+    interrupted."""
+    async with runtime.engine.begin() as conn:
+        _client, key = await create_client(conn, name="demo console", centre=None, ops=True)
+    console.print(f"ops console: {url}/console  (sign in with this ops key, shown once)")
+    console.print(key, markup=False, highlight=False)
+    console.print(
+        "the gateway, the simulated departments and the console keep running: Ctrl-C stops"
+    )
+    await asyncio.Event().wait()
 
 
 async def _drive(

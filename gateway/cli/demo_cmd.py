@@ -24,6 +24,14 @@ def demo(
         Path | None,
         typer.Option(help="where the demo database and files go (default: a new temporary folder)"),
     ] = None,
+    keep: Annotated[
+        bool,
+        typer.Option(
+            "--keep",
+            help="leave the gateway, simulators and ops console running afterwards; prints the "
+            "console URL and a one-time ops key (Ctrl-C stops)",
+        ),
+    ] = False,
 ) -> None:
     """Run simulated departments and the gateway together, submit applications, summarise."""
     from rich.console import Console
@@ -34,7 +42,21 @@ def demo(
     cfg = load(config)
     folder = data_dir or Path(tempfile.mkdtemp(prefix="gateway-demo-"))
     wide = Console(width=max(console.width, 110))  # the summary table needs the room
-    ok = run(run_demo(cfg, count=count, seed=seed, data_dir=folder, timeout=timeout, console=wide))
+    try:
+        ok = run(
+            run_demo(
+                cfg,
+                count=count,
+                seed=seed,
+                data_dir=folder,
+                timeout=timeout,
+                console=wide,
+                keep=keep,
+            )
+        )
+    except KeyboardInterrupt:  # --keep ends with Ctrl-C: not an error
+        console.print("stopped")
+        return
     if not ok:
         raise typer.Exit(1)
     console.print("[green]every application reached a final or explained state[/green]")
