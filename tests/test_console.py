@@ -254,3 +254,23 @@ def test_sparkline_scales_to_the_largest_value() -> None:
 def test_percentiles_are_nearest_rank(values: list[float], p50: float, p95: float) -> None:
     assert figures.percentile(values, 50) == p50
     assert figures.percentile(values, 95) == p95
+
+
+def test_the_ops_guide_explains_every_overview_column_and_the_export() -> None:
+    from gateway.console import sessions
+    from gateway.console.routes import CSV_COLUMNS
+
+    guide = (CONSOLE.parent.parent / "docs" / "ops.md").read_text()
+    section = guide.split("## The ops console")[1].split("\n## ")[0]
+    table = (CONSOLE / "templates" / "_overview_table.html").read_text()
+    for key in re.findall(r"t\('(col\.[a-z_]+)'\)", table):
+        if key == "col.department":
+            continue
+        zh, en = i18n.MESSAGES[key]["zh-CN"], i18n.MESSAGES[key]["en"]
+        assert f"| {zh} *{en}* |" in section, key
+    assert "`" + ",".join(CSV_COLUMNS) + "`" in section
+    assert f"{sessions.IDLE_SECONDS // 60} minutes" in section
+    assert f"{sessions.ABSOLUTE_SECONDS // 3600} hours" in section
+    assert f"--within-days {figures.DUE_SOON_DAYS}" in section
+    for image in re.findall(r"\]\((images/console/[^)]+)\)", section):
+        assert (CONSOLE.parent.parent / "docs" / image).is_file(), image

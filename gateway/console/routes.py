@@ -38,6 +38,18 @@ from gateway.store import clients
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
+#: the board's CSV export, one row per department (docs/ops.md lists them)
+CSV_COLUMNS = (
+    "rank",
+    "department",
+    "name",
+    "decided",
+    "on_time",
+    "on_time_rate",
+    "overdue",
+    "due_soon",
+)
+
 _STATIC = {
     "console.css": "text/css; charset=utf-8",
     "console.js": "text/javascript; charset=utf-8",
@@ -385,9 +397,7 @@ async def board(request: Request) -> Response:
     t = i18n.translator(lang_of(request))
     start, end = _period(request)
     rows = await figures.board(runtime_of(request), start, end)
-    chart = svg.bars(
-        [(r.name, r.on_time_rate or 0.0) for r in rows], t("col.on_time_rate"), "%", top=100
-    )
+    chart = svg.bars([(r.name, r.on_time_rate) for r in rows], t("col.on_time_rate"), "%", top=100)
     return render(request, "board.html", session, rows=rows, start=start, end=end, chart=chart)
 
 
@@ -400,9 +410,7 @@ async def board_csv(request: Request) -> Response:
     rows = await figures.board(runtime_of(request), start, end)
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(
-        ["rank", "department", "name", "decided", "on_time", "on_time_rate", "overdue", "due_soon"]
-    )
+    writer.writerow(CSV_COLUMNS)
     for r in rows:
         rate = "" if r.on_time_rate is None else f"{r.on_time_rate:.1f}"
         writer.writerow([r.rank, r.code, r.name, r.decided, r.on_time, rate, r.overdue, r.due_soon])

@@ -33,9 +33,12 @@ def sparkline(values: Sequence[int], title: str, width: int = 120, height: int =
     )
 
 
-def bars(items: Sequence[tuple[str, float]], title: str, unit: str = "", top: float = 0) -> Markup:
-    """Horizontal bars, one per (label, value), scaled to ``top`` (or the largest value)."""
-    top = top or max((v for _l, v in items), default=0) or 1
+def bars(
+    items: Sequence[tuple[str, float | None]], title: str, unit: str = "", top: float = 0
+) -> Markup:
+    """Horizontal bars, one per (label, value), scaled to ``top`` (or the largest value); a
+    value of None (nothing to measure) is drawn as a dash, not as zero."""
+    top = top or max((v or 0 for _l, v in items), default=0) or 1
     row, label_w, bar_w = 22, 160, 360
     height = row * len(items) + 8
     parts = [
@@ -44,11 +47,12 @@ def bars(items: Sequence[tuple[str, float]], title: str, unit: str = "", top: fl
     ]
     for i, (label, value) in enumerate(items):
         y = 4 + i * row
-        w = max(value, 0) * bar_w / top
+        w = max(value or 0, 0) * bar_w / top
+        shown = "–" if value is None else f"{_num(value)}{escape(unit)}"
         parts.append(
             f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end">{escape(label[:24])}</text>'
             f'<rect class="bar" x="{label_w}" y="{y + 3}" width="{_num(w)}" height="{row - 6}"/>'
-            f'<text x="{_num(label_w + w + 4)}" y="{y + 15}">{_num(value)}{escape(unit)}</text>'
+            f'<text x="{_num(label_w + w + 4)}" y="{y + 15}">{shown}</text>'
         )
     parts.append("</svg>")
     return Markup("".join(parts))
