@@ -83,6 +83,7 @@ class BlobStore:
         sha = hashlib.sha256(data).hexdigest()
         target = self.path(sha)
         if target.exists():
+            os.utime(target)  # fresh again: expiring uploads leaves recently put files alone
             return sha
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
@@ -116,6 +117,17 @@ class BlobStore:
         if self.min_free_bytes:
             self.check_space()
         return sha
+
+    def remove_if_older(self, sha256: str, before: float) -> bool:
+        """Remove a stored file not put (or put again) since ``before`` (epoch seconds)."""
+        target = self.path(sha256)
+        try:
+            if target.stat().st_mtime >= before:
+                return False
+            target.unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     async def get(self, sha256: str) -> bytes:
         """The bytes stored under ``sha256``, checked against it."""

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
-from sqlalchemy import insert, select, tuple_
+from sqlalchemy import insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -533,7 +533,18 @@ async def _insert(
     ):
         await conn.execute(stmt, rows)
     await outbox.fan_out(conn, [str(row["id"]) for row in apps], at)
+    await mark_used(conn, [m["id"] for _item, refs in ok for m in refs], at)
     return answers
+
+
+async def mark_used(conn: AsyncConnection, material_ids: list[str], at: dt.datetime) -> None:
+    """Materials an application or supplement refers to no longer expire."""
+    if material_ids:
+        await conn.execute(
+            update(materials)
+            .where(materials.c.id.in_(sorted(set(material_ids))), materials.c.used_at.is_(None))
+            .values(used_at=at)
+        )
 
 
 async def _receipt_numbers(conn: AsyncConnection, centres: list[str], at: dt.datetime) -> list[str]:

@@ -20,7 +20,7 @@ from gateway.clock import now
 from gateway.envelopes import idempotency_key
 from gateway.errors import unknown_application
 from gateway.events import Source, StatusChange
-from gateway.intake import IntakeProblem, resolve_materials
+from gateway.intake import IntakeProblem, mark_used, resolve_materials
 from gateway.notifications import with_contact
 from gateway.pickup import check_may_change, may_see
 from gateway.runtime import Runtime
@@ -95,6 +95,7 @@ async def submit(runtime: Runtime, client: Client, app_id: str, body: Supplement
                 params={"id": app_id, "status": app.status},
             )
         refs = await resolve_materials(conn, client, body.materials)
+        await mark_used(conn, body.materials, now())
         items = await asked_for(conn, app_id)
         version = app.version + 1
         held = {m["id"] for m in app.materials}

@@ -4,6 +4,7 @@ class), and a per-key upload quota; a refused request stores nothing."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -85,3 +86,41 @@ async def test_uploads_have_a_rate_and_a_daily_quota(
     over = await upload(60)  # 120 bytes in 24 h > 100
     assert over.status_code == 413 and over.json()["code"] == "upload_quota_exceeded"
     assert (await upload(10)).status_code == 429  # the two tokens are spent
+
+
+async def test_uploads_nothing_refers_to_expire(
+    api: httpx.AsyncClient, runtime: Runtime, centre_headers: dict[str, str]
+) -> None:
+    from gateway import housekeeping
+    from gateway.clock import now
+
+    async def upload(content: bytes) -> dict[str, str]:
+        resp = await api.post(
+            "/v1/materials",
+            files={"file": ("a.pdf", content, "application/pdf")},
+            headers=centre_headers,
+        )
+        assert resp.status_code == 201, resp.text
+        body: dict[str, str] = resp.json()
+        return body
+
+    used, unused = await upload(b"%PDF used"), await upload(b"%PDF never used")
+    submitted = await api.post(
+        "/v1/applications",
+        json=application(materials=[used["id"]]),
+        headers={**centre_headers, "Idempotency-Key": "with-material"},
+    )
+    assert submitted.status_code == 201
+    assert runtime.blobs.path(unused["sha256"]).exists()
+    # as housekeeping sees it once unused_upload_hours have passed
+    later = now() + dt.timedelta(seconds=5)
+    assert await housekeeping.expire_uploads(runtime, later) == 1
+    assert not runtime.blobs.path(unused["sha256"]).exists()
+    assert runtime.blobs.path(used["sha256"]).exists()
+    refused = await api.post(
+        "/v1/applications",
+        json=application(materials=[unused["id"]]),
+        headers={**centre_headers, "Idempotency-Key": "with-expired"},
+    )
+    assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "materials[0]"
+    assert await housekeeping.expire_uploads(runtime, later) == 0

@@ -61,6 +61,9 @@ class QuotaSettings(_Strict):
     ops_uploads_per_second: float = Field(default=5.0, gt=0)
     burst_seconds: float = Field(default=5.0, gt=0, description="a full bucket lasts this long")
     upload_bytes_per_day: int = Field(default=2 * 1024**3, gt=0, description="per key, 24 h")
+    unused_upload_hours: float = Field(
+        default=72.0, gt=0, description="an upload no application refers to expires after this"
+    )
 
 
 class ApiSettings(_Strict):

@@ -83,6 +83,10 @@ materials = Table(
     Column("client_id", String(32), nullable=False),
     Column("centre", String(32)),
     Column("created_at", UTCDateTime, nullable=False),
+    # when an application or supplement first referred to it; an upload nothing refers to
+    # expires (housekeeping, migration 0013)
+    Column("used_at", UTCDateTime),
+    Index("ix_materials_unused", "used_at", "created_at"),
 )
 
 applications = Table(
