@@ -242,6 +242,7 @@ class _Tally:
     def __init__(self) -> None:
         self.postgres_passed = 0
         self.deselected_slow = 0
+        self.deselected_faults = 0
         self.pg_required_unmet = False
 
 
@@ -250,6 +251,7 @@ _TALLY = _Tally()
 
 def pytest_deselected(items: list[pytest.Item]) -> None:
     _TALLY.deselected_slow += sum(1 for item in items if item.get_closest_marker("slow"))
+    _TALLY.deselected_faults += sum(1 for item in items if item.get_closest_marker("faults"))
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -257,6 +259,7 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     # xdist: every worker collects (and deselects) the whole suite; the controller does not
     output = getattr(node, "workeroutput", {})
     _TALLY.deselected_slow = max(_TALLY.deselected_slow, output.get("deselected_slow", 0))
+    _TALLY.deselected_faults = max(_TALLY.deselected_faults, output.get("deselected_faults", 0))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -274,7 +277,9 @@ def _skip_reason(report: pytest.TestReport) -> str:
     return reason.removeprefix("Skipped: ")
 
 
-def skip_lines(reasons: list[str], deselected_slow: int, pg_missed: bool) -> list[str]:
+def skip_lines(
+    reasons: list[str], deselected_slow: int, pg_missed: bool, deselected_faults: int = 0
+) -> list[str]:
     """One line per reason: PostgreSQL variants, slow tests left out, anything else."""
     counts: dict[str, int] = {}
     for reason in reasons:
@@ -296,6 +301,11 @@ def skip_lines(reasons: list[str], deselected_slow: int, pg_missed: bool) -> lis
             f"{_tests(deselected_slow)} marked slow not run (-m 'not slow'): "
             "make test-all runs them"
         )
+    if deselected_faults:
+        lines.append(
+            f"{_tests(deselected_faults)} of the fault suite not run (-m 'not faults'): "
+            "make test-faults runs them"
+        )
     return lines
 
 
@@ -303,7 +313,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     reports = terminalreporter.stats.get("skipped", [])
     reasons = [_skip_reason(r) for r in reports if isinstance(r, pytest.TestReport)]
     pg_missed = bool(os.environ.get("GATEWAY_TEST_PG_MISSED"))
-    lines = skip_lines(reasons, _TALLY.deselected_slow, pg_missed)
+    lines = skip_lines(reasons, _TALLY.deselected_slow, pg_missed, _TALLY.deselected_faults)
     if _TALLY.pg_required_unmet:
         lines.append("no PostgreSQL test passed but GATEWAY_TEST_PG_REQUIRED is set: exit 5")
     if not lines:
@@ -319,6 +329,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:
         workeroutput["deselected_slow"] = _TALLY.deselected_slow
+        workeroutput["deselected_faults"] = _TALLY.deselected_faults
         return
     # CI says GATEWAY_TEST_PG_REQUIRED=1: a run where no PostgreSQL test passed (the variants
     # vanished, or were all deselected) must not look green

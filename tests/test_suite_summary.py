@@ -27,3 +27,6 @@ def test_slow_tests_left_out_are_counted() -> None:
         "9 tests marked slow not run (-m 'not slow'): make test-all runs them"
     ]
     assert skip_lines([], deselected_slow=0, pg_missed=False) == []
+    assert skip_lines([], deselected_slow=0, pg_missed=False, deselected_faults=4) == [
+        "4 tests of the fault suite not run (-m 'not faults'): make test-faults runs them"
+    ]
