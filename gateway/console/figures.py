@@ -21,6 +21,7 @@ from gateway import deadlines, reachability
 from gateway.clock import now
 from gateway.runtime import Runtime
 from gateway.states import State
+from gateway.store import breakers
 from gateway.store.jobs import LEASED, PENDING
 from gateway.store.tables import applications, dispatch_jobs, events
 
@@ -97,6 +98,9 @@ async def overview(runtime: Runtime) -> list[DepartmentRow]:
     checks = await asyncio.gather(*(link.health() for link in links.values() if link))
     health = dict(zip([c for c, link in links.items() if link], checks, strict=True))
     queues = await _queues(runtime)
+    async with runtime.engine.connect() as conn:
+        # breakers other processes (daemons) hold open, besides this process's own
+        held_open = {b.department for b in await breakers.open_ones(conn)}
     overdue, soon = await deadlines.listing(runtime, within_days=DUE_SOON_DAYS)
     at = now()
     midnight = dt.datetime.combine(at.astimezone(CHINA).date(), dt.time(), CHINA)
@@ -113,7 +117,7 @@ async def overview(runtime: Runtime) -> list[DepartmentRow]:
             reason=runtime.unavailable.get(code),
             healthy=h.ok if h else None,
             health_detail=h.detail if h else "",
-            breaker_open=bool(link and link.breaker_open()),
+            breaker_open=bool(link and link.breaker_open()) or code in held_open,
             last_contact=dt.datetime.fromtimestamp(answered, dt.UTC) if answered else None,
         )
         for name, n in queues.get(code, {}).items():
