@@ -127,7 +127,7 @@ applications = Table(
     Index("ix_applications_poll", "department", "next_poll_at"),
     # reconciliation pages through one department in id order (migration 0005)
     Index("ix_applications_department_id", "department", "id"),
-    # the ops console's board and department pages: cases decided in a period (migration 0013)
+    # the ops console's board and department pages: cases decided in a period (migration 0014)
     Index("ix_applications_decided_at", "decided_at"),
 )
 
@@ -146,7 +146,7 @@ events = Table(
     # sha256 over the previous event's hash of the case and this event (store/chain.py)
     Column("hash", String(64)),
     Index("ix_events_application", "application_id", "id"),
-    # the ops console's deliveries per hour: events of one status since a time (migration 0013)
+    # the ops console's deliveries per hour: events of one status since a time (migration 0014)
     Index("ix_events_to_status_at", "to_status", "at"),
 )
 
