@@ -17,7 +17,8 @@ OPS = Path(__file__).resolve().parents[1] / "docs" / "ops.md"
 
 
 def _section() -> str:
-    return OPS.read_text(encoding="utf-8").split("## Infrastructure faults", 1)[1]
+    after = OPS.read_text(encoding="utf-8").split("## Infrastructure faults", 1)[1]
+    return after.split("\n## ", 1)[0]  # up to the next section
 
 
 def test_the_engine_settings_table_shows_the_defaults() -> None:
