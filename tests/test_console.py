@@ -274,3 +274,30 @@ def test_the_ops_guide_explains_every_overview_column_and_the_export() -> None:
     assert f"--within-days {figures.DUE_SOON_DAYS}" in section
     for image in re.findall(r"\]\((images/console/[^)]+)\)", section):
         assert (CONSOLE.parent.parent / "docs" / image).is_file(), image
+
+
+@pytest.mark.parametrize("paused", [False, True])
+def test_on_time_uses_the_deadline_clock(paused: bool) -> None:
+    import datetime as dt
+    from types import SimpleNamespace
+
+    china = deadlines.CHINA
+    at = dt.datetime(2026, 11, 2, 9, tzinfo=china)  # a Monday
+    history: deadlines.History = (
+        [(at, "in_review", "supplement_required"), (at + dt.timedelta(days=9), None, "in_review")]
+        if paused
+        else []
+    )
+    row = SimpleNamespace(
+        id="a1",
+        receipt_number="r",
+        department="amr",
+        matter_code="m",
+        centre="C01",
+        status="approved",
+        promised_by=dt.date(2026, 11, 6),
+    )
+    for day in range(1, 30):
+        on = dt.date(2026, 11, day)
+        expected = deadlines.deadline_of(row, history, on).days_left >= 0
+        assert figures._on_time(row.promised_by, history, on) == expected, on

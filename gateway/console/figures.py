@@ -24,6 +24,7 @@ from gateway.states import State
 from gateway.store import breakers
 from gateway.store.jobs import LEASED, PENDING
 from gateway.store.tables import applications, dispatch_jobs, events
+from gateway.workdays import add_workdays, workdays_between
 
 CHINA = deadlines.CHINA
 #: the overview's due-soon window (working days), as the issue asks
@@ -185,17 +186,28 @@ async def decisions(
             hist = await deadlines.pause_history(conn, [r.id for r in chunk])
             for r in chunk:
                 on = r.decided_at.astimezone(CHINA).date()
-                d = deadlines.deadline_of(r, hist.get(r.id, []), on)
                 out.append(
                     Decision(
                         application_id=r.id,
                         department=r.department,
                         decided_on=on,
                         days=(r.decided_at - r.created_at).total_seconds() / 86400,
-                        on_time=d.days_left >= 0,
+                        on_time=_on_time(r.promised_by, hist.get(r.id), on),
                     )
                 )
     return out
+
+
+def _on_time(promised_by: dt.date, history: deadlines.History | None, on: dt.date) -> bool:
+    """Whether a case decided ``on`` that day was on time, as :func:`gateway.deadlines.
+    deadline_of` would say (``days_left >= 0``: no working day past the due date), without its
+    calendar walks where they cannot change the answer: a case that never paused is due on its
+    promised date, and one decided by its due date is on time."""
+    due = promised_by
+    if history:
+        paused, _now = deadlines.paused_workdays(history, on)
+        due = add_workdays(promised_by, paused)[0]
+    return due >= on or workdays_between(due, on) == 0
 
 
 def percentile(values: Sequence[float], p: float) -> float | None:
