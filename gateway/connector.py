@@ -191,6 +191,21 @@ class Connector:
         """Every case the department has that changed in ``[since, until)``."""
         raise NotImplementedError(f"{self.kind} connector cannot list cases")
 
+    def offers_changes(self) -> bool:
+        """Whether :meth:`changes` works for this department (a connector may offer a change
+        feed only when the department's configuration names one). The daemon then syncs the
+        department from the feed and polls single cases only as a safety net."""
+        return False
+
+    def changes(self, since: dt.datetime, until: dt.datetime) -> AsyncIterator[CaseUpdate]:
+        """The department's change feed: an update for every case whose status changed in
+        ``[since, until)`` (its current status, detail and documents, as :meth:`poll` gives
+        them), paged however the department pages. The daemon asks once per interval from a
+        durable watermark less an overlap, so the same change may come more than once (the
+        state machine makes a repeat a no-op) and cases the gateway does not hold are skipped.
+        """
+        raise NotImplementedError(f"{self.kind} connector has no change feed")
+
     def parse_callback(self, payload: Any) -> CaseUpdate:
         """Turn a department's pushed callback body (already authenticated by the gateway's
         signature check) into an update. Raise ``ValueError`` naming what is missing if the

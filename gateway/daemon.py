@@ -6,6 +6,7 @@ Tasks, and how several daemons sharing one database stay out of each other's way
     withdrawals           every sweep_interval_seconds  item leases (withdrawals, SKIP LOCKED)
     webhooks              every sweep_interval_seconds  item leases (webhook deliveries, in order)
     poll:<dept>           the department's poll interval item leases (next_poll_at, SKIP LOCKED)
+    changes:<dept>        [sync] changes_interval_seconds one lease row per tick (feed departments)
     results:<dept>        [gateway.schedule] results_seconds      one lease row per tick
     reconcile:<dept>      the department's reconcile_cron          one lease row per tick
     deadlines             deadlines_seconds                        one lease row per tick
@@ -327,7 +328,15 @@ class Daemon:
         self._failing: dict[str, Outage] = {}
 
     def _tasks(self) -> list[Task]:
-        from gateway import deadlines, housekeeping, reconcile, refetch, webhooks, withdrawals
+        from gateway import (
+            changes,
+            deadlines,
+            housekeeping,
+            reconcile,
+            refetch,
+            webhooks,
+            withdrawals,
+        )
         from gateway.poller import poll_department
         from gateway.results import pull_department
 
@@ -382,6 +391,21 @@ class Daemon:
 
                 tasks.append(
                     Task(f"poll:{code}", _interval(dept.poll_interval_seconds), poll, leased=False)
+                )
+            if connector.offers_changes():
+
+                async def feed(code: str = code) -> dict[str, Any]:
+                    return await changes.sync_department(rt, code)
+
+                every = dept.sync.changes_interval_seconds
+                tasks.append(
+                    Task(
+                        f"changes:{code}",
+                        _interval(every),
+                        feed,
+                        leased=True,
+                        lease_seconds=max(3 * every, 60.0),
+                    )
                 )
             if _pulls_updates(connector):
 

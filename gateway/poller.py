@@ -1,5 +1,8 @@
 """Status polling: for departments with a poll interval, ask about cases they hold.
 
+A department with a change feed (:mod:`gateway.changes`) is polled per case only every
+``[sync] poll_ceiling_seconds``, as a safety net.
+
 Claim -> ask the link -> record. Due cases are leased work (:mod:`gateway.store.leases`): the
 claim moves their ``next_poll_at`` to the lease's end, so several daemons never poll the same
 case at once and a case whose poll died is due again when its lease runs out. After the round,
@@ -56,10 +59,21 @@ async def _claim(runtime: Runtime, link: DepartmentLink, limit: int) -> Sequence
         )
 
 
+def poll_every(link: DepartmentLink) -> float | None:
+    """Seconds between two polls of one case, or None if the department is not polled. With a
+    change feed, per-case polls are a safety net at ``[sync] poll_ceiling_seconds``."""
+    dept = link.dept
+    if not dept.poll_interval_seconds:
+        return None
+    if link.offers_changes():
+        return max(dept.poll_interval_seconds, dept.sync.poll_ceiling_seconds)
+    return dept.poll_interval_seconds
+
+
 async def poll_department(runtime: Runtime, code: str, limit: int = 200) -> int:
     """One polling round for one department; returns how many status changes it applied."""
     link = runtime.link(code)
-    interval = runtime.config.departments[code].poll_interval_seconds
+    interval = poll_every(link) if link is not None else None
     if link is None or not interval or link.breaker_open():
         return 0  # while the breaker is open the cases stay due: the next round asks
     claimed_at = now()

@@ -41,6 +41,15 @@ def test_department_settings_in_the_guide_validate_and_are_the_defaults() -> Non
     assert dept.breaker.threshold == 5
 
 
+def test_sync_settings_in_the_guide_are_the_defaults() -> None:
+    section = OPS.read_text(encoding="utf-8").split("## Status sync", 1)[1]
+    block = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert block is not None
+    shown = tomllib.loads(block.group(1))["sync"]
+    defaults = DepartmentConfig(code="x1", name="x", connector="rest").sync
+    assert shown == defaults.model_dump()
+
+
 def test_the_lease_figure_is_the_links() -> None:
     link = DepartmentLink(
         DepartmentConfig(code="x1", name="x", connector="rest"), cast(Connector, None)

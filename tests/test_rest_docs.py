@@ -34,6 +34,8 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "[options.poll.response.document]": o.InlineDocument,
     "[options.list]": o.ListOptions,
     "[options.list.item]": o.ListItemFields,
+    "[options.changes]": o.ChangesOptions,
+    "[options.changes.item]": o.ChangeItemFields,
     "[options.callback]": o.CallbackFields,
     "[options.withdraw]": o.WithdrawOptions,
 }

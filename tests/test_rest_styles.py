@@ -425,6 +425,28 @@ async def test_listing_short_of_the_total_fails(tmp_path: Path) -> None:
         assert len(listed) == 3 and connector.last_listing_pages == 2
 
 
+async def test_change_feed_pages_whole_cases_changed_in_the_window(tmp_path: Path) -> None:
+    """gov_page_list's [options.changes]: page-numbered, enveloped, each item the whole case
+    with its certificate; a case that changed before the window is not in it."""
+    dept, table = load_example(example("gov_page_list"), tmp_path)
+    _settings, app, state = SIMULATORS["rest"].build(
+        {**table, "port": 0, "decision_delay_seconds": 3600}
+    )
+    async with serve_asgi(app) as url, httpx.AsyncClient() as http:
+        connector = rest_connector(pointed_at(dept, url), http)
+        assert connector.offers_changes()
+        receipts = [await connector.submit(envelope(f"feed-{i}")) for i in range(3)]
+        state.approve(receipts[0].case_id)
+        old = state.cases[receipts[2].case_id]
+        old.forced = ("9", dt.datetime.now(dt.UTC) - dt.timedelta(hours=2))
+        changed = [u async for u in connector.changes(*WINDOW)]
+    assert connector.last_listing_pages == 1  # 2 cases in the window, page_size 2: one page
+    assert sorted(u.case_id for u in changed) == sorted(r.case_id for r in receipts[:2])
+    approved = next(u for u in changed if u.case_id == receipts[0].case_id)
+    assert approved.status == "9" and approved.idempotency_key == "ow-feed-0-v1"
+    assert approved.documents[0].content == certificate(receipts[0].case_id)
+
+
 async def test_next_link_to_another_host_is_refused(tmp_path: Path) -> None:
     dept, table = load_example(example("gov_next_link"), tmp_path)
     _settings, app, _state = SIMULATORS["rest"].build({**table, "port": 0})

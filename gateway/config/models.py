@@ -226,6 +226,18 @@ class BreakerSettings(_Strict):
     cooldown_seconds: float = Field(default=15.0, gt=0, le=3600)
 
 
+class SyncSettings(_Strict):
+    """A department's ``[sync]`` table: how the daemon learns of status changes it is not told
+    about (docs/ops.md, "Status sync"). With a change feed (the connector offers one) the
+    daemon asks "what changed since the watermark" every ``changes_interval_seconds``, going
+    back ``changes_overlap_seconds`` before the watermark so clock skew and changes committed
+    late are still seen; per-case polls then run only every ``poll_ceiling_seconds``."""
+
+    changes_interval_seconds: float = Field(default=30.0, gt=0)
+    changes_overlap_seconds: float = Field(default=120.0, ge=0, le=86_400)
+    poll_ceiling_seconds: float = Field(default=3600.0, gt=0)
+
+
 class DepartmentConfig(_Strict):
     code: str = Field(pattern=DEPARTMENT_CODE)
     name: str
@@ -234,6 +246,7 @@ class DepartmentConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     status_map: dict[str, State] = Field(default_factory=dict)
     poll_interval_seconds: float | None = Field(default=None, gt=0)
+    sync: SyncSettings = Field(default_factory=SyncSettings)
     callback_secrets: list[SecretStr] = Field(default_factory=list, max_length=2)
     concurrency: int = Field(default=8, ge=1, le=1024)
     rate_limit_per_second: float | None = Field(default=None, gt=0)

@@ -60,7 +60,7 @@ from gateway.pii import scrub
 log = structlog.get_logger("gateway.departments")
 
 Operation = Literal[
-    "submit", "poll", "withdraw", "list_cases", "pull_updates", "ack_update", "health"
+    "submit", "poll", "withdraw", "list_cases", "changes", "pull_updates", "ack_update", "health"
 ]
 T = TypeVar("T")
 
@@ -137,6 +137,10 @@ class DepartmentLink:
     def breaker_open(self) -> bool:
         return self.breaker.is_open()
 
+    def offers_changes(self) -> bool:
+        """Whether the department has a change feed (the connector says so)."""
+        return self.connector.offers_changes()
+
     # -- slots for leased work ---------------------------------------------------------------------
 
     def reserve(self, want: int) -> int:
@@ -198,21 +202,30 @@ class DepartmentLink:
         except ConnectorError as exc:
             return Health(ok=False, detail=str(exc)[:300])
 
-    async def list_cases(
-        self, since: dt.datetime, until: dt.datetime
-    ) -> AsyncIterator[CaseSummary]:
+    def list_cases(self, since: dt.datetime, until: dt.datetime) -> AsyncIterator[CaseSummary]:
         """The department's cases in ``[since, until)``; one slot for the whole listing, each
         step (a page fetch, in practice) within ``timeout_seconds``."""
+        return self._listing("list_cases", lambda: self.connector.list_cases(since, until))
+
+    def changes(self, since: dt.datetime, until: dt.datetime) -> AsyncIterator[CaseUpdate]:
+        """The department's change feed over ``[since, until)``, guarded as a listing is."""
+        return self._listing("changes", lambda: self.connector.changes(since, until))
+
+    async def _listing(
+        self, op: Operation, start: Callable[[], AsyncIterator[T]]
+    ) -> AsyncIterator[T]:
+        """A paged read under the guards: one slot for all of it, each step within
+        ``timeout_seconds``."""
         started = time.perf_counter()
         try:
-            await self._enter("list_cases")
+            await self._enter(op)
         except TransientError:
-            self._observe("list_cases", "refused", started)
+            self._observe(op, "refused", started)
             raise
         outcome = "ok"
         items = None
         try:
-            items = self.connector.list_cases(since, until)
+            items = start()
             while True:
                 try:
                     async with asyncio.timeout(self.dept.timeout_seconds):
@@ -226,12 +239,12 @@ class DepartmentLink:
         except GeneratorExit:
             raise
         except Exception as exc:
-            error, unwell = classify(self.code, "list_cases", exc)
+            error, unwell = classify(self.code, op, exc)
             outcome = self._outcome(error)
-            self._log_unexpected("list_cases", exc, error)
+            self._log_unexpected(op, exc, error)
             if unwell:
                 self.breaker.record(False)
-                reachability.failed(self.code, "list_cases", str(error))
+                reachability.failed(self.code, op, str(error))
             raise error from exc
         finally:
             if items is not None:
@@ -239,8 +252,8 @@ class DepartmentLink:
             self.slots.give(1)
             if outcome == "ok":
                 self.breaker.record(True)
-                reachability.succeeded(self.code, "list_cases")
-            self._observe("list_cases", outcome, started)
+                reachability.succeeded(self.code, op)
+            self._observe(op, outcome, started)
 
     # -- the guarded call --------------------------------------------------------------------------
 
@@ -364,7 +377,7 @@ class DepartmentLink:
         metrics.CALLS.labels(self.code, op, outcome).inc()
 
 
-async def _aclose(items: AsyncIterator[CaseSummary]) -> None:
+async def _aclose(items: AsyncIterator[object]) -> None:
     close = getattr(items, "aclose", None)
     if close is not None:
         try:

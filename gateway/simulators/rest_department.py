@@ -17,6 +17,8 @@ Endpoints::
     GET  /api/v1/cases/{id}       {"case": {id, status, opinion, updated_at, supplement_items,
                                             documents: [{name, content_type, content_b64}]}}
     GET  /api/v1/cases            ?since&until&cursor&limit -> {"items": [...], "next": cursor|null}
+                                  (cases whose status changed in [since, until); ``view=full``:
+                                  each item as GET /cases/{id} shows it, for a change feed)
     POST /_control                {"mode": ok|fail503|fail429|busy|timeout|slow,
                                    "slow_seconds", "retry_after", "count"}
     POST /api/v1/auth/token       with ``[simulator.token]``: {appId, appSecret} -> token
@@ -657,6 +659,12 @@ def create_rest_department(
         size = min(max(size, 1), 1000)
         now = state.clock()
         delay = state.settings.decision_delay_seconds
+        # ?view=full: each item is the whole case as GET /cases/{id} shows it (a change feed)
+        full = query.get("view") == "full"
+
+        def item(case: SimCase) -> dict[str, Any]:
+            return state.view(case) if full else case.summary(now, delay)
+
         matching = [
             case
             for case in state.cases.values()  # insertion order is seq order
@@ -668,7 +676,7 @@ def create_rest_department(
             start = (max(page, 1) - 1) * size if settings.listing == "page" else max(offset, 0)
             chosen = matching[start : start + size]
             result = {
-                "items": [c.summary(now, delay) for c in chosen],
+                "items": [item(c) for c in chosen],
                 "total": len(matching),
             }
         else:
@@ -676,7 +684,7 @@ def create_rest_department(
             chosen = rest[:size]
             more = len(rest) > size
             cursor = str(chosen[-1].seq) if more else None
-            result = {"items": [c.summary(now, delay) for c in chosen]}
+            result = {"items": [item(c) for c in chosen]}
             if settings.listing == "next_link":
                 link = None
                 if cursor is not None:

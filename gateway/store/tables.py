@@ -439,6 +439,18 @@ department_breakers = Table(
     Column("changed_at", UTCDateTime, nullable=False),
 )
 
+sync_watermarks = Table(
+    "sync_watermarks",
+    metadata,
+    # per department: the change feed has been applied up to ``watermark`` (the department's
+    # clock, less nothing: the overlap is subtracted when asking), written only after the
+    # changes it covers are committed
+    Column("department", String(32), primary_key=True),
+    Column("watermark", UTCDateTime, nullable=False),
+    Column("applied", Integer, nullable=False, default=0),
+    Column("synced_at", UTCDateTime, nullable=False),
+)
+
 __all__ = [
     "api_clients",
     "applications",
@@ -459,6 +471,7 @@ __all__ = [
     "reconcile_runs",
     "result_documents",
     "supplements",
+    "sync_watermarks",
     "task_leases",
     "verification_failures",
     "webhook_deliveries",

@@ -46,6 +46,7 @@ from gateway_rest import documents, envelope, wire
 from gateway_rest.auth import TokenCache
 from gateway_rest.listing import Pager, Request
 from gateway_rest.options import (
+    Paging,
     PollResponse,
     RestOptions,
     TokenAuth,
@@ -130,33 +131,50 @@ class RestConnector(Connector):
         listing = self.options.cases
         if listing is None:
             raise NotImplementedError(f"{self.context.department}: no [options.list] configured")
-        pager = Pager(listing, since, until)
+        async for item in self._pages(listing, since, until, "case list read"):
+            yield self._summary(item, listing.path)
+
+    def offers_changes(self) -> bool:
+        return self.options.changes is not None
+
+    async def changes(self, since: dt.datetime, until: dt.datetime) -> AsyncIterator[CaseUpdate]:
+        feed = self.options.changes
+        if feed is None:
+            raise NotImplementedError(f"{self.context.department}: no [options.changes] configured")
+        spec = feed.item
+        async for item in self._pages(feed, since, until, "change feed read"):
+            update = self._case_update(item, spec, "GET", feed.path)
+            key = get_path(item, spec.idempotency_key) if spec.idempotency_key else None
+            if key not in (None, MISSING):
+                update = update.model_copy(update={"idempotency_key": str(key)})
+            if spec.fetch_documents:
+                update.documents[:] = [await self._fetched(d, feed.path) for d in update.documents]
+            yield update
+
+    async def _pages(
+        self, spec: Paging, since: dt.datetime, until: dt.datetime, what: str
+    ) -> AsyncIterator[Any]:
+        """The items of a paged list of cases in ``[since, until)``, page after page."""
+        pager = Pager(spec, since, until)
         self.last_listing_pages = 0
         request: Request | None = pager.first()
         while request is not None:
-            if pager.pages >= listing.max_pages:
+            if pager.pages >= spec.max_pages:
                 raise PermanentError(
-                    self._where("GET", listing.path, f"more than {listing.max_pages} pages; loop?")
+                    self._where("GET", spec.path, f"more than {spec.max_pages} pages; loop?")
                 )
-            response = await self._call("GET", listing.path, params=request.params, url=request.url)
-            data, _ = self._answer(response, "GET", listing.path, "list")
-            items = self._require(data, listing.items, "GET", listing.path)
+            response = await self._call("GET", spec.path, params=request.params, url=request.url)
+            data, _ = self._answer(response, "GET", spec.path, "list")
+            items = self._require(data, spec.items, "GET", spec.path)
             if not isinstance(items, list):
-                raise PermanentError(
-                    self._where("GET", listing.path, f"{listing.items!r} is not a list")
-                )
+                raise PermanentError(self._where("GET", spec.path, f"{spec.items!r} is not a list"))
             for item in items:
-                yield self._summary(item, listing.path)
+                yield item
             request = pager.after(data, items)
             self.last_listing_pages = pager.pages
         if (problem := pager.shortfall()) is not None:
-            raise PermanentError(self._where("GET", listing.path, problem))
-        log.info(
-            "case list read",
-            department=self.context.department,
-            pages=pager.pages,
-            cases=pager.read,
-        )
+            raise PermanentError(self._where("GET", spec.path, problem))
+        log.info(what, department=self.context.department, pages=pager.pages, cases=pager.read)
 
     async def withdraw(self, receipt: Receipt) -> None:
         spec = self.options.withdraw

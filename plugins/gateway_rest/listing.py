@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.mapping import MISSING, get_path
-from gateway_rest.options import ListOptions
+from gateway_rest.options import Paging
 
 __all__ = ["Pager", "Request"]
 
@@ -33,12 +33,13 @@ class Request:
 class Pager:
     """The requests of one listing, page after page; counts pages and cases."""
 
-    def __init__(self, spec: ListOptions, since: dt.datetime, until: dt.datetime) -> None:
+    def __init__(self, spec: Paging, since: dt.datetime, until: dt.datetime) -> None:
         self.spec = spec
         self.pages = 0
         self.read = 0
         self.total: int | None = None
         self._base: dict[str, str | int] = {
+            **spec.params,
             spec.since_param: since.isoformat(),
             spec.until_param: until.isoformat(),
             spec.limit_param: spec.page_size,

@@ -20,11 +20,14 @@ __all__ = [
     "ApiKeyAuth",
     "BasicAuth",
     "BearerAuth",
+    "ChangeItemFields",
+    "ChangesOptions",
     "DocumentFields",
     "EnvelopeOptions",
     "InlineDocument",
     "ListItemFields",
     "ListOptions",
+    "Paging",
     "PollOptions",
     "PollResponse",
     "RestOptions",
@@ -268,8 +271,9 @@ class ListItemFields(_Strict):
     updated_at: str | None = "updated_at"
 
 
-class ListOptions(_Strict):
-    """How the department's case list is paged through for reconciliation.
+class Paging(_Strict):
+    """How a list of cases is paged through (shared by ``[options.list]`` and
+    ``[options.changes]``).
 
     ``style``: ``cursor`` (``next`` holds a cursor sent back as ``cursor_param``),
     ``next_link`` (``next`` holds the next page's URL), ``page`` (``page_param`` counts from
@@ -279,6 +283,9 @@ class ListOptions(_Strict):
 
     style: Literal["cursor", "next_link", "page", "offset"] = "cursor"
     path: str = "/cases"
+    params: dict[str, str] = Field(
+        default_factory=dict, description="fixed query parameters sent with every page"
+    )
     items: str = "items"
     next: str = "next"
     total: str | None = None
@@ -291,7 +298,33 @@ class ListOptions(_Strict):
     limit_param: str = "limit"
     page_size: int = Field(default=100, ge=1, le=10_000)
     max_pages: int = Field(default=10_000, ge=1, description="guard against a cursor loop")
+
+
+class ListOptions(Paging):
+    """How the department's case list is paged through for reconciliation."""
+
     item: ListItemFields = Field(default_factory=ListItemFields)
+
+
+class ChangeItemFields(PollResponse):
+    """Where an update's fields are inside one item of the change feed (paths from the item)."""
+
+    case_id: str = "id"
+    status: str = "status"
+    detail: str | None = "opinion"
+    occurred_at: str | None = "updated_at"
+    documents: str | None = "documents"
+    supplement_items: str | None = "supplement_items"
+    idempotency_key: str | None = "idempotency_key"
+
+
+class ChangesOptions(Paging):
+    """The department's change feed: its case list filtered by update time (``since_param``,
+    ``until_param``), each item carrying the case's current status (and its documents once
+    decided). With it the daemon asks once per ``[sync] changes_interval_seconds`` instead of
+    polling every open case (docs/plugins/rest.md, "Change feed")."""
+
+    item: ChangeItemFields = Field(default_factory=ChangeItemFields)
 
 
 class RestOptions(_Strict):
@@ -319,6 +352,7 @@ class RestOptions(_Strict):
     submit: SubmitOptions = Field(default_factory=SubmitOptions)
     poll: PollOptions | None = None
     cases: ListOptions | None = Field(default=None, alias="list")
+    changes: ChangesOptions | None = None
     callback: CallbackFields = Field(default_factory=CallbackFields)
     withdraw: WithdrawOptions | None = None
 

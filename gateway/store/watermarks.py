@@ -1,0 +1,64 @@
+"""Change-feed watermarks: how far each department's feed has been applied, kept durably so a
+restarted daemon resumes where the last committed sync ended (never further)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.clock import now
+from gateway.store.tables import sync_watermarks
+
+
+@dataclass(frozen=True)
+class Watermark:
+    department: str
+    #: every change before it (less the overlap) has been applied
+    watermark: dt.datetime
+    #: changes applied by feed syncs since the watermark row was made
+    applied: int
+    synced_at: dt.datetime
+
+
+async def get(conn: AsyncConnection, department: str) -> Watermark | None:
+    q = select(sync_watermarks).where(sync_watermarks.c.department == department)
+    row = (await conn.execute(q)).first()
+    if row is None:
+        return None
+    return Watermark(row.department, row.watermark, row.applied, row.synced_at)
+
+
+async def every(conn: AsyncConnection) -> list[Watermark]:
+    rows = await conn.execute(select(sync_watermarks).order_by(sync_watermarks.c.department))
+    return [Watermark(r.department, r.watermark, r.applied, r.synced_at) for r in rows]
+
+
+async def advance(
+    conn: AsyncConnection, department: str, watermark: dt.datetime, applied: int
+) -> None:
+    """Move the department's watermark to ``watermark`` (never backwards: two daemons whose
+    syncs overlapped keep the later one) and add ``applied`` to its count."""
+    t = sync_watermarks
+    current = await get(conn, department)
+    if current is None:
+        await conn.execute(
+            t.insert().values(
+                department=department, watermark=watermark, applied=applied, synced_at=now()
+            )
+        )
+        return
+    await conn.execute(
+        update(t)
+        .where(t.c.department == department)
+        .values(
+            watermark=max(watermark, current.watermark),
+            applied=t.c.applied + applied,
+            synced_at=now(),
+        )
+    )
+
+
+__all__ = ["Watermark", "advance", "every", "get"]

@@ -1,0 +1,213 @@
+"""Change-feed sync (issue 19) against the example city's REST department ``amr`` and its real
+simulator: the department decides slowly (an hour), the test makes it decide a case and the
+feed, not a poll, brings the decision."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway import changes
+from gateway.clock import now
+from gateway.config.loader import Config
+from gateway.daemon import Daemon
+from gateway.dispatcher import Dispatcher
+from gateway.poller import poll_department, poll_every
+from gateway.runtime import Runtime
+from gateway.simulators.city import SimulatedCity, simulated_city
+from gateway.simulators.rest_department import SimCase
+from gateway.store import watermarks
+from tests.conftest import application
+
+SLOW = {"decision_delay_seconds": 3600, "callbacks": False}
+
+
+@pytest.fixture
+async def city(example_config: Config) -> AsyncIterator[SimulatedCity]:
+    """The example city as configured (amr has a change feed), deciding nothing by itself."""
+    async with simulated_city(
+        example_config,
+        simulator_overrides={"amr": SLOW, "hrss": SLOW},
+        department_overrides={"amr": {"poll_interval_seconds": 0.2}},
+    ) as c:
+        yield c
+
+
+async def delivered(
+    runtime: Runtime, city: SimulatedCity, api: httpx.AsyncClient, headers: dict[str, str], key: str
+) -> tuple[str, SimCase]:
+    resp = await api.post(
+        "/v1/applications", json=application(), headers={**headers, "Idempotency-Key": key}
+    )
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["department"] == "amr"
+    dispatcher = Dispatcher(runtime)
+    await dispatcher.sweep()
+    await dispatcher.drain()
+    app_id: str = resp.json()["id"]
+    key = f"ow-{app_id}-v1"
+    [case] = [c for c in city.states["amr"].cases.values() if c.idempotency_key == key]
+    return app_id, case
+
+
+async def status_of(api: httpx.AsyncClient, headers: dict[str, str], app_id: str) -> Any:
+    return (await api.get(f"/v1/applications/{app_id}", headers=headers)).json()
+
+
+async def test_feed_brings_a_decision_once_and_polls_wait_for_the_ceiling(
+    runtime: Runtime, city: SimulatedCity, api: httpx.AsyncClient, centre_headers: dict[str, str]
+) -> None:
+    app_id, case = await delivered(runtime, city, api, centre_headers, "feed-1")
+    link = runtime.link("amr")
+    assert link is not None and link.offers_changes()
+    assert poll_every(link) == 3600  # [sync] poll_ceiling_seconds of config/departments/amr.toml
+    assert "changes:amr" in Daemon(runtime).tasks
+
+    city.states["amr"].force_status(case.id, "9")  # approved, certificate issued
+    first = await changes.sync_department(runtime, "amr")
+    assert first["applied"] >= 1 and first["unmatched"] == 0
+    view = await status_of(api, centre_headers, app_id)
+    assert view["status"] in ("approved", "ready_for_pickup")
+    events = len(view["history"])
+    assert any(e["actor"] == "changes/amr" for e in view["history"])
+
+    # the next window overlaps the last: the same change comes again and changes nothing
+    again = await changes.sync_department(runtime, "amr")
+    assert again["seen"] >= 1 and again["applied"] == 0
+    assert len((await status_of(api, centre_headers, app_id))["history"]) == events
+
+
+async def test_watermark_survives_a_restart(
+    runtime: Runtime, city: SimulatedCity, api: httpx.AsyncClient, centre_headers: dict[str, str]
+) -> None:
+    await delivered(runtime, city, api, centre_headers, "feed-restart")
+    done = await changes.sync_department(runtime, "amr")
+    until = dt.datetime.fromisoformat(done["until"])
+
+    restarted = Runtime(city.config)
+    await restarted.prepare_database()
+    try:
+        async with restarted.engine.connect() as conn:
+            mark = await watermarks.get(conn, "amr")
+        assert mark is not None and mark.watermark == until
+        nxt = await changes.sync_department(restarted, "amr")
+        assert dt.datetime.fromisoformat(nxt["since"]) == until - dt.timedelta(seconds=120)
+    finally:
+        await restarted.aclose()
+
+
+async def test_a_change_committed_late_is_caught_by_the_overlap(
+    runtime: Runtime, city: SimulatedCity, api: httpx.AsyncClient, centre_headers: dict[str, str]
+) -> None:
+    """The department stamps a decision with a time the gateway's watermark has already passed
+    (its clock is behind, or it committed late): within the overlap it is still read; a stamp
+    older than the overlap is left to the safety-net poll and reconciliation."""
+    late_id, late = await delivered(runtime, city, api, centre_headers, "feed-late")
+    old_id, old = await delivered(runtime, city, api, centre_headers, "feed-too-old")
+    await changes.sync_department(runtime, "amr")
+    async with runtime.engine.connect() as conn:
+        mark = await watermarks.get(conn, "amr")
+    assert mark is not None
+
+    late.forced = ("9", mark.watermark - dt.timedelta(seconds=60))
+    old.forced = ("9", mark.watermark - dt.timedelta(seconds=600))
+    out = await changes.sync_department(runtime, "amr")
+    assert out["applied"] >= 1
+    assert (await status_of(api, centre_headers, late_id))["status"] in (
+        "approved",
+        "ready_for_pickup",
+    )
+    assert (await status_of(api, centre_headers, old_id))["status"] not in (
+        "approved",
+        "ready_for_pickup",
+    )
+
+
+async def test_a_crash_between_apply_and_watermark_applies_nothing_twice(
+    runtime: Runtime,
+    city: SimulatedCity,
+    api: httpx.AsyncClient,
+    centre_headers: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app_id, case = await delivered(runtime, city, api, centre_headers, "feed-crash")
+    await changes.sync_department(runtime, "amr")
+    async with runtime.engine.connect() as conn:
+        before = await watermarks.get(conn, "amr")
+    city.states["amr"].force_status(case.id, "9")
+
+    async def crash(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("killed before the watermark commit")
+
+    monkeypatch.setattr(watermarks, "advance", crash)
+    with pytest.raises(RuntimeError):
+        await changes.sync_department(runtime, "amr")
+    monkeypatch.undo()
+    async with runtime.engine.connect() as conn:
+        assert await watermarks.get(conn, "amr") == before  # the watermark did not move
+    events = len((await status_of(api, centre_headers, app_id))["history"])
+
+    out = await changes.sync_department(runtime, "amr")  # the same question again
+    assert out["seen"] >= 1 and out["applied"] == 0
+    assert len((await status_of(api, centre_headers, app_id))["history"]) == events
+
+
+async def test_a_department_without_a_feed_is_polled(example_config: Config) -> None:
+    async with simulated_city(
+        example_config,
+        simulator_overrides={"amr": SLOW},
+        department_overrides={
+            "amr": {"poll_interval_seconds": 0.2, "options": {"changes": None}},
+        },
+    ) as plain:
+        rt = Runtime(plain.config)
+        await rt.prepare_database()
+        try:
+            link = rt.link("amr")
+            assert link is not None and not link.offers_changes()
+            assert poll_every(link) == 0.2
+            assert "changes:amr" not in Daemon(rt).tasks
+            assert (await changes.sync_department(rt, "amr")) == {"skipped": True}
+            transport = httpx.ASGITransport(app=_app(rt))
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://gateway.test"
+            ) as client:
+                headers = await _centre_headers(rt)
+                app_id, case = await delivered(rt, plain, client, headers, "no-feed")
+                plain.states["amr"].force_status(case.id, "9")
+                await _make_due(rt, app_id)
+                assert await poll_department(rt, "amr") >= 1
+                view = await status_of(client, headers, app_id)
+                assert view["status"] in ("approved", "ready_for_pickup")
+                assert any(e["actor"] == "poll/amr" for e in view["history"])
+        finally:
+            await rt.aclose()
+
+
+def _app(rt: Runtime) -> Any:
+    from gateway.api.app import create_app
+
+    return create_app(rt)
+
+
+async def _centre_headers(rt: Runtime) -> dict[str, str]:
+    from gateway.store.clients import create_client
+
+    async with rt.engine.begin() as conn:
+        _c, key = await create_client(conn, name="C01", centre="C01", ops=False)
+    return {"Authorization": f"Bearer {key}", "Accept-Language": "en"}
+
+
+async def _make_due(rt: Runtime, app_id: str) -> None:
+    from sqlalchemy import update
+
+    from gateway.store.tables import applications
+
+    async with rt.engine.begin() as conn:
+        await conn.execute(
+            update(applications).where(applications.c.id == app_id).values(next_poll_at=now())
+        )
