@@ -83,7 +83,11 @@ class Console:
 
 @pytest.fixture
 async def console(example_config: Config) -> AsyncIterator[Console]:
-    quick = {"retry": {"max_attempts": 1, "in_call_attempts": 1}, "timeout_seconds": 5.0}
+    quick = {
+        "retry": {"max_attempts": 1, "in_call_attempts": 1},
+        "timeout_seconds": 5.0,
+        "sync": {"poll_ceiling_seconds": 0.2},
+    }
     async with simulated_city(
         example_config,
         simulator_overrides={"amr": FAST, "hrss": FAST},
