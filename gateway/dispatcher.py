@@ -167,6 +167,7 @@ class Dispatcher:
                     source=Source.DISPATCH,
                     actor=self.owner,
                     detail={"attempt": job.attempts + 1},
+                    fresh=True,  # locked above; one job per case and version in a batch
                 )
                 changes += [with_contact(c, app.applicant) for c in steps]
             ready.append((job, envelope_for(app)))

@@ -52,6 +52,7 @@ async def move(
         detail=detail,
         version=version,
         extra=extra,
+        fresh=True,  # locked just above
     )
     changes = [with_contact(change, app.applicant) for change in steps]
     if changes and changes[-1].to_status in DECIDED:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import Row, and_, bindparam, func, insert, select, update
+from sqlalchemy import Row, Update, and_, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.clock import now
@@ -94,10 +95,14 @@ async def advance(
     detail: dict[str, Any] | None = None,
     version: int | None = None,
     extra: dict[str, Any] | None = None,
+    fresh: bool = False,
 ) -> list[StatusChange]:
     """Move a locked case through ``targets`` in order, each step judged by the state machine
     (duplicate, stale and illegal steps are skipped; illegal ones are logged). All applied steps
-    are written at once: one UPDATE, one multi-row INSERT of events."""
+    are written at once: one UPDATE, one multi-row INSERT of events.
+
+    ``fresh``: ``app`` was locked in this transaction and nothing has written the case since,
+    so its ``events_hash`` is the chain head (saves re-reading it on the delivery path)."""
     plan = _plan(app, targets, version)
     for target in plan.illegal:
         log.warning(
@@ -110,7 +115,7 @@ async def advance(
     if not plan.steps:
         return []
     return await _write(
-        conn, app, plan.steps, source=source, actor=actor, detail=detail, extra=extra
+        conn, app, plan.steps, source=source, actor=actor, detail=detail, extra=extra, fresh=fresh
     )
 
 
@@ -151,6 +156,7 @@ async def _write(
     actor: str,
     detail: dict[str, Any] | None,
     extra: dict[str, Any] | None,
+    fresh: bool = False,
 ) -> list[StatusChange]:
     at = now()
     final = steps[-1][1]
@@ -171,8 +177,10 @@ async def _write(
         }
         for src, dst in steps
     ]
-    values["events_hash"] = seal_events(await _chain_head(conn, app.id), rows)
-    await conn.execute(update(applications).where(applications.c.id == app.id).values(**values))
+    head = app.events_hash if fresh else await _chain_head(conn, app.id)
+    values["events_hash"] = seal_events(head, rows)
+    # a prebuilt statement per column set: building one per change costs more than SQLite
+    await conn.execute(_update_statement(frozenset(values)), {"_id": app.id, **values})
     await conn.execute(_INSERT_EVENT, rows)
     await outbox.fan_out(conn, [app.id], at)
     return [
@@ -192,6 +200,15 @@ async def _write(
         )
         for src, dst in steps
     ]
+
+
+@functools.cache
+def _update_statement(columns: frozenset[str]) -> Update:
+    return (
+        update(applications)
+        .where(applications.c.id == bindparam("_id"))
+        .values({c: bindparam(c, type_=applications.c[c].type) for c in sorted(columns)})
+    )
 
 
 async def note(
