@@ -156,9 +156,15 @@ def _fuzz(api_schema: Any, gateway: dict[str, Any], who: str) -> None:
     assert not failures, "\n\n".join(failures)
 
 
+# every operation times EXAMPLES requests: the suite's 120 s per test is not enough for them
+FUZZ_TIMEOUT = pytest.mark.timeout(max(600, EXAMPLES * 40))
+
+
+@FUZZ_TIMEOUT
 def test_fuzz_with_a_centre_key(api_schema: Any, gateway_serve: dict[str, Any]) -> None:
     _fuzz(api_schema, gateway_serve, "centre")
 
 
+@FUZZ_TIMEOUT
 def test_fuzz_with_an_ops_key(api_schema: Any, gateway_serve: dict[str, Any]) -> None:
     _fuzz(api_schema, gateway_serve, "ops")
