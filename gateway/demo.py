@@ -66,8 +66,10 @@ def use_demo_secrets() -> None:
 
 
 def fake_id_number(rng: random.Random) -> str:
+    # real county codes: intake checks the region at the birth date (GB 11643, python-stdnum)
+    region = rng.choice(("110101", "110102", "310101", "310104"))  # valid for any birth year
     body = (
-        f"3399{rng.randint(0, 99):02d}{rng.randint(1960, 2005)}{rng.randint(1, 12):02d}"
+        f"{region}{rng.randint(1960, 2005)}{rng.randint(1, 12):02d}"
         f"{rng.randint(1, 28):02d}{rng.randint(0, 999):03d}"
     )
     weights = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2]

@@ -29,7 +29,8 @@ def check_resident_id(value: str) -> str:
         raise ValueError("must be 17 digits and a check digit (or X)") from None
     except InvalidChecksum:
         raise ValueError("the check digit does not match: the number was mistyped") from None
-    except InvalidComponent:
+    except (InvalidComponent, LookupError):
+        # stdnum raises KeyError for a region known only at province level: still bad input
         raise ValueError("the birth date or region in the number is not valid") from None
 
 

@@ -18,12 +18,6 @@ from tests.conftest import TEST_SECRETS
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="on 2026-12-01 gateway demo's sample ID numbers (region 3399xx) make intake answer 500 "
-    "(python-stdnum KeyError 'county' in gateway/identity.py, since 698cca0), so the demo stops "
-    "before --keep; remove this mark when intake refuses or accepts them cleanly",
-    strict=False,
-)
 def test_demo_keep_prints_the_console_url_and_an_ops_key(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "demo", "--keep", "-n", "5", "--data-dir", str(tmp_path)],
@@ -62,3 +56,5 @@ def test_demo_keep_prints_the_console_url_and_an_ops_key(tmp_path: Path) -> None
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
