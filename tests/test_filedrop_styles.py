@@ -22,7 +22,8 @@ from gateway_filedrop.connector import QUARANTINED, REFUSALS
 from typer.testing import CliRunner
 
 from gateway.cli import app
-from gateway.errors import PermanentError
+from gateway.config.loader import load_config
+from gateway.errors import ConfigError, PermanentError
 from tests.filedrop_helpers import (
     FakeClock,
     envelope,
@@ -329,3 +330,24 @@ async def test_text_the_encoding_cannot_carry_fails_naming_the_field_only(
     assert "applicant.name" in message and "U+20BB7" in message and "gbk" in message
     assert "张" not in message
     assert not (tmp_path / "inbox" / f"{KEY}.csv").exists()
+
+
+def test_a_mapping_field_named_like_a_secret_is_a_field_name(tmp_path: Path) -> None:
+    cfg = tmp_path / "config"
+    shutil.copytree(EXAMPLE, cfg)
+    civil = cfg / "departments" / "civil.toml"
+    text = civil.read_text(encoding="utf-8")
+    text = text.replace(
+        '"case.ref" = "idempotency_key"',
+        'case_key = "idempotency_key"\napp_token = "applicant.name"',
+        1,
+    )
+    civil.write_text(text, encoding="utf-8")
+    body = load_config(cfg / "gateway.toml").departments["civil"].options["request"]["body"]
+    assert body["case_key"] == "idempotency_key" and body["app_token"] == "applicant.name"
+    # a literal credential under such a name is still refused
+    civil.write_text(text.replace('case_key = "idempotency_key"', 'api_key = "s3cr3t"'), "utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg / "gateway.toml")
+    assert "secrets must be ${ENV} references" in str(info.value)
+    assert "s3cr3t" not in str(info.value)

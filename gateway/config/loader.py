@@ -36,6 +36,7 @@ from gateway.config.catalog import Catalog, overlapping_routes
 from gateway.config.models import DepartmentConfig, GatewaySettings, Matter, Region
 from gateway.connector import CaseSummary, CaseUpdate, Envelope, Receipt
 from gateway.errors import ConfigError, ConfigProblem
+from gateway.mapping import check_source_path
 
 MATTER_COLUMNS = (
     "code",
@@ -298,6 +299,17 @@ def _find_line(text: str, target: Loc) -> int | None:
     return best_line
 
 
+def _names_field(value: str) -> bool:
+    """Whether ``value`` is a gateway field path (``idempotency_key``, ``applicant.name``): a
+    mapping's department field named like a secret (``case_key = "idempotency_key"``) says
+    where a field goes, it holds no credential."""
+    try:
+        check_source_path(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _is_secret_name(name: str) -> bool:
     name = name.lower().replace("-", "_")
     if name in _RECORD_FIELDS:
@@ -403,10 +415,10 @@ class _Loader:
         """Check every value under a key named like a secret (token, password, key, ...)."""
         if isinstance(table, dict):
             for key, value in table.items():
-                if _is_secret_name(key) and not isinstance(value, dict):
-                    self._check_secret(value, (*loc, key), source)
-                else:
+                if isinstance(value, dict) or not _is_secret_name(key):
                     self._check_secrets_in(value, (*loc, key), source)
+                elif not (isinstance(value, str) and _names_field(value)):
+                    self._check_secret(value, (*loc, key), source)
         elif isinstance(table, list):
             for i, item in enumerate(table):
                 self._check_secrets_in(item, (*loc, i), source)

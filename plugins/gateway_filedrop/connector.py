@@ -28,7 +28,6 @@ where ``gateway replay`` re-sends it.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import re
 import time
@@ -59,6 +58,7 @@ from gateway_filedrop.formats import (
     encode_request,
     unencodable,
 )
+from gateway_filedrop.ledger import Ledger, iso
 from gateway_filedrop.local_storage import LocalStorage
 from gateway_filedrop.options import FiledropOptions, LocalTarget
 from gateway_filedrop.records import safe_document_name
@@ -111,6 +111,7 @@ class FiledropConnector(Connector):
         super().__init__(context)
         self.options = self.options_as(FiledropOptions)
         self.storage = open_storage(self.options, context.department)
+        self.ledger = Ledger(self.storage, self.options.folders.sent)
         self._prepared = False
         # the file is the department's answer: capped by [options.result] and the department's cap
         self._max_bytes = min(self.options.result.max_bytes, context.max_answer_bytes)
@@ -146,7 +147,7 @@ class FiledropConnector(Connector):
         folders, request = self.options.folders, self.options.request
         name = key + EXTENSIONS[request.format]
         receipt = Receipt(case_id=key)
-        ledger = await self._read_ledger(key)
+        ledger = await self.ledger.read(key)
         if ledger is not None and not ledger.get("refused"):
             if ledger.get("status") or await self._at_department(name) is not False:
                 return receipt
@@ -159,7 +160,7 @@ class FiledropConnector(Connector):
             # an earlier attempt wrote the request and stopped before recording it
             if request.commit == "done_marker" and await self.storage.exists(inbox_path):
                 await self.storage.write(inbox_path + request.done_suffix, b"", atomic=False)
-            await self._record_sent(envelope, name)
+            await self.ledger.record_sent(envelope, name)
             return receipt
         # new, or refused by the department and now sent again (an operator's replay)
         payload = await self._payload(envelope, key)
@@ -180,7 +181,7 @@ class FiledropConnector(Connector):
         else:
             await self.storage.write(inbox_path, data, atomic=False)
             await self.storage.write(inbox_path + request.done_suffix, b"", atomic=False)
-        await self._record_sent(envelope, name)
+        await self.ledger.record_sent(envelope, name)
         return receipt
 
     async def _at_department(self, name: str) -> bool | None:
@@ -232,35 +233,6 @@ class FiledropConnector(Connector):
                 }
             )
         return listed
-
-    def _ledger(self, key: str) -> str:
-        return f"{self.options.folders.sent}/{key}.json"
-
-    async def _read_ledger(self, key: str) -> dict[str, Any] | None:
-        if not await self.storage.exists(self._ledger(key)):
-            return None
-        try:
-            entry = json.loads(await self.storage.read(self._ledger(key), 65536))
-        except (FileTooLarge, ValueError):
-            return {}  # ours but unreadable: the request was written, do not write it again
-        return entry if isinstance(entry, dict) else {}
-
-    async def _record_sent(self, envelope: Envelope, name: str) -> None:
-        now = _iso(dt.datetime.now(dt.UTC))
-        entry = {
-            "case_id": envelope.idempotency_key,
-            "idempotency_key": envelope.idempotency_key,
-            "application_id": envelope.application_id,
-            "version": envelope.version,
-            "file": name,
-            "sent_at": now,
-            "status": None,
-            "updated_at": now,
-        }
-        await self._write_ledger(envelope.idempotency_key, entry)
-
-    async def _write_ledger(self, key: str, entry: dict[str, Any]) -> None:
-        await self.storage.write(self._ledger(key), json.dumps(entry).encode(), atomic=True)
 
     # -- results -------------------------------------------------------------------------------
 
@@ -455,19 +427,10 @@ class FiledropConnector(Connector):
         try:
             data = await self.storage.read(path, _REASON_BYTES)
         except FileTooLarge:
-            data = b""
+            return f"(its reason file is over {_REASON_BYTES} bytes; not read)"
         except (UnsafeFile, TransientError):
             return "(its reason file could not be read)"
-        for encoding in dict.fromkeys((self.options.request.encoding, "utf-8", "gb18030")):
-            try:
-                text = data.decode(encoding)
-                break
-            except (UnicodeDecodeError, LookupError):
-                continue
-        else:
-            text = data.decode("utf-8", "replace")
-        text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
-        return text[:300] or "(no reason given)"
+        return records.note_text(data, self.options.request.encoding)
 
     async def ack_update(
         self, update: CaseUpdate, outcome: UpdateOutcome, reason: str = ""
@@ -486,7 +449,8 @@ class FiledropConnector(Connector):
         await self._move_out(name, self.options.folders.archive)
         key = update.idempotency_key or update.case_id
         if _KEY.fullmatch(key):
-            await self._note(key, update.occurred_at, status=update.status, case_id=update.case_id)
+            at = update.occurred_at
+            await self.ledger.note(key, at, status=update.status, case_id=update.case_id)
 
     async def _settle_refusal(
         self, update: CaseUpdate, name: str, outcome: UpdateOutcome, reason: str
@@ -497,22 +461,10 @@ class FiledropConnector(Connector):
         target = folders.quarantine if outcome == "unmatched" else folders.archive
         if outcome != "unmatched":
             # a replay writes the request again instead of trusting the record of it
-            await self._note(update.case_id, None, refused=update.detail or "refused")
+            await self.ledger.note(update.case_id, None, refused=update.detail or "refused")
         moved = await self._move(folders.errors, name, target)
         if moved is not None and outcome == "unmatched":
             await self._write_reason(moved, name, reason or "no matching case")
-
-    async def _note(self, key: str, at: dt.datetime | None, **changes: Any) -> None:
-        """Record what became of a request in its ledger entry (for replays, list_cases)."""
-        try:
-            entry = await self._read_ledger(key)
-        except (UnsafeFile, ConnectorError):
-            return
-        if not entry:
-            return  # no request of ours (or unreadable): list_cases just won't show it
-        entry.update({k: v for k, v in changes.items() if v is not None})
-        entry["updated_at"] = _iso(at or dt.datetime.now(dt.UTC))
-        await self._write_ledger(key, entry)
 
     async def _quarantine(self, name: str, reason: str) -> None:
         folders = self.options.folders
@@ -528,7 +480,7 @@ class FiledropConnector(Connector):
             await self._write_reason(moved, name, reason)
 
     async def _write_reason(self, moved: str, name: str, reason: str) -> None:
-        note = f"{_iso(dt.datetime.now(dt.UTC))} {name}: {reason}\n"
+        note = f"{iso(dt.datetime.now(dt.UTC))} {name}: {reason}\n"
         await self.storage.write(
             f"{self.options.folders.quarantine}/{moved}.reason", note.encode(), atomic=True
         )
@@ -551,19 +503,8 @@ class FiledropConnector(Connector):
         self, src: str, name: str, folder: str, *, also_files: bool = False
     ) -> str | None:
         taken = {e.name for e in await self._list(folder)}
-        stem, ext = records.stem_of(name), name[len(records.stem_of(name)) :]
-        dest, n = name, 1
-        while dest in taken or f"{records.stem_of(dest)}.files" in taken:
-            dest, n = f"{stem}.dup{n}{ext}", n + 1
-        if not await self.storage.move(f"{src}/{name}", f"{folder}/{dest}"):
-            return None
-        if also_files:
-            suffix = self.options.result.done_suffix
-            await self.storage.move(f"{src}/{name}{suffix}", f"{folder}/{dest}{suffix}")
-            await self.storage.move(
-                f"{src}/{stem}.files", f"{folder}/{records.stem_of(dest)}.files"
-            )
-        return dest
+        suffix = self.options.result.done_suffix if also_files else None
+        return await quarantine.move_free(self.storage, src, name, folder, taken, suffix)
 
     # -- reconciliation and health -------------------------------------------------------------
 
@@ -582,33 +523,24 @@ class FiledropConnector(Connector):
         taken = await self._names(folders.processed) if folders.processed else None
         refused = await self._names(folders.errors) if folders.errors else set()
         refused_keys = {n.split(".", 1)[0] for n in refused if n.endswith(folders.error_suffix)}
-        sent = folders.sent
-        for entry in sorted(await self._list(sent), key=lambda e: e.name):
-            if entry.kind != "file" or not entry.name.endswith(".json"):
-                continue
-            if entry.name.startswith("."):
-                continue
-            try:
-                data = json.loads(await self.storage.read(f"{sent}/{entry.name}", 65536))
-                key = str(data["idempotency_key"])
-                updated = records.time_of(str(data.get("updated_at") or ""), "UTC")
-                status = data.get("status")
-                if data.get("refused") or key in refused_keys:
-                    status = REFUSED
-                elif not status and taken is not None:
-                    request = str(data.get("file") or "")
-                    if request not in waiting and request not in taken:
-                        continue  # lost by the department
-                summary = CaseSummary(
-                    case_id=str(data.get("case_id") or key),
+        sent = [e.name for e in await self._list(folders.sent) if e.kind == "file"]
+        async for data in self.ledger.entries(sent):
+            key = data["idempotency_key"]
+            updated = records.time_of(str(data.get("updated_at") or ""), "UTC")
+            status = data.get("status")
+            if data.get("refused") or key in refused_keys:
+                status = REFUSED
+            elif not status and taken is not None:
+                request = str(data.get("file") or "")
+                if request not in waiting and request not in taken:
+                    continue  # lost by the department
+            if updated is None or since <= updated < until:
+                yield CaseSummary(
+                    case_id=str(data.get("case_id") or key)[:200],
                     idempotency_key=key,
-                    status=str(status or "delivered"),
+                    status=str(status or "delivered")[:64],
                     updated_at=updated,
                 )
-            except (ValueError, KeyError, TypeError, FileTooLarge):
-                continue
-            if updated is None or since <= updated < until:
-                yield summary
 
     async def _names(self, folder: str) -> set[str]:
         try:
@@ -667,7 +599,3 @@ class FiledropConnector(Connector):
 
 def _plain_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
-
-
-def _iso(value: dt.datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")

@@ -13,7 +13,7 @@ from gateway.errors import TransientError
 from gateway_filedrop.options import FolderOptions
 from gateway_filedrop.storage import Storage
 
-__all__ = ["Held", "held", "requeue"]
+__all__ = ["Held", "held", "move_free", "requeue"]
 
 _NOTE_BYTES = 4096
 
@@ -80,3 +80,28 @@ async def requeue(storage: Storage, folders: FolderOptions, name: str, done_suff
         note = f"{name}.reason.{n}"
     await storage.move(f"{src}/{name}.reason", f"{folders.archive}/{note}")
     return f"{name} is back in {dst}/ (its note is in {folders.archive}/{note})"
+
+
+async def move_free(
+    storage: Storage,
+    src: str,
+    name: str,
+    folder: str,
+    taken: set[str],
+    done_suffix: str | None,
+) -> str | None:
+    """Move ``src/name`` into ``folder`` under a name not in ``taken`` (``x.dup1.json``...);
+    with ``done_suffix``, its done marker and ``<stem>.files`` folder go along. The name used,
+    or None if the file was gone (another daemon moved it first)."""
+    stem = name.rpartition(".")[0] or name
+    ext = name[len(stem) :]
+    dest, n = name, 1
+    while dest in taken or f"{dest.rpartition('.')[0] or dest}.files" in taken:
+        dest, n = f"{stem}.dup{n}{ext}", n + 1
+    if not await storage.move(f"{src}/{name}", f"{folder}/{dest}"):
+        return None
+    if done_suffix is not None:
+        dest_stem = dest.rpartition(".")[0] or dest
+        await storage.move(f"{src}/{name}{done_suffix}", f"{folder}/{dest}{done_suffix}")
+        await storage.move(f"{src}/{stem}.files", f"{folder}/{dest_stem}.files")
+    return dest

@@ -29,6 +29,7 @@ __all__ = [
     "document_refs",
     "field",
     "items",
+    "note_text",
     "safe_document_name",
     "text",
     "time_of",
@@ -166,6 +167,21 @@ def beside(result_name: str, names: set[str], patterns: list[str]) -> list[str]:
     return sorted(
         n for n in names if n != result_name and any(fnmatch.fnmatchcase(n, w) for w in wanted)
     )
+
+
+def note_text(data: bytes, encoding: str) -> str:
+    """A department's short note (an ``.err`` reason) as one printable line: in its request
+    encoding, else UTF-8, else GB18030; at most 300 characters."""
+    for candidate in dict.fromkeys((encoding, "utf-8", "gb18030")):
+        try:
+            text = data.decode(candidate)
+            break
+        except (UnicodeDecodeError, LookupError):
+            continue
+    else:
+        text = data.decode("utf-8", "replace")
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return text[:300] or "(no reason given)"
 
 
 def stem_of(name: str) -> str:
