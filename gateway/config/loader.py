@@ -34,9 +34,8 @@ from pydantic.fields import FieldInfo
 
 from gateway.config.catalog import Catalog, overlapping_routes
 from gateway.config.models import DepartmentConfig, GatewaySettings, Matter, Region
-from gateway.connector import CaseSummary, CaseUpdate, Envelope, Receipt
+from gateway.connector import Applicant, CaseSummary, CaseUpdate, Envelope, Receipt
 from gateway.errors import ConfigError, ConfigProblem
-from gateway.mapping import check_source_path
 
 MATTER_COLUMNS = (
     "code",
@@ -303,11 +302,12 @@ def _names_field(value: str) -> bool:
     """Whether ``value`` is a gateway field path (``idempotency_key``, ``applicant.name``): a
     mapping's department field named like a secret (``case_key = "idempotency_key"``) says
     where a field goes, it holds no credential."""
-    try:
-        check_source_path(value)
-    except ValueError:
-        return False
-    return True
+    head, _, rest = value.partition(".")
+    if head == "form":
+        return bool(rest)
+    if head == "applicant":
+        return rest in Applicant.model_fields
+    return head in Envelope.model_fields and not rest
 
 
 def _is_secret_name(name: str) -> bool:
