@@ -154,9 +154,9 @@ async def test_connections_terminated_mid_work(tmp_path: Path) -> None:
 
 
 async def test_database_slowed_by_a_lock(tmp_path: Path) -> None:
-    """A table intake writes is locked for 15 s: statements end at the statement timeout and
+    """A table intake writes is locked for 25 s: statements end at the statement timeout and
     intake answers 503 instead of piling requests up; everything is stored once the lock goes."""
-    n, rate, hold = 150, 10.0, 15.0
+    n, rate, hold = 150, 10.0, 25.0
     import asyncpg
 
     async with throwaway_postgres() as pg, contextlib.AsyncExitStack() as stack:
@@ -209,7 +209,7 @@ async def test_database_slowed_by_a_lock(tmp_path: Path) -> None:
     )
     assert desk.refused == [] and desk.answers["500"] == 0
     assert desk.answers["503"] > 0 and accepted_while_locked == 0
-    assert slowest < 10.0  # bounded by the statement timeout, not by the lock
+    assert slowest < 15.0  # bounded by the statement timeout (a batch or two ahead), not the lock
     assert lost == 0 and doubled == 0
     assert recovery < 5.0
     assert "Traceback" not in log_text

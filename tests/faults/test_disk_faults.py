@@ -113,6 +113,9 @@ async def test_data_dir_full(tmp_path: Path, backend: str) -> None:
             await early.run(10, 10, deadline)
             assert len(early.accepted) == 10 and await upload() == 201
 
+            # the department holds the early cases before the disk fills (on SQLite nothing
+            # could be dispatched after)
+            await wait_for(lambda: len(sim.cases) >= 10, timeout=120)
             before = gw.lines()
             filler = fill(disk)
             load = asyncio.create_task(late.run(10, 2, deadline))
@@ -125,7 +128,7 @@ async def test_data_dir_full(tmp_path: Path, backend: str) -> None:
                         c.decided_at(DECISION_SECONDS) <= sim.clock() for c in sim.cases.values()
                     )
                 ),
-                timeout=60,
+                timeout=120,
             )
             await asyncio.sleep(3)  # a few polls run into the full disk
             held = (await early.statuses())["ready_for_pickup"]
