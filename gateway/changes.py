@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from gateway import tracing
+from gateway import metrics, tracing
 from gateway.clock import now
 from gateway.events import Source
 from gateway.results import match
@@ -62,8 +62,11 @@ async def sync_department(runtime: Runtime, code: str) -> dict[str, Any]:
                 runtime, app_id, upd, source=Source.POLL, actor=f"changes/{code}", version=version
             )
         applied += len(changes)
+        metrics.SYNC_CHANGES.labels(code, "applied" if changes else "unchanged").inc()
     async with runtime.engine.begin() as conn:
         await watermarks.advance(conn, code, until, applied)
+    metrics.SYNC_CHANGES.labels(code, "unmatched").inc(unmatched)
+    metrics.SYNC_WATERMARK_LAG.labels(code).set(0.0)  # scrapes say how it grows (collector)
     if applied:
         log.info("change feed applied", department=code, seen=seen, applied=applied)
     return {

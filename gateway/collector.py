@@ -7,7 +7,10 @@
 * ``gateway_retrying_jobs{department}``: dispatch jobs waiting after a failed attempt;
 * ``gateway_overdue_cases`` / ``gateway_due_soon_cases``: read from the newest finished
   ``deadlines`` tick (the daemon's deadline watch stores its per-department counts on its
-  ``task_leases`` row), so every instance reports what the last watch found, wherever it ran.
+  ``task_leases`` row), so every instance reports what the last watch found, wherever it ran;
+* ``gateway_sync_watermark_lag_seconds{department}``: now less the change feed's watermark;
+* ``gateway_poll_lag_seconds{department}``: how long the case whose poll is most overdue has
+  waited for it (index ``ix_applications_poll``): the oldest un-synced case.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import structlog
 from sqlalchemy import and_, func, select
 
 from gateway import metrics
+from gateway.clock import now
 from gateway.runtime import Runtime
-from gateway.states import State
+from gateway.states import AT_DEPARTMENT, State
+from gateway.store import watermarks
 from gateway.store.tables import applications, dispatch_jobs, task_leases
 
 __all__ = ["BACKLOG_STATES", "MIN_INTERVAL", "collect", "collect_or_log"]
@@ -65,6 +70,28 @@ async def collect(runtime: Runtime, *, force: bool = False) -> bool:
                 .limit(1)
             )
         ).scalar_one_or_none()
+        marks = await watermarks.every(conn)
+        oldest = (
+            await conn.execute(
+                select(applications.c.department, func.min(applications.c.next_poll_at))
+                .where(
+                    and_(
+                        applications.c.status.in_([s.value for s in AT_DEPARTMENT]),
+                        applications.c.next_poll_at.is_not(None),
+                    )
+                )
+                .group_by(applications.c.department)
+            )
+        ).all()
+    at = now()
+    for mark in marks:
+        metrics.SYNC_WATERMARK_LAG.labels(mark.department).set(
+            (at - mark.watermark).total_seconds()
+        )
+    late: dict[str, Any] = {d: v for d, v in oldest}
+    for code in runtime.config.departments:
+        due = late.get(code)
+        metrics.POLL_LAG.labels(code).set(max(0.0, (at - due).total_seconds()) if due else 0.0)
     departments = set(runtime.config.departments)
     counts: dict[tuple[str, str], int] = {(d, s): int(n) for d, s, n in backlog}
     failed = {d: n for (d, s), n in counts.items() if s == State.FAILED.value}

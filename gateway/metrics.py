@@ -103,6 +103,24 @@ CALLBACKS = Counter(
     "Department callbacks by outcome (applied, unchanged, duplicate, refused_<HTTP status>)",
     ["department", "outcome"],
 )
+POLLS = Counter(
+    "gateway_polls_total", "Per-case status polls answered by the department", ["department"]
+)
+SYNC_CHANGES = Counter(
+    "gateway_sync_changes_total",
+    "Change-feed items by outcome (applied: changed a case; unchanged; unmatched: not ours)",
+    ["department", "outcome"],
+)
+SYNC_WATERMARK_LAG = Gauge(
+    "gateway_sync_watermark_lag_seconds",
+    "Seconds between now and the change feed's watermark, after the last sync",
+    ["department"],
+)
+POLL_LAG = Gauge(
+    "gateway_poll_lag_seconds",
+    "How long the case whose poll is most overdue has waited for it (scrape time)",
+    ["department"],
+)
 RECONCILE_RUNS = Counter(
     "gateway_reconcile_runs_total", "Reconciliation runs by final state", ["department", "state"]
 )

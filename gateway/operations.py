@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, and_, select, update
 
+from gateway.clock import now
 from gateway.events import Source, StatusChange
 from gateway.runtime import Runtime
-from gateway.states import State
+from gateway.states import AT_DEPARTMENT, State
 from gateway.store import cases, jobs, paging
 from gateway.store.tables import applications
 
@@ -44,6 +46,26 @@ async def replay(runtime: Runtime, app_id: str, actor: str) -> StatusChange:
     runtime.wakeup.set()
     runtime.plugins.status_changed(result.change)
     return result.change
+
+
+async def check_now(runtime: Runtime, app_id: str) -> dt.datetime | None:
+    """Make a case due for a status poll now (ops asked); None if no case by that id is held
+    by its department. The daemon's next poll round of the department asks about it, whatever
+    its adaptive interval or a change feed would have waited for."""
+    at = now()
+    async with runtime.engine.begin() as conn:
+        done = await conn.execute(
+            update(applications)
+            .where(
+                and_(
+                    applications.c.id == app_id,
+                    applications.c.status.in_([s.value for s in AT_DEPARTMENT]),
+                    applications.c.department_case_id.is_not(None),
+                )
+            )
+            .values(next_poll_at=at)
+        )
+    return at if done.rowcount else None
 
 
 async def failures(

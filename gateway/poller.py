@@ -1,25 +1,30 @@
 """Status polling: for departments with a poll interval, ask about cases they hold.
 
+How often a case is asked about adapts (:func:`next_poll_in`): ``poll_interval_seconds`` after
+delivery or a change, then the time since its last change (the gap doubles) up to
+``[sync] poll_ceiling_seconds``, and at most a quarter of the time left before its promised date.
 A department with a change feed (:mod:`gateway.changes`) is polled per case only every
-``[sync] poll_ceiling_seconds``, as a safety net.
+``poll_ceiling_seconds``, as a safety net. Ops can make a case due at once
+(:func:`gateway.operations.check_now`, ``POST /v1/ops/applications/{id}/check``).
 
 Claim -> ask the link -> record. Due cases are leased work (:mod:`gateway.store.leases`): the
 claim moves their ``next_poll_at`` to the lease's end, so several daemons never poll the same
 case at once and a case whose poll died is due again when its lease runs out. After the round,
-the cases still holding this round's lease are due again one poll interval after the claim.
+the cases still holding this round's lease are due again at their own next poll time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import zoneinfo
 from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from sqlalchemy import Row, and_, update
+from sqlalchemy import Row, and_, case, update
 
-from gateway import tracing
+from gateway import metrics, tracing
 from gateway.clock import now
 from gateway.connector import Receipt
 from gateway.departments import DepartmentLink
@@ -55,19 +60,57 @@ async def _claim(runtime: Runtime, link: DepartmentLink, limit: int) -> Sequence
                 applications.c.department_case_id,
                 applications.c.version,
                 applications.c.next_poll_at,
+                applications.c.updated_at,
+                applications.c.promised_by,
             ],
         )
 
 
 def poll_every(link: DepartmentLink) -> float | None:
-    """Seconds between two polls of one case, or None if the department is not polled. With a
-    change feed, per-case polls are a safety net at ``[sync] poll_ceiling_seconds``."""
+    """The shortest gap between two polls of one case, or None if the department is not
+    polled. With a change feed, per-case polls are a safety net at ``poll_ceiling_seconds``."""
     dept = link.dept
     if not dept.poll_interval_seconds:
         return None
     if link.offers_changes():
         return max(dept.poll_interval_seconds, dept.sync.poll_ceiling_seconds)
     return dept.poll_interval_seconds
+
+
+def next_poll_in(
+    link: DepartmentLink,
+    *,
+    since_change: float,
+    until_due: float | None,
+    changed: bool,
+) -> float:
+    """Seconds until a case just polled is asked about again.
+
+    ``since_change``: seconds since the case last changed in the gateway; ``until_due``:
+    seconds until its promised date ends (None: no promise); ``changed``: this poll changed it.
+    A quiet case's gap grows with its quiet time (each poll about twice as far from the last
+    change as the one before) up to the ceiling; a change starts again from the floor; the gap
+    is at most a quarter of the time left before the promised date (never below the floor).
+    """
+    floor = poll_every(link) or 0.0
+    if link.offers_changes():
+        return floor
+    ceiling = max(floor, link.dept.sync.poll_ceiling_seconds)
+    if changed:
+        return floor
+    gap = min(ceiling, max(floor, since_change))
+    if until_due is not None and until_due > 0:
+        gap = min(gap, max(floor, until_due / 4))
+    return gap
+
+
+def _due_in(runtime: Runtime, promised_by: dt.date | None, at: dt.datetime) -> float | None:
+    if promised_by is None:
+        return None
+    tz = zoneinfo.ZoneInfo(runtime.config.gateway.schedule.timezone)
+    # the promise holds to the end of that working day, in the city's time
+    end = dt.datetime.combine(promised_by + dt.timedelta(days=1), dt.time(), tzinfo=tz)
+    return (end - at).total_seconds()
 
 
 async def poll_department(runtime: Runtime, code: str, limit: int = 200) -> int:
@@ -79,9 +122,20 @@ async def poll_department(runtime: Runtime, code: str, limit: int = 200) -> int:
     claimed_at = now()
     rows = await _claim(runtime, link, limit)
     applied = 0
+    due: dict[str, dt.datetime] = {}
+
+    def again(row: Row[Any], changed: bool) -> None:
+        gap = next_poll_in(
+            link,
+            since_change=(claimed_at - row.updated_at).total_seconds(),
+            until_due=_due_in(runtime, row.promised_by, claimed_at),
+            changed=changed,
+        )
+        due[row.id] = claimed_at + dt.timedelta(seconds=gap)
 
     async def one(row: Row[Any]) -> None:
         nonlocal applied
+        again(row, changed=False)  # a failed poll backs off like a quiet one
         try:
             with tracing.case(row.id):
                 upd = await link.poll(Receipt(case_id=row.department_case_id))
@@ -89,6 +143,7 @@ async def poll_department(runtime: Runtime, code: str, limit: int = 200) -> int:
             # DEBUG: the link warns once when the department goes down, not per case
             log.debug("poll failed", department=code, application=row.id, error=str(exc))
             return
+        metrics.POLLS.labels(code).inc()
         if upd is not None:
             changes = await apply_case_update(
                 runtime,
@@ -99,18 +154,25 @@ async def poll_department(runtime: Runtime, code: str, limit: int = 200) -> int:
                 version=row.version,
             )
             applied += len(changes)
+            if changes:
+                again(row, changed=True)
 
     try:
         await asyncio.gather(*(one(r) for r in rows))
     finally:
         if rows:
-            await _due_again(runtime, rows, claimed_at + dt.timedelta(seconds=interval))
+            for r in rows:
+                due.setdefault(r.id, claimed_at + dt.timedelta(seconds=interval))
+            await _due_again(runtime, rows, due)
     return applied
 
 
-async def _due_again(runtime: Runtime, rows: Sequence[Row[Any]], at: dt.datetime) -> None:
-    """The round's cases are due at ``at``, unless something else moved their poll time since
-    the claim (a new version's receipt, another daemon after the lease ran out)."""
+async def _due_again(
+    runtime: Runtime, rows: Sequence[Row[Any]], due: dict[str, dt.datetime]
+) -> None:
+    """Each of the round's cases is due at its time in ``due``, unless something else moved
+    its poll time since the claim (a new version's receipt, another daemon after the lease ran
+    out, ops asking for a check)."""
     lease_end = rows[0].next_poll_at
     async with runtime.engine.begin() as conn:
         await conn.execute(
@@ -121,7 +183,7 @@ async def _due_again(runtime: Runtime, rows: Sequence[Row[Any]], at: dt.datetime
                     applications.c.next_poll_at == lease_end,
                 )
             )
-            .values(next_poll_at=at)
+            .values(next_poll_at=case(due, value=applications.c.id))
         )
 
 

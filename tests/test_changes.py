@@ -10,13 +10,17 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import BaseModel
 
 from gateway import changes
 from gateway.clock import now
 from gateway.config.loader import Config
+from gateway.config.models import DepartmentConfig, SyncSettings
+from gateway.connector import Connector
 from gateway.daemon import Daemon
+from gateway.departments import DepartmentLink
 from gateway.dispatcher import Dispatcher
-from gateway.poller import poll_department, poll_every
+from gateway.poller import next_poll_in, poll_department, poll_every
 from gateway.runtime import Runtime
 from gateway.simulators.city import SimulatedCity, simulated_city
 from gateway.simulators.rest_department import SimCase
@@ -211,3 +215,71 @@ async def _make_due(rt: Runtime, app_id: str) -> None:
         await conn.execute(
             update(applications).where(applications.c.id == app_id).values(next_poll_at=now())
         )
+
+
+class _Quiet(Connector):
+    kind = "quiet"
+    Options = BaseModel
+
+
+class _Fed(_Quiet):
+    def offers_changes(self) -> bool:
+        return True
+
+
+def _link(connector: type[Connector]) -> DepartmentLink:
+    dept = DepartmentConfig(
+        code="x1",
+        name="x",
+        connector="rest",
+        poll_interval_seconds=10,
+        sync=SyncSettings(poll_ceiling_seconds=3600),
+    )
+    return DepartmentLink(dept, connector.__new__(connector))
+
+
+def test_adaptive_poll_intervals() -> None:
+    link = _link(_Quiet)
+
+    def gap(since: float, due: float | None = None, changed: bool = False) -> float:
+        return next_poll_in(link, since_change=since, until_due=due, changed=changed)
+
+    assert gap(5) == 10  # soon after delivery: the floor
+    assert gap(100) == 100 and gap(200) == 200  # each poll twice as far from the last change
+    assert gap(50_000) == 3600  # the ceiling
+    assert gap(50_000, changed=True) == 10  # a change starts again from the floor
+    assert gap(50_000, due=4000) == 1000  # a quarter of the time left before the promise
+    assert gap(50_000, due=20) == 10  # never below the floor
+    assert gap(50_000, due=-100) == 3600  # overdue: backs off again (deadline watch reports it)
+    fed = _link(_Fed)
+    assert next_poll_in(fed, since_change=5, until_due=20, changed=True) == 3600
+
+
+async def test_ops_check_polls_a_case_at_once(
+    runtime: Runtime,
+    city: SimulatedCity,
+    api: httpx.AsyncClient,
+    centre_headers: dict[str, str],
+    ops_headers: dict[str, str],
+) -> None:
+    """A feed department polls a case hourly; ops asking for a check makes the next poll round
+    ask about it at once."""
+    app_id, case = await delivered(runtime, city, api, centre_headers, "check-now")
+    await _make_due(runtime, app_id)
+    await poll_department(runtime, "amr")  # the safety-net poll: next one in an hour
+    city.states["amr"].force_status(case.id, "9")
+    assert await poll_department(runtime, "amr") == 0  # not due: nothing asked
+
+    resp = await api.post(f"/v1/ops/applications/{app_id}/check", headers=ops_headers)
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["id"] == app_id
+    assert await poll_department(runtime, "amr") >= 1
+    view = await status_of(api, centre_headers, app_id)
+    assert view["status"] in ("approved", "ready_for_pickup")
+    assert any(e["actor"] == "poll/amr" for e in view["history"])
+
+    again = await api.post(f"/v1/ops/applications/{app_id}/check", headers=ops_headers)
+    assert again.status_code == 409
+    assert again.json()["code"] == "not_at_department"
+    denied = await api.post(f"/v1/ops/applications/{app_id}/check", headers=centre_headers)
+    assert denied.status_code == 403

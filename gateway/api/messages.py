@@ -508,6 +508,15 @@ PROBLEMS: dict[str, Entry] = {
         "Only failed cases can be put back to dispatching.",
         "只有 failed（失败）的件可以重新派发。",
     ),
+    "not_at_department": _e(
+        409,
+        "Not at department",
+        "不在部门办理中",
+        "该件不在部门办理中，无需查询",
+        "Only a case its department holds (delivered, accepted, in review, suspended) can be "
+        "checked.",
+        "只有部门正在办理的件（已送达、已受理、审查中、中止）可以查询。",
+    ),
     "unknown_department": _e(
         404,
         "Unknown department",

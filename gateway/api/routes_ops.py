@@ -98,6 +98,33 @@ async def retry(app_id: str, runtime: RuntimeDep, ops: OpsDep) -> dict[str, Any]
     return {"id": app_id, "status": change.to_status}
 
 
+class CheckAnswer(BaseModel):
+    id: str
+    #: the case is due for a poll from this time: the department's next poll round asks
+    due_at: str
+
+
+@router.post(
+    "/v1/ops/applications/{app_id}/check",
+    tags=["ops"],
+    status_code=202,
+    response_model=CheckAnswer,
+)
+async def check(app_id: str, runtime: RuntimeDep, _ops: OpsDep) -> CheckAnswer:
+    """Ask the department about a case at once (its next poll round), instead of waiting for
+    its adaptive poll interval or the change feed."""
+    at = await operations.check_now(runtime, app_id)
+    if at is None:
+        raise Problem(
+            409,
+            "Not at department",
+            f"application {app_id} is not held by its department",
+            field="id",
+            params={"id": app_id},
+        )
+    return CheckAnswer(id=app_id, due_at=at.isoformat())
+
+
 @router.get("/healthz", tags=["probes"])
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
