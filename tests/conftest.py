@@ -82,7 +82,10 @@ def _secrets(monkeypatch: pytest.MonkeyPatch) -> None:
 def _logging_restored() -> Iterator[None]:
     """A test that runs a CLI command in-process configures logging for the whole process
     (level, stream); put it back, or the tests after it in this worker log differently (an
-    INFO line filtered out) depending on which file xdist gave the worker first."""
+    INFO line filtered out) depending on which file xdist gave the worker first. Every test
+    starts configured, as a program is: otherwise the first Runtime built inside a test's
+    ``capture_logs`` block reconfigures structlog and the capture sees nothing."""
+    gateway.logs.ensure_configured()
     before = structlog.get_config()
     configured = gateway.logs._configured
     yield
