@@ -68,7 +68,7 @@ def make_connector(
     )
     connector = FiledropConnector(context)
     if clock is not None:
-        connector._clock = clock
+        connector.results.clock = clock
     return connector
 
 

@@ -401,12 +401,10 @@ async def test_bad_key_is_permanent(conn: FiledropConnector) -> None:
 # -- reconciliation ------------------------------------------------------------------------------
 
 
-async def test_list_cases_from_the_sent_record(conn: FiledropConnector, tmp_path: Path) -> None:
+async def test_list_cases_from_the_sent_record(tmp_path: Path, http: httpx.AsyncClient) -> None:
+    conn = make_connector(local_options(tmp_path, result={"stable_seconds": 0}), http)
     await conn.submit(envelope())
     await conn.submit(envelope("a0000000000000002"))
-    conn.options = conn.options.model_copy(
-        update={"result": conn.options.result.model_copy(update={"stable_seconds": 0})}
-    )
     drop(tmp_path, "r.json", result_json(KEY, "4"))
     [update] = await conn.pull_updates(10)
     await conn.ack_update(update, "applied")

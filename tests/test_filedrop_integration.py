@@ -179,7 +179,8 @@ async def test_crash_between_apply_and_archive(
     await wait_for(taken)
     connector = rt.connectors["civil"]
     assert isinstance(connector, FiledropConnector)
-    connector._clock = lambda: 1e12 if connector._seen else 0.0  # stable on second sight
+    # stable on second sight
+    connector.results.clock = lambda: 1e12 if connector.results.seen else 0.0
     record = dept.result_record(dept.cases[key], "9", final=True)
     await dept.write_file("MZ-result.json", json.dumps(record).encode())
 

@@ -18,7 +18,8 @@ from typing import Any
 import httpx
 import pytest
 import structlog
-from gateway_filedrop.connector import QUARANTINED, REFUSALS
+from gateway_filedrop.refusals import REFUSALS
+from gateway_filedrop.result_files import QUARANTINED
 from typer.testing import CliRunner
 
 from gateway.cli import app

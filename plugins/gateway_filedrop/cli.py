@@ -18,8 +18,8 @@ from gateway.cli.common import load as load_config
 from gateway.config.loader import Config
 from gateway.errors import ConnectorError
 from gateway_filedrop import quarantine
-from gateway_filedrop.connector import open_storage
 from gateway_filedrop.options import FiledropOptions
+from gateway_filedrop.share import open_storage
 
 __all__ = ["commands"]
 

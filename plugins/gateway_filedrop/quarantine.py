@@ -7,13 +7,15 @@ requeued file goes back to the outbox to be read again, its reason note to the a
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from gateway.errors import TransientError
+from gateway_filedrop.ledger import iso
 from gateway_filedrop.options import FolderOptions
 from gateway_filedrop.storage import Storage
 
-__all__ = ["Held", "held", "move_free", "requeue"]
+__all__ = ["Held", "held", "move_free", "note", "requeue"]
 
 _NOTE_BYTES = 4096
 
@@ -50,6 +52,14 @@ async def held(
             noted_at, reason = await _note(storage, f"{folders.quarantine}/{entry.name}.reason")
         out.append(Held(entry.name, entry.size, entry.kind, reason, noted_at))
     return out
+
+
+async def note(
+    storage: Storage, folders: FolderOptions, moved: str, name: str, reason: str
+) -> None:
+    """Write why ``name`` (held as ``moved``) is in quarantine: ``<moved>.reason``."""
+    text = f"{iso(dt.datetime.now(dt.UTC))} {name}: {reason}\n"
+    await storage.write(f"{folders.quarantine}/{moved}.reason", text.encode(), atomic=True)
 
 
 async def _note(storage: Storage, path: str) -> tuple[str, str]:

@@ -1,0 +1,129 @@
+"""Writing request files into the department's inbox: the request (and each material beside
+it) named from the idempotency key, committed by rename or a done marker, recorded in the
+ledger so a retry or a replay never writes it twice (unless the department refused it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.connector import ConnectorContext, Envelope, Receipt
+from gateway.errors import PermanentError
+from gateway.mapping import map_envelope, put_path
+from gateway_filedrop.formats import EXTENSIONS, encode_request, unencodable
+from gateway_filedrop.ledger import Ledger
+from gateway_filedrop.share import KEY, Share
+from gateway_filedrop.storage import UnsafeFile
+
+__all__ = ["RequestWriter"]
+
+_MATERIAL_EXT = {"application/pdf": ".pdf", "image/jpeg": ".jpg", "image/png": ".png"}
+
+
+class RequestWriter:
+    def __init__(self, share: Share, ledger: Ledger, context: ConnectorContext) -> None:
+        self.share = share
+        self.storage = share.storage
+        self.ledger = ledger
+        self.context = context
+        self._dept = share.department
+
+    async def submit(self, envelope: Envelope) -> Receipt:
+        key = envelope.idempotency_key
+        if not KEY.fullmatch(key):
+            raise PermanentError(f"{self._dept}: idempotency key unfit for a file name")
+        try:
+            return await self._submit(envelope, key)
+        except UnsafeFile as exc:
+            raise self.share.unsafe(exc) from exc
+
+    async def _submit(self, envelope: Envelope, key: str) -> Receipt:
+        await self.share.prepare()
+        folders, request = self.share.folders, self.share.options.request
+        name = key + EXTENSIONS[request.format]
+        receipt = Receipt(case_id=key)
+        ledger = await self.ledger.read(key)
+        if ledger is not None and not ledger.get("refused"):
+            if ledger.get("status") or await self._at_department(name) is not False:
+                return receipt
+            ledger = None  # the department lost it (reconciliation's re-send): write it again
+        inbox_path = f"{folders.inbox}/{name}"
+        if ledger is None and (
+            await self.storage.exists(inbox_path)
+            or (folders.processed and await self.storage.exists(f"{folders.processed}/{name}"))
+        ):
+            # an earlier attempt wrote the request and stopped before recording it
+            if request.commit == "done_marker" and await self.storage.exists(inbox_path):
+                await self.storage.write(inbox_path + request.done_suffix, b"", atomic=False)
+            await self.ledger.record_sent(envelope, name)
+            return receipt
+        # new, or refused by the department and now sent again (an operator's replay)
+        payload = await self._payload(envelope, key)
+        try:
+            data = encode_request(
+                payload, request.format, encoding=request.encoding, xml_root=request.xml_root
+            )
+        except UnicodeEncodeError as exc:
+            # intake refuses such text for this department; this is what slipped past it
+            # (a material's file name, a case accepted before the check): name the field only
+            path, char = unencodable(payload, request.encoding, "") or ("?", "?")
+            raise PermanentError(
+                f"{self._dept}: request field {path}: character {char} cannot be written in "
+                f"{request.encoding}"
+            ) from exc
+        if request.commit == "rename":
+            await self.storage.write(inbox_path, data, atomic=True)
+        else:
+            await self.storage.write(inbox_path, data, atomic=False)
+            await self.storage.write(inbox_path + request.done_suffix, b"", atomic=False)
+        await self.ledger.record_sent(envelope, name)
+        return receipt
+
+    async def _at_department(self, name: str) -> bool | None:
+        """Whether the request ``name`` is in the department's inbox, processed or error
+        folder; None when that cannot be known (no processed folder: taken requests vanish)."""
+        folders = self.share.folders
+        if not folders.processed:
+            return None
+        for folder in (folders.inbox, folders.processed, folders.errors):
+            if folder and await self.storage.exists(f"{folder}/{name}"):
+                return True
+        return False
+
+    async def _payload(self, envelope: Envelope, key: str) -> dict[str, Any]:
+        request = self.share.options.request
+        source = envelope.model_dump(mode="json")
+        mapped = self.context.map_payload(envelope)
+        if mapped is not None:
+            payload = dict(mapped)
+        elif not request.body:
+            payload = source
+            payload.pop("materials", None)
+        else:
+            payload = map_envelope(
+                source, request.body, where=f"{self._dept} [options.request.body]"
+            )
+        for target, value in request.constants.items():
+            put_path(payload, target, value)
+        if request.materials == "files":
+            put_path(payload, request.materials_field, await self._write_materials(envelope, key))
+        return payload
+
+    async def _write_materials(self, envelope: Envelope, key: str) -> list[dict[str, Any]]:
+        """Each material next to the request, named from the key (the applicant's file name
+        goes inside the request as data, never into a path). Written before the request, so
+        a department that sees the request finds its materials."""
+        listed = []
+        for index, material in enumerate(envelope.materials, start=1):
+            file = f"{key}.m{index}{_MATERIAL_EXT.get(material.content_type, '.bin')}"
+            content = await self.context.read_material(material)
+            await self.storage.write(f"{self.share.folders.inbox}/{file}", content, atomic=True)
+            listed.append(
+                {
+                    "file": file,
+                    "filename": material.filename,
+                    "content_type": material.content_type,
+                    "sha256": material.sha256,
+                    "size": material.size,
+                }
+            )
+        return listed
