@@ -10,6 +10,7 @@ Tasks, and how several daemons sharing one database stay out of each other's way
     results:<dept>        [gateway.schedule] results_seconds      one lease row per tick
     reconcile:<dept>      the department's reconcile_cron          one lease row per tick
     deadlines             deadlines_seconds                        one lease row per tick
+    figures               figures_seconds                          one lease row per tick
     refetch               refetch_seconds                          one lease row per tick
     housekeeping          housekeeping_seconds                     one lease row per tick
 
@@ -293,6 +294,10 @@ async def run_leased(
 # -- the daemon ------------------------------------------------------------------------------------
 
 
+async def _caught_up(refresh: Awaitable[bool]) -> dict[str, Any]:
+    return {"caught_up": await refresh}
+
+
 def _interval(seconds: float) -> IntervalTrigger:
     # starting at the epoch puts every daemon's ticks on the same instants
     return IntervalTrigger(seconds=seconds, start_date=EPOCH, timezone=dt.UTC)
@@ -330,6 +335,7 @@ class Daemon:
     def _tasks(self) -> list[Task]:
         from gateway import (
             changes,
+            clocks,
             deadlines,
             housekeeping,
             reconcile,
@@ -364,6 +370,12 @@ class Daemon:
                 "deadlines",
                 _interval(sched.deadlines_seconds),
                 lambda: deadlines.watch(rt),
+                leased=True,
+            ),
+            Task(
+                "figures",
+                _interval(sched.figures_seconds),
+                lambda: _caught_up(clocks.refresh(rt)),
                 leased=True,
             ),
             Task(

@@ -3,11 +3,13 @@ procedure.
 
 ``promised_by`` is set at intake (``promised_days`` working days on the State Council
 calendar) and recomputed by the watch when a newer calendar covers what intake could only
-guess. The pause is derived from the case's event history, not stored: every stretch the
-case spent in ``supplement_required`` or ``suspended`` adds the working days it covered to the
-deadline. A stretch that starts on day S and ends on day E (China time) covers the working days
-after S up to and including E (the day the pause starts still counts; a pause that ends the day
-it began costs nothing); a pause still running counts up to today. So::
+guess. The pause is derived from the case's event history (and kept per case in
+``case_clocks`` by :mod:`gateway.clocks`, so lists and counts read a few indexed rows):
+every stretch the case spent in ``supplement_required`` or ``suspended`` adds the working days
+it covered to the deadline. A stretch that starts on day S and ends on day E (China time)
+covers the working days after S up to and including E (the day the pause starts still counts;
+a pause that ends the day it began costs nothing); a pause still running counts up to today.
+So::
 
     due_by = promised_by + paused working days      (working days, the same calendar)
 
@@ -23,25 +25,34 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, bindparam, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import and_, bindparam, select, update
 
+from gateway import clocks
 from gateway.clock import now
+from gateway.clocks import CHINA, History, pause_history, paused_workdays
 from gateway.config.catalog import RouteError
 from gateway.events import Source
 from gateway.metrics import DUE_SOON, OVERDUE
 from gateway.runtime import Runtime
-from gateway.states import FINAL, PAUSED
+from gateway.states import FINAL
 from gateway.store import cases
-from gateway.store.tables import applications, events
+from gateway.store.tables import applications
 from gateway.workdays import add_workdays, workdays_between
 
 log = structlog.get_logger("gateway.deadlines")
 
-CHINA = dt.timezone(dt.timedelta(hours=8))
 PAGE = 1000
-_PAUSED = [s.value for s in PAUSED]
 _FINAL = [s.value for s in FINAL]
+
+__all__ = [
+    "CHINA",
+    "Deadline",
+    "History",
+    "deadline_of",
+    "listing",
+    "pause_history",
+    "paused_workdays",
+]
 
 
 @dataclass(frozen=True)
@@ -66,29 +77,12 @@ def today() -> dt.date:
     return now().astimezone(CHINA).date()
 
 
-def paused_workdays(
-    history: Sequence[tuple[dt.datetime, str | None, str]], on: dt.date
-) -> tuple[int, bool]:
-    """Working days the clock stood still, from (at, from_status, to_status) in order; and
-    whether it stands still now."""
-    total, started = 0, None
-    for at, _from, to in history:
-        if to in _PAUSED and started is None:
-            started = at.astimezone(CHINA).date()
-        elif to not in _PAUSED and started is not None:
-            total += workdays_between(started, at.astimezone(CHINA).date())
-            started = None
-    if started is not None:
-        total += workdays_between(started, on)
-    return total, started is not None
-
-
-def deadline_of(
-    row: Any, history: Sequence[tuple[dt.datetime, str | None, str]], on: dt.date
-) -> Deadline:
-    paused_days, paused = paused_workdays(history, on)
-    due, _covered = add_workdays(row.promised_by, paused_days)
-    left = workdays_between(on, due) if due >= on else -workdays_between(due, on)
+def deadline_at(row: Any, paused_days: int, paused_since: dt.date | None, on: dt.date) -> Deadline:
+    """A case's deadline on day ``on`` from its clock (:func:`gateway.clocks.clock_of`)."""
+    paused = paused_since is not None
+    if paused_since is not None:
+        paused_days += workdays_between(paused_since, on)
+    due = clocks.due_on(row.promised_by, paused_days)
     return Deadline(
         application_id=row.id,
         receipt_number=row.receipt_number,
@@ -100,70 +94,15 @@ def deadline_of(
         paused_days=paused_days,
         paused=paused,
         due_by=due,
-        days_left=left,
+        days_left=clocks.days_left(due, on),
     )
 
 
-History = list[tuple[dt.datetime, str | None, str]]
-
-
-async def pause_history(conn: AsyncConnection, app_ids: Sequence[str]) -> dict[str, History]:
-    """The events that start or end a pause, per case, in order: what :func:`deadline_of` needs
-    (cases that never paused are absent)."""
-    hist: dict[str, History] = {}
-    q = (
-        select(events.c.application_id, events.c.at, events.c.from_status, events.c.to_status)
-        .where(
-            and_(
-                events.c.application_id.in_(list(app_ids)),
-                or_(events.c.to_status.in_(_PAUSED), events.c.from_status.in_(_PAUSED)),
-            )
-        )
-        .order_by(events.c.application_id, events.c.id)
-    )
-    for app_id, at, frm, to in (await conn.execute(q)).all():
-        hist.setdefault(app_id, []).append((at, frm, to))
-    return hist
-
-
-async def open_deadlines(
-    runtime: Runtime, *, department: str | None = None, on: dt.date | None = None
-) -> list[Deadline]:
-    """Every open case with a promised date (optionally of one department)."""
-    on = on or today()
-    out: list[Deadline] = []
-    after = ""
-    cols = (
-        applications.c.id,
-        applications.c.receipt_number,
-        applications.c.department,
-        applications.c.matter_code,
-        applications.c.centre,
-        applications.c.status,
-        applications.c.promised_by,
-    )
-    while True:
-        conds = [
-            applications.c.id > after,
-            applications.c.status.not_in(_FINAL),
-            applications.c.promised_by.is_not(None),
-        ]
-        if department:
-            conds.append(applications.c.department == department)
-        async with runtime.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(*cols).where(and_(*conds)).order_by(applications.c.id).limit(PAGE)
-                )
-            ).all()
-            if not rows:
-                break
-            hist = await pause_history(conn, [r.id for r in rows])
-        out.extend(deadline_of(r, hist.get(r.id, []), on) for r in rows)
-        if len(rows) < PAGE:
-            break
-        after = rows[-1].id
-    return out
+def deadline_of(
+    row: Any, history: Sequence[tuple[dt.datetime, str | None, str]], on: dt.date
+) -> Deadline:
+    """A case's deadline on day ``on`` from its pause events."""
+    return deadline_at(row, *clocks.clock_of(history), on)
 
 
 async def listing(
@@ -173,8 +112,13 @@ async def listing(
     within_days: int = 3,
     on: dt.date | None = None,
 ) -> tuple[list[Deadline], list[Deadline]]:
-    """(overdue, due soon), each most urgent first."""
-    items = await open_deadlines(runtime, department=department, on=on)
+    """(overdue, due soon), each most urgent first, read from the case clocks once they are
+    brought up to date (:func:`gateway.clocks.refresh`)."""
+    on = on or today()
+    await clocks.refresh(runtime)
+    async with runtime.engine.connect() as conn:
+        rows = await clocks.listed(conn, on, within_days, department=department)
+    items = [deadline_at(r, r.paused_days, r.paused_since, on) for r in rows]
     overdue = sorted(
         (d for d in items if d.days_left < 0), key=lambda d: (d.due_by, d.application_id)
     )
@@ -185,12 +129,45 @@ async def listing(
     return overdue, soon
 
 
+async def most_overdue(
+    runtime: Runtime,
+    department: str,
+    limit: int,
+    *,
+    on: dt.date | None = None,
+    budget: int | None = None,
+) -> list[Deadline]:
+    """The ``limit`` most overdue cases of a department (what :func:`listing` lists first).
+    ``budget``: see :func:`gateway.clocks.refresh`."""
+    on = on or today()
+    await clocks.refresh(runtime, budget=budget)
+    async with runtime.engine.connect() as conn:
+        rows = await clocks.listed(
+            conn, on, 0, department=department, overdue_only=True, limit=limit
+        )
+    items = [deadline_at(r, r.paused_days, r.paused_since, on) for r in rows]
+    late = sorted((d for d in items if d.days_left < 0), key=lambda d: (d.due_by, d.application_id))
+    return late[:limit]
+
+
+async def counts(
+    runtime: Runtime,
+    *,
+    within_days: int,
+    department: str | None = None,
+    on: dt.date | None = None,
+    budget: int | None = None,
+) -> dict[str, clocks.Counts]:
+    """Per department: how many cases :func:`listing` lists as overdue and as due soon (read
+    without listing them). ``budget``: see :func:`gateway.clocks.refresh`."""
+    await clocks.refresh(runtime, budget=budget)
+    async with runtime.engine.connect() as conn:
+        return await clocks.counts(conn, on or today(), within_days, department=department)
+
+
 async def overdue_counts(runtime: Runtime) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for d in await open_deadlines(runtime):
-        if d.days_left < 0:
-            counts[d.department] = counts.get(d.department, 0) + 1
-    return counts
+    found = await counts(runtime, within_days=0)
+    return {code: c.overdue for code, c in found.items() if c.overdue}
 
 
 async def refresh_promised_dates(runtime: Runtime) -> int:
@@ -279,14 +256,12 @@ async def watch(runtime: Runtime) -> dict[str, Any]:
     if refreshed:
         log.info("promised dates made final on the installed holiday calendar", cases=refreshed)
     within = runtime.config.gateway.schedule.due_soon_days
-    overdue, soon = await listing(runtime, within_days=within)
+    found = await counts(runtime, within_days=within)
     per: dict[str, dict[str, int]] = {
         code: {"overdue": 0, "due_soon": 0} for code in runtime.config.departments
     }
-    for d in overdue:
-        per.setdefault(d.department, {"overdue": 0, "due_soon": 0})["overdue"] += 1
-    for d in soon:
-        per.setdefault(d.department, {"overdue": 0, "due_soon": 0})["due_soon"] += 1
+    for code, n in found.items():
+        per[code] = {"overdue": n.overdue, "due_soon": n.due_soon}
     for code, c in per.items():
         OVERDUE.labels(code).set(c["overdue"])
         DUE_SOON.labels(code).set(c["due_soon"])

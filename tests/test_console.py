@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from gateway import deadlines
+from gateway import clocks, deadlines
 from gateway.console import figures, i18n, svg
 from gateway.console.settings import HIDDEN, shown_settings
 from gateway.pii import mask_id
@@ -300,4 +300,4 @@ def test_on_time_uses_the_deadline_clock(paused: bool) -> None:
     for day in range(1, 30):
         on = dt.date(2026, 11, day)
         expected = deadlines.deadline_of(row, history, on).days_left >= 0
-        assert figures._on_time(row.promised_by, history, on) == expected, on
+        assert clocks.on_time(row.promised_by, *clocks.clock_of(history), on) == expected, on

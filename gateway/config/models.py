@@ -127,6 +127,9 @@ class ScheduleSettings(_Strict):
 
     results_seconds: float = Field(default=2.0, gt=0, description="result pulls")
     deadlines_seconds: float = Field(default=900.0, gt=0, description="deadline watch")
+    figures_seconds: float = Field(
+        default=30.0, gt=0, description="case clocks and daily figures brought up to date"
+    )
     due_soon_days: int = Field(default=3, ge=0, le=60, description="working days")
     refetch_seconds: float = Field(
         default=300.0, gt=0, description="re-fetch results of approved cases without documents"

@@ -1,9 +1,10 @@
 """The figures the console shows, read from the store and from the department links.
 
-Deadlines come from :mod:`gateway.deadlines` (the same functions as ``gateway deadlines``), so
-the console and the CLI cannot disagree. A case is *on time* when it was decided on or before
-its due date: the promised date plus the working days its clock was paused, as
-:func:`gateway.deadlines.deadline_of` computes it for the day of the decision.
+Deadlines come from :mod:`gateway.deadlines` (the same functions and summary tables as
+``gateway deadlines``), so the console and the CLI cannot disagree. A case is *on time* when it
+was decided on or before its due date: the promised date plus the working days its clock was
+paused, as :func:`gateway.deadlines.deadline_of` computes it for the day of the decision
+(:func:`gateway.clocks.on_time`, kept per case and summed per day).
 """
 
 from __future__ import annotations
@@ -17,20 +18,22 @@ from typing import Any
 
 from sqlalchemy import Row, and_, case, func, select
 
-from gateway import deadlines, reachability
+from gateway import clocks, deadlines, reachability
 from gateway.clock import now
 from gateway.runtime import Runtime
 from gateway.states import State
 from gateway.store import breakers
 from gateway.store.jobs import LEASED, PENDING
 from gateway.store.tables import applications, dispatch_jobs, events
-from gateway.workdays import add_workdays, workdays_between
 
 CHINA = deadlines.CHINA
 #: the overview's due-soon window (working days), as the issue asks
 DUE_SOON_DAYS = 2
 #: cases decided before this many weeks are not charted on a department page
 WEEKS = 12
+#: a page reads at most this many changed cases into the summary tables before it answers (the
+#: daemon's figures task keeps them current; a page after a long outage shows "as of")
+CATCH_UP = 20_000
 
 
 @dataclass
@@ -102,7 +105,7 @@ async def overview(runtime: Runtime) -> list[DepartmentRow]:
     async with runtime.engine.connect() as conn:
         # breakers other processes (daemons) hold open, besides this process's own
         held_open = {b.department for b in await breakers.open_ones(conn)}
-    overdue, soon = await deadlines.listing(runtime, within_days=DUE_SOON_DAYS)
+    due = await deadlines.counts(runtime, within_days=DUE_SOON_DAYS, budget=CATCH_UP)
     at = now()
     midnight = dt.datetime.combine(at.astimezone(CHINA).date(), dt.time(), CHINA)
     window = at - dt.timedelta(hours=24)
@@ -123,12 +126,9 @@ async def overview(runtime: Runtime) -> list[DepartmentRow]:
         )
         for name, n in queues.get(code, {}).items():
             setattr(rows[code], name, n)
-    for d in overdue:
-        if d.department in rows:
-            rows[d.department].overdue += 1
-    for d in soon:
-        if d.department in rows:
-            rows[d.department].due_soon += 1
+    for dept_code, c in due.items():
+        if dept_code in rows:
+            rows[dept_code].overdue, rows[dept_code].due_soon = c.overdue, c.due_soon
     for dept_code, delivered_at in await _deliveries(runtime, min(window, midnight)):
         row = rows.get(dept_code)
         if row is None:
@@ -142,72 +142,6 @@ async def overview(runtime: Runtime) -> list[DepartmentRow]:
 
 
 # -- decisions and the on-time rate ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Decision:
-    application_id: str
-    department: str
-    decided_on: dt.date  # China date
-    days: float  # from intake to decision, calendar days
-    on_time: bool
-
-
-async def decisions(
-    runtime: Runtime, start: dt.date, end: dt.date, *, department: str | None = None
-) -> list[Decision]:
-    """Cases decided between ``start`` and ``end`` (China dates, both included) that had a
-    promised date, each with whether it was decided on time."""
-    since = dt.datetime.combine(start, dt.time(), CHINA)
-    until = dt.datetime.combine(end + dt.timedelta(days=1), dt.time(), CHINA)
-    conds = [
-        applications.c.decided_at >= since,
-        applications.c.decided_at < until,
-        applications.c.promised_by.is_not(None),
-    ]
-    if department:
-        conds.append(applications.c.department == department)
-    cols = (
-        applications.c.id,
-        applications.c.receipt_number,
-        applications.c.department,
-        applications.c.matter_code,
-        applications.c.centre,
-        applications.c.status,
-        applications.c.promised_by,
-        applications.c.created_at,
-        applications.c.decided_at,
-    )
-    out: list[Decision] = []
-    async with runtime.engine.connect() as conn:
-        rows = (await conn.execute(select(*cols).where(and_(*conds)))).all()
-        for i in range(0, len(rows), deadlines.PAGE):
-            chunk = rows[i : i + deadlines.PAGE]
-            hist = await deadlines.pause_history(conn, [r.id for r in chunk])
-            for r in chunk:
-                on = r.decided_at.astimezone(CHINA).date()
-                out.append(
-                    Decision(
-                        application_id=r.id,
-                        department=r.department,
-                        decided_on=on,
-                        days=(r.decided_at - r.created_at).total_seconds() / 86400,
-                        on_time=_on_time(r.promised_by, hist.get(r.id), on),
-                    )
-                )
-    return out
-
-
-def _on_time(promised_by: dt.date, history: deadlines.History | None, on: dt.date) -> bool:
-    """Whether a case decided ``on`` that day was on time, as :func:`gateway.deadlines.
-    deadline_of` would say (``days_left >= 0``: no working day past the due date), without its
-    calendar walks where they cannot change the answer: a case that never paused is due on its
-    promised date, and one decided by its due date is on time."""
-    due = promised_by
-    if history:
-        paused, _now = deadlines.paused_workdays(history, on)
-        due = add_workdays(promised_by, paused)[0]
-    return due >= on or workdays_between(due, on) == 0
 
 
 def percentile(values: Sequence[float], p: float) -> float | None:
@@ -227,29 +161,38 @@ class Week:
     on_time_rate: float | None  # percent
 
 
-def weekly(
-    items: Sequence[Decision], weeks: int = WEEKS, today: dt.date | None = None
+async def weekly(
+    runtime: Runtime, department: str, weeks: int = WEEKS, today: dt.date | None = None
 ) -> list[Week]:
-    """The last ``weeks`` ISO weeks, oldest first (empty weeks included)."""
+    """The department's last ``weeks`` ISO weeks, oldest first (empty weeks included): cases
+    with a promised date decided in each, their decision time (p50/p95, days: nearest rank) and
+    on-time rate, from the summary tables (:mod:`gateway.clocks`)."""
+    await clocks.refresh(runtime, budget=CATCH_UP)
     today = today or deadlines.today()
     first = today - dt.timedelta(days=today.weekday() + 7 * (weeks - 1))
-    per: dict[dt.date, list[Decision]] = {first + dt.timedelta(weeks=i): [] for i in range(weeks)}
-    for d in items:
-        monday = d.decided_on - dt.timedelta(days=d.decided_on.weekday())
-        if monday in per:
-            per[monday].append(d)
     out = []
-    for monday, ds in per.items():
-        days = [d.days for d in ds]
-        out.append(
-            Week(
-                monday=monday,
-                decided=len(ds),
-                p50=percentile(days, 50),
-                p95=percentile(days, 95),
-                on_time_rate=100 * sum(d.on_time for d in ds) / len(ds) if ds else None,
+    async with runtime.engine.connect() as conn:
+        for i in range(weeks):
+            monday = first + dt.timedelta(weeks=i)
+            sunday = monday + dt.timedelta(days=6)
+            decided, timely = (
+                await clocks.decided_per_department(conn, monday, sunday, department=department)
+            ).get(department, (0, 0))
+            ranked: list[float | None] = []
+            for p in (50, 95) if decided else ():
+                nth = max(math.ceil(p / 100 * decided) - 1, 0)  # as percentile() ranks
+                seconds = await clocks.nth_decision_seconds(conn, department, monday, sunday, nth)
+                ranked.append(None if seconds is None else seconds / 86400)
+            p50, p95 = ranked or (None, None)
+            out.append(
+                Week(
+                    monday=monday,
+                    decided=decided,
+                    p50=p50,
+                    p95=p95,
+                    on_time_rate=100 * timely / decided if decided else None,
+                )
             )
-        )
     return out
 
 
@@ -278,15 +221,15 @@ async def board(runtime: Runtime, start: dt.date, end: dt.date) -> list[BoardRow
     rows = {
         code: BoardRow(code, dept.name) for code, dept in sorted(runtime.config.departments.items())
     }
-    for d in await decisions(runtime, start, end):
-        row = rows.setdefault(d.department, BoardRow(d.department, d.department))
-        row.decided += 1
-        row.on_time += d.on_time
-    overdue, soon = await deadlines.listing(runtime, within_days=DUE_SOON_DAYS)
-    for dl in overdue:
-        rows.setdefault(dl.department, BoardRow(dl.department, dl.department)).overdue += 1
-    for dl in soon:
-        rows.setdefault(dl.department, BoardRow(dl.department, dl.department)).due_soon += 1
+    due = await deadlines.counts(runtime, within_days=DUE_SOON_DAYS, budget=CATCH_UP)
+    async with runtime.engine.connect() as conn:
+        decided = await clocks.decided_per_department(conn, start, end)
+    for code, (n, timely) in decided.items():
+        row = rows.setdefault(code, BoardRow(code, code))
+        row.decided, row.on_time = n, timely
+    for code, c in due.items():
+        row = rows.setdefault(code, BoardRow(code, code))
+        row.overdue, row.due_soon = c.overdue, c.due_soon
     ranked = sorted(
         rows.values(),
         key=lambda r: (r.on_time_rate is None, -(r.on_time_rate or 0), r.overdue, r.code),

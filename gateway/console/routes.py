@@ -334,9 +334,7 @@ async def department(code: str, request: Request) -> Response:
     if dept is None:
         return render(request, "error.html", session, 404, message="lookup.none")
     t = i18n.translator(lang_of(request))
-    today = deadlines.today()
-    start = today - dt.timedelta(days=today.weekday() + 7 * (figures.WEEKS - 1))
-    weeks = figures.weekly(await figures.decisions(runtime, start, today, department=code))
+    weeks = await figures.weekly(runtime, code)
     labels = [w.monday.strftime("%m-%d") for w in weeks]
     time_chart = svg.lines(
         labels,
@@ -350,7 +348,8 @@ async def department(code: str, request: Request) -> Response:
         "%",
         top=100,
     )
-    overdue, _soon = await deadlines.listing(runtime, department=code, within_days=2)
+    due = await deadlines.counts(runtime, within_days=0, department=code, budget=figures.CATCH_UP)
+    overdue = await deadlines.most_overdue(runtime, code, 200, budget=figures.CATCH_UP)
     failed = await figures.failed_cases(runtime, department=code, limit=50)
     runs = await reconcile.list_runs(runtime, department=code, limit=10)
     found = [await reconcile.get_run(runtime, r.id, limit=50) for r in runs]
@@ -363,8 +362,8 @@ async def department(code: str, request: Request) -> Response:
         weeks=weeks,
         time_chart=time_chart,
         rate_chart=rate_chart,
-        overdue=overdue[:200],
-        overdue_total=len(overdue),
+        overdue=overdue,
+        overdue_total=due[code].overdue if code in due else 0,
         failed=failed,
         runs=[(run, disc) for run, disc in found if run is not None],
         settings=shown_settings(dept),

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -129,6 +130,8 @@ applications = Table(
     Index("ix_applications_department_id", "department", "id"),
     # the ops console's board and department pages: cases decided in a period (migration 0014)
     Index("ix_applications_decided_at", "decided_at"),
+    # failed cases, most recently failed first (migration 0016)
+    Index("ix_applications_status_updated", "status", "updated_at"),
 )
 
 events = Table(
@@ -451,13 +454,56 @@ sync_watermarks = Table(
     Column("synced_at", UTCDateTime, nullable=False),
 )
 
+# -- the ops console's figures, kept by gateway/clocks.py (migration 0016) ---------------------
+
+case_clocks = Table(
+    "case_clocks",
+    metadata,
+    # one row per case: its promised-time clock as its history says (no date in it: the day
+    # enters only when the clock is read) and, once decided, how it went
+    Column("application_id", String(32), primary_key=True),
+    Column("department", String(32), nullable=False),
+    Column("open", Boolean, nullable=False),  # status not in FINAL
+    Column("promised_by", Date),
+    Column("paused_days", Integer, nullable=False),  # working days, finished pauses
+    Column("paused_since", Date),  # China day the running pause began
+    Column("due_by", Date),  # promised_by + paused_days: the due date while the clock runs
+    Column("decided_on", Date),  # China day; only for cases with a promised date
+    Column("decision_seconds", Float),
+    Column("on_time", Boolean),
+    Index("ix_case_clocks_open_due", "open", "due_by", "department"),
+    Index("ix_case_clocks_decided", "department", "decided_on", "decision_seconds"),
+)
+
+daily_figures = Table(
+    "daily_figures",
+    metadata,
+    # decisions per department per China day, summed from case_clocks
+    Column("department", String(32), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("decided", Integer, nullable=False),
+    Column("on_time", Integer, nullable=False),
+    Index("ix_daily_figures_day", "day", "department"),
+)
+
+rollup_watermarks = Table(
+    "rollup_watermarks",
+    metadata,
+    # how far a summary has read applications.updated_at (less its overlap when read again)
+    Column("name", String(32), primary_key=True),
+    Column("watermark", UTCDateTime, nullable=False),
+    Column("refreshed_at", UTCDateTime, nullable=False),
+)
+
 __all__ = [
     "api_clients",
     "applications",
     "audit_log",
     "callback_events",
     "callback_events_archive",
+    "case_clocks",
     "chain_heads",
+    "daily_figures",
     "department_breakers",
     "dispatch_jobs",
     "events",
@@ -470,6 +516,7 @@ __all__ = [
     "reconcile_discrepancies",
     "reconcile_runs",
     "result_documents",
+    "rollup_watermarks",
     "supplements",
     "sync_watermarks",
     "task_leases",
