@@ -18,6 +18,7 @@ from gateway import documents
 from gateway.cli import app as cli
 from gateway.config.loader import load_config
 from gateway.daemon import Daemon
+from gateway.operations import check_now
 from gateway.poller import poll_department
 from gateway.runtime import Runtime
 from gateway.simulators.city import SimulatedCity
@@ -44,6 +45,10 @@ async def approved_without_certificate(
     await dispatch(runtime)
     [case] = [c for c in amr.cases.values() if c.idempotency_key == f"ow-{app_id}-v1"]
     amr.force_status(case.id, STATUS_APPROVED)  # decided; the certificate comes later
+    # due for a poll now, as when ops ask: a config with the example's 30 s poll interval
+    # (test_cli_lists_shows_and_fetches_again) would otherwise wait out the adaptive interval,
+    # as long as wait_for's timeout, and fail on a busy machine
+    assert await check_now(runtime, app_id) is not None
 
     async def polled_approved() -> bool:
         await poll_department(runtime, "amr")
