@@ -217,7 +217,12 @@ async def measure(args: argparse.Namespace, database_url: str | None, label: str
     rates: dict[str, list[float]] = {
         k: [] for k in ("gateway", "httpx", "httpx_aiohttp", "aiohttp")
     }
-    cpu: dict[str, list[float]] = {"gateway": [], "httpx": [], "aiohttp": []}
+    cpu: dict[str, list[float]] = {
+        "gateway": [],
+        "gateway_process": [],  # with the database driver's thread (aiosqlite)
+        "httpx": [],
+        "aiohttp": [],
+    }
     with tempfile.TemporaryDirectory(prefix="bench-dispatch-") as tmp:
         config = c.example_config(Path(tmp), database_url)
         async with department(args, config) as cfg:
@@ -236,25 +241,30 @@ async def measure(args: argparse.Namespace, database_url: str | None, label: str
                     ids = await preload(runtime, n, offset=done)
                     payloads = await payloads_for(runtime, ids)
                     cpu0 = time.thread_time()  # the clients and the dispatcher run here
-                    t_httpx = await httpx_loop(
-                        raw, url, payloads, headers, f"raw-{r}", args.concurrency
-                    )
+                    t_httpx = t_hx_aio = t_aiohttp = 1.0
+                    if not args.only:
+                        t_httpx = await httpx_loop(
+                            raw, url, payloads, headers, f"raw-{r}", args.concurrency
+                        )
                     cpu1 = time.thread_time()
-                    t_hx_aio = await httpx_loop(
-                        via_aiohttp, url, payloads, headers, f"hxaio-{r}", args.concurrency
-                    )
+                    if not args.only:
+                        t_hx_aio = await httpx_loop(
+                            via_aiohttp, url, payloads, headers, f"hxaio-{r}", args.concurrency
+                        )
                     cpu2 = time.thread_time()
-                    t_aiohttp = await aiohttp_loop(
-                        url, payloads, headers, f"aio-{r}", args.concurrency
-                    )
-                    cpu3 = time.thread_time()
+                    if not args.only:
+                        t_aiohttp = await aiohttp_loop(
+                            url, payloads, headers, f"aio-{r}", args.concurrency
+                        )
+                    cpu3, proc3 = time.thread_time(), time.process_time()
                     done += n
                     t_gateway = await time_dispatcher(runtime, done, args.poll)
-                    cpu4 = time.thread_time()
+                    cpu4, proc4 = time.thread_time(), time.process_time()
                     if r >= 0:
                         cpu["httpx"].append((cpu1 - cpu0) / n * 1000)
                         cpu["aiohttp"].append((cpu3 - cpu2) / n * 1000)
                         cpu["gateway"].append((cpu4 - cpu3) / n * 1000)
+                        cpu["gateway_process"].append((proc4 - proc3) / n * 1000)
                     if r >= 0:
                         for k, t in (
                             ("gateway", t_gateway),
@@ -285,6 +295,12 @@ async def measure(args: argparse.Namespace, database_url: str | None, label: str
         f"round(s) after a warm-up of {args.warmup}; amr decision delay 0, callbacks off"
     )
     print(f"[{label}] gateway Dispatcher.run() -> amr:   {c.fmt_rates(rates['gateway'])}")
+    if args.only:  # profiling aid: the gateway only, no ratio
+        print(
+            f"[{label}] gateway CPU per delivery: event loop {c.median(cpu['gateway']):.2f} ms, "
+            f"process {c.median(cpu['gateway_process']):.2f} ms"
+        )
+        return
     print(f"[{label}] raw httpx.AsyncClient loop:        {c.fmt_rates(rates['httpx'])}")
     print(f"[{label}] httpx + aiohttp transport loop:    {c.fmt_rates(rates['httpx_aiohttp'])}")
     print(f"[{label}] raw aiohttp loop (context):        {c.fmt_rates(rates['aiohttp'])}")
@@ -292,7 +308,8 @@ async def measure(args: argparse.Namespace, database_url: str | None, label: str
         print(
             f"[{label}] sender event-loop CPU per delivery: gateway "
             f"{c.median(cpu['gateway']):.2f} ms, raw httpx {c.median(cpu['httpx']):.2f} ms, "
-            f"raw aiohttp {c.median(cpu['aiohttp']):.2f} ms"
+            f"raw aiohttp {c.median(cpu['aiohttp']):.2f} ms; gateway with the database "
+            f"driver's thread {c.median(cpu['gateway_process']):.2f} ms"
         )
     gateway, httpx_rate = c.median(rates["gateway"]), c.median(rates["httpx"])
     print(f"[{label}] {c.ratio_line('gateway/raw_httpx', gateway, httpx_rate, TARGET)}")
@@ -332,6 +349,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="URL",
         help="also measure on PostgreSQL (a schema is created "
         "and dropped), e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/test",
+    )
+    p.add_argument(
+        "--only",
+        choices=["gateway"],
+        help="measure the gateway only (to run under a profiler); prints no ratio",
     )
     p.add_argument("--quick", action="store_true", help="tiny run for smoke tests")
     args = p.parse_args(argv)

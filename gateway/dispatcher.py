@@ -16,6 +16,7 @@ import random
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -38,13 +39,24 @@ from gateway.events import Source, StatusChange
 from gateway.runtime import Runtime
 from gateway.states import State
 from gateway.store import cases, jobs
-from gateway.store.group import GroupCommit, run_each
+from gateway.store.group import GroupCommit
 from gateway.store.tables import applications
-from gateway.updates import announce, move, with_contact
+from gateway.updates import Move, announce, move, move_many, with_contact
 
 log = structlog.get_logger("gateway.dispatcher")
 
 _Work = Callable[[AsyncConnection], Awaitable[list[StatusChange]]]
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """A delivery's answer to record (a receipt or a rejection): recorded with the rest of its
+    group-commit batch, one statement per table."""
+
+    job: Row[Any]
+    move: Move
+
+
 _DISPATCHABLE = (State.RECEIVED.value, State.DISPATCHING.value)
 
 
@@ -58,8 +70,8 @@ class Dispatcher:
         self.stopping = asyncio.Event()
         self._rng = random.Random(seed)
         # outcomes of finished deliveries are committed together (one transaction per batch)
-        self._recorder: GroupCommit[_Work, list[StatusChange]] = GroupCommit(
-            runtime.engine, run_each
+        self._recorder: GroupCommit[_Work | _Outcome, list[StatusChange]] = GroupCommit(
+            runtime.engine, self._store
         )
         runtime.on_close.append(self._recorder.aclose)
 
@@ -140,6 +152,28 @@ class Dispatcher:
         while self.tasks:
             await asyncio.gather(*set(self.tasks), return_exceptions=True)
 
+    async def _store(
+        self, conn: AsyncConnection, items: list[_Work | _Outcome]
+    ) -> list[list[StatusChange]]:
+        """The recorder's store: answers (receipts, rejections) of the batch together; other
+        work (failures, retries) one by one."""
+        results: list[list[StatusChange]] = [[] for _ in items]
+        answers = [(i, o) for i, o in enumerate(items) if isinstance(o, _Outcome)]
+        if answers:
+            # the fence: only jobs this worker still holds are recorded (a lost lease: the new
+            # holder records the same answer)
+            held = await jobs.finish_delivered(conn, [o.job.id for _i, o in answers], self.owner)
+            live = [(i, o) for i, o in answers if o.job.id in held]
+            moved = await move_many(
+                conn, [o.move for _i, o in live], source=Source.DISPATCH, actor=self.owner
+            )
+            for (i, _o), changes in zip(live, moved, strict=True):
+                results[i] = changes
+        for i, item in enumerate(items):
+            if not isinstance(item, _Outcome):
+                results[i] = await item(conn)
+        return results
+
     # -- one delivery ----------------------------------------------------------------------------
 
     async def _prepare(
@@ -152,7 +186,7 @@ class Dispatcher:
             for a in await cases.lock_applications(conn, [job.application_id for job in rows])
         }
         ready: list[tuple[Row[Any], Envelope]] = []
-        changes: list[StatusChange] = []
+        writes: list[cases.Write] = []
         for job in rows:
             app = apps.get(job.application_id)
             if app is None or app.version != job.version or app.status not in _DISPATCHABLE:
@@ -160,17 +194,15 @@ class Dispatcher:
                 await jobs.finish(conn, job.id, self.owner, state=jobs.DONE, error=why)
                 continue
             if app.status == State.RECEIVED:
-                steps = await cases.advance(
-                    conn,
-                    app,
-                    [State.DISPATCHING],
-                    source=Source.DISPATCH,
-                    actor=self.owner,
-                    detail={"attempt": job.attempts + 1},
-                    fresh=True,  # locked above; one job per case and version in a batch
-                )
-                changes += [with_contact(c, app.applicant) for c in steps]
+                # locked above; one job per case and version in a batch
+                detail = {"attempt": job.attempts + 1}
+                writes.append(cases.Write(app, [(State.RECEIVED, State.DISPATCHING, detail)]))
             ready.append((job, envelope_for(app)))
+        changes: list[StatusChange] = []
+        if writes:
+            written = await cases.write_many(conn, writes, source=Source.DISPATCH, actor=self.owner)
+            for w, steps in zip(writes, written, strict=True):
+                changes += [with_contact(c, w.app.applicant) for c in steps]
         return ready, changes
 
     async def _deliver(self, job: Row[Any], envelope: Envelope, link: DepartmentLink) -> None:
@@ -238,59 +270,25 @@ class Dispatcher:
                 case=receipt.case_id,
             )
 
-        async def work(conn: AsyncConnection) -> list[StatusChange]:
-            if not await jobs.finish(
-                conn, job.id, self.owner, state=jobs.DONE, attempts=job.attempts + 1
-            ):
-                return []  # lease lost: the new holder records the same receipt
-            # this version's receipt names the case (a re-sent version may be a new case at
-            # the department); kept even if a callback already moved the case past delivered
-            extra = {
-                "department_case_id": receipt.case_id,
-                "last_error": None,
-                "next_poll_at": next_poll,
-            }
-            changes = await move(
-                conn,
-                job.application_id,
-                targets,
-                source=Source.DISPATCH,
-                actor=self.owner,
-                version=job.version,
-                detail=detail,
-                extra=extra,
-            )
-            if not changes:  # nothing moved, but the receipt is still worth keeping
-                await conn.execute(
-                    update(applications)
-                    .where(applications.c.id == job.application_id)
-                    .values(**extra)
-                )
-            return changes
-
-        announce(self.runtime, await self._recorder.submit(work))
+        # this version's receipt names the case (a re-sent version may be a new case at the
+        # department); kept even if a callback already moved the case past delivered
+        extra = {
+            "department_case_id": receipt.case_id,
+            "last_error": None,
+            "next_poll_at": next_poll,
+        }
+        move = Move(job.application_id, targets, detail, job.version, extra, keep_extra=True)
+        announce(self.runtime, await self._recorder.submit(_Outcome(job, move)))
 
     async def _record_rejection(
         self, job: Row[Any], dept: DepartmentConfig, exc: DepartmentRejected
     ) -> None:
         state = dept.map_status(exc.status) or State.NOT_ACCEPTED
 
-        async def work(conn: AsyncConnection) -> list[StatusChange]:
-            if not await jobs.finish(
-                conn, job.id, self.owner, state=jobs.DONE, attempts=job.attempts + 1
-            ):
-                return []
-            return await move(
-                conn,
-                job.application_id,
-                [State.DELIVERED, state],
-                source=Source.DISPATCH,
-                actor=self.owner,
-                version=job.version,
-                detail={"reason": exc.reason},
-            )
-
-        announce(self.runtime, await self._recorder.submit(work))
+        move = Move(
+            job.application_id, [State.DELIVERED, state], {"reason": exc.reason}, job.version
+        )
+        announce(self.runtime, await self._recorder.submit(_Outcome(job, move)))
 
     async def _record_failure(
         self,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, and_, exists, func, insert, select
+from sqlalchemy import Row, and_, bindparam, exists, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.blobs import BlobStore
@@ -110,6 +110,18 @@ async def documents_in(conn: AsyncConnection, app: Row[Any]) -> bool:
         return True
     q = select(func.count()).where(result_documents.c.application_id == app.id)
     return bool((await conn.execute(q)).scalar())
+
+
+async def holding(conn: AsyncConnection, app_ids: Sequence[str]) -> set[str]:
+    """Which of these cases hold at least one result document (one statement)."""
+    if not app_ids:
+        return set()
+    q = (
+        select(result_documents.c.application_id)
+        .where(result_documents.c.application_id.in_(bindparam("_ids", expanding=True)))
+        .distinct()
+    )
+    return {r[0] for r in (await conn.execute(q, {"_ids": list(app_ids)})).all()}
 
 
 async def undocumented(

@@ -7,18 +7,19 @@ a status update makes a case ready, the desk hands it out).
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 from typing import Any
 
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import Row, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import documents
 from gateway.events import Source, StatusChange
 from gateway.notifications import with_contact
-from gateway.states import DECIDED, State
+from gateway.states import DECIDED, State, Verdict, judge
 from gateway.store import cases
-from gateway.store.tables import handovers
+from gateway.store.tables import UTCDateTime, handovers
 
 # No 0/O, 1/I/L: read aloud and typed at a counter. 32**8 = 2**40 codes.
 _CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
@@ -80,6 +81,49 @@ async def handover_row(conn: AsyncConnection, app: Row[Any]) -> Row[Any]:
     return row
 
 
+async def readiness(
+    conn: AsyncConnection, decided: list[tuple[Row[Any], State]]
+) -> dict[str, dict[str, Any]]:
+    """For cases being decided in this transaction (each locked row and the decided state it
+    moves to): those whose documents are in, each with the detail of its ``ready_for_pickup``
+    step. A few statements for the whole batch, none when nothing is decided."""
+    candidates = [
+        (app, state)
+        for app, state in decided
+        if judge(state, State.READY_FOR_PICKUP) is Verdict.APPLY
+    ]
+    if not candidates:
+        return {}
+    approved = [app.id for app, state in candidates if state is State.APPROVED]
+    held = await documents.holding(conn, approved) if approved else set()
+    apps = [app for app, state in candidates if state is not State.APPROVED or app.id in held]
+    if not apps:
+        return {}
+    q = select(handovers).where(handovers.c.application_id.in_(bindparam("_ids", expanding=True)))
+    rows = {
+        r.application_id: r
+        for r in (await conn.execute(q, {"_ids": [app.id for app in apps]})).all()
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for app in apps:
+        row = rows.get(app.id) or await handover_row(conn, app)
+        out[app.id] = {"centre": row.centre, "method": row.method}
+    return out
+
+
+_MARK_READY = (
+    update(handovers)
+    .where(handovers.c.application_id.in_(bindparam("_ids", expanding=True)))
+    .values(ready_at=bindparam("_at", type_=UTCDateTime()))
+)
+
+
+async def mark_ready(conn: AsyncConnection, app_ids: list[str], at: dt.datetime) -> None:
+    """Stamp the handovers of cases that just became ready for pickup (one statement)."""
+    if app_ids:
+        await conn.execute(_MARK_READY, {"_ids": app_ids, "_at": at})
+
+
 async def make_ready(
     conn: AsyncConnection, app_id: str, *, source: Source, actor: str
 ) -> StatusChange | None:
@@ -113,6 +157,8 @@ __all__ = [
     "handing_centre",
     "handover_row",
     "make_ready",
+    "mark_ready",
     "new_handover",
     "new_pickup_code",
+    "readiness",
 ]

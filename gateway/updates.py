@@ -3,6 +3,7 @@ state machine, in one transaction, and telling the status_changed hook after com
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -24,6 +25,20 @@ from gateway.store.tables import applications, callback_events
 log = structlog.get_logger("gateway.updates")
 
 
+@dataclass(frozen=True)
+class Move:
+    """One case's part in :func:`move_many`: go through ``targets`` in order (each step judged
+    by the state machine) with ``detail`` on its events and ``extra`` columns set with them."""
+
+    app_id: str
+    targets: list[State]
+    detail: dict[str, Any] | None = None
+    version: int | None = None
+    extra: dict[str, Any] | None = None
+    #: set ``extra`` even when no step applies (a receipt's case id is worth keeping)
+    keep_extra: bool = False
+
+
 async def move(
     conn: AsyncConnection,
     app_id: str,
@@ -36,30 +51,96 @@ async def move(
     extra: dict[str, Any] | None = None,
 ) -> list[StatusChange]:
     """Move a case through ``targets`` in order; each step is judged by the state machine, so
-    duplicate and stale steps store nothing. ``extra`` columns go with the first applied step.
+    duplicate and stale steps store nothing. ``extra`` columns go with the applied steps.
 
     A case that ends decided with its documents in goes on to ``ready_for_pickup`` in the same
     transaction, whichever path decided it (dispatch, poll, callback, result file)."""
-    app = await cases.lock_application(conn, app_id)
-    if app is None:
-        return []
-    steps = await cases.advance(
+    [changes] = await move_many(
         conn,
-        app,
-        targets,
+        [Move(app_id, targets, detail, version, extra)],
         source=source,
         actor=actor,
-        detail=detail,
-        version=version,
-        extra=extra,
-        fresh=True,  # locked just above
     )
-    changes = [with_contact(change, app.applicant) for change in steps]
-    if changes and changes[-1].to_status in DECIDED:
-        ready = await handover.make_ready(conn, app_id, source=source, actor=actor)
-        if ready is not None:
-            changes.append(ready)
     return changes
+
+
+async def move_many(
+    conn: AsyncConnection, moves: list[Move], *, source: Source, actor: str
+) -> list[list[StatusChange]]:
+    """:func:`move` for several cases in the caller's transaction, with one statement per table
+    for the batch (lock, status UPDATE per column set, events, outbox, handovers) instead of
+    several per case. A case named twice is moved again after its first move is written."""
+    results: list[list[StatusChange]] = [[] for _ in moves]
+    pending = list(enumerate(moves))
+    while pending:
+        seen: set[str] = set()
+        now_: list[tuple[int, Move]] = []
+        later: list[tuple[int, Move]] = []
+        for item in pending:
+            (later if item[1].app_id in seen else now_).append(item)
+            seen.add(item[1].app_id)
+        done = await _move_once(conn, [m for _i, m in now_], source=source, actor=actor)
+        for (i, _m), changes in zip(now_, done, strict=True):
+            results[i] = changes
+        pending = later
+    return results
+
+
+async def _move_once(
+    conn: AsyncConnection, moves: list[Move], *, source: Source, actor: str
+) -> list[list[StatusChange]]:
+    """Each case at most once: lock, plan, write."""
+    if len(moves) == 1:
+        one = await cases.lock_application(conn, moves[0].app_id)
+        apps = {one.id: one} if one is not None else {}
+    else:
+        apps = {a.id: a for a in await cases.lock_applications(conn, [m.app_id for m in moves])}
+    planned = [
+        (m, app, cases.plan(app, m.targets, m.version, source) if app is not None else [])
+        for m in moves
+        for app in [apps.get(m.app_id)]
+    ]
+    # a case that ends decided with its documents in goes on to ready_for_pickup in this write
+    ready = await handover.readiness(
+        conn,
+        [
+            (app, steps[-1][1])
+            for _m, app, steps in planned
+            if app is not None and steps and steps[-1][1] in DECIDED
+        ],
+    )
+    writes: list[cases.Write] = []
+    kept: dict[frozenset[str], list[dict[str, Any]]] = {}
+    for m, app, steps in planned:
+        if app is None:
+            continue
+        if not steps:
+            if m.keep_extra and m.extra:
+                kept.setdefault(frozenset(m.extra), []).append({"_id": app.id, **m.extra})
+            continue
+        detail = m.detail or {}
+        full: list[cases.Step] = [(src, dst, detail) for src, dst in steps]
+        if app.id in ready:
+            full.append((steps[-1][1], State.READY_FOR_PICKUP, ready[app.id]))
+        writes.append(cases.Write(app, full, m.extra))
+    written = iter(await cases.write_many(conn, writes, source=source, actor=actor))
+    for columns, params in kept.items():  # nothing moved, but the columns are still worth keeping
+        await conn.execute(cases.update_statement(columns), params)
+    out: list[list[StatusChange]] = []
+    became_ready: list[str] = []
+    at = None
+    for _m, app, steps in planned:
+        if app is None or not steps:
+            out.append([])
+            continue
+        changes = next(written)
+        if changes[-1].to_status is State.READY_FOR_PICKUP:
+            became_ready.append(app.id)
+            at = changes[-1].at
+        out.append([with_contact(change, app.applicant) for change in changes])
+    if at is not None:
+        await handover.mark_ready(conn, became_ready, at)
+    return out
 
 
 def announce(runtime: Runtime, changes: list[StatusChange]) -> None:
@@ -217,4 +298,12 @@ async def _apply(
     return changes
 
 
-__all__ = ["DuplicateEvent", "announce", "apply_case_update", "move", "with_contact"]
+__all__ = [
+    "DuplicateEvent",
+    "Move",
+    "announce",
+    "apply_case_update",
+    "move",
+    "move_many",
+    "with_contact",
+]

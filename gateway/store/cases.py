@@ -38,15 +38,17 @@ async def lock_application(conn: AsyncConnection, app_id: str) -> Row[Any] | Non
     return (await conn.execute(_LOCK_ONE, {"_id": app_id})).first()
 
 
+_LOCK_MANY = (
+    select(applications)
+    .where(applications.c.id.in_(bindparam("_ids", expanding=True)))
+    .order_by(applications.c.id)
+    .with_for_update()
+)
+
+
 async def lock_applications(conn: AsyncConnection, app_ids: list[str]) -> Sequence[Row[Any]]:
     """Several applications for update, in id order (a fixed order cannot deadlock)."""
-    q = (
-        select(applications)
-        .where(applications.c.id.in_(app_ids))
-        .order_by(applications.c.id)
-        .with_for_update()
-    )
-    return (await conn.execute(q)).all()
+    return (await conn.execute(_LOCK_MANY, {"_ids": list(app_ids)})).all()
 
 
 async def change_status(
@@ -103,19 +105,11 @@ async def advance(
 
     ``fresh``: ``app`` was locked in this transaction and nothing has written the case since,
     so its ``events_hash`` is the chain head (saves re-reading it on the delivery path)."""
-    plan = _plan(app, targets, version)
-    for target in plan.illegal:
-        log.warning(
-            "illegal status update ignored",
-            application=app.id,
-            current=app.status,
-            target=target,
-            source=source,
-        )
-    if not plan.steps:
+    steps = plan(app, targets, version, source)
+    if not steps:
         return []
     return await _write(
-        conn, app, plan.steps, source=source, actor=actor, detail=detail, extra=extra, fresh=fresh
+        conn, app, steps, source=source, actor=actor, detail=detail, extra=extra, fresh=fresh
     )
 
 
@@ -146,6 +140,38 @@ def _plan(app: Row[Any], targets: list[State], version: int | None) -> _Plan:
 
 _INSERT_EVENT = insert(events)
 
+#: one step of a case: from, to, and the event's detail
+Step = tuple[State, State, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Write:
+    """The steps to write for one locked case in a batch (see :func:`write_many`)."""
+
+    app: Row[Any]
+    steps: list[Step]
+    extra: dict[str, Any] | None = None
+    #: the case's chain head, when not the locked row's own (``events_hash``)
+    head: str | None = None
+    head_known: bool = False
+
+
+def plan(
+    app: Row[Any], targets: list[State], version: int | None, source: Source
+) -> list[tuple[State, State]]:
+    """The steps the state machine allows from ``app``'s status through ``targets`` in order
+    (duplicate and stale steps are skipped; illegal ones are logged and skipped)."""
+    planned = _plan(app, targets, version)
+    for target in planned.illegal:
+        log.warning(
+            "illegal status update ignored",
+            application=app.id,
+            current=app.status,
+            target=target,
+            source=source,
+        )
+    return planned.steps
+
 
 async def _write(
     conn: AsyncConnection,
@@ -158,52 +184,84 @@ async def _write(
     extra: dict[str, Any] | None,
     fresh: bool = False,
 ) -> list[StatusChange]:
+    d = detail or {}
+    write = Write(app, [(src, dst, d) for src, dst in steps], extra)
+    if not fresh:
+        # read here, not from the caller's row: another event may have been added since
+        write = Write(write.app, write.steps, extra, await _chain_head(conn, app.id), True)
+    [changes] = await write_many(conn, [write], source=source, actor=actor)
+    return changes
+
+
+async def write_many(
+    conn: AsyncConnection, writes: list[Write], *, source: Source, actor: str
+) -> list[list[StatusChange]]:
+    """Write the planned steps of several cases, each locked in this transaction with nothing
+    written to it since (its ``events_hash`` is its chain head; one write per case): one UPDATE
+    per column set (executemany), one multi-row INSERT of events, one outbox fan-out. Every
+    event of the batch carries the same ``at``."""
     at = now()
-    final = steps[-1][1]
-    values: dict[str, Any] = {"status": final.value, "updated_at": at, **(extra or {})}
-    if any(to in DECIDED for _f, to in steps):
-        values["decided_at"] = at
-    new_version = values.get("version", app.version)
-    rows = [
-        {
-            "application_id": app.id,
-            "version": new_version,
-            "at": at,
-            "source": source.value,
-            "actor": actor,
-            "from_status": src.value,
-            "to_status": dst.value,
-            "detail": detail or {},
-        }
-        for src, dst in steps
-    ]
-    head = app.events_hash if fresh else await _chain_head(conn, app.id)
-    values["events_hash"] = seal_events(head, rows)
-    # a prebuilt statement per column set: building one per change costs more than SQLite
-    await conn.execute(_update_statement(frozenset(values)), {"_id": app.id, **values})
-    await conn.execute(_INSERT_EVENT, rows)
-    await outbox.fan_out(conn, [app.id], at)
-    return [
-        StatusChange(
-            application_id=app.id,
-            receipt_number=app.receipt_number,
-            department=app.department,
-            matter_code=app.matter_code,
-            centre=app.centre,
-            version=new_version,
-            from_status=src,
-            to_status=dst,
-            source=source,
-            actor=actor,
-            at=at,
-            detail=detail or {},
+    event_rows: list[dict[str, Any]] = []
+    by_columns: dict[frozenset[str], list[dict[str, Any]]] = {}
+    out: list[list[StatusChange]] = []
+    for w in writes:
+        app, steps = w.app, w.steps
+        if not steps:
+            out.append([])
+            continue
+        values: dict[str, Any] = {"status": steps[-1][1].value, "updated_at": at, **(w.extra or {})}
+        if any(to in DECIDED for _f, to, _d in steps):
+            values["decided_at"] = at
+        new_version = values.get("version", app.version)
+        rows = [
+            {
+                "application_id": app.id,
+                "version": new_version,
+                "at": at,
+                "source": source.value,
+                "actor": actor,
+                "from_status": src.value,
+                "to_status": dst.value,
+                "detail": detail,
+            }
+            for src, dst, detail in steps
+        ]
+        values["events_hash"] = seal_events(w.head if w.head_known else app.events_hash, rows)
+        event_rows += rows
+        values["_id"] = app.id
+        by_columns.setdefault(frozenset(values), []).append(values)
+        out.append(
+            [
+                StatusChange.model_construct(
+                    application_id=app.id,
+                    receipt_number=app.receipt_number,
+                    department=app.department,
+                    matter_code=app.matter_code,
+                    centre=app.centre,
+                    version=new_version,
+                    from_status=src,
+                    to_status=dst,
+                    source=source,
+                    actor=actor,
+                    at=at,
+                    detail=detail,
+                )
+                for src, dst, detail in steps
+            ]
         )
-        for src, dst in steps
-    ]
+    if not event_rows:
+        return out
+    # a prebuilt statement per column set: building one per change costs more than SQLite
+    for columns, params in by_columns.items():
+        await conn.execute(update_statement(columns - {"_id"}), params)
+    await conn.execute(_INSERT_EVENT, event_rows)
+    await outbox.fan_out(conn, [w.app.id for w in writes if w.steps], at)
+    return out
 
 
 @functools.cache
-def _update_statement(columns: frozenset[str]) -> Update:
+def update_statement(columns: frozenset[str]) -> Update:
+    """UPDATE of these ``applications`` columns of the case ``_id`` (prebuilt, cached)."""
     return (
         update(applications)
         .where(applications.c.id == bindparam("_id"))
@@ -228,7 +286,6 @@ async def note(
 
 
 async def _chain_head(conn: AsyncConnection, app_id: str) -> str | None:
-    # read here, not from the caller's row: another event may have been added since it was read
     q = select(applications.c.events_hash).where(applications.c.id == app_id)
     head: str | None = (await conn.execute(q)).scalar()
     return head

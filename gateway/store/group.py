@@ -134,10 +134,3 @@ def _settle(future: asyncio.Future[R], outcome: R | BaseException) -> None:
         future.set_exception(outcome)
     else:
         future.set_result(outcome)
-
-
-async def run_each(
-    conn: AsyncConnection, works: list[Callable[[AsyncConnection], Awaitable[R]]]
-) -> list[R]:
-    """A ``store`` for callers that each bring their own unit of work."""
-    return [await work(conn) for work in works]

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.clock import now
 from gateway.store import leases
-from gateway.store.tables import dispatch_jobs
+from gateway.store.tables import UTCDateTime, dispatch_jobs
 
 PENDING, LEASED, DONE, DEAD = "pending", "leased", "done", "dead"
 
@@ -93,6 +93,32 @@ async def finish(
     # a prebuilt statement: on the delivery path, building one per call costs more than SQLite
     params = {"_id": job_id, "_owner": owner, "_leased": LEASED, **values}
     return bool((await conn.execute(_finish_statement(frozenset(values)), params)).rowcount)
+
+
+_FINISH_DELIVERED = (
+    update(dispatch_jobs)
+    .where(
+        and_(
+            dispatch_jobs.c.id.in_(bindparam("_ids", expanding=True)),
+            dispatch_jobs.c.lease_owner == bindparam("_owner"),
+            dispatch_jobs.c.state == LEASED,
+        )
+    )
+    .values(
+        state=DONE,
+        updated_at=bindparam("_at", type_=UTCDateTime()),
+        lease_owner=None,
+        attempts=dispatch_jobs.c.attempts + 1,
+    )
+    .returning(dispatch_jobs.c.id)
+)
+
+
+async def finish_delivered(conn: AsyncConnection, job_ids: list[int], owner: str) -> set[int]:
+    """Settle leased jobs whose delivery was answered (done, one attempt more): one statement
+    for a batch. Returns the ids this owner still held (the others' leases were lost)."""
+    params = {"_ids": job_ids, "_owner": owner, "_at": now()}
+    return {r[0] for r in (await conn.execute(_FINISH_DELIVERED, params)).all()}
 
 
 @functools.cache
