@@ -6,20 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from sqlalchemy import select, update
 
 from gateway.config.models import DepartmentConfig, RetryPolicy
-from gateway.connector import Connector
+from gateway.connector import CaseSummary, Connector
 from gateway.departments import RECORD_MARGIN_SECONDS, DepartmentLink
 from gateway.dispatcher import Dispatcher
+from gateway.errors import TransientError
 from gateway.intake import ApplicationIn, submit
 from gateway.runtime import Runtime
 from gateway.simulators.city import SimulatedCity
@@ -297,3 +301,48 @@ async def test_another_process_sees_an_open_breaker(
     finally:
         await api.aclose()
         await daemon.aclose()
+
+
+# -- paged reads ------------------------------------------------------------------------------
+
+EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+class _Listing:
+    """A listing that yields two cases at once, then waits for ``more`` before a third."""
+
+    last_listing_pages: int | None = None
+
+    def __init__(self) -> None:
+        self.more = asyncio.Event()
+
+    async def list_cases(self, since: Any, until: Any) -> AsyncIterator[CaseSummary]:
+        for i in range(2):
+            yield CaseSummary(case_id=f"C{i}", status="1")
+        await self.more.wait()
+        yield CaseSummary(case_id="C2", status="1")
+
+
+async def test_a_listing_step_has_a_deadline_and_the_reader_does_not() -> None:
+    """Each step of a listing ends within timeout_seconds (one timer for the whole listing);
+    time the reader spends between steps is its own."""
+    listing = _Listing()
+    dept = DepartmentConfig(code="slow", name="slow", connector="idle", timeout_seconds=1.0)
+    link = DepartmentLink(dept, cast(Connector, listing))
+    got: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(TransientError):
+        async for case in link.list_cases(EPOCH, EPOCH):
+            got.append(case.case_id)
+            await asyncio.sleep(1.5)  # longer than a step may take: not the listing's time
+    took = time.monotonic() - started
+    assert got == ["C0", "C1"]
+    assert took >= 3.0  # both pauses of the reader, then the hanging step's own second
+    assert link.slots.used == 0  # the listing's slot is given back
+
+    listing = _Listing()
+    link = DepartmentLink(dept, cast(Connector, listing))
+    asyncio.get_running_loop().call_later(0.5, listing.more.set)
+    assert [c.case_id async for c in link.list_cases(EPOCH, EPOCH)] == ["C0", "C1", "C2"]
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0

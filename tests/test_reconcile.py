@@ -86,7 +86,7 @@ async def test_external_sort_and_merge_in_bounded_chunks() -> None:
 
     async def gw() -> Any:
         for k in keys:
-            yield GatewayCase(k, 1, "delivered", f"D{int(k)}", now())
+            yield GatewayCase(k, 1, "delivered", f"D{int(k)}", True)
 
     got: list[tuple[str | None, list[str]]] = []
     async with sorted_department(dept_stream(), chunk=4) as dside:  # several spilled runs

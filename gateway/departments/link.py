@@ -48,7 +48,7 @@ from gateway.connector import (
     Receipt,
     UpdateOutcome,
 )
-from gateway.departments.guards import Breaker, Bucket, Slots
+from gateway.departments.guards import Breaker, Bucket, Slots, StepDeadline
 from gateway.errors import (
     ConnectorError,
     DepartmentRejected,
@@ -224,14 +224,21 @@ class DepartmentLink:
             raise
         outcome = "ok"
         items = None
+        deadline = StepDeadline(self.dept.timeout_seconds)
         try:
             items = start()
             while True:
+                deadline.start()
                 try:
-                    async with asyncio.timeout(self.dept.timeout_seconds):
-                        item = await anext(items)
+                    item = await anext(items)
                 except StopAsyncIteration:
                     break
+                except asyncio.CancelledError:
+                    if deadline.expired():
+                        raise TimeoutError from None
+                    raise
+                finally:
+                    deadline.stop()
                 yield item
         except NotImplementedError:
             outcome = "unsupported"
@@ -247,6 +254,7 @@ class DepartmentLink:
                 reachability.failed(self.code, op, str(error))
             raise error from exc
         finally:
+            deadline.close()
             if items is not None:
                 await _aclose(items)
             self.slots.give(1)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import Boolean, and_, bindparam, insert, or_, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.clock import new_id, now
@@ -40,7 +40,7 @@ from gateway.envelopes import envelope_for, idempotency_key
 from gateway.errors import PermanentError
 from gateway.events import Source
 from gateway.metrics import RECONCILE_DISCREPANCIES, RECONCILE_RUNS
-from gateway.reconcile.merge import DeptCase, GatewayCase, pair, sorted_department
+from gateway.reconcile.merge import DeptCase, GatewayCase, Matches, Merger, sorted_department
 from gateway.runtime import Runtime
 from gateway.states import AT_DEPARTMENT, DECIDED, State, Verdict, judge
 from gateway.store import cases, jobs
@@ -57,7 +57,7 @@ _TOTALS = frozenset({"gateway_cases", "department_cases", "department_pages"})
 
 log = structlog.get_logger("gateway.reconcile")
 
-PAGE = 2000
+PAGE = 10_000
 FLUSH = 500
 #: gateway-only states after a decision: the department is not expected to know them
 _HANDED_OUT = frozenset({State.READY_FOR_PICKUP, State.COLLECTED, State.MAILED})
@@ -249,7 +249,7 @@ class _Run:
             log.info("reconcile: could not verify", application=g.app_id, error=str(exc))
             return
         if upd is None:  # the department cannot be asked: its list is all we know
-            if g.updated_at >= self.since and status in AT_DEPARTMENT:
+            if g.fresh and status in AT_DEPARTMENT:
                 await self._missing(g, status, "not in the department's list")
             else:
                 self.count("unverified")
@@ -340,7 +340,9 @@ class _Run:
                 cond = applications.c.id == d.app_id
             else:
                 cond = applications.c.department_case_id == d.case_id
-            q = select(*_COLUMNS).where(and_(cond, applications.c.department == self.dept.code))
+            q = select(*_columns(self.since)).where(
+                and_(cond, applications.c.department == self.dept.code)
+            )
             row = (await conn.execute(q)).first()
         return _gateway_case(row) if row is not None else None
 
@@ -362,54 +364,49 @@ async def _settle_job(conn: AsyncConnection, app_id: str, version: int) -> None:
     )
 
 
-_COLUMNS = (
-    applications.c.id,
-    applications.c.version,
-    applications.c.status,
-    applications.c.department_case_id,
-    applications.c.updated_at,
-)
+def _columns(since: dt.datetime) -> tuple[Any, ...]:
+    """:class:`GatewayCase`'s columns; whether the case changed in the window is asked of the
+    database (a timestamp per row costs more to read than the comparison)."""
+    return (
+        applications.c.id,
+        applications.c.version,
+        applications.c.status,
+        applications.c.department_case_id,
+        type_coerce(applications.c.updated_at >= since, Boolean).label("fresh"),
+    )
 
 
 def _gateway_case(row: Any) -> GatewayCase:
-    return GatewayCase(row[0], row[1], row[2], row[3], row[4])
+    return GatewayCase(*row)
 
 
-async def gateway_cases(
-    runtime: Runtime,
-    department: str,
-    since: dt.datetime,
-    until: dt.datetime,
-    counter: list[int] | None = None,
-    page: int = PAGE,
-) -> AsyncIterator[GatewayCase]:
-    """The gateway's side in application-id order, one page (one short query) at a time."""
-    after = ""
-    seen = 0
-    while True:
-        q = (
-            select(*_COLUMNS)
-            .where(
-                and_(
-                    applications.c.department == department,
-                    applications.c.id > after,
-                    applications.c.created_at < until,
-                    or_(
-                        applications.c.updated_at >= since,
-                        applications.c.status.in_([s.value for s in _OPEN]),
-                    ),
-                )
+async def gateway_pages(
+    runtime: Runtime, department: str, since: dt.datetime, until: dt.datetime, page: int = PAGE
+) -> AsyncIterator[list[Any]]:
+    """The gateway's side in application-id order, a page (one short query: no transaction
+    held across the run) at a time; rows in :class:`GatewayCase`'s column order."""
+    q = (
+        select(*_columns(since))
+        .where(
+            and_(
+                applications.c.department == department,
+                applications.c.id > bindparam("after"),
+                applications.c.created_at < until,
+                or_(
+                    applications.c.updated_at >= since,
+                    applications.c.status.in_([s.value for s in _OPEN]),
+                ),
             )
-            .order_by(applications.c.id)
-            .limit(page)
         )
+        .order_by(applications.c.id)
+        .limit(page)
+    )
+    after = ""
+    while True:
         async with runtime.engine.connect() as conn:
-            rows = (await conn.execute(q)).all()
-        for row in rows:
-            yield _gateway_case(row)
-        seen += len(rows)
-        if counter is not None:
-            counter[0] = seen
+            rows = list((await conn.execute(q, {"after": after})).all())
+        if rows:
+            yield rows
         if len(rows) < page:
             return
         after = rows[-1][0]
@@ -466,16 +463,25 @@ async def reconcile_department(
     gw_seen, dept_seen = [0], [0]
     state, error = "done", None
     link.connector.last_listing_pages = None  # the connector counts this listing's pages, if it can
+    matches = Matches(lambda ours, theirs: compare(dept, ours, theirs) is Kind.MATCHED)
     try:
         async with sorted_department(link.list_cases(since, until), counter=dept_seen) as dside:
             if progress:
                 progress(gw_seen[0], dept_seen[0])
-            async for g, ds in pair(
-                gateway_cases(runtime, department, since, until, gw_seen), dside
-            ):
-                await run.settle(g, ds)
-                if progress and (gw_seen[0] + len(ds)) % 1000 == 0:
+            merger = Merger(dside, matches)
+            plain = 0
+            async for rows in gateway_pages(runtime, department, since, until):
+                gw_seen[0] += len(rows)
+                for g, lines in merger.page(rows):
+                    await run.settle(g, [DeptCase.of_line(line) for line in lines])
+                if merger.plain > plain:  # matched without a closer look: counted, no object
+                    run.count(Kind.MATCHED.value, merger.plain - plain)
+                    run.count("superseded", 0)
+                    plain = merger.plain
+                if progress:
                     progress(gw_seen[0], dept_seen[0])
+            for g, lines in merger.rest():
+                await run.settle(g, [DeptCase.of_line(line) for line in lines])
     except Exception as exc:
         state, error = "failed", f"{type(exc).__name__}: {exc}"[:1000]
         log.error("reconciliation failed", department=department, error=error)
