@@ -48,6 +48,7 @@ RESTART_ONLY: tuple[tuple[str, ...], tuple[str, ...]] = (
         "http",
         "api_keys",
         "timezone",
+        "security",
     ),
     ("connector", "enabled", "options", "poll_interval_seconds", "reconcile_cron", "simulator"),
 )

@@ -25,8 +25,9 @@ from gateway.departments import Breaker, DepartmentLink, bounded_client
 from gateway.errors import SchemaOutdated
 from gateway.http import make_client
 from gateway.logs import ensure_configured
+from gateway.pii_crypto import use as use_cipher
 from gateway.plugin_manager import Plugins, load_plugins
-from gateway.store import breakers
+from gateway.store import breakers, pii_keys
 from gateway.store.db import create_engine, migrate, needs_migration
 
 if TYPE_CHECKING:
@@ -56,6 +57,9 @@ class Runtime:
         self.engine = engine or create_engine(
             settings.database_url, **settings.database.engine_options()
         )
+        #: ID and phone numbers are encrypted at rest with it ([gateway.security] pii_key)
+        self.pii_cipher = settings.security.cipher()
+        use_cipher(self.engine.sync_engine.dialect, self.pii_cipher)
         self.blobs = BlobStore(
             settings.data_dir / "blobs", min_free_bytes=settings.data_dir_min_free_mb * 2**20
         )
@@ -187,7 +191,9 @@ class Runtime:
 
     async def prepare_database(self, *, auto_migrate: bool = True) -> None:
         """Migrate an empty or older database (``serve``/``daemon`` do this on start); with
-        ``auto_migrate=False`` an outdated schema is an error that says what to run."""
+        ``auto_migrate=False`` an outdated schema is an error that says what to run. A database
+        holding ID numbers encrypted with a key this process lacks is a ConfigError naming
+        [gateway.security] pii_key."""
         if await needs_migration(self.engine):
             if not auto_migrate:
                 raise SchemaOutdated(
@@ -196,6 +202,7 @@ class Runtime:
                 )
             log.info("migrating database")
             await migrate(self.engine)
+        await pii_keys.prepare(self.engine, self.pii_cipher)
 
     async def aclose(self) -> None:
         for hook in reversed(self.on_close):

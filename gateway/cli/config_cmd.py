@@ -36,7 +36,27 @@ def _problems(config_path: Path) -> tuple[Config | None, list[ConfigProblem]]:
         for name, error in sorted(plugins.failures.items())
     ]
     problems.extend(check_connector_options(config, connectors))
+    problems.extend(_pii_key_problems(config))
     return config, problems
+
+
+def _pii_key_problems(config: Config) -> list[ConfigProblem]:
+    """The database holds ID numbers encrypted with a key the configuration lacks: the gateway
+    would refuse to start, so check-config says so (a database it cannot reach is not its
+    business: it checks files)."""
+    from gateway.cli.common import run
+    from gateway.pii_crypto import SETTING, check_keys
+    from gateway.store.pii_keys import recorded_in
+
+    try:
+        recorded = run(recorded_in(config.gateway.database_url))
+    except Exception:
+        return []
+    try:
+        check_keys(recorded, config.gateway.security.cipher())
+    except ConfigError as exc:
+        return [ConfigProblem(str(config.path), SETTING, p.message) for p in exc.problems]
+    return []
 
 
 def _summary(config: Config) -> dict[str, Any]:

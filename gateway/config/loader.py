@@ -472,6 +472,11 @@ class _Loader:
             for i, item in enumerate(keys):
                 if isinstance(item, dict) and "key" in item:
                     self._check_secret(item["key"], ("gateway", "api_keys", i, "key"), source)
+        security = raw.get("security")
+        if isinstance(security, dict):
+            for name in ("pii_key", "pii_previous_keys"):
+                if name in security:
+                    self._check_secret(security[name], ("gateway", "security", name), source)
         raw = self._resolve(raw, ("gateway",), source)
         try:
             return GatewaySettings.model_validate(raw), source

@@ -12,6 +12,7 @@ from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from gateway.connector import MAX_ANSWER_BYTES
+from gateway.pii_crypto import PiiCipher, parse_key
 from gateway.states import State
 
 REGION_CODE = r"^\d{6}(\d{3})?$"
@@ -142,6 +143,35 @@ class ScheduleSettings(_Strict):
     timezone: str = Field(default="Asia/Shanghai", description="for reconcile_cron")
 
 
+class SecuritySettings(_Strict):
+    """``[gateway.security]``: field-level encryption of applicants' ID and phone numbers
+    (docs/security.md, "Personal data at rest"). Keys are ``${ENV}`` references to 32 random
+    bytes (base64 or hex); without ``pii_key`` they are stored in clear."""
+
+    pii_key: SecretStr | None = Field(
+        default=None, description="encrypts ID and phone numbers written from now on"
+    )
+    pii_previous_keys: list[SecretStr] = Field(
+        default_factory=list, max_length=8, description="still decrypt, never encrypt (rotation)"
+    )
+
+    @field_validator("pii_key", "pii_previous_keys")
+    @classmethod
+    def _keys(cls, value: Any) -> Any:
+        for key in value if isinstance(value, list) else [value]:
+            if key is not None:
+                parse_key(key.get_secret_value())
+        return value
+
+    def cipher(self) -> PiiCipher | None:
+        if self.pii_key is None:
+            return None
+        return PiiCipher(
+            parse_key(self.pii_key.get_secret_value()),
+            [parse_key(k.get_secret_value()) for k in self.pii_previous_keys],
+        )
+
+
 class DatabaseSettings(_Strict):
     """``[gateway.database]``: the connection pool of each process (PostgreSQL; SQLite always
     uses one connection). Size it so that every process's ``pool_size + max_overflow`` summed
@@ -193,6 +223,7 @@ class GatewaySettings(_Strict):
     api_keys: list[StaticKey] = Field(default_factory=list)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     #: the time zone the CLI shows times in (stored times are UTC)
     timezone: str = "Asia/Shanghai"

@@ -179,11 +179,13 @@ def create_engine(
     recycle_seconds: float = 1800.0,
     statement_timeout: float = 15.0,
     connect_timeout: float = 5.0,
+    watch: bool = True,
 ) -> AsyncEngine:
     """An async engine for ``url``; SQLite gets WAL, a busy timeout and immediate transactions.
 
     PostgreSQL URLs may carry ``?search_path=`` (tables in one schema) and
-    ``?statement_timeout=`` (milliseconds, overrides ``statement_timeout``).
+    ``?statement_timeout=`` (milliseconds, overrides ``statement_timeout``). ``watch=False``:
+    failures are not translated nor logged as an outage (a one-off probe, e.g. check-config).
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -205,7 +207,8 @@ def create_engine(
             pool_pre_ping=True,
             connect_args={"server_settings": settings, "timeout": connect_timeout},
         )
-        _watch(engine)
+        if watch:
+            _watch(engine)
         return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -215,7 +218,8 @@ def create_engine(
     engine = create_async_engine(
         url, echo=echo, poolclass=_Pool, pool_size=1, max_overflow=0, pool_timeout=120
     )
-    _watch(engine)
+    if watch:
+        _watch(engine)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:

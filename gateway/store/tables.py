@@ -25,6 +25,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from gateway import pii_crypto
+
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
     """Aware UTC datetimes on both engines (SQLite keeps no zone, so store naive UTC)."""
@@ -44,6 +46,21 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
             return None
         assert isinstance(value, dt.datetime)
         return value.replace(tzinfo=dt.UTC)
+
+
+class Sealed(TypeDecorator[Any]):
+    """The applicant (JSON) with its ID and phone numbers encrypted by the engine's
+    :class:`~gateway.pii_crypto.PiiCipher`, when it has one ([gateway.security] pii_key); every
+    reader of the column gets clear values, rows written before the key included."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return pii_crypto.seal_applicant(value, pii_crypto.cipher_of(dialect))
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        return pii_crypto.open_applicant(value, pii_crypto.cipher_of(dialect))
 
 
 # BIGINT autoincrement on PostgreSQL, INTEGER PRIMARY KEY (rowid) on SQLite.
@@ -105,7 +122,7 @@ applications = Table(
     Column("department", String(32), nullable=False),
     Column("status", String(24), nullable=False),
     Column("version", Integer, nullable=False, default=1),
-    Column("applicant", JSON, nullable=False),  # PII: never logged
+    Column("applicant", Sealed, nullable=False),  # PII: never logged; ID/phone sealed with a key
     Column("form", JSON, nullable=False),
     Column("materials", JSON, nullable=False),
     Column("delivery", JSON, nullable=False),
@@ -495,6 +512,15 @@ rollup_watermarks = Table(
     Column("refreshed_at", UTCDateTime, nullable=False),
 )
 
+# Every key that ever encrypted applicants' ID and phone numbers (its id, never the key), so a
+# process started without it, or with another, refuses to start (migration 0017).
+pii_keys = Table(
+    "pii_keys",
+    metadata,
+    Column("key_id", String(16), primary_key=True),
+    Column("first_used_at", UTCDateTime, nullable=False),
+)
+
 __all__ = [
     "api_clients",
     "applications",
@@ -512,6 +538,7 @@ __all__ = [
     "idempotency_records_archive",
     "materials",
     "metadata",
+    "pii_keys",
     "receipt_counters",
     "reconcile_discrepancies",
     "reconcile_runs",
