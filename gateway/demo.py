@@ -10,6 +10,13 @@ may confirm, refuse, or decide first; departments whose connector cannot withdra
 ops). The summary counts what each withdrawal came to: only cases actually withdrawn are
 "withdrawn".
 
+The outage: one department's simulated system (the first REST one, ``amr``) answers 503 from
+the start for ``outage_seconds`` (and at least until every application is in). Its cases wait in
+the gateway (queued, retried with backoff behind the department's breaker); once it is back the
+backlog drains. The demo prints the backlog at its worst and then checks that nothing was lost:
+every case of that department reached it (the department holds exactly as many cases as the
+gateway delivered, no duplicates), none failed.
+
 Departments whose connector is not available are shown as such and get no applications;
 nothing is counted as a success that did not happen.
 """
@@ -38,6 +45,7 @@ from gateway.runtime import Runtime
 from gateway.service import running
 from gateway.simulators.city import simulated_city
 from gateway.states import DECIDED, FINAL, State
+from gateway.store import jobs
 from gateway.store.clients import create_client
 from gateway.store.tables import applications, events, withdrawals
 
@@ -91,6 +99,33 @@ class Outcome:
     decision_seconds: list[float] = field(default_factory=list)
 
 
+@dataclass
+class Outage:
+    """One department taken down and brought back, as the demo saw it."""
+
+    department: str
+    name: str
+    down_seconds: float = 0.0
+    worst_backlog: int = 0  # unfinished jobs (queued, retrying, in flight) at worst
+    worst_retrying: int = 0
+    drain_seconds: float | None = None  # from back up until no job was left
+    delivered: int = 0  # cases the gateway holds a department case id for
+    failed: int = 0
+    stuck: int = 0  # not yet delivered when the demo ended (received, dispatching)
+    held: int = 0  # cases the department's system holds
+    duplicates: int = 0
+
+    @property
+    def nothing_lost(self) -> bool:
+        return (
+            self.drain_seconds is not None
+            and not self.failed
+            and not self.stuck
+            and not self.duplicates
+            and self.held == self.delivered
+        )
+
+
 def _percentile(values: list[float], q: int) -> str:
     if not values:
         return "-"
@@ -108,9 +143,11 @@ async def run_demo(
     timeout: float = 180.0,
     console: Console | None = None,
     keep: bool = False,
+    outage_seconds: float = 10.0,
 ) -> bool:
-    """Run the demo; True if every application reached a final or explained state. With
-    ``keep`` the gateway, the simulators and the console stay up afterwards (until Ctrl-C)."""
+    """Run the demo; True if every application reached a final or explained state and the
+    department taken down for ``outage_seconds`` (0: none) lost nothing. With ``keep`` the
+    gateway, the simulators and the console stay up afterwards (until Ctrl-C)."""
     console = console or Console()
     rng = random.Random(seed)
     settings = config.gateway.model_copy(
@@ -131,7 +168,10 @@ async def run_demo(
                 assert url is not None
                 city.set_callback_url(url)
                 console.print(f"gateway API at {url}; database {data_dir / 'gateway.db'}")
-                ok = await _drive(runtime, city.urls, url, count, rng, timeout, console)
+                down = _outage_target(city.states) if outage_seconds > 0 else None
+                ok = await _drive(
+                    runtime, city.urls, url, count, rng, timeout, console, down, outage_seconds
+                )
                 if keep:
                     await _keep_running(runtime, url, console)
                 return ok
@@ -160,6 +200,8 @@ async def _drive(
     rng: random.Random,
     timeout: float,
     console: Console,
+    down: tuple[str, Any] | None = None,
+    outage_seconds: float = 0.0,
 ) -> bool:
     config = runtime.config
     outcomes = {
@@ -175,6 +217,24 @@ async def _drive(
     if not matters:
         console.print("[red]no department can take applications[/red]")
         return False
+    console.print("departments:")
+    for o in outcomes.values():
+        state = "" if o.available else f"  [yellow](not available: {o.reason})[/yellow]"
+        console.print(f"  {o.department:8s} {o.name} ({o.connector}){state}")
+    outage: Outage | None = None
+    watching: asyncio.Task[None] | None = None
+    submitted = asyncio.Event()
+    if down is not None and outcomes[down[0]].available:
+        code, sim = down
+        outage = Outage(code, config.departments[code].name)
+        sim.mode = "fail503"
+        console.print(
+            f"taking {code} ({outage.name}) down: its system answers 503 for "
+            f"{outage_seconds:.0f} s (and until every application is in)"
+        )
+        watching = asyncio.create_task(
+            _watch_outage(runtime, sim, outage, outage_seconds, submitted, timeout, console)
+        )
     keys: dict[str, str] = {}
     async with runtime.engine.begin() as conn:
         for centre in config.gateway.centres:
@@ -205,6 +265,9 @@ async def _drive(
                 progress.advance(task)
 
             await asyncio.gather(*(one(i) for i in range(count)))
+        submitted.set()
+        if watching is not None:
+            await watching
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         rounds = 0
@@ -218,6 +281,9 @@ async def _drive(
         handed = await _hand_out(http, runtime, ids, people, console)
     await _collect(runtime, ids, outcomes)
     _print_summary(console, outcomes)
+    if outage is not None and down is not None:
+        await _count_outage(runtime, ids, outage, down[1])
+        _print_outage(console, outage)
     asked = await _withdrawal_outcomes(runtime, ids)
     pending = asked.get("pending", 0)
     _print_withdrawals(console, asked)
@@ -231,7 +297,93 @@ async def _drive(
     if waiting:
         console.print(f"[red]{waiting} decided applications were not handed out[/red]")
     console.print(f"handed out now: {handed}; SMS outbox {os.environ['GATEWAY_SMS_OUTBOX']}")
-    return settled and not waiting and not pending
+    return settled and not waiting and not pending and (outage is None or outage.nothing_lost)
+
+
+def _outage_target(states: dict[str, Any]) -> tuple[str, Any] | None:
+    """The department the demo takes down: the first whose simulator can be told to fail."""
+    for code, state in sorted(states.items()):
+        if hasattr(state, "mode") and hasattr(state, "cases"):
+            return code, state
+    return None
+
+
+async def _backlog(runtime: Runtime, code: str) -> tuple[int, int]:
+    """(unfinished jobs, of which retrying) of one department."""
+    async with runtime.engine.connect() as conn:
+        q = (await jobs.queues(conn, code)).get(code, {})
+    return sum(q.values()), q.get("retrying", 0)
+
+
+async def _watch_outage(
+    runtime: Runtime,
+    sim: Any,
+    outage: Outage,
+    seconds: float,
+    submitted: asyncio.Event,
+    timeout: float,
+    console: Console,
+) -> None:
+    """Keep the department down for ``seconds`` (and until every application is in), noting
+    its backlog; bring it back; wait until the backlog is gone (at most ``timeout``)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    async def sample() -> int:
+        n, retrying = await _backlog(runtime, outage.department)
+        outage.worst_backlog = max(outage.worst_backlog, n)
+        outage.worst_retrying = max(outage.worst_retrying, retrying)
+        return n
+
+    while loop.time() - started < seconds or not submitted.is_set():
+        await sample()
+        await asyncio.sleep(0.25)
+    sim.mode = "ok"
+    up = loop.time()
+    outage.down_seconds = up - started
+    console.print(
+        f"{outage.department} is back after {outage.down_seconds:.1f} s; "
+        f"{outage.worst_backlog} of its cases were waiting in the gateway at worst"
+    )
+    while loop.time() - up < timeout:
+        if not await sample():
+            outage.drain_seconds = loop.time() - up
+            return
+        await asyncio.sleep(0.25)
+
+
+async def _count_outage(runtime: Runtime, ids: list[str], outage: Outage, sim: Any) -> None:
+    """What became of the department's cases: delivered (the gateway holds the department's
+    case id), failed, or still not delivered; and what the department's system holds."""
+    async with runtime.engine.connect() as conn:
+        for chunk in range(0, len(ids), 500):
+            q = select(applications.c.status, applications.c.department_case_id).where(
+                applications.c.id.in_(ids[chunk : chunk + 500]),
+                applications.c.department == outage.department,
+            )
+            for status, case_id in (await conn.execute(q)).all():
+                outage.delivered += case_id is not None
+                outage.failed += status == State.FAILED.value
+                outage.stuck += status in (State.RECEIVED.value, State.DISPATCHING.value)
+    stats = sim.stats()
+    outage.held, outage.duplicates = stats["cases"], stats["duplicates"]
+
+
+def _print_outage(console: Console, o: Outage) -> None:
+    drained = "never" if o.drain_seconds is None else f"{o.drain_seconds:.1f} s after it was back"
+    console.print(
+        f"outage of {o.department} ({o.name}): down {o.down_seconds:.1f} s; backlog at worst "
+        f"{o.worst_backlog} cases ({o.worst_retrying} retrying); drained {drained}; "
+        f"after: {o.delivered} delivered, {o.failed} failed, {o.stuck} not delivered; "
+        f"the department holds {o.held} cases ({o.duplicates} duplicates)"
+    )
+    if o.nothing_lost:
+        console.print(
+            f"[green]nothing lost: every case of {o.department} reached it once the outage "
+            "ended, and the backlog drained[/green]"
+        )
+    else:
+        console.print(f"[red]the outage of {o.department} cost cases: see above[/red]")
 
 
 async def _withdraw(http: httpx.AsyncClient, key: str, app_id: str) -> None:

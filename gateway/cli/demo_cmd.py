@@ -32,6 +32,15 @@ def demo(
             "console URL and a one-time ops key (Ctrl-C stops)",
         ),
     ] = False,
+    outage_seconds: Annotated[
+        float,
+        typer.Option(
+            "--outage-seconds",
+            min=0,
+            help="take one department's system down this long at the start, then bring it "
+            "back (0: no outage)",
+        ),
+    ] = 10.0,
 ) -> None:
     """Run simulated departments and the gateway together, submit applications, summarise."""
     from rich.console import Console
@@ -52,6 +61,7 @@ def demo(
                 timeout=timeout,
                 console=wide,
                 keep=keep,
+                outage_seconds=outage_seconds,
             )
         )
     except KeyboardInterrupt:  # --keep ends with Ctrl-C: not an error

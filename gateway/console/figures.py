@@ -16,15 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Row, and_, case, func, select
+from sqlalchemy import Row, and_, func, select
 
 from gateway import clocks, deadlines, reachability
 from gateway.clock import now
 from gateway.runtime import Runtime
 from gateway.states import State
-from gateway.store import breakers
-from gateway.store.jobs import LEASED, PENDING
-from gateway.store.tables import applications, dispatch_jobs, events
+from gateway.store import breakers, jobs
+from gateway.store.tables import applications, events
 
 CHINA = deadlines.CHINA
 #: the overview's due-soon window (working days), as the issue asks
@@ -62,23 +61,13 @@ class DepartmentRow:
 
 
 async def _queues(runtime: Runtime) -> dict[str, dict[str, int]]:
-    retry = case((dispatch_jobs.c.attempts > 0, 1), else_=0)
-    q = (
-        select(dispatch_jobs.c.department, dispatch_jobs.c.state, retry, func.count())
-        .where(dispatch_jobs.c.state.in_([PENDING, LEASED]))
-        .group_by(dispatch_jobs.c.department, dispatch_jobs.c.state, retry)
-    )
     failed = (
         select(applications.c.department, func.count())
         .where(applications.c.status == State.FAILED.value)
         .group_by(applications.c.department)
     )
-    out: dict[str, dict[str, int]] = {}
     async with runtime.engine.connect() as conn:
-        for dept, state, retrying, n in (await conn.execute(q)).all():
-            key = "in_flight" if state == LEASED else "retrying" if retrying else "queued"
-            slot = out.setdefault(dept, {})
-            slot[key] = slot.get(key, 0) + n
+        out = await jobs.queues(conn)
         for dept, n in (await conn.execute(failed)).all():
             out.setdefault(dept, {})["failed"] = n
     return out

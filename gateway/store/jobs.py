@@ -8,7 +8,7 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, Update, and_, bindparam, func, insert, select, update
+from sqlalchemy import Row, Update, and_, bindparam, case, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.clock import now
@@ -154,6 +154,25 @@ async def depth(conn: AsyncConnection) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for dept, state, n in (await conn.execute(q)).all():
         out.setdefault(dept, {})[state] = n
+    return out
+
+
+async def queues(conn: AsyncConnection, department: str | None = None) -> dict[str, dict[str, int]]:
+    """Unfinished jobs per department: ``queued`` (never tried), ``retrying`` (waiting after a
+    failed try) and ``in_flight`` (leased); absent keys are 0."""
+    retry = case((dispatch_jobs.c.attempts > 0, 1), else_=0)
+    q = (
+        select(dispatch_jobs.c.department, dispatch_jobs.c.state, retry, func.count())
+        .where(dispatch_jobs.c.state.in_([PENDING, LEASED]))
+        .group_by(dispatch_jobs.c.department, dispatch_jobs.c.state, retry)
+    )
+    if department is not None:
+        q = q.where(dispatch_jobs.c.department == department)
+    out: dict[str, dict[str, int]] = {}
+    for dept, state, retrying, n in (await conn.execute(q)).all():
+        key = "in_flight" if state == LEASED else "retrying" if retrying else "queued"
+        slot = out.setdefault(dept, {})
+        slot[key] = slot.get(key, 0) + n
     return out
 
 
