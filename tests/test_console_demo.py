@@ -21,8 +21,10 @@ from tests.conftest import TEST_SECRETS
 @pytest.mark.slow
 def test_demo_keep_prints_the_console_url_and_an_ops_key(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "demo", "--keep", "-n", "5", "--outage-seconds", "0"]
-        + ["--data-dir", str(tmp_path)],
+        [
+            *(sys.executable, "-m", "gateway", "demo", "--keep", "-n", "5"),
+            *("--outage-seconds", "0", "--data-dir", str(tmp_path)),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env={**os.environ, **TEST_SECRETS, "COLUMNS": "200"},
