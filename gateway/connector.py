@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
 
 import httpx
@@ -116,6 +117,24 @@ class CaseSummary(_Model):
 class Health(_Model):
     ok: bool
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class NotSecret:
+    """Declares, in a connector's ``Options`` model, an option whose value is no credential
+    although its name may look like one: ``body: Annotated[dict[str, str], FIELD_NAMES]``.
+    The config's literal-secret check (a key named like ``token``, ``password``, ``*_key``
+    must be a ``${ENV}`` reference) skips exactly such options and everything below them, so
+    a column called ``password`` or ``id_key`` can be named; every other key is checked."""
+
+    what: str
+
+
+#: the option holds names of fields: a mapping's department fields and gateway paths, a
+#: result's column names
+FIELD_NAMES = NotSecret("names of fields")
+#: the option holds a public key (a server's SSH host key)
+PUBLIC_KEY = NotSecret("a public key")
 
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
@@ -247,7 +266,9 @@ class Connector:
 
 
 __all__ = [
+    "FIELD_NAMES",
     "MAX_ANSWER_BYTES",
+    "PUBLIC_KEY",
     "Applicant",
     "CaseSummary",
     "CaseUpdate",
@@ -257,6 +278,7 @@ __all__ = [
     "Health",
     "MaterialReader",
     "MaterialRef",
+    "NotSecret",
     "PayloadMapper",
     "Receipt",
     "ResultDocument",

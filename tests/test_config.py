@@ -63,6 +63,16 @@ def problems(cfg: Path, env: dict[str, str] | None = None) -> list[ConfigProblem
     return info.value.problems
 
 
+def checked(cfg: Path) -> list[ConfigProblem]:
+    """What ``gateway check-config`` finds: the loader's problems, else the connectors'
+    (literal secrets in ``[options]`` are checked beside the connector's model)."""
+    try:
+        config = load_config(cfg / "gateway.toml", env=ENV)
+    except ConfigError as exc:
+        return exc.problems
+    return check_connector_options(config, load_plugins().connectors())
+
+
 def only(found: list[ConfigProblem], file: str, key: str) -> ConfigProblem:
     hits = [p for p in found if p.file.endswith(file) and p.key == key]
     assert len(hits) == 1, f"expected one problem for {file} [{key}], got: {found}"
@@ -159,34 +169,84 @@ def test_literal_secrets_are_refused(cfg: Path) -> None:
         'callback_secrets = ["${AMR_CALLBACK_SECRET}"]',
         'callback_secrets = ["${AMR_CALLBACK_SECRET}", "plain-text"]',
     )
+    secret = only(problems(cfg), "amr.toml", "callback_secrets.1")
+    assert "secrets must be ${ENV} references" in secret.message
+    assert secret.line == secret_line
+    edit(amr, '"${AMR_CALLBACK_SECRET}", "plain-text"', '"${AMR_CALLBACK_SECRET}"')
     token_line = edit(
         amr, 'type = "bearer"\ntoken = "${AMR_API_TOKEN}"', 'type = "bearer"\ntoken = "abc123"'
     )
-    found = problems(cfg)
-    secret = only(found, "amr.toml", "callback_secrets.1")
-    assert "secrets must be ${ENV} references" in secret.message
-    assert secret.line == secret_line
+    found = checked(cfg)
     token = only(found, "amr.toml", "options.auth.token")
-    assert "secrets must be ${ENV} references" in token.message
-    assert token.line == token_line + 1
+    assert str(token).endswith(
+        f"amr.toml:{token_line + 1} [options.auth.token]: "
+        "secrets must be ${ENV} references, not literal values"
+    )
     assert "abc123" not in str(found)  # the secret itself is never echoed
-    assert len(found) == 2
+    assert len(found) == 1
 
 
-def test_a_field_named_after_a_record_field_is_not_a_secret(cfg: Path) -> None:
-    """``idempotency_key`` in a mapping names where the key is (issue 13); ``app_key`` next to
-    it is still a credential that must be an ``${ENV}`` reference."""
+def test_field_names_are_declared_by_the_options_model(cfg: Path) -> None:
+    """A table the connector's model declares as field names (FIELD_NAMES) may name columns
+    called like secrets (``password``, ``token``, ``id_key``); a literal in a real secret key
+    (a header, a password) beside them is still refused with file:line [key]."""
     amr = cfg / "departments" / "amr.toml"
     edit(
         amr,
         '[options.list]\npath = "/cases"',
-        '[options.list]\npath = "/cases"\n[options.list.item]\nidempotency_key = "bizNo"',
+        '[options.list]\npath = "/cases"\n[options.list.item]\nidempotency_key = "id_key"',
     )
+    civil = cfg / "departments" / "civil.toml"
+    edit(civil, '"case.ref" = "idempotency_key"', 'password = "idempotency_key"')
+    append(civil, '\n[options.result.fields]\nstatus = "token"\nidempotency_key = "password"\n')
+    assert checked(cfg) == []
     config = load_config(cfg / "gateway.toml", env=ENV)
-    assert config.departments["amr"].options["list"]["item"]["idempotency_key"] == "bizNo"
-    line = append(amr, '\n[options.headers]\napp_key = "literal"\n')
-    found = problems(cfg)
-    assert [(p.key, p.line) for p in found] == [("options.headers.app_key", line + 2)]
+    fields = config.departments["civil"].options["result"]["fields"]
+    assert fields == {"status": "token", "idempotency_key": "password"}
+    assert config.departments["amr"].options["list"]["item"]["idempotency_key"] == "id_key"
+    header_line = append(amr, '\n[options.headers]\napp_key = "lit-7c2e"\n') + 2
+    edit(
+        civil,
+        'type = "local"\nroot = "var/filedrop/civil"',
+        'type = "sftp"\nhost = "sftp.civil.example"\nusername = "ow"\npassword = "Pw-9f3k"\n'
+        'host_key = "ssh-ed25519 AAAA"\nprivate_key = "/etc/gateway/civil_ed25519"',
+    )
+    found = checked(cfg)
+    assert {(p.file.rpartition("/")[2], p.key, p.message) for p in found} == {
+        (
+            "amr.toml",
+            "options.headers.app_key",
+            "secrets must be ${ENV} references, not literal values",
+        ),
+        (
+            "civil.toml",
+            "options.target.password",
+            "secrets must be ${ENV} references, not literal values",
+        ),
+    }
+    assert only(found, "amr.toml", "options.headers.app_key").line == header_line
+    assert "Pw-9f3k" not in str(found) and "lit-7c2e" not in str(found)
+
+
+async def test_the_simulator_table_is_checked_beside_its_model(cfg: Path) -> None:
+    """``[simulator]`` is validated by the simulator's settings model: its declared field
+    names (the file-drop simulator's ``columns``) may look like secrets, its secrets may not."""
+    from gateway.simulators.city import simulated_city
+
+    civil = cfg / "departments" / "civil.toml"
+    append(civil, '\n[simulator.columns]\nidempotency_key = "申请编号"\n')
+    config = load_config(cfg / "gateway.toml", env=ENV)
+    async with simulated_city(config) as city:
+        assert city.states["civil"].settings.columns == {"idempotency_key": "申请编号"}
+    amr = cfg / "departments" / "amr.toml"
+    line = edit(amr, 'auth_token = "${AMR_API_TOKEN}"', 'auth_token = "tok-5d1e"')
+    config = load_config(cfg / "gateway.toml", env=ENV)
+    with pytest.raises(ConfigError) as info:
+        async with simulated_city(config):
+            pass
+    [problem] = info.value.problems
+    assert (problem.key, problem.line) == ("simulator.auth_token", line)
+    assert "tok-5d1e" not in str(info.value)
 
 
 def test_literal_api_key_in_gateway_toml(cfg: Path) -> None:

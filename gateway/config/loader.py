@@ -22,7 +22,6 @@ import json
 import os
 import re
 import tomllib
-import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from pydantic.fields import FieldInfo
 
 from gateway.config.catalog import Catalog, overlapping_routes
 from gateway.config.models import DepartmentConfig, GatewaySettings, Matter, Region
-from gateway.connector import Applicant, CaseSummary, CaseUpdate, Envelope, Receipt
+from gateway.config.secrets import ENV_REF, field_of, is_secret_name, literal_secrets, models_in
 from gateway.errors import ConfigError, ConfigProblem
 
 MATTER_COLUMNS = (
@@ -49,14 +47,6 @@ MATTER_COLUMNS = (
 )
 _REQUIRED_COLUMNS = frozenset(MATTER_COLUMNS) - {"form_schema", "materials", "pickup_anywhere"}
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_SECRET_NAMES = frozenset({"token", "password", "passwd", "key", "secret"})
-_SECRET_SUFFIXES = ("_token", "_password", "_secret", "_key")
-#: Names of the gateway's own record fields (``idempotency_key``): a connector option or
-#: mapping named after one says where that field is, it does not hold a credential.
-_RECORD_FIELDS = frozenset(
-    name for model in (Envelope, Receipt, CaseUpdate, CaseSummary) for name in model.model_fields
-)
 _URL_PASSWORD = re.compile(r"://[^/@:]*:([^@/]*)@")
 _CREDENTIAL_HEADER = re.compile(r"auth|token|key|secret|sign|pass|cookie|credential", re.I)
 _CREDENTIAL_VALUE = re.compile(r"(?i)(bearer|basic|token|digest)\s+\S")
@@ -101,18 +91,23 @@ def load_config(
 
 
 def check_connector_options(config: Config, connectors: Mapping[str, type]) -> list[ConfigProblem]:
-    """Problems with enabled departments' connectors: a kind that is not installed, or
-    ``[options]`` that the connector's ``Options`` model rejects. Disabled departments are
-    skipped (they may name a connector that is not installed yet)."""
+    """Problems with departments' connectors: a kind that is not installed, ``[options]``
+    that the connector's ``Options`` model rejects, and literal secrets in ``[options]``
+    (checked beside the model, which declares what holds field names: see
+    :mod:`gateway.config.secrets`). Disabled departments are only checked for literal
+    secrets, and only when their connector is installed (they may name one that is not
+    installed yet)."""
     problems: list[ConfigProblem] = []
     installed = ", ".join(sorted(connectors)) or "none"
     for code, department in sorted(config.departments.items()):
+        source = _department_source(config, code)
+        cls = connectors.get(department.connector)
+        options = getattr(cls, "Options", None)
+        model = options if isinstance(options, type) and issubclass(options, BaseModel) else None
+        if model is not None:
+            problems += _literal_secret_problems(source, "options", model)
         if not department.enabled:
             continue
-        source = _Source.read(
-            config.department_files.get(code, config.config_dir / "departments" / f"{code}.toml")
-        )
-        cls = connectors.get(department.connector)
         if cls is None:
             problems.append(
                 source.problem(
@@ -121,26 +116,52 @@ def check_connector_options(config: Config, connectors: Mapping[str, type]) -> l
                     f"(installed: {installed})",
                 )
             )
-            continue
-        options = getattr(cls, "Options", None)
-        if not (isinstance(options, type) and issubclass(options, BaseModel)):
+        elif model is None:
             problems.append(
                 source.problem(
                     ("connector",), f"connector kind {department.connector!r} has no Options model"
                 )
             )
-            continue
-        try:
-            options.model_validate(department.options)
-        except ValidationError as exc:
-            # values here are resolved: never echo them, they may hold secrets
-            problems.extend(
-                source.validation_problems(exc, options, prefix=("options",), show_input=False)
-            )
+        else:
+            try:
+                model.model_validate(department.options)
+            except ValidationError as exc:
+                # values here are resolved: never echo them, they may hold secrets
+                problems.extend(
+                    source.validation_problems(exc, model, prefix=("options",), show_input=False)
+                )
     return problems
 
 
 # -- internals -----------------------------------------------------------------------------------
+
+
+def check_literal_secrets(
+    config: Config, code: str, table: str, model: type[BaseModel]
+) -> list[ConfigProblem]:
+    """Literal secrets in department ``code``'s ``[table]`` as written (``${ENV}`` references
+    unresolved), checked beside the ``model`` that validates it (what it declares
+    :class:`~gateway.connector.NotSecret` is skipped). For tables whose model lives above the
+    config layer: ``[options]`` (here) and ``[simulator]`` (the simulated city)."""
+    return _literal_secret_problems(_department_source(config, code), table, model)
+
+
+def _department_source(config: Config, code: str) -> _Source:
+    default = config.config_dir / "departments" / f"{code}.toml"
+    return _Source.read(config.department_files.get(code, default))
+
+
+def _literal_secret_problems(
+    source: _Source, table: str, model: type[BaseModel] | None
+) -> list[ConfigProblem]:
+    try:
+        raw = tomllib.loads(source.text).get(table)
+    except tomllib.TOMLDecodeError:
+        return []  # load_config reported it
+    return [
+        source.problem(where, "secrets must be ${ENV} references, not literal values")
+        for where in literal_secrets(raw, (table,), [model] if model else [])
+    ]
 
 
 @dataclass
@@ -201,7 +222,7 @@ def _error_message(
         return "required key is missing"
     message = str(error["msg"]).removeprefix("Value error, ")
     value = error.get("input")
-    secret = any(isinstance(part, str) and _is_secret_name(part) for part in loc)
+    secret = any(isinstance(part, str) and is_secret_name(part) for part in loc)
     if show_input and not secret and isinstance(value, str | int | float | bool):
         message += f" (got {value!r})"
     return message
@@ -218,10 +239,10 @@ def _walk(model: type[BaseModel], loc: Loc) -> tuple[Loc, list[type[BaseModel]]]
         if isinstance(part, int):
             out.append(part)
             continue
-        info = next((f for m in candidates if (f := _field(m, part)) is not None), None)
+        info = next((f for m in candidates if (f := field_of(m, part)) is not None), None)
         if info is not None:
             out.append(part)
-            candidates = _models_in(info.annotation)
+            candidates = models_in(info.annotation)
         elif len(candidates) > 1 and i < len(loc) - 1:
             # a union tag ("bearer" or "BearerAuth"): not in the file, but names the member
             candidates = [m for m in candidates if _is_tag(m, part)] or candidates
@@ -231,25 +252,10 @@ def _walk(model: type[BaseModel], loc: Loc) -> tuple[Loc, list[type[BaseModel]]]
     return tuple(out), parents
 
 
-def _field(model: type[BaseModel], name: str) -> FieldInfo | None:
-    for field_name, info in model.model_fields.items():
-        if name in (field_name, info.alias):
-            return info
-    return None
-
-
 def _is_tag(model: type[BaseModel], tag: str) -> bool:
     if model.__name__ == tag:
         return True
     return any(tag in typing.get_args(f.annotation) for f in model.model_fields.values())
-
-
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    if typing.get_origin(annotation) in (list, typing.Union, types.UnionType, typing.Annotated):
-        return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
-    return []
 
 
 def _keys_of(models: list[type[BaseModel]]) -> list[str]:
@@ -296,25 +302,6 @@ def _find_line(text: str, target: Loc) -> int | None:
         if length > best_length and wanted[:length] == candidate:
             best_length, best_line = length, lineno
     return best_line
-
-
-def _names_field(value: str) -> bool:
-    """Whether ``value`` is a gateway field path (``idempotency_key``, ``applicant.name``): a
-    mapping's department field named like a secret (``case_key = "idempotency_key"``) says
-    where a field goes, it holds no credential."""
-    head, _, rest = value.partition(".")
-    if head == "form":
-        return bool(rest)
-    if head == "applicant":
-        return rest in Applicant.model_fields
-    return head in Envelope.model_fields and not rest
-
-
-def _is_secret_name(name: str) -> bool:
-    name = name.lower().replace("-", "_")
-    if name in _RECORD_FIELDS:
-        return False
-    return name in _SECRET_NAMES or name.endswith(_SECRET_SUFFIXES)
 
 
 class _Loader:
@@ -399,29 +386,17 @@ class _Loader:
             )
             return match.group(0)
 
-        return _ENV_REF.sub(replace, value)
+        return ENV_REF.sub(replace, value)
 
     def _check_secret(self, value: Any, loc: Loc, source: _Source) -> None:
         """A secret value must be given as a ``${ENV}`` reference, never literally."""
         if isinstance(value, list):
             for i, item in enumerate(value):
                 self._check_secret(item, (*loc, i), source)
-        elif value is not None and not (isinstance(value, str) and _ENV_REF.search(value)):
+        elif value is not None and not (isinstance(value, str) and ENV_REF.search(value)):
             self.problems.append(
                 source.problem(loc, "secrets must be ${ENV} references, not literal values")
             )
-
-    def _check_secrets_in(self, table: Any, loc: Loc, source: _Source) -> None:
-        """Check every value under a key named like a secret (token, password, key, ...)."""
-        if isinstance(table, dict):
-            for key, value in table.items():
-                if isinstance(value, dict) or not _is_secret_name(key):
-                    self._check_secrets_in(value, (*loc, key), source)
-                elif not (isinstance(value, str) and _names_field(value)):
-                    self._check_secret(value, (*loc, key), source)
-        elif isinstance(table, list):
-            for i, item in enumerate(table):
-                self._check_secrets_in(item, (*loc, i), source)
 
     def _warn_literal_headers(self, options: Any, source: _Source) -> None:
         """A literal credential in ``[options.headers]`` (``Authorization = "Bearer ..."``): its
@@ -430,7 +405,7 @@ class _Loader:
         if not isinstance(headers, dict):
             return
         for name, value in headers.items():
-            if not isinstance(value, str) or _ENV_REF.search(value) or _is_secret_name(name):
+            if not isinstance(value, str) or ENV_REF.search(value) or is_secret_name(name):
                 continue  # a reference, or already refused as a literal secret
             if _CREDENTIAL_HEADER.search(name) or _CREDENTIAL_VALUE.match(value):
                 self.warnings.append(
@@ -459,7 +434,7 @@ class _Loader:
             return None, source
         url = raw.get("database_url")
         password = _URL_PASSWORD.search(url) if isinstance(url, str) else None
-        if password and not _ENV_REF.fullmatch(password.group(1)):
+        if password and not ENV_REF.fullmatch(password.group(1)):
             self.warnings.append(
                 source.problem(
                     ("gateway", "database_url"),
@@ -502,8 +477,8 @@ class _Loader:
                 self.broken.add(path.stem)
                 continue
             self._check_secret(data.get("callback_secrets"), ("callback_secrets",), source)
-            for table in ("options", "simulator"):
-                self._check_secrets_in(data.get(table), (table,), source)
+            # [options] and [simulator] are checked beside the models that validate them
+            # (check_connector_options, the simulated city): they declare what is no secret
             self._warn_literal_headers(data.get("options"), source)
             data = self._resolve(data, (), source)
             try:
@@ -753,4 +728,10 @@ def _has_cycle(code: str, regions: Mapping[str, Region]) -> bool:
     return False
 
 
-__all__ = ["MATTER_COLUMNS", "Config", "check_connector_options", "load_config"]
+__all__ = [
+    "MATTER_COLUMNS",
+    "Config",
+    "check_connector_options",
+    "check_literal_secrets",
+    "load_config",
+]

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from gateway.config.loader import Config
+from gateway.config.loader import Config, check_literal_secrets
+from gateway.errors import ConfigError
 from gateway.simulators import SIMULATORS
 from gateway.simulators.server import serve_asgi
 
@@ -58,6 +59,14 @@ async def simulated_city(
     """
     simulator_overrides = simulator_overrides or {}
     department_overrides = department_overrides or {}
+    problems = [
+        problem
+        for code, dept in sorted(config.departments.items())
+        if (factory := SIMULATORS.get(str((dept.simulator or {}).get("kind", ""))))
+        for problem in check_literal_secrets(config, code, "simulator", factory.settings)
+    ]
+    if problems:
+        raise ConfigError(problems)
     departments = dict(config.departments)
     city = SimulatedCity(config)
     stop = asyncio.Event()  # all servers shut down at once when the city ends

@@ -41,12 +41,13 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI
 from lxml import etree
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.connector import FIELD_NAMES
 from gateway.simulators.decisions import Mix, Outcome, default_mix, draw, version_of
 from gateway.simulators.sftp import SftpServer, sftp_server
 
@@ -108,7 +109,7 @@ class FiledropSimulatorSettings(BaseModel):
     garbage_rate: float = Field(default=0.0, ge=0, le=1)
     duplicate_rate: float = Field(default=0.0, ge=0, le=1)
     encoding: str = "utf-8"
-    columns: dict[str, str] = Field(
+    columns: Annotated[dict[str, str], FIELD_NAMES] = Field(
         default_factory=dict, description="result field -> the department's column name"
     )
     status_words: dict[str, str] = Field(

@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from gateway.connector import FIELD_NAMES, PUBLIC_KEY, NotSecret
 from gateway.mapping import check_source_path
 
 __all__ = [
@@ -65,10 +66,10 @@ class SftpTarget(_Strict):
     port: int = Field(default=22, ge=1, le=65535)
     username: str
     password: SecretStr | None = None
-    private_key: Path | None = None
+    private_key: Annotated[Path | None, NotSecret("the path of a key file")] = None
     private_key_passphrase: SecretStr | None = None
     known_hosts: Path | None = None
-    host_key: str | None = None
+    host_key: Annotated[str | None, PUBLIC_KEY] = None
     root: str = Field(default=".", description="folder on the server holding the folders")
     connect_timeout_seconds: float = Field(default=10.0, gt=0)
 
@@ -144,7 +145,7 @@ class RequestOptions(_Strict):
     done_suffix: str = ".done"
     encoding: str = "utf-8"
     xml_root: str = "application"
-    body: dict[str, str] = Field(
+    body: Annotated[dict[str, str], FIELD_NAMES] = Field(
         default_factory=dict,
         description="department path = envelope path; empty: the whole envelope",
     )
@@ -152,7 +153,7 @@ class RequestOptions(_Strict):
     materials: Literal["files", "none"] = Field(
         default="files", description="files: each material as a file next to the request"
     )
-    materials_field: str = "materials"
+    materials_field: Annotated[str, FIELD_NAMES] = "materials"
 
     @field_validator("body")
     @classmethod
@@ -225,7 +226,7 @@ class ResultOptions(_Strict):
     done_suffix: str = ".done"
     encoding: str = "utf-8"
     max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
-    fields: ResultFields = Field(default_factory=ResultFields)
+    fields: Annotated[ResultFields, FIELD_NAMES] = Field(default_factory=ResultFields)
     list_separators: list[str] = Field(
         default_factory=lambda: [";"],
         description="what separates items where a list is one text field (CSV columns of "

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from gateway.connector import FIELD_NAMES
 from gateway.mapping import check_source_path
 
 __all__ = [
@@ -81,10 +82,10 @@ class TokenAuth(_Strict):
     encoding: Literal["json", "form"] = "json"
     app_id: str
     app_secret: SecretStr
-    app_id_field: str = "appId"
-    app_secret_field: str = "appSecret"
-    token_path: str = "data.access_token"
-    expires_in_path: str | None = "data.expires_in"
+    app_id_field: Annotated[str, FIELD_NAMES] = "appId"
+    app_secret_field: Annotated[str, FIELD_NAMES] = "appSecret"
+    token_path: Annotated[str, FIELD_NAMES] = "data.access_token"
+    expires_in_path: Annotated[str | None, FIELD_NAMES] = "data.expires_in"
     default_ttl_seconds: float = Field(default=600.0, gt=0, description="if no expires_in")
     refresh_margin_seconds: float = Field(default=30.0, ge=0)
     header: str = "Authorization"
@@ -106,12 +107,12 @@ class SigningOptions(_Strict):
     app_id: str
     secret: SecretStr
     place: Literal["header", "query"] = "header"
-    app_id_name: str = "appKey"
-    timestamp_name: str = "timestamp"
-    nonce_name: str = "nonce"
-    sign_name: str = "sign"
-    body_name: str = "body"
-    secret_name: str = "key"
+    app_id_name: Annotated[str, FIELD_NAMES] = "appKey"
+    timestamp_name: Annotated[str, FIELD_NAMES] = "timestamp"
+    nonce_name: Annotated[str, FIELD_NAMES] = "nonce"
+    sign_name: Annotated[str, FIELD_NAMES] = "sign"
+    body_name: Annotated[str, FIELD_NAMES] = "body"
+    secret_name: Annotated[str, FIELD_NAMES] = "key"
     timestamp_unit: Literal["s", "ms"] = "ms"
     uppercase: bool = True
 
@@ -121,8 +122,8 @@ class EnvelopeOptions(_Strict):
     means. Codes compare as text (``0`` and ``"0"`` are the same). A code in no list is
     permanent: the case goes to ``failed`` naming the code and the department's message."""
 
-    code: str = "code"
-    message: str = "msg"
+    code: Annotated[str, FIELD_NAMES] = "code"
+    message: Annotated[str, FIELD_NAMES] = "msg"
     success: list[str] = Field(default_factory=lambda: ["0"])
     transient: list[str] = Field(default_factory=list, description="retry later")
     refused: list[str] = Field(default_factory=list, description="a refusal (DepartmentRejected)")
@@ -162,13 +163,13 @@ class SubmitOptions(_Strict):
 
     method: Literal["POST", "PUT"] = "POST"
     path: str = "/cases"
-    body: dict[str, str] = Field(
+    body: Annotated[dict[str, str], FIELD_NAMES] = Field(
         default_factory=dict,
         description="department path = envelope path; empty: the whole envelope as JSON",
     )
     constants: dict[str, Any] = Field(default_factory=dict, description="fixed values merged in")
     materials: Literal["none", "inline_base64"] = "none"
-    materials_field: str = "materials"
+    materials_field: Annotated[str, FIELD_NAMES] = "materials"
     encoding: Literal["json", "form"] = Field(
         default="json", description="form: application/x-www-form-urlencoded, nested values as JSON"
     )
@@ -176,7 +177,7 @@ class SubmitOptions(_Strict):
         default_factory=list,
         description="HTTP statuses that mean the department already held the case (a re-send)",
     )
-    response: SubmitResponse = Field(default_factory=SubmitResponse)
+    response: Annotated[SubmitResponse, FIELD_NAMES] = Field(default_factory=SubmitResponse)
 
     @field_validator("body")
     @classmethod
@@ -261,7 +262,7 @@ class PollOptions(_Strict):
     not_found_statuses: list[int] = Field(
         default_factory=lambda: [404], description="HTTP statuses that mean no such case"
     )
-    response: PollResponse = Field(default_factory=PollResponse)
+    response: Annotated[PollResponse, FIELD_NAMES] = Field(default_factory=PollResponse)
 
 
 class ListItemFields(_Strict):
@@ -286,9 +287,9 @@ class Paging(_Strict):
     params: dict[str, str] = Field(
         default_factory=dict, description="fixed query parameters sent with every page"
     )
-    items: str = "items"
-    next: str = "next"
-    total: str | None = None
+    items: Annotated[str, FIELD_NAMES] = "items"
+    next: Annotated[str, FIELD_NAMES] = "next"
+    total: Annotated[str | None, FIELD_NAMES] = None
     page_param: str = "page"
     first_page: int = Field(default=1, ge=0)
     offset_param: str = "offset"
@@ -303,7 +304,7 @@ class Paging(_Strict):
 class ListOptions(Paging):
     """How the department's case list is paged through for reconciliation."""
 
-    item: ListItemFields = Field(default_factory=ListItemFields)
+    item: Annotated[ListItemFields, FIELD_NAMES] = Field(default_factory=ListItemFields)
 
 
 class ChangeItemFields(PollResponse):
@@ -324,7 +325,7 @@ class ChangesOptions(Paging):
     decided). With it the daemon asks once per ``[sync] changes_interval_seconds`` instead of
     polling every open case (docs/plugins/rest.md, "Change feed")."""
 
-    item: ChangeItemFields = Field(default_factory=ChangeItemFields)
+    item: Annotated[ChangeItemFields, FIELD_NAMES] = Field(default_factory=ChangeItemFields)
 
 
 class RestOptions(_Strict):
@@ -343,7 +344,7 @@ class RestOptions(_Strict):
     envelope: EnvelopeOptions | None = None
     signing: SigningOptions | None = None
     reject_statuses: list[int] = Field(default_factory=lambda: [422])
-    reject_reason: str = "error.message"
+    reject_reason: Annotated[str, FIELD_NAMES] = "error.message"
     reject_status: str = Field(
         default="not_accepted", description="status code a rejection is recorded as"
     )
@@ -353,7 +354,7 @@ class RestOptions(_Strict):
     poll: PollOptions | None = None
     cases: ListOptions | None = Field(default=None, alias="list")
     changes: ChangesOptions | None = None
-    callback: CallbackFields = Field(default_factory=CallbackFields)
+    callback: Annotated[CallbackFields, FIELD_NAMES] = Field(default_factory=CallbackFields)
     withdraw: WithdrawOptions | None = None
 
     @field_validator("base_url")

@@ -10,10 +10,11 @@ operation's result as zeep returns it (an ``Array`` of spyne appears as ``{"Item
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from gateway.connector import FIELD_NAMES
 from gateway.mapping import check_source_path
 
 __all__ = [
@@ -71,14 +72,14 @@ class SubmitOptions(_Strict):
     """How an application is delivered."""
 
     operation: str = "SubmitApplication"
-    arguments: dict[str, str] = Field(
+    arguments: Annotated[dict[str, str], FIELD_NAMES] = Field(
         default_factory=dict, description="argument path = envelope path"
     )
     constants: dict[str, Any] = Field(default_factory=dict, description="fixed argument values")
-    json_arguments: list[str] = Field(
+    json_arguments: Annotated[list[str], FIELD_NAMES] = Field(
         default_factory=list, description="argument paths sent as a JSON string (e.g. the form)"
     )
-    idempotency_argument: str | None = Field(
+    idempotency_argument: Annotated[str | None, FIELD_NAMES] = Field(
         default="Request.IdempotencyKey", description="argument path of the idempotency key"
     )
     idempotency_header: str | None = Field(
@@ -86,7 +87,7 @@ class SubmitOptions(_Strict):
         description="also send the key as a SOAP header element, in Clark notation "
         "'{namespace}Name'",
     )
-    response: SubmitResponse = Field(default_factory=SubmitResponse)
+    response: Annotated[SubmitResponse, FIELD_NAMES] = Field(default_factory=SubmitResponse)
 
     @field_validator("arguments")
     @classmethod
@@ -134,9 +135,9 @@ class PollOptions(_Strict):
     """How a case's status is read."""
 
     operation: str = "QueryStatus"
-    case_id_argument: str = "CaseId"
+    case_id_argument: Annotated[str, FIELD_NAMES] = "CaseId"
     constants: dict[str, Any] = Field(default_factory=dict)
-    response: PollResponse = Field(default_factory=PollResponse)
+    response: Annotated[PollResponse, FIELD_NAMES] = Field(default_factory=PollResponse)
 
 
 class ListItemFields(_Strict):
@@ -150,15 +151,15 @@ class ListOptions(_Strict):
     """How the department's case list is paged through for reconciliation."""
 
     operation: str = "ListCases"
-    since_argument: str = "Since"
-    until_argument: str = "Until"
-    cursor_argument: str = "Cursor"
-    limit_argument: str = "Limit"
-    items: str = "Items.CaseSummary"
-    next: str = "Next"
+    since_argument: Annotated[str, FIELD_NAMES] = "Since"
+    until_argument: Annotated[str, FIELD_NAMES] = "Until"
+    cursor_argument: Annotated[str, FIELD_NAMES] = "Cursor"
+    limit_argument: Annotated[str, FIELD_NAMES] = "Limit"
+    items: Annotated[str, FIELD_NAMES] = "Items.CaseSummary"
+    next: Annotated[str, FIELD_NAMES] = "Next"
     page_size: int = Field(default=100, ge=1, le=10_000)
     max_pages: int = Field(default=10_000, ge=1, description="guard against a cursor loop")
-    item: ListItemFields = Field(default_factory=ListItemFields)
+    item: Annotated[ListItemFields, FIELD_NAMES] = Field(default_factory=ListItemFields)
 
 
 def _default_faults() -> dict[str, FaultAction]:
