@@ -16,7 +16,12 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow  # each starts a process that runs a whole (tiny) benchmark
 @pytest.mark.parametrize(
     ("script", "ratio"),
-    [("intake.py", "ratio = gateway/bare = "), ("dispatch.py", "ratio = gateway/raw_httpx = ")],
+    [
+        ("intake.py", "ratio = gateway/bare = "),
+        ("dispatch.py", "ratio = gateway/raw_httpx = "),
+        # the city day starts the simulators, the API and the daemon as processes of their own
+        ("cityday.py", "first submit to last decision"),
+    ],
 )
 def test_benchmark_prints_its_ratio(script: str, ratio: str) -> None:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -24,7 +29,7 @@ def test_benchmark_prints_its_ratio(script: str, ratio: str) -> None:
         [sys.executable, str(ROOT / "benchmarks" / script), "--quick"],
         capture_output=True,
         text=True,
-        timeout=100,
+        timeout=300 if script == "cityday.py" else 100,
         cwd=ROOT,
         env=env,
     )
