@@ -45,7 +45,7 @@ PYTEST := $(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile
 # The API fuzzed by schemathesis: >= 300 examples per operation, with a centre key and an ops
 # key, against a real `gateway serve` (the normal test run does a few per operation).
 fuzz: install
-	FUZZ_EXAMPLES=300 $(BIN)/python -m pytest -q -p no:randomly tests/test_schemathesis.py
+	FUZZ_EXAMPLES=300 $(BIN)/python -m pytest -q -rP -p no:randomly tests/test_schemathesis.py
 
 test: install
 	GATEWAY_TEST_PG_URL=$${GATEWAY_TEST_PG_URL:-auto} $(PYTEST) -m "not slow and not faults"

@@ -13,7 +13,8 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,22 @@ CHECKS = [
     response_schema_conformance,
 ]
 GATEWAY = [sys.executable, "-m", "gateway"]
+
+
+# Answers must be a function of the request: hypothesis replays a failing example to confirm it
+# and calls a different answer "unreliable" (flaky). Per-key rate limits make the answer depend
+# on how fast the previous requests came (a replay, or the 300th upload in a few seconds, gets
+# 429), and the upload quota on how much the earlier examples uploaded; both are proven by
+# tests/test_quotas.py, so the fuzzed server gets limits it never reaches. The 429 and 413
+# answers themselves are declared in the OpenAPI document and checked there.
+FUZZ_QUOTAS = """
+[gateway.api.quotas]
+centre_intake_per_second = 1000000.0
+centre_uploads_per_second = 1000000.0
+ops_intake_per_second = 1000000.0
+ops_uploads_per_second = 1000000.0
+upload_bytes_per_day = 1000000000000
+"""
 
 
 def _free_port() -> int:
@@ -74,7 +91,7 @@ def gateway_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
     )
     assert n == 1
     text = re.sub(r'^data_dir = "[^"]*"', f'data_dir = "{root / "var"}"', text, flags=re.M)
-    config.write_text(text, encoding="utf-8")
+    config.write_text(text + FUZZ_QUOTAS, encoding="utf-8")
     env = {**os.environ, **TEST_SECRETS}
     keys = {
         "centre": _key(config, env, "--centre", "C01"),
@@ -134,26 +151,64 @@ def _fuzz(api_schema: Any, gateway: dict[str, Any], who: str) -> None:
     headers = {"Authorization": f"Bearer {gateway['keys'][who]}"}
     failures: list[str] = []
     operations = 0
+    tally: dict[str, Counter[int]] = {}
+    operations_seen: list[Any] = []
+    started = time.monotonic()
     for result in api_schema.get_all_operations():
         operation = result.ok()
         operations += 1
-        if ONLY and not re.search(ONLY, f"{operation.method.upper()} {operation.path}"):
+        name = f"{operation.method.upper()} {operation.path}"
+        if ONLY and not re.search(ONLY, name):
             continue
+        seen = tally[name] = Counter()
+        operations_seen.append(operation)
 
-        @given(case=operation.as_strategy())
-        @FUZZ
-        def run(case: Any) -> None:
-            case.call_and_validate(
-                base_url=gateway["url"], headers=headers, checks=CHECKS, timeout=60
-            )
-
+        run = _fuzzer(operation, gateway["url"], headers, seen)
         try:
             run()
         except (Exception, BaseExceptionGroup) as exc:  # name the operation, go on
-            shown = "".join(traceback.format_exception(exc))[-3000:]
-            failures.append(f"{operation.method.upper()} {operation.path}: {shown}")
+            failures.append(f"{name}: {_shown(exc)}")
+    for operation in operations_seen:  # every answer is declared, not only covered by default
+        name = f"{operation.method.upper()} {operation.path}"
+        declared = set(operation.definition.raw.get("responses", {}))
+        undeclared = sorted(str(code) for code in tally[name] if str(code) not in declared)
+        if undeclared:
+            failures.append(f"{name}: answered {', '.join(undeclared)}, not declared")
+    requests = sum(sum(c.values()) for c in tally.values())
+    print(
+        f"\nfuzz with the {who} key: {requests} requests, {len(tally)} operations, "
+        f"{time.monotonic() - started:.0f} s, {len(failures)} failing"
+    )
+    for name, seen in tally.items():
+        print(f"  {name}: {dict(sorted(seen.items()))}")
     assert operations >= 30 or ONLY, f"only {operations} operations in the OpenAPI document"
+    assert not any(code >= 500 for seen in tally.values() for code in seen), tally
     assert not failures, "\n\n".join(failures)
+
+
+def _fuzzer(
+    operation: Any, url: str, headers: dict[str, str], seen: Counter[int]
+) -> Callable[[], None]:
+    """The hypothesis test of one operation: each answer counted by status, then checked."""
+
+    @given(case=operation.as_strategy())
+    @FUZZ
+    def run(case: Any) -> None:
+        response = case.call(base_url=url, headers=headers, timeout=60)
+        seen[response.status_code] += 1
+        case.validate_response(response, checks=CHECKS)
+
+    return run
+
+
+def _shown(exc: BaseException) -> str:
+    """The failure as found: for hypothesis's "unreliable" (flaky) errors, the first call's
+    exception (what failed before the replay passed), not just the replay's complaint."""
+    inner = getattr(exc, "exceptions", None) or []
+    text = "".join(traceback.format_exception(exc))[-2500:]
+    for sub in inner[:3]:
+        text += "\n-- first call: " + "".join(traceback.format_exception(sub))[-2500:]
+    return text
 
 
 # every operation times EXAMPLES requests: the suite's 120 s per test is not enough for them
