@@ -181,35 +181,48 @@ def owner_gone(owner: str) -> bool:
     return False
 
 
-#: (task, holder tick) pairs already reported, so a long holder is named once, not every tick
-_reported: set[tuple[str, dt.datetime]] = set()
+async def _clear_way(
+    conn: AsyncConnection,
+    task: Task,
+    tick: dt.datetime,
+    owner: str,
+    reported: dict[str, dt.datetime] | None,
+) -> dict[str, str] | None:
+    """None if this tick may run; else why not (an earlier tick still running elsewhere).
 
-
-async def _clear_way(conn: AsyncConnection, task: Task, tick: dt.datetime) -> dict[str, str] | None:
-    """None if this tick may run; else why not (an earlier tick still running elsewhere). An
-    earlier tick of a dead process of this host is marked abandoned and does not count."""
+    An earlier tick does not count, and is marked abandoned, when its daemon is a dead process
+    of this host, or when it is this very daemon's: a daemon runs one tick of a task at a time,
+    so its own unfinished earlier tick is one whose end could not be written (the database
+    refused the write: a full disk, an outage) and would otherwise block the task until its
+    lease ran out. ``reported``: the holder tick last named per task (a long holder is named
+    once, not every tick)."""
     while (held := await earlier_tick_holder(conn, task.name, tick)) is not None:
-        held_tick, owner, until = held
-        if not owner_gone(owner):
-            if (task.name, held_tick) not in _reported:
-                _reported.add((task.name, held_tick))
+        held_tick, holder, until = held
+        if holder == owner:
+            why = "its end was not recorded"
+        elif owner_gone(holder):
+            why = f"{holder} is gone"
+        else:
+            if reported is None or reported.get(task.name) != held_tick:
+                if reported is not None:
+                    reported[task.name] = held_tick
                 log.warning(
                     "task skipped: an earlier tick still holds its lease",
                     task=task.name,
-                    held_by=owner,
+                    held_by=holder,
                     held_tick=held_tick.isoformat(),
                     until=until.isoformat(),
                 )
-            return {"why": "overlap", "held_by": owner, "until": until.isoformat()}
+            return {"why": "overlap", "held_by": holder, "until": until.isoformat()}
         await conn.execute(
             update(task_leases)
             .where(and_(task_leases.c.task == task.name, task_leases.c.tick == held_tick))
-            .values(finished_at=now(), outcome="abandoned", detail={"why": f"{owner} is gone"})
+            .values(finished_at=now(), outcome="abandoned", detail={"why": why})
         )
         log.warning(
-            "task resumes: the earlier tick's daemon is gone",
+            f"task resumes: the earlier tick is over ({why})",
             task=task.name,
-            owner=owner,
+            owner=holder,
             held_tick=held_tick.isoformat(),
         )
     return None
@@ -261,14 +274,20 @@ async def finish_tick(
 
 
 async def run_leased(
-    runtime: Runtime, task: Task, owner: str, tick: dt.datetime
+    runtime: Runtime,
+    task: Task,
+    owner: str,
+    tick: dt.datetime,
+    *,
+    reported: dict[str, dt.datetime] | None = None,
 ) -> dict[str, Any] | None:
-    """Run one tick of a leased task if this owner wins it; the outcome lands on the row."""
+    """Run one tick of a leased task if this owner wins it; the outcome lands on the row.
+    ``reported``: the caller's memory of holders already named (see :func:`_clear_way`)."""
     async with runtime.engine.begin() as conn:
         if not await claim_tick(conn, task.name, tick, owner, task.lease_seconds):
             return None
     async with runtime.engine.begin() as conn:
-        if why := await _clear_way(conn, task, tick):
+        if why := await _clear_way(conn, task, tick, owner, reported):
             await finish_tick(conn, task.name, tick, owner, "skipped", why)
             return None
     log.debug("tick won", task=task.name, tick=tick.isoformat(), owner=owner)
@@ -331,6 +350,8 @@ class Daemon:
         self._pause = 0.0  # the current backoff (0: not paused)
         #: tasks whose department keeps failing (told once per stretch, not every tick)
         self._failing: dict[str, Outage] = {}
+        #: per task, the earlier tick whose live holder was last named (named once, not per tick)
+        self._reported_holders: dict[str, dt.datetime] = {}
 
     def _tasks(self) -> list[Task]:
         from gateway import (
@@ -469,7 +490,9 @@ class Daemon:
                 return
             if task.leased:
                 tick = tick_of(task.trigger, now(), self.schedule.misfire_grace_seconds)
-                await run_leased(self.runtime, task, self.owner, tick)
+                await run_leased(
+                    self.runtime, task, self.owner, tick, reported=self._reported_holders
+                )
             else:
                 await task.run()
             self._pause = 0.0

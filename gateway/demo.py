@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import random
 import statistics
+import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from rich.console import Console
@@ -48,6 +50,7 @@ from gateway.states import DECIDED, FINAL, State
 from gateway.store import jobs
 from gateway.store.clients import create_client
 from gateway.store.tables import applications, events, withdrawals
+from gateway.tables import tsv
 
 #: Secrets the example config references; the demo supplies throwaway values if unset.
 DEMO_SECRETS = {
@@ -126,6 +129,12 @@ class Outage:
         )
 
 
+def _left(o: Outcome) -> int:
+    """Decided or in progress but not handed out (0 at the end of a good run)."""
+    handed = {"collected", "mailed", "withdrawn", "failed", "supplement_required"}
+    return sum(n for k, n in o.statuses.items() if k not in handed)
+
+
 def _percentile(values: list[float], q: int) -> str:
     if not values:
         return "-"
@@ -144,6 +153,7 @@ async def run_demo(
     console: Console | None = None,
     keep: bool = False,
     outage_seconds: float = 10.0,
+    as_json: bool = False,
 ) -> bool:
     """Run the demo; True if every application reached a final or explained state and the
     department taken down for ``outage_seconds`` (0: none) lost nothing. With ``keep`` the
@@ -170,7 +180,16 @@ async def run_demo(
                 console.print(f"gateway API at {url}; database {data_dir / 'gateway.db'}")
                 down = _outage_target(city.states) if outage_seconds > 0 else None
                 ok = await _drive(
-                    runtime, city.urls, url, count, rng, timeout, console, down, outage_seconds
+                    runtime,
+                    city.urls,
+                    url,
+                    count,
+                    rng,
+                    timeout,
+                    console,
+                    down,
+                    outage_seconds,
+                    as_json=as_json,
                 )
                 if keep:
                     await _keep_running(runtime, url, console)
@@ -202,6 +221,8 @@ async def _drive(
     console: Console,
     down: tuple[str, Any] | None = None,
     outage_seconds: float = 0.0,
+    *,
+    as_json: bool = False,
 ) -> bool:
     config = runtime.config
     outcomes = {
@@ -280,7 +301,7 @@ async def _drive(
             rounds += 1
         handed = await _hand_out(http, runtime, ids, people, console)
     await _collect(runtime, ids, outcomes)
-    _print_summary(console, outcomes)
+    _print_summary(console, outcomes, as_json)
     if outage is not None and down is not None:
         await _count_outage(runtime, ids, outage, down[1])
         _print_outage(console, outage)
@@ -669,8 +690,11 @@ async def _collect(runtime: Runtime, ids: list[str], outcomes: dict[str, Outcome
                 d[decision] = d.get(decision, 0) + 1
 
 
-def _print_summary(console: Console, outcomes: dict[str, Outcome]) -> None:
-    table = Table(title="Demo summary per department")
+def _print_summary(console: Console, outcomes: dict[str, Outcome], as_json: bool) -> None:
+    if as_json:  # the one thing on stdout; the narrative went to stderr
+        summary = [{**dataclasses.asdict(o), "left": _left(o)} for o in outcomes.values()]
+        sys.stdout.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+        return
     cols = (
         "dept",
         "kind",
@@ -688,35 +712,44 @@ def _print_summary(console: Console, outcomes: dict[str, Outcome]) -> None:
         "p50",
         "p95",
     )
-    for col in cols:
-        table.add_column(col, justify="left" if col in ("dept", "kind") else "right")
+    rows: list[list[str]] = []
     notes = []
     for o in outcomes.values():
         if not o.available:
-            table.add_row(o.department, o.connector, "[yellow]n/a[/yellow]", *[""] * 12)
+            rows.append([o.department, o.connector, "n/a", *[""] * 12])
             notes.append(f"{o.department} ({o.name}): not available: {o.reason}")
             continue
         s, d = o.statuses, o.decisions
-        handed = {"collected", "mailed", "withdrawn", "failed", "supplement_required"}
-        left = sum(n for k, n in s.items() if k not in handed)
-        table.add_row(
-            o.department,
-            o.connector,
-            str(o.submitted),
-            str(d.get("approved", 0)),
-            str(d.get("rejected", 0)),
-            str(d.get("not_accepted", 0)),
-            str(o.supplemented),
-            str(s.get("supplement_required", 0)),
-            str(s.get("withdrawn", 0)),
-            str(s.get("failed", 0)),
-            str(s.get("collected", 0)),
-            str(s.get("mailed", 0)),
-            f"[red]{left}[/red]" if left else "0",
-            _percentile(o.decision_seconds, 50),
-            _percentile(o.decision_seconds, 95),
+        rows.append(
+            [
+                o.department,
+                o.connector,
+                str(o.submitted),
+                str(d.get("approved", 0)),
+                str(d.get("rejected", 0)),
+                str(d.get("not_accepted", 0)),
+                str(o.supplemented),
+                str(s.get("supplement_required", 0)),
+                str(s.get("withdrawn", 0)),
+                str(s.get("failed", 0)),
+                str(s.get("collected", 0)),
+                str(s.get("mailed", 0)),
+                str(_left(o)),
+                _percentile(o.decision_seconds, 50),
+                _percentile(o.decision_seconds, 95),
+            ]
         )
-    console.print(table)
+    title = "Demo summary per department"
+    if not console.is_terminal:  # piped: plain tab-separated lines
+        console.file.write(tsv(cols, rows, title=title))  # console.out would expand the tabs
+    else:
+        table = Table(title=title)
+        for col in cols:
+            justify: Literal["left", "right"] = "left" if col in ("dept", "kind") else "right"
+            table.add_column(col, justify=justify, overflow="fold")
+        for row in rows:
+            table.add_row(*row, style="red" if row[12] not in ("0", "") else None)
+        console.print(table, markup=False, highlight=False)
     console.print(
         "appr/rej/n/acc: the departments' decisions. supp: supplements handed in (补正; the case "
         "was re-sent as the next version); wait: still asked for more after three rounds. "
@@ -724,4 +757,4 @@ def _print_summary(console: Console, outcomes: dict[str, Outcome]) -> None:
         "not handed out (should be 0). p50/p95: intake to the last decision."
     )
     for note in notes:
-        console.print(f"[yellow]{note}[/yellow]")
+        console.print(note, style="yellow", markup=False, highlight=False)

@@ -98,7 +98,11 @@ async def _run(server: uvicorn.Server) -> None:
     except SystemExit as exc:
         # uvicorn exits the process when it cannot bind or the app's startup fails;
         # inside a shared loop that must be an ordinary error instead.
-        raise RuntimeError(f"uvicorn failed to start (exit code {exc.code})") from None
+        where = f"{server.config.host}:{server.config.port}"
+        raise RuntimeError(
+            f"cannot serve on {where}: uvicorn exited with code {exc.code} (the port is taken "
+            "or the app's startup failed; its log line above says which)"
+        ) from None
 
 
 async def _wait_started(server: uvicorn.Server, task: asyncio.Task[None], timeout: float) -> None:
@@ -107,8 +111,13 @@ async def _wait_started(server: uvicorn.Server, task: asyncio.Task[None], timeou
     while not server.started:
         if task.done():
             task.result()  # raises the startup failure
-            raise RuntimeError("uvicorn stopped before it started")
+            raise RuntimeError(
+                f"the server on {server.config.host}:{server.config.port} stopped before it started"
+            )
         if loop.time() > deadline:
             server.should_exit = True
-            raise RuntimeError(f"uvicorn did not start within {timeout} s")
+            raise RuntimeError(
+                f"the server on {server.config.host}:{server.config.port} did not start within "
+                f"{timeout} s"
+            )
         await asyncio.sleep(0.005)

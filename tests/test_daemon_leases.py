@@ -11,12 +11,10 @@ import socket
 import subprocess
 import sys
 
-import pytest
 import structlog
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import insert, select
 
-import gateway.daemon
 from gateway.clock import now
 from gateway.daemon import EPOCH, Daemon, Task, owner_gone, run_leased
 from gateway.runtime import Runtime
@@ -33,13 +31,15 @@ def dead_pid() -> int:
     return proc.pid
 
 
-async def hold(runtime: Runtime, task: str, owner: str, seconds: float = 300) -> None:
-    """An unfinished tick at T0 whose lease runs ``seconds`` more: a daemon killed mid-tick."""
+async def hold(
+    runtime: Runtime, task: str, owner: str, seconds: float = 300, tick: dt.datetime = T0
+) -> None:
+    """An unfinished tick whose lease runs ``seconds`` more: a daemon killed mid-tick."""
     async with runtime.engine.begin() as conn:
         await conn.execute(
             insert(task_leases).values(
                 task=task,
-                tick=T0,
+                tick=tick,
                 owner=owner,
                 started_at=now(),
                 expires_at=now() + dt.timedelta(seconds=seconds),
@@ -80,25 +80,48 @@ async def test_a_dead_daemons_tick_is_abandoned_at_once(runtime: Runtime) -> Non
     assert found["me"] == ("done", {"n": 1})
 
 
-async def test_a_live_holder_is_named_once(
-    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # what this process already reported is process-wide: the other database's run of this
-    # test in the same worker must not have reported our holder already
-    monkeypatch.setattr(gateway.daemon, "_reported", set())
+async def test_a_live_holder_is_named_once(runtime: Runtime) -> None:
     other = "other-host:4242:abc123"
     await hold(runtime, "results:civil", other)
     runs: list[int] = []
+    reported: dict[str, dt.datetime] = {}  # a daemon's memory of holders it named
     with structlog.testing.capture_logs() as logs:
         for n in (1, 2):
             tick = T0 + dt.timedelta(seconds=5 * n)
-            assert await run_leased(runtime, probe(runs), f"me{n}", tick) is None
+            found = await run_leased(runtime, probe(runs), f"me{n}", tick, reported=reported)
+            assert found is None
     assert runs == []
     outcome, detail = (await rows(runtime))["me1"]
     assert outcome == "skipped" and isinstance(detail, dict)
     assert (detail["why"], detail["held_by"]) == ("overlap", other)
     warned = [e for e in logs if e["log_level"] == "warning"]
     assert len(warned) == 1 and warned[0]["held_by"] == other and "until" in warned[0]
+    assert reported == {"results:civil": T0}  # one entry per task, however many ticks
+
+
+async def test_a_tick_whose_end_was_not_recorded_does_not_hold_its_own_daemon_back(
+    runtime: Runtime,
+) -> None:
+    # the daemon won T0, then the database refused the write of its end (a full disk): the
+    # row stays open with its lease running; a daemon runs one tick of a task at a time, so
+    # its next tick knows the open one is over instead of waiting for the lease to run out
+    await hold(runtime, "results:civil", "me", seconds=300)
+    runs: list[int] = []
+    with structlog.testing.capture_logs() as logs:
+        done = await run_leased(runtime, probe(runs), "me", T0 + dt.timedelta(seconds=5))
+    assert done == {"n": 1}
+    async with runtime.engine.connect() as conn:
+        found = (await conn.execute(select(task_leases).order_by(task_leases.c.tick))).all()
+    assert [(r.outcome, r.detail) for r in found] == [
+        ("abandoned", {"why": "its end was not recorded"}),
+        ("done", {"n": 1}),
+    ]
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+        "task resumes: the earlier tick is over (its end was not recorded)"
+    ]
+    # another daemon's open tick still holds (only the lease tells when it is over)
+    await hold(runtime, "results:civil", "other-host:1:abc", tick=T0 + dt.timedelta(seconds=7))
+    assert await run_leased(runtime, probe(runs), "me", T0 + dt.timedelta(seconds=10)) is None
 
 
 async def test_a_running_tick_renews_its_short_lease(runtime: Runtime) -> None:

@@ -66,3 +66,42 @@ async def test_the_same_key_at_once_is_one_application(runtime: Runtime) -> None
     async with runtime.engine.connect() as conn:
         n = (await conn.execute(select(func.count()).select_from(applications))).scalar_one()
     assert n == 1
+
+
+async def test_a_connection_killed_under_a_batch_costs_a_retry_each_time(tmp_path: Path) -> None:
+    # what pg_terminate_backend or a failover does to a batch before its COMMIT: nothing was
+    # stored, so the batch is tried again on a fresh connection, as often as that happens up
+    # to LOST_CONNECTION_ATTEMPTS in a row; a real error is not retried
+    from gateway.errors import DatabaseUnavailable
+    from gateway.store.group import LOST_CONNECTION_ATTEMPTS
+
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'g.db'}")
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE t (v INTEGER PRIMARY KEY)"))
+    kills = {"left": 3}
+    attempts: list[list[int]] = []
+
+    async def store(conn: AsyncConnection, items: list[int]) -> list[int]:
+        attempts.append(list(items))
+        for v in items:
+            await conn.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": v})
+        if kills["left"]:
+            kills["left"] -= 1
+            raise DatabaseUnavailable("connection killed", connection_lost=True)
+        return items
+
+    group: GroupCommit[int, int] = GroupCommit(engine, store)
+    try:
+        assert await asyncio.gather(group.submit(1), group.submit(2)) == [1, 2]
+        assert attempts == [[1, 2]] * 4  # three kills, three retries, one commit
+        kills["left"] = LOST_CONNECTION_ATTEMPTS  # a server that kills every connection
+        attempts.clear()
+        failed = await asyncio.gather(group.submit(3), return_exceptions=True)
+        assert isinstance(failed[0], DatabaseUnavailable) and failed[0].connection_lost
+        assert len(attempts) == LOST_CONNECTION_ATTEMPTS
+        async with engine.connect() as conn:
+            stored = (await conn.execute(text("SELECT v FROM t ORDER BY v"))).scalars().all()
+        assert stored == [1, 2]  # once each; nothing of the killed attempts
+    finally:
+        await group.aclose()
+        await engine.dispose()

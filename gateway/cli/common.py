@@ -33,7 +33,8 @@ class _LazyConsole:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(stderr=self._stderr)
+            # soft_wrap: a message is one line however long (grep finds it); tables still fit
+            self._console = Console(stderr=self._stderr, soft_wrap=True)
         return self._console
 
     def __getattr__(self, name: str) -> Any:
@@ -76,10 +77,26 @@ def load(path: Path) -> Config:
         raise typer.Exit(1) from exc
 
 
+#: what an operator checks when a command meets an infrastructure failure
+_CHECK = {
+    "database": "is the database server up and [gateway] database_url right?",
+    "storage": "is [gateway] data_dir writable, with free space?",
+}
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's work; a database or disk failure ends it with its cause, not a
+    traceback (exit 1)."""
     import asyncio
 
-    return asyncio.run(coro)
+    from gateway.errors import InfrastructureError
+
+    try:
+        return asyncio.run(coro)
+    except InfrastructureError as exc:
+        hint = _CHECK.get(exc.component, "try again later")
+        err.print(f"{exc} ({hint})", markup=False, highlight=False)
+        raise typer.Exit(1) from exc
 
 
 def emit_json(data: Any) -> None:

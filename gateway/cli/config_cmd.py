@@ -131,21 +131,26 @@ def check_config(
 
 
 def _print_summary(config: Config) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from gateway.cli.output import print_note, print_table
 
-    console = Console(highlight=False)
     summary = _summary(config)
-    table = Table(title=f"Departments ({config.path})")
-    for column in ("code", "name", "connector", "state", "matters"):
-        table.add_column(column)
-    for d in summary["departments"]:
-        state = "enabled" if d["enabled"] else "[yellow]disabled[/yellow]"
-        table.add_row(d["code"], d["name"], d["connector"], state, str(d["matters"]))
-    console.print(table)
+    print_table(
+        ("code", "name", "connector", "state", "matters"),
+        [
+            (
+                d["code"],
+                d["name"],
+                d["connector"],
+                "enabled" if d["enabled"] else "disabled",
+                d["matters"],
+            )
+            for d in summary["departments"]
+        ],
+        title=f"Departments ({config.path})",
+    )
     regions = ", ".join(f"{r.code} {r.name}" for r in config.gateway.regions)
     centres = ", ".join(f"{c.code} {c.name}" for c in config.gateway.centres)
-    console.print(f"matters: {summary['matters']}")
-    console.print(f"regions: {regions}")
-    console.print(f"centres: {centres}")
-    console.print("[green]configuration OK[/green]")
+    print_note(f"matters: {summary['matters']}")
+    print_note(f"regions: {regions}")
+    print_note(f"centres: {centres}")
+    print_note("configuration OK", style="green")

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from gateway.cli import app
-from gateway.cli.common import DEFAULT_CONFIG, ConfigOption, console, load, run
+from gateway.cli.common import DEFAULT_CONFIG, ConfigOption, JsonOption, console, err, load, run
 
 
 @app.command()
@@ -41,16 +41,16 @@ def demo(
             "back (0: no outage)",
         ),
     ] = 10.0,
+    as_json: JsonOption = False,
 ) -> None:
-    """Run simulated departments and the gateway together, submit applications, summarise."""
-    from rich.console import Console
-
+    """Run simulated departments and the gateway together, submit applications, summarise
+    (--json: the summary as JSON on stdout, the rest on stderr)."""
     from gateway.demo import run_demo, use_demo_secrets  # heavy: only when the demo runs
 
     use_demo_secrets()
     cfg = load(config)
     folder = data_dir or Path(tempfile.mkdtemp(prefix="gateway-demo-"))
-    wide = Console(width=max(console.width, 110))  # the summary table needs the room
+    out = err if as_json else console
     try:
         ok = run(
             run_demo(
@@ -59,14 +59,15 @@ def demo(
                 seed=seed,
                 data_dir=folder,
                 timeout=timeout,
-                console=wide,
+                console=out,
                 keep=keep,
                 outage_seconds=outage_seconds,
+                as_json=as_json,
             )
         )
     except KeyboardInterrupt:  # --keep ends with Ctrl-C: not an error
-        console.print("stopped")
+        out.print("stopped")
         return
     if not ok:
         raise typer.Exit(1)
-    console.print("[green]every application reached a final or explained state[/green]")
+    out.print("every application reached a final or explained state", style="green")

@@ -25,6 +25,7 @@ from gateway.cli.common import (
     load,
     run,
 )
+from gateway.cli.output import local_time, print_table, unknown_name
 
 if TYPE_CHECKING:  # the commands import these when they run: `gateway --help` must stay quick
     from sqlalchemy.ext.asyncio import AsyncConnection
@@ -92,9 +93,7 @@ def keys_create(
 
     cfg = load(config)
     if centre and centre not in {c.code for c in cfg.gateway.centres}:
-        known = ", ".join(c.code for c in cfg.gateway.centres)
-        err.print(f"unknown centre '{centre}' (configured: {known})")
-        raise typer.Exit(2)
+        raise unknown_name("centre", centre, (c.code for c in cfg.gateway.centres))
 
     async def work(conn: AsyncConnection) -> tuple[clients.Client, str]:
         return await clients.create_client(
@@ -109,7 +108,6 @@ def keys_create(
 def keys_list(config: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False) -> None:
     """Every key stored in the database (never the key itself) and whether it works now;
     times in the configured time zone, --json for scripts."""
-    from gateway.cli.output import local_time, print_table
     from gateway.store import clients
 
     cfg = load(config)
@@ -179,5 +177,5 @@ def keys_rotate(
         raise typer.Exit(1)
     old, new, key = rotated
     _print_new_key(key)
-    until = old.expires_at.isoformat(timespec="seconds") if old.expires_at else "now"
+    until = local_time(old.expires_at, cfg.gateway.timezone) if old.expires_at else "now"
     err.print(f"new key id {new.id}; the old key {old.id} works until {until}", highlight=False)

@@ -114,7 +114,7 @@ def status(
         f" ({view.department_case_id or 'no case id yet'}): {view.status}"
     )
     for b in held_open:  # why a case waiting to be sent does not move
-        until = b.open_until.isoformat(timespec="seconds") if b.open_until else "?"
+        until = local_time(b.open_until, zone) if b.open_until else "?"
         console.print(
             f"{view.department}: breaker open in {b.owner} until {until} after {b.failures} "
             "failed calls in a row: nothing is sent to the department until then",

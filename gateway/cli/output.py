@@ -2,7 +2,8 @@
 
 Tables: on a terminal a rich table as wide as the terminal whose cells fold instead of being
 cut (receipt numbers, ids stay whole); piped or redirected, plain tab-separated lines with a
-header row, nothing cut or decorated, for ``cut``/``awk``. Every command that prints a table
+header row, nothing cut or decorated, for ``cut``/``awk``; a title and the lines beside the
+table (counts, "configuration OK") are ``# `` comment lines. Every command that prints a table
 also has ``--json``.
 
 Times are shown in the configured time zone (``[gateway] timezone``, default Asia/Shanghai).
@@ -23,8 +24,9 @@ from typing import Any
 import typer
 
 from gateway.cli.common import console, err
+from gateway.tables import tsv
 
-__all__ = ["local_time", "print_table", "unknown_name"]
+__all__ = ["local_time", "print_note", "print_table", "tsv", "unknown_name"]
 
 
 def local_time(value: dt.datetime | None, zone: str) -> str:
@@ -41,11 +43,7 @@ def print_table(
 ) -> None:
     cells = [["" if c is None else str(c) for c in row] for row in rows]
     if not sys.stdout.isatty():
-        if title:
-            sys.stdout.write(f"# {title}\n")
-        for line in [list(columns), *cells]:
-            sys.stdout.write("\t".join(c.replace("\t", " ").replace("\n", " ") for c in line))
-            sys.stdout.write("\n")
+        sys.stdout.write(tsv(columns, cells, title=title))
         return
     from rich.table import Table
 
@@ -54,7 +52,16 @@ def print_table(
         table.add_column(name, overflow="fold")
     for row in cells:
         table.add_row(*row)
-    console.print(table, markup=False, highlight=False)
+    console.print(table, markup=False, highlight=False, soft_wrap=False)
+
+
+def print_note(text: str, *, style: str | None = None) -> None:
+    """A line for people beside a table: as is on a terminal, a ``# `` comment line when piped
+    (scripts reading the table skip it like the title)."""
+    if not sys.stdout.isatty():
+        sys.stdout.write(f"# {text}\n")
+        return
+    console.print(text, style=style, markup=False, highlight=False)
 
 
 def unknown_name(kind: str, name: str, known: Iterable[str]) -> typer.Exit:

@@ -23,11 +23,10 @@ from gateway.cli.common import (
     load,
     run,
 )
-from gateway.cli.output import print_table, unknown_name
+from gateway.cli.output import local_time, print_table, unknown_name
+from gateway.tables import tsv
 
 if TYPE_CHECKING:
-    from rich.table import Table
-
     from gateway import deadlines
 
 #: the city's clock, for dates given without an offset (as gateway.deadlines.CHINA)
@@ -81,15 +80,17 @@ def reconcile_cmd(
     until: Annotated[str | None, typer.Option(help="window end, ISO (default: now)")] = None,
     fmt: Annotated[Format, typer.Option("--format", help="output format")] = Format.table,
     output: Annotated[Path | None, typer.Option(help="write the report here")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="the same as --format json")] = False,
 ) -> None:
     """Compare the gateway's cases with each department's own list; repair what is safe to
     repair, flag the rest. Every run is stored (GET /v1/ops/reconciliations)."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
     from gateway import reconcile
     from gateway.runtime import Runtime
 
+    if as_json:
+        fmt = Format.json
     cfg = load(config)
     lower, upper = _when(since, "--since"), _when(until, "--until")
 
@@ -120,8 +121,8 @@ def reconcile_cmd(
                         runtime, code, since=lower, until=upper, trigger="cli", progress=show
                     )
                     row = {**vars(result)}
-                    row["since"] = result.since.isoformat(timespec="seconds")
-                    row["until"] = result.until.isoformat(timespec="seconds")
+                    row["since"] = local_time(result.since, cfg.gateway.timezone)
+                    row["until"] = local_time(result.until, cfg.gateway.timezone)
                     runs.append(row)
                     _run, items = await reconcile.get_run(runtime, result.id)
                     found.extend(
@@ -156,17 +157,16 @@ def reconcile_cmd(
         text = buf.getvalue()
     else:
         head, rows = _rows(runs)
-        table = Table(*head, title="reconciliation")
-        for cells in rows:
-            table.add_row(*cells)
         if output is None:
             print_table(head, rows, title="reconciliation")
             for r in runs:
                 if r["error"]:
-                    err.print(f"[red]{r['department']} failed:[/red] {r['error']}")
+                    err.print(
+                        f"{r['department']} failed: {r['error']}", markup=False, highlight=False
+                    )
             failed = any(r["state"] != "done" for r in runs)
             raise typer.Exit(1 if failed else 0)
-        text = _render(table)
+        text = tsv(head, rows, title="reconciliation")
     if output is not None:
         output.write_text(text, encoding="utf-8")
         console.print(f"report written to {output}")
@@ -174,15 +174,6 @@ def reconcile_cmd(
         print(text, end="" if text.endswith("\n") else "\n")
     if any(r["state"] != "done" for r in runs):
         raise typer.Exit(1)
-
-
-def _render(table: Table) -> str:
-    from rich.console import Console
-
-    out = Console(file=io.StringIO(), width=200)
-    out.print(table)
-    assert isinstance(out.file, io.StringIO)
-    return out.file.getvalue()
 
 
 @app.command("deadlines")

@@ -11,12 +11,12 @@ from gateway.cli.common import (
     DEFAULT_CONFIG,
     ConfigOption,
     JsonOption,
-    console,
     emit_json,
     err,
     load,
     run,
 )
+from gateway.cli.output import local_time, print_note, print_table, unknown_name
 
 
 @app.command()
@@ -36,8 +36,6 @@ def refetch(
 ) -> None:
     """Fetch the results of approved cases that came without documents again (named cases or
     --all), or --list them. Exit 1 when a named case still has no document."""
-    from rich.table import Table
-
     from gateway import refetch as refetching
     from gateway.runtime import Runtime
 
@@ -45,6 +43,8 @@ def refetch(
         err.print("give case ids, --all, or --list")
         raise typer.Exit(2)
     cfg = load(config)
+    if department is not None and department not in cfg.departments:
+        raise unknown_name("department", department, cfg.departments)
 
     async def go() -> Any:
         runtime = Runtime(cfg)
@@ -65,25 +65,25 @@ def refetch(
                 "receipt_number": r.receipt_number,
                 "department": r.department,
                 "department_case_id": r.department_case_id,
-                "decided_at": r.updated_at.isoformat(),
+                "decided_at": local_time(r.updated_at, cfg.gateway.timezone),
             }
             for r in found
         ]
         if as_json:
             emit_json(rows)
             return
-        table = Table("id", "receipt", "department", "case", "decided at")
-        for row in rows:
-            table.add_row(*(str(v or "") for v in row.values()))
-        console.print(table)
-        console.print(f"{len(rows)} approved case(s) without documents")
+        print_table(
+            ("id", "receipt", "department", "case", "decided at"),
+            [list(row.values()) for row in rows],
+        )
+        print_note(f"{len(rows)} approved case(s) without documents")
         return
     if as_json:
         emit_json([r.__dict__ for r in found])
     else:
-        table = Table("id", "department", "outcome", "status", "detail")
-        for r in found:
-            table.add_row(r.application_id, r.department, r.outcome, r.status or "", r.detail)
-        console.print(table)
+        print_table(
+            ("id", "department", "outcome", "status", "detail"),
+            [(r.application_id, r.department, r.outcome, r.status, r.detail) for r in found],
+        )
     if application_ids and any(r.outcome != "collected" for r in found):
         raise typer.Exit(1)

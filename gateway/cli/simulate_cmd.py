@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from gateway.cli import app
-from gateway.cli.common import console as _console
 from gateway.cli.common import err as _err
 from gateway.errors import ConfigError, ConfigProblem
 
@@ -121,24 +121,33 @@ async def run_simulators(
     return rows
 
 
-def _print(rows: list[RunningSimulator]) -> None:
-    from rich.table import Table
+def _print(rows: list[RunningSimulator], as_json: bool) -> None:
+    from gateway.cli.common import emit_json
+    from gateway.cli.output import print_note, print_table
 
-    table = Table(title="Simulated departments")
-    table.add_column("department")
-    table.add_column("kind")
-    table.add_column("URL")
-    for row in rows:
-        table.add_row(row.department, row.kind, row.url or f"[dim]{row.note}[/dim]")
-    _console.print(table)
-    if any(row.url for row in rows):
-        _console.print("Running; Ctrl-C to stop.")
+    if as_json:
+        emit_json(
+            [
+                {"department": r.department, "kind": r.kind, "url": r.url, "note": r.note}
+                for r in rows
+            ]
+        )
     else:
-        _console.print("No simulators to run.")
+        print_table(
+            ("department", "kind", "URL"),
+            [(r.department, r.kind, r.url or r.note) for r in rows],
+            title="Simulated departments",
+        )
+        running = any(row.url for row in rows)
+        print_note("Running; Ctrl-C to stop." if running else "No simulators to run.")
+    sys.stdout.flush()  # a script reading the pipe sees the URLs while the simulators run
 
 
 async def _until_signalled(
-    departments: Mapping[str, DepartmentConfig], public_url: str, only: list[str] | None
+    departments: Mapping[str, DepartmentConfig],
+    public_url: str,
+    only: list[str] | None,
+    as_json: bool,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -147,7 +156,7 @@ async def _until_signalled(
             loop.add_signal_handler(sig, stop.set)
 
     def ready(rows: list[RunningSimulator]) -> None:
-        _print(rows)
+        _print(rows, as_json)
         if not any(row.url for row in rows):
             stop.set()
 
@@ -164,20 +173,27 @@ def simulate(
         list[str] | None,
         typer.Option("--only", help="department code to simulate (repeatable; default: all)"),
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print what runs as JSON (then run until Ctrl-C)")
+    ] = False,
 ) -> None:
     """Run the config's simulated department systems until Ctrl-C."""
+    from gateway.cli.output import unknown_name
     from gateway.config.loader import load_config
 
     try:
         cfg = load_config(config)
+        for code in only or ():
+            if code not in cfg.departments:
+                raise unknown_name("department", code, cfg.departments)
         api = cfg.gateway.api
         public_url = api.public_url or f"http://{api.host}:{api.port}"
-        asyncio.run(_until_signalled(cfg.departments, public_url, only))
+        asyncio.run(_until_signalled(cfg.departments, public_url, only, as_json))
     except ConfigError as exc:
         _err.print(f"[red]Configuration has {len(exc.problems)} problem(s):[/red]")
         for problem in exc.problems:
             _err.print(f"  {problem}", markup=False, highlight=False)
         raise typer.Exit(1) from exc
     except RuntimeError as exc:
-        _err.print(f"[red]{exc}[/red] (is another process using the port?)")
+        _err.print(f"{exc} (is another process using the port?)", markup=False, highlight=False)
         raise typer.Exit(1) from exc

@@ -6,9 +6,12 @@ and a pool hand-off per item into one per batch, and lets ``store`` use multi-ro
 If a batch fails, every item is retried in a transaction of its own, so one item's error
 (say, a key another process stored meanwhile) reaches only its own caller. An infrastructure
 failure is not an item's fault: the whole batch gets it at once (no per-item retries against a
-database that is down), except a connection killed before the commit was sent, which costs one
-retry of the batch on a fresh connection. The queue is bounded (``max_queue``): when it is full
-``submit`` raises :class:`~gateway.errors.Overloaded` instead of letting memory grow.
+database that is down), except a connection killed before the commit was sent (failover,
+``pg_terminate_backend``): nothing was stored, so each killed connection costs one retry of the
+batch on a fresh connection, up to :data:`LOST_CONNECTION_ATTEMPTS` in a row (a server that is
+really gone fails the reconnect instead, and that is answered at once). The queue is bounded
+(``max_queue``): when it is full ``submit`` raises :class:`~gateway.errors.Overloaded`
+instead of letting memory grow.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ from typing import Generic, TypeVar
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.errors import DatabaseUnavailable, InfrastructureError, Overloaded
+
+#: attempts of one batch whose connection is killed under it each time; past it, the batch's
+#: callers get the error (a server that accepts connections only to lose them is an outage)
+LOST_CONNECTION_ATTEMPTS = 10
 
 I = TypeVar("I")  # noqa: E741
 R = TypeVar("R")
@@ -102,13 +109,13 @@ class GroupCommit(Generic[I, R]):
                 _settle(future, result)
 
     async def _commit(self, items: list[I]) -> list[R]:
-        try:
-            return await self._commit_once(items)
-        except _NotSent:  # the connection died before COMMIT: nothing stored; a new one may do
+        for attempt in range(1, LOST_CONNECTION_ATTEMPTS + 1):
             try:
                 return await self._commit_once(items)
-            except _NotSent as again:
-                raise again.error from None
+            except _NotSent as lost:  # died before COMMIT: nothing stored; a new one may do
+                if attempt == LOST_CONNECTION_ATTEMPTS:
+                    raise lost.error from None
+        raise AssertionError("unreachable")
 
     async def _commit_once(self, items: list[I]) -> list[R]:
         async with self.engine.begin() as conn:

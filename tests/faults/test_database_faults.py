@@ -117,7 +117,8 @@ async def test_database_stopped_and_started(tmp_path: Path) -> None:
 
 async def test_connections_terminated_mid_work(tmp_path: Path) -> None:
     """Every gateway connection is killed (pg_terminate_backend) twice a second while
-    applications arrive and are dispatched: no 500, nothing lost or doubled."""
+    applications arrive and are dispatched: a killed connection costs a retry, not an error
+    (no 503, no 500), nothing lost or doubled."""
     n, rate = 150, 15.0
     kill = (
         "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
@@ -149,6 +150,7 @@ async def test_connections_terminated_mid_work(tmp_path: Path) -> None:
     )
     assert killed > 0
     assert desk.refused == [] and desk.answers["500"] == 0
+    assert desk.answers["503"] == 0  # the database answered all along: nothing to retry later
     assert lost == 0 and doubled == 0
     assert "Traceback" not in log_text
 
