@@ -476,7 +476,7 @@ class Daemon:
     async def _dispatch(self) -> None:
         # keep sweeping while sweeps find work (a burst of intake), as the old loop did
         for _ in range(100):
-            if self._stopping or not await self.dispatcher.sweep():
+            if self._stopping or not await self.dispatcher.sweep(skip_empty=True):
                 break
         return None
 

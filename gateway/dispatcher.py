@@ -69,6 +69,11 @@ class Dispatcher:
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = asyncio.Event()
         self._rng = random.Random(seed)
+        #: department -> until when (monotonic) it is taken to have nothing due: its last claim
+        #: came back short. A freed slot does not ask it again before then (each ask is a
+        #: transaction); new local work (runtime.work_added) or the time running out does.
+        self._empty_until: dict[str, float] = {}
+        self._work_seen = runtime.work_added
         # outcomes of finished deliveries are committed together (one transaction per batch)
         self._recorder: GroupCommit[_Work | _Outcome, list[StatusChange]] = GroupCommit(
             runtime.engine, self._store
@@ -79,12 +84,21 @@ class Dispatcher:
         link = self.runtime.link(department)
         return bool(link and link.breaker_open())
 
-    async def sweep(self) -> int:
-        """Claim what every available department can take now and start delivering it."""
+    async def sweep(self, *, skip_empty: bool = False) -> int:
+        """Claim what every available department can take now and start delivering it.
+
+        ``skip_empty`` (the loops): do not ask again a department whose last claim came back
+        short, for half a sweep interval or until new local work is committed."""
         claimed = 0
+        clock = time.monotonic()
+        if self._work_seen != self.runtime.work_added:
+            self._work_seen = self.runtime.work_added
+            self._empty_until.clear()
         for link in self.runtime.links():
             if self.stopping.is_set():
                 break
+            if skip_empty and self._empty_until.get(link.code, 0.0) > clock:
+                continue
             # slots first: a claimed job never waits for one (its lease covers the call only)
             slots = link.reserve(self.settings.batch_size)
             if slots <= 0:
@@ -103,6 +117,8 @@ class Dispatcher:
                 link.unreserve(slots)
                 raise
             link.unreserve(slots - len(ready))
+            if len(rows) < slots:  # nothing more is due there now
+                self._empty_until[link.code] = clock + self.settings.sweep_interval_seconds / 2
             announce(self.runtime, changes)
             for job, envelope in ready:
                 self.inflight[link.code] = self.inflight.get(link.code, 0) + 1
@@ -118,7 +134,7 @@ class Dispatcher:
         while not self.stopping.is_set():
             wakeup.clear()
             try:
-                claimed = await self.sweep()
+                claimed = await self.sweep(skip_empty=True)
             except Exception:
                 log.exception("dispatch sweep failed")
                 claimed = 0

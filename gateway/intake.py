@@ -294,7 +294,7 @@ async def submit(runtime: Runtime, client: Client, key: str, body: ApplicationIn
     if isinstance(answer, IntakeProblem):
         raise answer
     if not answer.replayed:
-        runtime.wakeup.set()  # new work for a dispatcher in this process
+        runtime.new_work()  # new work for a dispatcher in this process
     return answer
 
 

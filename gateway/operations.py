@@ -43,7 +43,7 @@ async def replay(runtime: Runtime, app_id: str, actor: str) -> StatusChange:
         )
         assert result.change is not None
         await jobs.revive(conn, app_id, app.version)
-    runtime.wakeup.set()
+    runtime.new_work()
     runtime.plugins.status_changed(result.change)
     return result.change
 

@@ -72,14 +72,23 @@ class Runtime:
         self._clients: list[httpx.AsyncClient] = []
         #: department code -> why it cannot be dispatched to (disabled, connector missing, ...)
         self.unavailable: dict[str, str] = {}
-        #: set when new work is committed in this process, so the dispatcher need not wait a sweep
+        #: set when new work is committed in this process (:meth:`new_work`) or a dispatch slot
+        #: frees, so the dispatcher need not wait a sweep
         self.wakeup = asyncio.Event()
+        #: how many times new work was committed in this process (the dispatcher asks again of a
+        #: department it found empty when this moves)
+        self.work_added = 0
         #: called (in reverse order) by aclose, before the database and http client close
         self.on_close: list[Callable[[], Awaitable[None]]] = []
         #: this process, as it signs what it records for others (its breakers)
         self.process = f"{socket.gethostname()}:{os.getpid()}"
         self._recording: set[asyncio.Task[None]] = set()
         self._build_connectors()
+
+    def new_work(self) -> None:
+        """New work was committed in this process: wake the dispatcher."""
+        self.work_added += 1
+        self.wakeup.set()
 
     def _build_connectors(self) -> None:
         kinds = self.plugins.connectors()

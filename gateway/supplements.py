@@ -132,7 +132,7 @@ async def submit(runtime: Runtime, client: Client, app_id: str, body: Supplement
             materials=body.materials,
         )
         change = with_contact(result.change, app.applicant)
-    runtime.wakeup.set()
+    runtime.new_work()
     return Supplemented(accepted, [change], replayed=False)
 
 

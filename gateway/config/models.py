@@ -241,7 +241,7 @@ class GatewaySettings(_Strict):
 
 
 class RetryPolicy(_Strict):
-    """One retry policy: short in-call retries (tenacity), then persisted backoff across calls."""
+    """One retry policy: short in-call retries, then persisted backoff across calls."""
 
     max_attempts: int = Field(default=8, ge=1, description="calls before the case is failed")
     base_seconds: float = Field(default=1.0, gt=0)

@@ -35,7 +35,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Literal, TypeVar
 
 import structlog
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_fixed
 
 from gateway import metrics, reachability
 from gateway.config.models import DepartmentConfig, RetryPolicy
@@ -337,29 +336,27 @@ class DepartmentLink:
             self._observe(op, outcome, started)
 
     async def _attempts(self, op: Operation, fn: Callable[[], Awaitable[T]], retry: bool) -> T:
+        """The call, and with ``retry`` up to ``[retry] in_call_attempts`` in all: a plain loop
+        (no retry machinery on the path of a call that succeeds, which is nearly every call)."""
         policy = self.dept.retry
+        attempts = policy.in_call_attempts if retry else 1
         timeout = self.dept.timeout_seconds
-
-        def short_wait(exc: BaseException) -> bool:
-            return isinstance(exc, TransientError) and (
-                exc.retry_after is None or exc.retry_after <= 1.0
-            )
-
-        async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(policy.in_call_attempts if retry else 1),
-            wait=wait_fixed(policy.in_call_wait_seconds),
-            retry=retry_if_exception(short_wait),
-            reraise=True,
-        ):
-            with attempt:
-                try:
-                    async with asyncio.timeout(timeout):
-                        return await fn()
-                except TimeoutError as exc:
+        attempt = 1
+        while True:
+            try:
+                async with asyncio.timeout(timeout):
+                    return await fn()
+            except TimeoutError as exc:
+                if attempt >= attempts:
                     raise TransientError(
                         f"no answer from {self.code} within {timeout}s ({op})"
                     ) from exc
-        raise AssertionError("unreachable")
+            except TransientError as exc:
+                # only a transient error that asks for no long wait is tried again in the call
+                if attempt >= attempts or (exc.retry_after is not None and exc.retry_after > 1.0):
+                    raise
+            attempt += 1
+            await asyncio.sleep(policy.in_call_wait_seconds)
 
     # -- bookkeeping -------------------------------------------------------------------------------
 
