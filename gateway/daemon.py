@@ -23,11 +23,15 @@ coalesce into one run; runs later than ``misfire_grace_seconds`` are dropped (th
 comes).
 
 A running tick renews its lease every third of it, so a lease can be short: a daemon killed
-mid-tick (SIGKILL, power) blocks its task for at most one lease (result pulls: three
-``results_seconds``, at least 30 s). An earlier tick whose owner names a process of this host
-that no longer exists (owner ``host:pid:...``) is taken as abandoned at once, so a restarted
-daemon resumes at its first tick. A tick skipped for a live holder says so: one WARNING per
-holder ("held by ... until ...").
+mid-tick (SIGKILL, power, on any host) blocks its task for at most one lease (result pulls:
+one ``results_seconds``, at least 1 s). A tick that finds an earlier one holding a lease that
+ends before its own next tick waits for it: if the holder stops renewing, the tick runs as
+soon as the lease runs out (the row is marked ``abandoned``, WARNING "the earlier tick's lease
+ran out"). An earlier tick whose owner names a process of this host that no longer exists
+(owner ``host:pid:...``), or this very daemon (its end was not recorded), is taken as
+abandoned at once. A tick held up by a live holder says so: one WARNING per holder
+(department, holder host and pid, lease end), and ops see the holder in the department's
+health (``GET /v1/ops/departments``).
 
 While the database (or data_dir) is out, a tick that meets an
 :class:`~gateway.errors.InfrastructureError` pauses every task of this daemon: ticks are skipped
@@ -181,6 +185,21 @@ def owner_gone(owner: str) -> bool:
     return False
 
 
+#: a leased tick's lease is never shorter than this (renewed every third of it)
+MIN_LEASE_SECONDS = 1.0
+
+
+def _holder_fields(task: str, owner: str) -> dict[str, str]:
+    host, _, rest = owner.partition(":")
+    return {
+        "task": task,
+        "department": task.partition(":")[2],
+        "held_by": owner,
+        "holder_host": host,
+        "holder_pid": rest.partition(":")[0],
+    }
+
+
 async def _clear_way(
     conn: AsyncConnection,
     task: Task,
@@ -207,25 +226,92 @@ async def _clear_way(
                 if reported is not None:
                     reported[task.name] = held_tick
                 log.warning(
-                    "task skipped: an earlier tick still holds its lease",
-                    task=task.name,
-                    held_by=holder,
+                    "task held: an earlier tick still holds its lease",
+                    **_holder_fields(task.name, holder),
                     held_tick=held_tick.isoformat(),
                     until=until.isoformat(),
                 )
-            return {"why": "overlap", "held_by": holder, "until": until.isoformat()}
-        await conn.execute(
-            update(task_leases)
-            .where(and_(task_leases.c.task == task.name, task_leases.c.tick == held_tick))
-            .values(finished_at=now(), outcome="abandoned", detail={"why": why})
-        )
+            return {
+                "why": "overlap",
+                "held_by": holder,
+                "held_tick": held_tick.isoformat(),
+                "until": until.isoformat(),
+            }
+        await _abandon(conn, task, held_tick, why)
         log.warning(
             f"task resumes: the earlier tick is over ({why})",
-            task=task.name,
+            **_holder_fields(task.name, holder),
             owner=holder,
             held_tick=held_tick.isoformat(),
         )
     return None
+
+
+async def _abandon(conn: AsyncConnection, task: Task, held_tick: dt.datetime, why: str) -> None:
+    """Close an earlier tick that will never finish (unless it already has)."""
+    await conn.execute(
+        update(task_leases)
+        .where(
+            and_(
+                task_leases.c.task == task.name,
+                task_leases.c.tick == held_tick,
+                task_leases.c.finished_at.is_(None),
+            )
+        )
+        .values(finished_at=now(), outcome="abandoned", detail={"why": why})
+    )
+
+
+def _interval_of(trigger: BaseTrigger) -> float | None:
+    return float(trigger.interval_length) if isinstance(trigger, IntervalTrigger) else None
+
+
+async def _wait_turn(
+    runtime: Runtime,
+    task: Task,
+    tick: dt.datetime,
+    owner: str,
+    reported: dict[str, dt.datetime] | None,
+) -> dict[str, str] | None:
+    """None once this tick may run, else why not. A holder whose lease ends before this
+    task's next tick is waited for: a live holder renews its lease while it works, so a
+    lease that runs out means its daemon stopped (killed, on any host), and the task resumes
+    then, within one interval of the holder's last renewal, saying so."""
+    async with runtime.engine.begin() as conn:
+        why = await _clear_way(conn, task, tick, owner, reported)
+    step = _interval_of(task.trigger)
+    waited = time.monotonic()
+    while why is not None and step is not None:
+        until = dt.datetime.fromisoformat(why["until"])
+        if until >= tick + dt.timedelta(seconds=step):
+            break  # held past this tick: the next one asks again
+        await asyncio.sleep(max(0.0, (until - now()).total_seconds()) + 0.05)
+        held_by, held_tick = why["held_by"], dt.datetime.fromisoformat(why["held_tick"])
+        async with runtime.engine.begin() as conn:
+            why = await _clear_way(conn, task, tick, owner, reported)
+            if why is None:
+                await _lapsed(conn, task, held_tick, held_by, until, time.monotonic() - waited)
+    return why
+
+
+async def _lapsed(
+    conn: AsyncConnection,
+    task: Task,
+    held_tick: dt.datetime,
+    owner: str,
+    until: dt.datetime,
+    waited: float,
+) -> None:
+    """The tick waited for stopped renewing its lease: record it as abandoned and say so."""
+    why = f"{owner} stopped renewing its lease (ran out {until.isoformat()})"
+    await _abandon(conn, task, held_tick, why)
+    log.warning(
+        "task resumes: the earlier tick's lease ran out (its daemon stopped renewing it)",
+        **_holder_fields(task.name, owner),
+        held_tick=held_tick.isoformat(),
+        until=until.isoformat(),
+        waited_seconds=round(waited, 3),
+    )
 
 
 async def _keep_lease(runtime: Runtime, task: Task, tick: dt.datetime, owner: str) -> None:
@@ -286,14 +372,13 @@ async def run_leased(
     async with runtime.engine.begin() as conn:
         if not await claim_tick(conn, task.name, tick, owner, task.lease_seconds):
             return None
-    async with runtime.engine.begin() as conn:
-        if why := await _clear_way(conn, task, tick, owner, reported):
-            await finish_tick(conn, task.name, tick, owner, "skipped", why)
-            return None
-    log.debug("tick won", task=task.name, tick=tick.isoformat(), owner=owner)
     outcome, detail = "failed", None
     renewing = asyncio.create_task(_keep_lease(runtime, task, tick, owner))
     try:
+        if why := await _wait_turn(runtime, task, tick, owner, reported):
+            outcome, detail = "skipped", why
+            return None
+        log.debug("tick won", task=task.name, tick=tick.isoformat(), owner=owner)
         detail = await task.run()
         outcome = "done"
         return detail
@@ -445,8 +530,9 @@ class Daemon:
                 async def pull(code: str = code) -> dict[str, Any]:
                     return {"applied": await pull_department(rt, code)}
 
-                # renewed while it runs: a crashed daemon's tick blocks the next for one lease
-                lease = max(3 * sched.results_seconds, 30.0)
+                # renewed every third of it while it runs: a daemon that died mid-tick (on
+                # any host) holds result reading for at most one tick interval
+                lease = max(sched.results_seconds, MIN_LEASE_SECONDS)
                 tasks.append(
                     Task(
                         f"results:{code}",
@@ -571,6 +657,7 @@ class Daemon:
 
 
 __all__ = [
+    "MIN_LEASE_SECONDS",
     "Daemon",
     "Task",
     "claim_tick",

@@ -1,22 +1,33 @@
-"""Tick leases after a crash: a running tick renews its lease (so leases can be short), a tick
-left by a dead daemon of this host is abandoned at once, and a tick skipped for a live holder
-says who holds it until when."""
+"""Tick leases after a crash: a running tick renews its lease (so leases can be one tick
+interval), a tick left by a dead daemon of this host is abandoned at once, one whose daemon on
+another host stopped renewing is waited for and taken over when its lease runs out, and a tick
+held up by a live holder says who holds it until when (log and the department's health)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import os
 import socket
 import subprocess
 import sys
 
+import httpx
 import structlog
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import insert, select
 
 from gateway.clock import now
-from gateway.daemon import EPOCH, Daemon, Task, owner_gone, run_leased
+from gateway.daemon import (
+    EPOCH,
+    MIN_LEASE_SECONDS,
+    Daemon,
+    Task,
+    owner_gone,
+    run_leased,
+    tick_of,
+)
 from gateway.runtime import Runtime
 from gateway.store.tables import task_leases
 from tests.conftest import wait_for
@@ -32,19 +43,25 @@ def dead_pid() -> int:
 
 
 async def hold(
-    runtime: Runtime, task: str, owner: str, seconds: float = 300, tick: dt.datetime = T0
-) -> None:
-    """An unfinished tick whose lease runs ``seconds`` more: a daemon killed mid-tick."""
+    runtime: Runtime,
+    task: str,
+    owner: str,
+    seconds: float = 300,
+    *,
+    tick: dt.datetime = T0,
+    started: dt.datetime | None = None,
+) -> dt.datetime:
+    """An unfinished tick whose lease runs ``seconds`` more from its last renewal (now): a
+    daemon killed mid-tick. Returns the lease's end."""
+    renewed = now()
+    until = renewed + dt.timedelta(seconds=seconds)
     async with runtime.engine.begin() as conn:
         await conn.execute(
             insert(task_leases).values(
-                task=task,
-                tick=tick,
-                owner=owner,
-                started_at=now(),
-                expires_at=now() + dt.timedelta(seconds=seconds),
+                task=task, tick=tick, owner=owner, started_at=started or renewed, expires_at=until
             )
         )
+    return until
 
 
 async def rows(runtime: Runtime) -> dict[str, tuple[str | None, object]]:
@@ -157,9 +174,70 @@ async def test_a_running_tick_renews_its_short_lease(runtime: Runtime) -> None:
     assert (await rows(runtime))["me"][0] == "done"
 
 
-async def test_result_pulls_lease_for_three_ticks_at_least_thirty_seconds(
-    runtime: Runtime,
-) -> None:
+async def test_result_pulls_lease_for_one_tick_interval(runtime: Runtime) -> None:
     seconds = runtime.config.gateway.schedule.results_seconds
     task = Daemon(runtime, owner="me").tasks["results:civil"]
-    assert task.lease_seconds == max(3 * seconds, 30.0) < 300
+    assert task.lease_seconds == max(seconds, MIN_LEASE_SECONDS) == seconds
+
+
+async def test_a_holder_on_another_host_that_stops_renewing_is_waited_for_one_tick(
+    runtime: Runtime,
+) -> None:
+    """A daemon on another host took the results tick, renewed its lease once, and died: the
+    next daemon's tick waits for that lease (one tick interval) instead of skipping, reads as
+    soon as it runs out, before the next tick would have come, and the log says why."""
+    schedule = runtime.config.gateway.schedule.model_copy(update={"results_seconds": 3.0})
+    gateway_settings = runtime.config.gateway.model_copy(update={"schedule": schedule})
+    runtime.config = dataclasses.replace(runtime.config, gateway=gateway_settings)
+    daemon = Daemon(runtime, owner=f"{socket.gethostname()}:{os.getpid()}:me0001")
+    results = daemon.tasks["results:civil"]
+    step = results.lease_seconds
+    assert step == 3.0
+    read_at: list[dt.datetime] = []
+
+    async def read_results() -> dict[str, int]:
+        read_at.append(now())
+        return {"applied": 0}
+
+    daemon.tasks = {results.name: dataclasses.replace(results, run=read_results)}
+    other = "other-host:4242:abc123"
+    tick = tick_of(results.trigger, now(), 60)
+    until = await hold(runtime, results.name, other, step, tick=tick)
+    with structlog.testing.capture_logs() as logs:
+        await daemon.start()
+        try:
+            await wait_for(lambda: read_at, timeout=60)
+        finally:
+            await daemon.stop()
+    assert read_at[0] > until  # never while the lease held
+    assert read_at[0] - until < dt.timedelta(seconds=step)  # not a whole tick later
+    held = [e for e in logs if e["event"].startswith("task held")]
+    assert len(held) == 1
+    assert (held[0]["department"], held[0]["holder_host"], held[0]["holder_pid"]) == (
+        "civil",
+        "other-host",
+        "4242",
+    )
+    assert held[0]["until"] == until.isoformat()
+    [resumed] = [e for e in logs if "lease ran out" in e["event"]]
+    assert resumed["held_by"] == other and resumed["log_level"] == "warning"
+    outcome, detail = (await rows(runtime))[other]
+    assert outcome == "abandoned" and isinstance(detail, dict)
+    assert detail["why"].startswith(f"{other} stopped renewing its lease")
+
+
+async def test_a_live_holder_shows_in_the_departments_health(
+    runtime: Runtime, api: httpx.AsyncClient, ops_headers: dict[str, str]
+) -> None:
+    started = now() - dt.timedelta(minutes=5)
+    until = await hold(runtime, "results:civil", "other-host:4242:abc123", started=started)
+    resp = await api.get("/v1/ops/departments", headers=ops_headers)
+    assert resp.status_code == 200
+    depts = {d["code"]: d for d in resp.json()["items"]}
+    held = depts["civil"]["results_held_by"]
+    assert held == (
+        f"held by other-host pid 4242 since {started:%H:%M:%S} UTC, "
+        f"lease until {until:%H:%M:%S} UTC"
+    )
+    assert f"result reading {held}" in depts["civil"]["health_detail"]
+    assert depts["amr"]["results_held_by"] is None
