@@ -9,6 +9,7 @@ with its trace id.
 from __future__ import annotations
 
 import functools
+import logging
 import ssl
 
 import httpx
@@ -18,6 +19,7 @@ from httpx_aiohttp import AiohttpTransport
 from gateway.tracing import new_traceparent
 
 log = structlog.get_logger("gateway.http")
+_stdlib_log = logging.getLogger("gateway.http")  # its level follows gateway.logs.configure
 
 
 async def add_traceparent(request: httpx.Request) -> None:
@@ -26,6 +28,8 @@ async def add_traceparent(request: httpx.Request) -> None:
     if header is None:
         header, _trace_id = new_traceparent()
         request.headers["traceparent"] = header
+    if not _stdlib_log.isEnabledFor(logging.DEBUG):
+        return  # the usual case: no URL to format for a line nobody keeps
     # the path only: a query string may carry a department's case numbers or tokens
     log.debug(
         "outbound call",

@@ -46,11 +46,13 @@ class NotifiedChange(StatusChange):
 def with_contact(change: StatusChange, applicant: dict[str, Any] | None) -> StatusChange:
     if applicant is None:
         return change
-    return NotifiedChange(**dict(change), contact=Contact.from_applicant(applicant))
+    # the change's values were validated when it was made: no second validation
+    return NotifiedChange.model_construct(**dict(change), contact=Contact.from_applicant(applicant))
 
 
 def split(change: StatusChange) -> tuple[StatusChange, Contact | None]:
     """The plain change (what plugins see as ``change``) and the contact, if known."""
     if isinstance(change, NotifiedChange):
-        return StatusChange(**change.model_dump()), change.contact
+        plain = {name: getattr(change, name) for name in StatusChange.model_fields}
+        return StatusChange.model_construct(**plain), change.contact
     return change, None

@@ -49,12 +49,14 @@ def new_traceparent() -> tuple[str, str]:
 @contextlib.contextmanager
 def case(application_id: str) -> Iterator[str]:
     """Calls and log lines inside the block belong to this case's trace; yields the trace id."""
-    import structlog
+    from structlog.contextvars import bind_contextvars, reset_contextvars
 
     trace_id = trace_id_for(application_id)
     token = _trace.set(trace_id)
+    # tokens, not bound_contextvars: that copies the whole context to save what it replaces
+    logged = bind_contextvars(trace_id=trace_id)
     try:
-        with structlog.contextvars.bound_contextvars(trace_id=trace_id):
-            yield trace_id
+        yield trace_id
     finally:
+        reset_contextvars(**logged)
         _trace.reset(token)
