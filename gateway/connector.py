@@ -103,6 +103,8 @@ class CaseUpdate(_Model):
     event_id: str | None = None
     documents: list[ResultDocument] = Field(default_factory=list)
     supplement_items: list[str] = Field(default_factory=list)
+    #: the change's number in the department's change sequence (:meth:`Connector.changes_after`)
+    sequence: int | None = None
 
 
 class CaseSummary(_Model):
@@ -224,6 +226,19 @@ class Connector:
         state machine makes a repeat a no-op) and cases the gateway does not hold are skipped.
         """
         raise NotImplementedError(f"{self.kind} connector has no change feed")
+
+    def changes_by_sequence(self) -> bool:
+        """Whether the department numbers its changes: the daemon then reads the feed with
+        :meth:`changes_after` from the last sequence it applied (no overlap window: a number
+        does not skew or commit late), not with :meth:`changes` by time."""
+        return False
+
+    def changes_after(self, sequence: int) -> AsyncIterator[CaseUpdate]:
+        """The department's numbered change feed: every change numbered above ``sequence``, in
+        order, each update carrying its ``sequence`` (the case's current status, as
+        :meth:`poll` gives it). The daemon moves its watermark to the highest sequence of a
+        page in the same transaction that applies the page."""
+        raise NotImplementedError(f"{self.kind} connector has no numbered change feed")
 
     def parse_callback(self, payload: Any) -> CaseUpdate:
         """Turn a department's pushed callback body (already authenticated by the gateway's

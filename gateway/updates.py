@@ -3,6 +3,7 @@ state machine, in one transaction, and telling the status_changed hook after com
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -213,89 +214,168 @@ async def _apply(
     event_key: tuple[str, str] | None,
 ) -> list[StatusChange]:
     async with runtime.engine.begin() as conn:
-        if event_key is not None:
-            seen = await conn.execute(
-                select(callback_events.c.event_id).where(
-                    callback_events.c.department == event_key[0],
-                    callback_events.c.event_id == event_key[1],
-                )
-            )
-            if seen.first():
-                raise DuplicateEvent(event_key[1])
-            await conn.execute(
-                insert(callback_events).values(
-                    department=event_key[0],
-                    event_id=event_key[1],
-                    application_id=app_id,
-                    received_at=now(),
-                )
-            )
-        app = await cases.get_application(conn, app_id)
-        if app is None:
-            return []
-        dept = runtime.config.departments[app.department]
-        state = dept.map_status(upd.status)
-        if state is None:
-            log.warning(
-                "unknown department status code",
-                department=app.department,
-                code=upd.status,
-                application=app_id,
-            )
-            return []
-        detail: dict[str, Any] = {}
-        if upd.detail:
-            detail["opinion"] = upd.detail
-        if upd.supplement_items:
-            detail["supplement_items"] = upd.supplement_items
-        if upd.event_id:
-            detail["event_id"] = upd.event_id
-        if upd.documents:
-            detail["documents"] = await documents.store(
-                conn, runtime.blobs, app_id, version or app.version, upd.documents
-            )
-        placeholder = app.department_case_id in (None, upd.idempotency_key)
-        if placeholder and upd.case_id and upd.case_id != app.department_case_id:
-            # a department that answers only later with its own case number (file drop: the
-            # receipt is our key) gets that number kept
-            await conn.execute(
-                update(applications)
-                .where(applications.c.id == app_id)
-                .values(department_case_id=upd.case_id)
-            )
-        # a case the department handed back as unprocessable: ops see why in the failures list
-        extra = None
-        if state is State.FAILED and upd.detail:
-            extra = {"last_error": upd.detail}
-            detail["reason"] = upd.detail
-        changes = await move(
+        changes, missing = await _apply_in(
             conn,
+            runtime,
             app_id,
-            [state],
+            upd,
             source=source,
             actor=actor,
-            detail=detail,
             version=version,
-            extra=extra,
+            event_key=event_key,
         )
-        if not changes and upd.documents and state in DECIDED:
-            # documents that come after the decision (a second message) complete the case
-            ready = await handover.make_ready(conn, app_id, source=source, actor=actor)
-            changes = [ready] if ready is not None else []
-        now_at = changes[-1].to_status if changes else State(app.status)
-    if state is State.APPROVED and now_at is State.APPROVED:
+    _after_commit(runtime, changes, missing)
+    return changes
+
+
+async def apply_case_updates(
+    runtime: Runtime,
+    batch: list[tuple[str, CaseUpdate, int | None]],
+    *,
+    source: Source,
+    actor: str,
+    then: Callable[[AsyncConnection, int], Awaitable[None]] | None = None,
+) -> list[list[StatusChange]]:
+    """Apply several reports, each ``(application id, update, version)``, in ONE transaction
+    (a page of a change feed), then ``then(conn, n)`` in the same transaction, ``n`` the status
+    changes applied (moving a feed's watermark: it commits with the changes it covers, or
+    neither does). Returns each report's
+    changes, in order; the status_changed hook is told after commit."""
+    done: list[list[StatusChange]] = []
+    missing: list[_Missing] = []
+    async with runtime.engine.begin() as conn:
+        for app_id, upd, version in batch:
+            changes, gap = await _apply_in(
+                conn,
+                runtime,
+                app_id,
+                upd,
+                source=source,
+                actor=actor,
+                version=version,
+                event_key=None,
+            )
+            done.append(changes)
+            if gap is not None:
+                missing.append(gap)
+        if then is not None:
+            await then(conn, sum(len(changes) for changes in done))
+    for changes in done:
+        _after_commit(runtime, changes, None)
+    for gap in missing:
+        _after_commit(runtime, [], gap)
+    return done
+
+
+@dataclass(frozen=True)
+class _Missing:
+    """An approval with nothing to hand out (told after commit)."""
+
+    department: str
+    application: str
+    case: str
+    source: Source
+
+
+def _after_commit(runtime: Runtime, changes: list[StatusChange], missing: _Missing | None) -> None:
+    if missing is not None:
         # approved, nothing to hand out: never silent (the refetch task asks again)
-        DOCUMENTS_MISSING.labels(app.department, source.value).inc()
+        DOCUMENTS_MISSING.labels(missing.department, missing.source.value).inc()
         log.warning(
             "decided without documents",
-            department=app.department,
-            application=app_id,
-            case=upd.case_id,
-            source=source.value,
+            department=missing.department,
+            application=missing.application,
+            case=missing.case,
+            source=missing.source.value,
             hint="check the department's documents mapping; gateway refetch fetches again",
         )
     announce(runtime, changes)
-    return changes
+
+
+async def _apply_in(
+    conn: AsyncConnection,
+    runtime: Runtime,
+    app_id: str,
+    upd: CaseUpdate,
+    *,
+    source: Source,
+    actor: str,
+    version: int | None,
+    event_key: tuple[str, str] | None,
+) -> tuple[list[StatusChange], _Missing | None]:
+    if event_key is not None:
+        seen = await conn.execute(
+            select(callback_events.c.event_id).where(
+                callback_events.c.department == event_key[0],
+                callback_events.c.event_id == event_key[1],
+            )
+        )
+        if seen.first():
+            raise DuplicateEvent(event_key[1])
+        await conn.execute(
+            insert(callback_events).values(
+                department=event_key[0],
+                event_id=event_key[1],
+                application_id=app_id,
+                received_at=now(),
+            )
+        )
+    app = await cases.get_application(conn, app_id)
+    if app is None:
+        return [], None
+    dept = runtime.config.departments[app.department]
+    state = dept.map_status(upd.status)
+    if state is None:
+        log.warning(
+            "unknown department status code",
+            department=app.department,
+            code=upd.status,
+            application=app_id,
+        )
+        return [], None
+    detail: dict[str, Any] = {}
+    if upd.detail:
+        detail["opinion"] = upd.detail
+    if upd.supplement_items:
+        detail["supplement_items"] = upd.supplement_items
+    if upd.event_id:
+        detail["event_id"] = upd.event_id
+    if upd.documents:
+        detail["documents"] = await documents.store(
+            conn, runtime.blobs, app_id, version or app.version, upd.documents
+        )
+    placeholder = app.department_case_id in (None, upd.idempotency_key)
+    if placeholder and upd.case_id and upd.case_id != app.department_case_id:
+        # a department that answers only later with its own case number (file drop: the
+        # receipt is our key) gets that number kept
+        await conn.execute(
+            update(applications)
+            .where(applications.c.id == app_id)
+            .values(department_case_id=upd.case_id)
+        )
+    # a case the department handed back as unprocessable: ops see why in the failures list
+    extra = None
+    if state is State.FAILED and upd.detail:
+        extra = {"last_error": upd.detail}
+        detail["reason"] = upd.detail
+    changes = await move(
+        conn,
+        app_id,
+        [state],
+        source=source,
+        actor=actor,
+        detail=detail,
+        version=version,
+        extra=extra,
+    )
+    if not changes and upd.documents and state in DECIDED:
+        # documents that come after the decision (a second message) complete the case
+        ready = await handover.make_ready(conn, app_id, source=source, actor=actor)
+        changes = [ready] if ready is not None else []
+    now_at = changes[-1].to_status if changes else State(app.status)
+    if state is State.APPROVED and now_at is State.APPROVED:
+        return changes, _Missing(app.department, app_id, upd.case_id, source)
+    return changes, None
 
 
 __all__ = [
@@ -303,6 +383,7 @@ __all__ = [
     "Move",
     "announce",
     "apply_case_update",
+    "apply_case_updates",
     "move",
     "move_many",
     "with_contact",

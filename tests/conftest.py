@@ -154,8 +154,14 @@ async def city(example_config: Config) -> AsyncIterator[SimulatedCity]:
         # the change feed's safety-net polls as often as the polls: tests that poll a case
         # until it is decided keep working (tests/test_changes.py covers the feed itself)
         department_overrides={
-            "amr": {"poll_interval_seconds": 0.2, "sync": {"poll_ceiling_seconds": 0.2}},
-            "hrss": {"poll_interval_seconds": 0.2, "sync": {"poll_ceiling_seconds": 0.2}},
+            "amr": {
+                "poll_interval_seconds": 0.2,
+                "sync": {"poll_ceiling_seconds": 0.2, "feed_poll_seconds": 0.2},
+            },
+            "hrss": {
+                "poll_interval_seconds": 0.2,
+                "sync": {"poll_ceiling_seconds": 0.2, "feed_poll_seconds": 0.2},
+            },
         },
     ) as c:
         yield c

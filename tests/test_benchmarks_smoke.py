@@ -36,3 +36,27 @@ def test_benchmark_prints_its_ratio(script: str, ratio: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert ratio in done.stdout, done.stdout
     assert "machine: " in done.stdout
+
+
+@pytest.mark.slow  # three modes, each a department and a daemon process
+def test_sync_benchmark_prints_each_mode() -> None:
+    """benchmarks/sync.py --quick: 2,000 open cases, a few seconds a mode; the feeds must have
+    learned of decisions by feed (the figures themselves mean nothing at this size)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "sync.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "machine: " in done.stdout
+    for mode in ("feed", "seq", "poll"):
+        line = next(x for x in done.stdout.splitlines() if x.strip().startswith(f"{mode}: gateway"))
+        assert "% of a core" in line and "requests/s" in line and "decision -> known" in line
+        known = int(line.split("known in the window ")[1].split(")")[0])
+        if mode != "poll":
+            assert known >= 1, line
+    assert done.stdout.count("target ") == 3

@@ -68,7 +68,7 @@ async def test_feed_brings_a_decision_once_and_polls_wait_for_the_ceiling(
     app_id, case = await delivered(runtime, city, api, centre_headers, "feed-1")
     link = runtime.link("amr")
     assert link is not None and link.offers_changes()
-    assert poll_every(link) == 3600  # [sync] poll_ceiling_seconds of config/departments/amr.toml
+    assert poll_every(link) == 604800  # [sync] feed_poll_seconds of config/departments/amr.toml
     assert "changes:amr" in Daemon(runtime).tasks
 
     city.states["amr"].force_status(case.id, "9")  # approved, certificate issued
@@ -252,7 +252,9 @@ def test_adaptive_poll_intervals() -> None:
     assert gap(50_000, due=20) == 10  # never below the floor
     assert gap(50_000, due=-100) == 3600  # overdue: backs off again (deadline watch reports it)
     fed = _link(_Fed)
-    assert next_poll_in(fed, since_change=5, until_due=20, changed=True) == 3600
+    assert next_poll_in(fed, since_change=5, until_due=20, changed=True) == 7 * 86400
+    # a feed that stopped syncing: its cases are polled as any others
+    assert next_poll_in(fed, since_change=100, until_due=None, changed=False, feed_ok=False) == 100
 
 
 async def test_ops_check_polls_a_case_at_once(
@@ -262,11 +264,12 @@ async def test_ops_check_polls_a_case_at_once(
     centre_headers: dict[str, str],
     ops_headers: dict[str, str],
 ) -> None:
-    """A feed department polls a case hourly; ops asking for a check makes the next poll round
-    ask about it at once."""
+    """A feed department polls a case weekly while its feed keeps up; ops asking for a check
+    makes the next poll round ask about it at once."""
     app_id, case = await delivered(runtime, city, api, centre_headers, "check-now")
+    await changes.sync_department(runtime, "amr")  # the feed keeps up
     await _make_due(runtime, app_id)
-    await poll_department(runtime, "amr")  # the safety-net poll: next one in an hour
+    await poll_department(runtime, "amr")  # the safety-net poll: next one in a week
     city.states["amr"].force_status(case.id, "9")
     assert await poll_department(runtime, "amr") == 0  # not due: nothing asked
 

@@ -86,7 +86,7 @@ async def console(example_config: Config) -> AsyncIterator[Console]:
     quick = {
         "retry": {"max_attempts": 1, "in_call_attempts": 1},
         "timeout_seconds": 5.0,
-        "sync": {"poll_ceiling_seconds": 0.2},
+        "sync": {"poll_ceiling_seconds": 0.2, "feed_poll_seconds": 0.2},
     }
     async with simulated_city(
         example_config,

@@ -447,6 +447,47 @@ async def test_change_feed_pages_whole_cases_changed_in_the_window(tmp_path: Pat
     assert approved.documents[0].content == certificate(receipts[0].case_id)
 
 
+async def test_numbered_change_feed_reads_every_change_after_the_last_number(
+    tmp_path: Path,
+) -> None:
+    """gov_next_link's [options.changes] by sequence: the changes after a number, in order,
+    page after page (page_size 2), each carrying its number; none after the last."""
+    dept, table = load_example(example("gov_next_link"), tmp_path)
+    _settings, app, state = SIMULATORS["rest"].build(
+        {**table, "port": 0, "decision_delay_seconds": 3600}
+    )
+    async with serve_asgi(app) as url, httpx.AsyncClient() as http:
+        connector = rest_connector(pointed_at(dept, url), http)
+        assert connector.offers_changes() and connector.changes_by_sequence()
+        receipts = [await connector.submit(envelope(f"seq-{i}")) for i in range(3)]
+        state.force_status(receipts[1].case_id, "9")
+        every = [u async for u in connector.changes_after(0)]
+        assert connector.last_listing_pages == 3  # 4 changes, 2 a page: two full, one empty
+        later = [u async for u in connector.changes_after(3)]
+        none = [u async for u in connector.changes_after(4)]
+        with pytest.raises(NotImplementedError, match="by sequence"):
+            [u async for u in connector.changes(*WINDOW)]
+    assert [u.sequence for u in every] == [1, 2, 3, 4]
+    assert [u.case_id for u in every[:3]] == [r.case_id for r in receipts]
+    assert [(u.case_id, u.status) for u in later] == [(receipts[1].case_id, "9")]
+    assert later[0].idempotency_key == "ow-seq-1-v1" and none == []
+
+
+async def test_a_numbered_feed_that_goes_back_is_refused(tmp_path: Path) -> None:
+    """A department whose numbers do not increase would be read forever: a PermanentError."""
+    dept, _table = load_example(example("gov_next_link"), tmp_path)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        after = int(request.url.params["since_seq"])
+        items = [{"seq": after, "id": "C1", "status": "1"}]  # the same number again
+        return httpx.Response(200, json={"code": 0, "msg": "ok", "data": {"items": items}})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        connector = rest_connector(pointed_at(dept, "http://dept.test"), http)
+        with pytest.raises(PermanentError, match="sequence 5 after 5: not increasing"):
+            [u async for u in connector.changes_after(5)]
+
+
 async def test_next_link_to_another_host_is_refused(tmp_path: Path) -> None:
     dept, table = load_example(example("gov_next_link"), tmp_path)
     _settings, app, _state = SIMULATORS["rest"].build({**table, "port": 0})

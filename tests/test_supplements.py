@@ -147,7 +147,10 @@ async def asking_city(example_config: Config) -> AsyncIterator[tuple[Runtime, Re
         simulator_overrides={"amr": FAST | {"mix": {"supplement": 1.0}}},
         # polled, not fed: the feed's safety-net polls as often as the polls
         department_overrides={
-            "amr": {"poll_interval_seconds": 0.1, "sync": {"poll_ceiling_seconds": 0.1}}
+            "amr": {
+                "poll_interval_seconds": 0.1,
+                "sync": {"poll_ceiling_seconds": 0.1, "feed_poll_seconds": 0.1},
+            }
         },
     ) as city:
         runtime = Runtime(city.config)

@@ -265,11 +265,14 @@ class SyncSettings(_Strict):
     about (docs/ops.md, "Status sync"). With a change feed (the connector offers one) the
     daemon asks "what changed since the watermark" every ``changes_interval_seconds``, going
     back ``changes_overlap_seconds`` before the watermark so clock skew and changes committed
-    late are still seen; per-case polls then run only every ``poll_ceiling_seconds``."""
+    late are still seen; per-case polls then run only every ``feed_poll_seconds`` while the feed
+    keeps up (a feed that has not synced for three intervals hands its cases back to adaptive
+    polling: quiet cases every ``poll_ceiling_seconds`` at most)."""
 
     changes_interval_seconds: float = Field(default=30.0, gt=0)
     changes_overlap_seconds: float = Field(default=120.0, ge=0, le=86_400)
     poll_ceiling_seconds: float = Field(default=3600.0, gt=0)
+    feed_poll_seconds: float = Field(default=7 * 86_400.0, gt=0)
 
 
 class DepartmentConfig(_Strict):

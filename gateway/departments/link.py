@@ -210,6 +210,14 @@ class DepartmentLink:
         """The department's change feed over ``[since, until)``, guarded as a listing is."""
         return self._listing("changes", lambda: self.connector.changes(since, until))
 
+    def changes_by_sequence(self) -> bool:
+        """Whether the department's feed is numbered (:meth:`changes_after`)."""
+        return self.connector.changes_by_sequence()
+
+    def changes_after(self, sequence: int) -> AsyncIterator[CaseUpdate]:
+        """The department's numbered change feed after ``sequence``, guarded as a listing is."""
+        return self._listing("changes", lambda: self.connector.changes_after(sequence))
+
     async def _listing(
         self, op: Operation, start: Callable[[], AsyncIterator[T]]
     ) -> AsyncIterator[T]:

@@ -19,6 +19,8 @@ Endpoints::
     GET  /api/v1/cases            ?since&until&cursor&limit -> {"items": [...], "next": cursor|null}
                                   (cases whose status changed in [since, until); ``view=full``:
                                   each item as GET /cases/{id} shows it, for a change feed)
+    GET  /api/v1/changes          ?since_seq&limit -> {"items": [case + "seq"]}: the numbered
+                                  change feed, every status change after ``since_seq`` in order
     POST /_control                {"mode": ok|fail503|fail429|busy|timeout|slow,
                                    "slow_seconds", "retry_after", "count"}
     POST /api/v1/auth/token       with ``[simulator.token]``: {appId, appSecret} -> token
@@ -38,7 +40,9 @@ import base64
 import contextlib
 import datetime as dt
 import hashlib
+import heapq
 import hmac
+import itertools
 import json
 import logging
 import time
@@ -283,6 +287,42 @@ class RestDepartmentState:
     nonces: set[str] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     http: httpx.AsyncClient | None = None
+    #: the numbered change feed: change ``n`` (from 1) is ``change_log[n - 1]``, a case id
+    change_log: list[str] = field(default_factory=list)
+    #: status changes the clock will make: (when, tie, case id, the case's created_at then)
+    _coming: list[tuple[dt.datetime, int, str, dt.datetime]] = field(default_factory=list)
+    _ties: Any = field(default_factory=itertools.count)
+    #: case ids whose changes the numbered feed leaves out (a department's feed losing them)
+    feed_drops: set[str] = field(default_factory=set)
+
+    def _changed(self, case: SimCase) -> None:
+        """Number a status change of ``case`` (now) and note the ones its clock will make."""
+        if case.id not in self.feed_drops:
+            self.change_log.append(case.id)
+        if case.forced is None:
+            delay = self.settings.decision_delay_seconds
+            share = (0.5,) if case.outcome == "not_accept" else (0.5, 0.75, 1.0)
+            for part in share if delay > 0 else ():
+                when = case.created_at + dt.timedelta(seconds=delay * part)
+                heapq.heappush(self._coming, (when, next(self._ties), case.id, case.created_at))
+
+    def changes_after(self, sequence: int, limit: int) -> list[tuple[int, SimCase]]:
+        """Up to ``limit`` numbered changes after ``sequence``: (number, the case now)."""
+        now = self.clock()
+        while self._coming and self._coming[0][0] <= now:
+            _when, _tie, case_id, created = heapq.heappop(self._coming)
+            case = self.cases.get(case_id)
+            live = case is not None and case.forced is None and case.created_at == created
+            if live and case_id not in self.feed_drops:
+                self.change_log.append(case_id)
+        out: list[tuple[int, SimCase]] = []
+        for number in range(max(sequence, 0) + 1, len(self.change_log) + 1):
+            case = self.cases.get(self.change_log[number - 1])
+            if case is not None:  # a dropped case's changes keep their numbers
+                out.append((number, case))
+            if len(out) >= limit:
+                break
+        return out
 
     def stats(self) -> dict[str, int]:
         return {
@@ -322,6 +362,7 @@ class RestDepartmentState:
         self.cases[case.id] = case
         self.by_key[idempotency_key] = case.id
         self.by_lineage[lineage] = case.id
+        self._changed(case)
         if self.settings.callbacks and self.settings.callback_url:
             self._spawn(self._callback_when_decided(case))
         return case, True
@@ -335,6 +376,7 @@ class RestDepartmentState:
         case.version = body.get("version")
         case.created_at = self.clock()
         self.by_key[idempotency_key] = case.id
+        self._changed(case)
         if self.settings.callbacks and self.settings.callback_url:
             self._spawn(self._callback_when_decided(case))
         return case
@@ -350,6 +392,7 @@ class RestDepartmentState:
         case.outcome, case.forced = "approve", None
         delay = self.settings.decision_delay_seconds
         case.created_at = self.clock() - dt.timedelta(seconds=delay)
+        self._changed(case)
         return certificate(case.id)
 
     def fail_one(self) -> str | None:
@@ -375,6 +418,7 @@ class RestDepartmentState:
     def force_status(self, case_id: str, status: str) -> None:
         """A clerk changes a case's status and no callback or poll tells the gateway."""
         self.cases[case_id].forced = (status, self.clock())
+        self._changed(self.cases[case_id])
 
     def add_case(self, idempotency_key: str, status: str = STATUS_ACCEPTED) -> SimCase:
         """A case the department holds under ``idempotency_key`` without the key index: entered
@@ -393,6 +437,7 @@ class RestDepartmentState:
         )
         self.cases[case.id] = case
         self.by_key.setdefault(idempotency_key, case.id)
+        self._changed(case)
         return case
 
     def duplicate_case(self, case_id: str) -> SimCase:
@@ -697,6 +742,19 @@ def create_rest_department(
             else:
                 result["next"] = cursor
         return answer(settings, result)
+
+    @app.get("/api/v1/changes")
+    async def numbered_changes(request: Request) -> Response:
+        if (refused := await denied(request)) is not None:
+            return refused
+        try:
+            after = int(request.query_params.get("since_seq") or 0)
+            size = int(request.query_params.get("limit") or 100)
+        except ValueError:
+            return error(settings, 400, "bad_query", "since_seq and limit are numbers")
+        chosen = state.changes_after(after, min(max(size, 1), 1000))
+        items = [{**state.view(case), "seq": number} for number, case in chosen]
+        return answer(settings, {"items": items})
 
     @app.post("/_control")
     async def control(request: ControlRequest) -> dict[str, Any]:

@@ -469,6 +469,8 @@ sync_watermarks = Table(
     Column("watermark", UTCDateTime, nullable=False),
     Column("applied", Integer, nullable=False, default=0),
     Column("synced_at", UTCDateTime, nullable=False),
+    # a numbered feed (by sequence): the last change number applied (migration 0016)
+    Column("sequence", BigInteger),
 )
 
 # -- the ops console's figures, kept by gateway/clocks.py (migration 0016) ---------------------

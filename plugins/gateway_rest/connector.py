@@ -46,6 +46,7 @@ from gateway_rest import documents, envelope, wire
 from gateway_rest.auth import TokenCache
 from gateway_rest.listing import Pager, Request
 from gateway_rest.options import (
+    ChangeItemFields,
     Paging,
     PollResponse,
     RestOptions,
@@ -141,15 +142,65 @@ class RestConnector(Connector):
         feed = self.options.changes
         if feed is None:
             raise NotImplementedError(f"{self.context.department}: no [options.changes] configured")
-        spec = feed.item
+        if feed.by == "sequence":
+            raise NotImplementedError(f"{self.context.department}: the feed is by sequence")
         async for item in self._pages(feed, since, until, "change feed read"):
-            update = self._case_update(item, spec, "GET", feed.path)
-            key = get_path(item, spec.idempotency_key) if spec.idempotency_key else None
-            if key not in (None, MISSING):
-                update = update.model_copy(update={"idempotency_key": str(key)})
-            if spec.fetch_documents:
-                update.documents[:] = [await self._fetched(d, feed.path) for d in update.documents]
-            yield update
+            yield await self._feed_update(item, feed.item, feed.path)
+
+    def changes_by_sequence(self) -> bool:
+        return self.options.changes is not None and self.options.changes.by == "sequence"
+
+    async def changes_after(self, sequence: int) -> AsyncIterator[CaseUpdate]:
+        feed = self.options.changes
+        if feed is None or feed.by != "sequence":
+            raise NotImplementedError(
+                f'{self.context.department}: no [options.changes] with by = "sequence"'
+            )
+        spec, after, pages = feed.item, sequence, 0
+        while True:
+            if pages >= feed.max_pages:
+                raise PermanentError(
+                    self._where("GET", feed.path, f"more than {feed.max_pages} pages; loop?")
+                )
+            params: dict[str, str | int] = {
+                **feed.params,
+                feed.sequence_param: after,
+                feed.limit_param: feed.page_size,
+            }
+            response = await self._call("GET", feed.path, params=params)
+            data, _ = self._answer(response, "GET", feed.path, "list")
+            items = self._require(data, feed.items, "GET", feed.path)
+            if not isinstance(items, list):
+                raise PermanentError(self._where("GET", feed.path, f"{feed.items!r} is not a list"))
+            pages += 1
+            for item in items:
+                number = get_path(item, spec.sequence)
+                if not isinstance(number, int | str) or not str(number).isdigit():
+                    raise PermanentError(
+                        self._where("GET", feed.path, f"{spec.sequence!r} is not a number")
+                    )
+                if int(number) <= after:
+                    # a feed that goes back would be read forever
+                    raise PermanentError(
+                        self._where(
+                            "GET", feed.path, f"sequence {number} after {after}: not increasing"
+                        )
+                    )
+                after = int(number)
+                update = await self._feed_update(item, spec, feed.path)
+                yield update.model_copy(update={"sequence": after})
+            self.last_listing_pages = pages
+            if len(items) < feed.page_size:
+                return
+
+    async def _feed_update(self, item: Any, spec: ChangeItemFields, path: str) -> CaseUpdate:
+        update = self._case_update(item, spec, "GET", path)
+        key = get_path(item, spec.idempotency_key) if spec.idempotency_key else None
+        if key not in (None, MISSING):
+            update = update.model_copy(update={"idempotency_key": str(key)})
+        if spec.fetch_documents:
+            update.documents[:] = [await self._fetched(d, path) for d in update.documents]
+        return update
 
     async def _pages(
         self, spec: Paging, since: dt.datetime, until: dt.datetime, what: str

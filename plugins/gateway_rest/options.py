@@ -317,14 +317,21 @@ class ChangeItemFields(PollResponse):
     documents: str | None = "documents"
     supplement_items: str | None = "supplement_items"
     idempotency_key: str | None = "idempotency_key"
+    sequence: str = Field(default="seq", description="the change's number (``by = sequence``)")
 
 
 class ChangesOptions(Paging):
-    """The department's change feed: its case list filtered by update time (``since_param``,
-    ``until_param``), each item carrying the case's current status (and its documents once
-    decided). With it the daemon asks once per ``[sync] changes_interval_seconds`` instead of
-    polling every open case (docs/plugins/rest.md, "Change feed")."""
+    """The department's change feed, each item carrying the case's current status (and its
+    documents once decided). ``by = "time"``: its case list filtered by update time
+    (``since_param``, ``until_param``), paged in ``style``. ``by = "sequence"``: the department
+    numbers its changes; the feed is asked for the changes after the last number applied
+    (``sequence_param``, with ``limit_param``), page after page, each from the last number of
+    the page before, until a page is short. With it the daemon asks once per ``[sync]
+    changes_interval_seconds`` instead of polling every open case (docs/plugins/rest.md,
+    "Change feed")."""
 
+    by: Literal["time", "sequence"] = "time"
+    sequence_param: str = "since_seq"
     item: Annotated[ChangeItemFields, FIELD_NAMES] = Field(default_factory=ChangeItemFields)
 
 
