@@ -469,7 +469,7 @@ sync_watermarks = Table(
     Column("watermark", UTCDateTime, nullable=False),
     Column("applied", Integer, nullable=False, default=0),
     Column("synced_at", UTCDateTime, nullable=False),
-    # a numbered feed (by sequence): the last change number applied (migration 0016)
+    # a numbered feed (by sequence): the last change number applied (migration 0018)
     Column("sequence", BigInteger),
 )
 
