@@ -252,17 +252,19 @@ async def test_a_daemon_killed_between_fetch_and_commit_applies_nothing_twice(
 
                 config_file, stopped = tmp_path / "config.pickle", tmp_path / "stopped"
                 config_file.write_bytes(pickle.dumps(city.config))
-                daemon = subprocess.Popen(
-                    [sys.executable, "-c", _DAEMON, str(config_file), str(stopped)],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
+                log = tmp_path / "daemon.log"
+                with log.open("wb") as out:
+                    daemon = subprocess.Popen(
+                        [sys.executable, "-c", _DAEMON, str(config_file), str(stopped)],
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
                 try:
-                    await wait_for(stopped.exists, timeout=120)
+                    await wait_for(lambda: stopped.exists() or daemon.poll() is not None, 90)
                 finally:
                     daemon.send_signal(signal.SIGKILL)
                     daemon.wait(30)
-                assert daemon.returncode == -signal.SIGKILL
+                assert daemon.returncode == -signal.SIGKILL, log.read_text()[-3000:]
                 assert await _mark(runtime) == before  # the watermark never moved
 
                 views = [await status_of(api, headers, a) for a, _c in decided]
