@@ -87,7 +87,7 @@ def _department_process(args: dict[str, Any], conn: Any) -> None:
             "port": 0,
             "decision_delay_seconds": 0,
             "callbacks": False,
-            "auth_token": c.BENCH_SECRETS["AMR_API_TOKEN"],
+            "auth_token": os.environ["AMR_API_TOKEN"],  # as the gateway's config reads it
             "case_prefix": "AMR",
         }
         _settings, app, state = SIMULATORS["rest"].build(table)
