@@ -301,3 +301,63 @@ def test_on_time_uses_the_deadline_clock(paused: bool) -> None:
         on = dt.date(2026, 11, day)
         expected = deadlines.deadline_of(row, history, on).days_left >= 0
         assert clocks.on_time(row.promised_by, *clocks.clock_of(history), on) == expected, on
+
+
+async def test_a_session_works_in_every_api_process_and_ends_everywhere(
+    api: httpx.AsyncClient, ops_headers: dict[str, str], runtime: Runtime
+) -> None:
+    import datetime as dt
+
+    from sqlalchemy import update
+
+    from gateway.api.app import create_app
+    from gateway.console import sessions
+    from gateway.store.tables import console_sessions
+
+    await signin(api, _key(ops_headers))
+    cookie = api.cookies[sessions.COOKIE]
+    other_runtime = Runtime(runtime.config)  # another API process on the same database
+    try:
+        await other_runtime.prepare_database()
+        other = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(other_runtime)),
+            base_url="http://gateway.test",
+            cookies={sessions.COOKIE: cookie},
+        )
+        async with other:
+            page = await other.get("/console/keys")
+            assert page.status_code == 200
+            # a key made through one process is shown once, by the next page, in another
+            made = await other.post(
+                "/console/keys", data={"name": "desk 9", "scope": "ops", "csrf": _csrf(page.text)}
+            )
+            assert made.status_code == 303
+            shown = re.search(
+                r'<code id="new-key">([^<]+)</code>', (await api.get("/console/keys")).text
+            )
+            assert shown
+            async with runtime.engine.connect() as conn:
+                stored = (await conn.execute(select(console_sessions))).all()
+            text = repr(stored)
+            assert cookie not in text and _key(ops_headers) not in text  # only hashes kept
+            assert shown.group(1) not in text  # the new key is kept only sealed, and now gone
+            # idle too long: refused everywhere
+            async with runtime.engine.begin() as conn:
+                await conn.execute(
+                    update(console_sessions).values(
+                        seen_at=dt.datetime.now(dt.UTC)
+                        - dt.timedelta(seconds=sessions.IDLE_SECONDS + 5)
+                    )
+                )
+            assert (await other.get("/console/overview")).status_code == 303
+            assert (await api.get("/console/overview")).status_code == 303
+            # signed out in one process: signed out in the other
+            await signin(api, _key(ops_headers))
+            other.cookies.set(sessions.COOKIE, api.cookies[sessions.COOKIE])
+            page = await other.get("/console/overview")
+            assert page.status_code == 200
+            out = await other.post("/console/signout", data={"csrf": _csrf(page.text)})
+            assert out.status_code == 303
+            assert (await api.get("/console/overview")).status_code == 303
+    finally:
+        await other_runtime.aclose()

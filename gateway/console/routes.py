@@ -116,8 +116,8 @@ async def signin(request: Request) -> Response:
         return _signin_page(request, "signin.bad", 401)
     if not client.ops:
         return _signin_page(request, "signin.centre", 403)
-    session = sessions_of(runtime_of(request)).open(
-        client, hashlib.sha256(key.strip().encode()).hexdigest()
+    session = await sessions_of(runtime_of(request)).open(
+        hashlib.sha256(key.strip().encode()).hexdigest()
     )
     response = redirect(f"{PREFIX}/overview")
     response.set_cookie(
@@ -139,7 +139,7 @@ async def signout(request: Request) -> Response:
     if session is not None:
         if await form_of(request, session) is None:
             return render(request, "error.html", session, 403, message="csrf.bad")
-        sessions_of(runtime_of(request)).close(session.id)
+        await sessions_of(runtime_of(request)).close(session.id)
     return to_signin(request)
 
 
@@ -258,7 +258,7 @@ async def keys(request: Request) -> Response:
     runtime = runtime_of(request)
     async with runtime.engine.connect() as conn:
         found = await clients.list_keys(conn, limit=1000)
-    new_key, session.new_key = session.new_key, None
+    new_key = await sessions_of(runtime).take_new_key(session)
     return render(
         request,
         "keys.html",
@@ -289,7 +289,7 @@ async def create_key(request: Request) -> Response:
         _client, key = await clients.create_client(
             conn, name=name, centre=centre, ops=scope == "ops"
         )
-    session.new_key = key
+    await sessions_of(runtime).keep_new_key(session, key)
     return redirect(f"{PREFIX}/keys")
 
 

@@ -111,14 +111,17 @@ async def signed_in(request: Request) -> Session | None:
     """The request's live session, its key still valid (a revoked key ends it), or None."""
     runtime = runtime_of(request)
     sessions = sessions_of(runtime)
-    session = sessions.get(request.cookies.get(COOKIE))
+    session = await sessions.get(request.cookies.get(COOKIE))
     if session is None:
         return None
-    if session.key_sha256 not in request.app.state.keyring.static:
+    client = request.app.state.keyring.static.get(session.key_sha256)
+    if client is None:
         async with runtime.engine.connect() as conn:
-            if not await find_many(conn, [session.key_sha256]):
-                sessions.close_for_key(session.key_sha256)
-                return None
+            client = (await find_many(conn, [session.key_sha256])).get(session.key_sha256)
+    if client is None or not client.ops:
+        await sessions.close_for_key(session.key_sha256)
+        return None
+    session.client = client
     return session
 
 

@@ -523,6 +523,19 @@ pii_keys = Table(
     Column("first_used_at", UTCDateTime, nullable=False),
 )
 
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    # ops console sign-ins (migration 0018): the token's and the ops key's sha256, never either
+    Column("token_hash", String(64), primary_key=True),
+    Column("key_sha256", String(64), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("seen_at", UTCDateTime, nullable=False),
+    # a key just created, until the next page shows it: sealed with the session token
+    Column("new_key", Text),
+    Index("ix_console_sessions_key", "key_sha256"),
+)
+
 __all__ = [
     "api_clients",
     "applications",
@@ -531,6 +544,7 @@ __all__ = [
     "callback_events_archive",
     "case_clocks",
     "chain_heads",
+    "console_sessions",
     "daily_figures",
     "department_breakers",
     "dispatch_jobs",
