@@ -76,16 +76,17 @@ def _cases(n: int, rng: random.Random) -> Iterator[tuple[tuple[Any, ...], list[t
             else:
                 status = "collected"
                 decided = delivered + dt.timedelta(days=rng.uniform(0.5, 25))
-                if roll > 0.97:  # a supplement on the way: the clock stood still for a while
-                    asked = delivered + dt.timedelta(days=rng.uniform(0.2, 2))
-                    back = asked + dt.timedelta(days=rng.uniform(1, 6))
+                asked = delivered + dt.timedelta(days=rng.uniform(0.2, 2))
+                back = asked + dt.timedelta(days=rng.uniform(1, 6))
+                if roll > 0.97 and decided + (back - asked) < NOW:
+                    # a supplement on the way: the clock stood still for a while
                     steps.append((asked, "delivered", "supplement_required"))
                     steps.append((back, "supplement_required", "dispatching"))
                     steps.append((back, "dispatching", "delivered"))
                     decided += back - asked
                 # not yet decided by now: decided within the last day instead
                 if decided > NOW:
-                    decided = NOW - dt.timedelta(seconds=rng.uniform(600, 86400))
+                    decided = max(delivered, NOW - dt.timedelta(seconds=rng.uniform(600, 86400)))
                 steps.append((decided, "delivered", "approved"))
         app_id = f"b{i:023x}"
         updated = steps[-1][0]

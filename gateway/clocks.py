@@ -9,7 +9,9 @@ it was on time). ``daily_figures`` sums the decisions per department per China d
 
 Both are refreshed incrementally from the cases changed since a watermark on
 ``applications.updated_at`` (every status change and every note sets it), re-reading an overlap
-before it (``OVERLAP``: commits that finished after a later one had been read). A refresh
+before it (``OVERLAP``: commits that finished after a later one had been read, and clocks of
+other hosts that run behind). A refresh that caught up moves the watermark to the time it
+began, so an idle gateway re-reads nothing. A refresh
 recomputes a changed case from its history and writes only what differs, so any number of
 refreshers (the daemon's ``figures`` task, a console page, the CLI) can run at once and none
 touches the dispatch path. Nothing here depends on the day it runs: the date enters only when
@@ -28,8 +30,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.clock import now
 from gateway.runtime import Runtime
-from gateway.states import FINAL, PAUSED
-from gateway.store.tables import applications, case_clocks, daily_figures, events
+from gateway.states import FINAL, PAUSED, State
+from gateway.store.tables import (
+    applications,
+    case_clocks,
+    daily_figures,
+    events,
+    hourly_deliveries,
+)
 from gateway.store.tables import rollup_watermarks as watermarks
 from gateway.workdays import add_workdays, is_workday, workdays_between
 
@@ -40,6 +48,8 @@ PAGE = 2000
 #: change earlier may have committed after a later one was read
 OVERLAP = dt.timedelta(seconds=120)
 NAME = "case_clocks"
+#: hourly deliveries are kept this long
+HOURLY_DAYS = 2
 _PAUSED = frozenset(s.value for s in PAUSED)
 _FINAL = frozenset(s.value for s in FINAL)
 
@@ -131,11 +141,17 @@ class Counts:
     due_soon: int = 0
 
 
-def _open(department: str | None) -> list[Any]:
-    conds: list[Any] = [case_clocks.c.open.is_(True), case_clocks.c.promised_by.is_not(None)]
-    if department:
-        conds.append(case_clocks.c.department == department)
-    return conds
+# as the partial indexes ix_case_clocks_running and _paused are written (gateway/store/tables.py)
+def _running(department: str | None) -> list[Any]:
+    c = case_clocks.c
+    conds: list[Any] = [c.open.is_(True), c.paused_since.is_(None)]
+    return conds + ([c.department == department] if department else [])
+
+
+def _paused(department: str | None) -> list[Any]:
+    c = case_clocks.c
+    conds: list[Any] = [c.open.is_(True), c.paused_since.is_not(None), c.promised_by.is_not(None)]
+    return conds + ([c.department == department] if department else [])
 
 
 async def counts(
@@ -147,15 +163,15 @@ async def counts(
     c = case_clocks.c
     overdue = func.sum(case((c.due_by < last, 1), else_=0))
     soon = func.sum(case((c.due_by >= last, 1), else_=0))
-    q = (
+    q = (  # due_by < horizon: a clock without a promised date has none
         select(c.department, overdue, soon)
-        .where(*_open(department), c.paused_since.is_(None), c.due_by < horizon)
+        .where(*_running(department), c.due_by < horizon)
         .group_by(c.department)
     )
     out = {d: Counts(int(o or 0), int(s or 0)) for d, o, s in (await conn.execute(q)).all()}
     # a running pause moves the due date every working day: read it on the day
     q = select(c.department, c.promised_by, c.paused_days, c.paused_since).where(
-        *_open(department), c.paused_since.is_not(None)
+        *_paused(department)
     )
     for r in (await conn.execute(q)).all():
         dept = r.department
@@ -195,14 +211,11 @@ async def listed(
     running = (
         select(*cols)
         .select_from(joined)
-        .where(*_open(department), c.paused_since.is_(None))
-        .where(c.due_by < (last if overdue_only else horizon))
+        .where(*_running(department), c.due_by < (last if overdue_only else horizon))
         .order_by(c.due_by, c.application_id)
         .limit(limit)
     )
-    paused = (
-        select(*cols).select_from(joined).where(*_open(department), c.paused_since.is_not(None))
-    )
+    paused = select(*cols).select_from(joined).where(*_paused(department))
     return [*(await conn.execute(running)).all(), *(await conn.execute(paused)).all()]
 
 
@@ -271,16 +284,22 @@ async def _resum(conn: AsyncConnection, keys: Iterable[tuple[str, dt.date]]) -> 
     """Recount ``daily_figures`` for these (department, day) from the clocks."""
     c = case_clocks.c
     for dept, day in sorted(set(keys)):
-        q = select(func.count(), func.sum(case((c.on_time.is_(True), 1), else_=0))).where(
-            c.department == dept, c.decided_on == day
-        )
-        decided, timely = (await conn.execute(q)).one()
+        q = select(
+            func.count(),
+            func.sum(case((c.on_time.is_(True), 1), else_=0)),
+            func.sum(c.decision_seconds),
+        ).where(c.department == dept, c.decided_on == day)
+        decided, timely, seconds = (await conn.execute(q)).one()
         where = and_(daily_figures.c.department == dept, daily_figures.c.day == day)
         await conn.execute(delete(daily_figures).where(where))
         if decided:
             await conn.execute(
                 insert(daily_figures).values(
-                    department=dept, day=day, decided=decided, on_time=int(timely or 0)
+                    department=dept,
+                    day=day,
+                    decided=decided,
+                    on_time=int(timely or 0),
+                    decision_seconds=seconds,
                 )
             )
 
@@ -320,11 +339,64 @@ async def _step(conn: AsyncConnection, rows: Sequence[Any]) -> int:
     return len(fresh) + len(changed)
 
 
+async def _hourly(runtime: Runtime, since: dt.datetime, at: dt.datetime) -> None:
+    """Recount ``hourly_deliveries`` for every hour with a delivery since ``since`` and drop
+    the hours older than ``HOURLY_DAYS`` (no write when there was no delivery)."""
+    e, h = events.c, hourly_deliveries.c
+    async with runtime.engine.connect() as conn:
+        q = select(e.at).where(e.to_status == State.DELIVERED.value, e.at >= since)
+        stamps = (await conn.execute(q)).scalars().all()
+    hours = sorted({t.replace(minute=0, second=0, microsecond=0) for t in stamps})
+    if not hours:
+        return
+    async with runtime.engine.begin() as conn:
+        for hour in hours:
+            await _recount(conn, hour)
+        old = at - dt.timedelta(days=HOURLY_DAYS)
+        await conn.execute(delete(hourly_deliveries).where(h.hour < old))
+
+
+async def _recount(conn: AsyncConnection, hour: dt.datetime) -> None:
+    """Deliveries per department in the clock hour from ``hour``, counted from the events."""
+    e, a = events.c, applications.c
+    per = (
+        select(a.department, func.count())
+        .select_from(events.join(applications, a.id == e.application_id))
+        .where(
+            e.to_status == State.DELIVERED.value,
+            e.at >= hour,
+            e.at < hour + dt.timedelta(hours=1),
+        )
+        .group_by(a.department)
+    )
+    counted = (await conn.execute(per)).all()
+    await conn.execute(delete(hourly_deliveries).where(hourly_deliveries.c.hour == hour))
+    if counted:
+        await conn.execute(
+            insert(hourly_deliveries),
+            [{"department": d, "hour": hour, "delivered": n} for d, n in counted],
+        )
+
+
+async def deliveries_since(
+    conn: AsyncConnection, since: dt.datetime
+) -> list[tuple[str, dt.datetime, int]]:
+    """(department, hour, deliveries) for the clock hours from the one holding ``since``."""
+    h = hourly_deliveries.c
+    start = since.replace(minute=0, second=0, microsecond=0)
+    q = select(h.department, h.hour, h.delivered).where(h.hour >= start)
+    return [(d, hour, n) for d, hour, n in (await conn.execute(q)).all()]
+
+
 async def refresh(runtime: Runtime, *, budget: int | None = None) -> bool:
     """Bring the clocks and daily figures up to the cases changed since the watermark (less
-    ``OVERLAP``). Reads at most ``budget`` cases (None: all); returns whether it caught up."""
+    ``OVERLAP``), and the hourly deliveries up to the deliveries since then. Reads at most
+    ``budget`` cases (None: all); returns whether it caught up."""
+    began = now()
     async with runtime.engine.connect() as conn:
         mark = await _watermark(conn)
+    since = mark - OVERLAP if mark is not None else began - dt.timedelta(days=HOURLY_DAYS)
+    await _hourly(runtime, since, began)
     a = applications.c
     cols = (a.id, a.department, a.status, a.promised_by, a.created_at, a.decided_at, a.updated_at)
     start = mark - OVERLAP if mark is not None else None
@@ -338,13 +410,15 @@ async def refresh(runtime: Runtime, *, budget: int | None = None) -> bool:
             q = q.where(a.updated_at >= start)
         async with runtime.engine.begin() as conn:
             rows = (await conn.execute(q)).all()
-            if not rows:
+            if rows:
+                await _step(conn, rows)
+            if len(rows) < PAGE:
+                # caught up with every change stamped before this refresh began: the next one
+                # starts an overlap before that, not before the last change (which may be old)
+                await _advance(conn, max(began, rows[-1].updated_at) if rows else began)
                 return True
-            await _step(conn, rows)
             await _advance(conn, rows[-1].updated_at)
         read += len(rows)
-        if len(rows) < PAGE:
-            return True
         after = (rows[-1].updated_at, rows[-1].id)
     return False
 
@@ -372,6 +446,28 @@ async def decided_per_department(
     if department:
         q = q.where(d.department == department)
     return {dept: (int(n), int(t)) for dept, n, t in (await conn.execute(q)).all()}
+
+
+@dataclass(frozen=True)
+class Day:
+    day: dt.date
+    decided: int
+    on_time: int
+    decision_seconds: float  # summed
+
+
+async def days_of(
+    conn: AsyncConnection, department: str, start: dt.date, end: dt.date
+) -> list[Day]:
+    """The department's daily figures from ``start`` to ``end`` (days without decisions left
+    out)."""
+    d = daily_figures.c
+    q = select(d.day, d.decided, d.on_time, d.decision_seconds).where(
+        d.department == department, d.day >= start, d.day <= end
+    )
+    return [
+        Day(r.day, r.decided, r.on_time, r.decision_seconds or 0.0) for r in await conn.execute(q)
+    ]
 
 
 async def nth_decision_seconds(

@@ -7,7 +7,9 @@ recomputes it once a newer calendar covering that year is installed.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
+from collections.abc import Callable
 from functools import lru_cache
 
 import chinese_calendar
@@ -22,9 +24,59 @@ def is_workday(day: dt.date) -> tuple[bool, bool]:
         return day.weekday() < 5, False
 
 
+# Working days are counted with per-year running totals (built once per year and calendar), so
+# a count or a step of any length costs a few look-ups: the console reads thousands of deadlines
+# per page. Days before _EPOCH are walked one by one, as before.
+_EPOCH = 2000
+Calendar = Callable[[dt.date], tuple[bool, bool]]
+
+
+@lru_cache(maxsize=256)
+def _year(year: int, calendar: Calendar) -> tuple[tuple[int, ...], bool]:
+    """Working days from 1 January up to and including each day of ``year`` (by day of the
+    year, from 0), and whether the calendar covers the year."""
+    day, n, covered, totals = dt.date(year, 1, 1), 0, True, []
+    while day.year == year:
+        work, known = calendar(day)
+        n += work
+        covered = covered and known
+        totals.append(n)
+        day += dt.timedelta(days=1)
+    return tuple(totals), covered
+
+
+@lru_cache(maxsize=256)
+def _before(year: int, calendar: Calendar) -> int:
+    """Working days from _EPOCH up to the end of the year before ``year``."""
+    return 0 if year <= _EPOCH else _before(year - 1, calendar) + _year(year - 1, calendar)[0][-1]
+
+
+def _count(day: dt.date, calendar: Calendar) -> int:
+    """Working days from _EPOCH up to and including ``day``."""
+    totals, _covered = _year(day.year, calendar)
+    return _before(day.year, calendar) + totals[day.timetuple().tm_yday - 1]
+
+
 def add_workdays(start: dt.date, days: int) -> tuple[dt.date, bool]:
     """The date ``days`` working days after ``start`` (start itself does not count), and
     whether the calendar covered every day counted."""
+    if days <= 0:
+        return start, True
+    calendar = is_workday  # looked up now: tests install other calendars
+    if start.year < _EPOCH:
+        return _walk(start, days)
+    target = _count(start, calendar) + days
+    year = start.year
+    while _before(year + 1, calendar) < target:
+        year += 1
+    totals, _covered = _year(year, calendar)
+    index = bisect.bisect_left(totals, target - _before(year, calendar))
+    end = dt.date(year, 1, 1) + dt.timedelta(days=index)
+    first = (start + dt.timedelta(days=1)).year
+    return end, all(_year(y, calendar)[1] for y in range(first, year + 1))
+
+
+def _walk(start: dt.date, days: int) -> tuple[dt.date, bool]:
     day, left, covered = start, days, True
     while left > 0:
         day += dt.timedelta(days=1)
@@ -37,6 +89,11 @@ def add_workdays(start: dt.date, days: int) -> tuple[dt.date, bool]:
 
 def workdays_between(start: dt.date, end: dt.date) -> int:
     """Working days after ``start`` up to and including ``end`` (0 if end <= start)."""
+    if end <= start:
+        return 0
+    if start.year >= _EPOCH:
+        calendar = is_workday
+        return _count(end, calendar) - _count(start, calendar)
     n, day = 0, start
     while day < end:
         day += dt.timedelta(days=1)

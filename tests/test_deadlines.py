@@ -129,3 +129,21 @@ async def test_watch_recomputes_a_promise_made_without_the_calendar(runtime: Run
     overdue, soon = await listing(runtime, within_days=100)
     [mine] = [d for d in overdue + soon if d.application_id == accepted.id]
     assert mine.promised_by == right
+
+
+def test_counted_working_days_equal_a_day_by_day_walk() -> None:
+    import random
+
+    from gateway.workdays import _walk, is_workday
+
+    rng = random.Random(14)
+    for _ in range(3000):  # the calendar's years, years beyond it, and spans across years
+        start = dt.date(2019, 12, 20) + dt.timedelta(days=rng.randint(0, 365 * 14))
+        days = rng.choice((0, 1, 2, 5, 20, 60, 400))
+        assert add_workdays(start, days) == _walk(start, days), (start, days)
+        end = start + dt.timedelta(days=rng.randint(-3, 500))
+        walked, day = 0, start
+        while day < end:
+            day += dt.timedelta(days=1)
+            walked += is_workday(day)[0]
+        assert workdays_between(start, end) == walked, (start, end)

@@ -16,14 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Row, and_, func, select
+from sqlalchemy import Row, func, select
 
 from gateway import clocks, deadlines, reachability
 from gateway.clock import now
 from gateway.runtime import Runtime
 from gateway.states import State
 from gateway.store import breakers, jobs
-from gateway.store.tables import applications, events
+from gateway.store.tables import applications
 
 CHINA = deadlines.CHINA
 #: the overview's due-soon window (working days), as the issue asks
@@ -73,17 +73,6 @@ async def _queues(runtime: Runtime) -> dict[str, dict[str, int]]:
     return out
 
 
-async def _deliveries(runtime: Runtime, since: dt.datetime) -> list[tuple[str, dt.datetime]]:
-    """(department, at) of every delivery to a department since ``since``."""
-    q = (
-        select(applications.c.department, events.c.at)
-        .select_from(events.join(applications, applications.c.id == events.c.application_id))
-        .where(and_(events.c.to_status == State.DELIVERED.value, events.c.at >= since))
-    )
-    async with runtime.engine.connect() as conn:
-        return [(r.department, r.at) for r in (await conn.execute(q)).all()]
-
-
 async def overview(runtime: Runtime) -> list[DepartmentRow]:
     """One row per configured department, in code order."""
     codes = sorted(runtime.config.departments)
@@ -97,7 +86,10 @@ async def overview(runtime: Runtime) -> list[DepartmentRow]:
     due = await deadlines.counts(runtime, within_days=DUE_SOON_DAYS, budget=CATCH_UP)
     at = now()
     midnight = dt.datetime.combine(at.astimezone(CHINA).date(), dt.time(), CHINA)
-    window = at - dt.timedelta(hours=24)
+    # the last 24 clock hours, the current one last
+    window = at.replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=23)
+    async with runtime.engine.connect() as conn:
+        hourly = await clocks.deliveries_since(conn, min(window, midnight))
     rows: dict[str, DepartmentRow] = {}
     for code in codes:
         dept, link, h = runtime.config.departments[code], links[code], health.get(code)
@@ -118,15 +110,14 @@ async def overview(runtime: Runtime) -> list[DepartmentRow]:
     for dept_code, c in due.items():
         if dept_code in rows:
             rows[dept_code].overdue, rows[dept_code].due_soon = c.overdue, c.due_soon
-    for dept_code, delivered_at in await _deliveries(runtime, min(window, midnight)):
+    for dept_code, hour, n in hourly:
         row = rows.get(dept_code)
         if row is None:
             continue
-        if delivered_at >= midnight:
-            row.delivered_today += 1
-        if delivered_at >= window:
-            hour = int((delivered_at - window).total_seconds() // 3600)
-            row.hourly[min(hour, 23)] += 1
+        if hour >= midnight:
+            row.delivered_today += n
+        if hour >= window:
+            row.hourly[min(int((hour - window).total_seconds() // 3600), 23)] += n
     return list(rows.values())
 
 
@@ -150,6 +141,10 @@ class Week:
     on_time_rate: float | None  # percent
 
 
+#: (department, monday, decided, on time, seconds summed) -> (p50, p95) of a week
+_RANKED: dict[tuple[str, dt.date, int, int, float], tuple[float | None, float | None]] = {}
+
+
 async def weekly(
     runtime: Runtime, department: str, weeks: int = WEEKS, today: dt.date | None = None
 ) -> list[Week]:
@@ -161,18 +156,34 @@ async def weekly(
     first = today - dt.timedelta(days=today.weekday() + 7 * (weeks - 1))
     out = []
     async with runtime.engine.connect() as conn:
+        days = await clocks.days_of(conn, department, first, first + dt.timedelta(weeks=weeks))
         for i in range(weeks):
             monday = first + dt.timedelta(weeks=i)
             sunday = monday + dt.timedelta(days=6)
-            decided, timely = (
-                await clocks.decided_per_department(conn, monday, sunday, department=department)
-            ).get(department, (0, 0))
-            ranked: list[float | None] = []
-            for p in (50, 95) if decided else ():
-                nth = max(math.ceil(p / 100 * decided) - 1, 0)  # as percentile() ranks
-                seconds = await clocks.nth_decision_seconds(conn, department, monday, sunday, nth)
-                ranked.append(None if seconds is None else seconds / 86400)
-            p50, p95 = ranked or (None, None)
+            mine = [d for d in days if monday <= d.day <= sunday]
+            decided, timely = sum(d.decided for d in mine), sum(d.on_time for d in mine)
+            # a week's percentiles change only when one of its days does: cached by its sums
+            key = (
+                department,
+                monday,
+                decided,
+                timely,
+                round(sum(d.decision_seconds for d in mine), 3),
+            )
+            found = _RANKED.get(key)
+            if found is None:
+                ranked: list[float | None] = []
+                for p in (50, 95) if decided else ():
+                    nth = max(math.ceil(p / 100 * decided) - 1, 0)  # as percentile() ranks
+                    seconds = await clocks.nth_decision_seconds(
+                        conn, department, monday, sunday, nth
+                    )
+                    ranked.append(None if seconds is None else seconds / 86400)
+                found = (ranked[0], ranked[1]) if ranked else (None, None)
+                if len(_RANKED) >= 10_000:
+                    _RANKED.clear()
+                _RANKED[key] = found
+            p50, p95 = found
             out.append(
                 Week(
                     monday=monday,

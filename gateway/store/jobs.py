@@ -8,12 +8,12 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, Update, and_, bindparam, case, func, insert, select, update
+from sqlalchemy import Row, Update, and_, bindparam, case, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.clock import now
 from gateway.store import leases
-from gateway.store.tables import UTCDateTime, dispatch_jobs
+from gateway.store.tables import UNFINISHED_JOB, UTCDateTime, dispatch_jobs
 
 PENDING, LEASED, DONE, DEAD = "pending", "leased", "done", "dead"
 
@@ -163,7 +163,7 @@ async def queues(conn: AsyncConnection, department: str | None = None) -> dict[s
     retry = case((dispatch_jobs.c.attempts > 0, 1), else_=0)
     q = (
         select(dispatch_jobs.c.department, dispatch_jobs.c.state, retry, func.count())
-        .where(dispatch_jobs.c.state.in_([PENDING, LEASED]))
+        .where(text(UNFINISHED_JOB))
         .group_by(dispatch_jobs.c.department, dispatch_jobs.c.state, retry)
     )
     if department is not None:
