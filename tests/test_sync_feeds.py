@@ -295,3 +295,77 @@ async def _api(runtime: Runtime) -> AsyncIterator[tuple[httpx.AsyncClient, dict[
     transport = httpx.ASGITransport(app=create_app(runtime))
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
         yield client, {"Authorization": f"Bearer {key}", "Accept-Language": "en"}
+
+
+def test_cli_check_makes_a_case_due_at_once(tmp_path: Path) -> None:
+    """``gateway check <receipt number>``: the case's next poll is now (it was a week away);
+    an unknown number and a case its department does not hold exit 1 saying why."""
+    import asyncio
+
+    from typer.testing import CliRunner
+
+    from gateway.cli import app as cli
+    from gateway.clock import now
+    from gateway.config.loader import load_config
+    from gateway.events import Source
+    from gateway.intake import ApplicationIn, submit
+    from gateway.states import State
+    from gateway.store import cases
+    from gateway.store.clients import Client
+    from gateway.store.tables import applications
+    from gateway.updates import move
+    from tests.conftest import application
+    from tests.test_crash_recovery import write_config
+
+    config = write_config(tmp_path / "c", f"sqlite+aiosqlite:///{tmp_path / 'g.db'}", {})
+    week = now() + dt.timedelta(days=7)
+
+    async def two_cases() -> list[Any]:
+        runtime = Runtime(load_config(config))
+        try:
+            await runtime.prepare_database()
+            client = Client(id="c-cli", name="cli", centre="C01", ops=False)
+            made = [
+                (await submit(runtime, client, k, ApplicationIn.model_validate(application())))
+                for k in ("held", "not-yet")
+            ]
+            held = made[0].accepted.id
+            async with runtime.engine.begin() as conn:  # delivered, its next poll a week away
+                targets = [State.DISPATCHING, State.DELIVERED]
+                await move(conn, held, targets, source=Source.DISPATCH, actor="test")
+                await conn.execute(
+                    update(applications)
+                    .where(applications.c.id == held)
+                    .values(department_case_id="AMR-1", next_poll_at=week)
+                )
+            return [m.accepted for m in made]
+        finally:
+            await runtime.aclose()
+
+    async def next_poll(app_id: str) -> dt.datetime:
+        runtime = Runtime(load_config(config))
+        try:
+            async with runtime.engine.connect() as conn:
+                row = await cases.get_application(conn, app_id)
+            assert row is not None
+            return row.next_poll_at  # type: ignore[no-any-return]
+        finally:
+            await runtime.aclose()
+
+    held, not_yet = asyncio.run(two_cases())
+    asked = now()
+    result = CliRunner().invoke(cli, ["check", held.receipt_number, "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert f"{held.receipt_number} ({held.id}) due for a status poll at" in result.output
+    assert "the daemon asks amr within 30 s" in result.output
+    assert asked - dt.timedelta(seconds=1) <= asyncio.run(next_poll(held.id)) <= now()
+
+    as_json = CliRunner().invoke(cli, ["check", held.id, "--json", "--config", str(config)])
+    assert as_json.exit_code == 0 and '"poll_interval_seconds": 30' in as_json.output
+
+    unknown = CliRunner().invoke(cli, ["check", "C01-NOPE", "--config", str(config)])
+    assert unknown.exit_code == 1
+    assert "no application with id or receipt number 'C01-NOPE'" in unknown.output
+    early = CliRunner().invoke(cli, ["check", not_yet.id, "--config", str(config)])
+    assert early.exit_code == 1
+    assert f"{not_yet.receipt_number} is received, not held by its department" in early.output

@@ -1,4 +1,5 @@
-"""Operator commands: ``replay``, ``status``, ``plugins`` (keys: :mod:`gateway.cli.keys_cmd`)."""
+"""Operator commands: ``replay``, ``status``, ``check``, ``plugins`` (keys:
+:mod:`gateway.cli.keys_cmd`)."""
 
 from __future__ import annotations
 
@@ -148,6 +149,64 @@ def status(
         ],
         title=f"history (times in {zone})",
     )
+
+
+@app.command()
+def check(
+    application_id: Annotated[
+        str, typer.Argument(help="application id, or the receipt number printed on the receipt")
+    ],
+    config: ConfigOption = DEFAULT_CONFIG,
+    as_json: JsonOption = False,
+) -> None:
+    """Check now: make one case due for a status poll at once (as POST
+    /v1/ops/applications/{id}/check), whatever its adaptive interval or a change feed would
+    have waited for; the daemon's next poll round of its department (within the department's
+    poll_interval_seconds) asks the department about it."""
+    from gateway import operations
+    from gateway.runtime import Runtime
+    from gateway.store import cases
+
+    cfg = load(config)
+
+    async def go() -> tuple[Any, Any]:
+        runtime = Runtime(cfg)
+        try:
+            async with runtime.engine.connect() as conn:
+                row = await cases.get_application(conn, application_id)
+                if row is None:
+                    row = await cases.by_receipt(conn, application_id)
+            if row is None:
+                return None, None
+            return row, await operations.check_now(runtime, row.id)
+        finally:
+            await runtime.aclose()
+
+    row, due = run(go())
+    if row is None:
+        err.print(f"no application with id or receipt number '{application_id}'")
+        raise typer.Exit(1)
+    if due is None:
+        err.print(
+            f"{row.receipt_number} is {row.status}, not held by its department "
+            f"({row.department}): there is nothing to ask it"
+        )
+        raise typer.Exit(1)
+    polled = cfg.departments[row.department].poll_interval_seconds
+    if as_json:
+        emit_json({"id": row.id, "due_at": due.isoformat(), "poll_interval_seconds": polled})
+        return
+    when = local_time(due, cfg.gateway.timezone)
+    if polled:
+        typer.echo(
+            f"{row.receipt_number} ({row.id}) due for a status poll at {when}: the daemon asks "
+            f"{row.department} within {polled:g} s"
+        )
+    else:
+        typer.echo(
+            f"{row.receipt_number} ({row.id}) due at {when}, but {row.department} has no "
+            "poll_interval_seconds: no daemon polls it (its callbacks, results or feed tell)"
+        )
 
 
 @app.command()
