@@ -53,20 +53,24 @@ def bare_app() -> Any:
     return app
 
 
-def _keyed(config: Any) -> Any:
-    """``config`` with [gateway.security] pii_key set: ID and phone numbers sealed at rest."""
+def _configured(tmp: Path, database_url: str | None, *, pii: bool) -> Any:
+    """The example city for the benchmark: no per-key rate limit in the way (the load is one
+    key far over a centre's quota), and with ``pii`` [gateway.security] pii_key set (ID and
+    phone numbers sealed at rest)."""
     import dataclasses
     import secrets
 
     from pydantic import SecretStr
 
-    from gateway.config.models import SecuritySettings
+    from gateway.config.models import QuotaSettings, SecuritySettings
 
-    key = SecretStr(secrets.token_bytes(32).hex())
-    security = SecuritySettings(pii_key=key)
-    return dataclasses.replace(
-        config, gateway=config.gateway.model_copy(update={"security": security})
-    )
+    config = c.example_config(tmp, database_url)
+    settings = config.gateway
+    unlimited = QuotaSettings(centre_intake_per_second=1e9, ops_intake_per_second=1e9)
+    update: dict[str, Any] = {"api": settings.api.model_copy(update={"quotas": unlimited})}
+    if pii:
+        update["security"] = SecuritySettings(pii_key=SecretStr(secrets.token_bytes(32).hex()))
+    return dataclasses.replace(config, gateway=settings.model_copy(update=update))
 
 
 async def measure(args: argparse.Namespace, database_url: str | None, label: str) -> float:
@@ -82,10 +86,10 @@ async def measure(args: argparse.Namespace, database_url: str | None, label: str
     names = ["bare", "gateway", *(["gateway+pii"] if args.pii else [])]
     with tempfile.TemporaryDirectory(prefix="bench-intake-") as tmp:
         # the keyed gateway gets a database of its own (SQLite) or shares the schema (PostgreSQL)
-        configs = {"gateway": c.example_config(Path(tmp), database_url)}
+        configs = {"gateway": _configured(Path(tmp), database_url, pii=False)}
         if args.pii:
             (Path(tmp) / "pii").mkdir()
-            configs["gateway+pii"] = _keyed(c.example_config(Path(tmp) / "pii", database_url))
+            configs["gateway+pii"] = _configured(Path(tmp) / "pii", database_url, pii=True)
         runtimes = {name: Runtime(config) for name, config in configs.items()}
         try:
             targets: dict[str, tuple[str, dict[str, str]]] = {}

@@ -10,6 +10,8 @@ import base64
 import contextlib
 import dataclasses
 import json
+import re
+import shutil
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,11 +19,14 @@ from typing import Any
 
 import httpx
 import pytest
+import typer
 from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from typer.testing import CliRunner
 
 from gateway.api.app import create_app
+from gateway.cli import app as cli
 from gateway.config.loader import Config, load_config
 from gateway.config.models import SecuritySettings
 from gateway.dispatcher import Dispatcher
@@ -38,6 +43,8 @@ from tests.conftest import EXAMPLE, FAST, TEST_SECRETS, application, wait_for
 from tests.handout_fixtures import ID_NUMBER, decide
 
 PHONE = "13800138000"
+SECURITY = '\n[gateway.security]\npii_key = "${GATEWAY_PII_KEY}"\n'
+ROTATING = 'pii_previous_keys = ["${GATEWAY_PII_KEY_OLD}"]\n'
 KEY_A = base64.b64encode(bytes(range(32))).decode()
 KEY_B = bytes(range(100, 132)).hex()
 
@@ -204,8 +211,6 @@ def test_an_altered_ciphertext_is_refused_not_read() -> None:
 
 
 def test_check_config_refuses_a_literal_or_malformed_key(tmp_path: Path) -> None:
-    import shutil
-
     shutil.copytree(EXAMPLE.parent, tmp_path / "config")
     path = tmp_path / "config" / "gateway.toml"
     original = path.read_text("utf-8")
@@ -262,39 +267,69 @@ async def test_a_rest_department_gets_the_clear_id_number_on_the_wire(
     assert case.body["ref"] == app["receipt_number"]
 
 
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-async def test_check_config_says_the_database_needs_the_key(
-    example_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import re
-    import shutil
-
-    import typer
-    from typer.testing import CliRunner
-
-    from gateway.cli import app as cli
-
-    async with serving(keyed(example_config, KEY_A)) as (_rt, api, headers):
-        await submit(api, headers)
-    shutil.copytree(EXAMPLE.parent, tmp_path / "config")
+def config_file(example_config: Config, tmp_path: Path, security: str = "") -> Path:
+    """A copy of the example config on the test's database, with ``security`` appended."""
+    shutil.copytree(EXAMPLE.parent, tmp_path / "config", dirs_exist_ok=True)
     path = tmp_path / "config" / "gateway.toml"
     toml, n = re.subn(
         r'^database_url = "[^"]*"',
         f'database_url = "{example_config.gateway.database_url}"',
-        path.read_text("utf-8"),
+        (EXAMPLE.parent / "gateway.toml").read_text("utf-8"),
         flags=re.M,
     )
     assert n == 1
-    path.write_text(toml, "utf-8")
+    path.write_text(toml + security, "utf-8")
+    return path
+
+
+async def gateway_cli(*args: str) -> Any:
     command = typer.main.get_command(cli)
-    args = ["--config", str(path)]
-    if isinstance(command, typer.core.TyperGroup):
-        args = ["check-config", *args]
-    without = await asyncio.to_thread(CliRunner().invoke, cli, args)
+    argv = list(args) if isinstance(command, typer.core.TyperGroup) else list(args[1:])
+    return await asyncio.to_thread(CliRunner().invoke, cli, argv)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_check_config_says_the_database_needs_the_key(
+    example_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with serving(keyed(example_config, KEY_A)) as (_rt, api, headers):
+        await submit(api, headers)
+    path = config_file(example_config, tmp_path)
+    without = await gateway_cli("check-config", "--config", str(path))
     assert without.exit_code == 1, without.output
     assert "[gateway.security.pii_key]" in without.output
     assert key_id(parse_key(KEY_A)) in without.output
-    path.write_text(toml + '\n[gateway.security]\npii_key = "${GATEWAY_PII_KEY}"\n', "utf-8")
+    path = config_file(example_config, tmp_path, SECURITY)
     monkeypatch.setenv("GATEWAY_PII_KEY", KEY_A)
-    keyed_run = await asyncio.to_thread(CliRunner().invoke, cli, args)
+    keyed_run = await gateway_cli("check-config", "--config", str(path))
     assert keyed_run.exit_code == 0, keyed_run.output
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_reseal_seals_old_rows_with_the_current_key_so_old_keys_can_go(
+    example_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with serving(example_config) as (_rt, api, headers):
+        clear = await submit(api, headers)
+    async with serving(keyed(example_config, KEY_A)) as (_rt, api, headers):
+        old_key = await submit(api, headers)
+    path = config_file(example_config, tmp_path, SECURITY + ROTATING)
+    monkeypatch.setenv("GATEWAY_PII_KEY", KEY_B)
+    monkeypatch.setenv("GATEWAY_PII_KEY_OLD", KEY_A)
+    done = await gateway_cli("pii", "reseal", "--config", str(path), "--batch", "1")
+    assert done.exit_code == 0, done.output
+    assert "sealed 2 applicant(s)" in done.output
+    stored = await stored_applicants(example_config)
+    sealed_b = f"{PREFIX}{key_id(parse_key(KEY_B))}:"
+    for app in (clear, old_key):
+        assert stored[app["id"]]["id_number"].startswith(sealed_b)
+        assert stored[app["id"]]["phone"].startswith(sealed_b)
+    # KEY_A is no longer needed: B alone starts, reads and hands out both
+    async with serving(keyed(example_config, KEY_B)) as (rt, api, headers):
+        await decide(rt, old_key["id"])
+        collected = await api.post(
+            f"/v1/applications/{old_key['id']}/collect",
+            json={"id_number": ID_NUMBER, "clerk": "c"},
+            headers=headers,
+        )
+        assert collected.status_code == 200, collected.text

@@ -8,6 +8,7 @@ from gateway.cli import (
     keys_cmd,  # noqa: F401
     new_plugin_cmd,  # noqa: F401
     ops_cmd,  # noqa: F401
+    pii_cmd,  # noqa: F401
     reconcile_cmd,  # noqa: F401
     refetch_cmd,  # noqa: F401
     service_cmd,  # noqa: F401

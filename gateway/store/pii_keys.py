@@ -4,14 +4,15 @@ a process refuses to start without one of them (:func:`gateway.pii_crypto.check_
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import inspect, select
+from sqlalchemy import JSON, inspect, select, type_coerce, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway import pii_crypto
 from gateway.clock import now
-from gateway.store.tables import pii_keys
+from gateway.store.tables import applications, pii_keys
 
 
 async def prepare(engine: AsyncEngine, cipher: pii_crypto.PiiCipher | None) -> None:
@@ -56,3 +57,45 @@ async def recorded_in(database_url: str) -> set[str]:
             return set((await conn.execute(select(pii_keys.c.key_id))).scalars())
     finally:
         await engine.dispose()
+
+
+async def reseal(engine: AsyncEngine, cipher: pii_crypto.PiiCipher, *, batch: int = 500) -> int:
+    """Re-write every applicant whose ID or phone number is clear or sealed with a previous
+    key, with ``cipher``'s current key, ``batch`` rows per transaction; then forget the other
+    key ids (the old keys may go). Returns how many rows were re-written."""
+    raw = type_coerce(applications.c.applicant, JSON)  # the stored value, not opened
+    done, after = 0, ""
+    while True:
+        async with engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(applications.c.id, raw.label("stored"))
+                    .where(applications.c.id > after)
+                    .order_by(applications.c.id)
+                    .limit(batch)
+                )
+            ).all()
+            for row in rows:
+                if _stale(row.stored, cipher.key_id):
+                    clear = pii_crypto.open_applicant(row.stored, cipher)
+                    await conn.execute(
+                        update(applications)
+                        .where(applications.c.id == row.id)
+                        .values(applicant=clear)
+                    )
+                    done += 1
+        if len(rows) < batch:
+            break
+        after = rows[-1].id
+    await forget_all_but(engine, {cipher.key_id})
+    return done
+
+
+def _stale(stored: Any, current: str) -> bool:
+    if not isinstance(stored, dict):
+        return False
+    sealed = f"{pii_crypto.PREFIX}{current}:"
+    return any(
+        isinstance(v, str) and v and not v.startswith(sealed)
+        for v in (stored.get(f) for f in pii_crypto.FIELDS)
+    )
