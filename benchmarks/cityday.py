@@ -3,7 +3,7 @@
 The example city (config/) as deployed, each part its own process: ``gateway simulate`` (the
 four simulated departments: amr REST with callbacks, hrss REST with a change feed, nrp SOAP
 polled, civil file drop), ``gateway serve --no-daemon`` (the API) and ``gateway daemon``, on a
-fresh SQLite database (or ``--database-url``). The example's department settings are kept
+fresh SQLite database (the example's default). The example's department settings are kept
 (concurrency, poll and feed intervals, batch size, API quotas); only the ports, the folders,
 the simulators' decision delay (0) and their mix (no supplements: every case ends decided,
 approved 80 %, rejected 15 %, not accepted 5 %) differ.
@@ -66,7 +66,7 @@ def _free_port() -> int:
         return port
 
 
-def write_config(folder: Path, database_url: str | None) -> tuple[Path, int, dict[str, str]]:
+def write_config(folder: Path) -> tuple[Path, int, dict[str, str]]:
     """The example config in ``folder`` with free ports, decision delay 0, the mix above and a
     key per centre (``${CITYDAY_KEY_<centre>}``); returns (gateway.toml, API port, env)."""
     config = folder / "config"
@@ -76,10 +76,6 @@ def write_config(folder: Path, database_url: str | None) -> tuple[Path, int, dic
     main = config / "gateway.toml"
     text = main.read_text()
     text = text.replace("port = 8080", f"port = {api_port}", 1)
-    if database_url:
-        text = re.sub(
-            r"^database_url = .*$", f'database_url = "{database_url}"', text, count=1, flags=re.M
-        )
     env = {f"CITYDAY_KEY_{c}": secrets.token_urlsafe(24) for c in CENTRES}
     for centre in CENTRES:
         text += (
@@ -249,8 +245,7 @@ class Watch:
     """Reads the gateway's database (read-only) for how many cases are past dispatch and
     decided."""
 
-    def __init__(self, database_url: str | None, folder: Path) -> None:
-        self.url = database_url
+    def __init__(self, folder: Path) -> None:
         self.path = folder / "var" / "gateway.db"
 
     def _sqlite(self, sql: str) -> list[tuple[Any, ...]]:
@@ -261,15 +256,7 @@ class Watch:
             con.close()
 
     async def query(self, sql: str) -> list[tuple[Any, ...]]:
-        if self.url is None:
-            return await asyncio.to_thread(self._sqlite, sql)
-        import asyncpg  # type: ignore[import-untyped]
-
-        con = await asyncpg.connect(self.url.replace("postgresql+asyncpg", "postgresql"))
-        try:
-            return [tuple(r) for r in await con.fetch(sql)]
-        finally:
-            await con.close()
+        return await asyncio.to_thread(self._sqlite, sql)
 
     async def counts(self) -> tuple[int, int, int]:
         undecided = ", ".join(f"'{s}'" for s in UNDECIDED)
@@ -321,11 +308,11 @@ async def main(args: argparse.Namespace) -> int:
     n = 200 if args.quick else args.n
     print(f"machine: {machine()}")
     folder = Path(tempfile.mkdtemp(prefix="cityday-"))
-    config, api_port, keys = write_config(folder, args.database_url)
+    config, api_port, keys = write_config(folder)
     env = {**os.environ, **BENCH_SECRETS, **keys, "PYTHONWARNINGS": "ignore"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     procs = Processes(folder, config, env)
-    watch = Watch(args.database_url, folder)
+    watch = Watch(folder)
     api = f"http://127.0.0.1:{api_port}"
     try:
         procs.run("migrate")
@@ -430,6 +417,5 @@ if __name__ == "__main__":
     parser.add_argument("--n", type=int, default=25_000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait")
-    parser.add_argument("--database-url", help="e.g. postgresql+asyncpg://postgres@127.0.0.1/test")
     parser.add_argument("--quick", action="store_true", help="200 applications (smoke test)")
     sys.exit(asyncio.run(main(parser.parse_args())))
