@@ -194,7 +194,7 @@ dispatch_jobs = Table(
     UniqueConstraint("application_id", "version"),
     Index("ix_dispatch_jobs_due", "department", "state", "next_attempt_at"),
     # unfinished jobs per department (the console's queues): only pending and leased jobs have
-    # an entry, so it stays as small as the backlog (migration 0018)
+    # an entry, so it stays as small as the backlog (migration 0019)
     Index(
         "ix_dispatch_jobs_unfinished",
         "state",
@@ -521,7 +521,7 @@ def _open_clocks(paused: bool) -> dict[str, Any]:
     }
 
 
-# partial indexes of the open clocks only (a few percent of the cases; migration 0018): the
+# partial indexes of the open clocks only (a few percent of the cases; migration 0019): the
 # running ones by due date, and the paused ones (read on the day)
 Index(
     "ix_case_clocks_running", case_clocks.c.department, case_clocks.c.due_by, **_open_clocks(False)
@@ -544,7 +544,7 @@ daily_figures = Table(
     Column("decided", Integer, nullable=False),
     Column("on_time", Integer, nullable=False),
     # their decision times summed: any change to a day's decisions changes the row (a cache of
-    # the weekly percentiles is keyed by it; migration 0018)
+    # the weekly percentiles is keyed by it; migration 0019)
     Column("decision_seconds", Float),
     Index("ix_daily_figures_day", "day", "department"),
 )
@@ -553,7 +553,7 @@ hourly_deliveries = Table(
     "hourly_deliveries",
     metadata,
     # deliveries to each department per clock hour (UTC), the last HOURLY_DAYS days: the
-    # overview's sparkline and "delivered today" (gateway/clocks.py, migration 0018)
+    # overview's sparkline and "delivered today" (gateway/clocks.py, migration 0019)
     Column("department", String(32), primary_key=True),
     Column("hour", UTCDateTime, primary_key=True),
     Column("delivered", Integer, nullable=False),
@@ -581,7 +581,7 @@ pii_keys = Table(
 console_sessions = Table(
     "console_sessions",
     metadata,
-    # ops console sign-ins (migration 0018): the token's and the ops key's sha256, never either
+    # ops console sign-ins (migration 0019): the token's and the ops key's sha256, never either
     Column("token_hash", String(64), primary_key=True),
     Column("key_sha256", String(64), nullable=False),
     Column("started_at", UTCDateTime, nullable=False),

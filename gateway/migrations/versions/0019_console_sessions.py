@@ -2,8 +2,8 @@
 index of unfinished dispatch jobs (the console's queues); partial indexes of the open case
 clocks; deliveries per department per hour (the overview's sparkline)
 
-Revision ID: 0018
-Revises: 0017
+Revision ID: 0019
+Revises: 0018
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from alembic import op
 
 import gateway.store.tables
 
-revision = "0018"
-down_revision = "0017"
+revision = "0019"
+down_revision = "0018"
 branch_labels = None
 depends_on = None
 
