@@ -3,7 +3,11 @@ filled in passes the conformance suite; a non-idempotent variant fails saying wh
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
+import sysconfig
 import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -13,7 +17,8 @@ from typer.testing import CliRunner
 
 from gateway.cli import app
 from gateway.scaffold import names_for
-from gateway.testing.install import make_venv, pip_install, run
+from gateway.testing.install import bare_venv, run
+from tests.conftest import ROOT
 
 # What a plugin author writes in place of each TODO line: a connector for the simulated REST
 # department that ships with the gateway.
@@ -170,16 +175,54 @@ def test_names_derive_from_the_plugin_name() -> None:
 
 @pytest.mark.slow
 def test_generated_plugin_filled_in_installed_and_conformant(tmp_path: Path) -> None:
-    target = tmp_path / "gateway-land-registry"
-    assert (
-        CliRunner().invoke(app, ["new-plugin", "land-registry", "-d", str(target)]).exit_code == 0
+    """Outside this repository, as a department's IT team has it: the gateway's wheel (what
+    `make dist` builds) and the plugin installed into a fresh environment in a temporary
+    folder, no editable install and no path into this source tree; the plugin's own tests
+    run there. (Third-party dependencies come from this environment's site-packages as a
+    plain path: there is no index to download them from in a test.)"""
+    built = run(
+        Path(sys.executable),
+        *("-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path / "dist")),
+        str(ROOT),
+        timeout=300,
     )
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("onewindow_gateway-*.whl")
+    python = bare_venv(tmp_path / "venv")
+    pip = ("-m", "pip", "install", "--no-index", "--no-build-isolation", "--quiet")
+    installed = run(python, *pip, "--no-deps", str(wheel), cwd=tmp_path)
+    assert installed.returncode == 0, installed.stderr
+    # the scaffold comes from the installed gateway, not from this source tree
+    target = tmp_path / "gateway-land-registry"
+    scaffold = tmp_path / "venv" / "bin" / "gateway"
+    made = subprocess.run(
+        [str(scaffold), "new-plugin", "land-registry", "-d", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert made.returncode == 0, made.stderr
+    assert "onewindow_gateway-" in (target / "README.md").read_text()
     fill(target / "gateway_land_registry" / "connector.py", CONNECTOR_FILL)
     fill(target / "tests" / "test_conformance.py", TESTS_FILL)
     (target / "tests" / "test_forgetful.py").write_text(FORGETFUL)
-
-    python = make_venv(tmp_path / "venv")
-    pip_install(python, target)
+    # as the plugin's README says: the plugin with its test extra (satisfied here, no index)
+    plugin = run(python, *pip, f"{target}[test]", cwd=tmp_path)
+    assert plugin.returncode == 0, plugin.stderr
+    where = run(
+        python,
+        "-c",
+        "import gateway, gateway_land_registry, sys, json; "
+        "print(json.dumps([gateway.__file__, gateway_land_registry.__file__, sys.path]))",
+        cwd=tmp_path,
+    )
+    gateway_file, plugin_file, path = json.loads(where.stdout)
+    venv = str(tmp_path / "venv")
+    assert gateway_file.startswith(venv) and plugin_file.startswith(venv), where.stdout
+    # nothing of this source tree (the dependencies' site-packages aside: .venv lives in it)
+    deps = sysconfig.get_paths()["purelib"]
+    assert not [p for p in path if p.startswith(str(ROOT)) and p != deps], path
     report = tmp_path / "report.xml"
     result = run(
         python, "-m", "pytest", "-p", "no:cacheprovider", f"--junitxml={report}", cwd=target

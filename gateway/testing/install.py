@@ -17,7 +17,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-__all__ = ["make_venv", "pip_install", "run"]
+__all__ = ["bare_venv", "make_venv", "pip_install", "run"]
 
 
 def make_venv(directory: Path) -> Path:
@@ -28,6 +28,21 @@ def make_venv(directory: Path) -> Path:
     parent = sysconfig.get_paths()["purelib"]
     Path(purelib.stdout.strip(), "_gateway_parent_env.pth").write_text(
         f"import site; site.addsitedir({parent!r})\n", encoding="utf-8"
+    )
+    return python
+
+
+def bare_venv(directory: Path) -> Path:
+    """An environment that sees this interpreter's installed distributions as a plain
+    ``sys.path`` entry, without running their ``.pth`` hooks: an editable install of the
+    gateway here (``make install``) stays invisible, so the gateway there is only what is
+    installed into it (its wheel). Returns its python."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(directory)], check=True)
+    python = directory / "bin" / "python"
+    purelib = run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    # a plain path line: appended after the environment's own site-packages, .pth not run
+    Path(purelib.stdout.strip(), "_gateway_parent_path.pth").write_text(
+        sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8"
     )
     return python
 
