@@ -1,5 +1,6 @@
-"""Packaging: an SPDX licence (no setuptools deprecation banner), a constraints file that
-`make install` uses and that pins every dependency, `make dist` builds a wheel and an sdist."""
+"""Packaging: an SPDX licence, a constraints file that `make install` uses and that pins every
+dependency, `make dist` builds a wheel and an sdist, `make install` says nothing (no backend
+banner)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def _name(requirement: str) -> str:
 def test_licence_is_an_spdx_expression() -> None:
     assert PYPROJECT["project"]["license"] == "Apache-2.0"
     requires = PYPROJECT["build-system"]["requires"]
-    assert any(r.startswith("setuptools>=77") for r in requires), requires
+    assert any(r.startswith("hatchling>=1.27") for r in requires), requires
 
 
 def test_constraints_pin_every_dependency_and_make_install_uses_them() -> None:
