@@ -8,9 +8,7 @@ signed with the department's first callback secret.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import signal
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -21,9 +19,12 @@ import typer
 
 from gateway.cli import app
 from gateway.cli.common import err as _err
+from gateway.cli.common import run
 from gateway.errors import ConfigError, ConfigProblem
 
 if TYPE_CHECKING:  # imported where used: `gateway --help` must not load them
+    import asyncio
+
     from pydantic import ValidationError
 
     from gateway.config.models import DepartmentConfig
@@ -111,6 +112,8 @@ async def run_simulators(
     if problems:
         raise ConfigError(problems)
 
+    import asyncio
+
     stop = stop or asyncio.Event()
     async with contextlib.AsyncExitStack() as stack:
         for row, asgi_app, host, port in builds:
@@ -149,6 +152,9 @@ async def _until_signalled(
     only: list[str] | None,
     as_json: bool,
 ) -> None:
+    import asyncio
+    import signal
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -188,7 +194,7 @@ def simulate(
                 raise unknown_name("department", code, cfg.departments)
         api = cfg.gateway.api
         public_url = api.public_url or f"http://{api.host}:{api.port}"
-        asyncio.run(_until_signalled(cfg.departments, public_url, only, as_json))
+        run(_until_signalled(cfg.departments, public_url, only, as_json))
     except ConfigError as exc:
         _err.print(f"[red]Configuration has {len(exc.problems)} problem(s):[/red]")
         for problem in exc.problems:

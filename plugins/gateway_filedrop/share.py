@@ -15,7 +15,6 @@ from gateway.errors import PermanentError, TransientError
 from gateway_filedrop import quarantine
 from gateway_filedrop.local_storage import LocalStorage
 from gateway_filedrop.options import FiledropOptions, LocalTarget
-from gateway_filedrop.sftp_storage import SftpStorage
 from gateway_filedrop.storage import Entry, Storage, UnsafeFile
 
 __all__ = ["KEY", "Share", "open_storage", "plain_name"]
@@ -29,6 +28,9 @@ def open_storage(options: FiledropOptions, label: str) -> Storage:
     target = options.target
     if isinstance(target, LocalTarget):
         return LocalStorage(target, label)
+    # imported here: asyncssh costs every start ~0.1 s, and only SFTP targets use it
+    from gateway_filedrop.sftp_storage import SftpStorage
+
     return SftpStorage(target, label, options.timeout_seconds)
 
 
