@@ -124,6 +124,15 @@ def _declare(path: str, method: str, op: dict[str, Any]) -> None:
             responses[status]["headers"] = _RETRY
 
 
+def _upload_types(spec: dict[str, Any], types: list[str]) -> None:
+    """The types an upload may have (``material_types``), as the file part's encoding: clients
+    and generators see what is accepted instead of finding out by a 415."""
+    op = spec.get("paths", {}).get("/v1/materials", {}).get("post", {})
+    form = op.get("requestBody", {}).get("content", {}).get("multipart/form-data")
+    if form is not None and types:
+        form["encoding"] = {"file": {"contentType": ", ".join(types)}}
+
+
 def _binary(node: Any) -> None:
     """Uploads as ``format: binary`` too (OpenAPI 3.0 style, which client generators read; 3.1's
     ``contentMediaType`` alone makes them type the file as a string)."""
@@ -161,6 +170,7 @@ def install(app: FastAPI) -> None:
                         "The request has fields to fix: errors[] names each with its code"
                     )
                 responses.setdefault("default", _problem_response("Any other error"))
+        _upload_types(spec, app.state.runtime.config.gateway.api.material_types)
         _binary(schemas)
         schemas.pop("HTTPValidationError", None)
         schemas.pop("ValidationError", None)
