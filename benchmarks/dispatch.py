@@ -67,6 +67,16 @@ def _simulator_process(concurrency: int, conn: Any) -> None:
         asyncio.run(serve())
 
 
+def pointed_at(config: Any, base_url: str, concurrency: int) -> Any:
+    """The config with ``amr`` pointed at a simulator running elsewhere (same overrides)."""
+    dept = config.departments[DEPT]
+    update = dict(overrides(concurrency)["department_overrides"][DEPT])
+    update["options"] = {**dept.options, "base_url": base_url}
+    departments = dict(config.departments)
+    departments[DEPT] = type(dept).model_validate({**dict(dept), **update})
+    return dataclasses.replace(config, departments=departments)
+
+
 @contextlib.asynccontextmanager
 async def department(args: argparse.Namespace, config: Any) -> AsyncIterator[Any]:
     """Yields the config with ``amr`` pointed at its simulator (and raised concurrency)."""
@@ -86,15 +96,9 @@ async def department(args: argparse.Namespace, config: Any) -> AsyncIterator[Any
         if not await loop.run_in_executor(None, parent.poll, 60):
             raise RuntimeError("the simulator process did not start")
         base_url = parent.recv()
-        # the same department overrides as in the child, pointed at its simulator; no simulator
-        # runs in this process (their background work would be charged to the sender)
-        ov = overrides(args.concurrency)
-        dept = config.departments[DEPT]
-        update = dict(ov["department_overrides"][DEPT])
-        update["options"] = {**dept.options, "base_url": base_url}
-        departments = dict(config.departments)
-        departments[DEPT] = type(dept).model_validate({**dict(dept), **update})
-        yield dataclasses.replace(config, departments=departments)
+        # no simulator runs in this process (their background work would be charged to the
+        # sender)
+        yield pointed_at(config, base_url, args.concurrency)
     finally:
         parent.close()
         proc.join(10)
@@ -160,11 +164,16 @@ async def preload(runtime: Any, n: int, offset: int) -> list[str]:
     from gateway.store.clients import Client
 
     client = Client(id="bench", name="bench", centre="C01", ops=False)
-    ids = []
-    for i in range(n):
-        body = intake.ApplicationIn.model_validate(c.application_body(offset + i))
-        result = await intake.submit(runtime, client, f"bench-{offset + i}", body)
-        ids.append(result.accepted.id)
+
+    async def one(i: int) -> str:
+        body = intake.ApplicationIn.model_validate(c.application_body(i))
+        result = await intake.submit(runtime, client, f"bench-{i}", body)
+        return result.accepted.id
+
+    ids: list[str] = []
+    for start in range(offset, offset + n, 64):  # 64 at a time: group commit stores them together
+        chunk = range(start, min(start + 64, offset + n))
+        ids += await asyncio.gather(*(one(i) for i in chunk))
     return ids
 
 
@@ -331,9 +340,187 @@ async def measure(args: argparse.Namespace, database_url: str | None, label: str
         )
 
 
+# -- scale-out: several daemon processes on one PostgreSQL ---------------------------------------
+
+
+def _daemon_process(
+    database_url: str, base_url: str, concurrency: int, tmp: str, conn: Any
+) -> None:
+    """Child: one dispatcher (the daemon's dispatch loop) with its own runtime, started and
+    stopped by the parent; reports its CPU time and how many deliveries it made."""
+
+    async def run() -> None:
+        from sqlalchemy import func, select
+
+        from gateway.dispatcher import Dispatcher
+        from gateway.runtime import Runtime
+        from gateway.store.tables import events
+
+        c.quiet_logs()
+        config = pointed_at(c.example_config(Path(tmp), database_url), base_url, concurrency)
+        runtime = Runtime(config)
+        try:
+            dispatcher = Dispatcher(runtime)
+            loop = asyncio.get_running_loop()
+            conn.send("ready")
+            await loop.run_in_executor(None, conn.recv)  # go
+            cpu0 = time.process_time()
+            task = asyncio.create_task(dispatcher.run())
+            await loop.run_in_executor(None, conn.recv)  # stop
+            cpu = time.process_time() - cpu0
+            await dispatcher.stop()
+            await task
+            async with runtime.engine.connect() as db:
+                q = select(func.count()).where(
+                    events.c.actor == dispatcher.owner, events.c.to_status == "delivered"
+                )
+                delivered = int((await db.execute(q)).scalar_one())
+            conn.send((cpu, delivered))
+        finally:
+            await runtime.aclose()
+
+    asyncio.run(run())
+
+
+@contextlib.asynccontextmanager
+async def pg_database(url: str) -> AsyncIterator[tuple[str, str]]:
+    """A throw-away database beside the one in ``url`` (lock waits are then counted for this
+    run alone); yields (its URL, its name)."""
+    import secrets
+
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    name = f"bench_{secrets.token_hex(5)}"
+    admin = create_async_engine(url, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield make_url(url).set(database=name).render_as_string(hide_password=False), name
+    finally:
+        async with admin.connect() as conn:
+            await conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+        await admin.dispose()
+
+
+async def scale_out(args: argparse.Namespace, daemons: int) -> dict[str, Any]:
+    """N deliveries by ``daemons`` dispatcher processes sharing one PostgreSQL database."""
+    from sqlalchemy import text
+
+    from gateway.runtime import Runtime
+
+    ctx = multiprocessing.get_context("spawn")
+    async with pg_database(args.pg) as (url, name):
+        with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+            config = c.example_config(Path(tmp), url)
+            async with department(args, config) as cfg:
+                base_url = cfg.departments[DEPT].options["base_url"]
+                runtime = Runtime(cfg)
+                pipes, procs = [], []
+                try:
+                    await runtime.prepare_database()
+                    await preload(runtime, args.n, offset=0)
+                    for _ in range(daemons):
+                        parent, child = ctx.Pipe()
+                        proc = ctx.Process(
+                            target=_daemon_process,
+                            args=(url, base_url, args.concurrency, tmp, child),
+                            daemon=True,
+                        )
+                        proc.start()
+                        child.close()
+                        pipes.append(parent)
+                        procs.append(proc)
+                    loop = asyncio.get_running_loop()
+                    for pipe in pipes:
+                        c.check(
+                            await loop.run_in_executor(None, pipe.poll, 120),
+                            "a daemon process did not start",
+                        )
+                        pipe.recv()
+                    waits = text(
+                        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                        "WHERE NOT l.granted AND a.datname = :db"
+                    )
+                    stats = text(
+                        "SELECT deadlocks, xact_commit FROM pg_stat_database WHERE datname = :db"
+                    )
+                    async with runtime.engine.connect() as db:
+                        before = (await db.execute(stats, {"db": name})).one()
+                    samples = waiting = most = 0
+                    started = time.perf_counter()
+                    for pipe in pipes:
+                        pipe.send("go")
+                    while await jobs_done(runtime) < args.n:
+                        c.check(all(p.is_alive() for p in procs), "a daemon process died")
+                        async with runtime.engine.connect() as db:
+                            n_waiting = int((await db.execute(waits, {"db": name})).scalar_one())
+                        samples += 1
+                        waiting += n_waiting > 0
+                        most = max(most, n_waiting)
+                        await asyncio.sleep(args.poll)
+                    seconds = time.perf_counter() - started
+                    for pipe in pipes:
+                        pipe.send("stop")
+                    reports = []
+                    for pipe in pipes:
+                        c.check(
+                            await loop.run_in_executor(None, pipe.poll, 120),
+                            "a daemon process did not report",
+                        )
+                        reports.append(pipe.recv())
+                    async with runtime.engine.connect() as db:
+                        after = (await db.execute(stats, {"db": name})).one()
+                finally:
+                    for pipe in pipes:
+                        pipe.close()
+                    for proc in procs:
+                        proc.join(30)
+                        if proc.is_alive():
+                            proc.terminate()
+                    await runtime.aclose()
+    delivered = [d for _cpu, d in reports]
+    c.check(sum(delivered) == args.n, f"deliveries {delivered} do not add up to {args.n}")
+    return {
+        "daemons": daemons,
+        "rate": args.n / seconds,
+        "cpu_ms": sum(cpu for cpu, _d in reports) / args.n * 1000,
+        "delivered": delivered,
+        "lock_samples": (waiting, samples),
+        "most_waiting": most,
+        "deadlocks": after.deadlocks - before.deadlocks,
+        "commits_per_delivery": (after.xact_commit - before.xact_commit) / args.n,
+    }
+
+
+async def scale_main(args: argparse.Namespace) -> None:
+    c.check(bool(args.pg), "--daemons needs --pg (several daemons share one PostgreSQL)")
+    print(
+        f"[scale-out] PostgreSQL; N={args.n} per run, concurrency {args.concurrency} per daemon; "
+        "each daemon a separate process (Dispatcher.run, its own runtime), the simulated "
+        "department in another; the database is created for each run"
+    )
+    for k in args.daemons:
+        r = await scale_out(args, k)
+        waiting, samples = r["lock_samples"]
+        print(
+            f"[scale-out] {k} daemon(s): {r['rate']:,.0f}/s, CPU per delivery "
+            f"{r['cpu_ms']:.2f} ms (sum over the daemons), deliveries per daemon "
+            f"{r['delivered']}; lock waits: {waiting} of {samples} samples saw a waiting lock "
+            f"(most {r['most_waiting']} at once), deadlocks {r['deadlocks']}, commits per delivery "
+            f"{r['commits_per_delivery']:.2f}; "
+            f"{c.load_average()}"
+        )
+
+
 async def main(args: argparse.Namespace) -> None:
     c.quiet_logs()
     print(f"machine: {c.machine()}")
+    if args.daemons:
+        await scale_main(args)
+        print(f"after: {c.load_average()}")
+        return
     await measure(args, None, "sqlite")
     if args.pg:
         async with c.pg_schema(args.pg) as url:
@@ -361,6 +548,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--only",
         choices=["gateway"],
         help="measure the gateway only (to run under a profiler); prints no ratio",
+    )
+    p.add_argument(
+        "--daemons",
+        type=lambda v: [int(x) for x in v.split(",")],
+        metavar="1,2,3",
+        help="scale-out instead: N deliveries by this many daemon processes on one PostgreSQL "
+        "(--pg), one run per count",
     )
     p.add_argument("--quick", action="store_true", help="tiny run for smoke tests")
     args = p.parse_args(argv)

@@ -29,7 +29,8 @@ import _common as c
 
 from gateway.intake import ApplicationIn  # module level, so FastAPI can resolve the annotation
 
-TARGET = 0.3
+TARGET = 0.5  # issue 16 (issue 2 asked 0.3)
+TARGET_CPU_MS = 1.2  # issue 16: server CPU per application
 #: issue 12: encrypting ID and phone numbers at rest may cost intake at most 10%
 PII_TARGET = 0.9
 
@@ -111,10 +112,12 @@ async def measure(args: argparse.Namespace, database_url: str | None, label: str
                     targets = {args.only: targets[args.only]}
                 rates: dict[str, list[float]] = {name: [] for name in names}
                 cpu: dict[str, list[float]] = {name: [] for name in names}
+                process_cpu: dict[str, list[float]] = {name: [] for name in names}
                 for r in range(-1, args.rounds):  # round -1 warms up every server
                     for name, (url, headers) in targets.items():
                         n = args.warmup if r < 0 else args.n
                         cpu0 = time.thread_time()  # this thread serves every app
+                        proc0 = time.process_time()  # and the database driver's thread
                         result = await load.run(
                             url,
                             n=n,
@@ -130,6 +133,7 @@ async def measure(args: argparse.Namespace, database_url: str | None, label: str
                         if r >= 0:
                             rates[name].append(result.rate)
                             cpu[name].append((time.thread_time() - cpu0) / n * 1000)
+                            process_cpu[name].append((time.process_time() - proc0) / n * 1000)
                             print(
                                 f"[{label}] round {r + 1} {name}: {result.rate:,.0f}/s",
                                 file=sys.stderr,
@@ -169,6 +173,14 @@ async def measure(args: argparse.Namespace, database_url: str | None, label: str
         print(
             f"[{label}] server event-loop CPU per request: "
             + ", ".join(f"{name} {c.median(cpu[name]):.2f} ms" for name in names)
+            + "; with the database driver's thread: "
+            + ", ".join(f"{name} {c.median(process_cpu[name]):.2f} ms" for name in names)
+        )
+        ms = c.median(cpu["gateway"])
+        verdict = "meets" if ms <= TARGET_CPU_MS else "MISSES"
+        print(
+            f"[{label}] gateway CPU per application {ms:.2f} ms "
+            f"(target <= {TARGET_CPU_MS}: {verdict})"
         )
     print(f"[{label}] {c.ratio_line('gateway/bare', gateway, bare, TARGET)}")
     if args.pii:
