@@ -13,6 +13,8 @@ Operations (namespace :data:`NAMESPACE`, document/literal wrapped)::
     QueryStatus(CaseId) -> CaseInfo                                documents are base64 elements
     ListCases(Since, Until, Cursor, Limit) -> CaseList             Items appear to zeep as
                                                                    {"CaseSummary": [...]}
+    ListChanges(Since, Until, Cursor, Limit) -> ChangeList         the change feed: each case
+                                                                   changed in the window, whole
 
 Endpoints::
 
@@ -280,6 +282,14 @@ class CaseList(ComplexModel):  # type: ignore[misc]
     Next = Unicode
 
 
+class ChangeList(ComplexModel):  # type: ignore[misc]
+    """A page of the change feed: each changed case whole, as QueryStatus returns it."""
+
+    __namespace__ = NAMESPACE
+    Items = Array(CaseInfo)
+    Next = Unicode
+
+
 def _case_info(state: SoapDepartmentState, case: SimCase) -> CaseInfo:
     view = state.view(case)
     return CaseInfo(
@@ -348,39 +358,60 @@ def _build_service(state: SoapDepartmentState) -> type[ServiceBase]:
             Limit: int | None,
         ) -> CaseList:
             _mode_fault(state)
-            try:
-                after = int(Cursor) if Cursor else 0
-            except ValueError:
-                raise Fault(faultcode="Client", faultstring="bad cursor") from None
-            limit = min(max(Limit or 100, 1), 1000)
-            lower, upper = _aware(Since), _aware(Until)
-            now, delay = state.clock(), state.settings.decision_delay_seconds
-            with state.lock:
-                cases = list(state.cases.values())
-            items: list[CaseSummary] = []
-            next_cursor: str | None = None
-            last_seq = 0
-            for case in cases:
-                if case.seq <= after:
-                    continue
-                status, updated = case.phase(now, delay)
-                if (lower and updated < lower) or (upper and updated >= upper):
-                    continue
-                if len(items) == limit:
-                    next_cursor = str(last_seq)
-                    break
-                items.append(
-                    CaseSummary(
-                        CaseId=case.id,
-                        IdempotencyKey=case.idempotency_key,
-                        Status=status,
-                        UpdatedAt=updated,
-                    )
+            page, next_cursor = _changed_in(state, Since, Until, Cursor, Limit)
+            items = [
+                CaseSummary(
+                    CaseId=case.id, IdempotencyKey=case.idempotency_key, Status=status, UpdatedAt=at
                 )
-                last_seq = case.seq
+                for case, status, at in page
+            ]
             return CaseList(Items=items, Next=next_cursor)
 
+        @rpc(DateTime, DateTime, Unicode, Integer, _returns=ChangeList)  # type: ignore[untyped-decorator]
+        def ListChanges(
+            ctx: Any,
+            Since: dt.datetime | None,
+            Until: dt.datetime | None,
+            Cursor: str | None,
+            Limit: int | None,
+        ) -> ChangeList:
+            """The change feed: cases whose status changed in [Since, Until), each whole."""
+            _mode_fault(state)
+            page, next_cursor = _changed_in(state, Since, Until, Cursor, Limit)
+            return ChangeList(Items=[_case_info(state, c) for c, _s, _a in page], Next=next_cursor)
+
     return DepartmentService
+
+
+def _changed_in(
+    state: SoapDepartmentState,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    cursor: str | None,
+    limit: int | None,
+) -> tuple[list[tuple[SimCase, str, dt.datetime]], str | None]:
+    """One page of the cases whose status changed in ``[since, until)``, after ``cursor``
+    (case sequence numbers): (case, status, changed at) each, and the next page's cursor."""
+    try:
+        after = int(cursor) if cursor else 0
+    except ValueError:
+        raise Fault(faultcode="Client", faultstring="bad cursor") from None
+    size = min(max(limit or 100, 1), 1000)
+    lower, upper = _aware(since), _aware(until)
+    now, delay = state.clock(), state.settings.decision_delay_seconds
+    with state.lock:
+        cases = list(state.cases.values())
+    page: list[tuple[SimCase, str, dt.datetime]] = []
+    for case in cases:
+        if case.seq <= after:
+            continue
+        status, updated = case.phase(now, delay)
+        if (lower and updated < lower) or (upper and updated >= upper):
+            continue
+        if len(page) == size:
+            return page, str(page[-1][0].seq)
+        page.append((case, status, updated))
+    return page, None
 
 
 def _aware(value: dt.datetime | None) -> dt.datetime | None:

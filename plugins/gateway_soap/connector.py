@@ -81,7 +81,7 @@ from gateway.mapping import MISSING, get_path, map_envelope, parse_time, put_pat
 from gateway.pii import mask_echo
 from gateway_soap import fast as fast_path
 from gateway_soap import mtom
-from gateway_soap.options import PollResponse, SoapOptions
+from gateway_soap.options import Paging, PollResponse, SoapOptions
 from gateway_soap.wsdl import RefusedImport, load_document, secure_settings
 
 __all__ = ["SoapConnector", "SoapOptions"]
@@ -215,30 +215,50 @@ class SoapConnector(Connector):
         listing = self.options.cases
         if listing is None:
             raise NotImplementedError(f"{self.context.department}: no [options.list] configured")
+        async for item in self._pages(listing, since, until):
+            yield self._summary(item, listing.operation)
+
+    def offers_changes(self) -> bool:
+        return self.options.changes is not None
+
+    async def changes(self, since: dt.datetime, until: dt.datetime) -> AsyncIterator[CaseUpdate]:
+        feed = self.options.changes
+        if feed is None:
+            raise NotImplementedError(f"{self.context.department}: no [options.changes] configured")
+        spec = feed.item
+        async for item in self._pages(feed, since, until):
+            update = self._case_update(item, spec, feed.operation)
+            key = get_path(item, spec.idempotency_key) if spec.idempotency_key else None
+            if key not in (None, MISSING):
+                update = update.model_copy(update={"idempotency_key": str(key)})
+            yield update
+
+    async def _pages(
+        self, spec: Paging, since: dt.datetime, until: dt.datetime
+    ) -> AsyncIterator[Any]:
+        """The items of a paged operation over ``[since, until)``, page after page."""
         cursor: str | None = None
-        for _ in range(listing.max_pages):
+        for _ in range(spec.max_pages):
             kwargs: dict[str, Any] = {}
-            put_path(kwargs, listing.since_argument, since)
-            put_path(kwargs, listing.until_argument, until)
-            put_path(kwargs, listing.limit_argument, listing.page_size)
+            put_path(kwargs, spec.since_argument, since)
+            put_path(kwargs, spec.until_argument, until)
+            put_path(kwargs, spec.limit_argument, spec.page_size)
             if cursor:
-                put_path(kwargs, listing.cursor_argument, cursor)
-            data = await self._invoke(listing.operation, kwargs)
-            items = get_path(data, listing.items)
+                put_path(kwargs, spec.cursor_argument, cursor)
+            data = await self._invoke(spec.operation, kwargs)
+            items = get_path(data, spec.items)
             if items in (None, MISSING):
                 items = []  # an empty Array is often omitted or nil
             if not isinstance(items, list):
-                raise PermanentError(
-                    self._where(listing.operation, f"{listing.items!r} is not a list")
-                )
+                raise PermanentError(self._where(spec.operation, f"{spec.items!r} is not a list"))
             for item in items:
-                yield self._summary(item, listing.operation)
-            nxt = get_path(data, listing.next)
+                yield item
+            nxt = get_path(data, spec.next)
             if nxt in (None, MISSING, ""):
                 return
             cursor = str(nxt)
         raise PermanentError(
-            self._where(listing.operation, f"more than {listing.max_pages} pages; cursor loop?")
+            self._where(spec.operation, f"more than {spec.max_pages} pages; cursor loop?")
         )
 
     async def health(self) -> Health:

@@ -19,10 +19,13 @@ from gateway.mapping import check_source_path
 
 __all__ = [
     "BasicAuth",
+    "ChangeItemFields",
+    "ChangesOptions",
     "DocumentFields",
     "FaultAction",
     "ListItemFields",
     "ListOptions",
+    "Paging",
     "PollOptions",
     "PollResponse",
     "SoapOptions",
@@ -147,8 +150,10 @@ class ListItemFields(_Strict):
     updated_at: str | None = "UpdatedAt"
 
 
-class ListOptions(_Strict):
-    """How the department's case list is paged through for reconciliation."""
+class Paging(_Strict):
+    """How a paged operation over a time window is called (``[options.list]`` and
+    ``[options.changes]``): the window and page size as arguments, a cursor from the answer's
+    ``next`` sent back until it is empty."""
 
     operation: str = "ListCases"
     since_argument: Annotated[str, FIELD_NAMES] = "Since"
@@ -159,7 +164,29 @@ class ListOptions(_Strict):
     next: Annotated[str, FIELD_NAMES] = "Next"
     page_size: int = Field(default=100, ge=1, le=10_000)
     max_pages: int = Field(default=10_000, ge=1, description="guard against a cursor loop")
+
+
+class ListOptions(Paging):
+    """How the department's case list is paged through for reconciliation."""
+
     item: Annotated[ListItemFields, FIELD_NAMES] = Field(default_factory=ListItemFields)
+
+
+class ChangeItemFields(PollResponse):
+    """Where an update's fields are inside one item of the change feed (paths from the item)."""
+
+    idempotency_key: str | None = "IdempotencyKey"
+
+
+class ChangesOptions(Paging):
+    """The department's "changes since" operation: every case whose status changed in the
+    window, each item the whole case as the poll operation returns it. With it the daemon asks
+    once per ``[sync] changes_interval_seconds`` instead of polling every open case
+    (docs/plugins/soap.md, "Change feed")."""
+
+    operation: str = "ListChanges"
+    items: Annotated[str, FIELD_NAMES] = "Items.CaseInfo"
+    item: Annotated[ChangeItemFields, FIELD_NAMES] = Field(default_factory=ChangeItemFields)
 
 
 def _default_faults() -> dict[str, FaultAction]:
@@ -201,6 +228,7 @@ class SoapOptions(_Strict):
     submit: SubmitOptions = Field(default_factory=SubmitOptions)
     poll: PollOptions | None = None
     cases: ListOptions | None = Field(default=None, alias="list")
+    changes: ChangesOptions | None = None
 
     @field_validator("endpoint")
     @classmethod
