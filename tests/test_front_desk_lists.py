@@ -87,16 +87,19 @@ async def test_gateway_status_takes_a_receipt_number(
     config = write_config(tmp_path / "config", runtime.config.gateway.database_url, {})
     env = {**os.environ, **TEST_SECRETS}
     cmd = [sys.executable, "-m", "gateway", "status", "--config", str(config), "--json"]
-    done = await asyncio.to_thread(
-        subprocess.run, [*cmd, app["receipt_number"]], capture_output=True, env=env, timeout=60
+
+    def status(number: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([*cmd, number], capture_output=True, env=env, timeout=120)
+
+    # both processes at once: each spends most of its time starting up
+    done, missing = await asyncio.gather(
+        asyncio.to_thread(status, app["receipt_number"]),
+        asyncio.to_thread(status, "C01-20000101-00001"),
     )
     assert done.returncode == 0, done.stderr.decode()
     shown = json.loads(done.stdout)
     assert shown["id"] == app["id"] and shown["receipt_number"] == app["receipt_number"]
     assert shown["history"][0]["to_status"] == "received"
-    missing = await asyncio.to_thread(
-        subprocess.run, [*cmd, "C01-20000101-00001"], capture_output=True, env=env, timeout=60
-    )
     assert missing.returncode == 1
     assert "receipt number" in missing.stderr.decode()
 

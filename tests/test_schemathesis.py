@@ -5,6 +5,7 @@ codes, content types, bodies). FUZZ_EXAMPLES examples per operation (a few in th
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -15,7 +16,6 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,7 +29,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from gateway.store.clients import create_client
+from gateway.store.db import create_engine
 from tests.conftest import EXAMPLE, TEST_SECRETS
+from tests.databases import SQLITE, migrated_sqlite
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "5"))
 ONLY = os.environ.get("FUZZ_ONLY")  # a regex over "METHOD /path": fuzz just those
@@ -65,16 +68,17 @@ def _free_port() -> int:
         return port
 
 
-def _key(config: Path, env: dict[str, str], *scope: str) -> str:
-    done = subprocess.run(
-        [*GATEWAY, "keys", "create", *scope, "--config", str(config)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return done.stdout.strip().splitlines()[-1]
+async def _keys(db_url: str) -> dict[str, str]:
+    """A centre key and an ops key, stored in-process (``gateway keys create`` is tested in
+    tests/test_keys.py; two CLI processes here cost seconds of the suite on a busy machine)."""
+    engine = create_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            _c, centre = await create_client(conn, name="C01", centre="C01", ops=False)
+            _o, ops = await create_client(conn, name="ops", centre=None, ops=True)
+    finally:
+        await engine.dispose()
+    return {"centre": centre, "ops": ops}
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +97,8 @@ def gateway_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
     text = re.sub(r'^data_dir = "[^"]*"', f'data_dir = "{root / "var"}"', text, flags=re.M)
     config.write_text(text + FUZZ_QUOTAS, encoding="utf-8")
     env = {**os.environ, **TEST_SECRETS}
-    keys = {
-        "centre": _key(config, env, "--centre", "C01"),
-        "ops": _key(config, env, "--ops"),
-    }
+    migrated_sqlite(root / "fuzz.db")  # a copy of a database migrated once per worker
+    keys = asyncio.run(_keys(f"{SQLITE}{root / 'fuzz.db'}"))
     port = _free_port()
     log = (root / "serve.log").open("wb")
     process = subprocess.Popen(

@@ -208,7 +208,11 @@ async def test_resent_version_that_is_a_new_case_at_the_department(
     async with simulated_city(
         example_config,
         simulator_overrides={"nrp": {"decision_delay_seconds": 0.2, "mix": ASK_FIRST}},
-        department_overrides={"nrp": {"poll_interval_seconds": 0.1}},
+        # polled every 0.1 s however long the case has been quiet (adaptive polling would wait
+        # as long again as the case was quiet: seconds, on a busy machine)
+        department_overrides={
+            "nrp": {"poll_interval_seconds": 0.1, "sync": {"poll_ceiling_seconds": 0.1}}
+        },
     ) as city:
         runtime = Runtime(city.config)
         await runtime.prepare_database()
