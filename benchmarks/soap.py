@@ -9,7 +9,7 @@
    department and (b) a canned responder that returns the same answer bytes instantly, which
    isolates the client-side cost.
 
-Usage: ``python benchmarks/soap.py [--calls 500] [--loads 20]``
+Usage: ``python benchmarks/soap.py [--calls 500] [--loads 20] [--quick]``
 """
 
 from __future__ import annotations
@@ -160,5 +160,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--loads", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="30 calls, 2 loads (smoke test)")
     args = parser.parse_args()
-    asyncio.run(main(args.calls, args.loads))
+    asyncio.run(main(30, 2) if args.quick else main(args.calls, args.loads))
