@@ -8,6 +8,7 @@ DEBUG: a scraper every 15 s is not news.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import structlog
@@ -16,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.pii import scrub
 
 log = structlog.get_logger("gateway.access")
+_stdlib_log = logging.getLogger("gateway.access")  # its level follows gateway.logs.configure
 
 PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 _MAX_PATH = 300  # a hostile URL must not make a hostile log line
@@ -41,19 +43,26 @@ class AccessLog:
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            path: str = scope["path"]
-            query = scope.get("query_string", b"").decode("latin-1")
-            fields = {
-                "method": scope["method"],
-                "path": scrub((path + ("?" + query if query else ""))[:_MAX_PATH]),
-                "status": status,
-                "ms": round((time.perf_counter() - started) * 1000, 1),
-                "client": (scope.get("client") or ("-",))[0],
-            }
-            for name, value in scope.get("headers") or []:
-                if name == b"traceparent":
-                    fields["traceparent"] = value.decode("latin-1")[:64]
-            if path in PROBES:
-                log.debug("request", **fields)
-            else:
-                log.info("request", **fields)
+            _log_request(scope, status, started)
+
+
+def _log_request(scope: Scope, status: int, started: float) -> None:
+    path: str = scope["path"]
+    probe = path in PROBES
+    if not _stdlib_log.isEnabledFor(logging.DEBUG if probe else logging.INFO):
+        return  # nothing to build for a line that is dropped
+    query = scope.get("query_string", b"").decode("latin-1")
+    fields = {
+        "method": scope["method"],
+        "path": scrub((path + ("?" + query if query else ""))[:_MAX_PATH]),
+        "status": status,
+        "ms": round((time.perf_counter() - started) * 1000, 1),
+        "client": (scope.get("client") or ("-",))[0],
+    }
+    for name, value in scope.get("headers") or []:
+        if name == b"traceparent":
+            fields["traceparent"] = value.decode("latin-1")[:64]
+    if probe:
+        log.debug("request", **fields)
+    else:
+        log.info("request", **fields)

@@ -19,6 +19,7 @@ from gateway.clock import new_id, now
 from gateway.config.models import Matter
 from gateway.errors import FieldError, unknown_application
 from gateway.pickup import may_see
+from gateway.runtime import Runtime
 from gateway.states import State
 from gateway.store import cases
 from gateway.store.tables import materials
@@ -128,8 +129,9 @@ _IDEMPOTENCY_HEADER = {
     openapi_extra={"parameters": [_IDEMPOTENCY_HEADER]},
 )
 async def submit_application(
-    body: intake.ApplicationIn, request: Request, runtime: RuntimeDep, client: ClientDep
+    body: intake.ApplicationIn, request: Request, client: ClientDep
 ) -> Response:
+    runtime: Runtime = request.app.state.runtime  # not a dependency: one fewer to solve
     request.app.state.rate_limiter.check(client, "intake")
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is not None and len(idempotency_key) > 200:
