@@ -5,6 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import time
+import zoneinfo
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 
 def now() -> dt.datetime:
@@ -25,3 +29,15 @@ def id_time(an_id: str) -> dt.datetime | None:
         )
     except ValueError:
         return None
+
+
+def _known_zone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"{value!r} is not an IANA time zone (e.g. Asia/Shanghai)") from exc
+    return value
+
+
+#: a time zone name in config (``Asia/Shanghai``), checked against the zone database
+ZoneName = Annotated[str, AfterValidator(_known_zone)]

@@ -90,6 +90,32 @@ def map_envelope(
     return payload
 
 
+def build_payload(
+    source: dict[str, Any],
+    mapped: Mapping[str, Any] | None,
+    fields: Mapping[str, str],
+    constants: Mapping[str, Any],
+    *,
+    where: str,
+    drop_materials: bool = True,
+) -> dict[str, Any]:
+    """A department payload: the ``map_payload`` hook's answer (``mapped``) when it gave one,
+    else ``source`` (an envelope as JSON data) mapped through ``fields`` (:func:`map_envelope`),
+    or all of it when ``fields`` is empty (its ``materials`` dropped when ``drop_materials``);
+    then each of ``constants`` put at its dotted path."""
+    if mapped is not None:
+        payload = dict(mapped)
+    elif not fields:
+        payload = dict(source)
+        if drop_materials:
+            payload.pop("materials", None)
+    else:
+        payload = map_envelope(source, fields, where=where)
+    for target, value in constants.items():
+        put_path(payload, target, value)
+    return payload
+
+
 def parse_time(value: Any) -> dt.datetime | None:
     """A department's timestamp (ISO 8601, ``Z`` allowed, or a datetime) as aware UTC-or-zoned
     time; naive values are taken as UTC. None for anything else: a bad timestamp is no reason
@@ -105,4 +131,12 @@ def parse_time(value: Any) -> dt.datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
-__all__ = ["MISSING", "check_source_path", "get_path", "map_envelope", "parse_time", "put_path"]
+__all__ = [
+    "MISSING",
+    "build_payload",
+    "check_source_path",
+    "get_path",
+    "map_envelope",
+    "parse_time",
+    "put_path",
+]

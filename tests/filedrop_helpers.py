@@ -13,8 +13,13 @@ from typing import Any
 import httpx
 from gateway_filedrop.connector import FiledropConnector
 from gateway_filedrop.options import FiledropOptions
+from sqlalchemy import select
 
 from gateway.connector import Applicant, ConnectorContext, Envelope, MaterialRef
+from gateway.runtime import Runtime
+from gateway.simulators.sftp import SftpServer
+from gateway.states import State
+from gateway.store.tables import applications, events
 
 MATERIAL = b"%PDF-1.4 scanned household register\n"
 MATERIAL_REF = MaterialRef(
@@ -72,6 +77,21 @@ def make_connector(
     return connector
 
 
+def sftp_target(server: SftpServer, **changes: Any) -> dict[str, Any]:
+    """``[options.target]`` for the simulated SFTP server (key login, its host key)."""
+    data: dict[str, Any] = {
+        "type": "sftp",
+        "host": server.host,
+        "port": server.port,
+        "username": server.username,
+        "private_key": str(server.client_key_path),
+        "host_key": server.host_key_line,
+        "root": "/",
+    }
+    data.update(changes)
+    return data
+
+
 def local_options(root: Path, **changes: Any) -> dict[str, Any]:
     options: dict[str, Any] = {"target": {"type": "local", "root": str(root)}}
     options.update(changes)
@@ -98,3 +118,20 @@ async def http_client() -> AsyncIterator[httpx.AsyncClient]:
 def tree(root: Path) -> set[str]:
     """Every file under ``root``, as relative POSIX paths."""
     return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+async def department_case_ids(rt: Runtime, ids: list[str]) -> list[tuple[str, str | None]]:
+    """(application id, the department's case id) of each of ``ids``."""
+    async with rt.engine.connect() as conn:
+        q = select(applications.c.id, applications.c.department_case_id)
+        return [(r[0], r[1]) for r in await conn.execute(q.where(applications.c.id.in_(ids)))]
+
+
+async def event_details(rt: Runtime, ids: list[str], to: State) -> list[dict[str, Any]]:
+    """The detail of every event that moved one of ``ids`` to ``to`` (JSON as stored)."""
+    async with rt.engine.connect() as conn:
+        q = select(events.c.detail).where(
+            events.c.application_id.in_(ids), events.c.to_status == to
+        )
+        found = (await conn.execute(q)).scalars().all()
+    return [d if isinstance(d, dict) else json.loads(d) for d in found]

@@ -38,6 +38,7 @@ from gateway.runtime import Runtime
 from gateway.simulators import sftp as sftp_simulator
 from gateway.simulators.city import SimulatedCity, simulated_city
 from tests.conftest import EXAMPLE, configure_for_test, wait_for
+from tests.filedrop_helpers import sftp_target
 from tests.hostile_department import Hostile, gzip_bomb, hostile
 
 MB = 1024 * 1024
@@ -399,15 +400,7 @@ async def filedrop_over_sftp(
         config = configure_for_test(load_config(EXAMPLE), base, "sqlite+aiosqlite://")
         dept = config.departments["civil"]
         options = dict(dept.options)
-        options["target"] = {
-            "type": "sftp",
-            "host": server.host,
-            "port": server.port,
-            "username": server.username,
-            "private_key": str(server.client_key_path),
-            "host_key": server.host_key_line,
-            "root": "/",
-        }
+        options["target"] = sftp_target(server)
         options["result"] = {**options.get("result", {}), "stable_seconds": 0}
         dept = dept.model_copy(update={"options": options, **settings})
         runtime = Runtime(

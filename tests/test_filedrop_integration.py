@@ -30,6 +30,7 @@ from gateway.states import FINAL, State
 from gateway.store.clients import Client
 from gateway.store.tables import applications, events
 from tests.conftest import FAST, application, wait_for
+from tests.filedrop_helpers import department_case_ids, event_details
 
 CLIENT = Client(id="c-test", name="test", centre="C01", ops=False)
 CIVIL_MATTERS = [("QR00401000", "339901"), ("QR00402000", "339902"), ("QR00403000", "339900")]
@@ -131,29 +132,11 @@ async def test_civil_end_to_end_until_every_application_is_final(
                 .group_by(events.c.application_id, events.c.to_status)
             )
         ).all()
-        approved_docs = (
-            (
-                await conn.execute(
-                    select(events.c.detail).where(
-                        events.c.application_id.in_(ids), events.c.to_status == State.APPROVED
-                    )
-                )
-            )
-            .scalars()
-            .all()
-        )
-        case_ids = (
-            await conn.execute(
-                select(applications.c.id, applications.c.department_case_id).where(
-                    applications.c.id.in_(ids)
-                )
-            )
-        ).all()
+    approved_docs = await event_details(rt, ids, State.APPROVED)
+    case_ids = await department_case_ids(rt, ids)
     # duplicate result files changed nothing: one event per application and state
     assert all(count == 1 for _app, _state, count in rows)
-    assert approved_docs and all(
-        json.loads(d)["documents"] if isinstance(d, str) else d["documents"] for d in approved_docs
-    )
+    assert approved_docs and all(d["documents"] for d in approved_docs)
     # the department's own case number replaced the placeholder (our key) with its first result
     assert all(case_id.startswith("MZ-") for _app, case_id in case_ids), case_ids
 

@@ -7,7 +7,6 @@ result, full-width separators, local times, an error folder) until every case is
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import shutil
 import tomllib
@@ -28,8 +27,9 @@ from gateway.simulators.city import SimulatedCity, simulated_city
 from gateway.simulators.filedrop_department import FiledropDepartmentState
 from gateway.states import DECIDED, FINAL, State
 from gateway.store.clients import Client
-from gateway.store.tables import applications, events, result_documents
+from gateway.store.tables import applications, result_documents
 from tests.conftest import FAST, application, configure_for_test, wait_for
+from tests.filedrop_helpers import department_case_ids, event_details
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "plugins" / "filedrop.md"
@@ -119,41 +119,14 @@ async def test_a_gbk_back_office_onboarded_by_config_alone(
         out = sorted(p.name for p in (dept.root / "outbox").iterdir())
         raise AssertionError(f"{dept.stats()} {held} {out} {await statuses(rt, ids)}") from None
     assert replayed and len(replayed) == len(dept.refused)  # refusals happened, all replayed
+    rows = await department_case_ids(rt, ids)
     async with rt.engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                select(applications.c.id, applications.c.department_case_id).where(
-                    applications.c.id.in_(ids)
-                )
-            )
-        ).all()
         docs = result_documents
         certificates = (
             await conn.execute(select(docs).where(docs.c.application_id.in_(ids)))
         ).all()
-        refusals = (
-            (
-                await conn.execute(
-                    select(events.c.detail).where(
-                        events.c.application_id.in_(ids), events.c.to_status == State.FAILED
-                    )
-                )
-            )
-            .scalars()
-            .all()
-        )
-        supplements = (
-            (
-                await conn.execute(
-                    select(events.c.detail).where(
-                        events.c.application_id.in_(ids),
-                        events.c.to_status == State.SUPPLEMENT_REQUIRED,
-                    )
-                )
-            )
-            .scalars()
-            .all()
-        )
+    refusals = await event_details(rt, ids, State.FAILED)
+    supplements = await event_details(rt, ids, State.SUPPLEMENT_REQUIRED)
     # the department's case numbers are kept
     assert all(case_id.startswith("MZ-") for _id, case_id in rows)
     # every approval came with its certificate, read from beside the result
@@ -168,12 +141,10 @@ async def test_a_gbk_back_office_onboarded_by_config_alone(
     assert not [p for p in (dept.root / "quarantine").iterdir()]
     # each refusal carried the department's reason, read from its GBK .err file
     assert len(refusals) == len(replayed)
-    details = [d if isinstance(d, dict) else json.loads(d) for d in refusals]
-    assert all("证件号码" in d["opinion"] for d in details)
+    assert all("证件号码" in d["opinion"] for d in refusals)
     # a supplement list split on the full-width separator
     for detail in supplements:
-        items = (detail if isinstance(detail, dict) else json.loads(detail))["supplement_items"]
-        assert items == ["居民户口簿复印件", "近期免冠照片"]
+        assert detail["supplement_items"] == ["居民户口簿复印件", "近期免冠照片"]
 
 
 async def test_text_gbk_cannot_carry_is_refused_at_intake(rt: Runtime) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import asyncssh
 import httpx
@@ -19,7 +18,7 @@ from gateway.simulators.filedrop_department import (
 )
 from gateway.simulators.sftp import SftpServer, sftp_server
 from tests.conftest import wait_for
-from tests.filedrop_helpers import envelope, make_connector, result_json, tree
+from tests.filedrop_helpers import envelope, make_connector, result_json, sftp_target, tree
 
 KEY = "ow-a0123456789abcdef-v1"
 PINNED = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -39,23 +38,11 @@ async def server(tmp_path: Path) -> AsyncIterator[SftpServer]:
         yield srv
 
 
-def target(server: SftpServer, **changes: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "type": "sftp",
-        "host": server.host,
-        "port": server.port,
-        "username": server.username,
-        "private_key": str(server.client_key_path),
-        "host_key": server.host_key_line,
-        "root": "/",
-    }
-    data.update(changes)
-    return {k: v for k, v in data.items() if v is not None}
-
-
 @pytest.fixture
 async def conn(server: SftpServer, http: httpx.AsyncClient) -> AsyncIterator[FiledropConnector]:
-    connector = make_connector({"target": target(server), "result": {"stable_seconds": 0}}, http)
+    connector = make_connector(
+        {"target": sftp_target(server), "result": {"stable_seconds": 0}}, http
+    )
     yield connector
     await connector.aclose()
 
@@ -86,7 +73,7 @@ async def test_submit_pull_ack_over_sftp(conn: FiledropConnector, server: SftpSe
 async def test_known_hosts_file_and_password(server: SftpServer, http: httpx.AsyncClient) -> None:
     conn = make_connector(
         {
-            "target": target(
+            "target": sftp_target(
                 server,
                 host_key=None,
                 known_hosts=str(server.known_hosts_path),
@@ -105,7 +92,9 @@ async def test_known_hosts_file_and_password(server: SftpServer, http: httpx.Asy
 
 async def test_untrusted_host_key_is_refused(server: SftpServer, http: httpx.AsyncClient) -> None:
     other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
-    conn = make_connector({"target": target(server, host_key=" ".join(other.split()[:2]))}, http)
+    conn = make_connector(
+        {"target": sftp_target(server, host_key=" ".join(other.split()[:2]))}, http
+    )
     with pytest.raises(PermanentError, match="host key not trusted"):
         await conn.submit(envelope())
     assert not (server.root / "inbox").exists()
@@ -113,7 +102,7 @@ async def test_untrusted_host_key_is_refused(server: SftpServer, http: httpx.Asy
 
 
 async def test_wrong_password_is_refused(server: SftpServer, http: httpx.AsyncClient) -> None:
-    conn = make_connector({"target": target(server, private_key=None, password="wrong")}, http)
+    conn = make_connector({"target": sftp_target(server, private_key=None, password="wrong")}, http)
     with pytest.raises(PermanentError, match="authentication failed") as info:
         await conn.submit(envelope())
     assert "wrong" not in str(info.value)

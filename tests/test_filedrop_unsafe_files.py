@@ -19,7 +19,14 @@ from gateway_filedrop.connector import FiledropConnector
 
 from gateway.errors import PermanentError
 from gateway.simulators.sftp import SftpServer, sftp_server
-from tests.filedrop_helpers import envelope, local_options, make_connector, result_json, tree
+from tests.filedrop_helpers import (
+    envelope,
+    local_options,
+    make_connector,
+    result_json,
+    sftp_target,
+    tree,
+)
 
 KEY = "ow-a0123456789abcdef-v1"
 SECRET = b"GATEWAY_DB_PASSWORD=hunter2\n"
@@ -232,17 +239,9 @@ async def server(share: Path, tmp_path: Path) -> AsyncIterator[SftpServer]:
 async def sftp_conn(
     server: SftpServer, http: httpx.AsyncClient
 ) -> AsyncIterator[FiledropConnector]:
-    target = {
-        "type": "sftp",
-        "host": server.host,
-        "port": server.port,
-        "username": server.username,
-        "private_key": str(server.client_key_path),
-        "host_key": server.host_key_line,
-        "root": "/",
-    }
     connector = make_connector(
-        {"target": target, "result": {"stable_seconds": 0}, "timeout_seconds": 10}, http
+        {"target": sftp_target(server), "result": {"stable_seconds": 0}, "timeout_seconds": 10},
+        http,
     )
     yield connector
     await connector.aclose()

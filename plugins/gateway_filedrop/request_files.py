@@ -8,7 +8,7 @@ from typing import Any
 
 from gateway.connector import ConnectorContext, Envelope, Receipt
 from gateway.errors import PermanentError
-from gateway.mapping import map_envelope, put_path
+from gateway.mapping import build_payload, put_path
 from gateway_filedrop.formats import EXTENSIONS, encode_request, unencodable
 from gateway_filedrop.ledger import Ledger
 from gateway_filedrop.share import KEY, Share
@@ -91,19 +91,13 @@ class RequestWriter:
 
     async def _payload(self, envelope: Envelope, key: str) -> dict[str, Any]:
         request = self.share.options.request
-        source = envelope.model_dump(mode="json")
-        mapped = self.context.map_payload(envelope)
-        if mapped is not None:
-            payload = dict(mapped)
-        elif not request.body:
-            payload = source
-            payload.pop("materials", None)
-        else:
-            payload = map_envelope(
-                source, request.body, where=f"{self._dept} [options.request.body]"
-            )
-        for target, value in request.constants.items():
-            put_path(payload, target, value)
+        payload = build_payload(
+            envelope.model_dump(mode="json"),
+            self.context.map_payload(envelope),
+            request.body,
+            request.constants,
+            where=f"{self._dept} [options.request.body]",
+        )
         if request.materials == "files":
             put_path(payload, request.materials_field, await self._write_materials(envelope, key))
         return payload

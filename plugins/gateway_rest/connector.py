@@ -40,7 +40,7 @@ from gateway.connector import (
     ResultDocument,
 )
 from gateway.errors import CaseNotFound, DepartmentRejected, PermanentError, TransientError
-from gateway.mapping import MISSING, get_path, map_envelope, parse_time, put_path
+from gateway.mapping import MISSING, build_payload, get_path, parse_time, put_path
 from gateway.pii import mask_echo
 from gateway_rest import documents, envelope, wire
 from gateway_rest.auth import TokenCache
@@ -255,21 +255,15 @@ class RestConnector(Connector):
     # -- building requests ---------------------------------------------------------------------
 
     async def _payload(self, envelope: Envelope) -> dict[str, Any]:
-        mapped = self.context.map_payload(envelope)
         submit = self.options.submit
-        source = envelope.model_dump(mode="json")
-        if mapped is not None:
-            payload = dict(mapped)
-        elif not submit.body:
-            payload = source
-            if submit.materials == "none":
-                payload.pop("materials", None)
-        else:
-            payload = map_envelope(
-                source, submit.body, where=f"{self.context.department} [options.submit.body]"
-            )
-        for target, value in submit.constants.items():
-            put_path(payload, target, value)
+        payload = build_payload(
+            envelope.model_dump(mode="json"),
+            self.context.map_payload(envelope),
+            submit.body,
+            submit.constants,
+            where=f"{self.context.department} [options.submit.body]",
+            drop_materials=submit.materials == "none",
+        )
         if submit.materials == "inline_base64":
             put_path(payload, submit.materials_field, await self._inline_materials(envelope))
         return payload
