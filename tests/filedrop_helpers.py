@@ -39,6 +39,10 @@ class FakeClock:
         return self.now
 
 
+#: the idempotency key of :func:`envelope` with its defaults
+KEY = "ow-a0123456789abcdef-v1"
+
+
 def envelope(app_id: str = "a0123456789abcdef", version: int = 1, **changes: Any) -> Envelope:
     data: dict[str, Any] = {
         "application_id": app_id,

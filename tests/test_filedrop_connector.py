@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from gateway.errors import PermanentError, TransientError
 from tests.filedrop_helpers import (
+    KEY,
     MATERIAL,
     FakeClock,
     envelope,
@@ -28,8 +29,6 @@ from tests.filedrop_helpers import (
     result_json,
     tree,
 )
-
-KEY = "ow-a0123456789abcdef-v1"
 
 
 @pytest.fixture

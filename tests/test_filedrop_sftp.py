@@ -18,9 +18,8 @@ from gateway.simulators.filedrop_department import (
 )
 from gateway.simulators.sftp import SftpServer, sftp_server
 from tests.conftest import wait_for
-from tests.filedrop_helpers import envelope, make_connector, result_json, sftp_target, tree
+from tests.filedrop_helpers import KEY, envelope, make_connector, result_json, sftp_target, tree
 
-KEY = "ow-a0123456789abcdef-v1"
 PINNED = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 
 

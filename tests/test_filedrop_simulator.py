@@ -19,9 +19,7 @@ from gateway.simulators.filedrop_department import (
     FiledropSimulatorSettings,
 )
 from tests.conftest import wait_for
-from tests.filedrop_helpers import envelope, make_connector
-
-KEY = "ow-a0123456789abcdef-v1"
+from tests.filedrop_helpers import KEY, envelope, make_connector
 
 
 @pytest.fixture

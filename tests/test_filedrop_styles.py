@@ -27,6 +27,7 @@ from gateway.config.loader import check_connector_options, load_config
 from gateway.errors import PermanentError
 from gateway.plugin_manager import load_plugins
 from tests.filedrop_helpers import (
+    KEY,
     FakeClock,
     envelope,
     local_options,
@@ -36,7 +37,6 @@ from tests.filedrop_helpers import (
 )
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config"
-KEY = "ow-a0123456789abcdef-v1"
 CERT = b"%PDF-1.4 certificate\n"
 SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 # the back office's own words: GBK, Chinese columns and status words

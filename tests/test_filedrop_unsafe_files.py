@@ -20,6 +20,7 @@ from gateway_filedrop.connector import FiledropConnector
 from gateway.errors import PermanentError
 from gateway.simulators.sftp import SftpServer, sftp_server
 from tests.filedrop_helpers import (
+    KEY,
     envelope,
     local_options,
     make_connector,
@@ -28,7 +29,6 @@ from tests.filedrop_helpers import (
     tree,
 )
 
-KEY = "ow-a0123456789abcdef-v1"
 SECRET = b"GATEWAY_DB_PASSWORD=hunter2\n"
 # generous: a pull that works returns in milliseconds; one that blocks never returns
 PULL_TIMEOUT = 20.0
@@ -103,6 +103,14 @@ async def pull(conn: FiledropConnector) -> list[str]:
     return [u.ref or "" for u in updates]
 
 
+def outside(tmp_path: Path, name: str) -> Path:
+    """A folder outside the share holding an approval named ``name``, for links to point at."""
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    (folder / name).write_bytes(result_json(KEY, "9"))
+    return folder
+
+
 # -- local folder ----------------------------------------------------------------------------------
 
 
@@ -124,9 +132,7 @@ async def test_a_document_that_is_a_symlink_is_never_read(
 async def test_a_result_file_that_is_a_symlink_out_of_the_share_is_not_applied(
     conn: FiledropConnector, share: Path, tmp_path: Path
 ) -> None:
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    (elsewhere / "forged.json").write_bytes(result_json(KEY, "9"))
+    elsewhere = outside(tmp_path, "forged.json")
     (share / "outbox" / "r1.json").symlink_to(elsewhere / "forged.json")
     (share / "outbox" / "r2.json").write_bytes(result_json(KEY, "1"))
     assert await pull(conn) == ["r2.json"]  # the genuine result still comes through
@@ -213,9 +219,7 @@ async def test_a_done_marker_symlink_is_not_written_through(
 async def test_a_configured_folder_that_is_a_symlink_is_refused(
     conn: FiledropConnector, share: Path, tmp_path: Path
 ) -> None:
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    (elsewhere / "r1.json").write_bytes(result_json(KEY, "9"))
+    elsewhere = outside(tmp_path, "r1.json")
     (share / "outbox").rmdir()
     (share / "outbox").symlink_to(elsewhere, target_is_directory=True)
     with pytest.raises(PermanentError, match=r"outbox.*symbolic link"):
