@@ -257,8 +257,10 @@ class Dispatcher:
         else:
             await self._record_receipt(job, dept, receipt)
         finally:
-            metrics.DISPATCH_SECONDS.labels(dept.code).observe(time.perf_counter() - started)
-            metrics.DISPATCH.labels(dept.code, outcome).inc()
+            metrics.child(metrics.DISPATCH_SECONDS, dept.code).observe(
+                time.perf_counter() - started
+            )
+            metrics.child(metrics.DISPATCH, dept.code, outcome).inc()
 
     async def _record_receipt(
         self, job: Row[Any], dept: DepartmentConfig, receipt: Receipt

@@ -11,7 +11,26 @@ instance reports the same value, read at scrape time by :mod:`gateway.collector`
 
 from __future__ import annotations
 
+import functools
+from typing import Any, TypeVar
+
 from prometheus_client import Counter, Gauge, Histogram
+
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+@functools.lru_cache(maxsize=4096)
+def _child(metric: Any, values: tuple[str, ...]) -> Any:
+    return metric.labels(*values)
+
+
+def child(metric: M, *values: str) -> M:
+    """``metric.labels(*values)``, looked up once per label set (the delivery path records a
+    dozen per case; ``labels`` validates and locks on every call). No metric here ever drops a
+    label set, so a cached child stays the one the registry reports."""
+    found: M = _child(metric, values)
+    return found
+
 
 INTAKE = Counter("gateway_intake_total", "Applications submitted", ["outcome"])
 DISPATCH = Counter("gateway_dispatch_total", "Dispatch attempts", ["department", "outcome"])

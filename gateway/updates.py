@@ -16,7 +16,13 @@ from gateway import documents, handover
 from gateway.clock import id_time, now
 from gateway.connector import CaseUpdate
 from gateway.events import Source, StatusChange
-from gateway.metrics import DECISION_LATENCY, DELIVERY_LATENCY, DOCUMENTS_MISSING, STATUS_CHANGES
+from gateway.metrics import (
+    DECISION_LATENCY,
+    DELIVERY_LATENCY,
+    DOCUMENTS_MISSING,
+    STATUS_CHANGES,
+    child,
+)
 from gateway.notifications import split, with_contact
 from gateway.runtime import Runtime
 from gateway.states import DECIDED, State
@@ -148,7 +154,7 @@ def announce(runtime: Runtime, changes: list[StatusChange]) -> None:
     """After commit: metrics, the WARNING for a failed case, and the status_changed hook (with
     the applicant's contact where the change carries it)."""
     for change in changes:
-        STATUS_CHANGES.labels(change.department, change.source, change.to_status).inc()
+        child(STATUS_CHANGES, change.department, change.source, change.to_status).inc()
         _observe(change)
         plain, contact = split(change)
         runtime.plugins.status_changed(plain, contact)
@@ -170,7 +176,7 @@ def _observe(change: StatusChange) -> None:
             return  # a re-sent version's clock started at the supplement, not at intake
         seconds = max((change.at - submitted).total_seconds(), 0.0)
         histogram = DELIVERY_LATENCY if change.to_status is State.DELIVERED else DECISION_LATENCY
-        histogram.labels(change.department).observe(seconds)
+        child(histogram, change.department).observe(seconds)
 
 
 class DuplicateEvent(Exception):

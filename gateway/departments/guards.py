@@ -65,7 +65,7 @@ class Slots:
     def _add(self, n: int) -> None:
         if n:
             self.used += n
-            metrics.INFLIGHT.labels(self.department).inc(n)
+            metrics.child(metrics.INFLIGHT, self.department).inc(n)
 
 
 class Bucket:

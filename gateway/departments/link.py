@@ -386,8 +386,8 @@ class DepartmentLink:
         )
 
     def _observe(self, op: str, outcome: str, started: float) -> None:
-        metrics.CALL_SECONDS.labels(self.code, op).observe(time.perf_counter() - started)
-        metrics.CALLS.labels(self.code, op, outcome).inc()
+        metrics.child(metrics.CALL_SECONDS, self.code, op).observe(time.perf_counter() - started)
+        metrics.child(metrics.CALLS, self.code, op, outcome).inc()
 
 
 async def _aclose(items: AsyncIterator[object]) -> None:
