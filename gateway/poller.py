@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from sqlalchemy import Row, and_, case, update
+from sqlalchemy import ColumnElement, Row, and_, case, update
 
 from gateway import metrics, tracing
 from gateway.clock import now
@@ -41,7 +41,34 @@ from gateway.updates import apply_case_update
 log = structlog.get_logger("gateway.poller")
 
 #: cases as leased work: due at ``next_poll_at``; the lease end written at claim fences them
-POLLS = leases.Leased(applications, applications.c.id, applications.c.next_poll_at)
+POLLS = leases.Leased(
+    applications, applications.c.id, applications.c.next_poll_at, null_is_due=False
+)
+AT_DEPARTMENT_CODES = [s.value for s in AT_DEPARTMENT]
+
+
+def _held(code: str) -> ColumnElement[bool]:
+    """Cases the department holds: the ones a poll can ask about."""
+    return and_(
+        applications.c.department == code,
+        applications.c.status.in_(AT_DEPARTMENT_CODES),
+        applications.c.department_case_id.is_not(None),
+    )
+
+
+async def _schedule_unset(runtime: Runtime, link: DepartmentLink) -> None:
+    """Once per link (a daemon start, a reload): cases held with no poll time (delivered while
+    the department had no poll interval) are due now. The claim itself never reads NULLs, so it
+    stays a range over (department, next_poll_at)."""
+    if link.polls_scheduled:
+        return
+    async with runtime.engine.begin() as conn:
+        await conn.execute(
+            update(applications)
+            .where(and_(_held(link.code), applications.c.next_poll_at.is_(None)))
+            .values(next_poll_at=now())
+        )
+    link.polls_scheduled = True
 
 
 async def _claim(runtime: Runtime, link: DepartmentLink, limit: int) -> Sequence[Row[Any]]:
@@ -49,11 +76,7 @@ async def _claim(runtime: Runtime, link: DepartmentLink, limit: int) -> Sequence
         return await leases.claim(
             conn,
             POLLS,
-            and_(
-                applications.c.department == link.code,
-                applications.c.status.in_([s.value for s in AT_DEPARTMENT]),
-                applications.c.department_case_id.is_not(None),
-            ),
+            _held(link.code),
             owner=None,
             limit=limit,
             lease_seconds=link.lease_seconds(link.dept.poll_interval_seconds or 0.0),
@@ -141,6 +164,7 @@ async def poll_department(runtime: Runtime, code: str, limit: int = 200) -> int:
     link = runtime.link(code)
     if link is None or not link.dept.poll_interval_seconds or link.breaker_open():
         return 0  # while the breaker is open the cases stay due: the next round asks
+    await _schedule_unset(runtime, link)
     feed_ok = await feed_keeps_up(runtime, link) if link.offers_changes() else False
     interval = poll_every(link, feed_ok=feed_ok) or 0.0
     started, applied = time.monotonic(), 0

@@ -265,6 +265,7 @@ async def test_a_daemon_killed_between_fetch_and_commit_applies_nothing_twice(
                     daemon.send_signal(signal.SIGKILL)
                     daemon.wait(30)
                 assert daemon.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+                assert stopped.exists(), log.read_text()[-3000:]  # killed where it was meant to be
                 assert await _mark(runtime) == before  # the watermark never moved
 
                 views = [await status_of(api, headers, a) for a, _c in decided]
@@ -369,3 +370,25 @@ def test_cli_check_makes_a_case_due_at_once(tmp_path: Path) -> None:
     early = CliRunner().invoke(cli, ["check", not_yet.id, "--config", str(config)])
     assert early.exit_code == 1
     assert f"{not_yet.receipt_number} is received, not held by its department" in early.output
+
+
+async def test_a_held_case_without_a_poll_time_is_polled(
+    runtime: Runtime, city: SimulatedCity, api: httpx.AsyncClient, centre_headers: dict[str, str]
+) -> None:
+    """A case delivered while its department had no poll interval has no poll time; the claim
+    never reads such cases (it is a range over the poll index), so the daemon's first poll
+    round of the department makes them due, once."""
+    from gateway.store.tables import applications
+
+    app_id, case = await delivered(runtime, city, api, centre_headers, "seq-unset")
+    async with runtime.engine.begin() as conn:
+        await conn.execute(
+            update(applications).where(applications.c.id == app_id).values(next_poll_at=None)
+        )
+    city.states["amr"].force_status(case.id, "9")
+    link = runtime.link("amr")
+    assert link is not None and not link.polls_scheduled
+    assert await poll_department(runtime, "amr") >= 1
+    assert link.polls_scheduled
+    view = await status_of(api, centre_headers, app_id)
+    assert view["status"] in DECIDED and any(e["actor"] == "poll/amr" for e in view["history"])

