@@ -286,3 +286,29 @@ async def test_ops_check_polls_a_case_at_once(
     assert again.json()["code"] == "not_at_department"
     denied = await api.post(f"/v1/ops/applications/{app_id}/check", headers=centre_headers)
     assert denied.status_code == 403
+
+
+async def test_a_department_clock_ahead_is_read_once_ours_passes_its_stamp(
+    runtime: Runtime,
+    city: SimulatedCity,
+    api: httpx.AsyncClient,
+    centre_headers: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The department's clock runs a minute ahead: its stamp lies after the window the gateway
+    asks for now ([.., now)), and inside the next window once the gateway's clock has passed
+    it (the window's start is the watermark less the overlap, so nothing between is skipped)."""
+    app_id, case = await delivered(runtime, city, api, centre_headers, "feed-ahead")
+    await changes.sync_department(runtime, "amr")
+    case.forced = ("9", now() + dt.timedelta(seconds=60))
+    assert (await changes.sync_department(runtime, "amr"))["applied"] == 0
+    assert (await status_of(api, centre_headers, app_id))["status"] == "delivered"
+
+    later = now() + dt.timedelta(seconds=90)
+    monkeypatch.setattr(changes, "now", lambda: later)  # our clock, 90 s on
+    out = await changes.sync_department(runtime, "amr")
+    assert out["applied"] >= 1
+    assert (await status_of(api, centre_headers, app_id))["status"] in (
+        "approved",
+        "ready_for_pickup",
+    )
