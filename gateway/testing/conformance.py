@@ -465,6 +465,37 @@ class ConnectorConformance:
             )
 
     @pytest.mark.asyncio
+    async def test_change_feed_tells_of_a_submitted_case(
+        self, department: DepartmentConfig, connector: Connector, make_envelope: MakeEnvelope
+    ) -> None:
+        """A connector that offers a change feed (``offers_changes``) tells of a case just
+        submitted: by time, in the window of the last minutes; by sequence, after number 0,
+        the numbers increasing. Each item is a CaseUpdate whose status maps through the
+        department's status_map."""
+        if not connector.offers_changes():
+            pytest.skip("no change feed: the department's open cases are polled one by one")
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+        receipt = await self._submit(connector, make_envelope(), "submit")
+        if connector.changes_by_sequence():
+            told = [u async for u in connector.changes_after(0)]
+            numbers = [u.sequence for u in told]
+            if any(n is None for n in numbers) or numbers != sorted(set(numbers)):  # type: ignore[type-var]
+                _fail(f"changes_after(0) must number each change, increasing; gave {numbers}")
+        else:
+            until = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
+            told = [u async for u in connector.changes(since, until)]
+        for update in told:
+            if not isinstance(update, CaseUpdate):
+                _fail(f"the change feed must yield CaseUpdate objects, yielded {update!r}")
+            if department.map_status(update.status) is None:
+                _fail(f"the change feed gives status {update.status!r}, not in the status_map")
+        if receipt.case_id not in {u.case_id for u in told}:
+            _fail(
+                f"the change feed over the last minutes does not tell of case {receipt.case_id} "
+                f"just submitted ({len(told)} changes)"
+            )
+
+    @pytest.mark.asyncio
     async def test_health_ok_when_department_is_up(self, connector: Connector) -> None:
         health = await connector.health()
         if not isinstance(health, Health):
