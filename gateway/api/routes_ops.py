@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
 from typing import Any
 
 from fastapi import APIRouter, Depends, Response
@@ -17,26 +15,14 @@ from gateway.api.exposure import metrics_allowed
 from gateway.api.paging import Page, PageDep
 from gateway.api.problems import Problem
 from gateway.api.views import ApplicationView, application_view
-from gateway.clock import now
-from gateway.store import breakers, jobs, ticks
+from gateway.store import jobs
 
 router = APIRouter()
 
 
-class DepartmentStatus(BaseModel):
-    code: str
-    name: str
-    connector: str
-    available: bool
-    reason: str | None
-    healthy: bool | None
-    health_detail: str
-    breaker_open: bool
+class DepartmentStatus(operations.DepartmentHealth):
     queue: dict[str, int]
     overdue: int = 0
-    #: result reading waits for an earlier tick that still holds its lease (a daemon busy or
-    #: killed mid-tick, on any host): who holds it, since when, until when; None when not held
-    results_held_by: str | None = None
 
 
 class DepartmentPage(Page[DepartmentStatus]):
@@ -47,44 +33,15 @@ class DepartmentPage(Page[DepartmentStatus]):
 async def departments(runtime: RuntimeDep, _ops: OpsDep, paging: PageDep) -> DepartmentPage:
     # health is asked only of the departments on this page
     cut = paging.slice("departments", sorted(runtime.config.departments), lambda c: [c])
-    # a results tick that began over a tick interval ago and still holds its lease
-    interval = runtime.config.gateway.schedule.results_seconds
     async with runtime.engine.connect() as conn:
         depth = await jobs.depth(conn)
-        # breakers other processes (daemons) hold open, besides this process's own
-        held_open = {b.department for b in await breakers.open_ones(conn)}
-        held = await ticks.held_since(
-            conn, [f"results:{c}" for c in cut.items], now() - dt.timedelta(seconds=interval)
-        )
     overdue = await deadlines.overdue_counts(runtime)
-    links = {code: runtime.link(code) for code in cut.items}
-    # every department at once, each within its own deadline (the link's health call)
-    checks = await asyncio.gather(*(link.health() for link in links.values() if link))
-    health = dict(zip([c for c, link in links.items() if link], checks, strict=True))
-    out = []
-    for code in cut.items:
-        dept = runtime.config.departments[code]
-        link = links[code]
-        h = health.get(code)
-        holder = held.get(f"results:{code}")
-        detail = h.detail if h else ""
-        if holder is not None:
-            detail = f"{detail}; result reading {holder.describe()}".lstrip("; ")
-        out.append(
-            DepartmentStatus(
-                code=code,
-                name=dept.name,
-                connector=dept.connector,
-                available=link is not None,
-                reason=runtime.unavailable.get(code),
-                healthy=h.ok if h else None,
-                health_detail=detail,
-                breaker_open=bool(link and link.breaker_open()) or code in held_open,
-                queue=depth.get(code, {}),
-                overdue=overdue.get(code, 0),
-                results_held_by=holder.describe() if holder else None,
-            )
+    out = [
+        DepartmentStatus(
+            **h.model_dump(), queue=depth.get(h.code, {}), overdue=overdue.get(h.code, 0)
         )
+        for h in await operations.department_health(runtime, cut.items)
+    ]
     return DepartmentPage(items=out, next_cursor=cut.next_cursor)
 
 

@@ -9,20 +9,20 @@ paused, as :func:`gateway.deadlines.deadline_of` computes it for the day of the 
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from pydantic import Field
 from sqlalchemy import Row, func, select
 
-from gateway import clocks, deadlines, reachability
+from gateway import clocks, deadlines, operations, reachability
 from gateway.clock import now
 from gateway.runtime import Runtime
 from gateway.states import State
-from gateway.store import breakers, jobs
+from gateway.store import jobs
 from gateway.store.tables import applications
 
 CHINA = deadlines.CHINA
@@ -35,17 +35,11 @@ WEEKS = 12
 CATCH_UP = 20_000
 
 
-@dataclass
-class DepartmentRow:
-    code: str
-    name: str
-    connector: str
-    available: bool
-    reason: str | None
-    healthy: bool | None
-    health_detail: str
-    breaker_open: bool
-    last_contact: dt.datetime | None
+class DepartmentRow(operations.DepartmentHealth):
+    """A row of the city overview: the department's health (as ``GET /v1/ops/departments``
+    gives it) and what waits, is late and was delivered."""
+
+    last_contact: dt.datetime | None = None
     queued: int = 0
     in_flight: int = 0
     retrying: int = 0
@@ -53,11 +47,7 @@ class DepartmentRow:
     overdue: int = 0
     due_soon: int = 0
     delivered_today: int = 0
-    hourly: list[int] = field(default_factory=lambda: [0] * 24)
-
-    @property
-    def up(self) -> bool:
-        return self.available and bool(self.healthy) and not self.breaker_open
+    hourly: list[int] = Field(default_factory=lambda: [0] * 24)
 
 
 async def _queues(runtime: Runtime) -> dict[str, dict[str, int]]:
@@ -76,13 +66,7 @@ async def _queues(runtime: Runtime) -> dict[str, dict[str, int]]:
 async def overview(runtime: Runtime) -> list[DepartmentRow]:
     """One row per configured department, in code order."""
     codes = sorted(runtime.config.departments)
-    links = {code: runtime.link(code) for code in codes}
-    checks = await asyncio.gather(*(link.health() for link in links.values() if link))
-    health = dict(zip([c for c, link in links.items() if link], checks, strict=True))
     queues = await _queues(runtime)
-    async with runtime.engine.connect() as conn:
-        # breakers other processes (daemons) hold open, besides this process's own
-        held_open = {b.department for b in await breakers.open_ones(conn)}
     due = await deadlines.counts(runtime, within_days=DUE_SOON_DAYS, budget=CATCH_UP)
     at = now()
     midnight = dt.datetime.combine(at.astimezone(CHINA).date(), dt.time(), CHINA)
@@ -91,33 +75,24 @@ async def overview(runtime: Runtime) -> list[DepartmentRow]:
     async with runtime.engine.connect() as conn:
         hourly = await clocks.deliveries_since(conn, min(window, midnight))
     rows: dict[str, DepartmentRow] = {}
-    for code in codes:
-        dept, link, h = runtime.config.departments[code], links[code], health.get(code)
-        answered = reachability.last_answer(code)
-        rows[code] = DepartmentRow(
-            code=code,
-            name=dept.name,
-            connector=dept.connector,
-            available=link is not None,
-            reason=runtime.unavailable.get(code),
-            healthy=h.ok if h else None,
-            health_detail=h.detail if h else "",
-            breaker_open=bool(link and link.breaker_open()) or code in held_open,
+    for h in await operations.department_health(runtime, codes):
+        answered = reachability.last_answer(h.code)
+        rows[h.code] = DepartmentRow(
+            **h.model_dump(),
             last_contact=dt.datetime.fromtimestamp(answered, dt.UTC) if answered else None,
+            **queues.get(h.code, {}),
         )
-        for name, n in queues.get(code, {}).items():
-            setattr(rows[code], name, n)
     for dept_code, c in due.items():
         if dept_code in rows:
             rows[dept_code].overdue, rows[dept_code].due_soon = c.overdue, c.due_soon
     for dept_code, hour, n in hourly:
-        row = rows.get(dept_code)
-        if row is None:
+        found = rows.get(dept_code)
+        if found is None:
             continue
         if hour >= midnight:
-            row.delivered_today += n
+            found.delivered_today += n
         if hour >= window:
-            row.hourly[min(int((hour - window).total_seconds() // 3600), 23)] += n
+            found.hourly[min(int((hour - window).total_seconds() // 3600), 23)] += n
     return list(rows.values())
 
 

@@ -7,10 +7,12 @@ import datetime as dt
 import hashlib
 import io
 import secrets
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
+from fastapi.routing import APIRoute
 
 from gateway import audit, deadlines, operations, reconcile
 from gateway.audit import Read
@@ -36,7 +38,38 @@ from gateway.console.web import (
 from gateway.pii import scrub
 from gateway.store import clients
 
+
+class _SignedIn(APIRoute):
+    """A page for a signed-in session only: without one the browser is sent to sign in; a
+    POST must carry the session's CSRF token. The handler finds the session in
+    ``request.state.session`` and a POST's form in ``request.state.form``."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def signed(request: Request) -> Response:
+            session = await signed_in(request)
+            if session is None:
+                return to_signin(request)
+            request.state.session = session
+            if request.method == "POST":
+                request.state.form = await form_of(request, session)
+                if request.state.form is None:
+                    return render(request, "error.html", session, 403, message="csrf.bad")
+            return await handler(request)
+
+        return signed
+
+
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
+#: the pages behind sign-in (included into ``router`` at the end of this module)
+pages = APIRouter(include_in_schema=False, route_class=_SignedIn)
+
+
+def _session(request: Request) -> Session:
+    session: Session = request.state.session
+    return session
+
 
 #: the board's CSV export, one row per department (docs/ops.md lists them)
 CSV_COLUMNS = (
@@ -133,13 +166,9 @@ async def signin(request: Request) -> Response:
     return response
 
 
-@router.post("/signout")
+@pages.post("/signout")
 async def signout(request: Request) -> Response:
-    session = await signed_in(request)
-    if session is not None:
-        if await form_of(request, session) is None:
-            return render(request, "error.html", session, 403, message="csrf.bad")
-        await sessions_of(runtime_of(request)).close(session.id)
+    await sessions_of(runtime_of(request)).close(_session(request).id)
     return to_signin(request)
 
 
@@ -160,38 +189,37 @@ async def language(code: str, request: Request) -> Response:
 # -- the city overview -------------------------------------------------------------------------
 
 
-def _overview_context(request: Request, rows: list[figures.DepartmentRow]) -> dict[str, Any]:
+async def _overview(request: Request, template: str) -> Response:
     t = i18n.translator(lang_of(request))
+    rows = await figures.overview(runtime_of(request))
     sparks = {r.code: svg.sparkline(r.hourly, f"{r.name}: {t('col.throughput')}") for r in rows}
-    return {"rows": rows, "sparks": sparks, "generated": dt.datetime.now(dt.UTC)}
+    return render(
+        request,
+        template,
+        _session(request),
+        rows=rows,
+        sparks=sparks,
+        generated=dt.datetime.now(dt.UTC),
+    )
 
 
-@router.get("/overview")
+@pages.get("/overview")
 async def overview(request: Request) -> Response:
-    session = await signed_in(request)
-    if session is None:
-        return to_signin(request)
-    rows = await figures.overview(runtime_of(request))
-    return render(request, "overview.html", session, **_overview_context(request, rows))
+    return await _overview(request, "overview.html")
 
 
-@router.get("/overview/table")
+@pages.get("/overview/table")
 async def overview_table(request: Request) -> Response:
-    session = await signed_in(request)
-    if session is None:
-        return to_signin(request)
-    rows = await figures.overview(runtime_of(request))
-    return render(request, "_overview_table.html", session, **_overview_context(request, rows))
+    """The overview's table alone: what the page's script swaps in every few seconds."""
+    return await _overview(request, "_overview_table.html")
 
 
 # -- failures and replays ----------------------------------------------------------------------
 
 
-@router.get("/failures")
+@pages.get("/failures")
 async def failures(request: Request) -> Response:
-    session = await signed_in(request)
-    if session is None:
-        return to_signin(request)
+    session = _session(request)
     runtime = runtime_of(request)
     department = request.query_params.get("department") or None
     if department not in runtime.config.departments:
@@ -209,14 +237,10 @@ async def failures(request: Request) -> Response:
     )
 
 
-@router.post("/failures/replay")
+@pages.post("/failures/replay")
 async def replay(request: Request) -> Response:
-    session = await signed_in(request)
-    if session is None:
-        return to_signin(request)
-    form = await form_of(request, session)
-    if form is None:
-        return render(request, "error.html", session, 403, message="csrf.bad")
+    session = _session(request)
+    form = request.state.form
     ids = [str(i)[:32] for i in form.get("id") or []][:200]
     if not ids:
         return render(request, "error.html", session, 400, message="replay.none")
@@ -235,11 +259,9 @@ async def replay(request: Request) -> Response:
 # -- case lookup -------------------------------------------------------------------------------
 
 
-@router.get("/cases")
+@pages.get("/cases")
 async def cases(request: Request) -> Response:
-    session = await signed_in(request)
-    if session is None:
-        return to_signin(request)
+    session = _session(request)
     query = (request.query_params.get("q") or "").strip()[:64]
     found = await case_page(runtime_of(request), query) if query else None
     if found is not None:
@@ -250,11 +272,9 @@ async def cases(request: Request) -> Response:
 # -- keys and plugins --------------------------------------------------------------------------
 
 
-@router.get("/keys")
+@pages.get("/keys")
 async def keys(request: Request) -> Response:
-    session = await signed_in(request)
-    if session is None:
-        return to_signin(request)
+    session = _session(request)
     runtime = runtime_of(request)
     async with runtime.engine.connect() as conn:
         found = await clients.list_keys(conn, limit=1000)
@@ -270,14 +290,10 @@ async def keys(request: Request) -> Response:
     )
 
 
-@router.post("/keys")
+@pages.post("/keys")
 async def create_key(request: Request) -> Response:
-    session = await signed_in(request)
-    if session is None:
-        return to_signin(request)
-    form = await form_of(request, session)
-    if form is None:
-        return render(request, "error.html", session, 403, message="csrf.bad")
+    session = _session(request)
+    form = request.state.form
     runtime = runtime_of(request)
     name = str(form.get("name") or "").strip()[:100]
     scope = str(form.get("scope") or "")
@@ -293,23 +309,16 @@ async def create_key(request: Request) -> Response:
     return redirect(f"{PREFIX}/keys")
 
 
-@router.post("/keys/{key_id}/revoke")
+@pages.post("/keys/{key_id}/revoke")
 async def revoke_key(key_id: str, request: Request) -> Response:
-    session = await signed_in(request)
-    if session is None:
-        return to_signin(request)
-    if await form_of(request, session) is None:
-        return render(request, "error.html", session, 403, message="csrf.bad")
     async with runtime_of(request).engine.begin() as conn:
         await clients.revoke(conn, key_id[:32])
     return redirect(f"{PREFIX}/keys")
 
 
-@router.get("/plugins")
+@pages.get("/plugins")
 async def plugins(request: Request) -> Response:
-    session = await signed_in(request)
-    if session is None:
-        return to_signin(request)
+    session = _session(request)
     runtime = runtime_of(request)
     return render(
         request,
@@ -324,11 +333,9 @@ async def plugins(request: Request) -> Response:
 # -- a department ------------------------------------------------------------------------------
 
 
-@router.get("/departments/{code}")
+@pages.get("/departments/{code}")
 async def department(code: str, request: Request) -> Response:
-    session = await signed_in(request)
-    if session is None:
-        return to_signin(request)
+    session = _session(request)
     runtime = runtime_of(request)
     dept = runtime.config.departments.get(code)
     if dept is None:
@@ -388,11 +395,9 @@ def _period(request: Request) -> tuple[dt.date, dt.date]:
     return max(start, end - dt.timedelta(days=366)), end
 
 
-@router.get("/board")
+@pages.get("/board")
 async def board(request: Request) -> Response:
-    session = await signed_in(request)
-    if session is None:
-        return to_signin(request)
+    session = _session(request)
     t = i18n.translator(lang_of(request))
     start, end = _period(request)
     rows = await figures.board(runtime_of(request), start, end)
@@ -400,11 +405,8 @@ async def board(request: Request) -> Response:
     return render(request, "board.html", session, rows=rows, start=start, end=end, chart=chart)
 
 
-@router.get("/board.csv")
+@pages.get("/board.csv")
 async def board_csv(request: Request) -> Response:
-    session = await signed_in(request)
-    if session is None:
-        return to_signin(request)
     start, end = _period(request)
     rows = await figures.board(runtime_of(request), start, end)
     out = io.StringIO()
@@ -421,3 +423,6 @@ async def board_csv(request: Request) -> Response:
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
     )
+
+
+router.include_router(pages)
