@@ -278,8 +278,10 @@ def main() -> None:
     if not db.exists():
         print(f"building {n:,} cases in {db} ...", flush=True)
         print(f"built in {build(db, n):.1f} s", flush=True)
-        first, again = asyncio.run(summarise(db))
-        print(f"summary tables: first refresh {first:.1f} s; after 1,000 changes {again:.2f} s")
+    # the pages are timed right after 1,000 changes: within the refresh overlap, as in a city
+    # far busier than this one (a reused database's first refresh only catches up)
+    first, again = asyncio.run(summarise(db))
+    print(f"summary tables: first refresh {first:.1f} s; after 1,000 changes {again:.2f} s")
     times = asyncio.run(measure(db, 1 if args.quick else args.rounds))
     print(f"machine: {machine()}")
     print(f"cases: {n:,}; target {TARGET_MS:.0f} ms per page")

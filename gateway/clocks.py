@@ -21,6 +21,7 @@ a clock is read (:func:`deadline_at`).
 from __future__ import annotations
 
 import datetime as dt
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -268,7 +269,11 @@ async def _watermark(conn: AsyncConnection) -> dt.datetime | None:
     return found
 
 
-async def _advance(conn: AsyncConnection, to: dt.datetime) -> None:
+async def _advance(conn: AsyncConnection, to: dt.datetime, read: dt.datetime | None) -> None:
+    """Move the watermark forward to ``to``; not written again for less than a few seconds
+    (``read``: the watermark this refresh began from), so page views do not write each time."""
+    if read is not None and to - read < dt.timedelta(seconds=5):
+        return
     current = await _watermark(conn)
     if current is None:
         await conn.execute(insert(watermarks).values(name=NAME, watermark=to, refreshed_at=now()))
@@ -391,7 +396,10 @@ async def deliveries_since(
 async def refresh(runtime: Runtime, *, budget: int | None = None) -> bool:
     """Bring the clocks and daily figures up to the cases changed since the watermark (less
     ``OVERLAP``), and the hourly deliveries up to the deliveries since then. Reads at most
-    ``budget`` cases (None: all); returns whether it caught up."""
+    ``budget`` cases (None: all; 0: nothing, the caller refreshed already); returns whether it
+    caught up."""
+    if budget == 0:
+        return False
     began = now()
     async with runtime.engine.connect() as conn:
         mark = await _watermark(conn)
@@ -408,19 +416,36 @@ async def refresh(runtime: Runtime, *, budget: int | None = None) -> bool:
             q = q.where(tuple_(a.updated_at, a.id) > tuple_(*after))
         elif start is not None:
             q = q.where(a.updated_at >= start)
+        seen = _seen(runtime)
         async with runtime.engine.begin() as conn:
             rows = (await conn.execute(q)).all()
-            if rows:
-                await _step(conn, rows)
+            # a case read again in the overlap with the same stamp did not change since
+            fresh = [r for r in rows if seen.get(r.id) != r.updated_at]
+            if fresh:
+                await _step(conn, fresh)
             if len(rows) < PAGE:
                 # caught up with every change stamped before this refresh began: the next one
                 # starts an overlap before that, not before the last change (which may be old)
-                await _advance(conn, max(began, rows[-1].updated_at) if rows else began)
-                return True
-            await _advance(conn, rows[-1].updated_at)
+                await _advance(conn, max(began, rows[-1].updated_at) if rows else began, mark)
+            else:
+                await _advance(conn, rows[-1].updated_at, mark)
+        seen.update((r.id, r.updated_at) for r in fresh)
+        if len(seen) > 50_000:  # only the overlap's cases are worth remembering
+            for app_id in [k for k, at in seen.items() if at < began - 2 * OVERLAP]:
+                del seen[app_id]
+        if len(rows) < PAGE:
+            return True
         read += len(rows)
         after = (rows[-1].updated_at, rows[-1].id)
     return False
+
+
+_SEEN: weakref.WeakKeyDictionary[Runtime, dict[str, dt.datetime]] = weakref.WeakKeyDictionary()
+
+
+def _seen(runtime: Runtime) -> dict[str, dt.datetime]:
+    """The cases this process's refreshes read lately, with the stamp they had then."""
+    return _SEEN.setdefault(runtime, {})
 
 
 async def as_of(runtime: Runtime) -> dt.datetime | None:

@@ -51,10 +51,15 @@ def _before(year: int, calendar: Calendar) -> int:
     return 0 if year <= _EPOCH else _before(year - 1, calendar) + _year(year - 1, calendar)[0][-1]
 
 
+@lru_cache(maxsize=256)
+def _january(year: int) -> int:
+    return dt.date(year, 1, 1).toordinal()
+
+
 def _count(day: dt.date, calendar: Calendar) -> int:
     """Working days from _EPOCH up to and including ``day``."""
     totals, _covered = _year(day.year, calendar)
-    return _before(day.year, calendar) + totals[day.timetuple().tm_yday - 1]
+    return _before(day.year, calendar) + totals[day.toordinal() - _january(day.year)]
 
 
 def add_workdays(start: dt.date, days: int) -> tuple[dt.date, bool]:

@@ -121,12 +121,17 @@ _RANKED: dict[tuple[str, dt.date, int, int, float], tuple[float | None, float | 
 
 
 async def weekly(
-    runtime: Runtime, department: str, weeks: int = WEEKS, today: dt.date | None = None
+    runtime: Runtime,
+    department: str,
+    weeks: int = WEEKS,
+    today: dt.date | None = None,
+    *,
+    refresh: bool = True,
 ) -> list[Week]:
     """The department's last ``weeks`` ISO weeks, oldest first (empty weeks included): cases
     with a promised date decided in each, their decision time (p50/p95, days: nearest rank) and
     on-time rate, from the summary tables (:mod:`gateway.clocks`)."""
-    await clocks.refresh(runtime, budget=CATCH_UP)
+    await clocks.refresh(runtime, budget=CATCH_UP if refresh else 0)
     today = today or deadlines.today()
     first = today - dt.timedelta(days=today.weekday() + 7 * (weeks - 1))
     out = []

@@ -341,7 +341,10 @@ async def department(code: str, request: Request) -> Response:
     if dept is None:
         return render(request, "error.html", session, 404, message="lookup.none")
     t = i18n.translator(lang_of(request))
-    weeks = await figures.weekly(runtime, code)
+    # one refresh of the summary tables for the whole page
+    due = await deadlines.counts(runtime, within_days=0, department=code, budget=figures.CATCH_UP)
+    overdue = await deadlines.most_overdue(runtime, code, 200, budget=0)
+    weeks = await figures.weekly(runtime, code, refresh=False)
     labels = [w.monday.strftime("%m-%d") for w in weeks]
     time_chart = svg.lines(
         labels,
@@ -355,8 +358,6 @@ async def department(code: str, request: Request) -> Response:
         "%",
         top=100,
     )
-    due = await deadlines.counts(runtime, within_days=0, department=code, budget=figures.CATCH_UP)
-    overdue = await deadlines.most_overdue(runtime, code, 200, budget=figures.CATCH_UP)
     failed = await figures.failed_cases(runtime, department=code, limit=50)
     runs = await reconcile.list_runs(runtime, department=code, limit=10)
     found = [await reconcile.get_run(runtime, r.id, limit=50) for r in runs]
