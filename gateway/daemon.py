@@ -187,6 +187,8 @@ def owner_gone(owner: str) -> bool:
 
 #: a leased tick's lease is never shorter than this (renewed every third of it)
 MIN_LEASE_SECONDS = 1.0
+#: how often a tick waiting for an earlier tick's lease looks whether it finished
+RECHECK_SECONDS = 0.5
 
 
 def _holder_fields(task: str, owner: str) -> dict[str, str]:
@@ -247,9 +249,9 @@ async def _clear_way(
     return None
 
 
-async def _abandon(conn: AsyncConnection, task: Task, held_tick: dt.datetime, why: str) -> None:
-    """Close an earlier tick that will never finish (unless it already has)."""
-    await conn.execute(
+async def _abandon(conn: AsyncConnection, task: Task, held_tick: dt.datetime, why: str) -> bool:
+    """Close an earlier tick that will never finish; False if it had finished after all."""
+    done = await conn.execute(
         update(task_leases)
         .where(
             and_(
@@ -260,6 +262,7 @@ async def _abandon(conn: AsyncConnection, task: Task, held_tick: dt.datetime, wh
         )
         .values(finished_at=now(), outcome="abandoned", detail={"why": why})
     )
+    return bool(done.rowcount)
 
 
 def _interval_of(trigger: BaseTrigger) -> float | None:
@@ -277,6 +280,7 @@ async def _wait_turn(
     task's next tick is waited for: a live holder renews its lease while it works, so a
     lease that runs out means its daemon stopped (killed, on any host), and the task resumes
     then, within one interval of the holder's last renewal, saying so."""
+    reported = {} if reported is None else reported  # named once while this tick waits
     async with runtime.engine.begin() as conn:
         why = await _clear_way(conn, task, tick, owner, reported)
     step = _interval_of(task.trigger)
@@ -285,7 +289,9 @@ async def _wait_turn(
         until = dt.datetime.fromisoformat(why["until"])
         if until >= tick + dt.timedelta(seconds=step):
             break  # held past this tick: the next one asks again
-        await asyncio.sleep(max(0.0, (until - now()).total_seconds()) + 0.05)
+        # until the lease runs out, looking again now and then (the holder may finish)
+        left = (until - now()).total_seconds()
+        await asyncio.sleep(min(max(0.0, left) + 0.05, RECHECK_SECONDS))
         held_by, held_tick = why["held_by"], dt.datetime.fromisoformat(why["held_tick"])
         async with runtime.engine.begin() as conn:
             why = await _clear_way(conn, task, tick, owner, reported)
@@ -302,9 +308,11 @@ async def _lapsed(
     until: dt.datetime,
     waited: float,
 ) -> None:
-    """The tick waited for stopped renewing its lease: record it as abandoned and say so."""
+    """The tick waited for stopped renewing its lease: record it as abandoned and say so
+    (unless it finished after all)."""
     why = f"{owner} stopped renewing its lease (ran out {until.isoformat()})"
-    await _abandon(conn, task, held_tick, why)
+    if not await _abandon(conn, task, held_tick, why):
+        return  # it finished in time: nothing to tell
     log.warning(
         "task resumes: the earlier tick's lease ran out (its daemon stopped renewing it)",
         **_holder_fields(task.name, owner),

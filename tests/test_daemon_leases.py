@@ -16,7 +16,7 @@ import sys
 import httpx
 import structlog
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from gateway.clock import now
 from gateway.daemon import (
@@ -224,6 +224,36 @@ async def test_a_holder_on_another_host_that_stops_renewing_is_waited_for_one_ti
     outcome, detail = (await rows(runtime))[other]
     assert outcome == "abandoned" and isinstance(detail, dict)
     assert detail["why"].startswith(f"{other} stopped renewing its lease")
+
+
+async def test_a_holder_that_finishes_while_waited_for_is_not_taken_for_dead(
+    runtime: Runtime,
+) -> None:
+    ran_at: list[dt.datetime] = []
+
+    async def work() -> dict[str, int]:
+        ran_at.append(now())
+        return {"n": 1}
+
+    task = Task("results:civil", IntervalTrigger(seconds=30, start_date=EPOCH), work, leased=True)
+    tick = now()  # the holder's lease ends long before this task's next tick: it is waited for
+    other = "other-host:4242:abc123"
+    held_tick = tick - dt.timedelta(seconds=30)
+    until = await hold(runtime, task.name, other, 20, tick=held_tick)
+    with structlog.testing.capture_logs() as logs:
+        waiting = asyncio.create_task(run_leased(runtime, task, "me", tick))
+        await wait_for(lambda: any(e["event"].startswith("task held") for e in logs), timeout=30)
+        assert not waiting.done()
+        async with runtime.engine.begin() as conn:
+            await conn.execute(
+                update(task_leases)
+                .where(task_leases.c.owner == other)
+                .values(finished_at=now(), outcome="done")
+            )
+        assert await waiting == {"n": 1}
+    assert ran_at[0] < until  # it ran when the holder finished, not when its lease would end
+    assert not [e for e in logs if "lease ran out" in e["event"]]
+    assert (await rows(runtime))[other][0] == "done"
 
 
 async def test_a_live_holder_shows_in_the_departments_health(
