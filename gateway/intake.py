@@ -91,7 +91,27 @@ class ApplicantIn(Applicant):
 class ApplicationIn(BaseModel):
     """What the front desk submits."""
 
-    model_config = ConfigDict(extra="forbid")
+    # a complete, valid application of the example city: client generators show it, and the
+    # fuzz test's explicit phase sends it (so intake's accepted path is fuzzed too)
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "matter_code": "GG00301000",
+                    "region": "339900",
+                    "applicant": {
+                        "name": "张三",
+                        "id_number": "110101199003074514",
+                        "phone": "13800138000",
+                    },
+                    "form": {},
+                    "materials": [],
+                    "delivery": {"method": "pickup"},
+                }
+            ]
+        },
+    )
 
     matter_code: str = Field(max_length=16, examples=["XK00123000"])
     region: str = Field(pattern=REGION_CODE, examples=["339901"])
