@@ -167,3 +167,50 @@ def test_plugins_says_why_the_config_does_not_load(tmp_path: Path) -> None:
     assert "does not load" in result.output
     assert "batch_sise" in result.output  # the problem itself, not only that there is one
     assert "rest" in result.output  # the listing still comes
+
+
+def test_a_read_on_an_empty_database_says_to_migrate(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+    from tests.test_crash_recovery import write_config
+
+    config = write_config(tmp_path / "c", f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}", {})
+    result = CliRunner().invoke(app, ["status", "C01-x", "--config", str(config)])
+    assert result.exit_code == 1
+    assert "run 'gateway migrate' once" in result.output
+    assert "Traceback" not in result.output and "OperationalError" not in result.output
+
+
+def test_an_unreachable_database_is_named_not_a_traceback(tmp_path: Path) -> None:
+    import socket
+
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+    from tests.test_crash_recovery import write_config
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{port}/gateway"
+    config = write_config(tmp_path / "c", url, {})
+    result = CliRunner().invoke(app, ["keys", "list", "--config", str(config)])
+    assert result.exit_code == 1
+    assert "database unreachable: ConnectionRefusedError" in result.output
+    assert f"127.0.0.1', {port}" in result.output
+    assert "is the database server up and [gateway] database_url right?" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unknown_centre_for_a_key_says_did_you_mean(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+    from tests.test_crash_recovery import write_config
+
+    config = write_config(tmp_path / "c", f"sqlite+aiosqlite:///{tmp_path / 'g.db'}", {})
+    result = CliRunner().invoke(app, ["keys", "create", "--centre", "C011", "-c", str(config)])
+    assert result.exit_code == 1
+    assert "unknown centre 'C011'. Did you mean 'C01'?" in result.output
+    assert "known: C01, C02, C03" in result.output

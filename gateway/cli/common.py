@@ -85,14 +85,17 @@ _CHECK = {
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a command's work; a database or disk failure ends it with its cause, not a
-    traceback (exit 1)."""
+    """Run a command's work; a database or disk failure, or a schema this code cannot use,
+    ends it with its cause, not a traceback (exit 1)."""
     import asyncio
 
-    from gateway.errors import InfrastructureError
+    from gateway.errors import InfrastructureError, SchemaOutdated
 
     try:
         return asyncio.run(coro)
+    except SchemaOutdated as exc:  # says what to run
+        err.print(str(exc), markup=False, highlight=False)
+        raise typer.Exit(1) from exc
     except InfrastructureError as exc:
         hint = _CHECK.get(exc.component, "try again later")
         err.print(f"{exc} ({hint})", markup=False, highlight=False)

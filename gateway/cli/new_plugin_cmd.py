@@ -27,7 +27,7 @@ def new_plugin(
         names = names_for(name)
         files = write_plugin(name, directory)
     except (ValueError, FileExistsError) as exc:
-        err.print(f"[red]{exc}[/red]", highlight=False)
+        err.print(str(exc), style="red", markup=False, highlight=False)
         raise typer.Exit(2) from exc
     root = directory if directory is not None else Path(names.distribution)
     for path in files:

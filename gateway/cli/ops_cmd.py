@@ -88,6 +88,8 @@ def status(
     async def go() -> Any:
         runtime = Runtime(cfg)
         try:
+            # a read: an empty or older schema is not migrated here, it is named
+            await runtime.prepare_database(auto_migrate=False)
             async with runtime.engine.connect() as conn:
                 row = await cases.get_application(conn, application_id)
                 if row is None:
@@ -252,6 +254,6 @@ def plugins(config: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False) 
     )
     typer.echo("connector kinds: " + (", ".join(sorted(kinds)) or "none"))
     for name, why in pm.failures.items():
-        err.print(f"[red]plugin {name} failed to load:[/red] {why}")
+        err.print(f"plugin {name} failed to load: {why}", markup=False, highlight=False)
     if pm.failures:
         raise typer.Exit(1)

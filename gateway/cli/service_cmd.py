@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -39,7 +38,7 @@ def serve(
 
     cfg = load(config)
     configure()
-    _serve(
+    run(
         serve_until_signalled(
             cfg,
             api=True,
@@ -74,7 +73,7 @@ def daemon(
 
     cfg = load(config)
     configure()
-    _serve(
+    run(
         serve_until_signalled(
             cfg,
             api=False,
@@ -85,16 +84,6 @@ def daemon(
             config_path=config,
         )
     )
-
-
-def _serve(coro: Coroutine[Any, Any, None]) -> None:
-    from gateway.errors import SchemaOutdated
-
-    try:
-        run(coro)
-    except SchemaOutdated as exc:
-        err.print(str(exc), markup=False, highlight=False)
-        raise typer.Exit(1) from exc
 
 
 @app.command("reload")
