@@ -61,3 +61,10 @@ def test_the_metrics_named_exist() -> None:
     known = {m.name for m in REGISTRY.collect()}
     for name in named:
         assert name.removesuffix("_total") in known, name
+
+
+def test_the_killed_connection_retries_are_the_codes() -> None:
+    from gateway.store.group import LOST_CONNECTION_ATTEMPTS
+
+    text = " ".join(_section().split())
+    assert f"up to {LOST_CONNECTION_ATTEMPTS} times in a row (`LOST_CONNECTION_ATTEMPTS`)" in text
