@@ -540,3 +540,29 @@ async def test_file_drop_answers_are_capped(city: SimulatedCity, tmp_path: Path)
         assert growth < 50 * MB
     finally:
         await runtime.aclose()
+
+
+async def test_a_breaker_recorded_twice_at_once_is_one_row(db_url: str) -> None:
+    # opened, and reopened by a call still in flight: two records of one breaker at once (a
+    # delete-then-insert made the second fail on the primary key and log it)
+    import datetime as dt
+
+    from gateway.store import breakers
+    from gateway.store.db import create_engine
+
+    engine = create_engine(db_url)
+    until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)
+
+    async def record(failures: int) -> None:
+        async with engine.begin() as conn:
+            await breakers.record(
+                conn, "amr", "host:1:abc", is_open=True, failures=failures, open_until=until
+            )
+
+    try:
+        await asyncio.gather(record(5), record(6), record(7))
+        async with engine.connect() as conn:
+            found = await breakers.open_ones(conn, "amr")
+        assert len(found) == 1 and found[0].failures in (5, 6, 7)
+    finally:
+        await engine.dispose()

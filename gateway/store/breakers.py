@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import and_, delete, insert, select
+from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.clock import now
@@ -30,20 +30,18 @@ async def record(
     failures: int,
     open_until: dt.datetime | None,
 ) -> None:
-    """This owner's breaker of ``department`` as it is now (replacing what it said before)."""
+    """This owner's breaker of ``department`` as it is now (replacing what it said before).
+
+    One upsert: a delete-then-insert let two changes of the same breaker at once (opened, and
+    reopened by a call still in flight) both insert, and one failed on the primary key."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
     table = department_breakers
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    state = {"open": is_open, "failures": failures, "open_until": open_until, "changed_at": now()}
+    upsert = dialect.insert(table).values(department=department, owner=owner[:64], **state)
     await conn.execute(
-        delete(table).where(and_(table.c.department == department, table.c.owner == owner))
-    )
-    await conn.execute(
-        insert(table).values(
-            department=department,
-            owner=owner[:64],
-            open=is_open,
-            failures=failures,
-            open_until=open_until,
-            changed_at=now(),
-        )
+        upsert.on_conflict_do_update(index_elements=[table.c.department, table.c.owner], set_=state)
     )
 
 
