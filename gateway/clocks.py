@@ -375,12 +375,27 @@ async def _recount(conn: AsyncConnection, hour: dt.datetime) -> None:
         .group_by(a.department)
     )
     counted = (await conn.execute(per)).all()
-    await conn.execute(delete(hourly_deliveries).where(hourly_deliveries.c.hour == hour))
-    if counted:
-        await conn.execute(
-            insert(hourly_deliveries),
-            [{"department": d, "hour": hour, "delivered": n} for d, n in counted],
+    h = hourly_deliveries.c
+    await conn.execute(
+        delete(hourly_deliveries).where(
+            h.hour == hour, h.department.not_in([d for d, _n in counted])
         )
+    )
+    # an upsert: two refreshes at once (the daemon's deadlines task, a console page, the CLI)
+    # recount the same hour; a delete-then-insert made the second fail on the primary key
+    for department, n in counted:
+        await conn.execute(
+            _upsert(conn)
+            .values(department=department, hour=hour, delivered=n)
+            .on_conflict_do_update(index_elements=[h.department, h.hour], set_={"delivered": n})
+        )
+
+
+def _upsert(conn: AsyncConnection) -> Any:
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(hourly_deliveries)
 
 
 async def deliveries_since(

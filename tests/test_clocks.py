@@ -95,3 +95,21 @@ async def test_a_refresh_picks_up_decisions_and_pauses(runtime: Runtime) -> None
         ]
         assert await clocks.decided_per_department(conn, on, on) == {"amr": (1, 1)}
     assert "amr" not in await deadlines.counts(runtime, within_days=2, on=on)
+
+
+async def test_the_same_hour_recounted_at_once_is_not_an_error(runtime: Runtime) -> None:
+    # the daemon's deadlines task and a console page refresh at the same time: both recount
+    # the hour of a delivery (a delete-then-insert failed the second on the primary key)
+    import asyncio
+
+    app_id = await _case(runtime, "delivered", dt.date(2025, 3, 7))
+    hour = dt.datetime(2025, 3, 3, 9, tzinfo=dt.UTC)
+    await _event(runtime, app_id, hour + dt.timedelta(minutes=5), "dispatching", "delivered")
+
+    async def recount() -> None:
+        async with runtime.engine.begin() as conn:
+            await clocks._recount(conn, hour)
+
+    await asyncio.gather(recount(), recount(), recount())
+    async with runtime.engine.connect() as conn:
+        assert await clocks.deliveries_since(conn, hour) == [("amr", hour, 1)]
