@@ -370,8 +370,9 @@ def _writer(runtime: Runtime) -> GroupCommit[_Pending, Answer]:
     instead of ~8 and a commit per application)."""
     writer = _WRITERS.get(runtime)
     if writer is None:
+        # idempotent: a batch stored by a COMMIT whose answer was lost is found by its keys
         writer = _WRITERS[runtime] = GroupCommit(
-            runtime.engine, _store_in_order, max_queue=QUEUE_LIMIT
+            runtime.engine, _store_in_order, max_queue=QUEUE_LIMIT, idempotent=True
         )
         runtime.on_close.append(writer.aclose)
     return writer

@@ -4,7 +4,10 @@ and intake's use of it when the same key arrives several times at once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, cast
 
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -92,7 +95,7 @@ async def test_a_connection_killed_under_a_batch_costs_a_retry_each_time(tmp_pat
 
     group: GroupCommit[int, int] = GroupCommit(engine, store)
     try:
-        assert await asyncio.gather(group.submit(1), group.submit(2)) == [1, 2]
+        assert list(await asyncio.gather(group.submit(1), group.submit(2))) == [1, 2]
         assert attempts == [[1, 2]] * 4  # three kills, three retries, one commit
         kills["left"] = LOST_CONNECTION_ATTEMPTS  # a server that kills every connection
         attempts.clear()
@@ -104,4 +107,73 @@ async def test_a_connection_killed_under_a_batch_costs_a_retry_each_time(tmp_pat
         assert stored == [1, 2]  # once each; nothing of the killed attempts
     finally:
         await group.aclose()
+        await engine.dispose()
+
+
+class _EndLost:
+    """An engine whose transactions' end (COMMIT, or ROLLBACK after an error) dies with the
+    connection the first ``times`` times: what a kill at that moment looks like."""
+
+    def __init__(self, engine: Any, times: int) -> None:
+        self.engine, self.times = engine, times
+
+    @contextlib.asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        from gateway.errors import DatabaseUnavailable
+
+        async with self.engine.connect() as conn:
+            tx = await conn.begin()
+            try:
+                yield conn
+            except BaseException:
+                await tx.rollback()
+                if self.times:
+                    self.times -= 1
+                    raise DatabaseUnavailable("lost at ROLLBACK", connection_lost=True) from None
+                raise
+            if self.times:
+                self.times -= 1
+                await tx.rollback()  # nothing stored (as if COMMIT never arrived)
+                raise DatabaseUnavailable("lost at COMMIT", connection_lost=True)
+            await tx.commit()
+
+
+async def test_a_connection_lost_at_commit_is_retried_only_for_an_idempotent_store(
+    tmp_path: Path,
+) -> None:
+    from gateway.errors import DatabaseUnavailable
+
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'g.db'}")
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE t (v INTEGER PRIMARY KEY)"))
+    killed = {"left": 0}
+
+    async def store(conn: AsyncConnection, items: list[int]) -> list[int]:
+        for v in items:
+            await conn.execute(text("INSERT OR IGNORE INTO t (v) VALUES (:v)"), {"v": v})
+        if killed["left"]:  # a statement on a killed connection: its ROLLBACK dies too
+            killed["left"] -= 1
+            raise DatabaseUnavailable("statement killed", connection_lost=True)
+        return items
+
+    plain: GroupCommit[int, int] = GroupCommit(cast(Any, _EndLost(engine, 1)), store)
+    again: GroupCommit[int, int] = GroupCommit(
+        cast(Any, _EndLost(engine, 1)), store, idempotent=True
+    )
+    try:
+        # COMMIT lost: stored or not is unknown, so only the idempotent store runs again
+        failed = await asyncio.gather(plain.submit(1), return_exceptions=True)
+        assert isinstance(failed[0], DatabaseUnavailable) and str(failed[0]) == "lost at COMMIT"
+        assert await again.submit(2) == 2
+        # a killed statement whose ROLLBACK died as well: nothing was stored, retried anyway
+        plain_after: GroupCommit[int, int] = GroupCommit(cast(Any, _EndLost(engine, 1)), store)
+        killed["left"] = 1
+        assert await plain_after.submit(3) == 3
+        await plain_after.aclose()
+        async with engine.connect() as conn:
+            stored = (await conn.execute(text("SELECT v FROM t ORDER BY v"))).scalars().all()
+        assert stored == [2, 3]
+    finally:
+        await plain.aclose()
+        await again.aclose()
         await engine.dispose()

@@ -38,7 +38,11 @@ class KeyRing:
             digest = k.key_sha256 or (hash_key(k.key.get_secret_value()) if k.key else None)
             if digest:
                 self.static[digest] = Client(f"static{i}", k.name, k.centre, k.ops)
-        self._lookups: GroupCommit[str, Client | None] = GroupCommit(runtime.engine, _lookup)
+        self._lookups: GroupCommit[str, Client | None] = GroupCommit(
+            runtime.engine,
+            _lookup,
+            idempotent=True,  # reads
+        )
         runtime.on_close.append(self._lookups.aclose)
 
     async def find(self, key: str) -> Client | None:

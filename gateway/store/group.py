@@ -9,7 +9,9 @@ failure is not an item's fault: the whole batch gets it at once (no per-item ret
 database that is down), except a connection killed before the commit was sent (failover,
 ``pg_terminate_backend``): nothing was stored, so each killed connection costs one retry of the
 batch on a fresh connection, up to :data:`LOST_CONNECTION_ATTEMPTS` in a row (a server that is
-really gone fails the reconnect instead, and that is answered at once). The queue is bounded
+really gone fails the reconnect instead, and that is answered at once). A connection killed at
+the COMMIT itself leaves unknown whether the batch was stored: it is retried only for an
+``idempotent`` store. The queue is bounded
 (``max_queue``): when it is full ``submit`` raises :class:`~gateway.errors.Overloaded`
 instead of letting memory grow.
 """
@@ -38,7 +40,7 @@ class GroupCommit(Generic[I, R]):
     """``await group.submit(item)`` -> ``store``'s result for that item, after the commit.
 
     ``store(conn, items)`` runs inside the shared transaction, must not commit or roll back,
-    and returns one result per item, in order.
+    and returns one result per item, in order. ``idempotent``: see the attribute.
     """
 
     def __init__(
@@ -48,8 +50,12 @@ class GroupCommit(Generic[I, R]):
         *,
         max_batch: int = 64,
         max_queue: int = 0,
+        idempotent: bool = False,
     ) -> None:
         self.engine = engine
+        #: ``store`` run again after a COMMIT whose outcome is unknown finds what the first run
+        #: stored (intake by Idempotency-Key, a read): such a batch is retried too
+        self.idempotent = idempotent
         self.store = store
         self.max_batch = max_batch
         self.max_queue = max_queue  # 0: unbounded (callers bound themselves)
@@ -118,14 +124,31 @@ class GroupCommit(Generic[I, R]):
         raise AssertionError("unreachable")
 
     async def _commit_once(self, items: list[I]) -> list[R]:
-        async with self.engine.begin() as conn:
-            try:
-                return await self.store(conn, items)
-            except DatabaseUnavailable as exc:
-                # raised by a statement, so the transaction was never committed
-                if exc.connection_lost:
-                    raise _NotSent(exc) from exc
-                raise
+        try:
+            async with self.engine.begin() as conn:
+                try:
+                    return await self.store(conn, items)
+                except DatabaseUnavailable as exc:
+                    # raised by a statement, so the transaction was never committed
+                    if exc.connection_lost:
+                        raise _NotSent(exc) from exc
+                    raise
+        except DatabaseUnavailable as exc:
+            # the connection died as the transaction ended: rolling back after a killed
+            # statement (nothing stored), or at COMMIT (stored or not: only a store that finds
+            # what an earlier attempt stored may run again)
+            if exc.connection_lost and (_after_not_sent(exc) or self.idempotent):
+                raise _NotSent(exc) from exc
+            raise
+
+
+def _after_not_sent(exc: BaseException) -> bool:
+    seen: BaseException | None = exc.__context__
+    while seen is not None:
+        if isinstance(seen, _NotSent):
+            return True
+        seen = seen.__context__
+    return False
 
 
 class _NotSent(Exception):
