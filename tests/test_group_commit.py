@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import func, select, text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.intake import ApplicationIn, IntakeProblem, submit
 from gateway.runtime import Runtime
@@ -21,12 +21,18 @@ from gateway.store.tables import applications
 from tests.conftest import application
 
 
-async def test_batch_shares_a_transaction_and_a_failure_reaches_only_its_caller(
-    tmp_path: Path,
-) -> None:
+async def _table_t(tmp_path: Path) -> AsyncEngine:
+    """A SQLite database with one table ``t (v INTEGER PRIMARY KEY)``."""
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'g.db'}")
     async with engine.begin() as conn:
         await conn.execute(text("CREATE TABLE t (v INTEGER PRIMARY KEY)"))
+    return engine
+
+
+async def test_batch_shares_a_transaction_and_a_failure_reaches_only_its_caller(
+    tmp_path: Path,
+) -> None:
+    engine = await _table_t(tmp_path)
     batches: list[list[int]] = []
 
     async def store(conn: AsyncConnection, items: list[int]) -> list[int]:
@@ -78,9 +84,7 @@ async def test_a_connection_killed_under_a_batch_costs_a_retry_each_time(tmp_pat
     from gateway.errors import DatabaseUnavailable
     from gateway.store.group import LOST_CONNECTION_ATTEMPTS
 
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'g.db'}")
-    async with engine.begin() as conn:
-        await conn.execute(text("CREATE TABLE t (v INTEGER PRIMARY KEY)"))
+    engine = await _table_t(tmp_path)
     kills = {"left": 3}
     attempts: list[list[int]] = []
 
@@ -143,9 +147,7 @@ async def test_a_connection_lost_at_commit_is_retried_only_for_an_idempotent_sto
 ) -> None:
     from gateway.errors import DatabaseUnavailable
 
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'g.db'}")
-    async with engine.begin() as conn:
-        await conn.execute(text("CREATE TABLE t (v INTEGER PRIMARY KEY)"))
+    engine = await _table_t(tmp_path)
     killed = {"left": 0}
 
     async def store(conn: AsyncConnection, items: list[int]) -> list[int]:
