@@ -350,7 +350,7 @@ def _daemon_process(
     stopped by the parent; reports its CPU time and how many deliveries it made."""
 
     async def run() -> None:
-        from sqlalchemy import func, select
+        from sqlalchemy import event, func, select
 
         from gateway.dispatcher import Dispatcher
         from gateway.runtime import Runtime
@@ -359,15 +359,21 @@ def _daemon_process(
         c.quiet_logs()
         config = pointed_at(c.example_config(Path(tmp), database_url), base_url, concurrency)
         runtime = Runtime(config)
+        statements = [0]
+
+        def count(*_args: Any) -> None:
+            statements[0] += 1
+
+        event.listen(runtime.engine.sync_engine, "before_cursor_execute", count)
         try:
             dispatcher = Dispatcher(runtime)
             loop = asyncio.get_running_loop()
             conn.send("ready")
             await loop.run_in_executor(None, conn.recv)  # go
-            cpu0 = time.process_time()
+            cpu0, statements[0] = time.process_time(), 0
             task = asyncio.create_task(dispatcher.run())
             await loop.run_in_executor(None, conn.recv)  # stop
-            cpu = time.process_time() - cpu0
+            cpu, sent = time.process_time() - cpu0, statements[0]
             await dispatcher.stop()
             await task
             async with runtime.engine.connect() as db:
@@ -375,7 +381,7 @@ def _daemon_process(
                     events.c.actor == dispatcher.owner, events.c.to_status == "delivered"
                 )
                 delivered = int((await db.execute(q)).scalar_one())
-            conn.send((cpu, delivered))
+            conn.send((cpu, delivered, sent))
         finally:
             await runtime.aclose()
 
@@ -480,12 +486,13 @@ async def scale_out(args: argparse.Namespace, daemons: int) -> dict[str, Any]:
                         if proc.is_alive():
                             proc.terminate()
                     await runtime.aclose()
-    delivered = [d for _cpu, d in reports]
+    delivered = [d for _cpu, d, _s in reports]
     c.check(sum(delivered) == args.n, f"deliveries {delivered} do not add up to {args.n}")
     return {
         "daemons": daemons,
         "rate": args.n / seconds,
-        "cpu_ms": sum(cpu for cpu, _d in reports) / args.n * 1000,
+        "cpu_ms": sum(cpu for cpu, _d, _s in reports) / args.n * 1000,
+        "statements": sum(sent for _c, _d, sent in reports) / args.n,
         "delivered": delivered,
         "lock_samples": (waiting, samples),
         "most_waiting": most,
@@ -509,7 +516,7 @@ async def scale_main(args: argparse.Namespace) -> None:
             f"{r['cpu_ms']:.2f} ms (sum over the daemons), deliveries per daemon "
             f"{r['delivered']}; lock waits: {waiting} of {samples} samples saw a waiting lock "
             f"(most {r['most_waiting']} at once), deadlocks {r['deadlocks']}, commits per delivery "
-            f"{r['commits_per_delivery']:.2f}; "
+            f"{r['commits_per_delivery']:.2f}, statements per delivery {r['statements']:.2f}; "
             f"{c.load_average()}"
         )
 

@@ -87,13 +87,16 @@ class Dispatcher:
     async def sweep(self, *, skip_empty: bool = False) -> int:
         """Claim what every available department can take now and start delivering it.
 
-        ``skip_empty`` (the loops): do not ask again a department whose last claim came back
-        short, for half a sweep interval or until new local work is committed."""
+        ``skip_empty`` (the loops): do not claim again from a department whose last claim came
+        back short until new local work is committed or, after half a sweep interval, one
+        read for all such departments says it has work due."""
         claimed = 0
         clock = time.monotonic()
         if self._work_seen != self.runtime.work_added:
             self._work_seen = self.runtime.work_added
             self._empty_until.clear()
+        if skip_empty:
+            await self._recheck_empty(clock)
         for link in self.runtime.links():
             if self.stopping.is_set():
                 break
@@ -127,6 +130,21 @@ class Dispatcher:
                 task.add_done_callback(self.tasks.discard)
             claimed += len(rows)
         return claimed
+
+    async def _recheck_empty(self, clock: float) -> None:
+        """Departments found empty whose pause ran out: one read says which have work due
+        now; the others stay skipped for another half interval (a claim transaction each, on
+        every timed sweep of every daemon, cost more CPU per delivery as daemons were added)."""
+        expired = [code for code, until in self._empty_until.items() if until <= clock]
+        if not expired:
+            return
+        async with self.runtime.engine.connect() as conn:
+            due = await jobs.due_departments(conn, expired)
+        for code in expired:
+            if code in due:
+                del self._empty_until[code]
+            else:
+                self._empty_until[code] = clock + self.settings.sweep_interval_seconds / 2
 
     async def run(self) -> None:
         """Sweep until stopped; new local work (``runtime.wakeup``) starts a sweep at once."""
