@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import Table, and_, case, delete, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.clock import now
@@ -275,8 +275,12 @@ async def _advance(conn: AsyncConnection, to: dt.datetime, read: dt.datetime | N
     if read is not None and to - read < dt.timedelta(seconds=5):
         return
     current = await _watermark(conn)
-    if current is None:
-        await conn.execute(insert(watermarks).values(name=NAME, watermark=to, refreshed_at=now()))
+    if current is None:  # two first refreshes at once: the first row stands
+        await conn.execute(
+            _upsert(conn, watermarks)
+            .values(name=NAME, watermark=to, refreshed_at=now())
+            .on_conflict_do_nothing(index_elements=[watermarks.c.name])
+        )
     elif to > current:
         await conn.execute(
             update(watermarks)
@@ -295,18 +299,17 @@ async def _resum(conn: AsyncConnection, keys: Iterable[tuple[str, dt.date]]) -> 
             func.sum(c.decision_seconds),
         ).where(c.department == dept, c.decided_on == day)
         decided, timely, seconds = (await conn.execute(q)).one()
-        where = and_(daily_figures.c.department == dept, daily_figures.c.day == day)
-        await conn.execute(delete(daily_figures).where(where))
-        if decided:
-            await conn.execute(
-                insert(daily_figures).values(
-                    department=dept,
-                    day=day,
-                    decided=decided,
-                    on_time=int(timely or 0),
-                    decision_seconds=seconds,
-                )
-            )
+        d = daily_figures.c
+        if not decided:
+            await conn.execute(delete(daily_figures).where(d.department == dept, d.day == day))
+            continue
+        sums = {"decided": decided, "on_time": int(timely or 0), "decision_seconds": seconds}
+        # an upsert, as for the hourly counts: two refreshes at once recount the same day
+        await conn.execute(
+            _upsert(conn, daily_figures)
+            .values(department=dept, day=day, **sums)
+            .on_conflict_do_update(index_elements=[d.department, d.day], set_=sums)
+        )
 
 
 async def _step(conn: AsyncConnection, rows: Sequence[Any]) -> int:
@@ -333,7 +336,15 @@ async def _step(conn: AsyncConnection, rows: Sequence[Any]) -> int:
         if new["decided_on"] is not None:
             days.append((new["department"], new["decided_on"]))
     if fresh:
-        await conn.execute(insert(case_clocks), fresh)
+        # two refreshes at once may both find a case new: the later one's row wins
+        stmt = _upsert(conn, case_clocks)
+        await conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[case_clocks.c.application_id],
+                set_={k: getattr(stmt.excluded, k) for k in fresh[0] if k != "application_id"},
+            ),
+            fresh,
+        )
     for new in changed:
         await conn.execute(
             update(case_clocks)
@@ -385,17 +396,17 @@ async def _recount(conn: AsyncConnection, hour: dt.datetime) -> None:
     # recount the same hour; a delete-then-insert made the second fail on the primary key
     for department, n in counted:
         await conn.execute(
-            _upsert(conn)
+            _upsert(conn, hourly_deliveries)
             .values(department=department, hour=hour, delivered=n)
             .on_conflict_do_update(index_elements=[h.department, h.hour], set_={"delivered": n})
         )
 
 
-def _upsert(conn: AsyncConnection) -> Any:
+def _upsert(conn: AsyncConnection, table: Table) -> Any:
     from sqlalchemy.dialects import postgresql, sqlite
 
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(hourly_deliveries)
+    return dialect.insert(table)
 
 
 async def deliveries_since(

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from gateway import clocks, deadlines
 from gateway.deadlines import CHINA, deadline_of, listing, pause_history
 from gateway.runtime import Runtime
 from gateway.states import FINAL
-from gateway.store.tables import applications, daily_figures
+from gateway.store.tables import applications, case_clocks, daily_figures
 from tests.test_deadlines import _case, _event, at
 
 
@@ -113,3 +113,25 @@ async def test_the_same_hour_recounted_at_once_is_not_an_error(runtime: Runtime)
     await asyncio.gather(recount(), recount(), recount())
     async with runtime.engine.connect() as conn:
         assert await clocks.deliveries_since(conn, hour) == [("amr", hour, 1)]
+
+
+async def test_refreshes_at_once_agree_and_fail_nothing(runtime: Runtime) -> None:
+    # the figures task, the deadline watch and a console page refresh together: each finds
+    # the same cases new and the same days to recount (on PostgreSQL they overlap for real)
+    import asyncio
+
+    for i in range(5):
+        app_id = await _case(runtime, f"decided{i}", dt.date(2025, 3, 7))
+        decided = dt.datetime(2025, 3, 6 + i % 2, 10, tzinfo=CHINA)
+        async with runtime.engine.begin() as conn:
+            await conn.execute(
+                update(applications)
+                .where(applications.c.id == app_id)
+                .values(status="approved", decided_at=decided, updated_at=dt.datetime.now(dt.UTC))
+            )
+    assert all(await asyncio.gather(*(clocks.refresh(runtime) for _ in range(4))))
+    async with runtime.engine.connect() as conn:
+        assert await clocks.decided_per_department(
+            conn, dt.date(2025, 3, 6), dt.date(2025, 3, 7)
+        ) == {"amr": (5, 5)}
+        assert (await conn.execute(select(func.count()).select_from(case_clocks))).scalar() == 5
