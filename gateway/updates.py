@@ -123,7 +123,13 @@ async def _move_once(
             continue
         if not steps:
             if m.keep_extra and m.extra:
-                kept.setdefault(frozenset(m.extra), []).append({"_id": app.id, **m.extra})
+                keep = dict(m.extra)
+                if app.status == State.FAILED.value:
+                    # a failed case keeps why: a receipt recorded after the department's
+                    # refusal was read (file drop) must not clear the reason
+                    keep.pop("last_error", None)
+                if keep:
+                    kept.setdefault(frozenset(keep), []).append({"_id": app.id, **keep})
             continue
         detail = m.detail or {}
         full: list[cases.Step] = [(src, dst, detail) for src, dst in steps]

@@ -17,6 +17,7 @@ from gateway.clock import now
 from gateway.config.loader import Config
 from gateway.dispatcher import Dispatcher
 from gateway.envelopes import idempotency_key
+from gateway.events import Source
 from gateway.intake import ApplicationIn, submit
 from gateway.operations import replay
 from gateway.poller import poll_sweep
@@ -26,6 +27,7 @@ from gateway.states import FINAL, State
 from gateway.store import jobs
 from gateway.store.clients import Client, create_client
 from gateway.store.tables import applications, dispatch_jobs, events
+from gateway.updates import Move, move, move_many
 from tests.conftest import FAST, application, wait_for
 
 CLIENT = Client(id="c-test", name="test", centre="C01", ops=False)
@@ -422,3 +424,35 @@ async def test_ops_retry_endpoint_replays_a_failed_case(example_config: Config) 
 
 
 AT_OR_PAST_DELIVERY = {"delivered", "accepted", "in_review", *FINAL} - {"failed"}
+
+
+async def test_a_receipt_recorded_after_the_case_failed_keeps_the_reason(
+    runtime: Runtime,
+) -> None:
+    """File drop: the back office may refuse a request (its error folder, read by the result
+    pull) before the dispatcher has recorded the request's delivery. The late receipt keeps
+    its case id but must not clear why the case failed (make test-10x found the race)."""
+    [app_id] = await submit_many(runtime, 1)
+    async with runtime.engine.begin() as conn:
+        await move(
+            conn,
+            app_id,
+            [State.DISPATCHING, State.FAILED],
+            source=Source.POLL,
+            actor="test",
+            extra={"last_error": "the department refused the request file"},
+        )
+        receipt = Move(
+            app_id,
+            [State.DELIVERED],
+            {"case_id": "C-1"},
+            1,
+            {"department_case_id": "C-1", "last_error": None, "next_poll_at": None},
+            keep_extra=True,
+        )
+        assert await move_many(conn, [receipt], source=Source.DISPATCH, actor="test") == [[]]
+    async with runtime.engine.connect() as conn:
+        row = (await conn.execute(select(applications).where(applications.c.id == app_id))).one()
+    assert row.status == State.FAILED.value
+    assert row.department_case_id == "C-1"
+    assert row.last_error == "the department refused the request file"
