@@ -26,7 +26,7 @@ async def test_list_changes_pages_whole_cases_changed_in_the_window() -> None:
     """Each change is the whole case (status, opinion, certificate, our key), page after page;
     a case that changed before the window is not in it."""
     async with (
-        httpx.AsyncClient() as http,
+        httpx.AsyncClient(timeout=60) as http,
         soap_department(mix={"approve": 1.0}) as (url, state),
     ):
         connector = make_connector(http, url, changes={"page_size": 2})

@@ -98,7 +98,7 @@ def envelope(key: str = "app-1:v1", **changes: Any) -> Envelope:
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(timeout=60) as client:
         yield client
 
 

@@ -45,13 +45,13 @@ async def test_nrp_applications_reach_a_final_state(nrp_city: SimulatedCity) -> 
         for matter, region in MATTERS:
             ids += await submit_many(runtime, 8, matter_code=matter, region=region)
         after_dispatch = {s.value for s in State} - {"received", "dispatching"}
-        await wait_for(lambda: all_in(runtime, ids, after_dispatch))
+        await wait_for(lambda: all_in(runtime, ids, after_dispatch), timeout=120)
 
         async def decided() -> bool:
             await poll_sweep(runtime)
             return await all_in(runtime, ids, {s.value for s in FINAL} | {"supplement_required"})
 
-        await wait_for(decided, timeout=30)
+        await wait_for(decided, timeout=120)
     finally:
         await dispatcher.stop(grace_seconds=2)
         await task

@@ -52,7 +52,7 @@ async def test_the_example_runs_against_the_simulator() -> None:
     department = DepartmentConfig.model_validate(table)
     simulator = {**(department.simulator or {}), "port": 0, "decision_delay_seconds": 0.2}
     _settings, app, state = SIMULATORS["soap"].build(simulator)
-    async with serve_asgi(app) as url, httpx.AsyncClient() as http:
+    async with serve_asgi(app) as url, httpx.AsyncClient(timeout=60) as http:
         options = dict(department.options)
         options["wsdl"] = rebase(options["wsdl"], url)
         options["endpoint"] = rebase(options["endpoint"], url)

@@ -31,7 +31,7 @@ async def _fast(connector: SoapConnector, operation: str, **kwargs: Any) -> Any:
 
 async def test_every_answer_of_the_simulator_reads_as_zeep_reads_it() -> None:
     mixes = [{"approve": 1.0}, {"supplement": 1.0}, {"reject": 1.0}, {"not_accept": 1.0}]
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(timeout=60) as http:
         for mix in mixes:
             async with soap_department(mix=mix) as (url, _state):
                 connector = make_connector(http, url, list={"page_size": 2})
@@ -57,7 +57,7 @@ async def test_every_answer_of_the_simulator_reads_as_zeep_reads_it() -> None:
 
 
 async def test_requests_from_a_template_are_zeep_s_bytes() -> None:
-    async with httpx.AsyncClient() as http, soap_department() as (url, _state):
+    async with httpx.AsyncClient(timeout=60) as http, soap_department() as (url, _state):
         connector = make_connector(http, url)
         service = await connector._proxy()
         templates = fast.templates_for(
@@ -120,7 +120,7 @@ UNREAD = {
 
 
 async def test_answers_the_plan_reads_and_those_it_leaves_to_zeep() -> None:
-    async with httpx.AsyncClient() as http, soap_department() as (url, _state):
+    async with httpx.AsyncClient(timeout=60) as http, soap_department() as (url, _state):
         connector = make_connector(http, url)
         service = await connector._proxy()
         binding, client = service._binding, service._client

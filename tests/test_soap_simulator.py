@@ -67,7 +67,7 @@ async def sim() -> AsyncIterator[Sim]:
     clock = Clock()
     settings = SoapSimulatorSettings(decision_delay_seconds=10, mix={"approve": 1.0})
     app, state = create_soap_department(settings, clock=clock)
-    async with serve_asgi(app) as url, httpx.AsyncClient(base_url=url) as client:
+    async with serve_asgi(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as client:
         yield client, clock, state
 
 
@@ -133,7 +133,7 @@ async def test_not_accepted_cases_are_refused_at_acceptance() -> None:
     clock = Clock()
     settings = SoapSimulatorSettings(decision_delay_seconds=10, mix={"not_accept": 1.0})
     app, _state = create_soap_department(settings, clock=clock)
-    async with serve_asgi(app) as url, httpx.AsyncClient(base_url=url) as client:
+    async with serve_asgi(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as client:
         case_id = text((await post(client, submit_envelope("k"))).content, "CaseId")
         assert case_id is not None
         seen = []
