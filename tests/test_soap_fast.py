@@ -9,12 +9,17 @@ import datetime as dt
 from typing import Any
 
 import httpx
+import pytest
 from gateway_soap import fast
 from gateway_soap.connector import SoapConnector, _etree_to_string, _plain, _response
 
 from gateway.connector import Receipt
 from gateway.simulators.soap_department import NAMESPACE
 from tests.test_soap_connector import EPOCH, FAR, envelope, make_connector, soap_department
+
+# each test parses the WSDL of up to four simulated departments and compares many calls: a
+# minute of CPU starvation on a busy machine (load 25 on 2 cores) outlasted the suite's 120 s
+pytestmark = pytest.mark.timeout(600)
 
 SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
