@@ -179,7 +179,7 @@ async def test_supplement_round_trip_with_the_department(
                 await poll_sweep(runtime)
                 return await status_of(api, headers, app["id"]) == status
 
-            await wait_for(lambda: reaches("supplement_required"))
+            await wait_for(lambda: reaches("supplement_required"), timeout=120)
             case = (await api.get(f"/v1/applications/{app['id']}", headers=headers)).json()
             assert case["supplement_items"] == ITEMS  # the department's own list
             material = await upload(api, headers)
@@ -189,7 +189,7 @@ async def test_supplement_round_trip_with_the_department(
                 headers=headers,
             )
             assert resp.status_code == 201
-            await wait_for(lambda: reaches("ready_for_pickup"))
+            await wait_for(lambda: reaches("ready_for_pickup"), timeout=120)
             case = (await api.get(f"/v1/applications/{app['id']}", headers=headers)).json()
             assert case["version"] == 2 and len(case["documents"]) == 1
     finally:
@@ -230,7 +230,7 @@ async def test_resent_version_that_is_a_new_case_at_the_department(
                     await poll_sweep(runtime)
                     return await status_of(api, headers, app["id"]) == status
 
-                await wait_for(lambda: reaches("supplement_required"))
+                await wait_for(lambda: reaches("supplement_required"), timeout=120)
                 first = (await api.get(f"/v1/applications/{app['id']}", headers=headers)).json()
                 material = await upload(api, headers)
                 resp = await api.post(
@@ -239,7 +239,7 @@ async def test_resent_version_that_is_a_new_case_at_the_department(
                     headers=headers,
                 )
                 assert resp.status_code == 201
-                await wait_for(lambda: reaches("ready_for_pickup"))
+                await wait_for(lambda: reaches("ready_for_pickup"), timeout=120)
                 case = (await api.get(f"/v1/applications/{app['id']}", headers=headers)).json()
             assert case["version"] == 2
             assert case["department_case_id"] != first["department_case_id"]
