@@ -301,9 +301,10 @@ async def _drive(
             rounds += 1
         handed = await _hand_out(http, runtime, ids, people, console)
     await _collect(runtime, ids, outcomes)
-    _print_summary(console, outcomes, as_json)
     if outage is not None and down is not None:
         await _count_outage(runtime, ids, outage, down[1])
+    _print_summary(console, outcomes, as_json, outage)
+    if outage is not None and down is not None:
         _print_outage(console, outage)
     asked = await _withdrawal_outcomes(runtime, ids)
     pending = asked.get("pending", 0)
@@ -690,9 +691,19 @@ async def _collect(runtime: Runtime, ids: list[str], outcomes: dict[str, Outcome
                 d[decision] = d.get(decision, 0) + 1
 
 
-def _print_summary(console: Console, outcomes: dict[str, Outcome], as_json: bool) -> None:
+def _print_summary(
+    console: Console,
+    outcomes: dict[str, Outcome],
+    as_json: bool,
+    outage: Outage | None = None,
+) -> None:
     if as_json:  # the one thing on stdout; the narrative went to stderr
-        summary = [{**dataclasses.asdict(o), "left": _left(o)} for o in outcomes.values()]
+        summary = {
+            "departments": [{**dataclasses.asdict(o), "left": _left(o)} for o in outcomes.values()],
+            "outage": None
+            if outage is None
+            else {**dataclasses.asdict(outage), "nothing_lost": outage.nothing_lost},
+        }
         sys.stdout.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
         return
     cols = (

@@ -204,7 +204,7 @@ def _any_port() -> Path:
 def test_demo_summary_piped_is_plain_and_json_is_offered(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from gateway.demo import Outcome, _print_summary
+    from gateway.demo import Outage, Outcome, _print_summary
 
     outcomes = {
         "amr": Outcome("amr", "市场监督管理局", "rest", True, submitted=3),
@@ -221,4 +221,18 @@ def test_demo_summary_piped_is_plain_and_json_is_offered(
     assert rows[2][:3] == ["nrp", "soap", "n/a"]
     _print_summary(piped, outcomes, as_json=True)
     summary = json.loads(capsys.readouterr().out)
-    assert [(o["department"], o["left"]) for o in summary] == [("amr", 1), ("nrp", 0)]
+    assert [(o["department"], o["left"]) for o in summary["departments"]] == [
+        ("amr", 1),
+        ("nrp", 0),
+    ]
+    assert summary["outage"] is None
+    # with a department taken down, --json carries what the narrative says of the outage
+    outage = Outage("amr", "市场监督管理局", down_seconds=10.0, worst_backlog=4, drain_seconds=2.5)
+    outage.delivered = outage.held = 3
+    _print_summary(piped, outcomes, as_json=True, outage=outage)
+    told = json.loads(capsys.readouterr().out)["outage"]
+    assert told["department"] == "amr" and told["worst_backlog"] == 4
+    assert told["drain_seconds"] == 2.5 and told["nothing_lost"] is True
+    outage.stuck = 1
+    _print_summary(piped, outcomes, as_json=True, outage=outage)
+    assert json.loads(capsys.readouterr().out)["outage"]["nothing_lost"] is False

@@ -159,4 +159,11 @@ def test_cli_create_list_rotate_revoke(tmp_path: Path, example_config: Config) -
     )
     assert bad.exit_code != 0
     missing = runner.invoke(cli, ["keys", "revoke", "c-nope", "--config", str(toml)])
-    assert missing.exit_code == 1 and "no key" in missing.output
+    assert missing.exit_code == 1 and "unknown key id 'c-nope'" in missing.output
+    assert "gateway keys list" in missing.output
+    # a mistyped id (one character off) is named back; every id is not listed
+    typo = listed["id"][:-1] + ("x" if listed["id"][-1] != "x" else "y")
+    for verb in ("revoke", "rotate"):
+        mistyped = runner.invoke(cli, ["keys", verb, typo, "--config", str(toml)])
+        assert mistyped.exit_code == 1, mistyped.output
+        assert f"Did you mean '{listed['id']}'?" in mistyped.output

@@ -68,6 +68,14 @@ async def _with_runtime(cfg: Config, work: Callable[[AsyncConnection], Awaitable
         await runtime.aclose()
 
 
+def _unknown_key(cfg: Config, key_id: str) -> typer.Exit:
+    """An unknown key id is an error (exit 1) naming the closest stored id, if one is close."""
+    from gateway.store import clients
+
+    stored = run(_with_runtime(cfg, clients.list_keys))
+    return unknown_name("key id", key_id, (k.id for k in stored), see="gateway keys list")
+
+
 def _print_new_key(key: str) -> None:
     console.print(
         "New API key (shown only now; store it in the front-desk system's secrets):",
@@ -145,8 +153,7 @@ def keys_revoke(
 
     info = run(_with_runtime(cfg, work))
     if info is None:
-        err.print(f"no key with id '{key_id}' (see 'gateway keys list')")
-        raise typer.Exit(1)
+        raise _unknown_key(cfg, key_id)
     console.print(f"key {key_id} revoked", highlight=False)
 
 
@@ -173,8 +180,7 @@ def keys_rotate(
         err.print(str(exc))
         raise typer.Exit(1) from exc
     if rotated is None:
-        err.print(f"no key with id '{key_id}' (see 'gateway keys list')")
-        raise typer.Exit(1)
+        raise _unknown_key(cfg, key_id)
     old, new, key = rotated
     _print_new_key(key)
     until = local_time(old.expires_at, cfg.gateway.timezone) if old.expires_at else "now"

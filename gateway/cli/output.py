@@ -64,11 +64,18 @@ def print_note(text: str, *, style: str | None = None) -> None:
     console.print(text, style=style, markup=False, highlight=False)
 
 
-def unknown_name(kind: str, name: str, known: Iterable[str]) -> typer.Exit:
-    """Print why ``name`` is not a ``kind`` (with a suggestion); the caller raises the result."""
+def unknown_name(
+    kind: str, name: str, known: Iterable[str], *, see: str | None = None
+) -> typer.Exit:
+    """Print why ``name`` is not a ``kind`` (with a suggestion); the caller raises the result.
+    ``see`` names the command that lists them, instead of listing them all (for kinds that
+    can be many, such as key ids)."""
     names = sorted(known)
     close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
     hint = f" Did you mean '{close[0]}'?" if close else ""
-    listed = ", ".join(names) if names else "none"
-    err.print(f"unknown {kind} '{name}'.{hint} (known: {listed})", markup=False, highlight=False)
+    if see is not None:
+        where = f"see '{see}'"
+    else:
+        where = "known: " + (", ".join(names) if names else "none")
+    err.print(f"unknown {kind} '{name}'.{hint} ({where})", markup=False, highlight=False)
     return typer.Exit(1)
