@@ -196,7 +196,13 @@ from gateway.store import watermarks
 config = pickle.loads(pathlib.Path(sys.argv[1]).read_bytes())
 stopped = pathlib.Path(sys.argv[2])
 
-async def hold(*_args, **_kwargs):
+advance = watermarks.advance
+
+async def hold(conn, code, *args, **kwargs):
+    # only amr's round: hrss has a feed too, and its round reaching the commit first (the
+    # order of ticks on a busy machine) would stop the daemon before amr's changes were read
+    if code != "amr":
+        return await advance(conn, code, *args, **kwargs)
     stopped.write_text("between fetch and commit")
     await asyncio.sleep(3600)
 
