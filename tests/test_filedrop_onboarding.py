@@ -57,7 +57,9 @@ def config(tmp_path: Path, db_url: str) -> Config:
 
 @pytest.fixture
 async def city(config: Config) -> AsyncIterator[SimulatedCity]:
-    quick = {"decision_delay_seconds": 0.2, "scan_interval_seconds": 0.02, "error_rate": 0.3}
+    # every request is refused into the error folder once (a request sent again is taken): a
+    # share such as 0.3 drew from random application ids and refused none in ~3% of runs
+    quick = {"decision_delay_seconds": 0.2, "scan_interval_seconds": 0.02, "error_rate": 1.0}
     options = tomllib.loads(department_file())["options"]
     del options["target"]  # the harness points it at the simulated department
     result = {**options["result"], "stable_seconds": 0.1}
@@ -113,12 +115,12 @@ async def test_a_gbk_back_office_onboarded_by_config_alone(
         return all(s in SETTLED for s in now.values())
 
     try:
-        await wait_for(all_decided, timeout=60)
+        await wait_for(all_decided, timeout=120)
     except AssertionError:
         held = {p.name: p.read_text() for p in (dept.root / "quarantine").glob("*.reason")}
         out = sorted(p.name for p in (dept.root / "outbox").iterdir())
         raise AssertionError(f"{dept.stats()} {held} {out} {await statuses(rt, ids)}") from None
-    assert replayed and len(replayed) == len(dept.refused)  # refusals happened, all replayed
+    assert len(replayed) == len(dept.refused) == len(ids)  # each refused once, each replayed
     rows = await department_case_ids(rt, ids)
     async with rt.engine.connect() as conn:
         docs = result_documents
