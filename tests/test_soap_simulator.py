@@ -143,6 +143,22 @@ async def test_not_accepted_cases_are_refused_at_acceptance() -> None:
     assert seen == ["0", "0", "0", "2"]
 
 
+async def test_a_forced_status_wins_over_a_not_accepted_draw() -> None:
+    """Tests and drift helpers force a status; a case drawn 'not accepted' kept answering '0'
+    (the change-feed test failed whenever its random keys drew that outcome)."""
+    clock = Clock()
+    settings = SoapSimulatorSettings(decision_delay_seconds=3600, mix={"not_accept": 1.0})
+    app, state = create_soap_department(settings, clock=clock)
+    async with serve_asgi(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as client:
+        case_id = text((await post(client, submit_envelope("k"))).content, "CaseId")
+        assert case_id is not None
+        clock.now = T0 + dt.timedelta(seconds=5)
+        with state.lock:
+            state.cases[case_id].forced = ("9", clock.now)
+        answer = (await post(client, query_envelope(case_id))).content
+    assert text(answer, "Status") == "9"
+
+
 async def test_unknown_case_is_a_client_fault(sim: Sim) -> None:
     client, _clock, _state = sim
     response = await post(client, query_envelope("NOPE"))

@@ -139,7 +139,8 @@ class _SoapCase(SimCase):
     (received -> not accepted), never after review as the shared timeline would have it."""
 
     def phase(self, now: dt.datetime, delay: float) -> tuple[str, dt.datetime]:
-        if self.outcome != "not_accept" or delay <= 0:
+        # a forced status (a test's or a drift helper's) wins over any drawn outcome
+        if self.forced is not None or self.outcome != "not_accept" or delay <= 0:
             return super().phase(now, delay)
         decided = self.created_at + dt.timedelta(seconds=delay)
         return ("2", decided) if now >= decided else ("0", self.created_at)
