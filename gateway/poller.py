@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, Row, and_, case, update
+from sqlalchemy import ColumnElement, Row, and_, case, select, update
 
 from gateway import metrics, tracing
 from gateway.clock import now
@@ -237,12 +237,22 @@ async def _due_again(
     its poll time since the claim (a new version's receipt, another daemon after the lease ran
     out, ops asking for a check)."""
     lease_end = rows[0].next_poll_at
+    ids = sorted(r.id for r in rows)
     async with runtime.engine.begin() as conn:
+        # rows locked in id order first, as every multi-case write does (cases.lock_applications):
+        # an UPDATE ... IN (...) locks in scan order, and deadlocked (40P01) with a batch of
+        # status changes on PostgreSQL under the fault suite's lock
+        await conn.execute(
+            select(applications.c.id)
+            .where(applications.c.id.in_(ids))
+            .order_by(applications.c.id)
+            .with_for_update()
+        )
         await conn.execute(
             update(applications)
             .where(
                 and_(
-                    applications.c.id.in_([r.id for r in rows]),
+                    applications.c.id.in_(ids),
                     applications.c.next_poll_at == lease_end,
                 )
             )
