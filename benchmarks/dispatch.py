@@ -528,7 +528,8 @@ async def main(args: argparse.Namespace) -> None:
         await scale_main(args)
         print(f"after: {c.load_average()}")
         return
-    await measure(args, None, "sqlite")
+    if not args.pg_only:
+        await measure(args, None, "sqlite")
     if args.pg:
         async with c.pg_schema(args.pg) as url:
             await measure(args, url, "postgresql")
@@ -550,6 +551,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="URL",
         help="also measure on PostgreSQL (a schema is created "
         "and dropped), e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/test",
+    )
+    p.add_argument(
+        "--pg-only", action="store_true", help="with --pg: PostgreSQL only (no SQLite run)"
     )
     p.add_argument(
         "--only",

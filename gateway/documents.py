@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, exists, func, insert, select
+from sqlalchemy import Row, and_, exists, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.blobs import BlobStore
@@ -14,6 +14,7 @@ from gateway.clock import new_id, now
 from gateway.connector import ResultDocument
 from gateway.states import State
 from gateway.store import paging
+from gateway.store.lists import PerEngine
 from gateway.store.tables import applications, result_documents
 
 
@@ -116,12 +117,17 @@ async def holding(conn: AsyncConnection, app_ids: Sequence[str]) -> set[str]:
     """Which of these cases hold at least one result document (one statement)."""
     if not app_ids:
         return set()
-    q = (
+    q = _HOLDING.for_(conn)
+    return {r[0] for r in (await conn.execute(q, {"_ids": list(app_ids)})).all()}
+
+
+_HOLDING = PerEngine(
+    lambda one_of: (
         select(result_documents.c.application_id)
-        .where(result_documents.c.application_id.in_(bindparam("_ids", expanding=True)))
+        .where(one_of(result_documents.c.application_id, "_ids"))
         .distinct()
     )
-    return {r[0] for r in (await conn.execute(q, {"_ids": list(app_ids)})).all()}
+)
 
 
 async def undocumented(

@@ -19,6 +19,7 @@ from gateway.events import Source, StatusChange
 from gateway.notifications import with_contact
 from gateway.states import DECIDED, State, Verdict, judge
 from gateway.store import cases
+from gateway.store.lists import PerEngine
 from gateway.store.tables import UTCDateTime, handovers
 
 # No 0/O, 1/I/L: read aloud and typed at a counter. 32**8 = 2**40 codes.
@@ -99,7 +100,7 @@ async def readiness(
     apps = [app for app, state in candidates if state is not State.APPROVED or app.id in held]
     if not apps:
         return {}
-    q = select(handovers).where(handovers.c.application_id.in_(bindparam("_ids", expanding=True)))
+    q = _HANDOVERS.for_(conn)
     rows = {
         r.application_id: r
         for r in (await conn.execute(q, {"_ids": [app.id for app in apps]})).all()
@@ -111,17 +112,23 @@ async def readiness(
     return out
 
 
-_MARK_READY = (
-    update(handovers)
-    .where(handovers.c.application_id.in_(bindparam("_ids", expanding=True)))
-    .values(ready_at=bindparam("_at", type_=UTCDateTime()))
+_HANDOVERS = PerEngine(
+    lambda one_of: select(handovers).where(one_of(handovers.c.application_id, "_ids"))
+)
+
+_MARK_READY = PerEngine(
+    lambda one_of: (
+        update(handovers)
+        .where(one_of(handovers.c.application_id, "_ids"))
+        .values(ready_at=bindparam("_at", type_=UTCDateTime()))
+    )
 )
 
 
 async def mark_ready(conn: AsyncConnection, app_ids: list[str], at: dt.datetime) -> None:
     """Stamp the handovers of cases that just became ready for pickup (one statement)."""
     if app_ids:
-        await conn.execute(_MARK_READY, {"_ids": app_ids, "_at": at})
+        await conn.execute(_MARK_READY.for_(conn), {"_ids": app_ids, "_at": at})
 
 
 async def make_ready(

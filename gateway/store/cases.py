@@ -17,6 +17,7 @@ from gateway.events import Source, StatusChange
 from gateway.states import DECIDED, State, Verdict, judge
 from gateway.store import outbox
 from gateway.store.chain import seal_events
+from gateway.store.lists import PerEngine
 from gateway.store.tables import applications, events
 
 log = structlog.get_logger("gateway.store")
@@ -38,17 +39,19 @@ async def lock_application(conn: AsyncConnection, app_id: str) -> Row[Any] | Non
     return (await conn.execute(_LOCK_ONE, {"_id": app_id})).first()
 
 
-_LOCK_MANY = (
-    select(applications)
-    .where(applications.c.id.in_(bindparam("_ids", expanding=True)))
-    .order_by(applications.c.id)
-    .with_for_update()
+_LOCK_MANY = PerEngine(
+    lambda one_of: (
+        select(applications)
+        .where(one_of(applications.c.id, "_ids"))
+        .order_by(applications.c.id)
+        .with_for_update()
+    )
 )
 
 
 async def lock_applications(conn: AsyncConnection, app_ids: list[str]) -> Sequence[Row[Any]]:
     """Several applications for update, in id order (a fixed order cannot deadlock)."""
-    return (await conn.execute(_LOCK_MANY, {"_ids": list(app_ids)})).all()
+    return (await conn.execute(_LOCK_MANY.for_(conn), {"_ids": list(app_ids)})).all()
 
 
 async def change_status(

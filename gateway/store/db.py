@@ -28,6 +28,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
+from sqlalchemy.util import await_only
 
 from gateway.errors import (
     DatabaseUnavailable,
@@ -207,6 +208,9 @@ def create_engine(
             pool_pre_ping=True,
             connect_args={"server_settings": settings, "timeout": connect_timeout},
         )
+        # the pre-ping on every checkout of a pooled connection is the transaction's BEGIN
+        # (asyncpg's adapter pings with three round trips of its own before that BEGIN)
+        engine.sync_engine.dialect.do_ping = _ping  # type: ignore[method-assign]
         if watch:
             _watch(engine)
         return engine
@@ -239,6 +243,31 @@ def create_engine(
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _ping(dbapi_connection: Any) -> bool:
+    """Is this pooled PostgreSQL connection alive: the check is the transaction's own BEGIN.
+
+    A connection is checked out to run statements, and asyncpg's adapter begins a transaction
+    before its first one anyway; begun here, the BEGIN doubles as the ping (the adapter's own
+    ping is three round trips: BEGIN, a statement, ROLLBACK). A failure is handed to the
+    adapter as its ping does, so the pool sees a disconnect and replaces the connection. A
+    connection checked out and given back unused is rolled back at check-in as any other."""
+    begin = getattr(dbapi_connection, "_start_transaction", None)
+    if (
+        begin is None
+        or getattr(dbapi_connection, "_transaction", True) is not None
+        or getattr(dbapi_connection, "isolation_level", None) == "autocommit"
+    ):
+        # not the adapter this was written for, already in a transaction, or one that runs
+        # without (autocommit: no BEGIN to check with): one round trip of its own
+        try:
+            await_only(dbapi_connection.driver_connection.execute("SELECT 1"))
+        except Exception as error:
+            dbapi_connection._handle_exception(error)
+        return True
+    await_only(begin())  # raises through the adapter's own error handling
+    return True
 
 
 def _alembic_config(connection: Connection) -> AlembicConfig:

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.clock import now
 from gateway.store import leases
+from gateway.store.lists import PerEngine
 from gateway.store.tables import UNFINISHED_JOB, UTCDateTime, dispatch_jobs
 
 PENDING, LEASED, DONE, DEAD = "pending", "leased", "done", "dead"
@@ -95,33 +96,37 @@ async def finish(
     return bool((await conn.execute(_finish_statement(frozenset(values)), params)).rowcount)
 
 
-_FINISH_DELIVERED = (
-    update(dispatch_jobs)
-    .where(
-        and_(
-            dispatch_jobs.c.id.in_(bindparam("_ids", expanding=True)),
-            dispatch_jobs.c.lease_owner == bindparam("_owner"),
-            dispatch_jobs.c.state == LEASED,
+_FINISH_DELIVERED = PerEngine(
+    lambda one_of: (
+        update(dispatch_jobs)
+        .where(
+            and_(
+                one_of(dispatch_jobs.c.id, "_ids"),
+                dispatch_jobs.c.lease_owner == bindparam("_owner"),
+                dispatch_jobs.c.state == LEASED,
+            )
         )
+        .values(
+            state=DONE,
+            updated_at=bindparam("_at", type_=UTCDateTime()),
+            lease_owner=None,
+            attempts=dispatch_jobs.c.attempts + 1,
+        )
+        .returning(dispatch_jobs.c.id)
     )
-    .values(
-        state=DONE,
-        updated_at=bindparam("_at", type_=UTCDateTime()),
-        lease_owner=None,
-        attempts=dispatch_jobs.c.attempts + 1,
-    )
-    .returning(dispatch_jobs.c.id)
 )
 
 
-_DUE_DEPARTMENTS = (
-    select(dispatch_jobs.c.department)
-    .where(
-        dispatch_jobs.c.department.in_(bindparam("_departments", expanding=True)),
-        dispatch_jobs.c.state.in_((PENDING, LEASED)),
-        dispatch_jobs.c.next_attempt_at <= bindparam("_now", type_=UTCDateTime()),
+_DUE_DEPARTMENTS = PerEngine(
+    lambda one_of: (
+        select(dispatch_jobs.c.department)
+        .where(
+            one_of(dispatch_jobs.c.department, "_departments"),
+            dispatch_jobs.c.state.in_((PENDING, LEASED)),
+            dispatch_jobs.c.next_attempt_at <= bindparam("_now", type_=UTCDateTime()),
+        )
+        .distinct()
     )
-    .distinct()
 )
 
 
@@ -129,14 +134,14 @@ async def due_departments(conn: AsyncConnection, departments: list[str]) -> set[
     """Which of these departments have a job due now (one read, no locks): a dispatcher asks
     this of departments it found empty before, instead of a claim transaction for each."""
     params = {"_departments": departments, "_now": now()}
-    return {r[0] for r in (await conn.execute(_DUE_DEPARTMENTS, params)).all()}
+    return {r[0] for r in (await conn.execute(_DUE_DEPARTMENTS.for_(conn), params)).all()}
 
 
 async def finish_delivered(conn: AsyncConnection, job_ids: list[int], owner: str) -> set[int]:
     """Settle leased jobs whose delivery was answered (done, one attempt more): one statement
     for a batch. Returns the ids this owner still held (the others' leases were lost)."""
     params = {"_ids": job_ids, "_owner": owner, "_at": now()}
-    return {r[0] for r in (await conn.execute(_FINISH_DELIVERED, params)).all()}
+    return {r[0] for r in (await conn.execute(_FINISH_DELIVERED.for_(conn), params)).all()}
 
 
 @functools.cache

@@ -6,11 +6,15 @@ runs out: a worker that dies mid-call leaves work that becomes due by itself (re
 Finishing is fenced: the update names the owner (or the lease end written at claim), so a worker
 whose lease ran out and was taken over changes nothing.
 
-A claim is two statements: lock the due rows, skipping rows others hold (``FOR UPDATE SKIP
-LOCKED`` where the engine has it: PostgreSQL; SQLite serialises writers anyway), then update
-only the rows this transaction locked. One ``UPDATE ... WHERE id IN (locking subquery)`` can be
-planned so that it waits on rows another daemon holds, and two daemons claiming at once then
-deadlock.
+A claim locks the due rows, skipping rows others hold (``FOR UPDATE SKIP LOCKED`` where the
+engine has it: PostgreSQL; SQLite serialises writers anyway), then updates only the rows this
+transaction locked. One ``UPDATE ... WHERE id IN (locking subquery)`` can be planned so that it
+waits on rows another daemon holds (the subquery folded into the update's scan, or run again
+for each row), and two daemons claiming at once then deadlock. So on PostgreSQL the lock is a
+``MATERIALIZED`` common table expression: it runs once, to completion, before the ``UPDATE``
+reads its output, and the ``UPDATE`` joins to those ids only, rows this transaction already
+holds, so it never waits on another daemon's lock; one round trip instead of two. Elsewhere
+the claim is the two statements.
 
 How long a lease is comes from the department link (:meth:`DepartmentLink.lease_seconds`):
 long enough to outlive the worst case of the call it covers.
@@ -27,6 +31,7 @@ from sqlalchemy import Column, ColumnElement, Row, Table, and_, or_, select, upd
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.clock import now
+from gateway.store.lists import is_postgresql
 
 
 @dataclass(frozen=True)
@@ -75,16 +80,26 @@ async def claim(
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    ids = [r[0] for r in (await conn.execute(due)).all()]
-    if not ids:
-        return []
     stamp: dict[str, Any] = {leased.due_at.name: t + dt.timedelta(seconds=lease_seconds)}
     if leased.owner is not None and owner is not None:
         stamp[leased.owner.name] = owner
+    stamp.update(values or {})
+    if is_postgresql(conn):
+        locked = due.cte("due").prefix_with("MATERIALIZED")
+        q = (
+            update(leased.table)
+            .where(leased.key == locked.c[leased.key.name])
+            .values(stamp)
+            .returning(*(returning or [leased.table]))
+        )
+        return list((await conn.execute(q)).all())
+    ids = [r[0] for r in (await conn.execute(due)).all()]
+    if not ids:
+        return []
     q = (
         update(leased.table)
         .where(leased.key.in_(ids))
-        .values({**stamp, **(values or {})})
+        .values(stamp)
         .returning(*(returning or [leased.table]))
     )
     return list((await conn.execute(q)).all())

@@ -27,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.clock import now
+from gateway.store.lists import OneOf, PerEngine
 from gateway.store.tables import (
     UTCDateTime,
     applications,
@@ -85,16 +86,19 @@ async def fan_out(conn: AsyncConnection, app_ids: Sequence[str], at: dt.datetime
     """Queue the events just written at ``at`` for these cases (inside the caller's
     transaction; one statement, nothing when no subscription follows them)."""
     params = {"_apps": list(app_ids), "_at": at, "_stamp": now()}
-    await conn.execute(_fan_out_statement(), params)
+    await conn.execute(_fan_out_statement().for_(conn), params)
 
 
 @functools.cache
-def _fan_out_statement() -> Insert:
+def _fan_out_statement() -> PerEngine[Insert]:
     # prebuilt: every status change runs it, and building the join each time cost more CPU
     # than SQLite's answer (usually: no subscription follows the case)
-    q = followers(
-        events.c.application_id.in_(bindparam("_apps", expanding=True)),
-        events.c.at == bindparam("_at", type_=UTCDateTime()),
-        stamp=bindparam("_stamp", type_=UTCDateTime()),
-    )
-    return insert(webhook_deliveries).from_select(COLUMNS, q)
+    def build(one_of: OneOf) -> Insert:
+        q = followers(
+            one_of(events.c.application_id, "_apps"),
+            events.c.at == bindparam("_at", type_=UTCDateTime()),
+            stamp=bindparam("_stamp", type_=UTCDateTime()),
+        )
+        return insert(webhook_deliveries).from_select(COLUMNS, q)
+
+    return PerEngine(build)
