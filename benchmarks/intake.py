@@ -155,6 +155,10 @@ async def measure(args: argparse.Namespace, database_url: str | None, label: str
             load.close()
     if args.only:  # profiling aid: one side only, no ratio
         print(f"[{label}] {args.only}: {c.fmt_rates(rates[args.only])}")
+        print(
+            f"[{label}] {args.only} CPU per request: event loop "
+            f"{c.median(cpu[args.only]):.2f} ms, process {c.median(process_cpu[args.only]):.2f} ms"
+        )
         return 0.0
     bare, gateway = c.median(rates["bare"]), c.median(rates["gateway"])
     print(f"[{label}] load: {load.describe()}")

@@ -9,7 +9,8 @@ import json
 import re
 import weakref
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from jsonschema import Draft202012Validator
@@ -33,7 +34,7 @@ from gateway.runtime import Runtime
 from gateway.states import State
 from gateway.store import jobs, outbox
 from gateway.store.chain import seal_events
-from gateway.store.clients import Client
+from gateway.store.clients import Client, find_many
 from gateway.store.group import GroupCommit
 from gateway.store.tables import (
     applications,
@@ -297,7 +298,7 @@ async def _replay(
 async def submit(runtime: Runtime, client: Client, key: str, body: ApplicationIn) -> IntakeResult:
     """Accept one application (idempotent on ``(client, key)``). Returns once it is committed."""
     if client.centre is None:
-        raise IntakeProblem(403, "Not a centre key", "only a centre's key can submit applications")
+        raise _not_a_centre()
     digest = request_hash(body)
     try:
         matter = _route(runtime, body)
@@ -311,11 +312,60 @@ async def submit(runtime: Runtime, client: Client, key: str, body: ApplicationIn
             return replay
         raise
     answer = await _writer(runtime).submit(_Pending(client, key, digest, body, matter, delivery))
-    if isinstance(answer, IntakeProblem):
+    if isinstance(answer, Exception):
         raise answer
     if not answer.replayed:
         runtime.new_work()  # new work for a dispatcher in this process
     return answer
+
+
+@dataclass
+class KeyCheck:
+    """An API key to look up in the transaction that stores the application: the intake
+    endpoint's hot path, one transaction per batch instead of a key lookup's and then the
+    store's. ``admit`` is the API's verdict on what the look-up found (None: no such key):
+    it raises to refuse (unknown or revoked key, no scope, over quota) or gives the client."""
+
+    digest: str  # sha256 of the key, as stored
+    admit: Callable[[Client | None], Client]
+    #: the verdict, kept: a batch stored again item by item (after a failure) does not look
+    #: up and charge the quota twice
+    outcome: Client | Exception | None = field(default=None)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A submission that passed the checks that need no key (route, form)."""
+
+    digest: str
+    matter: Matter
+
+
+def check_body(runtime: Runtime, body: ApplicationIn) -> Checked:
+    """Route and validate ``body`` (IntakeProblem if it is refused)."""
+    matter = _route(runtime, body)
+    _validate_form(runtime, body, matter)
+    return Checked(request_hash(body), matter)
+
+
+async def submit_keyed(
+    runtime: Runtime, check: KeyCheck, key: str, body: ApplicationIn, checked: Checked
+) -> IntakeResult:
+    """:func:`submit` for an application whose route and form passed (:func:`check_body`),
+    sent with an API key not looked up yet: the key is looked up and judged (``check``) in
+    the transaction that stores the application, then the checks :func:`submit` makes on the
+    client follow in the same order. Raises what refuses it."""
+    pending = _Keyed(check, runtime, key, checked.digest, body, checked.matter)
+    answer = await _writer(runtime).submit(pending)
+    if isinstance(answer, Exception):
+        raise answer
+    if not answer.replayed:
+        runtime.new_work()
+    return answer
+
+
+def _not_a_centre() -> IntakeProblem:
+    return IntakeProblem(403, "Not a centre key", "only a centre's key can submit applications")
 
 
 def _delivery(runtime: Runtime, client: Client, body: ApplicationIn, matter: Matter) -> Delivery:
@@ -353,8 +403,20 @@ class _Pending:
     delivery: Delivery
 
 
-Answer = IntakeResult | IntakeProblem
-_WRITERS: weakref.WeakKeyDictionary[Runtime, GroupCommit[_Pending, Answer]] = (
+@dataclass(frozen=True)
+class _Keyed:
+    """A submission whose key ``check`` is made in the storing transaction."""
+
+    check: KeyCheck
+    runtime: Runtime  # for the checks that follow the key's
+    key: str
+    digest: str
+    body: ApplicationIn
+    matter: Matter
+
+
+Answer = IntakeResult | Exception
+_WRITERS: weakref.WeakKeyDictionary[Runtime, GroupCommit[_Pending | _Keyed, Answer]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -364,7 +426,7 @@ _WRITERS: weakref.WeakKeyDictionary[Runtime, GroupCommit[_Pending, Answer]] = (
 QUEUE_LIMIT = 1000
 
 
-def _writer(runtime: Runtime) -> GroupCommit[_Pending, Answer]:
+def _writer(runtime: Runtime) -> GroupCommit[_Pending | _Keyed, Answer]:
     """Group commit for intake: submissions that arrive together are stored in one transaction
     with multi-row inserts, each answered only after that commit (~8 statements per batch
     instead of ~8 and a commit per application)."""
@@ -378,9 +440,52 @@ def _writer(runtime: Runtime) -> GroupCommit[_Pending, Answer]:
     return writer
 
 
-async def _store_in_order(conn: AsyncConnection, batch: list[_Pending]) -> list[Answer]:
-    answers = {id(item): answer for item, answer in await _store_batch(conn, batch)}
-    return [answers[id(item)] for item in batch]
+async def _store_in_order(conn: AsyncConnection, batch: list[_Pending | _Keyed]) -> list[Answer]:
+    resolved = await _resolve_keys(conn, batch)
+    todo = [item for item in resolved if isinstance(item, _Pending)]
+    answers = {id(item): answer for item, answer in await _store_batch(conn, todo)}
+    return [answers[id(item)] if isinstance(item, _Pending) else item for item in resolved]
+
+
+async def _resolve_keys(
+    conn: AsyncConnection, batch: list[_Pending | _Keyed]
+) -> list[_Pending | Answer]:
+    """Items sent with a key not looked up yet (:func:`submit_keyed`): one look-up for the
+    batch, each judged by its ``admit``, then what :func:`submit` checks of a client, in its
+    order (a centre's key; the delivery; a refused one that was accepted before replays)."""
+    unchecked = [i.check for i in batch if isinstance(i, _Keyed) and i.check.outcome is None]
+    if unchecked:
+        found = await find_many(conn, sorted({c.digest for c in unchecked}))
+        for c in unchecked:
+            try:
+                c.outcome = c.admit(found.get(c.digest))
+            except Exception as exc:
+                c.outcome = exc
+    out: list[_Pending | Answer] = []
+    for item in batch:
+        if isinstance(item, _Pending):
+            out.append(item)
+            continue
+        client = item.check.outcome
+        assert client is not None
+        if isinstance(client, Exception):
+            out.append(client)
+            continue
+        if client.centre is None:
+            out.append(_not_a_centre())
+            continue
+        try:
+            delivery = _delivery(item.runtime, client, item.body, item.matter)
+        except IntakeProblem as exc:
+            try:  # as in submit: an answer given to this key before still stands
+                replay = await _replay(conn, client, item.key, item.digest)
+            except IntakeProblem as conflict:
+                out.append(conflict)
+                continue
+            out.append(replay or exc)
+            continue
+        out.append(_Pending(client, item.key, item.digest, item.body, item.matter, delivery))
+    return out
 
 
 _INSERT_APPLICATION = insert(applications)

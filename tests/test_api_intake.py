@@ -341,3 +341,32 @@ async def test_idempotency_key_longer_than_200_is_refused(
     spec = (await api.get("/openapi.json")).json()
     params = spec["paths"]["/v1/applications"]["post"]["parameters"]
     assert {"name": "Idempotency-Key", "in": "header"}.items() <= params[0].items()
+
+
+async def test_the_key_is_judged_before_the_body_and_a_revoked_key_cannot_submit(
+    api: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    """Intake looks a database key up in the transaction that stores the application: an
+    unknown key is still refused (401) before a bad body is (422), and a key revoked a moment
+    ago is refused at once."""
+    from gateway.store.clients import create_client, revoke
+
+    bad = application(matter_code="NO0000000")  # a valid shape the catalog refuses
+    malformed = {"matter_code": "GG00301000"}  # refused by the model itself
+    unknown = {"Authorization": "Bearer owk_unknown", **key()}
+    for body in (bad, malformed):
+        assert_problem(await api.post("/v1/applications", json=body, headers=unknown), 401)
+    async with runtime.engine.begin() as conn:
+        client, secret = await create_client(conn, name="desk", centre="C01", ops=False)
+    desk = {"Authorization": f"Bearer {secret}"}
+    for body in (bad, malformed):
+        assert_problem(
+            await api.post("/v1/applications", json=body, headers={**desk, **key()}), 422
+        )
+    ok = await api.post("/v1/applications", json=application(), headers={**desk, **key()})
+    assert ok.status_code == 201, ok.text
+    async with runtime.engine.begin() as conn:
+        assert await revoke(conn, client.id) is not None
+    refused = await api.post("/v1/applications", json=application(), headers={**desk, **key()})
+    assert_problem(refused, 401)
+    assert refused.json()["detail"] == "this API key is not known or was revoked"

@@ -61,19 +61,23 @@ async def _lookup(conn: AsyncConnection, digests: list[str]) -> list[Client | No
 _BEARER = HTTPBearer(auto_error=False, description="an API key: gateway keys create")
 
 
-async def authenticate(
-    request: Request,
-    _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)] = None,
-) -> Client:
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
-        raise _unauthorized(
-            "send an API key as 'Authorization: Bearer <key>'; ops can create "
-            "one with 'gateway keys create --centre NAME'"
-        )
-    keyring: KeyRing = request.app.state.keyring
-    client = await keyring.find(key.strip())
+def bearer_key(request: Request) -> str | None:
+    """The API key of ``Authorization: Bearer <key>``; None when there is none."""
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    key = key.strip()
+    return key if scheme.lower() == "bearer" and key else None
+
+
+def no_key() -> Problem:
+    return _unauthorized(
+        "send an API key as 'Authorization: Bearer <key>'; ops can create "
+        "one with 'gateway keys create --centre NAME'"
+    )
+
+
+def admit(request: Request, client: Client | None) -> Client:
+    """The checks on a looked-up key (``None``: not known): refused with a problem, or the
+    client, which errors then speak the language of."""
     if client is None:
         raise _unauthorized("this API key is not known or was revoked")
     if client.centre is None and not client.ops:
@@ -81,6 +85,17 @@ async def authenticate(
         raise Problem(403, "Key has no scope", "this API key is neither a centre's nor ops")
     request.state.client = client  # errors speak the key's centre's language
     return client
+
+
+async def authenticate(
+    request: Request,
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)] = None,
+) -> Client:
+    key = bearer_key(request)
+    if key is None:
+        raise no_key()
+    keyring: KeyRing = request.app.state.keyring
+    return admit(request, await keyring.find(key))
 
 
 async def require_ops(client: Annotated[Client, Depends(authenticate)]) -> Client:

@@ -12,6 +12,7 @@ code and its message comes from :mod:`gateway.api.messages`.
 from __future__ import annotations
 
 import html
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -198,6 +199,24 @@ _HTTP_CODES = {
 }
 
 
+#: endpoints that read their API key themselves (no dependency solved before the body) and
+#: the check their key gets before a malformed body is answered: a request with a bad key is
+#: refused as such (401) whatever its body, as on the endpoints with a key dependency
+KEY_FIRST: dict[Callable[..., Any], Callable[[Request], Awaitable[object]]] = {}
+
+
+async def _key_first(request: Request) -> RequestProblem | None:
+    route = request.scope.get("route")
+    check = KEY_FIRST.get(getattr(route, "endpoint", None))  # type: ignore[arg-type]
+    if check is None:
+        return None
+    try:
+        await check(request)
+    except RequestProblem as exc:
+        return exc
+    return None
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestProblem)
     async def _problem(request: Request, exc: RequestProblem) -> JSONResponse:
@@ -205,6 +224,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        refused = await _key_first(request)
+        if refused is not None:
+            return render(request, refused)
         errors = []
         for err in exc.errors():
             if err.get("type") == "json_invalid":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, UploadFile
@@ -10,9 +11,16 @@ from pydantic import BaseModel
 from sqlalchemy import insert
 
 from gateway import audit, documents, intake, metrics
-from gateway.api.auth import ClientDep, RuntimeDep
+from gateway.api.auth import (
+    ClientDep,
+    KeyRing,
+    RuntimeDep,
+    admit,
+    authenticate,
+    bearer_key,
+)
 from gateway.api.paging import Page, PageDep
-from gateway.api.problems import Problem
+from gateway.api.problems import KEY_FIRST, Problem
 from gateway.api.quotas import check_upload_quota
 from gateway.api.views import ApplicationView, application_view
 from gateway.clock import new_id, now
@@ -22,6 +30,7 @@ from gateway.pickup import may_see
 from gateway.runtime import Runtime
 from gateway.states import State
 from gateway.store import cases
+from gateway.store.clients import Client, hash_key
 from gateway.store.tables import materials
 
 router = APIRouter(prefix="/v1")
@@ -125,15 +134,42 @@ _IDEMPOTENCY_HEADER = {
     status_code=201,
     response_model=intake.ApplicationAccepted,
     tags=["applications"],
-    # read from the request directly (the hottest endpoint); documented here instead
-    openapi_extra={"parameters": [_IDEMPOTENCY_HEADER]},
+    # the key and the Idempotency-Key are read from the request directly (the hottest
+    # endpoint: no dependency to solve); both are documented here instead
+    openapi_extra={"parameters": [_IDEMPOTENCY_HEADER], "security": [{"HTTPBearer": []}]},
 )
-async def submit_application(
-    body: intake.ApplicationIn, request: Request, client: ClientDep
-) -> Response:
-    runtime: Runtime = request.app.state.runtime  # not a dependency: one fewer to solve
-    request.app.state.rate_limiter.check(client, "intake")
+async def submit_application(body: intake.ApplicationIn, request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    key = bearer_key(request)
     idempotency_key = request.headers.get("idempotency-key")
+    keyring: KeyRing = request.app.state.keyring
+    if (
+        key is not None
+        and _usable(idempotency_key)
+        and (digest := hash_key(key)) not in keyring.static
+    ):
+        # the hot path: a key kept in the database is looked up in the transaction that
+        # stores the application (one per batch, not a look-up's and then the store's); what
+        # refuses a request is checked in the same order as below
+        try:
+            checked = intake.check_body(runtime, body)
+        except intake.IntakeProblem:
+            checked = None  # answered below, after the key's checks, as always
+        if checked is not None:
+            limiter = request.app.state.rate_limiter
+
+            def judge(found: Client | None) -> Client:
+                client = admit(request, found)
+                limiter.check(client, "intake")
+                return client
+
+            check = intake.KeyCheck(digest, judge)
+            assert idempotency_key is not None  # _usable
+            return await _accepted(
+                intake.submit_keyed(runtime, check, idempotency_key, body, checked), check
+            )
+    client = await authenticate(request)
+    request.app.state.rate_limiter.check(client, "intake")
     if idempotency_key is not None and len(idempotency_key) > 200:
         raise Problem(
             400,
@@ -156,10 +192,30 @@ async def submit_application(
             "resending with the same key is then safe",
             field="Idempotency-Key",
         )
+    return await _accepted(intake.submit(runtime, client, idempotency_key, body))
+
+
+# a body FastAPI refuses (422) is answered after the key's checks, as before the body
+KEY_FIRST[submit_application] = authenticate
+
+
+def _usable(idempotency_key: str | None) -> bool:
+    """An Idempotency-Key the checks below let through."""
+    return (
+        idempotency_key is not None
+        and 0 < len(idempotency_key) <= 200
+        and idempotency_key.isprintable()
+    )
+
+
+async def _accepted(
+    storing: Awaitable[intake.IntakeResult], check: intake.KeyCheck | None = None
+) -> Response:
     try:
-        result = await intake.submit(runtime, client, idempotency_key, body)
+        result = await storing
     except intake.IntakeProblem:
-        metrics.INTAKE.labels("rejected").inc()
+        if check is None or isinstance(check.outcome, Client):  # not the key's own refusal
+            metrics.INTAKE.labels("rejected").inc()
         raise
     metrics.INTAKE.labels("replayed" if result.replayed else "accepted").inc()
     # serialised here, once: the declared response_model still documents it in OpenAPI
