@@ -325,6 +325,33 @@ async def test_signed_callback_reaches_a_real_receiver() -> None:
     assert len(attempts) == 2
 
 
+async def test_a_callback_never_taken_is_given_up_after_its_attempts() -> None:
+    attempts: list[int] = []
+    receiver = FastAPI()
+
+    @receiver.post("/v1/callbacks/amr")
+    async def callback() -> Response:
+        attempts.append(1)
+        return Response(status_code=500)
+
+    async with serve_asgi(receiver) as receiver_url:
+        settings = RestSimulatorSettings(
+            decision_delay_seconds=0.1,
+            mix={"supplement": 1},  # one event (as in the test above)
+            callbacks=True,
+            callback_url=f"{receiver_url}/v1/callbacks/amr",
+            callback_attempts=3,
+            callback_backoff_seconds=0.01,
+        )
+        app, state = create_rest_department(settings)
+        async with serve_asgi(app) as base:
+            async with httpx.AsyncClient() as client:
+                await _submit(client, base, "k-never")
+            await wait_for(lambda: state.stats()["callbacks_failed"] >= 1)
+    assert len(attempts) == 3
+    assert state.stats()["callbacks_sent"] == 0
+
+
 async def test_pending_callbacks_are_cancelled_on_shutdown() -> None:
     settings = RestSimulatorSettings(
         decision_delay_seconds=3600, callbacks=True, callback_url="http://127.0.0.1:9/cb"

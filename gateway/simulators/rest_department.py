@@ -57,6 +57,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from gateway.simulators.decisions import Mix, Outcome, default_mix, draw, version_of
 from gateway.simulators.rest_styles import (
@@ -112,6 +119,10 @@ _OPINIONS: dict[str, str] = {
 _SUPPLEMENT_ITEMS = ["营业场所使用证明", "法定代表人身份证明复印件"]
 # The longest a request hangs in "timeout" mode: far beyond any client timeout.
 _HANG_SECONDS = 3600.0
+
+
+class _CallbackFailed(Exception):
+    """A callback the gateway did not take (no answer, or not 2xx): tried again with backoff."""
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -473,28 +484,39 @@ class RestDepartmentState:
         url = self.settings.callback_url
         assert url is not None
         body = json.dumps(event, ensure_ascii=False).encode()
-        backoff = self.settings.callback_backoff_seconds
-        for attempt in range(1, self.settings.callback_attempts + 1):
-            timestamp = str(int(time.time()))
-            headers = {
-                "Content-Type": "application/json",
-                "X-Timestamp": timestamp,
-                "X-Event-Id": event["event_id"],
-            }
-            if self.settings.callback_secret:
-                headers["X-Signature"] = sign(self.settings.callback_secret, timestamp, body)
-            try:
-                response = await self._client().post(url, content=body, headers=headers)
-                if response.status_code < 300:
-                    self.callbacks_sent += 1
-                    return
-                problem = f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
-                problem = type(exc).__name__
-            _log.warning("callback %s attempt %d failed: %s", event["case_id"], attempt, problem)
-            if attempt < self.settings.callback_attempts:
-                await asyncio.sleep(backoff * 2 ** (attempt - 1))
-        self.callbacks_failed += 1
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.settings.callback_attempts),
+            wait=wait_exponential(multiplier=self.settings.callback_backoff_seconds, min=0),
+            retry=retry_if_exception_type(_CallbackFailed),
+            before_sleep=lambda state: _log.warning(
+                "callback %s attempt %d failed: %s",
+                event["case_id"],
+                state.attempt_number,
+                state.outcome.exception() if state.outcome else "?",
+            ),
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await self._post_callback(url, body, event["event_id"])
+        except RetryError as exc:
+            _log.warning("callback %s given up: %s", event["case_id"], exc.last_attempt.exception())
+            self.callbacks_failed += 1
+            return
+        self.callbacks_sent += 1
+
+    async def _post_callback(self, url: str, body: bytes, event_id: str) -> None:
+        timestamp = str(int(time.time()))
+        headers = {"Content-Type": "application/json", "X-Timestamp": timestamp}
+        headers["X-Event-Id"] = event_id
+        if self.settings.callback_secret:
+            headers["X-Signature"] = sign(self.settings.callback_secret, timestamp, body)
+        try:
+            response = await self._client().post(url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise _CallbackFailed(type(exc).__name__) from exc
+        if response.status_code >= 300:
+            raise _CallbackFailed(f"HTTP {response.status_code}")
 
     def _client(self) -> httpx.AsyncClient:
         if self.http is None:
