@@ -179,3 +179,24 @@ async def test_registered_and_controllable(tmp_path: Path) -> None:
         stats = (await client.get("/_stats")).json()
         assert stats["requests"] == 0 and "sftp_dropped" in stats
     assert not state.tasks  # the watcher stopped with the app
+
+
+async def test_runs_on_one_workdir_keep_to_folders_of_their_own(tmp_path: Path) -> None:
+    """The simulated-city harness hands every run the same workdir (data_dir/simulators/civil);
+    case numbers restart with each run, so an earlier or a concurrent run's result files must
+    not be this run's (the fault suite read another city's MZ-2026-000020-1.json and
+    quarantined it: its own case stayed accepted)."""
+    leftover = tmp_path / "outbox" / "MZ-2026-000001-1.json"  # what a run before this left
+    leftover.parent.mkdir(parents=True)
+    leftover.write_text("{}")
+    sim = FiledropSimulatorSettings(workdir=tmp_path, decision_delay_seconds=3600)
+    async with (
+        FiledropDepartmentState(settings=sim).running() as one,
+        FiledropDepartmentState(settings=sim).running() as other,
+    ):
+        assert one.root != other.root
+        assert one.root.parent == tmp_path and other.root.parent == tmp_path
+        assert list((one.root / "outbox").iterdir()) == []
+        (one.root / "outbox" / leftover.name).write_text("{}")
+        assert list((other.root / "outbox").iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outbox"]  # each run's folder removed

@@ -83,7 +83,9 @@ class FiledropSimulatorSettings(BaseModel):
     port: int = Field(default=0, ge=0, le=65535, description="control API (/_stats, /_control)")
     root: Path | None = Field(default=None, description="exchange folder; none: a temporary one")
     workdir: Path | None = Field(
-        default=None, description="set by the simulated-city harness; used instead of root"
+        default=None,
+        description="set by the simulated-city harness: each run works in a fresh folder in it "
+        "(removed at the end), instead of root",
     )
     transport: Literal["local", "sftp"] = "local"
     sftp_host: str = "127.0.0.1"
@@ -178,7 +180,11 @@ class FiledropDepartmentState:
         s = self.settings
         self._rng = random.Random(s.seed)
         if s.workdir is not None:
-            self.root = s.workdir
+            # a folder of this run's own: the case numbers restart with every run, so results
+            # an earlier (or a concurrent) run left in a shared workdir would be read as this
+            # run's (MZ-2026-000020-1.json of another city, quarantined or applied wrongly)
+            s.workdir.mkdir(parents=True, exist_ok=True)
+            self._temp = self.root = Path(tempfile.mkdtemp(prefix="run-", dir=s.workdir))
         elif s.root is not None:
             self.root = s.root
         else:

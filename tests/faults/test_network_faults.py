@@ -96,11 +96,15 @@ async def test_department_blackholed(tmp_path: Path, mode: str) -> None:
         log_lines=len(log_text.splitlines()),
     )
     assert desk.refused == [] and desk.answers["500"] == 0
-    assert len(desk.accepted) == n and desk.slowest < 2.0  # intake does not wait on departments
+    # intake does not wait on departments: a submit that did would take its deadline, 2 s an
+    # attempt, 2 attempts (the bound leaves room for a busy machine, not for a department call)
+    assert len(desk.accepted) == n and desk.slowest < 4.0
     assert delivered_during == 0
     assert len(sim.cases) == n  # each once
     assert proxy.max_open <= 8 + 2  # the department's concurrency (+ a health check)
-    assert recovery < 15.0
+    # a breaker that reopened just before the host came back waits out its cool-down (15 s),
+    # then one probe closes it and the backlog goes; the bound is the breaker's rule, not speed
+    assert recovery < 15.0 + 15.0
     assert "Traceback" not in log_text
     assert len(log_text.splitlines()) < 60, log_text
 
