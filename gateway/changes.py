@@ -15,13 +15,27 @@ the changes after the last number applied; each batch of them is applied in one 
 that also moves the watermark to the batch's last number, so nothing is applied twice and no
 overlap window is needed. Changes of a time feed are applied a batch (``BATCH``) per transaction
 too; its watermark moves once the whole window is committed.
+
+The overlap means a time feed hands the same change over again and again: every tick re-reads
+``changes_overlap_seconds`` of changes (~60 times each with the example's 120 s and 2 s). A
+change costs one read per batch (:func:`~gateway.results.match_many`: its case, status and
+version); one this process has already judged is skipped there, before any lock or write.
+"Already judged" is exact: the same change (every field the department sent, the version it
+is about and the state its code maps to) was applied or found a no-op by the state machine in
+a committed transaction, and its case still has the status and version it had right after
+(``Ended``). Judging it again from there would change nothing; anything that moved the case
+since (a retry, a re-send, another channel) sends it through the state machine again. The
+memory holds only the cases of the last round's window (per daemon process; another process,
+or this one after a restart, judges each change once more).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import weakref
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -32,10 +46,11 @@ from gateway.clock import now
 from gateway.connector import CaseUpdate
 from gateway.departments import DepartmentLink
 from gateway.events import Source
-from gateway.results import match
+from gateway.results import Hit, match_many
 from gateway.runtime import Runtime
+from gateway.states import State
 from gateway.store import watermarks
-from gateway.updates import apply_case_updates
+from gateway.updates import Ended, apply_case_updates
 
 log = structlog.get_logger("gateway.changes")
 
@@ -58,6 +73,78 @@ class _Tally:
     seen: int = 0
     applied: int = 0
     unmatched: int = 0
+    skipped: int = 0
+
+
+@dataclass
+class _Judged:
+    """The changes of one case this process has judged, and where they left it."""
+
+    status: str
+    version: int
+    prints: set[bytes] = field(default_factory=set)
+
+
+@dataclass
+class _Memory:
+    """One department's judged changes, case by case, for the cases of the last round."""
+
+    cases: dict[str, _Judged] = field(default_factory=dict)
+    #: cases seen in the round under way (the others are dropped when it completes)
+    round: set[str] = field(default_factory=set)
+
+    def judged(self, hit: Hit, mark: bytes) -> bool:
+        self.round.add(hit.app_id)
+        known = self.cases.get(hit.app_id)
+        return (
+            known is not None
+            and known.status == hit.status
+            and known.version == hit.stored_version
+            and mark in known.prints
+        )
+
+    def note(self, app_id: str, end: Ended, mark: bytes) -> None:
+        known = self.cases.get(app_id)
+        if known is None or (known.status, known.version) != (end.status, end.version):
+            self.cases[app_id] = _Judged(end.status, end.version, {mark})
+        else:
+            known.prints.add(mark)
+
+    def round_done(self) -> None:
+        self.cases = {k: v for k, v in self.cases.items() if k in self.round}
+        self.round = set()
+
+
+_memories: weakref.WeakKeyDictionary[Runtime, dict[str, _Memory]] = weakref.WeakKeyDictionary()
+
+
+def _memory(runtime: Runtime, code: str) -> _Memory:
+    return _memories.setdefault(runtime, {}).setdefault(code, _Memory())
+
+
+def _mark(upd: CaseUpdate, version: int, state: State | None) -> bytes:
+    """A digest of everything the department said in ``upd`` and what it is judged as."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(
+        repr(
+            (
+                upd.case_id,
+                upd.idempotency_key,
+                upd.status,
+                upd.detail,
+                upd.occurred_at.isoformat() if upd.occurred_at else None,
+                upd.event_id,
+                upd.supplement_items,
+                upd.sequence,
+                version,
+                state,
+                [(d.name, d.content_type, d.url, len(d.content or b"")) for d in upd.documents],
+            )
+        ).encode()
+    )
+    for d in upd.documents:
+        h.update(d.content or b"")
+    return h.digest()
 
 
 async def sync_department(runtime: Runtime, code: str) -> dict[str, Any]:
@@ -84,6 +171,7 @@ async def sync_department(runtime: Runtime, code: str) -> dict[str, Any]:
     # only now, every change of the window committed: a crash before this asks again
     async with runtime.engine.begin() as conn:
         await watermarks.advance(conn, code, until, tally.applied)
+    _memory(runtime, code).round_done()
     _done(code, tally)
     return {
         "since": since.isoformat(),
@@ -91,6 +179,7 @@ async def sync_department(runtime: Runtime, code: str) -> dict[str, Any]:
         "seen": tally.seen,
         "applied": tally.applied,
         "unmatched": tally.unmatched,
+        "judged_before": tally.skipped,
     }
 
 
@@ -120,6 +209,7 @@ async def _by_sequence(
             await flush()
     if batch or mark is None or mark.sequence is None:
         await flush()
+    _memory(runtime, code).round_done()
     _done(code, tally)
     return {
         "after": first,
@@ -137,23 +227,39 @@ async def _apply(
     tally: _Tally,
     then: Callable[[AsyncConnection, int], Awaitable[None]] | None = None,
 ) -> None:
-    """Apply one batch of the feed in one transaction (and ``then`` in it)."""
+    """Apply one batch of the feed in one transaction (and ``then`` in it); changes this
+    process judged before, their case where they left it, are skipped (see the module doc)."""
+    memory = _memory(runtime, code)
+    dept = runtime.config.departments[code]
     found: list[tuple[str, CaseUpdate, int | None]] = []
-    for upd in batch:
+    marks: list[bytes] = []
+    skipped = 0
+    for upd, hit in zip(batch, await match_many(runtime, code, batch), strict=True):
         tally.seen += 1
-        hit = await match(runtime, code, upd)
         if hit is None:
             tally.unmatched += 1  # a case some other channel brought in, or one never ours
-        else:
-            found.append((hit[0], upd, hit[1]))
+            continue
+        mark = _mark(upd, hit.version, dept.map_status(upd.status))
+        if memory.judged(hit, mark):
+            skipped += 1
+            continue
+        found.append((hit.app_id, upd, hit.version))
+        marks.append(mark)
+    tally.skipped += skipped
+    if skipped:
+        metrics.SYNC_CHANGES.labels(code, "unchanged").inc(skipped)
     if not found and then is None:
         return
+    ended: list[Ended | None] = []
     done = await apply_case_updates(
-        runtime, found, source=Source.POLL, actor=f"changes/{code}", then=then
+        runtime, found, source=Source.POLL, actor=f"changes/{code}", then=then, ended=ended
     )
     for changes in done:
         tally.applied += len(changes)
         metrics.SYNC_CHANGES.labels(code, "applied" if changes else "unchanged").inc()
+    for (app_id, _upd, _version), mark, end in zip(found, marks, ended, strict=True):
+        if end is not None:  # judged and committed (not: a status code the map lacks)
+            memory.note(app_id, end, mark)
 
 
 def _done(code: str, tally: _Tally) -> None:

@@ -9,8 +9,12 @@ between re-applies the update on the next round, which the state machine turns i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
 import structlog
-from sqlalchemy import and_, select
+from sqlalchemy import and_, or_, select
 
 from gateway.connector import CaseUpdate
 from gateway.events import Source
@@ -47,6 +51,65 @@ async def match(runtime: Runtime, department: str, upd: CaseUpdate) -> tuple[str
         )
         row = (await conn.execute(q)).first()
         return (row.id, row.version) if row else None
+
+
+@dataclass(frozen=True)
+class Hit:
+    """What :func:`match_many` found for one update: the case and the version the update is
+    about (as :func:`match`), with the case's status and version as stored when it was read."""
+
+    app_id: str
+    version: int
+    status: str
+    stored_version: int
+
+
+async def match_many(
+    runtime: Runtime, department: str, updates: Sequence[CaseUpdate]
+) -> list[Hit | None]:
+    """:func:`match` for a batch of updates with one statement; None where nothing matches."""
+    keyed: dict[int, tuple[str, int]] = {}
+    case_ids: set[str] = set()
+    for i, upd in enumerate(updates):
+        if upd.idempotency_key and (parsed := parse_idempotency_key(upd.idempotency_key)):
+            keyed[i] = parsed
+        else:
+            case_ids.add(upd.case_id)
+    if not updates:
+        return []
+    wanted = []
+    if keyed:
+        ids = sorted({p[0] for p in keyed.values()})
+        wanted.append(applications.c.id.in_(ids))
+    if case_ids:
+        wanted.append(applications.c.department_case_id.in_(sorted(case_ids)))
+    q = (
+        select(
+            applications.c.id,
+            applications.c.version,
+            applications.c.status,
+            applications.c.department_case_id,
+        )
+        .where(applications.c.department == department, or_(*wanted))
+        .order_by(applications.c.id)
+    )
+    async with runtime.engine.connect() as conn:
+        rows = (await conn.execute(q)).all()
+    by_id = {row.id: row for row in rows}
+    by_case: dict[str, Any] = {}
+    for row in rows:
+        if row.department_case_id is not None:
+            by_case.setdefault(row.department_case_id, row)
+    out: list[Hit | None] = []
+    for i, upd in enumerate(updates):
+        if i in keyed:
+            app_id, version = keyed[i]
+            known = by_id.get(app_id)
+            out.append(Hit(app_id, version, known.status, known.version) if known else None)
+        else:
+            held = by_case.get(upd.case_id)
+            out.append(Hit(held.id, held.version, held.status, held.version) if held else None)
+    return out
 
 
 async def pull_department(runtime: Runtime, code: str, limit: int = 500) -> int:

@@ -226,7 +226,7 @@ async def _apply(
     event_key: tuple[str, str] | None,
 ) -> list[StatusChange]:
     async with runtime.engine.begin() as conn:
-        changes, missing = await _apply_in(
+        changes, missing, _end = await _apply_in(
             conn,
             runtime,
             app_id,
@@ -247,17 +247,24 @@ async def apply_case_updates(
     source: Source,
     actor: str,
     then: Callable[[AsyncConnection, int], Awaitable[None]] | None = None,
+    ended: list[Ended | None] | None = None,
 ) -> list[list[StatusChange]]:
     """Apply several reports, each ``(application id, update, version)``, in ONE transaction
     (a page of a change feed), then ``then(conn, n)`` in the same transaction, ``n`` the status
     changes applied (moving a feed's watermark: it commits with the changes it covers, or
     neither does). Returns each report's
-    changes, in order; the status_changed hook is told after commit."""
+    changes, in order; the status_changed hook is told after commit.
+
+    ``ended``, if given, gets for each report (in order) the status and version its case had
+    once the report was judged, under the case's lock (:class:`Ended`; None where the report
+    was not judged: no such case, or a status code the department's map does not know). It is
+    filled as the reports are applied: it holds only once this call has returned (committed)."""
     done: list[list[StatusChange]] = []
     missing: list[_Missing] = []
+    ends: list[Ended | None] = []
     async with runtime.engine.begin() as conn:
         for app_id, upd, version in batch:
-            changes, gap = await _apply_in(
+            changes, gap, end = await _apply_in(
                 conn,
                 runtime,
                 app_id,
@@ -268,15 +275,28 @@ async def apply_case_updates(
                 event_key=None,
             )
             done.append(changes)
+            ends.append(end)
             if gap is not None:
                 missing.append(gap)
         if then is not None:
             await then(conn, sum(len(changes) for changes in done))
+    if ended is not None:
+        ended.extend(ends)
     for changes in done:
         _after_commit(runtime, changes, None)
     for gap in missing:
         _after_commit(runtime, [], gap)
     return done
+
+
+@dataclass(frozen=True)
+class Ended:
+    """Where a case stood once a report about it was judged (applied, or found a duplicate,
+    stale or illegal): judging the same report again from this status and version changes
+    nothing (see gateway/changes.py, which skips a feed's re-read changes by it)."""
+
+    status: str
+    version: int
 
 
 @dataclass(frozen=True)
@@ -314,7 +334,7 @@ async def _apply_in(
     actor: str,
     version: int | None,
     event_key: tuple[str, str] | None,
-) -> tuple[list[StatusChange], _Missing | None]:
+) -> tuple[list[StatusChange], _Missing | None, Ended | None]:
     if event_key is not None:
         seen = await conn.execute(
             select(callback_events.c.event_id).where(
@@ -332,9 +352,11 @@ async def _apply_in(
                 received_at=now(),
             )
         )
-    app = await cases.get_application(conn, app_id)
+    # locked (PostgreSQL; SQLite's transaction is exclusive) so that the status it is judged
+    # from is the one reported as where it ended (``Ended``) when nothing applies
+    app = await cases.lock_application(conn, app_id)
     if app is None:
-        return [], None
+        return [], None, None
     dept = runtime.config.departments[app.department]
     state = dept.map_status(upd.status)
     if state is None:
@@ -344,7 +366,7 @@ async def _apply_in(
             code=upd.status,
             application=app_id,
         )
-        return [], None
+        return [], None, None
     detail: dict[str, Any] = {}
     if upd.detail:
         detail["opinion"] = upd.detail
@@ -385,13 +407,15 @@ async def _apply_in(
         ready = await handover.make_ready(conn, app_id, source=source, actor=actor)
         changes = [ready] if ready is not None else []
     now_at = changes[-1].to_status if changes else State(app.status)
+    end = Ended(now_at.value, changes[-1].version if changes else app.version)
     if state is State.APPROVED and now_at is State.APPROVED:
-        return changes, _Missing(app.department, app_id, upd.case_id, source)
-    return changes, None
+        return changes, _Missing(app.department, app_id, upd.case_id, source), end
+    return changes, None, end
 
 
 __all__ = [
     "DuplicateEvent",
+    "Ended",
     "Move",
     "announce",
     "apply_case_update",

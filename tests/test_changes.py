@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import BaseModel
+from sqlalchemy import update
 
 from gateway import changes
 from gateway.clock import now
@@ -25,6 +26,7 @@ from gateway.runtime import Runtime
 from gateway.simulators.city import SimulatedCity, simulated_city
 from gateway.simulators.rest_department import SimCase
 from gateway.store import watermarks
+from gateway.store.tables import applications
 from tests.conftest import application
 
 SLOW = {"decision_delay_seconds": 3600, "callbacks": False}
@@ -312,3 +314,40 @@ async def test_a_department_clock_ahead_is_read_once_ours_passes_its_stamp(
         "approved",
         "ready_for_pickup",
     )
+
+
+async def test_a_change_judged_before_is_skipped_while_its_case_stays_where_it_left_it(
+    runtime: Runtime, city: SimulatedCity, api: httpx.AsyncClient, centre_headers: dict[str, str]
+) -> None:
+    """Every tick re-reads the overlap: a change this process judged before costs one read
+    (no lock, no write) as long as its case has the status and version the change left it at;
+    once something else has moved the case, the same change goes to the state machine again."""
+    app_id, case = await delivered(runtime, city, api, centre_headers, "feed-judged")
+    city.states["amr"].force_status(case.id, "5")  # in review
+    first = await changes.sync_department(runtime, "amr")
+    assert first["applied"] == 1 and first["judged_before"] == 0
+    assert (await status_of(api, centre_headers, app_id))["status"] == "in_review"
+
+    again = await changes.sync_department(runtime, "amr")
+    assert again["seen"] >= 1 and again["judged_before"] == again["seen"]
+    assert again["applied"] == 0
+
+    # the case moved since (by hand here; a retry or a re-send in life): judged again
+    async with runtime.engine.begin() as conn:
+        await conn.execute(
+            update(applications).where(applications.c.id == app_id).values(status="accepted")
+        )
+    third = await changes.sync_department(runtime, "amr")
+    assert third["judged_before"] == 0 and third["applied"] == 1
+    assert (await status_of(api, centre_headers, app_id))["status"] == "in_review"
+    fourth = await changes.sync_department(runtime, "amr")
+    assert fourth["judged_before"] == fourth["seen"] and fourth["applied"] == 0
+
+    # another process (or this one restarted) remembers nothing: it judges the change once more
+    other = Runtime(city.config)
+    await other.prepare_database()
+    try:
+        fresh = await changes.sync_department(other, "amr")
+        assert fresh["judged_before"] == 0 and fresh["seen"] >= 1 and fresh["applied"] == 0
+    finally:
+        await other.aclose()
