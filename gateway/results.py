@@ -20,7 +20,7 @@ from gateway.connector import CaseUpdate
 from gateway.events import Source
 from gateway.runtime import Runtime
 from gateway.store.tables import applications
-from gateway.updates import apply_case_update
+from gateway.updates import apply_case_updates
 
 log = structlog.get_logger("gateway.results")
 
@@ -112,31 +112,43 @@ async def match_many(
     return out
 
 
+#: pulled updates applied in one transaction
+BATCH = 100
+
+
 async def pull_department(runtime: Runtime, code: str, limit: int = 500) -> int:
-    """One round for one department; returns how many updates changed a case."""
+    """One round for one department; returns how many updates changed a case. The updates
+    are matched a batch (``BATCH``) per statement and applied a batch per transaction; each
+    is acked only after its batch committed."""
     link = runtime.link(code)
     if link is None or link.breaker_open():
         return 0  # while the breaker is open the files wait: the next round reads them
     applied = 0
-    for upd in await link.pull_updates(limit):
-        found = await match(runtime, code, upd)
-        if found is None:
-            why = "no case with this idempotency key or case id"
-            log.warning(
-                "result quarantined",
-                department=code,
-                case=upd.case_id,
-                idempotency_key=upd.idempotency_key,
-                reason=why,
-            )
-            await link.ack_update(upd, "unmatched", why)
-            continue
-        app_id, version = found
-        changes = await apply_case_update(
-            runtime, app_id, upd, source=Source.POLL, actor=f"results/{code}", version=version
+    pulled = await link.pull_updates(limit)
+    for start in range(0, len(pulled), BATCH):
+        batch = pulled[start : start + BATCH]
+        hits = await match_many(runtime, code, batch)
+        found: list[tuple[str, CaseUpdate, int | None]] = [
+            (hit.app_id, upd, hit.version) for upd, hit in zip(batch, hits, strict=True) if hit
+        ]
+        done = iter(
+            await apply_case_updates(runtime, found, source=Source.POLL, actor=f"results/{code}")
         )
-        applied += bool(changes)
-        await link.ack_update(upd, "applied" if changes else "duplicate")
+        for upd, hit in zip(batch, hits, strict=True):
+            if hit is None:
+                why = "no case with this idempotency key or case id"
+                log.warning(
+                    "result quarantined",
+                    department=code,
+                    case=upd.case_id,
+                    idempotency_key=upd.idempotency_key,
+                    reason=why,
+                )
+                await link.ack_update(upd, "unmatched", why)
+                continue
+            changes = next(done)
+            applied += bool(changes)
+            await link.ack_update(upd, "applied" if changes else "duplicate")
     return applied
 
 

@@ -87,9 +87,12 @@ class Share:
     ) -> str | None:
         """Move ``src/name`` into ``folder`` under a free name (``also_files``: with its done
         marker and ``.files`` folder); the name used, or None if it was gone."""
-        taken = {e.name for e in await self.list(folder)}
+        try:
+            dest = await quarantine.free_name(self.storage, name, folder)
+        except UnsafeFile as exc:
+            raise self.unsafe(exc) from exc
         suffix = self.options.result.done_suffix if also_files else None
-        return await quarantine.move_free(self.storage, src, name, folder, taken, suffix)
+        return await quarantine.move_free(self.storage, src, name, folder, dest, suffix)
 
     async def aclose(self) -> None:
         await self.storage.aclose()
