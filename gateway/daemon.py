@@ -48,6 +48,7 @@ the dispatcher hands its leased jobs back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -322,12 +323,25 @@ async def _lapsed(
     )
 
 
-async def _keep_lease(runtime: Runtime, task: Task, tick: dt.datetime, owner: str) -> None:
+async def _keep_lease(
+    runtime: Runtime, task: Task, tick: dt.datetime, owner: str, stop: asyncio.Event
+) -> None:
     """Renew a running tick's lease every third of it (a short lease then only outlives a
-    daemon that died, never a slow tick)."""
+    daemon that died, never a slow tick), until ``stop`` is set.
+
+    ``stop``, not only cancelling the renewal: Python 3.11's ``asyncio.wait_for`` (which the
+    connection pool's checkout uses) returns what it waited for and drops a cancellation that
+    comes just as that arrives. A renewal cancelled while it waited for the connection then
+    renewed and slept on, and the tick (waiting for it to end) never ended: its task stopped
+    for good. Seen on SQLite (one connection) under load: a file-drop department's results
+    were no longer read."""
     every = task.lease_seconds / 3
-    while True:
-        await asyncio.sleep(every)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(every):
+                await stop.wait()
+        if stop.is_set():
+            return
         try:
             async with runtime.engine.begin() as conn:
                 await conn.execute(
@@ -381,7 +395,8 @@ async def run_leased(
         if not await claim_tick(conn, task.name, tick, owner, task.lease_seconds):
             return None
     outcome, detail = "failed", None
-    renewing = asyncio.create_task(_keep_lease(runtime, task, tick, owner))
+    stop = asyncio.Event()
+    renewing = asyncio.create_task(_keep_lease(runtime, task, tick, owner, stop))
     try:
         if why := await _wait_turn(runtime, task, tick, owner, reported):
             outcome, detail = "skipped", why
@@ -397,6 +412,7 @@ async def run_leased(
         detail = {"error": f"{type(exc).__name__}: {exc}"[:500]}
         raise
     finally:
+        stop.set()
         renewing.cancel()
         await asyncio.gather(renewing, return_exceptions=True)
         async with runtime.engine.begin() as conn:

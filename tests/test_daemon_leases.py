@@ -6,12 +6,15 @@ held up by a live holder says who holds it until when (log and the department's 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import httpx
 import structlog
@@ -171,6 +174,61 @@ async def test_a_running_tick_renews_its_short_lease(runtime: Runtime) -> None:
     await wait_for(renewed, timeout=20)  # still running, still held, well past 0.6 s
     gate.set()
     await running
+    assert (await rows(runtime))["me"][0] == "done"
+
+
+class _LateCheckout:
+    """The runtime with an engine whose next ``begin()`` waits for the connection and, like
+    Python 3.11's ``asyncio.wait_for`` in the pool's checkout when the connection arrives with
+    the cancellation, drops a cancellation that comes meanwhile."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self.engine = self
+        self.armed = False
+        self.waiting = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._runtime, name)
+
+    def connect(self) -> Any:
+        return self._runtime.engine.connect()
+
+    def begin(self) -> Any:
+        if not self.armed:
+            return self._runtime.engine.begin()
+        self.armed = False
+        return self._late()
+
+    @contextlib.asynccontextmanager
+    async def _late(self) -> AsyncIterator[Any]:
+        self.waiting.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+        async with self._runtime.engine.begin() as conn:
+            yield conn
+
+
+async def test_a_tick_ends_when_its_renewal_loses_the_cancellation(runtime: Runtime) -> None:
+    """The renewal waits for the (one SQLite) connection as the tick ends, and the cancellation
+    is lost on the way: the tick still ends (it used to wait for the renewal for good, and its
+    task never ran again: a department's results were no longer read)."""
+    late = _LateCheckout(runtime)
+
+    async def work() -> dict[str, int]:
+        late.armed = True
+        await late.waiting.wait()  # the renewal is waiting for the connection now
+        return {"n": 1}
+
+    task = Task(
+        "results:civil",
+        IntervalTrigger(seconds=5, start_date=EPOCH),
+        work,
+        leased=True,
+        lease_seconds=0.3,
+    )
+    done = await asyncio.wait_for(run_leased(cast(Runtime, late), task, "me", T0), timeout=30)
+    assert done == {"n": 1}
     assert (await rows(runtime))["me"][0] == "done"
 
 
