@@ -80,6 +80,10 @@ class Dispatcher:
         )
         runtime.on_close.append(self._recorder.aclose)
 
+    def skipping_empty(self) -> dict[str, float]:
+        """Departments skipped as having nothing due, with until when (``time.monotonic()``)."""
+        return dict(self._empty_until)
+
     def breaker_open(self, department: str) -> bool:
         link = self.runtime.link(department)
         return bool(link and link.breaker_open())

@@ -16,6 +16,7 @@ from pathlib import Path
 import structlog
 
 from gateway import reload as reloading
+from gateway import snapshot
 from gateway.config.loader import Config
 from gateway.daemon import Daemon
 from gateway.dispatcher import Dispatcher
@@ -94,7 +95,8 @@ async def serve_until_signalled(
     config_path: Path | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT. SIGHUP reloads ``config_path`` (validated first; a bad or
-    restart-only change is refused with a WARNING and the running configuration kept)."""
+    restart-only change is refused with a WARNING and the running configuration kept).
+    SIGUSR1 logs what the process is doing (:mod:`gateway.snapshot`)."""
     runtime = Runtime(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -120,7 +122,10 @@ async def serve_until_signalled(
             migrate=migrate,
             metrics_port=metrics_port,
             metrics_host=metrics_host,
-        ) as (_, url):
+        ) as (dispatcher, url):
+            loop.add_signal_handler(
+                signal.SIGUSR1, lambda: snapshot.log_snapshot(runtime.links(), dispatcher)
+            )
             log.info(
                 "gateway running", api=url, daemon=daemon, unavailable=runtime.unavailable or None
             )
@@ -129,6 +134,7 @@ async def serve_until_signalled(
             await stop.wait()
             log.info("stopping: finishing in-flight work")
     finally:
+        loop.remove_signal_handler(signal.SIGUSR1)
         if config_path is not None:
             loop.remove_signal_handler(signal.SIGHUP)
         await asyncio.gather(*reloads, return_exceptions=True)

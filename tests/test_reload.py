@@ -85,7 +85,9 @@ def test_restart_needed_names_what_changed() -> None:
 
 
 @pytest.mark.slow
-def test_sighup_and_gateway_reload_reach_a_running_daemon(config_dir: Path, tmp_path: Path) -> None:
+def test_sighup_sigusr1_and_gateway_reload_reach_a_running_daemon(
+    config_dir: Path, tmp_path: Path
+) -> None:
     env = {**os.environ, **TEST_SECRETS, "GATEWAY_LOG_FORMAT": "json"}
     env.pop("GATEWAY_LOG_LEVEL", None)
     config = config_dir / "gateway.toml"
@@ -115,6 +117,17 @@ def test_sighup_and_gateway_reload_reach_a_running_daemon(config_dir: Path, tmp_
             await wait_for(lambda: events().count(event) >= count, timeout=60, interval=0.1)
 
         asyncio.run(wait("daemon started"))
+        # SIGUSR1: what the process is doing, without changing anything
+        proc.send_signal(signal.SIGUSR1)
+        asyncio.run(wait("process snapshot"))
+        [snap] = [
+            json.loads(line)
+            for line in log.read_text().splitlines()
+            if '"process snapshot"' in line
+        ]
+        assert snap["level"] == "warning"
+        assert re.search(r"^link amr: slots \d/8 in use, \d+ waiting; breaker", snap["text"], re.M)
+        assert "\ndispatcher " in snap["text"] and "\ntask " in snap["text"]
         _edit(
             config_dir / "departments" / "amr.toml",
             r"^timeout_seconds = .*$",

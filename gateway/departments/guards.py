@@ -32,6 +32,11 @@ class Slots:
         self.used = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
 
+    @property
+    def waiting(self) -> int:
+        """Callers queued for a slot (while any wait, ``try_take`` takes none)."""
+        return len(self._waiters)
+
     def try_take(self, want: int) -> int:
         got = max(0, min(want, self.cap - self.used)) if not self._waiters else 0
         self._add(got)

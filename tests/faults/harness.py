@@ -255,6 +255,17 @@ class GatewayProcess:
     def _since(self, line: int) -> list[str]:
         return self.log.read_text(errors="replace").splitlines(keepends=True)[line:]
 
+    async def snapshot(self) -> None:
+        """Ask the gateway what it is doing (SIGUSR1) and print it: a failing test's captured
+        output then shows every link's guards and every task's stack at the failure."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        before = self.lines()
+        self.proc.send_signal(signal.SIGUSR1)
+        with contextlib.suppress(AssertionError):
+            await wait_for(lambda: "process snapshot" in "".join(self._since(before)), 30)
+        print("".join(self._since(before)))
+
     async def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
@@ -274,6 +285,9 @@ async def gateway_process(
     try:
         await gw.start()
         yield gw
+    except BaseException:
+        await gw.snapshot()  # the test failed: what the gateway was doing, in the report
+        raise
     finally:
         await gw.stop()
 
