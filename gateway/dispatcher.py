@@ -112,14 +112,14 @@ class Dispatcher:
                 continue
             try:
                 async with self.runtime.engine.begin() as conn:
-                    rows = await jobs.claim(
+                    rows, apps = await jobs.claim_cases(
                         conn,
                         link.code,
                         self.owner,
                         slots,
                         link.lease_seconds(self.settings.lease_seconds),
                     )
-                    ready, changes = await self._prepare(conn, rows) if rows else ([], [])
+                    ready, changes = await self._prepare(conn, rows, apps) if rows else ([], [])
             except BaseException:
                 link.unreserve(slots)
                 raise
@@ -215,15 +215,13 @@ class Dispatcher:
     # -- one delivery ----------------------------------------------------------------------------
 
     async def _prepare(
-        self, conn: AsyncConnection, rows: Sequence[Row[Any]]
-    ) -> tuple[list[tuple[Row[Any], Envelope]], list[StatusChange]]:
-        """In the claim's transaction: settle superseded jobs, move the rest to dispatching and
-        build their envelopes: a few statements per batch instead of several per job."""
-        apps = {
-            a.id: a
-            for a in await cases.lock_applications(conn, [job.application_id for job in rows])
-        }
-        ready: list[tuple[Row[Any], Envelope]] = []
+        self, conn: AsyncConnection, rows: Sequence[Any], locked: Sequence[Row[Any]]
+    ) -> tuple[list[tuple[Any, Envelope]], list[StatusChange]]:
+        """In the claim's transaction, with the claimed jobs' cases locked: settle superseded
+        jobs, move the rest to dispatching and build their envelopes: a few statements per
+        batch instead of several per job."""
+        apps = {a.id: a for a in locked}
+        ready: list[tuple[Any, Envelope]] = []
         writes: list[cases.Write] = []
         for job in rows:
             app = apps.get(job.application_id)

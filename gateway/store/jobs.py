@@ -6,15 +6,28 @@ from __future__ import annotations
 import datetime as dt
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, Update, and_, bindparam, case, func, insert, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Update,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.clock import now
-from gateway.store import leases
-from gateway.store.lists import PerEngine
-from gateway.store.tables import UNFINISHED_JOB, UTCDateTime, dispatch_jobs
+from gateway.store import cases, leases
+from gateway.store.lists import PerEngine, is_postgresql
+from gateway.store.tables import UNFINISHED_JOB, UTCDateTime, applications, dispatch_jobs
 
 PENDING, LEASED, DONE, DEAD = "pending", "leased", "done", "dead"
 
@@ -62,14 +75,71 @@ async def claim(
     return await leases.claim(
         conn,
         LEASED_JOBS,
-        and_(
-            dispatch_jobs.c.department == department,
-            dispatch_jobs.c.state.in_((PENDING, LEASED)),
-        ),
+        _claimable(department),
         owner=owner,
         limit=limit,
         lease_seconds=lease_seconds,
         values={"state": LEASED, "updated_at": now()},
+    )
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A claimed job as :func:`claim_cases` gives it: a ``dispatch_jobs`` row's columns."""
+
+    id: int
+    application_id: str
+    version: int
+    department: str
+    state: str
+    attempts: int
+    next_attempt_at: dt.datetime
+    lease_owner: str | None
+    last_error: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+async def claim_cases(
+    conn: AsyncConnection, department: str, owner: str, limit: int, lease_seconds: float
+) -> tuple[list[ClaimedJob], list[Row[Any]]]:
+    """:func:`claim`, and the claimed jobs' cases locked in id order (as
+    :func:`cases.lock_applications` does): (jobs, cases). On PostgreSQL one statement, the
+    claim as a common table expression and the cases' ``FOR UPDATE`` in id order after it
+    (the order of the two statements elsewhere); one round trip fewer per claim."""
+    if not is_postgresql(conn):
+        rows = await claim(conn, department, owner, limit, lease_seconds)
+        if not rows:
+            return [], []
+        apps = await cases.lock_applications(conn, [r.application_id for r in rows])
+        return [ClaimedJob(**r._mapping) for r in rows], list(apps)
+    if limit <= 0:
+        return [], []
+    t = now()
+    due = leases.due_rows(LEASED_JOBS, _claimable(department), limit, t)
+    stamp = {
+        "next_attempt_at": t + dt.timedelta(seconds=lease_seconds),
+        "lease_owner": owner,
+        "state": LEASED,
+        "updated_at": t,
+    }
+    claimed = leases.claim_statement(LEASED_JOBS, due, stamp).cte("claimed")
+    q = (
+        select(applications, *[claimed.c[c.name].label(f"_job_{c.name}") for c in dispatch_jobs.c])
+        .join_from(claimed, applications, applications.c.id == claimed.c.application_id)
+        .order_by(applications.c.id)
+        .with_for_update(of=applications)
+    )
+    rows = (await conn.execute(q)).all()
+    names = [c.name for c in dispatch_jobs.c]
+    claimed_jobs = [ClaimedJob(**{n: getattr(r, f"_job_{n}") for n in names}) for r in rows]
+    return claimed_jobs, list(rows)
+
+
+def _claimable(department: str) -> ColumnElement[bool]:
+    return and_(
+        dispatch_jobs.c.department == department,
+        dispatch_jobs.c.state.in_((PENDING, LEASED)),
     )
 
 

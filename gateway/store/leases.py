@@ -27,8 +27,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, Row, Table, and_, or_, select, update
+from sqlalchemy import Column, ColumnElement, Row, Select, Table, and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from gateway.clock import now
 from gateway.store.lists import is_postgresql
@@ -68,30 +69,13 @@ async def claim(
     if limit <= 0:
         return []
     t = now()
-    when = (
-        or_(leased.due_at.is_(None), leased.due_at <= t)
-        if leased.null_is_due
-        else leased.due_at <= t
-    )
-    due = (
-        select(leased.key)
-        .where(and_(where, when))
-        .order_by(leased.due_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
+    due = due_rows(leased, where, limit, t)
     stamp: dict[str, Any] = {leased.due_at.name: t + dt.timedelta(seconds=lease_seconds)}
     if leased.owner is not None and owner is not None:
         stamp[leased.owner.name] = owner
     stamp.update(values or {})
     if is_postgresql(conn):
-        locked = due.cte("due").prefix_with("MATERIALIZED")
-        q = (
-            update(leased.table)
-            .where(leased.key == locked.c[leased.key.name])
-            .values(stamp)
-            .returning(*(returning or [leased.table]))
-        )
+        q = claim_statement(leased, due, stamp, returning)
         return list((await conn.execute(q)).all())
     ids = [r[0] for r in (await conn.execute(due)).all()]
     if not ids:
@@ -105,4 +89,39 @@ async def claim(
     return list((await conn.execute(q)).all())
 
 
-__all__ = ["Leased", "claim"]
+def due_rows(
+    leased: Leased, where: ColumnElement[bool], limit: int, at: dt.datetime
+) -> Select[Any]:
+    """The locking SELECT of the rows a claim takes."""
+    when = (
+        or_(leased.due_at.is_(None), leased.due_at <= at)
+        if leased.null_is_due
+        else leased.due_at <= at
+    )
+    return (
+        select(leased.key)
+        .where(and_(where, when))
+        .order_by(leased.due_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+
+
+def claim_statement(
+    leased: Leased,
+    due: Select[Any],
+    stamp: Mapping[str, Any],
+    returning: Sequence[Any] | None = None,
+) -> ReturningUpdate[Any]:
+    """PostgreSQL's claim in one statement (see the module's docstring): ``due`` locked once
+    as a MATERIALIZED common table expression, the UPDATE joined to its ids only."""
+    locked = due.cte("due").prefix_with("MATERIALIZED")
+    return (
+        update(leased.table)
+        .where(leased.key == locked.c[leased.key.name])
+        .values(dict(stamp))
+        .returning(*(returning or [leased.table]))
+    )
+
+
+__all__ = ["Leased", "claim", "claim_statement", "due_rows"]
