@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
     Row,
+    Select,
     Update,
     and_,
     bindparam,
@@ -116,27 +118,43 @@ async def claim_cases(
     if limit <= 0:
         return [], []
     t = now()
-    due = leases.due_rows(LEASED_JOBS, _claimable(department), limit, t)
+    params = {
+        "_department": department,
+        "_limit": limit,
+        "_now": t,
+        "_until": t + dt.timedelta(seconds=lease_seconds),
+        "_owner": owner,
+    }
+    rows = (await conn.execute(_claim_cases_statement(), params)).all()
+    first = len(applications.c)  # the job's columns follow the case's
+    return [ClaimedJob(*r[first:]) for r in rows], list(rows)
+
+
+@functools.cache
+def _claim_cases_statement() -> Select[Any]:
+    """:func:`claim_cases`' PostgreSQL statement, prebuilt (built per claim, its
+    construction and cache key cost more than the rest of the claim's Python)."""
+    at = bindparam("_now", type_=UTCDateTime())
+    due = leases.due_rows(LEASED_JOBS, _claimable(bindparam("_department")), 0, at).limit(
+        bindparam("_limit")
+    )
     stamp = {
-        "next_attempt_at": t + dt.timedelta(seconds=lease_seconds),
-        "lease_owner": owner,
+        "next_attempt_at": bindparam("_until", type_=UTCDateTime()),
+        "lease_owner": bindparam("_owner"),
         "state": LEASED,
-        "updated_at": t,
+        "updated_at": at,
     }
     claimed = leases.claim_statement(LEASED_JOBS, due, stamp).cte("claimed")
-    q = (
+    # the cases' columns, then the job's (in ClaimedJob's order)
+    return (
         select(applications, *[claimed.c[c.name].label(f"_job_{c.name}") for c in dispatch_jobs.c])
         .join_from(claimed, applications, applications.c.id == claimed.c.application_id)
         .order_by(applications.c.id)
         .with_for_update(of=applications)
     )
-    rows = (await conn.execute(q)).all()
-    names = [c.name for c in dispatch_jobs.c]
-    claimed_jobs = [ClaimedJob(**{n: getattr(r, f"_job_{n}") for n in names}) for r in rows]
-    return claimed_jobs, list(rows)
 
 
-def _claimable(department: str) -> ColumnElement[bool]:
+def _claimable(department: str | BindParameter[Any]) -> ColumnElement[bool]:
     return and_(
         dispatch_jobs.c.department == department,
         dispatch_jobs.c.state.in_((PENDING, LEASED)),

@@ -90,7 +90,7 @@ async def claim(
 
 
 def due_rows(
-    leased: Leased, where: ColumnElement[bool], limit: int, at: dt.datetime
+    leased: Leased, where: ColumnElement[bool], limit: int, at: dt.datetime | ColumnElement[Any]
 ) -> Select[Any]:
     """The locking SELECT of the rows a claim takes."""
     when = (
