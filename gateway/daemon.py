@@ -68,6 +68,7 @@ from sqlalchemy import and_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.cancelling import cancel_and_wait
 from gateway.clock import new_id, now
 from gateway.connector import Connector
 from gateway.dispatcher import Dispatcher
@@ -413,8 +414,7 @@ async def run_leased(
         raise
     finally:
         stop.set()
-        renewing.cancel()
-        await asyncio.gather(renewing, return_exceptions=True)
+        await cancel_and_wait([renewing])
         async with runtime.engine.begin() as conn:
             await finish_tick(conn, task.name, tick, owner, outcome, detail)
 
@@ -663,14 +663,11 @@ class Daemon:
         if self.scheduler.running:
             self.scheduler.pause()
         if self._wakeup_watch is not None:
-            self._wakeup_watch.cancel()
-            await asyncio.gather(self._wakeup_watch, return_exceptions=True)
+            await cancel_and_wait([self._wakeup_watch])
         self.dispatcher.stopping.set()  # a sweep under way claims nothing more
         if self._running:
             _done, pending = await asyncio.wait(set(self._running), timeout=grace_seconds)
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await cancel_and_wait(pending)
         await self.dispatcher.stop(grace_seconds)
         from gateway import webhooks
 

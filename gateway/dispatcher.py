@@ -24,6 +24,7 @@ from sqlalchemy import Row, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import metrics, tracing
+from gateway.cancelling import cancel_and_wait
 from gateway.clock import new_id, now
 from gateway.config.models import DepartmentConfig
 from gateway.connector import Envelope, Receipt
@@ -177,9 +178,7 @@ class Dispatcher:
         self.stopping.set()
         if self.tasks:
             _done, pending = await asyncio.wait(set(self.tasks), timeout=grace_seconds)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await cancel_and_wait(pending)
         async with self.runtime.engine.begin() as conn:
             released = await jobs.release(conn, self.owner)
         if released:

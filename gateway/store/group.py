@@ -19,12 +19,12 @@ instead of letting memory grow.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from gateway.cancelling import cancel_and_wait
 from gateway.errors import DatabaseUnavailable, InfrastructureError, Overloaded
 
 #: attempts of one batch whose connection is killed under it each time; past it, the batch's
@@ -79,9 +79,7 @@ class GroupCommit(Generic[I, R]):
 
     async def aclose(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
 
     async def _loop(self) -> None:
         while True:
