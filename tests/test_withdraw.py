@@ -309,6 +309,9 @@ async def test_transient_failure_is_retried_then_confirmed(
     withdrawing: type[Withdrawing],
 ) -> None:
     withdrawing.answers = [TransientError("HTTP 503"), None]
+    # a backoff no busy machine outlasts between two sweeps (it was 1 s: make test-10x saw the
+    # second sweep find the withdrawal due again at load 12); make_due stands in for the wait
+    set_retry(runtime, base_seconds=3600.0, max_seconds=3600.0)
     app = await at_department(api, runtime, centre_headers)
     await ask_withdrawal(api, centre_headers, app["id"])
     assert await withdrawals.sweep(runtime, "daemon-a") == {"retrying": 1}
