@@ -11,7 +11,7 @@ import datetime as dt
 import secrets
 from typing import Any
 
-from sqlalchemy import Row, bindparam, insert, select, update
+from sqlalchemy import Row, bindparam, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import documents
@@ -20,7 +20,7 @@ from gateway.notifications import with_contact
 from gateway.states import DECIDED, State, Verdict, judge
 from gateway.store import cases
 from gateway.store.lists import PerEngine
-from gateway.store.tables import UTCDateTime, handovers
+from gateway.store.tables import UTCDateTime, handovers, result_documents
 
 # No 0/O, 1/I/L: read aloud and typed at a counter. 32**8 = 2**40 codes.
 _CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
@@ -95,25 +95,31 @@ async def readiness(
     ]
     if not candidates:
         return {}
-    approved = [app.id for app, state in candidates if state is State.APPROVED]
-    held = await documents.holding(conn, approved) if approved else set()
-    apps = [app for app, state in candidates if state is not State.APPROVED or app.id in held]
-    if not apps:
-        return {}
+    # each case's handover row and whether it holds a document: one read
     q = _HANDOVERS.for_(conn)
-    rows = {
-        r.application_id: r
-        for r in (await conn.execute(q, {"_ids": [app.id for app in apps]})).all()
-    }
+    params = {"_ids": [app.id for app, _state in candidates]}
+    rows = {r.application_id: r for r in (await conn.execute(q, params)).all()}
+    held = {app_id for app_id, r in rows.items() if r.held}
+    # a case from before handovers existed has no row: its documents are asked for alone
+    orphans = [a.id for a, state in candidates if state is State.APPROVED and a.id not in rows]
+    if orphans:
+        held |= await documents.holding(conn, orphans)
     out: dict[str, dict[str, Any]] = {}
-    for app in apps:
+    for app, state in candidates:
+        if state is State.APPROVED and app.id not in held:
+            continue  # approved, nothing to hand out yet
         row = rows.get(app.id) or await handover_row(conn, app)
         out[app.id] = {"centre": row.centre, "method": row.method}
     return out
 
 
 _HANDOVERS = PerEngine(
-    lambda one_of: select(handovers).where(one_of(handovers.c.application_id, "_ids"))
+    lambda one_of: select(
+        handovers,
+        exists()
+        .where(result_documents.c.application_id == handovers.c.application_id)
+        .label("held"),
+    ).where(one_of(handovers.c.application_id, "_ids"))
 )
 
 _MARK_READY = PerEngine(

@@ -66,6 +66,34 @@ async def test_approval_without_document_waits_for_it(
     assert await status_of(api, centre_headers, app["id"]) == "ready_for_pickup"
 
 
+async def test_a_case_from_before_handovers_gets_its_row_when_it_becomes_ready(
+    api: httpx.AsyncClient, runtime: Runtime, centre_headers: dict[str, str]
+) -> None:
+    """The decided cases' handover rows and documents are read together; a case with no
+    handover row (stored before handovers existed) is asked for its documents alone, waits
+    without one and gets its row when it becomes ready."""
+    from sqlalchemy import delete, select
+
+    from gateway.store.tables import handovers
+
+    old, waits, new = [await submit(api, centre_headers) for _ in range(3)]
+    async with runtime.engine.begin() as conn:
+        gone = handovers.c.application_id.in_([old["id"], waits["id"]])
+        await conn.execute(delete(handovers).where(gone))
+    assert await decide(runtime, waits["id"], document=None) == ["approved"]
+    assert await decide(runtime, old["id"]) == ["approved", "ready_for_pickup"]
+    assert await decide(runtime, new["id"]) == ["approved", "ready_for_pickup"]
+    async with runtime.engine.connect() as conn:
+        rows = {
+            r.application_id: r
+            for r in (await conn.execute(select(handovers))).all()
+            if r.application_id in (old["id"], waits["id"])
+        }
+    assert list(rows) == [old["id"]]  # made when it became ready; the waiting case has none
+    row = rows[old["id"]]
+    assert row.centre == "C01" and row.method == "pickup" and row.ready_at is not None
+
+
 async def test_refusal_is_ready_at_once_and_documents_are_not_listed_twice(
     api: httpx.AsyncClient, runtime: Runtime, centre_headers: dict[str, str]
 ) -> None:
