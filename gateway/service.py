@@ -102,6 +102,11 @@ async def serve_until_signalled(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # from the start: a SIGUSR1 while the parts start must not end the process (its default)
+    parts: dict[str, Dispatcher | None] = {"dispatcher": None}
+    loop.add_signal_handler(
+        signal.SIGUSR1, lambda: snapshot.log_snapshot(runtime.links(), parts["dispatcher"])
+    )
     reloads: set[asyncio.Task[bool]] = set()
     if config_path is not None:
 
@@ -123,9 +128,7 @@ async def serve_until_signalled(
             metrics_port=metrics_port,
             metrics_host=metrics_host,
         ) as (dispatcher, url):
-            loop.add_signal_handler(
-                signal.SIGUSR1, lambda: snapshot.log_snapshot(runtime.links(), dispatcher)
-            )
+            parts["dispatcher"] = dispatcher
             log.info(
                 "gateway running", api=url, daemon=daemon, unavailable=runtime.unavailable or None
             )

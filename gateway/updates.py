@@ -263,6 +263,11 @@ async def apply_case_updates(
     missing: list[_Missing] = []
     ends: list[Ended | None] = []
     async with runtime.engine.begin() as conn:
+        if len(batch) > 1:
+            # the batch's cases locked first, in id order, as every multi-case write does
+            # (cases.lock_applications): locked one by one in the feed's order, a page
+            # deadlocked on PostgreSQL with a poll round's id-ordered lock (fault suite, CI)
+            await cases.lock_applications(conn, sorted({app_id for app_id, _u, _v in batch}))
         for app_id, upd, version in batch:
             changes, gap, end = await _apply_in(
                 conn,

@@ -117,7 +117,9 @@ def test_sighup_sigusr1_and_gateway_reload_reach_a_running_daemon(
             await wait_for(lambda: events().count(event) >= count, timeout=60, interval=0.1)
 
         asyncio.run(wait("daemon started"))
-        # SIGUSR1: what the process is doing, without changing anything
+        # SIGUSR1: what the process is doing, without changing anything (once it runs: the
+        # dispatcher is named from then on; earlier the process only must not die of it)
+        asyncio.run(wait("gateway running"))
         proc.send_signal(signal.SIGUSR1)
         asyncio.run(wait("process snapshot"))
         [snap] = [

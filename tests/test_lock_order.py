@@ -1,0 +1,56 @@
+"""Multi-case writes lock their cases in id order first: locked one by one in another order, a
+change-feed page deadlocked on PostgreSQL with a poll round's id-ordered lock (the fault suite
+in CI: 'deadlock detected', a traceback in the log)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from gateway.config.loader import Config
+from gateway.connector import CaseUpdate
+from gateway.events import Source
+from gateway.runtime import Runtime
+from gateway.updates import apply_case_updates
+from tests.handout_fixtures import quiet_runtime
+from tests.test_dispatch import submit_many
+
+
+@pytest.fixture
+async def runtime(example_config: Config) -> AsyncIterator[Runtime]:
+    async with quiet_runtime(example_config) as rt:
+        yield rt
+
+
+def _flat(value: Any) -> Iterator[Any]:
+    if isinstance(value, list | tuple):
+        for item in value:
+            yield from _flat(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _flat(item)
+    else:
+        yield value
+
+
+async def test_a_feed_page_locks_its_cases_in_id_order_before_applying_any(
+    runtime: Runtime,
+) -> None:
+    ids = await submit_many(runtime, 4)
+    page = [(i, CaseUpdate(case_id=f"AMR-{i}", status="5"), None) for i in sorted(ids)[::-1]]
+    sent: list[tuple[str, Any]] = []
+
+    def spy(_c: Any, _cur: Any, statement: str, parameters: Any, *_rest: Any) -> None:
+        sent.append((statement, parameters))
+
+    event.listen(runtime.engine.sync_engine, "before_cursor_execute", spy)
+    try:
+        await apply_case_updates(runtime, page, source=Source.POLL, actor="poll/amr")
+    finally:
+        event.remove(runtime.engine.sync_engine, "before_cursor_execute", spy)
+    naming = [[v for v in _flat(params) if v in ids] for _s, params in sent]
+    first = next(names for names in naming if names)
+    assert first == sorted(ids)  # the whole page at once, in id order, before any one case
