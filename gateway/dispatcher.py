@@ -46,7 +46,13 @@ from gateway.updates import Move, announce, move, move_many, with_contact
 
 log = structlog.get_logger("gateway.dispatcher")
 
-_Work = Callable[[AsyncConnection], Awaitable[list[StatusChange]]]
+
+@dataclass(frozen=True)
+class _Work:
+    """A failure or retry to record for one case (its own statements, run in the batch)."""
+
+    app_id: str
+    run: Callable[[AsyncConnection], Awaitable[list[StatusChange]]]
 
 
 @dataclass(frozen=True)
@@ -196,6 +202,13 @@ class Dispatcher:
         work (failures, retries) one by one."""
         results: list[list[StatusChange]] = [[] for _ in items]
         answers = [(i, o) for i, o in enumerate(items) if isinstance(o, _Outcome)]
+        work = [(i, w) for i, w in enumerate(items) if isinstance(w, _Work)]
+        if work and len(items) > 1:
+            # every case of the batch locked first, in id order, as every multi-case write
+            # does: the work's own updates would lock in arrival order (answers alone need not:
+            # move_many locks them in id order; the hot path of all answers pays nothing)
+            ids = {w.app_id for _i, w in work} | {o.job.application_id for _i, o in answers}
+            await cases.lock_applications(conn, sorted(ids))
         if answers:
             # the fence: only jobs this worker still holds are recorded (a lost lease: the new
             # holder records the same answer)
@@ -206,9 +219,8 @@ class Dispatcher:
             )
             for (i, _o), changes in zip(live, moved, strict=True):
                 results[i] = changes
-        for i, item in enumerate(items):
-            if not isinstance(item, _Outcome):
-                results[i] = await item(conn)
+        for i, w in work:
+            results[i] = await w.run(conn)
         return results
 
     # -- one delivery ----------------------------------------------------------------------------
@@ -359,7 +371,7 @@ class Dispatcher:
                     extra={"last_error": reason},
                 )
 
-            changes = await self._recorder.submit(give_up)
+            changes = await self._recorder.submit(_Work(job.application_id, give_up))
             announce(self.runtime, changes)
             if changes:  # an operator is needed: say so where ops look
                 log.warning(
@@ -390,7 +402,7 @@ class Dispatcher:
                 )
             return []
 
-        await self._recorder.submit(retry_later)
+        await self._recorder.submit(_Work(job.application_id, retry_later))
         log.info(
             "delivery will be retried",
             department=dept.code,

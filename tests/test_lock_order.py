@@ -54,3 +54,37 @@ async def test_a_feed_page_locks_its_cases_in_id_order_before_applying_any(
     naming = [[v for v in _flat(params) if v in ids] for _s, params in sent]
     first = next(names for names in naming if names)
     assert first == sorted(ids)  # the whole page at once, in id order, before any one case
+
+
+async def test_a_recorder_batch_with_failures_locks_its_cases_in_id_order_first(
+    runtime: Runtime,
+) -> None:
+    from sqlalchemy import update
+
+    from gateway.dispatcher import Dispatcher, _Work
+    from gateway.store.tables import applications
+
+    ids = await submit_many(runtime, 3)
+
+    def retry(app_id: str) -> _Work:
+        async def run(conn: Any) -> list[Any]:  # as a retry records: the case's last error
+            q = update(applications).where(applications.c.id == app_id)
+            await conn.execute(q.values(last_error="retrying"))
+            return []
+
+        return _Work(app_id, run)
+
+    sent: list[tuple[str, Any]] = []
+
+    def spy(_c: Any, _cur: Any, statement: str, parameters: Any, *_rest: Any) -> None:
+        sent.append((statement, parameters))
+
+    dispatcher = Dispatcher(runtime, owner="me")
+    event.listen(runtime.engine.sync_engine, "before_cursor_execute", spy)
+    try:
+        async with runtime.engine.begin() as conn:
+            await dispatcher._store(conn, [retry(i) for i in sorted(ids)[::-1]])
+    finally:
+        event.remove(runtime.engine.sync_engine, "before_cursor_execute", spy)
+    naming = [[v for v in _flat(params) if v in ids] for _s, params in sent]
+    assert next(names for names in naming if names) == sorted(ids)
