@@ -2,8 +2,9 @@
 
 One WARNING ``process snapshot`` whose ``text`` holds, line by line: every department link's
 guards (slots in use and waiting, breaker, rate tokens), the dispatcher's deliveries in flight
-and the departments it skips as empty, and the stack of every asyncio task (file, line and
-function only: no values, so no personal data). Nothing is changed by taking it.
+and the departments it skips as empty, and every asyncio task with the chain of awaits it waits
+in (function, file and line only: no values, so no personal data). Nothing is changed by
+taking it.
 """
 
 from __future__ import annotations
