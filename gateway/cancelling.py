@@ -1,11 +1,10 @@
 """Cancelling a task and knowing it has ended, on Python 3.11 too.
 
-Python 3.11's ``asyncio.wait_for``, which SQLAlchemy's pool checkout uses, returns what it
-waited for and drops a cancellation that arrives just as that does (bpo-42130 family; fixed in
-3.12). A task that lost its cancellation goes on, and ``task.cancel(); await task`` then waits
-for it for good: a daemon's tick, a delivery or the group-commit loop that was waiting for
-SQLite's one connection as the process stopped kept the stop waiting. So a task is cancelled
-again until it has ended.
+Python 3.11 can drop a cancellation that arrives just as what a task awaits completes
+(gh-86296: ``asyncio.wait_for`` returns the result instead of raising; fixed in 3.12), and the
+task then goes on. ``task.cancel(); await task`` waits for such a task for good: a tick's lease
+renewal that lost its cancellation while it waited for SQLite's one connection renewed and slept
+on, and its tick never ended. So a task is cancelled again until it has ended.
 """
 
 from __future__ import annotations

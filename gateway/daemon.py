@@ -48,7 +48,6 @@ the dispatcher hands its leased jobs back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import os
@@ -324,25 +323,14 @@ async def _lapsed(
     )
 
 
-async def _keep_lease(
-    runtime: Runtime, task: Task, tick: dt.datetime, owner: str, stop: asyncio.Event
-) -> None:
+async def _keep_lease(runtime: Runtime, task: Task, tick: dt.datetime, owner: str) -> None:
     """Renew a running tick's lease every third of it (a short lease then only outlives a
-    daemon that died, never a slow tick), until ``stop`` is set.
-
-    ``stop``, not only cancelling the renewal: Python 3.11's ``asyncio.wait_for`` (which the
-    connection pool's checkout uses) returns what it waited for and drops a cancellation that
-    comes just as that arrives. A renewal cancelled while it waited for the connection then
-    renewed and slept on, and the tick (waiting for it to end) never ended: its task stopped
-    for good. Seen on SQLite (one connection) under load: a file-drop department's results
-    were no longer read."""
+    daemon that died, never a slow tick). Ended with :func:`cancel_and_wait`: a renewal whose
+    cancellation was lost (Python 3.11, while it waited for SQLite's one connection) renewed
+    and slept on, and the tick waiting for it never ended (its task stopped for good)."""
     every = task.lease_seconds / 3
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(every):
-                await stop.wait()
-        if stop.is_set():
-            return
+    while True:
+        await asyncio.sleep(every)
         try:
             async with runtime.engine.begin() as conn:
                 await conn.execute(
@@ -396,8 +384,7 @@ async def run_leased(
         if not await claim_tick(conn, task.name, tick, owner, task.lease_seconds):
             return None
     outcome, detail = "failed", None
-    stop = asyncio.Event()
-    renewing = asyncio.create_task(_keep_lease(runtime, task, tick, owner, stop))
+    renewing = asyncio.create_task(_keep_lease(runtime, task, tick, owner))
     try:
         if why := await _wait_turn(runtime, task, tick, owner, reported):
             outcome, detail = "skipped", why
@@ -413,7 +400,6 @@ async def run_leased(
         detail = {"error": f"{type(exc).__name__}: {exc}"[:500]}
         raise
     finally:
-        stop.set()
         await cancel_and_wait([renewing])
         async with runtime.engine.begin() as conn:
             await finish_tick(conn, task.name, tick, owner, outcome, detail)
