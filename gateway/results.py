@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, or_, select
+from sqlalchemy import or_, select
 
 from gateway.connector import CaseUpdate
 from gateway.events import Source
@@ -34,23 +34,9 @@ def parse_idempotency_key(key: str) -> tuple[str, int] | None:
 
 
 async def match(runtime: Runtime, department: str, upd: CaseUpdate) -> tuple[str, int] | None:
-    """(application id, version) the update is about, or None."""
-    async with runtime.engine.connect() as conn:
-        if upd.idempotency_key and (parsed := parse_idempotency_key(upd.idempotency_key)):
-            q = select(applications.c.id).where(
-                and_(applications.c.id == parsed[0], applications.c.department == department)
-            )
-            if (await conn.execute(q)).first():
-                return parsed
-            return None
-        q = select(applications.c.id, applications.c.version).where(
-            and_(
-                applications.c.department == department,
-                applications.c.department_case_id == upd.case_id,
-            )
-        )
-        row = (await conn.execute(q)).first()
-        return (row.id, row.version) if row else None
+    """(application id, version) the update is about, or None (:func:`match_many` of one)."""
+    [hit] = await match_many(runtime, department, [upd])
+    return (hit.app_id, hit.version) if hit else None
 
 
 @dataclass(frozen=True)
@@ -68,6 +54,8 @@ async def match_many(
     runtime: Runtime, department: str, updates: Sequence[CaseUpdate]
 ) -> list[Hit | None]:
     """:func:`match` for a batch of updates with one statement; None where nothing matches."""
+    if not updates:
+        return []
     keyed: dict[int, tuple[str, int]] = {}
     case_ids: set[str] = set()
     for i, upd in enumerate(updates):
@@ -75,8 +63,6 @@ async def match_many(
             keyed[i] = parsed
         else:
             case_ids.add(upd.case_id)
-    if not updates:
-        return []
     wanted = []
     if keyed:
         ids = sorted({p[0] for p in keyed.values()})

@@ -40,7 +40,7 @@ class PerEngine(Generic[S]):
         self.other = build(_in)
 
     def for_(self, conn: AsyncConnection) -> S:
-        return self.postgresql if conn.dialect.name == "postgresql" else self.other
+        return self.postgresql if is_postgresql(conn) else self.other
 
 
 def is_postgresql(conn: AsyncConnection) -> bool:
