@@ -1,0 +1,70 @@
+"""Waiting for another process's SQLite write lock: BEGIN IMMEDIATE polls every 0.1-1 ms for a
+while (SQLite's own busy handler sleeps up to 100 ms between tries, so the API beside a busy
+daemon woke too late for the gaps between its transactions), then falls back to the busy
+handler and its usual errors. Another connection in this process stands in for the other
+process: SQLite's file locks are the same between connections."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+from sqlalchemy import text
+
+from gateway.store.db import BUSY_TIMEOUT_MS, _begin_immediate, create_engine
+
+
+def _other_writer(path: Path) -> sqlite3.Connection:
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO t VALUES ('other')")
+    return other
+
+
+async def test_a_transaction_waits_for_the_other_writer_and_then_begins(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (v TEXT)"))
+        other = _other_writer(path)
+
+        async def write() -> None:
+            async with engine.begin() as conn:
+                await conn.execute(text("INSERT INTO t VALUES ('ours')"))
+
+        task = asyncio.create_task(write())
+        done, _ = await asyncio.wait({task}, timeout=0.5)
+        assert not done  # it cannot begin while the other connection holds the lock
+        other.execute("COMMIT")
+        other.close()
+        await asyncio.wait_for(task, timeout=60)
+        async with engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT v FROM t ORDER BY v"))).scalars().all()
+        assert rows == ["other", "ours"]
+    finally:
+        await engine.dispose()
+
+
+def test_polling_gives_up_to_the_busy_handler_and_keeps_its_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    setup = sqlite3.connect(path, isolation_level=None)
+    setup.execute("PRAGMA journal_mode=WAL")
+    setup.execute("CREATE TABLE t (v TEXT)")
+    setup.close()
+    other = _other_writer(path)
+    ours = sqlite3.connect(path, isolation_level=None)
+    ours.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    try:
+        assert _begin_immediate(ours, poll=0.0) is False  # still locked: the caller waits on
+        assert not ours.in_transaction
+        assert ours.execute("PRAGMA busy_timeout").fetchone() == (BUSY_TIMEOUT_MS,)
+        other.execute("COMMIT")
+        assert _begin_immediate(ours, poll=0.0) is True
+        assert ours.in_transaction
+        ours.execute("INSERT INTO t VALUES ('ours')")
+        ours.execute("COMMIT")
+    finally:
+        other.close()
+        ours.close()
