@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
@@ -106,8 +107,15 @@ class BlobStore:
 
     async def put(self, data: bytes) -> str:
         """Store ``data``; returns its sha256. Raises StorageFull / StorageUnavailable."""
+        [sha] = await self.put_many([data])
+        return sha
+
+    async def put_many(self, items: Sequence[bytes]) -> list[str]:
+        """:meth:`put` for several, in one trip to a worker thread; their sha256s in order."""
+        if not items:
+            return []
         try:
-            sha = await asyncio.to_thread(self._put, data)
+            shas = await asyncio.to_thread(lambda: [self._put(data) for data in items])
         except OSError as exc:
             error = storage_error(exc)
             self.outage.failed(str(error))
@@ -116,7 +124,7 @@ class BlobStore:
         self.outage.ok()
         if self.min_free_bytes:
             self.check_space()
-        return sha
+        return shas
 
     def remove_if_older(self, sha256: str, before: float) -> bool:
         """Remove a stored file not put (or put again) since ``before`` (epoch seconds)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, and_, exists, func, insert, select
+from sqlalchemy import Row, exists, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.blobs import BlobStore
@@ -18,52 +18,78 @@ from gateway.store.lists import PerEngine
 from gateway.store.tables import applications, result_documents
 
 
-async def store(
+async def put(
+    blobs: BlobStore, updates: Sequence[Sequence[ResultDocument]]
+) -> list[list[str | None]]:
+    """Put the contents of several updates' documents in the blob store (one worker-thread trip),
+    before the transaction that lists them: a file written and fsynced under the database's
+    write lock kept every other writer waiting. Returns each document's sha256 (None: a link)."""
+    contents = [d.content for docs in updates for d in docs if d.content is not None]
+    shas = iter(await blobs.put_many(contents))
+    return [[None if d.content is None else next(shas) for d in docs] for docs in updates]
+
+
+async def store_many(
     conn: AsyncConnection,
-    blobs: BlobStore,
-    app_id: str,
-    version: int,
-    docs: Sequence[ResultDocument],
-) -> list[dict[str, Any]]:
-    """Keep the documents of one department update; the same content (or link) sent again for
-    the case is not listed twice. Returns what the event detail lists."""
-    out: list[dict[str, Any]] = []
-    for doc in docs:
-        sha = await blobs.put(doc.content) if doc.content is not None else None
-        same = (
-            result_documents.c.sha256 == sha
-            if sha is not None
-            else and_(result_documents.c.sha256.is_(None), result_documents.c.url == doc.url)
-        )
-        existing = (
-            await conn.execute(
-                select(result_documents.c.id).where(
-                    result_documents.c.application_id == app_id, same
+    items: Sequence[tuple[str, int, Sequence[ResultDocument], Sequence[str | None]]],
+) -> list[list[dict[str, Any]]]:
+    """List the documents of several department updates, each (application id, case version,
+    its documents, their sha256s from :func:`put`); the same content (or link) sent again for a
+    case is not listed twice. One SELECT and at most one INSERT for them all. Returns what each
+    update's event detail lists."""
+    ids = sorted({app_id for app_id, _v, docs, _s in items if docs})
+    known: dict[tuple[str, str | None, str | None], str] = {}
+    if ids:
+        rows = await conn.execute(_LISTED.for_(conn), {"_ids": ids})
+        for app_id, sha, url, doc_id in rows.all():
+            known.setdefault((app_id, sha, None if sha is not None else url), doc_id)
+    new: list[dict[str, Any]] = []
+    out: list[list[dict[str, Any]]] = []
+    at = now()
+    for app_id, version, docs, shas in items:
+        entries: list[dict[str, Any]] = []
+        for doc, sha in zip(docs, shas, strict=True):
+            key = (app_id, sha, None if sha is not None else doc.url)
+            doc_id = known.get(key)
+            if doc_id is None:
+                doc_id = known[key] = new_id("d")
+                new.append(
+                    {
+                        "id": doc_id,
+                        "application_id": app_id,
+                        "version": version,
+                        "name": _display_name(doc.name),
+                        "content_type": doc.content_type[:100],
+                        "sha256": sha,
+                        "size": len(doc.content) if doc.content is not None else None,
+                        "url": doc.url,
+                        "created_at": at,
+                    }
                 )
-            )
-        ).scalar()
-        doc_id = existing or new_id("d")
-        if existing is None:
-            await conn.execute(
-                insert(result_documents).values(
-                    id=doc_id,
-                    application_id=app_id,
-                    version=version,
-                    name=_display_name(doc.name),
-                    content_type=doc.content_type[:100],
-                    sha256=sha,
-                    size=len(doc.content) if doc.content is not None else None,
-                    url=doc.url,
-                    created_at=now(),
-                )
-            )
-        entry: dict[str, Any] = {"id": doc_id, "name": doc.name, "content_type": doc.content_type}
-        if sha is not None:
-            entry.update(sha256=sha, size=len(doc.content or b""))
-        else:
-            entry["url"] = doc.url
-        out.append(entry)
+            entry: dict[str, Any] = {
+                "id": doc_id,
+                "name": doc.name,
+                "content_type": doc.content_type,
+            }
+            if sha is not None:
+                entry.update(sha256=sha, size=len(doc.content or b""))
+            else:
+                entry["url"] = doc.url
+            entries.append(entry)
+        out.append(entries)
+    if new:
+        await conn.execute(insert(result_documents), new)
     return out
+
+
+_LISTED = PerEngine(
+    lambda one_of: select(
+        result_documents.c.application_id,
+        result_documents.c.sha256,
+        result_documents.c.url,
+        result_documents.c.id,
+    ).where(one_of(result_documents.c.application_id, "_ids"))
+)
 
 
 def _display_name(name: str) -> str:
@@ -161,6 +187,7 @@ __all__ = [
     "for_application",
     "for_applications",
     "get",
-    "store",
+    "put",
+    "store_many",
     "undocumented",
 ]

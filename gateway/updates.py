@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import insert, select, update
+from sqlalchemy import Row, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -78,30 +78,40 @@ async def move_many(
     for the batch (lock, status UPDATE per column set, events, outbox, handovers) instead of
     several per case. A case named twice is moved again after its first move is written."""
     results: list[list[StatusChange]] = [[] for _ in moves]
-    pending = list(enumerate(moves))
-    while pending:
-        seen: set[str] = set()
-        now_: list[tuple[int, Move]] = []
-        later: list[tuple[int, Move]] = []
-        for item in pending:
-            (later if item[1].app_id in seen else now_).append(item)
-            seen.add(item[1].app_id)
-        done = await _move_once(conn, [m for _i, m in now_], source=source, actor=actor)
-        for (i, _m), changes in zip(now_, done, strict=True):
+    for round_ in _rounds([m.app_id for m in moves]):
+        done = await _move_once(conn, [moves[i] for i in round_], source=source, actor=actor)
+        for i, changes in zip(round_, done, strict=True):
             results[i] = changes
-        pending = later
     return results
+
+
+def _rounds(keys: list[str]) -> list[list[int]]:
+    """The positions of ``keys`` in rounds in which each key appears at most once, in order (a
+    key's n-th position is in round n): a case named twice in a batch is written in one round
+    and judged again, from what that wrote, in the next."""
+    seen: dict[str, int] = {}
+    rounds: list[list[int]] = []
+    for i, key in enumerate(keys):
+        n = seen[key] = seen.get(key, -1) + 1
+        if n == len(rounds):
+            rounds.append([])
+        rounds[n].append(i)
+    return rounds
+
+
+async def _locked(conn: AsyncConnection, app_ids: list[str]) -> dict[str, Row[Any]]:
+    """These cases read for update, by id (one statement; prebuilt for one case)."""
+    if len(app_ids) == 1:
+        one = await cases.lock_application(conn, app_ids[0])
+        return {one.id: one} if one is not None else {}
+    return {a.id: a for a in await cases.lock_applications(conn, sorted(set(app_ids)))}
 
 
 async def _move_once(
     conn: AsyncConnection, moves: list[Move], *, source: Source, actor: str
 ) -> list[list[StatusChange]]:
     """Each case at most once: lock, plan, write."""
-    if len(moves) == 1:
-        one = await cases.lock_application(conn, moves[0].app_id)
-        apps = {one.id: one} if one is not None else {}
-    else:
-        apps = {a.id: a for a in await cases.lock_applications(conn, [m.app_id for m in moves])}
+    apps = await _locked(conn, [m.app_id for m in moves])
     planned = [
         (m, app, cases.plan(app, m.targets, m.version, source) if app is not None else [])
         for m in moves
@@ -205,39 +215,39 @@ async def apply_case_update(
     ``event_key`` (department, event id) is recorded in the same transaction, so an event is
     applied at most once; raises DuplicateEvent if it was seen before.
     """
+    [shas] = await documents.put(runtime.blobs, [upd.documents])
     try:
-        return await _apply(
-            runtime, app_id, upd, source=source, actor=actor, version=version, event_key=event_key
-        )
+        async with runtime.engine.begin() as conn:
+            if event_key is not None:
+                await _record_event(conn, app_id, event_key)
+            [done] = await _apply_round(
+                conn, runtime, [_Report(app_id, upd, version, shas)], source=source, actor=actor
+            )
     except IntegrityError as exc:
         if event_key is None:
             raise
         raise DuplicateEvent(event_key[1]) from exc  # a concurrent delivery of the same event
+    _after_commit(runtime, done.changes, done.missing)
+    return done.changes
 
 
-async def _apply(
-    runtime: Runtime,
-    app_id: str,
-    upd: CaseUpdate,
-    *,
-    source: Source,
-    actor: str,
-    version: int | None,
-    event_key: tuple[str, str] | None,
-) -> list[StatusChange]:
-    async with runtime.engine.begin() as conn:
-        changes, missing, _end = await _apply_in(
-            conn,
-            runtime,
-            app_id,
-            upd,
-            source=source,
-            actor=actor,
-            version=version,
-            event_key=event_key,
+async def _record_event(conn: AsyncConnection, app_id: str, event_key: tuple[str, str]) -> None:
+    seen = await conn.execute(
+        select(callback_events.c.event_id).where(
+            callback_events.c.department == event_key[0],
+            callback_events.c.event_id == event_key[1],
         )
-    _after_commit(runtime, changes, missing)
-    return changes
+    )
+    if seen.first():
+        raise DuplicateEvent(event_key[1])
+    await conn.execute(
+        insert(callback_events).values(
+            department=event_key[0],
+            event_id=event_key[1],
+            application_id=app_id,
+            received_at=now(),
+        )
+    )
 
 
 async def apply_case_updates(
@@ -252,46 +262,41 @@ async def apply_case_updates(
     """Apply several reports, each ``(application id, update, version)``, in ONE transaction
     (a page of a change feed), then ``then(conn, n)`` in the same transaction, ``n`` the status
     changes applied (moving a feed's watermark: it commits with the changes it covers, or
-    neither does). Returns each report's
-    changes, in order; the status_changed hook is told after commit.
+    neither does). Returns each report's changes, in order; the status_changed hook is told
+    after commit. A statement per table for the batch, not per report (a case reported twice
+    is judged again after its first report is written), its documents' files written before
+    the transaction begins.
 
     ``ended``, if given, gets for each report (in order) the status and version its case had
     once the report was judged, under the case's lock (:class:`Ended`; None where the report
     was not judged: no such case, or a status code the department's map does not know). It is
     filled as the reports are applied: it holds only once this call has returned (committed)."""
-    done: list[list[StatusChange]] = []
-    missing: list[_Missing] = []
-    ends: list[Ended | None] = []
+    stored = await documents.put(runtime.blobs, [upd.documents for _a, upd, _v in batch])
+    reports = [
+        _Report(app_id, upd, version, shas)
+        for (app_id, upd, version), shas in zip(batch, stored, strict=True)
+    ]
+    done: list[_Judged] = [_NOT_JUDGED] * len(reports)
     async with runtime.engine.begin() as conn:
-        if len(batch) > 1:
-            # the batch's cases locked first, in id order, as every multi-case write does
-            # (cases.lock_applications): locked one by one in the feed's order, a page
-            # deadlocked on PostgreSQL with a poll round's id-ordered lock (fault suite, CI)
-            await cases.lock_applications(conn, sorted({app_id for app_id, _u, _v in batch}))
-        for app_id, upd, version in batch:
-            changes, gap, end = await _apply_in(
-                conn,
-                runtime,
-                app_id,
-                upd,
-                source=source,
-                actor=actor,
-                version=version,
-                event_key=None,
+        # each round's cases locked in id order, as every multi-case write does
+        # (cases.lock_applications): locked one by one in the feed's order, a page
+        # deadlocked on PostgreSQL with a poll round's id-ordered lock (fault suite, CI)
+        for round_ in _rounds([r.app_id for r in reports]):
+            judged = await _apply_round(
+                conn, runtime, [reports[i] for i in round_], source=source, actor=actor
             )
-            done.append(changes)
-            ends.append(end)
-            if gap is not None:
-                missing.append(gap)
+            for i, one in zip(round_, judged, strict=True):
+                done[i] = one
         if then is not None:
-            await then(conn, sum(len(changes) for changes in done))
+            await then(conn, sum(len(one.changes) for one in done))
     if ended is not None:
-        ended.extend(ends)
-    for changes in done:
-        _after_commit(runtime, changes, None)
-    for gap in missing:
-        _after_commit(runtime, [], gap)
-    return done
+        ended.extend(one.end for one in done)
+    for one in done:
+        _after_commit(runtime, one.changes, None)
+    for one in done:
+        if one.missing is not None:
+            _after_commit(runtime, [], one.missing)
+    return [one.changes for one in done]
 
 
 @dataclass(frozen=True)
@@ -314,6 +319,26 @@ class _Missing:
     source: Source
 
 
+@dataclass(frozen=True)
+class _Report:
+    """One department report to judge, its documents' files already put (their sha256s)."""
+
+    app_id: str
+    update: CaseUpdate
+    version: int | None
+    shas: list[str | None]
+
+
+@dataclass(frozen=True)
+class _Judged:
+    changes: list[StatusChange]
+    missing: _Missing | None = None
+    end: Ended | None = None
+
+
+_NOT_JUDGED = _Judged([])
+
+
 def _after_commit(runtime: Runtime, changes: list[StatusChange], missing: _Missing | None) -> None:
     if missing is not None:
         # approved, nothing to hand out: never silent (the refetch task asks again)
@@ -329,93 +354,91 @@ def _after_commit(runtime: Runtime, changes: list[StatusChange], missing: _Missi
     announce(runtime, changes)
 
 
-async def _apply_in(
+_KEEP_CASE_ID = (
+    update(applications)
+    .where(applications.c.id == bindparam("_id"))
+    .values(department_case_id=bindparam("_case"))
+)
+
+
+async def _apply_round(
     conn: AsyncConnection,
     runtime: Runtime,
-    app_id: str,
-    upd: CaseUpdate,
+    reports: list[_Report],
     *,
     source: Source,
     actor: str,
-    version: int | None,
-    event_key: tuple[str, str] | None,
-) -> tuple[list[StatusChange], _Missing | None, Ended | None]:
-    if event_key is not None:
-        seen = await conn.execute(
-            select(callback_events.c.event_id).where(
-                callback_events.c.department == event_key[0],
-                callback_events.c.event_id == event_key[1],
+) -> list[_Judged]:
+    """Reports about different cases, judged under their cases' locks (PostgreSQL; SQLite's
+    transaction is exclusive), so that the status each is judged from is the one reported as
+    where it ended (``Ended``) when nothing applies."""
+    apps = await _locked(conn, [r.app_id for r in reports])
+    known: list[tuple[_Report, Row[Any], State]] = []
+    for r in reports:
+        app = apps.get(r.app_id)
+        if app is None:
+            continue
+        state = runtime.config.departments[app.department].map_status(r.update.status)
+        if state is None:
+            log.warning(
+                "unknown department status code",
+                department=app.department,
+                code=r.update.status,
+                application=r.app_id,
             )
+            continue
+        known.append((r, app, state))
+    listed = iter(
+        await documents.store_many(
+            conn,
+            [
+                (r.app_id, r.version or app.version, r.update.documents, r.shas)
+                for r, app, _s in known
+                if r.update.documents
+            ],
         )
-        if seen.first():
-            raise DuplicateEvent(event_key[1])
-        await conn.execute(
-            insert(callback_events).values(
-                department=event_key[0],
-                event_id=event_key[1],
-                application_id=app_id,
-                received_at=now(),
-            )
-        )
-    # locked (PostgreSQL; SQLite's transaction is exclusive) so that the status it is judged
-    # from is the one reported as where it ended (``Ended``) when nothing applies
-    app = await cases.lock_application(conn, app_id)
-    if app is None:
-        return [], None, None
-    dept = runtime.config.departments[app.department]
-    state = dept.map_status(upd.status)
-    if state is None:
-        log.warning(
-            "unknown department status code",
-            department=app.department,
-            code=upd.status,
-            application=app_id,
-        )
-        return [], None, None
-    detail: dict[str, Any] = {}
-    if upd.detail:
-        detail["opinion"] = upd.detail
-    if upd.supplement_items:
-        detail["supplement_items"] = upd.supplement_items
-    if upd.event_id:
-        detail["event_id"] = upd.event_id
-    if upd.documents:
-        detail["documents"] = await documents.store(
-            conn, runtime.blobs, app_id, version or app.version, upd.documents
-        )
-    placeholder = app.department_case_id in (None, upd.idempotency_key)
-    if placeholder and upd.case_id and upd.case_id != app.department_case_id:
-        # a department that answers only later with its own case number (file drop: the
-        # receipt is our key) gets that number kept
-        await conn.execute(
-            update(applications)
-            .where(applications.c.id == app_id)
-            .values(department_case_id=upd.case_id)
-        )
-    # a case the department handed back as unprocessable: ops see why in the failures list
-    extra = None
-    if state is State.FAILED and upd.detail:
-        extra = {"last_error": upd.detail}
-        detail["reason"] = upd.detail
-    changes = await move(
-        conn,
-        app_id,
-        [state],
-        source=source,
-        actor=actor,
-        detail=detail,
-        version=version,
-        extra=extra,
     )
-    if not changes and upd.documents and state in DECIDED:
-        # documents that come after the decision (a second message) complete the case
-        ready = await handover.make_ready(conn, app_id, source=source, actor=actor)
-        changes = [ready] if ready is not None else []
-    now_at = changes[-1].to_status if changes else State(app.status)
-    end = Ended(now_at.value, changes[-1].version if changes else app.version)
-    if state is State.APPROVED and now_at is State.APPROVED:
-        return changes, _Missing(app.department, app_id, upd.case_id, source), end
-    return changes, None, end
+    moves: list[Move] = []
+    new_case_ids: list[dict[str, Any]] = []
+    for r, app, state in known:
+        upd = r.update
+        detail: dict[str, Any] = {}
+        if upd.detail:
+            detail["opinion"] = upd.detail
+        if upd.supplement_items:
+            detail["supplement_items"] = upd.supplement_items
+        if upd.event_id:
+            detail["event_id"] = upd.event_id
+        if upd.documents:
+            detail["documents"] = next(listed)
+        placeholder = app.department_case_id in (None, upd.idempotency_key)
+        if placeholder and upd.case_id and upd.case_id != app.department_case_id:
+            # a department that answers only later with its own case number (file drop: the
+            # receipt is our key) gets that number kept
+            new_case_ids.append({"_id": app.id, "_case": upd.case_id})
+        # a case the department handed back as unprocessable: ops see why in the failures list
+        extra = None
+        if state is State.FAILED and upd.detail:
+            extra = {"last_error": upd.detail}
+            detail["reason"] = upd.detail
+        moves.append(Move(app.id, [state], detail, r.version, extra))
+    if new_case_ids:
+        await conn.execute(_KEEP_CASE_ID, new_case_ids)
+    moved = iter(await move_many(conn, moves, source=source, actor=actor))
+    judged: dict[str, _Judged] = {}
+    for r, app, state in known:
+        changes = next(moved)
+        if not changes and r.update.documents and state in DECIDED:
+            # documents that come after the decision (a second message) complete the case
+            ready = await handover.make_ready(conn, app.id, source=source, actor=actor)
+            changes = [ready] if ready is not None else []
+        now_at = changes[-1].to_status if changes else State(app.status)
+        end = Ended(now_at.value, changes[-1].version if changes else app.version)
+        missing = None
+        if state is State.APPROVED and now_at is State.APPROVED:
+            missing = _Missing(app.department, app.id, r.update.case_id, source)
+        judged[app.id] = _Judged(changes, missing, end)
+    return [judged.get(r.app_id, _NOT_JUDGED) for r in reports]
 
 
 __all__ = [

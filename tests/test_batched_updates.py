@@ -1,0 +1,114 @@
+"""A page of department reports (a change-feed page, a pull of result files) is applied with a
+statement per table, not per report, and its documents' files are written before the
+transaction: one report at a time, a 100-report page held SQLite's write lock for 200-280 ms
+in the city-day run while the API's intake waited on it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, select
+
+from gateway.config.loader import Config
+from gateway.connector import CaseUpdate, ResultDocument
+from gateway.events import Source
+from gateway.runtime import Runtime
+from gateway.store.tables import result_documents
+from gateway.updates import Ended, apply_case_updates
+from tests.handout_fixtures import quiet_runtime
+from tests.test_dispatch import statuses, submit_many
+
+
+@pytest.fixture
+async def runtime(example_config: Config) -> AsyncIterator[Runtime]:
+    async with quiet_runtime(example_config) as rt:
+        yield rt
+
+
+def _approval(i: int, content: bytes) -> CaseUpdate:
+    doc = ResultDocument(name="licence.pdf", content=content)
+    return CaseUpdate(case_id=f"AMR-{i}", status="9", documents=[doc])
+
+
+async def _statements(runtime: Runtime, page: list[tuple[str, CaseUpdate, int | None]]) -> int:
+    sent: list[str] = []
+
+    def spy(_c: Any, _cur: Any, statement: str, *_rest: Any) -> None:
+        sent.append(statement)
+
+    event.listen(runtime.engine.sync_engine, "before_cursor_execute", spy)
+    try:
+        await apply_case_updates(runtime, page, source=Source.POLL, actor="poll/amr")
+    finally:
+        event.remove(runtime.engine.sync_engine, "before_cursor_execute", spy)
+    return len(sent)
+
+
+async def test_a_page_costs_the_same_statements_whatever_its_length(runtime: Runtime) -> None:
+    ids = await submit_many(runtime, 24)
+    small = [(i, _approval(n, f"licence {n}".encode()), None) for n, i in enumerate(ids[:4])]
+    large = [(i, _approval(n, f"licence {n}".encode()), None) for n, i in enumerate(ids[4:])]
+    few, many = await _statements(runtime, small), await _statements(runtime, large)
+    assert few == many, (few, many)  # one report at a time: ~8 statements more per report
+    assert set((await statuses(runtime, ids)).values()) == {"ready_for_pickup"}
+
+
+async def test_a_case_reported_twice_in_a_page_is_judged_again_after_its_first_report(
+    runtime: Runtime,
+) -> None:
+    [one, other] = await submit_many(runtime, 2)
+    page: list[tuple[str, CaseUpdate, int | None]] = [
+        (one, CaseUpdate(case_id="AMR-1", status="5"), None),  # in review
+        (other, _approval(2, b"other's licence"), None),
+        (one, _approval(1, b"licence"), None),  # approved, from in review
+        (one, _approval(1, b"licence"), None),  # the same again: a duplicate
+    ]
+    ended: list[Ended | None] = []
+    done = await apply_case_updates(
+        runtime, page, source=Source.POLL, actor="poll/amr", ended=ended
+    )
+    assert [[c.to_status.value for c in changes] for changes in done] == [
+        ["in_review"],
+        ["approved", "ready_for_pickup"],
+        ["approved", "ready_for_pickup"],
+        [],
+    ]
+    assert [e.status if e else None for e in ended] == [
+        "in_review",
+        "ready_for_pickup",
+        "ready_for_pickup",
+        "ready_for_pickup",
+    ]
+    async with runtime.engine.connect() as conn:
+        listed = await conn.execute(
+            select(result_documents.c.application_id, func.count()).group_by(
+                result_documents.c.application_id
+            )
+        )
+        assert dict(listed.all()) == {one: 1, other: 1}  # the same licence listed once
+
+
+async def test_documents_are_written_before_the_transaction_begins(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = await submit_many(runtime, 3)
+    order: list[str] = []
+    put_many = runtime.blobs.put_many
+
+    async def spy_put(items: Any) -> list[str]:
+        order.append(f"put {len(items)}")
+        return await put_many(items)
+
+    def spy_begin(_conn: Any) -> None:
+        order.append("begin")
+
+    monkeypatch.setattr(runtime.blobs, "put_many", spy_put)
+    event.listen(runtime.engine.sync_engine, "begin", spy_begin)
+    try:
+        page = [(i, _approval(n, f"licence {n}".encode()), None) for n, i in enumerate(ids)]
+        await apply_case_updates(runtime, page, source=Source.POLL, actor="poll/amr")
+    finally:
+        event.remove(runtime.engine.sync_engine, "begin", spy_begin)
+    assert order == ["put 3", "begin"]  # all three files in one trip, none under the lock
