@@ -10,20 +10,20 @@ from typing import Any
 
 import structlog
 from sqlalchemy import (
-    BindParameter,
-    Column,
+    Insert,
     Row,
+    Table,
     Update,
     and_,
     bindparam,
     func,
     insert,
     select,
-    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.selectable import TableValuedAlias
 
 from gateway.clock import now
 from gateway.events import Source, StatusChange
@@ -35,9 +35,7 @@ from gateway.store.tables import (
     UTCDateTime,
     applications,
     events,
-    handovers,
     webhook_deliveries,
-    webhook_subscriptions,
 )
 
 log = structlog.get_logger("gateway.store")
@@ -308,46 +306,46 @@ async def _write_at_once(
 
 
 @functools.cache
-def _write_statement(updates: tuple[tuple[str, ...], ...], event_columns: tuple[str, ...]) -> Any:
-    """The statement of :func:`_write_at_once` for these column sets (prebuilt, cached)."""
-    binds: list[BindParameter[Any]] = []
-
-    def array(name: str, column: Column[Any]) -> str:
-        # typed: the dialect casts it ($1::VARCHAR(32)[]) and each item is bound as the
-        # column's own type binds it (UTC datetimes, JSON); one dimension, so a JSON value
-        # that is a list stays one item
-        binds.append(bindparam(name, type_=ARRAY(column.type, dimensions=1)))
-        return f":{name}"
-
-    parts = []
+def _write_statement(
+    updates: tuple[tuple[str, ...], ...], event_columns: tuple[str, ...]
+) -> Insert:
+    """The statement of :func:`_write_at_once` for these column sets (prebuilt, cached): the
+    UPDATEs and the events INSERT are CTEs of the outbox's INSERT, which selects the
+    followers (:func:`outbox.followers`) of the events the INSERT returns."""
+    ctes = []
     for i, columns in enumerate(updates):
-        cols = ["_id", *columns]
-        arrays = ", ".join(
-            array(f"u{i}_{c}", applications.c["id" if c == "_id" else c]) for c in cols
+        v = _rows(f"u{i}", applications, ("_id", *columns), "v")
+        change = (
+            update(applications)
+            .values({c: v.c[c] for c in columns})
+            .where(applications.c.id == v.c["_id"])
         )
-        sets = ", ".join(f"{c} = v.{c}" for c in columns)
-        parts.append(
-            f"u{i} AS (UPDATE applications SET {sets} FROM unnest({arrays}) "
-            f"AS v({', '.join(cols)}) WHERE applications.id = v._id)"
+        ctes.append(change.cte(f"u{i}"))
+    written = (
+        insert(events)
+        .from_select(event_columns, select(_rows("e", events, event_columns, "r")))
+        .returning(events.c.id, events.c.application_id)
+        .cte("e")
+    )
+    fan_out = outbox.followers(stamp=bindparam("_stamp", type_=UTCDateTime()), written=written)
+    # the UPDATEs are not read by the rest: add_cte keeps them at the top of the statement
+    return insert(webhook_deliveries).from_select(outbox.COLUMNS, fan_out).add_cte(*ctes)
+
+
+def _rows(prefix: str, table: Table, names: tuple[str, ...], alias: str) -> TableValuedAlias:
+    """``unnest`` of one array parameter ``{prefix}_{name}`` per name, as rows ``alias(names)``;
+    ``_id`` is the table's ``id``."""
+    # typed: the dialect casts each ($1::VARCHAR(32)[]) and each item is bound as the
+    # column's own type binds it (UTC datetimes, JSON); one dimension, so a JSON value
+    # that is a list stays one item
+    arrays = [
+        bindparam(
+            f"{prefix}_{name}",
+            type_=ARRAY(table.c["id" if name == "_id" else name].type, dimensions=1),
         )
-    arrays = ", ".join(array(f"e_{c}", events.c[c]) for c in event_columns)
-    parts.append(
-        f"e AS (INSERT INTO events ({', '.join(event_columns)}) SELECT * FROM unnest({arrays}) "
-        "RETURNING events.id, events.application_id)"
-    )
-    binds.append(bindparam("_stamp", type_=UTCDateTime()))
-    stamp = ":_stamp"
-    s, a, h = webhook_subscriptions.name, applications.name, handovers.name
-    sql = (
-        "WITH " + ", ".join(parts) + " "
-        f"INSERT INTO {webhook_deliveries.name} ({', '.join(outbox.COLUMNS)}) "
-        f"SELECT s.id, e.id, e.application_id, '{outbox.PENDING}', 0, {stamp}, {stamp} "
-        f"FROM e JOIN {a} AS a ON a.id = e.application_id "
-        f"LEFT OUTER JOIN {h} AS h ON h.application_id = a.id "
-        f"JOIN {s} AS s ON s.disabled_at IS NULL AND (s.centre = a.centre OR s.centre = h.centre) "
-        "AND (s.client_id IS NULL OR s.client_id = a.client_id)"
-    )
-    return text(sql).bindparams(*binds)
+        for name in names
+    ]
+    return func.unnest(*arrays).table_valued(*names).render_derived(name=alias)
 
 
 @functools.cache

@@ -15,12 +15,14 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    FromClause,
     Insert,
     Select,
     and_,
     bindparam,
     insert,
     literal,
+    literal_column,
     or_,
     select,
 )
@@ -50,25 +52,35 @@ COLUMNS = [
 ]
 
 
-def followers(*conds: ColumnElement[bool], stamp: ColumnElement[Any] | None = None) -> Select[Any]:
+def followers(
+    *conds: ColumnElement[bool],
+    stamp: ColumnElement[Any] | None = None,
+    written: FromClause = events,
+) -> Select[Any]:
     """SELECT of (subscription, event) pairs to deliver for the events matching ``conds``, as
     rows of a new pending delivery (columns in :data:`COLUMNS` order); ``stamp`` is their
-    creation time (now, unless a parameter of a prebuilt statement)."""
+    creation time (now, unless a parameter of a prebuilt statement). ``written``: where the
+    events are read, the ``events`` table or rows of it with ``id`` and ``application_id``
+    (PostgreSQL's one-statement write reads those its INSERT returns).
+
+    The one definition of who follows a case: :func:`fan_out`, the store's batch write and
+    an operator's replay all select through it."""
     s, a, h = webhook_subscriptions, applications, handovers
     if stamp is None:
         stamp = literal(now(), UTCDateTime())
     return (
         select(
             s.c.id,
-            events.c.id,
-            events.c.application_id,
-            literal(PENDING),
-            literal(0),
+            written.c.id,
+            written.c.application_id,
+            # constants written into the SQL: no parameter to bind on every write
+            literal_column(f"'{PENDING}'"),
+            literal_column("0"),
             stamp,
             stamp,
         )
-        .select_from(events)
-        .join(a, a.c.id == events.c.application_id)
+        .select_from(written)
+        .join(a, a.c.id == written.c.application_id)
         .outerjoin(h, h.c.application_id == a.c.id)
         .join(
             s,
