@@ -27,6 +27,7 @@ from gateway.daemon import (
     MIN_LEASE_SECONDS,
     Daemon,
     Task,
+    TaskFunc,
     owner_gone,
     run_leased,
     tick_of,
@@ -73,12 +74,18 @@ async def rows(runtime: Runtime) -> dict[str, tuple[str | None, object]]:
     return {r.owner: (r.outcome, r.detail) for r in found}
 
 
+def results_task(run: TaskFunc, *, every: float = 5, lease_seconds: float = 300.0) -> Task:
+    """The department civil's leased results task, ticking ``every`` seconds, doing ``run``."""
+    trigger = IntervalTrigger(seconds=every, start_date=EPOCH)
+    return Task("results:civil", trigger, run, leased=True, lease_seconds=lease_seconds)
+
+
 def probe(runs: list[int]) -> Task:
     async def work() -> dict[str, int]:
         runs.append(1)
         return {"n": len(runs)}
 
-    return Task("results:civil", IntervalTrigger(seconds=5, start_date=EPOCH), work, leased=True)
+    return results_task(work)
 
 
 def test_owner_gone_only_for_a_dead_process_of_this_host() -> None:
@@ -150,13 +157,7 @@ async def test_a_running_tick_renews_its_short_lease(runtime: Runtime) -> None:
     async def slow() -> None:
         await gate.wait()
 
-    task = Task(
-        "results:civil",
-        IntervalTrigger(seconds=5, start_date=EPOCH),
-        slow,
-        leased=True,
-        lease_seconds=0.6,
-    )
+    task = results_task(slow, lease_seconds=0.6)
     running = asyncio.create_task(run_leased(runtime, task, "me", T0))
 
     async def lease_end() -> dt.datetime | None:
@@ -220,13 +221,7 @@ async def test_a_tick_ends_when_its_renewal_loses_the_cancellation(runtime: Runt
         await late.waiting.wait()  # the renewal is waiting for the connection now
         return {"n": 1}
 
-    task = Task(
-        "results:civil",
-        IntervalTrigger(seconds=5, start_date=EPOCH),
-        work,
-        leased=True,
-        lease_seconds=0.3,
-    )
+    task = results_task(work, lease_seconds=0.3)
     done = await asyncio.wait_for(run_leased(cast(Runtime, late), task, "me", T0), timeout=30)
     assert done == {"n": 1}
     assert (await rows(runtime))["me"][0] == "done"
@@ -296,7 +291,7 @@ async def test_a_holder_that_finishes_while_waited_for_is_not_taken_for_dead(
         ran_at.append(now())
         return {"n": 1}
 
-    task = Task("results:civil", IntervalTrigger(seconds=30, start_date=EPOCH), work, leased=True)
+    task = results_task(work, every=30)
     tick = now()  # the holder's lease ends long before this task's next tick: it is waited for
     other = "other-host:4242:abc123"
     held_tick = tick - dt.timedelta(seconds=30)

@@ -3,6 +3,7 @@ the control endpoint and its registration for `gateway simulate` and the demo.""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
 
@@ -62,17 +63,41 @@ class Clock:
 Sim = tuple[httpx.AsyncClient, Clock, SoapDepartmentState]
 
 
-@pytest.fixture
-async def sim() -> AsyncIterator[Sim]:
+@contextlib.asynccontextmanager
+async def simulator(settings: SoapSimulatorSettings) -> AsyncIterator[Sim]:
+    """The simulated department on loopback, its clock at :data:`T0`, and a client for it."""
     clock = Clock()
-    settings = SoapSimulatorSettings(decision_delay_seconds=10, mix={"approve": 1.0})
     app, state = create_soap_department(settings, clock=clock)
     async with serve_asgi(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as client:
         yield client, clock, state
 
 
+@pytest.fixture
+async def sim() -> AsyncIterator[Sim]:
+    settings = SoapSimulatorSettings(decision_delay_seconds=10, mix={"approve": 1.0})
+    async with simulator(settings) as s:
+        yield s
+
+
 async def post(client: httpx.AsyncClient, body: bytes) -> httpx.Response:
     return await client.post("/soap", content=body, headers={"Content-Type": "text/xml"})
+
+
+async def submitted(client: httpx.AsyncClient, key: str) -> str:
+    """The department's case id for a new submission."""
+    case_id = text((await post(client, submit_envelope(key))).content, "CaseId")
+    assert case_id is not None
+    return case_id
+
+
+async def answers_at(sim: Sim, case_id: str, seconds: tuple[int, ...]) -> list[bytes]:
+    """The department's answers to QueryStatus at each of these seconds after :data:`T0`."""
+    client, clock, _state = sim
+    answers = []
+    for s in seconds:
+        clock.now = T0 + dt.timedelta(seconds=s)
+        answers.append((await post(client, query_envelope(case_id))).content)
+    return answers
 
 
 async def test_wsdl_is_served_with_the_requested_address(sim: Sim) -> None:
@@ -117,41 +142,25 @@ async def test_a_submit_without_key_is_a_client_fault(sim: Sim) -> None:
 
 
 async def test_decisions_follow_the_clock(sim: Sim) -> None:
-    client, clock, _state = sim
-    case_id = text((await post(client, submit_envelope("k-1"))).content, "CaseId")
-    assert case_id is not None
-    seen = []
-    for seconds in (0, 5, 8, 10):
-        clock.now = T0 + dt.timedelta(seconds=seconds)
-        answer = (await post(client, query_envelope(case_id))).content
-        seen.append(text(answer, "Status"))
-    assert seen == ["0", "1", "5", "9"]
-    assert text(answer, "Content") is not None  # the certificate, base64
+    case_id = await submitted(sim[0], "k-1")
+    answers = await answers_at(sim, case_id, (0, 5, 8, 10))
+    assert [text(a, "Status") for a in answers] == ["0", "1", "5", "9"]
+    assert text(answers[-1], "Content") is not None  # the certificate, base64
 
 
 async def test_not_accepted_cases_are_refused_at_acceptance() -> None:
-    clock = Clock()
     settings = SoapSimulatorSettings(decision_delay_seconds=10, mix={"not_accept": 1.0})
-    app, _state = create_soap_department(settings, clock=clock)
-    async with serve_asgi(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as client:
-        case_id = text((await post(client, submit_envelope("k"))).content, "CaseId")
-        assert case_id is not None
-        seen = []
-        for seconds in (0, 5, 8, 10):
-            clock.now = T0 + dt.timedelta(seconds=seconds)
-            seen.append(text((await post(client, query_envelope(case_id))).content, "Status"))
-    assert seen == ["0", "0", "0", "2"]
+    async with simulator(settings) as sim:
+        answers = await answers_at(sim, await submitted(sim[0], "k"), (0, 5, 8, 10))
+    assert [text(a, "Status") for a in answers] == ["0", "0", "0", "2"]
 
 
 async def test_a_forced_status_wins_over_a_not_accepted_draw() -> None:
     """Tests and drift helpers force a status; a case drawn 'not accepted' kept answering '0'
     (the change-feed test failed whenever its random keys drew that outcome)."""
-    clock = Clock()
     settings = SoapSimulatorSettings(decision_delay_seconds=3600, mix={"not_accept": 1.0})
-    app, state = create_soap_department(settings, clock=clock)
-    async with serve_asgi(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as client:
-        case_id = text((await post(client, submit_envelope("k"))).content, "CaseId")
-        assert case_id is not None
+    async with simulator(settings) as (client, clock, state):
+        case_id = await submitted(client, "k")
         clock.now = T0 + dt.timedelta(seconds=5)
         with state.lock:
             state.cases[case_id].forced = ("9", clock.now)
