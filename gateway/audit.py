@@ -11,7 +11,6 @@ costs a fraction of a commit.
 from __future__ import annotations
 
 import getpass
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,7 +20,7 @@ from gateway.clock import now
 from gateway.runtime import Runtime
 from gateway.store.chain import append_audit
 from gateway.store.clients import Client
-from gateway.store.group import GroupCommit
+from gateway.store.group import GroupCommit, shared
 
 
 @dataclass(frozen=True)
@@ -33,15 +32,8 @@ class Read:
     applications: tuple[str, ...]
 
 
-_WRITERS: weakref.WeakKeyDictionary[Runtime, GroupCommit[Read, None]] = weakref.WeakKeyDictionary()
-
-
 def _writer(runtime: Runtime) -> GroupCommit[Read, None]:
-    writer = _WRITERS.get(runtime)
-    if writer is None:
-        writer = _WRITERS[runtime] = GroupCommit(runtime.engine, _append)
-        runtime.on_close.append(writer.aclose)
-    return writer
+    return shared(runtime, "audit", lambda: _append)
 
 
 async def _append(conn: AsyncConnection, reads: list[Read]) -> list[None]:

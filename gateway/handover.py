@@ -15,10 +15,7 @@ from sqlalchemy import Row, bindparam, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import documents
-from gateway.events import Source, StatusChange
-from gateway.notifications import with_contact
-from gateway.states import DECIDED, State, Verdict, judge
-from gateway.store import cases
+from gateway.states import State, Verdict, judge
 from gateway.store.lists import PerEngine
 from gateway.store.tables import UTCDateTime, handovers, result_documents
 
@@ -137,39 +134,11 @@ async def mark_ready(conn: AsyncConnection, app_ids: list[str], at: dt.datetime)
         await conn.execute(_MARK_READY.for_(conn), {"_ids": app_ids, "_at": at})
 
 
-async def make_ready(
-    conn: AsyncConnection, app_id: str, *, source: Source, actor: str
-) -> StatusChange | None:
-    """Move a decided case whose documents are in to ``ready_for_pickup`` (inside the caller's
-    transaction); None if it is not decided or its documents are not in yet."""
-    app = await cases.lock_application(conn, app_id)
-    if app is None or app.status not in DECIDED or not await documents.documents_in(conn, app):
-        return None
-    handover = await handover_row(conn, app)
-    result = await cases.change_status(
-        conn,
-        app,
-        State.READY_FOR_PICKUP,
-        source=source,
-        actor=actor,
-        detail={"centre": handover.centre, "method": handover.method},
-    )
-    if result.change is None:
-        return None
-    await conn.execute(
-        update(handovers)
-        .where(handovers.c.application_id == app_id)
-        .values(ready_at=result.change.at)
-    )
-    return with_contact(result.change, app.applicant)
-
-
 __all__ = [
     "CODE_LENGTH",
     "MAX_CODE_FAILURES",
     "handing_centre",
     "handover_row",
-    "make_ready",
     "mark_ready",
     "new_handover",
     "new_pickup_code",

@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.connector import CaseUpdate
 from gateway.events import Source
@@ -56,6 +57,16 @@ async def match_many(
     """:func:`match` for a batch of updates with one statement; None where nothing matches."""
     if not updates:
         return []
+    async with runtime.engine.connect() as conn:
+        return await match_in(conn, department, updates)
+
+
+async def match_in(
+    conn: AsyncConnection, department: str, updates: Sequence[CaseUpdate]
+) -> list[Hit | None]:
+    """:func:`match_many` in the caller's transaction."""
+    if not updates:
+        return []
     keyed: dict[int, tuple[str, int]] = {}
     case_ids: set[str] = set()
     for i, upd in enumerate(updates):
@@ -79,8 +90,7 @@ async def match_many(
         .where(applications.c.department == department, or_(*wanted))
         .order_by(applications.c.id)
     )
-    async with runtime.engine.connect() as conn:
-        rows = (await conn.execute(q)).all()
+    rows = (await conn.execute(q)).all()
     by_id = {row.id: row for row in rows}
     by_case: dict[str, Any] = {}
     for row in rows:

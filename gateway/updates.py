@@ -9,7 +9,6 @@ from typing import Any
 
 import structlog
 from sqlalchemy import Row, bindparam, insert, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import documents, handover
@@ -195,10 +194,6 @@ def _observe(change: StatusChange) -> None:
         child(histogram, change.department).observe(seconds)
 
 
-class DuplicateEvent(Exception):
-    """The department event was applied before (a replayed callback)."""
-
-
 async def apply_case_update(
     runtime: Runtime,
     app_id: str,
@@ -207,47 +202,16 @@ async def apply_case_update(
     source: Source,
     actor: str,
     version: int | None = None,
-    event_key: tuple[str, str] | None = None,
 ) -> list[StatusChange]:
     """Apply a department's report about one case; unknown status codes change nothing and are
-    logged for ops (the department's status map needs the code).
-
-    ``event_key`` (department, event id) is recorded in the same transaction, so an event is
-    applied at most once; raises DuplicateEvent if it was seen before.
-    """
+    logged for ops (the department's status map needs the code)."""
     [shas] = await documents.put(runtime.blobs, [upd.documents])
-    try:
-        async with runtime.engine.begin() as conn:
-            if event_key is not None:
-                await _record_event(conn, app_id, event_key)
-            [done] = await _apply_round(
-                conn, runtime, [_Report(app_id, upd, version, shas)], source=source, actor=actor
-            )
-    except IntegrityError as exc:
-        if event_key is None:
-            raise
-        raise DuplicateEvent(event_key[1]) from exc  # a concurrent delivery of the same event
-    _after_commit(runtime, done.changes, done.missing)
+    async with runtime.engine.begin() as conn:
+        [done] = await apply_reports(
+            conn, runtime, [Report(app_id, upd, version, shas)], source=source, actor=actor
+        )
+    settle(runtime, [done])
     return done.changes
-
-
-async def _record_event(conn: AsyncConnection, app_id: str, event_key: tuple[str, str]) -> None:
-    seen = await conn.execute(
-        select(callback_events.c.event_id).where(
-            callback_events.c.department == event_key[0],
-            callback_events.c.event_id == event_key[1],
-        )
-    )
-    if seen.first():
-        raise DuplicateEvent(event_key[1])
-    await conn.execute(
-        insert(callback_events).values(
-            department=event_key[0],
-            event_id=event_key[1],
-            application_id=app_id,
-            received_at=now(),
-        )
-    )
 
 
 async def apply_case_updates(
@@ -263,9 +227,7 @@ async def apply_case_updates(
     (a page of a change feed), then ``then(conn, n)`` in the same transaction, ``n`` the status
     changes applied (moving a feed's watermark: it commits with the changes it covers, or
     neither does). Returns each report's changes, in order; the status_changed hook is told
-    after commit. A statement per table for the batch, not per report (a case reported twice
-    is judged again after its first report is written), its documents' files written before
-    the transaction begins.
+    after commit.
 
     ``ended``, if given, gets for each report (in order) the status and version its case had
     once the report was judged, under the case's lock (:class:`Ended`; None where the report
@@ -273,30 +235,99 @@ async def apply_case_updates(
     filled as the reports are applied: it holds only once this call has returned (committed)."""
     stored = await documents.put(runtime.blobs, [upd.documents for _a, upd, _v in batch])
     reports = [
-        _Report(app_id, upd, version, shas)
+        Report(app_id, upd, version, shas)
         for (app_id, upd, version), shas in zip(batch, stored, strict=True)
     ]
-    done: list[_Judged] = [_NOT_JUDGED] * len(reports)
     async with runtime.engine.begin() as conn:
-        # each round's cases locked in id order, as every multi-case write does
-        # (cases.lock_applications): locked one by one in the feed's order, a page
-        # deadlocked on PostgreSQL with a poll round's id-ordered lock (fault suite, CI)
-        for round_ in _rounds([r.app_id for r in reports]):
-            judged = await _apply_round(
-                conn, runtime, [reports[i] for i in round_], source=source, actor=actor
-            )
-            for i, one in zip(round_, judged, strict=True):
-                done[i] = one
+        done = await apply_reports(conn, runtime, reports, source=source, actor=actor)
         if then is not None:
             await then(conn, sum(len(one.changes) for one in done))
     if ended is not None:
         ended.extend(one.end for one in done)
-    for one in done:
-        _after_commit(runtime, one.changes, None)
-    for one in done:
-        if one.missing is not None:
-            _after_commit(runtime, [], one.missing)
+    settle(runtime, done)
     return [one.changes for one in done]
+
+
+@dataclass(frozen=True)
+class Report:
+    """A department's report about one case: the update, the case version it is about, its
+    documents' sha256s from :func:`gateway.documents.put` (their files are put before the
+    transaction), and for a pushed event its (department, event id): applied at most once."""
+
+    app_id: str
+    update: CaseUpdate
+    version: int | None
+    shas: list[str | None]
+    event_key: tuple[str, str] | None = None
+
+
+async def apply_reports(
+    conn: AsyncConnection,
+    runtime: Runtime,
+    reports: list[Report],
+    *,
+    source: Source,
+    actor: str,
+) -> list[Applied]:
+    """Judge and write ``reports`` in the caller's transaction, in order, with a statement per
+    table for them all, not per report (a case reported twice is judged again, from what its
+    first report wrote, in a next round). Tell :func:`settle` once committed."""
+    out: list[Applied] = [_DUPLICATE] * len(reports)
+    todo = await _first_seen(conn, reports)
+    # each round's cases locked in id order, as every multi-case write does
+    # (cases.lock_applications): locked one by one in the feed's order, a page
+    # deadlocked on PostgreSQL with a poll round's id-ordered lock (fault suite, CI)
+    for round_ in _rounds([reports[i].app_id for i in todo]):
+        at = [todo[j] for j in round_]
+        judged = await _apply_round(
+            conn, runtime, [reports[i] for i in at], source=source, actor=actor
+        )
+        for i, one in zip(at, judged, strict=True):
+            out[i] = one
+    return out
+
+
+def settle(runtime: Runtime, applied: list[Applied]) -> None:
+    """After commit: the status changes told (metrics, WARNING, status_changed hook), then the
+    approvals with nothing to hand out."""
+    for one in applied:
+        announce(runtime, one.changes)
+    for one in applied:
+        if one.missing is not None:
+            _missing(one.missing)
+
+
+async def _first_seen(conn: AsyncConnection, reports: list[Report]) -> list[int]:
+    """The positions of reports to judge: all but pushed events applied before (or earlier in
+    this batch), whose keys are recorded here (one SELECT, one INSERT)."""
+    keyed = sorted({r.event_key for r in reports if r.event_key is not None})
+    if not keyed:
+        return list(range(len(reports)))
+    q = select(callback_events.c.department, callback_events.c.event_id).where(
+        callback_events.c.event_id.in_(sorted({event for _d, event in keyed}))
+    )
+    seen = {(d, e) for d, e in (await conn.execute(q)).all()}
+    todo: list[int] = []
+    new: list[dict[str, Any]] = []
+    at = now()
+    for i, r in enumerate(reports):
+        if r.event_key is not None:
+            if r.event_key in seen:
+                continue
+            seen.add(r.event_key)
+            department, event_id = r.event_key
+            new.append(
+                {
+                    "department": department,
+                    "event_id": event_id,
+                    "application_id": r.app_id,
+                    "received_at": at,
+                }
+            )
+        todo.append(i)
+    if new:
+        await conn.execute(insert(callback_events), new)
+    return todo
 
 
 @dataclass(frozen=True)
@@ -320,38 +351,33 @@ class _Missing:
 
 
 @dataclass(frozen=True)
-class _Report:
-    """One department report to judge, its documents' files already put (their sha256s)."""
+class Applied:
+    """What became of one :class:`Report`: its status changes (none: a duplicate, stale or
+    illegal step, an unknown case or status code), an approval with nothing to hand out
+    (``missing``), where the case stood once judged (``end``), a pushed event seen before
+    (``duplicate``)."""
 
-    app_id: str
-    update: CaseUpdate
-    version: int | None
-    shas: list[str | None]
-
-
-@dataclass(frozen=True)
-class _Judged:
     changes: list[StatusChange]
     missing: _Missing | None = None
     end: Ended | None = None
+    duplicate: bool = False
 
 
-_NOT_JUDGED = _Judged([])
+_NOT_JUDGED = Applied([])
+_DUPLICATE = Applied([], duplicate=True)
 
 
-def _after_commit(runtime: Runtime, changes: list[StatusChange], missing: _Missing | None) -> None:
-    if missing is not None:
-        # approved, nothing to hand out: never silent (the refetch task asks again)
-        DOCUMENTS_MISSING.labels(missing.department, missing.source.value).inc()
-        log.warning(
-            "decided without documents",
-            department=missing.department,
-            application=missing.application,
-            case=missing.case,
-            source=missing.source.value,
-            hint="check the department's documents mapping; gateway refetch fetches again",
-        )
-    announce(runtime, changes)
+def _missing(missing: _Missing) -> None:
+    # approved, nothing to hand out: never silent (the refetch task asks again)
+    DOCUMENTS_MISSING.labels(missing.department, missing.source.value).inc()
+    log.warning(
+        "decided without documents",
+        department=missing.department,
+        application=missing.application,
+        case=missing.case,
+        source=missing.source.value,
+        hint="check the department's documents mapping; gateway refetch fetches again",
+    )
 
 
 _KEEP_CASE_ID = (
@@ -364,16 +390,16 @@ _KEEP_CASE_ID = (
 async def _apply_round(
     conn: AsyncConnection,
     runtime: Runtime,
-    reports: list[_Report],
+    reports: list[Report],
     *,
     source: Source,
     actor: str,
-) -> list[_Judged]:
+) -> list[Applied]:
     """Reports about different cases, judged under their cases' locks (PostgreSQL; SQLite's
     transaction is exclusive), so that the status each is judged from is the one reported as
     where it ended (``Ended``) when nothing applies."""
     apps = await _locked(conn, [r.app_id for r in reports])
-    known: list[tuple[_Report, Row[Any], State]] = []
+    known: list[tuple[Report, Row[Any], State]] = []
     for r in reports:
         app = apps.get(r.app_id)
         if app is None:
@@ -424,31 +450,44 @@ async def _apply_round(
         moves.append(Move(app.id, [state], detail, r.version, extra))
     if new_case_ids:
         await conn.execute(_KEEP_CASE_ID, new_case_ids)
-    moved = iter(await move_many(conn, moves, source=source, actor=actor))
-    judged: dict[str, _Judged] = {}
-    for r, app, state in known:
-        changes = next(moved)
-        if not changes and r.update.documents and state in DECIDED:
-            # documents that come after the decision (a second message) complete the case
-            ready = await handover.make_ready(conn, app.id, source=source, actor=actor)
-            changes = [ready] if ready is not None else []
+    moved = await move_many(conn, moves, source=source, actor=actor)
+    # documents that come after the decision (a second message) complete the case
+    late = [
+        (app, State(app.status))
+        for (r, app, state), changes in zip(known, moved, strict=True)
+        if not changes and r.update.documents and state in DECIDED and app.status in DECIDED
+    ]
+    ready = await handover.readiness(conn, late) if late else {}
+    if ready:
+        moves = [Move(app_id, [State.READY_FOR_PICKUP], detail) for app_id, detail in ready.items()]
+        readied = await move_many(conn, moves, source=source, actor=actor)
+        made = {m.app_id: changes for m, changes in zip(moves, readied, strict=True)}
+        moved = [
+            changes or made.get(app.id, [])
+            for (_r, app, _s), changes in zip(known, moved, strict=True)
+        ]
+    judged: dict[str, Applied] = {}
+    for (r, app, state), changes in zip(known, moved, strict=True):
         now_at = changes[-1].to_status if changes else State(app.status)
         end = Ended(now_at.value, changes[-1].version if changes else app.version)
         missing = None
         if state is State.APPROVED and now_at is State.APPROVED:
             missing = _Missing(app.department, app.id, r.update.case_id, source)
-        judged[app.id] = _Judged(changes, missing, end)
+        judged[app.id] = Applied(changes, missing, end)
     return [judged.get(r.app_id, _NOT_JUDGED) for r in reports]
 
 
 __all__ = [
-    "DuplicateEvent",
+    "Applied",
     "Ended",
     "Move",
+    "Report",
     "announce",
     "apply_case_update",
     "apply_case_updates",
+    "apply_reports",
     "move",
     "move_many",
+    "settle",
     "with_contact",
 ]

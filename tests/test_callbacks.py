@@ -310,3 +310,44 @@ async def test_callback_without_a_signed_event_id_is_refused(
     assert resp.status_code == 422 and resp.json()["title"] == "Missing event id"
     view = (await api.get(f"/v1/applications/{app_id}", headers=centre_headers)).json()
     assert view["status"] == "delivered"
+
+
+async def test_callbacks_that_arrive_together_are_judged_in_one_transaction(
+    runtime: Runtime, api: httpx.AsyncClient, centre_headers: dict[str, str]
+) -> None:
+    from sqlalchemy import event
+
+    from gateway.callbacks import _applier, _Pushed
+
+    _app_id, case_id = await _delivered_case(runtime, api, centre_headers)
+    parse = runtime.connectors["amr"].parse_callback
+    stamp = int(time.time())
+
+    def pushed(case: str, status: str, event_id: str) -> _Pushed:
+        body = {"case_id": case, "status": status, "event_id": event_id}
+        return _Pushed("amr", parse(body), stamp, event_id, [])
+
+    batch = [
+        pushed(case_id, "5", "ev-a"),  # in review
+        pushed(case_id, "9", "ev-b"),  # approved: judged after the first is written
+        pushed(case_id, "9", "ev-b"),  # the same event again within the batch
+        pushed("NO-SUCH-CASE", "9", "ev-c"),
+    ]
+    begun: list[object] = []
+
+    def count(conn: object) -> None:
+        begun.append(conn)
+
+    event.listen(runtime.engine.sync_engine, "begin", count)
+    try:
+        async with runtime.engine.begin() as conn:
+            out = await _applier(runtime)(conn, batch)
+    finally:
+        event.remove(runtime.engine.sync_engine, "begin", count)
+    assert len(begun) == 1  # matching included: no transaction of its own
+    moved = [[c.to_status.value for c in o[1].changes] if o else None for o in out]
+    assert moved == [["in_review"], ["approved"], [], None]
+    assert [o[1].duplicate if o else None for o in out] == [False, False, True, None]
+    async with runtime.engine.begin() as conn:  # the events were recorded with the changes
+        again = await _applier(runtime)(conn, batch[:2])
+    assert [o[1].duplicate for o in again if o] == [True, True]

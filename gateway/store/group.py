@@ -19,8 +19,9 @@ instead of letting memory grow.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -165,3 +166,29 @@ def _settle(future: asyncio.Future[R], outcome: R | BaseException) -> None:
         future.set_exception(outcome)
     else:
         future.set_result(outcome)
+
+
+class Owner(Protocol):
+    """What a group commit can be shared by (a Runtime): its engine, and what it runs when it
+    closes."""
+
+    engine: AsyncEngine
+    on_close: list[Callable[[], Awaitable[None]]]
+
+
+_SHARED: weakref.WeakKeyDictionary[Any, dict[str, GroupCommit[Any, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def shared(
+    owner: Owner, name: str, make: Callable[[], Store[I, R]], **options: Any
+) -> GroupCommit[I, R]:
+    """The group commit called ``name`` of ``owner``: made on first use (``make()`` gives its
+    store; ``options`` as for :class:`GroupCommit`), closed when the owner closes."""
+    groups = _SHARED.setdefault(owner, {})
+    group: GroupCommit[I, R] | None = groups.get(name)
+    if group is None:
+        group = groups[name] = GroupCommit(owner.engine, make(), **options)
+        owner.on_close.append(group.aclose)
+    return group
