@@ -25,6 +25,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from gateway.clock import now
 from gateway.store import cases, leases
@@ -109,12 +110,6 @@ async def claim_cases(
     :func:`cases.lock_applications` does): (jobs, cases). On PostgreSQL one statement, the
     claim as a common table expression and the cases' ``FOR UPDATE`` in id order after it
     (the order of the two statements elsewhere); one round trip fewer per claim."""
-    if not is_postgresql(conn):
-        rows = await claim(conn, department, owner, limit, lease_seconds)
-        if not rows:
-            return [], []
-        apps = await cases.lock_applications(conn, [r.application_id for r in rows])
-        return [ClaimedJob(**r._mapping) for r in rows], list(apps)
     if limit <= 0:
         return [], []
     t = now()
@@ -125,6 +120,15 @@ async def claim_cases(
         "_until": t + dt.timedelta(seconds=lease_seconds),
         "_owner": owner,
     }
+    if not is_postgresql(conn):
+        # SQLite: the claim as one prebuilt UPDATE of the due rows (the transaction holds
+        # SQLite's one write lock from its BEGIN IMMEDIATE, so nothing can take them between
+        # the choice and the update), then the cases locked in id order
+        rows = (await conn.execute(_claim_statement_sqlite(), params)).all()
+        if not rows:
+            return [], []
+        apps = await cases.lock_applications(conn, [r.application_id for r in rows])
+        return [ClaimedJob(**r._mapping) for r in rows], list(apps)
     rows = (await conn.execute(_claim_cases_statement(), params)).all()
     first = len(applications.c)  # the job's columns follow the case's
     return [ClaimedJob(*r[first:]) for r in rows], list(rows)
@@ -151,6 +155,28 @@ def _claim_cases_statement() -> Select[Any]:
         .join_from(claimed, applications, applications.c.id == claimed.c.application_id)
         .order_by(applications.c.id)
         .with_for_update(of=applications)
+    )
+
+
+@functools.cache
+def _claim_statement_sqlite() -> ReturningUpdate[Any]:
+    """:func:`claim_cases`' claim elsewhere than PostgreSQL, prebuilt (:func:`claim` builds
+    the SELECT of the due rows and the UPDATE of their ids on every call): the same due rows,
+    oldest first, and the same stamp, in one ``UPDATE ... WHERE id IN (SELECT ... LIMIT)``."""
+    at = bindparam("_now", type_=UTCDateTime())
+    due = leases.due_rows(LEASED_JOBS, _claimable(bindparam("_department")), 0, at).limit(
+        bindparam("_limit")
+    )
+    return (
+        update(dispatch_jobs)
+        .where(dispatch_jobs.c.id.in_(due))
+        .values(
+            next_attempt_at=bindparam("_until", type_=UTCDateTime()),
+            lease_owner=bindparam("_owner"),
+            state=LEASED,
+            updated_at=at,
+        )
+        .returning(dispatch_jobs)
     )
 
 
