@@ -11,12 +11,12 @@ import weakref
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
-from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy import Integer, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -32,10 +32,11 @@ from gateway.handover import new_handover
 from gateway.identity import RESIDENT_ID, check_phone, check_resident_id
 from gateway.runtime import Runtime
 from gateway.states import State
-from gateway.store import jobs, outbox
+from gateway.store import driver, jobs, outbox
 from gateway.store.chain import seal_events
 from gateway.store.clients import Client, find_many
 from gateway.store.group import GroupCommit
+from gateway.store.lists import is_postgresql
 from gateway.store.tables import (
     applications,
     dispatch_jobs,
@@ -283,10 +284,7 @@ def form_at(form: Any, path: list[Any]) -> Any:
 async def _replay(
     conn: AsyncConnection, client: Client, key: str, digest: str
 ) -> IntakeResult | None:
-    q = select(idempotency_records).where(
-        idempotency_records.c.client_id == client.id, idempotency_records.c.key == key
-    )
-    rec = (await conn.execute(q)).first()
+    rec = (await _records(conn, [(client.id, key)])).get((client.id, key))
     if rec is None:
         return None
     answer = _answer_replay(rec, digest)
@@ -488,13 +486,6 @@ async def _resolve_keys(
     return out
 
 
-_INSERT_APPLICATION = insert(applications)
-_INSERT_EVENT = insert(events)
-_INSERT_JOB = insert(dispatch_jobs)
-_INSERT_IDEMPOTENCY = insert(idempotency_records)
-_INSERT_HANDOVER = insert(handovers)
-
-
 async def _store_batch(
     conn: AsyncConnection, batch: list[_Pending]
 ) -> list[tuple[_Pending, IntakeResult | IntakeProblem]]:
@@ -544,20 +535,51 @@ def _conflict() -> IntakeProblem:
     )
 
 
-def _answer_replay(record: Any, digest: str) -> IntakeResult | IntakeProblem:
+def _answer_replay(record: _Record, digest: str) -> IntakeResult | IntakeProblem:
     if record.request_hash != digest:
         return _conflict()
     return IntakeResult(ApplicationAccepted.model_validate(record.response), replayed=True)
 
 
+class _Record(NamedTuple):
+    """What an idempotency record says about the answer given to its key."""
+
+    request_hash: str
+    response: dict[str, Any]
+
+
+#: the idempotency records of some clients' keys (a superset of the pairs asked for: every
+#: client with every key; the pairs are picked in Python). One statement text on each engine
+_RECORDS = driver.Query(
+    lambda one_of: select(
+        idempotency_records.c.client_id,
+        idempotency_records.c.key,
+        idempotency_records.c.request_hash,
+        idempotency_records.c.response,
+    ).where(
+        one_of(idempotency_records.c.client_id, "clients"),
+        one_of(idempotency_records.c.key, "keys"),
+    )
+)
+
+
+async def _records(
+    conn: AsyncConnection, pairs: list[tuple[str, str]]
+) -> dict[tuple[str, str], _Record]:
+    """The idempotency records of these (client id, key) pairs."""
+    wanted = set(pairs)
+    params = {"clients": sorted({c for c, _k in wanted}), "keys": sorted({k for _c, k in wanted})}
+    return {
+        (client_id, key): _Record(request_hash, response)
+        for client_id, key, request_hash, response in await _RECORDS.all(conn, params)
+        if (client_id, key) in wanted
+    }
+
+
 async def _stored_records(
     conn: AsyncConnection, batch: list[_Pending]
-) -> dict[tuple[str, str], Any]:
-    pairs = list({(i.client.id, i.key) for i in batch})
-    q = select(idempotency_records).where(
-        tuple_(idempotency_records.c.client_id, idempotency_records.c.key).in_(pairs)
-    )
-    return {(r.client_id, r.key): r for r in (await conn.execute(q)).all()}
+) -> dict[tuple[str, str], _Record]:
+    return await _records(conn, [(i.client.id, i.key) for i in batch])
 
 
 async def _batch_materials(
@@ -584,11 +606,15 @@ async def _insert(
     receipts = await _receipt_numbers(conn, [item.client.centre or "" for item, _r in ok], at)
     today = at.astimezone(CHINA).date()
     apps, evs, jbs, idem, hand = [], [], [], [], []
+    promised: dict[int, tuple[dt.date, bool]] = {}  # a batch's matters share a few deadlines
     answers: list[tuple[_Pending, IntakeResult | IntakeProblem]] = []
     for (item, refs), receipt in zip(ok, receipts, strict=True):
         client, body, matter = item.client, item.body, item.matter
         app_id = new_id("a")
-        promised_by, covered = add_workdays(today, matter.promised_days)
+        days = matter.promised_days
+        if days not in promised:
+            promised[days] = add_workdays(today, days)
+        promised_by, covered = promised[days]
         delivery = item.delivery.model_dump(mode="json")
         apps.append(
             {
@@ -650,14 +676,14 @@ async def _insert(
             }
         )
         answers.append((item, IntakeResult(accepted, replayed=False)))
-    for stmt, rows in (
-        (_INSERT_APPLICATION, apps),
-        (_INSERT_EVENT, evs),
-        (_INSERT_JOB, jbs),
-        (_INSERT_HANDOVER, hand),
-        (_INSERT_IDEMPOTENCY, idem),
+    for table, rows in (
+        (applications, apps),
+        (events, evs),
+        (dispatch_jobs, jbs),
+        (handovers, hand),
+        (idempotency_records, idem),
     ):
-        await conn.execute(stmt, rows)
+        await driver.insert_many(conn, table, rows)
     await outbox.fan_out(conn, [str(row["id"]) for row in apps], at)
     await mark_used(conn, [m["id"] for _item, refs in ok for m in refs], at)
     return answers
@@ -673,22 +699,34 @@ async def mark_used(conn: AsyncConnection, material_ids: list[str], at: dt.datet
         )
 
 
+def _receipt_upsert(ins: Any) -> Any:
+    # one statement per centre in a batch: ``n`` receipt numbers taken at once
+    n = bindparam("n", type_=Integer())
+    return (
+        ins(receipt_counters)
+        .values(centre=bindparam("centre"), day=bindparam("day"), last=n)
+        .on_conflict_do_update(
+            index_elements=["centre", "day"], set_={"last": receipt_counters.c.last + n}
+        )
+        .returning(receipt_counters.c.last)
+    )
+
+
+_RECEIPTS_PG = _receipt_upsert(pg_insert)
+_RECEIPTS_SQLITE = driver.Query(lambda _one_of: _receipt_upsert(sqlite_insert))
+
+
 async def _receipt_numbers(conn: AsyncConnection, centres: list[str], at: dt.datetime) -> list[str]:
     """Receipt numbers, unique per centre per day, for applications from ``centres``."""
     day = at.astimezone(CHINA).strftime("%Y%m%d")
     wanted = Counter(centres)
     last: dict[str, int] = {}
-    ins = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     for centre, n in wanted.items():
-        upsert = (
-            ins(receipt_counters)
-            .values(centre=centre, day=day, last=n)
-            .on_conflict_do_update(
-                index_elements=["centre", "day"], set_={"last": receipt_counters.c.last + n}
-            )
-            .returning(receipt_counters.c.last)
-        )
-        last[centre] = (await conn.execute(upsert)).scalar_one()
+        params = {"centre": centre, "day": day, "n": n}
+        if is_postgresql(conn):
+            last[centre] = (await conn.execute(_RECEIPTS_PG, params)).scalar_one()
+        else:
+            [(last[centre],)] = await _RECEIPTS_SQLITE.all(conn, params)
     next_seq = {c: last[c] - n + 1 for c, n in wanted.items()}
     out = []
     for centre in centres:
