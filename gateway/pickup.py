@@ -195,6 +195,19 @@ class Handed:
     replayed: bool
 
 
+async def _handed_out(conn: AsyncConnection, change: StatusChange, **record: Any) -> Handed:
+    """Record on the case's handover row how its result left (``record``: outcome, when, by
+    whom, ...) in the transaction of ``change``, and answer with the handover as it is now."""
+    app_id = change.application_id
+    await conn.execute(
+        update(handovers).where(handovers.c.application_id == app_id).values(**record)
+    )
+    app = await cases.get_application(conn, app_id)
+    assert app is not None
+    h = await handover_row(conn, app)
+    return Handed(handover_out(app, h), [with_contact(change, app.applicant)], replayed=False)
+
+
 async def collect(runtime: Runtime, client: Client, app_id: str, body: CollectIn) -> Handed:
     """Hand a ready result to the applicant (or a repeat of the same request: same answer)."""
     if (body.id_number is None) == (body.pickup_code is None):
@@ -285,23 +298,15 @@ async def collect(runtime: Runtime, client: Client, app_id: str, body: CollectIn
                 detail={"verified_with": how, "window": body.window},
             )
             assert result.change is not None
-            await conn.execute(
-                update(handovers)
-                .where(handovers.c.application_id == app_id)
-                .values(
-                    outcome="collected",
-                    handed_out_at=at,
-                    handed_out_by=f"{client.centre or 'ops'}/{body.clerk}",
-                    window=body.window,
-                    verified_with=how,
-                    recipient=body.collected_by,
-                )
-            )
-            app = await cases.get_application(conn, app_id)
-            assert app is not None
-            h = await handover_row(conn, app)
-            return Handed(
-                handover_out(app, h), [with_contact(result.change, app.applicant)], replayed=False
+            return await _handed_out(
+                conn,
+                result.change,
+                outcome="collected",
+                handed_out_at=at,
+                handed_out_by=f"{client.centre or 'ops'}/{body.clerk}",
+                window=body.window,
+                verified_with=how,
+                recipient=body.collected_by,
             )
     # the failure is committed above; only then is the request refused
     assert failed is not None
@@ -398,24 +403,16 @@ async def mail(runtime: Runtime, client: Client, app_id: str, body: MailIn) -> H
                 "id",
                 params={"id": app_id, "status": app.status},
             )
-        await conn.execute(
-            update(handovers)
-            .where(handovers.c.application_id == app_id)
-            .values(
-                outcome="mailed",
-                handed_out_at=result.change.at,
-                handed_out_by=actor,
-                window=body.window,
-                delivery_method=body.method,
-                carrier=shipment.carrier,
-                tracking_number=shipment.tracking_number,
-                address=address,
-                recipient=parcel.recipient,
-            )
-        )
-        app = await cases.get_application(conn, app_id)
-        assert app is not None
-        h = await handover_row(conn, app)
-        return Handed(
-            handover_out(app, h), [with_contact(result.change, app.applicant)], replayed=False
+        return await _handed_out(
+            conn,
+            result.change,
+            outcome="mailed",
+            handed_out_at=result.change.at,
+            handed_out_by=actor,
+            window=body.window,
+            delivery_method=body.method,
+            carrier=shipment.carrier,
+            tracking_number=shipment.tracking_number,
+            address=address,
+            recipient=parcel.recipient,
         )
