@@ -4,7 +4,9 @@ as the next version with the same idempotency lineage; events bound the paused c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -16,7 +18,6 @@ from gateway.dispatcher import Dispatcher
 from gateway.poller import poll_sweep
 from gateway.runtime import Runtime
 from gateway.simulators.city import simulated_city
-from gateway.simulators.rest_department import RestDepartmentState
 from gateway.store.clients import create_client
 from gateway.store.tables import dispatch_jobs
 from tests.conftest import FAST, wait_for
@@ -139,65 +140,85 @@ async def test_other_centre_cannot_supplement(
     assert await status_of(api, b, app["id"]) == "supplement_required"
 
 
-@pytest.fixture
-async def asking_city(example_config: Config) -> AsyncIterator[tuple[Runtime, RestDepartmentState]]:
-    """amr asks for a supplement on every first version (and decides re-sent ones)."""
+@contextlib.asynccontextmanager
+async def asking(
+    config: Config, code: str, simulator: dict[str, Any], department: dict[str, Any]
+) -> AsyncIterator[tuple[Runtime, Any]]:
+    """The city with department ``code``'s simulator and link overridden: the runtime and that
+    simulator's state."""
     async with simulated_city(
-        example_config,
-        simulator_overrides={"amr": FAST | {"mix": {"supplement": 1.0}}},
-        # polled, not fed: the feed's safety-net polls as often as the polls
-        department_overrides={
-            "amr": {
-                "poll_interval_seconds": 0.1,
-                "sync": {"poll_ceiling_seconds": 0.1, "feed_poll_seconds": 0.1},
-            }
-        },
+        config,
+        simulator_overrides={code: simulator},
+        department_overrides={code: department},
     ) as city:
         runtime = Runtime(city.config)
         await runtime.prepare_database()
         try:
-            yield runtime, city.states["amr"]
+            yield runtime, city.states[code]
         finally:
             await runtime.aclose()
 
 
-async def test_supplement_round_trip_with_the_department(
-    asking_city: tuple[Runtime, RestDepartmentState],
-) -> None:
-    runtime, department = asking_city
-    dispatcher = Dispatcher(runtime, seed=3)
+@contextlib.asynccontextmanager
+async def at_work(
+    runtime: Runtime, seed: int
+) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str]]]:
+    """The dispatcher running (stopped after the block), and the API with a C01 key."""
+    dispatcher = Dispatcher(runtime, seed=seed)
     task = asyncio.create_task(dispatcher.run())
-    async with runtime.engine.begin() as conn:
-        _c, key = await create_client(conn, name="c01", centre="C01", ops=False)
-    headers = {"Authorization": f"Bearer {key}"}
-    transport = httpx.ASGITransport(app=create_app(runtime))
     try:
+        async with runtime.engine.begin() as conn:
+            _c, key = await create_client(conn, name="c01", centre="C01", ops=False)
+        transport = httpx.ASGITransport(app=create_app(runtime))
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as api:
-            app = await submit(api, headers)
-
-            async def reaches(status: str) -> bool:
-                await poll_sweep(runtime)
-                return await status_of(api, headers, app["id"]) == status
-
-            await wait_for(lambda: reaches("supplement_required"), timeout=120)
-            case = (await api.get(f"/v1/applications/{app['id']}", headers=headers)).json()
-            assert case["supplement_items"] == ITEMS  # the department's own list
-            material = await upload(api, headers)
-            resp = await api.post(
-                f"/v1/applications/{app['id']}/supplements",
-                json={"materials": [material]},
-                headers=headers,
-            )
-            assert resp.status_code == 201
-            await wait_for(lambda: reaches("ready_for_pickup"), timeout=120)
-            case = (await api.get(f"/v1/applications/{app['id']}", headers=headers)).json()
-            assert case["version"] == 2 and len(case["documents"]) == 1
+            yield api, {"Authorization": f"Bearer {key}"}
     finally:
         await dispatcher.stop(grace_seconds=2)
         await task
-    [sim_case] = department.cases.values()  # one case at the department, re-sent
-    assert sim_case.version == 2
-    assert sorted(department.by_key) == [f"ow-{app['id']}-v1", f"ow-{app['id']}-v2"]
+
+
+async def supplemented(
+    runtime: Runtime, api: httpx.AsyncClient, headers: dict[str, str], app_id: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Wait (polling) for the department to ask for a supplement, hand in a material, wait for
+    the result: the case when it was asked, and when ready for pickup."""
+
+    async def reaches(status: str) -> bool:
+        await poll_sweep(runtime)
+        return await status_of(api, headers, app_id) == status
+
+    await wait_for(lambda: reaches("supplement_required"), timeout=120)
+    asked: dict[str, Any] = (await api.get(f"/v1/applications/{app_id}", headers=headers)).json()
+    material = await upload(api, headers)
+    resp = await api.post(
+        f"/v1/applications/{app_id}/supplements", json={"materials": [material]}, headers=headers
+    )
+    assert resp.status_code == 201
+    await wait_for(lambda: reaches("ready_for_pickup"), timeout=120)
+    ready: dict[str, Any] = (await api.get(f"/v1/applications/{app_id}", headers=headers)).json()
+    return asked, ready
+
+
+async def test_supplement_round_trip_with_the_department(example_config: Config) -> None:
+    """amr asks for a supplement on every first version (and decides re-sent ones)."""
+    async with asking(
+        example_config,
+        "amr",
+        FAST | {"mix": {"supplement": 1.0}},
+        # polled, not fed: the feed's safety-net polls as often as the polls
+        {
+            "poll_interval_seconds": 0.1,
+            "sync": {"poll_ceiling_seconds": 0.1, "feed_poll_seconds": 0.1},
+        },
+    ) as (runtime, department):
+        async with at_work(runtime, seed=3) as (api, headers):
+            app = await submit(api, headers)
+            asked, case = await supplemented(runtime, api, headers, app["id"])
+        assert asked["supplement_items"] == ITEMS  # the department's own list
+        assert case["version"] == 2 and len(case["documents"]) == 1
+        [sim_case] = department.cases.values()  # one case at the department, re-sent
+        assert sim_case.version == 2
+        assert sorted(department.by_key) == [f"ow-{app['id']}-v1", f"ow-{app['id']}-v2"]
 
 
 async def test_resent_version_that_is_a_new_case_at_the_department(
@@ -205,46 +226,17 @@ async def test_resent_version_that_is_a_new_case_at_the_department(
 ) -> None:
     """The SOAP department opens a new case for version 2: the gateway must follow the new case
     id (it used to keep polling version 1's case and fall back to supplement_required)."""
-    async with simulated_city(
+    async with asking(
         example_config,
-        simulator_overrides={"nrp": {"decision_delay_seconds": 0.2, "mix": ASK_FIRST}},
+        "nrp",
+        {"decision_delay_seconds": 0.2, "mix": ASK_FIRST},
         # polled every 0.1 s however long the case has been quiet (adaptive polling would wait
         # as long again as the case was quiet: seconds, on a busy machine)
-        department_overrides={
-            "nrp": {"poll_interval_seconds": 0.1, "sync": {"poll_ceiling_seconds": 0.1}}
-        },
-    ) as city:
-        runtime = Runtime(city.config)
-        await runtime.prepare_database()
-        dispatcher = Dispatcher(runtime, seed=5)
-        task = asyncio.create_task(dispatcher.run())
-        async with runtime.engine.begin() as conn:
-            _c, key = await create_client(conn, name="c01", centre="C01", ops=False)
-        headers = {"Authorization": f"Bearer {key}"}
-        transport = httpx.ASGITransport(app=create_app(runtime))
-        try:
-            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as api:
-                app = await submit(api, headers, matter_code="GG00305000", region="339900")
-
-                async def reaches(status: str) -> bool:
-                    await poll_sweep(runtime)
-                    return await status_of(api, headers, app["id"]) == status
-
-                await wait_for(lambda: reaches("supplement_required"), timeout=120)
-                first = (await api.get(f"/v1/applications/{app['id']}", headers=headers)).json()
-                material = await upload(api, headers)
-                resp = await api.post(
-                    f"/v1/applications/{app['id']}/supplements",
-                    json={"materials": [material]},
-                    headers=headers,
-                )
-                assert resp.status_code == 201
-                await wait_for(lambda: reaches("ready_for_pickup"), timeout=120)
-                case = (await api.get(f"/v1/applications/{app['id']}", headers=headers)).json()
-            assert case["version"] == 2
-            assert case["department_case_id"] != first["department_case_id"]
-            assert len(city.states["nrp"].cases) == 2  # one case per version at this department
-        finally:
-            await dispatcher.stop(grace_seconds=2)
-            await task
-            await runtime.aclose()
+        {"poll_interval_seconds": 0.1, "sync": {"poll_ceiling_seconds": 0.1}},
+    ) as (runtime, department):
+        async with at_work(runtime, seed=5) as (api, headers):
+            app = await submit(api, headers, matter_code="GG00305000", region="339900")
+            first, case = await supplemented(runtime, api, headers, app["id"])
+        assert case["version"] == 2
+        assert case["department_case_id"] != first["department_case_id"]
+        assert len(department.cases) == 2  # one case per version at this department
