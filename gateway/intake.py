@@ -294,37 +294,26 @@ async def _replay(
 
 
 async def submit(runtime: Runtime, client: Client, key: str, body: ApplicationIn) -> IntakeResult:
-    """Accept one application (idempotent on ``(client, key)``). Returns once it is committed."""
-    if client.centre is None:
-        raise _not_a_centre()
-    digest = request_hash(body)
-    try:
-        matter = _route(runtime, body)
-        _validate_form(runtime, body, matter)
-        delivery = _delivery(runtime, client, body, matter)
-    except IntakeProblem:
-        # config may have changed since this key was first accepted: its answer still stands
-        async with runtime.engine.begin() as conn:
-            replay = await _replay(conn, client, key, digest)
-        if replay:
-            return replay
-        raise
-    answer = await _writer(runtime).submit(_Pending(client, key, digest, body, matter, delivery))
-    if isinstance(answer, Exception):
-        raise answer
-    if not answer.replayed:
-        runtime.new_work()  # new work for a dispatcher in this process
-    return answer
+    """Accept one application from a client already admitted (idempotent on ``(client,
+    key)``). Returns once it is committed; raises the IntakeProblem that refuses it."""
+    check = KeyCheck(None, _admitted, outcome=client)
+    return await submit_keyed(runtime, check, key, body, check_body(runtime, body))
+
+
+def _admitted(client: Client | None) -> Client:
+    raise AssertionError("a KeyCheck with its outcome set is not judged again")
 
 
 @dataclass
 class KeyCheck:
-    """An API key to look up in the transaction that stores the application: the intake
-    endpoint's hot path, one transaction per batch instead of a key lookup's and then the
-    store's. ``admit`` is the API's verdict on what the look-up found (None: no such key):
-    it raises to refuse (unknown or revoked key, no scope, over quota) or gives the client."""
+    """The API key an application came with, judged in the transaction that stores it (one
+    look-up per batch instead of a look-up's transaction and then the store's). ``admit`` is
+    the API's verdict on what the look-up found (None: no such key): it raises to refuse
+    (unknown or revoked key, no scope, over quota, a bad Idempotency-Key) or gives the client.
+    ``digest`` None: nothing to look up, ``outcome`` is set already (a key from the config, a
+    caller that has its client)."""
 
-    digest: str  # sha256 of the key, as stored
+    digest: str | None  # sha256 of the key, as stored
     admit: Callable[[Client | None], Client]
     #: the verdict, kept: a batch stored again item by item (after a failure) does not look
     #: up and charge the quota twice
@@ -333,32 +322,39 @@ class KeyCheck:
 
 @dataclass(frozen=True)
 class Checked:
-    """A submission that passed the checks that need no key (route, form)."""
+    """What the checks that need no key (route, form) said of a submission: its matter, or
+    the problem that refuses it (answered only after the key's checks)."""
 
-    digest: str
-    matter: Matter
+    digest: str  # the body's fingerprint (request_hash)
+    matter: Matter | None
+    problem: IntakeProblem | None = None
 
 
 def check_body(runtime: Runtime, body: ApplicationIn) -> Checked:
-    """Route and validate ``body`` (IntakeProblem if it is refused)."""
-    matter = _route(runtime, body)
-    _validate_form(runtime, body, matter)
-    return Checked(request_hash(body), matter)
+    """Route and validate ``body``."""
+    digest = request_hash(body)
+    try:
+        matter = _route(runtime, body)
+        _validate_form(runtime, body, matter)
+    except IntakeProblem as exc:
+        return Checked(digest, None, exc)
+    return Checked(digest, matter)
 
 
 async def submit_keyed(
     runtime: Runtime, check: KeyCheck, key: str, body: ApplicationIn, checked: Checked
 ) -> IntakeResult:
-    """:func:`submit` for an application whose route and form passed (:func:`check_body`),
-    sent with an API key not looked up yet: the key is looked up and judged (``check``) in
-    the transaction that stores the application, then the checks :func:`submit` makes on the
-    client follow in the same order. Raises what refuses it."""
-    pending = _Keyed(check, runtime, key, checked.digest, body, checked.matter)
-    answer = await _writer(runtime).submit(pending)
+    """Accept one application (idempotent on the client and ``key``), whose key is judged by
+    ``check`` in the storing transaction; then, in this order, what refuses it: not a
+    centre's key, the body's route and form (``checked``), its delivery. An application
+    refused after the key was admitted replays the answer its Idempotency-Key got before, if
+    any (config may have changed since: that answer still stands). Returns once it is
+    committed; raises what refuses it."""
+    answer = await _writer(runtime).submit(_Keyed(check, runtime, key, body, checked))
     if isinstance(answer, Exception):
         raise answer
     if not answer.replayed:
-        runtime.new_work()
+        runtime.new_work()  # new work for a dispatcher in this process
     return answer
 
 
@@ -403,18 +399,17 @@ class _Pending:
 
 @dataclass(frozen=True)
 class _Keyed:
-    """A submission whose key ``check`` is made in the storing transaction."""
+    """A submission as it reaches the group commit: its key judged there."""
 
     check: KeyCheck
     runtime: Runtime  # for the checks that follow the key's
     key: str
-    digest: str
     body: ApplicationIn
-    matter: Matter
+    checked: Checked
 
 
 Answer = IntakeResult | Exception
-_WRITERS: weakref.WeakKeyDictionary[Runtime, GroupCommit[_Pending | _Keyed, Answer]] = (
+_WRITERS: weakref.WeakKeyDictionary[Runtime, GroupCommit[_Keyed, Answer]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -424,7 +419,7 @@ _WRITERS: weakref.WeakKeyDictionary[Runtime, GroupCommit[_Pending | _Keyed, Answ
 QUEUE_LIMIT = 1000
 
 
-def _writer(runtime: Runtime) -> GroupCommit[_Pending | _Keyed, Answer]:
+def _writer(runtime: Runtime) -> GroupCommit[_Keyed, Answer]:
     """Group commit for intake: submissions that arrive together are stored in one transaction
     with multi-row inserts, each answered only after that commit (~8 statements per batch
     instead of ~8 and a commit per application)."""
@@ -438,32 +433,27 @@ def _writer(runtime: Runtime) -> GroupCommit[_Pending | _Keyed, Answer]:
     return writer
 
 
-async def _store_in_order(conn: AsyncConnection, batch: list[_Pending | _Keyed]) -> list[Answer]:
+async def _store_in_order(conn: AsyncConnection, batch: list[_Keyed]) -> list[Answer]:
     resolved = await _resolve_keys(conn, batch)
     todo = [item for item in resolved if isinstance(item, _Pending)]
     answers = {id(item): answer for item, answer in await _store_batch(conn, todo)}
     return [answers[id(item)] if isinstance(item, _Pending) else item for item in resolved]
 
 
-async def _resolve_keys(
-    conn: AsyncConnection, batch: list[_Pending | _Keyed]
-) -> list[_Pending | Answer]:
-    """Items sent with a key not looked up yet (:func:`submit_keyed`): one look-up for the
-    batch, each judged by its ``admit``, then what :func:`submit` checks of a client, in its
-    order (a centre's key; the delivery; a refused one that was accepted before replays)."""
-    unchecked = [i.check for i in batch if isinstance(i, _Keyed) and i.check.outcome is None]
+async def _resolve_keys(conn: AsyncConnection, batch: list[_Keyed]) -> list[_Pending | Answer]:
+    """One look-up for the batch's keys not judged yet, each judged by its ``admit``; then
+    what refuses an application from an admitted key, in :func:`submit_keyed`'s order."""
+    unchecked = [i.check for i in batch if i.check.outcome is None]
     if unchecked:
-        found = await find_many(conn, sorted({c.digest for c in unchecked}))
+        digests = {c.digest for c in unchecked if c.digest is not None}
+        found = await find_many(conn, sorted(digests)) if digests else {}
         for c in unchecked:
             try:
-                c.outcome = c.admit(found.get(c.digest))
+                c.outcome = c.admit(found.get(c.digest) if c.digest is not None else None)
             except Exception as exc:
                 c.outcome = exc
     out: list[_Pending | Answer] = []
     for item in batch:
-        if isinstance(item, _Pending):
-            out.append(item)
-            continue
         client = item.check.outcome
         assert client is not None
         if isinstance(client, Exception):
@@ -472,17 +462,21 @@ async def _resolve_keys(
         if client.centre is None:
             out.append(_not_a_centre())
             continue
+        checked = item.checked
         try:
-            delivery = _delivery(item.runtime, client, item.body, item.matter)
+            if checked.problem is not None:
+                raise checked.problem
+            assert checked.matter is not None
+            delivery = _delivery(item.runtime, client, item.body, checked.matter)
         except IntakeProblem as exc:
-            try:  # as in submit: an answer given to this key before still stands
-                replay = await _replay(conn, client, item.key, item.digest)
+            try:  # an answer given to this key before still stands
+                replay = await _replay(conn, client, item.key, checked.digest)
             except IntakeProblem as conflict:
                 out.append(conflict)
                 continue
             out.append(replay or exc)
             continue
-        out.append(_Pending(client, item.key, item.digest, item.body, item.matter, delivery))
+        out.append(_Pending(client, item.key, checked.digest, item.body, checked.matter, delivery))
     return out
 
 

@@ -370,3 +370,38 @@ async def test_the_key_is_judged_before_the_body_and_a_revoked_key_cannot_submit
     refused = await api.post("/v1/applications", json=application(), headers={**desk, **key()})
     assert_problem(refused, 401)
     assert refused.json()["detail"] == "this API key is not known or was revoked"
+
+
+@pytest.mark.parametrize("kind", ["database", "config"])
+async def test_every_key_gets_the_same_checks_in_the_same_order(
+    runtime: Runtime, kind: str
+) -> None:
+    """One path for a key kept in the database and one from the config: key, then
+    Idempotency-Key, then the body's route, then an answer the Idempotency-Key got before
+    (a refused body under a used key is the 409 of a reused key, not the body's 422)."""
+    from gateway.api.app import create_app
+    from gateway.store.clients import Client, create_client, hash_key
+
+    app = create_app(runtime)
+    if kind == "config":
+        secret = "static-c01"
+        app.state.keyring.static[hash_key(secret)] = Client("s1", "front desk", "C01", False)
+    else:
+        async with runtime.engine.begin() as conn:
+            _client, secret = await create_client(conn, name="desk", centre="C01", ops=False)
+    desk = {"Authorization": f"Bearer {secret}"}
+    bad = application(matter_code="NO0000000")  # a valid shape the catalog refuses
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://gateway.test",
+        headers={"Accept-Language": "en"},
+    ) as api:
+        refused = await api.post("/v1/applications", json=bad, headers=desk)
+        assert_problem(refused, 400, "Idempotency-Key")
+        assert_problem(await api.post("/v1/applications", json=bad, headers={**desk, **key()}), 422)
+        used = key()
+        ok = await api.post("/v1/applications", json=application(), headers={**desk, **used})
+        assert ok.status_code == 201, ok.text
+        again = await api.post("/v1/applications", json=application(), headers={**desk, **used})
+        assert again.json() == ok.json() and again.headers["idempotent-replayed"] == "true"
+        assert_problem(await api.post("/v1/applications", json=bad, headers={**desk, **used}), 409)

@@ -18,6 +18,7 @@ from gateway.api.auth import (
     admit,
     authenticate,
     bearer_key,
+    no_key,
 )
 from gateway.api.paging import Page, PageDep
 from gateway.api.problems import KEY_FIRST, Problem
@@ -139,37 +140,38 @@ _IDEMPOTENCY_HEADER = {
     openapi_extra={"parameters": [_IDEMPOTENCY_HEADER], "security": [{"HTTPBearer": []}]},
 )
 async def submit_application(body: intake.ApplicationIn, request: Request) -> Response:
+    # one way for every request: the key, then the quota, then the Idempotency-Key (judge),
+    # then what intake refuses. A key kept in the database is looked up in the transaction
+    # that stores the application (one look-up per batch); a config key is judged here
     runtime: Runtime = request.app.state.runtime
     key = bearer_key(request)
+    if key is None:
+        raise no_key()
     idempotency_key = request.headers.get("idempotency-key")
+    limiter = request.app.state.rate_limiter
+
+    def judge(found: Client | None) -> Client:
+        client = admit(request, found)
+        limiter.check(client, "intake")
+        _check_idempotency_key(idempotency_key)
+        return client
+
     keyring: KeyRing = request.app.state.keyring
-    if (
-        key is not None
-        and _usable(idempotency_key)
-        and (digest := hash_key(key)) not in keyring.static
-    ):
-        # the hot path: a key kept in the database is looked up in the transaction that
-        # stores the application (one per batch, not a look-up's and then the store's); what
-        # refuses a request is checked in the same order as below
-        try:
-            checked = intake.check_body(runtime, body)
-        except intake.IntakeProblem:
-            checked = None  # answered below, after the key's checks, as always
-        if checked is not None:
-            limiter = request.app.state.rate_limiter
+    check = intake.KeyCheck(hash_key(key), judge)
+    static = keyring.static.get(check.digest or "")
+    if static is not None:
+        check.digest, check.outcome = None, judge(static)  # refused here, or the client
+    checked = intake.check_body(runtime, body)
+    return await _accepted(
+        intake.submit_keyed(runtime, check, idempotency_key or "", body, checked), check
+    )
 
-            def judge(found: Client | None) -> Client:
-                client = admit(request, found)
-                limiter.check(client, "intake")
-                return client
 
-            check = intake.KeyCheck(digest, judge)
-            assert idempotency_key is not None  # _usable
-            return await _accepted(
-                intake.submit_keyed(runtime, check, idempotency_key, body, checked), check
-            )
-    client = await authenticate(request)
-    request.app.state.rate_limiter.check(client, "intake")
+# a body FastAPI refuses (422) is answered after the key's checks, as before the body
+KEY_FIRST[submit_application] = authenticate
+
+
+def _check_idempotency_key(idempotency_key: str | None) -> None:
     if idempotency_key is not None and len(idempotency_key) > 200:
         raise Problem(
             400,
@@ -192,29 +194,13 @@ async def submit_application(body: intake.ApplicationIn, request: Request) -> Re
             "resending with the same key is then safe",
             field="Idempotency-Key",
         )
-    return await _accepted(intake.submit(runtime, client, idempotency_key, body))
 
 
-# a body FastAPI refuses (422) is answered after the key's checks, as before the body
-KEY_FIRST[submit_application] = authenticate
-
-
-def _usable(idempotency_key: str | None) -> bool:
-    """An Idempotency-Key the checks below let through."""
-    return (
-        idempotency_key is not None
-        and 0 < len(idempotency_key) <= 200
-        and idempotency_key.isprintable()
-    )
-
-
-async def _accepted(
-    storing: Awaitable[intake.IntakeResult], check: intake.KeyCheck | None = None
-) -> Response:
+async def _accepted(storing: Awaitable[intake.IntakeResult], check: intake.KeyCheck) -> Response:
     try:
         result = await storing
     except intake.IntakeProblem:
-        if check is None or isinstance(check.outcome, Client):  # not the key's own refusal
+        if isinstance(check.outcome, Client):  # not the key's own refusal
             metrics.INTAKE.labels("rejected").inc()
         raise
     metrics.INTAKE.labels("replayed" if result.replayed else "accepted").inc()
