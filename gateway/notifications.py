@@ -46,13 +46,18 @@ class NotifiedChange(StatusChange):
 def with_contact(change: StatusChange, applicant: dict[str, Any] | None) -> StatusChange:
     if applicant is None:
         return change
-    # the change's values were validated when it was made: no second validation
-    return NotifiedChange.model_construct(**dict(change), contact=Contact.from_applicant(applicant))
+    # the change's values were validated when it was made: no second validation; they are
+    # its __dict__ (StatusChange keeps no extras), copied without BaseModel.__iter__: a
+    # delivery makes three or four of these (half of their ~10 us went to dict(change))
+    values = dict(change.__dict__)
+    values["contact"] = Contact.from_applicant(applicant)
+    return NotifiedChange.model_construct(**values)
 
 
 def split(change: StatusChange) -> tuple[StatusChange, Contact | None]:
     """The plain change (what plugins see as ``change``) and the contact, if known."""
     if isinstance(change, NotifiedChange):
-        plain = {name: getattr(change, name) for name in StatusChange.model_fields}
+        plain = dict(change.__dict__)
+        del plain["contact"]
         return StatusChange.model_construct(**plain), change.contact
     return change, None

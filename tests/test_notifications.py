@@ -3,6 +3,7 @@ through ``register_delivery_methods`` (the built-in manual one and the example c
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -14,12 +15,13 @@ import pytest
 from gateway.config.loader import Config
 from gateway.delivery import DeliveryMethod
 from gateway.errors import PluginError
-from gateway.events import StatusChange
+from gateway.events import Source, StatusChange
 from gateway.hookspecs import hookimpl
 from gateway.manual_mail import ManualMail
-from gateway.notifications import Contact
+from gateway.notifications import Contact, NotifiedChange, split, with_contact
 from gateway.plugin_manager import load_plugins
 from gateway.runtime import Runtime
+from gateway.states import State
 from tests.handout_fixtures import ID_NUMBER, decide, quiet_runtime, status_of, submit
 
 PHONE = "13800138000"
@@ -170,3 +172,37 @@ def test_duplicate_delivery_method_is_a_startup_error() -> None:
     with pytest.raises(PluginError) as exc:
         plugins.delivery_methods()
     assert "already registered" in str(exc.value) and "again" in str(exc.value)
+
+
+def test_a_change_carries_its_contact_and_splits_back_unchanged() -> None:
+    """with_contact and split copy the change's values without validating them again: the
+    same values and fields set as the change itself, the contact beside them, never in a dump."""
+    change = StatusChange(
+        application_id="01JABCDEFGHJKMNPQRSTVWXYZ0",
+        receipt_number="C01-20261201-0001",
+        department="amr",
+        matter_code="GG00301000",
+        centre="C01",
+        version=2,
+        from_status=State.DELIVERED,
+        to_status=State.APPROVED,
+        source=Source.DISPATCH,
+        actor="host:1:abc",
+        at=dt.datetime(2026, 12, 1, 8, 30, tzinfo=dt.UTC),
+        detail={"case_id": "A-1", "resent": True},
+    )
+    assert with_contact(change, None) is change
+    carried = with_contact(change, {"name": "张三", "phone": PHONE, "id_number": ID_NUMBER})
+    assert type(carried) is NotifiedChange
+    assert carried.contact is not None and carried.contact.phone is not None
+    assert carried.contact.phone.get_secret_value() == PHONE
+    assert carried.contact.name.get_secret_value() == "张三"
+    assert carried.model_dump() == change.model_dump()  # the contact is never dumped
+    assert carried.model_fields_set == change.model_fields_set | {"contact"}
+    plain, contact = split(carried)
+    assert type(plain) is StatusChange and contact == carried.contact
+    assert plain == change and plain.model_fields_set == change.model_fields_set
+    # a change that already carries a contact gets the new one
+    again = with_contact(carried, {"name": "李四"})
+    assert again.contact is not None and again.contact.phone is None  # type: ignore[attr-defined]
+    assert split(change) == (change, None)
