@@ -110,6 +110,10 @@ async def measure(args: argparse.Namespace, database_url: str | None, label: str
                     )
                 if args.only:
                     targets = {args.only: targets[args.only]}
+                if args.settle_heap:  # as `gateway serve` does once started (both sides)
+                    from gateway.service import settle_heap
+
+                    settle_heap()
                 rates: dict[str, list[float]] = {name: [] for name in names}
                 cpu: dict[str, list[float]] = {name: [] for name in names}
                 process_cpu: dict[str, list[float]] = {name: [] for name in names}
@@ -231,6 +235,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also measure a gateway with [gateway.security] pii_key set (ID and phone numbers "
         "encrypted at rest), in the same rounds, and print its ratio to the plain gateway",
+    )
+    p.add_argument(
+        "--settle-heap",
+        action="store_true",
+        help="freeze the start-up heap out of the garbage collector once the servers run, as "
+        "`gateway serve` does (gateway.service.settle_heap); off by default, so figures stay "
+        "comparable with earlier runs",
     )
     p.add_argument("--quick", action="store_true", help="tiny run for smoke tests")
     args = p.parse_args(argv)
