@@ -156,9 +156,14 @@ def request_hash(body: ApplicationIn) -> str:
     """The body's fingerprint for Idempotency-Key checks. The model's own fields serialise in a
     fixed order (pydantic's fast path); the free-form ``form`` is sorted, so a client that
     re-sends it with its keys in another order is still sending the same application."""
-    digest = hashlib.sha256(body.model_dump_json(exclude={"form"}).encode())
-    digest.update(json.dumps(body.form, sort_keys=True, separators=(",", ":")).encode())
+    digest = hashlib.sha256(body.model_dump_json(exclude=_NOT_FORM).encode())
+    digest.update(_SORTED_JSON.encode(body.form).encode())
     return digest.hexdigest()
+
+
+_NOT_FORM = {"form"}
+#: json.dumps(value, sort_keys=True, separators=(",", ":")), its encoder made once
+_SORTED_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
 def _route(runtime: Runtime, body: ApplicationIn) -> Matter:

@@ -231,9 +231,9 @@ async def _accepted(storing: Awaitable[intake.IntakeResult], check: intake.KeyCh
         result = await storing
     except intake.IntakeProblem:
         if isinstance(check.outcome, Client):  # not the key's own refusal
-            metrics.INTAKE.labels("rejected").inc()
+            metrics.child(metrics.INTAKE, "rejected").inc()
         raise
-    metrics.INTAKE.labels("replayed" if result.replayed else "accepted").inc()
+    metrics.child(metrics.INTAKE, "replayed" if result.replayed else "accepted").inc()
     # serialised here, once: the declared response_model still documents it in OpenAPI
     return Response(
         result.accepted.model_dump_json(),
