@@ -429,6 +429,7 @@ class Daemon:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-6:]}"
         self.schedule = runtime.config.gateway.schedule
         self.dispatcher = Dispatcher(runtime, owner=self.owner)
+        self.dispatcher.more_to_tell = self.schedule_lines
         self.scheduler = AsyncIOScheduler(
             timezone=dt.UTC,
             job_defaults={
@@ -617,6 +618,30 @@ class Daemon:
             self._pause = 0.0
             return False
         return time.monotonic() < self._paused_until
+
+    def schedule_lines(self) -> list[str]:
+        """For the process snapshot: when the scheduler wakes next, each tick's next run and
+        running instances (APScheduler skips a due tick silently while one still runs), and the
+        daemon's own pause. APScheduler's private state, read defensively: diagnostics only."""
+        loop = asyncio.get_running_loop()
+        timer = getattr(self.scheduler, "_timeout", None)
+        wakes = "no timer"
+        if timer is not None and not timer.cancelled():
+            wakes = f"wakes in {timer.when() - loop.time():.1f} s"
+        executors = getattr(self.scheduler, "_executors", {})
+        instances = getattr(executors.get("default"), "_instances", {})
+        pause = max(0.0, self._paused_until - time.monotonic()) if self._pause else 0.0
+        lines = [
+            f"scheduler {'running' if self.scheduler.running else 'stopped'}: {wakes}; "
+            f"ticks under way {len(self._running)}; paused {pause:.1f} s"
+            f"{'; stopping' if self._stopping else ''}"
+        ]
+        at = dt.datetime.now(dt.UTC)
+        for job in sorted(self.scheduler.get_jobs(), key=lambda j: j.id):
+            due = job.next_run_time
+            when = "no next run" if due is None else f"next in {(due - at).total_seconds():.1f} s"
+            lines.append(f"tick {job.id}: {when}, running {instances.get(job.id, 0)}")
+        return lines
 
     def run_soon(self, name: str) -> None:
         """Bring a task's next run forward to now (new local work, tests)."""

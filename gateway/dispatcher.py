@@ -86,6 +86,8 @@ class Dispatcher:
             runtime.engine, self._store
         )
         runtime.on_close.append(self._recorder.aclose)
+        #: more lines for the process snapshot (the daemon driving this dispatcher: its ticks)
+        self.more_to_tell: Callable[[], list[str]] | None = None
 
     def skipping_empty(self) -> dict[str, float]:
         """Departments skipped as having nothing due, with until when (``time.monotonic()``)."""

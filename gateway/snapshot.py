@@ -93,6 +93,8 @@ def describe(links: Iterable[DepartmentLink], dispatcher: Dispatcher | None) -> 
     lines = [link_line(link) for link in links]
     if dispatcher is not None:
         lines.append(dispatcher_line(dispatcher))
+        if dispatcher.more_to_tell is not None:
+            lines += dispatcher.more_to_tell()
     lines += task_lines(asyncio.all_tasks())
     return "\n".join(lines)
 

@@ -230,3 +230,22 @@ async def test_three_daemons_share_one_database(
 async def _lease_rows(runtime: Runtime) -> list[Row[Any]]:
     async with runtime.engine.connect() as conn:
         return list((await conn.execute(select(task_leases))).all())
+
+
+async def test_the_snapshot_tells_when_each_tick_runs_next(runtime: Runtime) -> None:
+    from gateway.snapshot import describe
+
+    daemon = Daemon(runtime)
+    await daemon.start()
+    try:
+        # the scheduler sets its timer once the loop runs its first wake-up
+        await wait_for(lambda: "wakes in" in describe([], daemon.dispatcher))
+        text = describe(runtime.links(), daemon.dispatcher)
+    finally:
+        await daemon.stop()
+    lines = text.splitlines()
+    [scheduler] = [line for line in lines if line.startswith("scheduler ")]
+    assert scheduler.startswith("scheduler running: wakes in ") and "paused 0.0 s" in scheduler
+    ticks = {line.split()[1][:-1]: line for line in lines if line.startswith("tick ")}
+    assert set(ticks) == set(daemon.tasks)  # a silently skipped tick shows its next run here
+    assert ", running " in ticks["dispatch"] and "next in " in ticks["dispatch"]

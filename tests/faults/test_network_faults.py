@@ -70,7 +70,11 @@ async def test_department_blackholed(tmp_path: Path, mode: str) -> None:
         delivered_during = len(sim.cases)
         await proxy.set_mode("forward")
         switched = time.monotonic()
-        await wait_for(lambda: len(sim.cases) >= n, timeout=120, interval=0.2)
+        # a breaker that reopened just before the host came back waits out its cool-down (15 s),
+        # then one probe closes it and the backlog goes; the bound is the breaker's rule, not
+        # speed. Waited for here, with the gateway running, so that a stall is caught while it
+        # lasts (the harness logs the gateway's process snapshot on the way out)
+        await wait_for(lambda: len(sim.cases) >= n, timeout=15.0 + 15.0, interval=0.2)
         recovery = time.monotonic() - switched
 
         async def past_dispatch() -> bool:
@@ -102,9 +106,6 @@ async def test_department_blackholed(tmp_path: Path, mode: str) -> None:
     assert delivered_during == 0
     assert len(sim.cases) == n  # each once
     assert proxy.max_open <= 8 + 2  # the department's concurrency (+ a health check)
-    # a breaker that reopened just before the host came back waits out its cool-down (15 s),
-    # then one probe closes it and the backlog goes; the bound is the breaker's rule, not speed
-    assert recovery < 15.0 + 15.0
     assert "Traceback" not in log_text
     assert len(log_text.splitlines()) < 60, log_text
 
