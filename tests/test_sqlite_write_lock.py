@@ -12,7 +12,9 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from gateway.store.db import BUSY_TIMEOUT_MS, _begin_immediate, create_engine
+from gateway.store.db import create_engine
+from gateway.store.sqlite import BUSY_TIMEOUT_MS
+from gateway.store.sqlite import poll_begin as _begin_immediate
 
 
 def _other_writer(path: Path) -> sqlite3.Connection:

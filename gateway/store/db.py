@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import re
 import sqlite3
-import time
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +37,7 @@ from gateway.errors import (
     StorageUnavailable,
 )
 from gateway.outage import Outage
+from gateway.store import sqlite
 
 if TYPE_CHECKING:  # alembic costs a daemon ~0.1 s of start-up: imported when it migrates
     from alembic.config import Config as AlembicConfig
@@ -46,8 +46,6 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 #: seconds a client is told to wait (Retry-After) while the database is out
 RETRY_AFTER = 2.0
-#: how long a SQLite statement waits for another process's lock before "database is locked"
-BUSY_TIMEOUT_MS = 30_000
 
 # SQLSTATEs that mean the server, not the statement: connection exceptions (08), shutdown and
 # start-up (57P01-57P03), too many connections / out of resources (53), statement or lock
@@ -223,7 +221,13 @@ def create_engine(
     # async queue (no busy-wait); BEGIN IMMEDIATE makes other processes wait for the write lock
     # instead of failing on a read-to-write upgrade (see _begin_immediate for how they wait).
     engine = create_async_engine(
-        url, echo=echo, poolclass=_Pool, pool_size=1, max_overflow=0, pool_timeout=120
+        url,
+        echo=echo,
+        poolclass=_Pool,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=120,
+        **sqlite.engine_options(),
     )
     if watch:
         _watch(engine)
@@ -235,7 +239,7 @@ def create_engine(
         for pragma in (
             "journal_mode=WAL",
             "synchronous=NORMAL",
-            f"busy_timeout={BUSY_TIMEOUT_MS}",
+            f"busy_timeout={sqlite.BUSY_TIMEOUT_MS}",
             "foreign_keys=ON",
         ):
             cur.execute(f"PRAGMA {pragma}")
@@ -243,47 +247,10 @@ def create_engine(
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        driver = conn.connection.driver_connection
-        # aiosqlite runs a function in its connection's thread only through _execute (private,
-        # stable since 0.17); without it, the busy handler's coarse sleeps below are the wait
-        run = getattr(driver, "_execute", None)
-        raw = getattr(driver, "_conn", None)
-        if run is None or raw is None or not await_only(run(_begin_immediate, raw)):
+        if not sqlite.begin_immediate(conn.connection.driver_connection):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
-
-
-#: how long BEGIN IMMEDIATE polls for another process's write lock before it waits in SQLite's
-#: own busy handler (busy_timeout, 30 s more) and fails through the usual error path
-BEGIN_POLL_SECONDS = 5.0
-
-
-def _begin_immediate(conn: sqlite3.Connection, poll: float | None = None) -> bool:
-    """BEGIN IMMEDIATE in the connection's thread, polling for the write lock every 0.1-1 ms.
-
-    SQLite's busy handler sleeps 1, 2, 5 ... 25, 50, 100 ms between tries, so while another
-    process (API beside daemon) writes in a steady stream, a waiter wakes too late for the gaps
-    between its transactions and waits whole batches out: in the city-day run intake waited
-    12 ms a transaction on average and submissions ran at a third of what the CPU allowed.
-    False if the lock stayed taken for ``poll`` seconds or the BEGIN failed otherwise: the
-    caller begins the usual way, which waits on and reports errors as every statement does."""
-    limit = BEGIN_POLL_SECONDS if poll is None else poll
-    conn.execute("PRAGMA busy_timeout=0")
-    try:
-        deadline = time.monotonic() + limit
-        pause = 0.0001
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return True
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() >= deadline:
-                    return False
-            time.sleep(pause)
-            pause = min(pause * 1.5, 0.001)
-    finally:
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 def _ping(dbapi_connection: Any) -> bool:
