@@ -71,14 +71,27 @@ async def move(
 
 
 async def move_many(
-    conn: AsyncConnection, moves: list[Move], *, source: Source, actor: str
+    conn: AsyncConnection,
+    moves: list[Move],
+    *,
+    source: Source,
+    actor: str,
+    locked: dict[str, Row[Any]] | None = None,
 ) -> list[list[StatusChange]]:
     """:func:`move` for several cases in the caller's transaction, with one statement per table
     for the batch (lock, status UPDATE per column set, events, outbox, handovers) instead of
-    several per case. A case named twice is moved again after its first move is written."""
+    several per case. A case named twice is moved again after its first move is written.
+    ``locked``: the cases' rows as this transaction locked them and has not moved them since
+    (they are not read again)."""
     results: list[list[StatusChange]] = [[] for _ in moves]
-    for round_ in _rounds([m.app_id for m in moves]):
-        done = await _move_once(conn, [moves[i] for i in round_], source=source, actor=actor)
+    for n, round_ in enumerate(_rounds([m.app_id for m in moves])):
+        done = await _move_once(
+            conn,
+            [moves[i] for i in round_],
+            source=source,
+            actor=actor,
+            locked=locked if n == 0 else None,
+        )
         for i, changes in zip(round_, done, strict=True):
             results[i] = changes
     return results
@@ -107,10 +120,15 @@ async def _locked(conn: AsyncConnection, app_ids: list[str]) -> dict[str, Row[An
 
 
 async def _move_once(
-    conn: AsyncConnection, moves: list[Move], *, source: Source, actor: str
+    conn: AsyncConnection,
+    moves: list[Move],
+    *,
+    source: Source,
+    actor: str,
+    locked: dict[str, Row[Any]] | None = None,
 ) -> list[list[StatusChange]]:
-    """Each case at most once: lock, plan, write."""
-    apps = await _locked(conn, [m.app_id for m in moves])
+    """Each case at most once: lock (unless ``locked``), plan, write."""
+    apps = locked if locked is not None else await _locked(conn, [m.app_id for m in moves])
     planned = [
         (m, app, cases.plan(app, m.targets, m.version, source) if app is not None else [])
         for m in moves
@@ -450,7 +468,8 @@ async def _apply_round(
         moves.append(Move(app.id, [state], detail, r.version, extra))
     if new_case_ids:
         await conn.execute(_KEEP_CASE_ID, new_case_ids)
-    moved = await move_many(conn, moves, source=source, actor=actor)
+    # the rows as locked above: the documents and case numbers written since are not in them
+    moved = await move_many(conn, moves, source=source, actor=actor, locked=apps)
     # documents that come after the decision (a second message) complete the case
     late = [
         (app, State(app.status))
@@ -460,7 +479,7 @@ async def _apply_round(
     ready = await handover.readiness(conn, late) if late else {}
     if ready:
         moves = [Move(app_id, [State.READY_FOR_PICKUP], detail) for app_id, detail in ready.items()]
-        readied = await move_many(conn, moves, source=source, actor=actor)
+        readied = await move_many(conn, moves, source=source, actor=actor, locked=apps)
         made = {m.app_id: changes for m, changes in zip(moves, readied, strict=True)}
         moved = [
             changes or made.get(app.id, [])
