@@ -212,3 +212,15 @@ def test_registered_for_simulate_and_the_demo() -> None:
     settings, app, state = factory.build({"kind": "soap", "port": 0, "seed": 9})
     assert isinstance(settings, SoapSimulatorSettings) and settings.seed == 9
     assert callable(app) and state.settings is settings
+
+
+def test_the_simulator_does_not_collect_garbage_after_every_second_call() -> None:
+    # spyne's default (a full gc.collect() after a call, once a second) was a third of the
+    # simulator process's time in the city day
+    import math
+
+    from spyne import const
+
+    import gateway.simulators.soap_department  # noqa: F401  (sets it on import)
+
+    assert math.inf == const.MIN_GC_INTERVAL

@@ -37,6 +37,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,12 +57,18 @@ from spyne import (
     Unicode,
     rpc,
 )
+from spyne import const as spyne_const
 from spyne.model.complex import Array
 from spyne.protocol.soap import Soap11
 from spyne.server.wsgi import WsgiApplication
 
 from gateway.simulators.decisions import Mix, Outcome, default_mix, draw, version_of
 from gateway.simulators.rest_department import SimCase
+
+# spyne runs a full gc.collect() after a call whenever a second has passed since the last one,
+# to close files a call left open (this simulator leaves none): in the city day that was a third
+# of the simulator process's time, holding up the other departments it serves
+spyne_const.MIN_GC_INTERVAL = math.inf
 
 __all__ = [
     "MODES",
