@@ -247,3 +247,55 @@ async def test_a_permanent_delivery_failure_is_logged_at_warning(example_config:
     assert failed["log_level"] == "warning"
     assert failed["application"] == resp.json()["id"] and failed["department"] == "amr"
     assert "401" in failed["reason"]
+
+
+def test_an_event_hash_is_the_canonical_json_of_the_row_as_stored() -> None:
+    """The hash of a row with a flat detail (the shortcut that skips the JSON round trip)
+    equals the one over the detail as the database gives it back, and a detail that does
+    change on the way (dates, number keys, tuples, nesting) is hashed as given back."""
+    import datetime as dt
+    import enum
+    import hashlib
+    import json
+
+    from gateway.store.chain import event_hash
+
+    class Kind(enum.StrEnum):
+        A = "a"
+
+    FIELDS = ("application_id", "version", "at", "source", "actor", "from_status", "to_status")
+
+    def reference(prev: str, row: dict[str, Any]) -> str:  # the definition, spelled out
+        body: dict[str, Any] = {
+            f: row[f].astimezone(dt.UTC).isoformat(timespec="microseconds")
+            if isinstance(row[f], dt.datetime)
+            else row[f]
+            for f in FIELDS
+        }
+        body["detail"] = json.loads(json.dumps(row["detail"], default=str))
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(prev.encode() + b"\n" + text.encode()).hexdigest()
+
+    at = dt.datetime(2026, 12, 1, 9, 30, 1, 5, tzinfo=dt.timezone(dt.timedelta(hours=8)))
+    details: list[Any] = [
+        {"receipt_number": "C01-20261201-00001"},
+        {"b": 1, "a": 2.5, "c": None, "d": True, "e": '王\n"x"\u2028'},
+        {"kind": Kind.A},
+        {"on": dt.date(2026, 12, 1)},
+        {1: "number key"},
+        {"nested": {"z": [1, (2, 3)]}},
+        {"n": float("nan")},
+        {},
+    ]
+    for detail in details:
+        row = {
+            "application_id": "a1",
+            "version": 2,
+            "at": at,
+            "source": "api",
+            "actor": "C01/王",
+            "from_status": None,
+            "to_status": "received",
+            "detail": detail,
+        }
+        assert event_hash("prev", row) == reference("prev", row), detail

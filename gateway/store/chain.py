@@ -37,11 +37,23 @@ def _canonical(value: Any) -> Any:
     return value
 
 
+#: json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False), made once
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _as_stored(value: Any) -> Any:
+    """The JSON column as the database gives it back (keys as strings, dates as text). A flat
+    object of plain values (most event details: a receipt number, a status) already is."""
+    if type(value) is dict and all(type(k) is str and type(v) in _PLAIN for k, v in value.items()):
+        return value
+    return json.loads(json.dumps(value, default=str))
+
+
 def _digest(prev: str, row: Mapping[str, Any], fields: Iterable[str], extra: str) -> str:
     body = {f: _canonical(row[f]) for f in fields}
-    # the JSON column as the database gives it back (keys as strings)
-    body[extra] = json.loads(json.dumps(row[extra], default=str))
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    body[extra] = _as_stored(row[extra])
+    text = _CANONICAL_JSON.encode(body)
     return hashlib.sha256(prev.encode() + b"\n" + text.encode()).hexdigest()
 
 
