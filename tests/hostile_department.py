@@ -53,7 +53,12 @@ class Hostile:
         self.requests = 0
         self.inflight = 0
         self.max_inflight = 0
-        self._client = httpx.AsyncClient(timeout=30)
+        # a fresh connection per forwarded call: a kept-alive one that the upstream closed as
+        # idle just as it was reused failed the forward (httpcore ReadError, answered 500) when
+        # a loaded machine stretched the pause between calls past uvicorn's keep-alive (5 s)
+        self._client = httpx.AsyncClient(
+            timeout=30, limits=httpx.Limits(max_keepalive_connections=0)
+        )
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
