@@ -249,6 +249,7 @@ async def measure(args: argparse.Namespace, database_url: str | None, label: str
 
     from gateway.http import make_client
     from gateway.runtime import Runtime
+    from gateway.service import settle_heap
 
     token = os.environ["AMR_API_TOKEN"]  # the simulator requires the department's token
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
@@ -274,6 +275,10 @@ async def measure(args: argparse.Namespace, database_url: str | None, label: str
                 )
                 raw = httpx.AsyncClient(limits=limits, timeout=30)
                 via_aiohttp = make_client(max_connections=args.concurrency)
+                if args.settle_heap:
+                    # as `gateway daemon` / `serve` do once started (every client measured
+                    # here runs in this process after it)
+                    settle_heap()
                 done = 0
                 for r in range(-1, args.rounds):  # round -1 warms everything up
                     n = args.warmup if r < 0 else args.n
@@ -332,7 +337,8 @@ async def measure(args: argparse.Namespace, database_url: str | None, label: str
     print(f"[{label}] setup: {where}")
     print(
         f"[{label}] N={args.n} per round, concurrency={args.concurrency}, {args.rounds} "
-        f"round(s) after a warm-up of {args.warmup}; amr decision delay 0, callbacks off"
+        f"round(s) after a warm-up of {args.warmup}; amr decision delay 0, callbacks off; "
+        + ("start-up heap frozen (--settle-heap)" if args.settle_heap else "collector as started")
     )
     print(f"[{label}] gateway Dispatcher.run() -> amr:   {c.fmt_rates(rates['gateway'])}")
     if args.only:  # profiling aid: the gateway only, no ratio
@@ -591,6 +597,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="1,2,3",
         help="scale-out instead: N deliveries by this many daemon processes on one PostgreSQL "
         "(--pg), one run per count",
+    )
+    p.add_argument(
+        "--settle-heap",
+        action="store_true",
+        help="freeze the start-up heap out of the garbage collector before measuring, as "
+        "`gateway daemon` does once started (gateway.service.settle_heap); off by default, so "
+        "figures stay comparable with earlier runs",
     )
     p.add_argument("--quick", action="store_true", help="tiny run for smoke tests")
     args = p.parse_args(argv)
