@@ -26,9 +26,10 @@ from gateway.results import pull_department, pull_sweep
 from gateway.runtime import Runtime
 from gateway.simulators.city import SimulatedCity, simulated_city
 from gateway.simulators.filedrop_department import FiledropDepartmentState
+from gateway.snapshot import describe
 from gateway.states import FINAL, State
 from gateway.store.clients import Client
-from gateway.store.tables import applications, events
+from gateway.store.tables import applications, dispatch_jobs, events
 from tests.conftest import FAST, application, wait_for
 from tests.filedrop_helpers import department_case_ids, event_details
 
@@ -235,7 +236,19 @@ async def test_a_refused_request_fails_the_case_visibly_and_a_replay_resends_it(
             assert await pull_department(rt, "civil") == 0  # read once
             await operations.replay(rt, app_id, actor="ops/test")
             # written again under the same key: the department sees the same request again
-            await wait_for(lambda: dept.duplicates == 1, timeout=20)
+            try:
+                await wait_for(lambda: dept.duplicates == 1, timeout=20)
+            except AssertionError:  # seen once in CI under stress: say where the re-send stood
+                async with rt.engine.connect() as conn:
+                    job = (
+                        await conn.execute(
+                            select(dispatch_jobs).where(dispatch_jobs.c.application_id == app_id)
+                        )
+                    ).all()
+                print(f"jobs {job}\nstatus {await statuses(rt, [app_id])}")
+                print(describe(rt.links(), dispatcher))
+                print(f"department: requests {dept.requests} duplicates {dept.duplicates}")
+                raise
 
             async def delivered() -> bool:
                 return (await statuses(rt, [app_id]))[app_id] == State.DELIVERED
