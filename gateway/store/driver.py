@@ -1,10 +1,12 @@
 """Statements sent straight through the database driver on SQLite, inside the caller's
 SQLAlchemy transaction (the intake group commit's hot path).
 
-SQLAlchemy's asyncio cursor adapter hands each statement to aiosqlite's thread three or four
-times (open a cursor, execute, fetch, close) and builds an execution context around it: 65-90 us
-of event-loop CPU per statement on the benchmark machine, against 10-12 us for aiosqlite's own
-``executemany`` or ``execute_fetchall`` (one hand-off). The statements here are SQLAlchemy
+SQLAlchemy builds an execution context around each statement (parameters processed, result
+metadata), and its asyncio cursor adapter handed each statement to aiosqlite's thread three or
+four times: 65-90 us of event-loop CPU per statement on the benchmark machine, against 10-12 us
+for aiosqlite's own ``executemany`` or ``execute_fetchall`` (one hand-off). Every SQLite
+statement is one hand-off now (:mod:`gateway.store.sqlite`); what this path still saves on the
+hot path is the execution context. The statements here are SQLAlchemy
 constructs compiled once per dialect; every value goes through its column's or parameter's own
 bind processor and every result value through its result processor (the dialect's JSON
 serialiser, naive-UTC datetimes, the applicant sealed with the engine's PII cipher), so what is
