@@ -70,3 +70,9 @@ def test_polling_gives_up_to_the_busy_handler_and_keeps_its_timeout(tmp_path: Pa
     finally:
         other.close()
         ours.close()
+
+
+def test_a_driver_it_cannot_reach_into_begins_the_usual_way() -> None:
+    from gateway.store.sqlite import begin_immediate
+
+    assert begin_immediate(object()) is False  # the caller sends BEGIN IMMEDIATE itself

@@ -219,7 +219,7 @@ def create_engine(
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     # SQLite has one writer. One pooled connection serialises this process's transactions in an
     # async queue (no busy-wait); BEGIN IMMEDIATE makes other processes wait for the write lock
-    # instead of failing on a read-to-write upgrade (see _begin_immediate for how they wait).
+    # instead of failing on a read-to-write upgrade (gateway.store.sqlite: how they wait).
     engine = create_async_engine(
         url,
         echo=echo,

@@ -13,8 +13,9 @@ a waiter wakes too late for the gaps between its transactions and waits whole ba
 the city-day run intake waited 12 ms a transaction on average, and submissions ran at a third
 of what the CPU allowed). :func:`begin_immediate` polls every 0.1-1 ms instead, for a while.
 
-Both reach into aiosqlite's thread through ``Connection._execute`` and ``_conn`` (private, in
-every release since 0.17); without them the adapter's own ways are used, slower but the same.
+Both reach into aiosqlite's thread through ``Connection._execute`` and ``_conn`` (private; in
+the 0.20-0.22 releases pyproject.toml admits); a release without them gets the adapter's own
+cursor and SQLite's busy handler, slower but the same.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ BUSY_TIMEOUT_MS = 30_000
 #: own busy handler (busy_timeout, 30 s more) and fails through the usual error path
 BEGIN_POLL_SECONDS = 5.0
 
-_REACHABLE = hasattr(aiosqlite.Connection, "_execute")
+_REACHABLE = hasattr(aiosqlite.Connection, "_execute") and hasattr(aiosqlite.Connection, "_conn")
 
 
 def engine_options() -> dict[str, Any]:
