@@ -76,3 +76,30 @@ def test_a_driver_it_cannot_reach_into_begins_the_usual_way() -> None:
     from gateway.store.sqlite import begin_immediate
 
     assert begin_immediate(object()) is False  # the caller sends BEGIN IMMEDIATE itself
+
+
+async def test_a_statement_is_one_trip_to_the_drivers_thread(tmp_path: Path) -> None:
+    # SQLAlchemy's adapter made four (cursor, execute, fetch, close), each handing the GIL over
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'g.db'}")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (v TEXT)"))
+            await conn.execute(text("INSERT INTO t VALUES ('a'), ('b')"))
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            trips = 0
+            run = driver._execute
+
+            async def counted(*args: object, **kwargs: object) -> object:
+                nonlocal trips
+                trips += 1
+                return await run(*args, **kwargs)
+
+            driver._execute = counted
+            try:
+                rows = (await conn.execute(text("SELECT v FROM t ORDER BY v"))).scalars().all()
+            finally:
+                del driver._execute
+        assert rows == ["a", "b"] and trips == 1
+    finally:
+        await engine.dispose()
