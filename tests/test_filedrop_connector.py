@@ -417,3 +417,34 @@ async def test_list_cases_from_the_sent_record(tmp_path: Path, http: httpx.Async
     later = dt.datetime(2025, 6, 1, tzinfo=dt.UTC)
     assert {c.case_id async for c in conn.list_cases(later, until)} == {"ow-a0000000000000002-v1"}
     assert cases["ow-a0000000000000002-v1"].case_id == "ow-a0000000000000002-v1"
+
+
+async def test_a_refusal_read_before_the_request_was_recorded_still_lets_a_replay_resend(
+    tmp_path: Path, http: httpx.AsyncClient
+) -> None:
+    """The department can take and refuse a request before the gateway has recorded it in its
+    ledger, and the gateway's result pull can read that refusal first: the refusal must
+    survive the record, or a replay trusts the record and never writes the request again (the
+    case stays delivered while the department holds only the refused request). Seen as a
+    replay test that failed under load in CI."""
+    conn = make_connector(local_options(tmp_path, folders={"errors": "error"}), http)
+    await conn.share.prepare()
+    started = dt.datetime.now(dt.UTC)
+    (tmp_path / "error").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "error" / f"{KEY}.json").write_text("{}")  # taken and refused meanwhile
+    await conn.ledger.note(KEY, None, refused="申请人证件号码缺失")  # the pull read it first
+    await conn.ledger.record_sent(envelope(), f"{KEY}.json", started)  # then the record
+    assert not (tmp_path / "inbox" / f"{KEY}.json").exists()
+    await conn.submit(envelope())  # the operator's replay
+    assert (tmp_path / "inbox" / f"{KEY}.json").exists()  # written again
+
+
+async def test_a_refusal_of_an_earlier_request_is_not_carried_into_a_new_record(
+    tmp_path: Path, http: httpx.AsyncClient
+) -> None:
+    conn = make_connector(local_options(tmp_path, folders={"errors": "error"}), http)
+    await conn.share.prepare()
+    await conn.ledger.note(KEY, None, refused="an earlier request's")
+    await conn.ledger.record_sent(envelope(), f"{KEY}.json", dt.datetime.now(dt.UTC))
+    entry = await conn.ledger.read(KEY)
+    assert entry is not None and "refused" not in entry

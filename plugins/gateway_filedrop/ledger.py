@@ -26,6 +26,14 @@ def iso(value: dt.datetime) -> str:
     return value.isoformat().replace("+00:00", "Z")
 
 
+def _at(value: Any) -> dt.datetime:
+    """An entry's ISO time (the earliest possible when absent or unreadable)."""
+    try:
+        return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
 class Ledger:
     def __init__(self, storage: Storage, folder: str) -> None:
         self.storage = storage
@@ -45,21 +53,27 @@ class Ledger:
             return {}
         return entry if isinstance(entry, dict) else {}
 
-    async def record_sent(self, envelope: Envelope, name: str) -> None:
+    async def record_sent(self, envelope: Envelope, name: str, started: dt.datetime) -> None:
+        """Record the request ``name`` written; ``started``: when its writing began. A refusal
+        noted since then is this request's (the department can take and refuse a request
+        before this record is written, and the gateway read that refusal): it is kept, so a
+        replay writes the request again."""
+        key = envelope.idempotency_key
         now = iso(dt.datetime.now(dt.UTC))
-        await self._write(
-            envelope.idempotency_key,
-            {
-                "case_id": envelope.idempotency_key,
-                "idempotency_key": envelope.idempotency_key,
-                "application_id": envelope.application_id,
-                "version": envelope.version,
-                "file": name,
-                "sent_at": now,
-                "status": None,
-                "updated_at": now,
-            },
-        )
+        entry: dict[str, Any] = {
+            "case_id": key,
+            "idempotency_key": key,
+            "application_id": envelope.application_id,
+            "version": envelope.version,
+            "file": name,
+            "sent_at": now,
+            "status": None,
+            "updated_at": now,
+        }
+        before = await self.read(key)
+        if before and before.get("refused") and _at(before.get("updated_at")) >= started:
+            entry["refused"] = before["refused"]
+        await self._write(key, entry)
 
     async def note(self, key: str, at: dt.datetime | None, **changes: Any) -> None:
         """Record what became of a request (changes that are None are left as they are)."""
@@ -67,6 +81,9 @@ class Ledger:
             entry = await self.read(key)
         except (UnsafeFile, ConnectorError):
             return
+        if entry is None and changes.get("refused"):
+            # refused before the request's own record was written (see record_sent)
+            entry = {"case_id": key, "idempotency_key": key, "status": None}
         if not entry:
             return  # no request of ours (or unreadable): list_cases just won't show it
         entry.update({k: v for k, v in changes.items() if v is not None})

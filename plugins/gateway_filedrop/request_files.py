@@ -4,6 +4,7 @@ ledger so a retry or a replay never writes it twice (unless the department refus
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from gateway.connector import ConnectorContext, Envelope, Receipt
@@ -54,9 +55,10 @@ class RequestWriter:
             # an earlier attempt wrote the request and stopped before recording it
             if request.commit == "done_marker" and await self.storage.exists(inbox_path):
                 await self.storage.write(inbox_path + request.done_suffix, b"", atomic=False)
-            await self.ledger.record_sent(envelope, name)
+            await self.ledger.record_sent(envelope, name, dt.datetime.now(dt.UTC))
             return receipt
         # new, or refused by the department and now sent again (an operator's replay)
+        started = dt.datetime.now(dt.UTC)
         payload = await self._payload(envelope, key)
         try:
             data = encode_request(
@@ -75,7 +77,7 @@ class RequestWriter:
         else:
             await self.storage.write(inbox_path, data, atomic=False)
             await self.storage.write(inbox_path + request.done_suffix, b"", atomic=False)
-        await self.ledger.record_sent(envelope, name)
+        await self.ledger.record_sent(envelope, name, started)
         return receipt
 
     async def _at_department(self, name: str) -> bool | None:
