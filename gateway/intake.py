@@ -7,7 +7,6 @@ import datetime as dt
 import hashlib
 import json
 import re
-import weakref
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from gateway.states import State
 from gateway.store import driver, jobs, outbox
 from gateway.store.chain import seal_events
 from gateway.store.clients import Client, find_many
-from gateway.store.group import GroupCommit
+from gateway.store.group import GroupCommit, shared
 from gateway.store.lists import is_postgresql
 from gateway.store.tables import (
     applications,
@@ -414,11 +413,6 @@ class _Keyed:
 
 
 Answer = IntakeResult | Exception
-_WRITERS: weakref.WeakKeyDictionary[Runtime, GroupCommit[_Keyed, Answer]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 #: submissions waiting for their commit before intake answers 503 (Overloaded): a database
 #: slower than the front desk makes clients retry instead of growing this process's memory
 QUEUE_LIMIT = 1000
@@ -428,14 +422,10 @@ def _writer(runtime: Runtime) -> GroupCommit[_Keyed, Answer]:
     """Group commit for intake: submissions that arrive together are stored in one transaction
     with multi-row inserts, each answered only after that commit (~8 statements per batch
     instead of ~8 and a commit per application)."""
-    writer = _WRITERS.get(runtime)
-    if writer is None:
-        # idempotent: a batch stored by a COMMIT whose answer was lost is found by its keys
-        writer = _WRITERS[runtime] = GroupCommit(
-            runtime.engine, _store_in_order, max_queue=QUEUE_LIMIT, idempotent=True
-        )
-        runtime.on_close.append(writer.aclose)
-    return writer
+    # idempotent: a batch stored by a COMMIT whose answer was lost is found by its keys
+    return shared(
+        runtime, "intake", lambda: _store_in_order, max_queue=QUEUE_LIMIT, idempotent=True
+    )
 
 
 async def _store_in_order(conn: AsyncConnection, batch: list[_Keyed]) -> list[Answer]:

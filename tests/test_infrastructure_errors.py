@@ -305,9 +305,9 @@ async def test_intake_sheds_load_with_503_when_its_queue_is_full(
         )
 
     first = post(0)
-    await wait_for(lambda: runtime in intake._WRITERS)
-    writer = intake._WRITERS[runtime]
-    await wait_for(lambda: writer._queue.empty())  # the writer holds item 0
+    writer = intake._writer(runtime)  # the runtime's one intake group commit
+    # item 0 submitted (its submit starts the writer's loop) and taken by it
+    await wait_for(lambda: writer._task is not None and writer._queue.empty())
     waiting = [post(i) for i in (1, 2, 3)]
     await wait_for(lambda: writer._queue.full())
     shed = await api.post(
