@@ -13,8 +13,7 @@ from pathlib import Path
 from sqlalchemy import text
 
 from gateway.store.db import create_engine
-from gateway.store.sqlite import BUSY_TIMEOUT_MS
-from gateway.store.sqlite import poll_begin as _begin_immediate
+from gateway.store.sqlite import BUSY_TIMEOUT_MS, poll_begin
 
 
 def _other_writer(path: Path) -> sqlite3.Connection:
@@ -59,11 +58,11 @@ def test_polling_gives_up_to_the_busy_handler_and_keeps_its_timeout(tmp_path: Pa
     ours = sqlite3.connect(path, isolation_level=None)
     ours.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     try:
-        assert _begin_immediate(ours, poll=0.0) is False  # still locked: the caller waits on
+        assert poll_begin(ours, poll=0.0) is False  # still locked: the caller waits on
         assert not ours.in_transaction
         assert ours.execute("PRAGMA busy_timeout").fetchone() == (BUSY_TIMEOUT_MS,)
         other.execute("COMMIT")
-        assert _begin_immediate(ours, poll=0.0) is True
+        assert poll_begin(ours, poll=0.0) is True
         assert ours.in_transaction
         ours.execute("INSERT INTO t VALUES ('ours')")
         ours.execute("COMMIT")

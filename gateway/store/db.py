@@ -139,6 +139,18 @@ class _Pool(AsyncAdaptedQueuePool):
             ) from exc
 
 
+def failed(
+    outage: Outage, exc: BaseException, *, disconnect: bool = False
+) -> InfrastructureError | None:
+    """What a statement's failure means (:func:`unavailable`), told to the engine's outage.
+    A connection killed under a statement (failover, pg_terminate_backend) costs a retry; if
+    the server is really gone, the reconnect fails and that starts the outage."""
+    found = unavailable(exc, disconnect=disconnect)
+    if found is not None and not getattr(found, "connection_lost", False):
+        outage.failed(str(found))
+    return found
+
+
 def _watch(engine: AsyncEngine) -> None:
     """Translate failures to :class:`InfrastructureError` and keep the engine's Outage."""
     outage = outage_of(engine)
@@ -148,12 +160,7 @@ def _watch(engine: AsyncEngine) -> None:
     def _on_error(ctx: ExceptionContext) -> BaseException | None:
         if ctx.is_pre_ping:  # the pool replaces the dead connection itself: not a failure
             return None
-        found = unavailable(ctx.original_exception, disconnect=ctx.is_disconnect)
-        # a connection killed under a statement (failover, pg_terminate_backend) costs a retry;
-        # if the server is really gone, the reconnect fails and that starts the outage
-        if found is not None and not getattr(found, "connection_lost", False):
-            outage.failed(str(found))
-        return found
+        return failed(outage, ctx.original_exception, disconnect=ctx.is_disconnect)
 
     @event.listens_for(sync, "do_connect")
     def _on_connect(dialect: Any, _rec: Any, cargs: Any, cparams: Any) -> Any:

@@ -12,8 +12,8 @@ bind processor and every result value through its result processor (the dialect'
 serialiser, naive-UTC datetimes, the applicant sealed with the engine's PII cipher), so what is
 stored and read is what ``conn.execute`` would store and read. A list is one JSON-array
 parameter read with ``json_each`` (one statement text whatever its length). Errors are
-translated as the engine's ``handle_error`` hook does (:func:`gateway.store.db.unavailable`; a
-failure of the database itself also marks its outage).
+translated by the function the engine's ``handle_error`` hook uses
+(:func:`gateway.store.db.failed`: a failure of the database itself also marks its outage).
 
 Other engines go through SQLAlchemy: PostgreSQL gets its list as one array (``= ANY``).
 """
@@ -29,7 +29,7 @@ from sqlalchemy import JSON, ColumnElement, Dialect, Executable, Table, bindpara
 from sqlalchemy import select as sa_select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.store.db import outage_of, unavailable
+from gateway.store.db import failed, outage_of
 from gateway.store.lists import OneOf, PerEngine
 
 Processor = Callable[[Any], Any] | None
@@ -66,11 +66,9 @@ async def _send(conn: AsyncConnection, call: Callable[[Any], Awaitable[Any]]) ->
     try:
         done = await call(driver)
     except Exception as exc:
-        found = unavailable(exc)
+        found = failed(outage, exc)
         if found is None:
             raise
-        if not getattr(found, "connection_lost", False):
-            outage.failed(str(found))
         raise found from exc
     outage.ok()
     return done
