@@ -32,7 +32,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -42,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from _common import BENCH_SECRETS, ROOT, machine  # type: ignore[import-not-found]
+
+from gateway.testing.ports import free_port
 
 TARGET_SECONDS = 60.0
 CENTRES = ("C01", "C02", "C03")
@@ -59,20 +60,13 @@ SIM_PORTS = {"amr": 18081, "hrss": 18082, "nrp": 18083, "civil": 18084}
 UNDECIDED = ("received", "dispatching", "delivered", "accepted", "in_review", "suspended")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def write_config(folder: Path) -> tuple[Path, int, dict[str, str]]:
     """The example config in ``folder`` with free ports, decision delay 0, the mix above and a
     key per centre (``${CITYDAY_KEY_<centre>}``); returns (gateway.toml, API port, env)."""
     config = folder / "config"
     shutil.copytree(ROOT / "config", config)
-    api_port = _free_port()
-    ports = {old: _free_port() for old in SIM_PORTS.values()}
+    api_port = free_port()
+    ports = {old: free_port() for old in SIM_PORTS.values()}
     main = config / "gateway.toml"
     text = main.read_text()
     text = text.replace("port = 8080", f"port = {api_port}", 1)

@@ -183,16 +183,13 @@ def test_a_read_on_an_empty_database_says_to_migrate(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_database_is_named_not_a_traceback(tmp_path: Path) -> None:
-    import socket
-
     from typer.testing import CliRunner
 
     from gateway.cli import app
+    from gateway.testing.ports import free_port
     from tests.test_crash_recovery import write_config
 
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens there
     url = f"postgresql+asyncpg://postgres@127.0.0.1:{port}/gateway"
     config = write_config(tmp_path / "c", url, {})
     result = CliRunner().invoke(app, ["keys", "list", "--config", str(config)])

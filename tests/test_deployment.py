@@ -10,7 +10,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,18 +23,13 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from gateway.config.loader import load_config
 from gateway.simulators.city import simulated_city
 from gateway.testing.install import make_venv, run
+from gateway.testing.ports import free_port
 from tests.conftest import EXAMPLE, PG_URL, TEST_SECRETS, application, wait_for
 from tests.test_crash_recovery import write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 N = 30
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(600)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _production_config(folder: Path, db_url: str, port: int) -> Path:
@@ -111,7 +105,7 @@ async def test_the_deployment_guide_on_postgresql(tmp_path: Path) -> None:
                         dept.read_text(),
                     )
                 )
-            port, metrics = _free_port(), [_free_port(), _free_port()]
+            port, metrics = free_port(), [free_port(), free_port()]
             config = _production_config(folder, db_url, port)
             env = {
                 **os.environ,
@@ -168,8 +162,21 @@ async def test_the_deployment_guide_on_postgresql(tmp_path: Path) -> None:
                     except httpx.TransportError:
                         return False
 
-                for url in (f"{base}/readyz", *(f"http://127.0.0.1:{p}/healthz" for p in metrics)):
-                    await wait_for(lambda url=url: answers(url), timeout=60, interval=0.2)
+                async def up(name: str, proc: subprocess.Popen[bytes], url: str) -> bool:
+                    # a process that exited will never answer: say which and why at once
+                    if proc.poll() is not None:
+                        log = (tmp_path / f"{name}.log").read_text(errors="replace")
+                        raise AssertionError(f"{name} exited {proc.returncode}:\n{log[-3000:]}")
+                    return await answers(url)
+
+                waits = [("api", procs[0], f"{base}/readyz")] + [
+                    (f"daemon{i}", d, f"http://127.0.0.1:{p}/healthz")
+                    for i, (d, p) in enumerate(zip(daemons, metrics, strict=True))
+                ]
+                for name, proc, url in waits:
+                    await wait_for(
+                        lambda n=name, p=proc, u=url: up(n, p, u), timeout=60, interval=0.2
+                    )
 
                 headers = {"Authorization": f"Bearer {key}"}
                 ids: list[str] = []

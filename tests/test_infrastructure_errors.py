@@ -8,7 +8,6 @@ import asyncio
 import base64
 import errno
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,8 @@ from gateway.outage import SETTLE_SECONDS, Outage
 from gateway.runtime import Runtime
 from gateway.store.db import create_engine, outage_of, unavailable
 from gateway.store.group import GroupCommit
+from gateway.testing.ports import free_port
 from tests.conftest import EXAMPLE, application, configure_for_test, wait_for
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:  # bound, never listening: connecting is refused at once
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _Clock:
@@ -100,7 +94,7 @@ def test_database_errors_are_told_apart_from_bugs() -> None:
 async def test_an_unreachable_database_is_503_with_retry_after_and_one_log_line(
     tmp_path: Path,
 ) -> None:
-    url = f"postgresql+asyncpg://postgres@127.0.0.1:{_closed_port()}/gateway"
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/gateway"
     config = configure_for_test(load_config(EXAMPLE), tmp_path, url)
     runtime = Runtime(config)
     transport = httpx.ASGITransport(app=create_app(runtime), raise_app_exceptions=False)

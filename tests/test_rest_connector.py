@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import email.utils
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from gateway.connector import Envelope, MaterialRef, Receipt
 from gateway.errors import CaseNotFound, DepartmentRejected, PermanentError, TransientError
 from gateway.http import make_client
 from gateway.simulators.server import serve_asgi
+from gateway.testing.ports import free_port
 from tests.rest_fixtures import (
     ID_NUMBER,
     MAPPED_BODY,
@@ -217,9 +217,7 @@ async def test_timeout_is_transient(any_http: httpx.AsyncClient) -> None:
 
 async def test_connection_refused_is_transient(any_http: httpx.AsyncClient) -> None:
     http = any_http
-    with socket.socket() as sock:  # a port that was free a moment ago and has no listener
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there
     connector = make_connector(rest_options(f"http://127.0.0.1:{port}"), http)
     with pytest.raises(TransientError, match="connection failed") as caught:
         await connector.submit(make_envelope())

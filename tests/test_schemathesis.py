@@ -9,7 +9,6 @@ import asyncio
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from schemathesis.specs.openapi.checks import (
 
 from gateway.store.clients import create_client
 from gateway.store.db import create_engine
+from gateway.testing.ports import free_port
 from tests.conftest import EXAMPLE, TEST_SECRETS
 from tests.databases import SQLITE, migrated_sqlite
 
@@ -59,13 +59,6 @@ ops_intake_per_second = 1000000.0
 ops_uploads_per_second = 1000000.0
 upload_bytes_per_day = 1000000000000
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def _keys(db_url: str) -> dict[str, str]:
@@ -99,7 +92,7 @@ def gateway_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
     env = {**os.environ, **TEST_SECRETS}
     migrated_sqlite(root / "fuzz.db")  # a copy of a database migrated once per worker
     keys = asyncio.run(_keys(f"{SQLITE}{root / 'fuzz.db'}"))
-    port = _free_port()
+    port = free_port()
     log = (root / "serve.log").open("wb")
     process = subprocess.Popen(
         [*GATEWAY, "serve", "--no-daemon", "--port", str(port), "--config", str(config)],

@@ -69,7 +69,6 @@ import contextlib
 import copy
 import datetime as dt
 import json
-import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import AbstractAsyncContextManager
@@ -96,6 +95,7 @@ from gateway.errors import CaseNotFound, PermanentError, TransientError
 from gateway.plugin_manager import load_plugins
 from gateway.states import State
 from gateway.testing.gateway import TEST_CENTRE, TEST_CITY, TEST_MATTER
+from gateway.testing.ports import free_port
 
 __all__ = ["ConnectorConformance", "Failure", "MakeConnector", "MakeEnvelope"]
 
@@ -199,7 +199,7 @@ class ConnectorConformance:
 
         The default rewrites every ``http(s)://`` URL and every ``port`` option; override it
         for other ways of addressing a department."""
-        port = _closed_port()
+        port = free_port()
         options, changed = _point_at(department.options, port)
         return department.model_copy(update={"options": options}) if changed else None
 
@@ -1014,13 +1014,6 @@ def _task_package(task: asyncio.Task[Any]) -> str:
     frame = getattr(coro, "cr_frame", None)
     name = frame.f_globals.get("__name__", "") if frame is not None else ""
     return str(name).split(".")[0]
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def _point_at(value: Any, port: int) -> tuple[Any, bool]:

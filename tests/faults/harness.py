@@ -32,17 +32,12 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.testing.ports import free_port
 from tests.conftest import EXAMPLE, TEST_SECRETS, application, wait_for
 
 FRONT_DESK_KEY = "faults-front-desk-key-c01"
 OPS_KEY = "faults-ops-key"
 KEY_ENV = {"GATEWAY_FAULTS_KEY": FRONT_DESK_KEY, "GATEWAY_FAULTS_OPS_KEY": OPS_KEY}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- PostgreSQL of our own -------------------------------------------------------------------------
