@@ -441,6 +441,8 @@ class Daemon:
         self.tasks: dict[str, Task] = {t.name: t for t in self._tasks()}
         self._running: set[asyncio.Task[Any]] = set()
         self._wakeup_watch: asyncio.Task[None] | None = None
+        #: a wake-up came while a dispatch tick ran: that tick sweeps once more
+        self._sweep_again = False
         self._stopping = False
         self._paused_until = 0.0  # time.monotonic(); ticks before it are skipped
         self._pause = 0.0  # the current backoff (0: not paused)
@@ -571,9 +573,14 @@ class Daemon:
         return tasks
 
     async def _dispatch(self) -> None:
-        # keep sweeping while sweeps find work (a burst of intake), as the old loop did
+        # keep sweeping while sweeps find work (a burst of intake), as the old loop did, or a
+        # wake-up came during the sweep (a freed slot): APScheduler drops the run_soon of a
+        # tick that is still running, so that wake-up would wait for the next interval
         for _ in range(100):
-            if self._stopping or not await self.dispatcher.sweep(skip_empty=True):
+            self._sweep_again = False
+            if self._stopping:
+                break
+            if not await self.dispatcher.sweep(skip_empty=True) and not self._sweep_again:
                 break
         return None
 
@@ -654,6 +661,7 @@ class Daemon:
         while True:
             await wakeup.wait()
             wakeup.clear()
+            self._sweep_again = True
             self.run_soon("dispatch")
 
     async def start(self) -> None:

@@ -267,15 +267,19 @@ class Dispatcher:
             log.exception("delivery crashed", department=code, application=job.application_id)
         finally:
             self.inflight[code] -= 1
-            self.runtime.wakeup.set()  # a slot is free: claim more without waiting a sweep
 
     async def _deliver_job(self, job: Row[Any], envelope: Envelope, link: DepartmentLink) -> None:
         dept = link.dept
         started = time.perf_counter()
         outcome = "delivered"
         try:
-            with tracing.case(envelope.application_id):
-                receipt = await link.submit(envelope, reserved=True)
+            try:
+                with tracing.case(envelope.application_id):
+                    receipt = await link.submit(envelope, reserved=True)
+            finally:
+                # the call's slot is free: the next claim need not wait for this answer's
+                # transaction (on SQLite, behind the daemon's other transactions)
+                self.runtime.wakeup.set()
         except DepartmentRejected as exc:
             outcome = "rejected"
             await self._record_rejection(job, dept, exc)

@@ -274,3 +274,25 @@ def test_settle_heap_freezes_what_start_up_left_and_frees_its_garbage() -> None:
         assert not any(o is kept for g in range(3) for o in gc.get_objects(generation=g))
     finally:
         gc.unfreeze()
+
+
+async def test_a_wake_up_during_a_dispatch_tick_sweeps_again(runtime: Runtime) -> None:
+    """A slot freed while the dispatch tick runs (its sweep found nothing) is swept at once:
+    APScheduler drops the run_soon of a tick still running, so it used to wait an interval."""
+    daemon = Daemon(runtime)
+    daemon._watch_task = asyncio.create_task(daemon._watch_wakeup())
+    sweeps: list[int] = []
+
+    async def sweep(*, skip_empty: bool = False) -> int:
+        sweeps.append(len(sweeps))
+        if len(sweeps) == 1:  # a delivery ends during the first sweep
+            runtime.wakeup.set()
+            await wait_for(lambda: not runtime.wakeup.is_set())  # the watcher has seen it
+        return 0
+
+    daemon.dispatcher.sweep = sweep  # type: ignore[method-assign]
+    try:
+        await daemon._dispatch()
+    finally:
+        daemon._watch_task.cancel()
+    assert sweeps == [0, 1]

@@ -456,3 +456,52 @@ async def test_a_receipt_recorded_after_the_case_failed_keeps_the_reason(
     assert row.status == State.FAILED.value
     assert row.department_case_id == "C-1"
     assert row.last_error == "the department refused the request file"
+
+
+async def test_a_freed_slot_is_claimed_before_the_answer_is_recorded(
+    runtime: Runtime, city: SimulatedCity
+) -> None:
+    """The dispatcher is woken when a call ends, not after its answer's transaction (on
+    SQLite that transaction queues behind the daemon's others: the slot sat idle for it)."""
+    await submit_many(runtime, 2)
+    one_slot = _with_department(runtime, concurrency=1)
+    dispatcher = Dispatcher(one_slot, owner="one-slot")
+    connector = one_slot.link("amr").connector
+    call_may_end, recording = asyncio.Event(), asyncio.Event()
+    call, record = connector.submit, dispatcher._recorder.submit
+
+    async def gated(envelope: Any) -> Any:
+        receipt = await call(envelope)
+        await call_may_end.wait()
+        return receipt
+
+    async def held(item: Any) -> Any:  # answers wait here, before their transaction
+        await recording.wait()
+        return await record(item)
+
+    connector.submit = gated  # type: ignore[method-assign]
+    dispatcher._recorder.submit = held  # type: ignore[method-assign]
+    try:
+        assert await dispatcher.sweep() == 1
+        assert await dispatcher.sweep() == 0  # the one slot is busy
+        one_slot.wakeup.clear()
+        call_may_end.set()
+        await wait_for(one_slot.wakeup.is_set)
+        assert await _done_jobs(runtime) == 0  # woken with the first answer unrecorded
+        assert await dispatcher.sweep() == 1
+        await wait_for(lambda: city.states["amr"].stats()["cases"] == 2)
+        recording.set()
+        await wait_for(lambda: _done_jobs(runtime, 2))
+    finally:
+        call_may_end.set()
+        recording.set()
+        await dispatcher.stop(grace_seconds=2)
+        await one_slot.http.aclose()
+
+
+async def _done_jobs(runtime: Runtime, n: int | None = None) -> int | bool:
+    """How many jobs are done (or, given ``n``, whether that many are)."""
+    async with runtime.engine.connect() as conn:
+        q = select(func.count()).select_from(dispatch_jobs).where(dispatch_jobs.c.state == "done")
+        done = int((await conn.execute(q)).scalar_one())
+    return done if n is None else done == n
