@@ -258,7 +258,12 @@ async def test_a_holder_on_another_host_that_stops_renewing_is_waited_for_one_ti
     daemon.tasks = {results.name: dataclasses.replace(results, run=read_results)}
     other = "other-host:4242:abc123"
     tick = tick_of(results.trigger, now(), 60)
-    until = await hold(runtime, results.name, other, step, tick=tick)
+    # the lease ends 0.8 of a tick after the daemon's first tick (tick + step), wherever in
+    # the interval the test starts: renewed for `step` from the set-up time, it ended just
+    # after that tick when the set-up fell just after a boundary, and a late first tick at
+    # load ~15 found it over (CI stop 23's re-run)
+    ends = tick + dt.timedelta(seconds=1.8 * step)
+    until = await hold(runtime, results.name, other, (ends - now()).total_seconds(), tick=tick)
     with structlog.testing.capture_logs() as logs:
         await daemon.start()
         try:
