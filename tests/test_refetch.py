@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
-from gateway import documents
+from gateway import documents, refetch
 from gateway.cli import app as cli
 from gateway.config.loader import load_config
 from gateway.daemon import Daemon
@@ -161,3 +161,25 @@ async def test_cli_lists_shows_and_fetches_again(
     assert '"outcome": "collected"' in done.output
     usage = await asyncio.to_thread(_cli, config, "refetch")
     assert usage.exit_code == 2 and "give case ids, --all, or --list" in usage.output
+
+
+async def test_daemon_task_fetches_every_waiting_case_a_page_at_a_time(
+    runtime: Runtime, city: SimulatedCity, api: httpx.AsyncClient, centre_headers: dict[str, str]
+) -> None:
+    """A tick asks for every waiting case, not one page of them (at 200 a tick, a city day's
+    4,800 receipts that decided without documents waited up to two hours), and stops when its
+    time is spent."""
+    waiting = []
+    for i in range(3):
+
+        async def submit(i: int = i) -> str:
+            headers = {**centre_headers, "Idempotency-Key": f"undocumented-page-{i}"}
+            resp = await api.post("/v1/applications", json=application(), headers=headers)
+            return str(resp.json()["id"])
+
+        waiting.append(await approved_without_certificate(runtime, city, submit))
+    for _app_id, case in waiting:
+        city.states["amr"].approve(case.id)
+    assert await refetch.sweep(runtime, page=1, budget_seconds=0) == {"collected": 1}
+    assert await refetch.sweep(runtime, page=1) == {"collected": 2}
+    assert [await case_status(runtime, a) for a, _c in waiting] == ["ready_for_pickup"] * 3
