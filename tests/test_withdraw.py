@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from gateway import withdrawals
 from gateway.clock import now
@@ -139,6 +139,29 @@ async def test_never_sent_case_is_withdrawn_at_once(
     assert (await api.get("/v1/ops/withdrawals", headers=ops_headers)).json()["items"] == []
     assert await withdrawals.sweep(runtime, "daemon-a") is None  # nothing for the department
     assert withdrawing.calls == []
+
+
+async def test_an_idle_round_is_one_read(
+    api: httpx.AsyncClient,
+    runtime: Runtime,
+    centre_headers: dict[str, str],
+    withdrawing: type[Withdrawing],
+) -> None:
+    """The round runs every sweep interval: with nothing due it reads once, where it took a
+    write transaction (and the free slots dispatch wanted) for every department."""
+    begun: list[object] = []
+    count = begun.append  # one bound method, so that remove finds it
+    event.listen(runtime.engine.sync_engine, "begin", count)
+    try:
+        assert await withdrawals.sweep(runtime, "daemon-a") is None
+        assert len(begun) == 1 and len(runtime.config.departments) > 1
+        app = await at_department(api, runtime, centre_headers)
+        await ask_withdrawal(api, centre_headers, app["id"])
+        begun.clear()
+        assert await withdrawals.sweep(runtime, "daemon-a") == {"withdrawn": 1}
+        assert withdrawing.calls == [case_id(app)]
+    finally:
+        event.remove(runtime.engine.sync_engine, "begin", count)
 
 
 async def test_department_confirms_withdrawal(
