@@ -13,7 +13,7 @@ import pytest
 from gateway_soap import fast
 from gateway_soap.connector import SoapConnector, _etree_to_string, _plain, _response
 
-from gateway.connector import Receipt
+from gateway.connector import Applicant, Receipt
 from gateway.simulators.soap_department import NAMESPACE
 from tests.test_soap_connector import EPOCH, FAR, envelope, make_connector, soap_department
 
@@ -81,6 +81,31 @@ async def test_requests_from_a_template_are_zeep_s_bytes() -> None:
         assert templates.request({"CaseId": "\ud800"}) is None
         # arguments of another kind than plain values: zeep every time
         assert templates.request({"CaseId": dt.datetime.now(dt.UTC)}) is None
+
+
+async def test_a_submission_comes_from_a_template_with_zeep_s_bytes() -> None:
+    """Several string fields, which the schema orders otherwise than by name (IdempotencyKey
+    first, ApplicantIdNo late): the slots follow the body, and the bytes are zeep's."""
+    async with httpx.AsyncClient(timeout=60) as http, soap_department() as (url, _state):
+        connector = make_connector(http, url)
+        service = await connector._proxy()
+        templates = fast.templates_for(
+            service._binding, service._client, service._binding_options, "SubmitApplication"
+        )
+        assert templates is not None
+        for key, name in [("ow-a1-v1", "张三"), ("ow-a2-v1", "a&b <c> \r\n\t 李四")]:
+            kwargs = await connector._arguments(envelope(key, applicant=_applicant(name)))
+            kwargs["Request"]["IdempotencyKey"] = key
+            made = templates.request(kwargs)
+            assert made is not None  # the template, not zeep
+            envelope_, headers = service._binding._create(
+                "SubmitApplication", (), kwargs, client=service._client
+            )
+            assert made == (_etree_to_string(envelope_), headers)
+
+
+def _applicant(name: str) -> Applicant:
+    return Applicant(name=name, id_number="110101199003074514", phone="13800138000")
 
 
 def _answer(inner: str) -> bytes:

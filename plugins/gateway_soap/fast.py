@@ -77,16 +77,20 @@ def _marked(value: Any, marks: list[str]) -> Any:
 
 
 class Template:
-    """One operation's request for one shape of arguments: bytes around the string slots."""
+    """One operation's request for one shape of arguments: bytes around the string slots.
+    ``order``: which leaf (in :func:`_shape`'s sorted-key order) fills each slot, in the order
+    the schema puts the elements in the body."""
 
-    def __init__(self, parts: list[bytes], headers: dict[str, str]) -> None:
+    def __init__(self, parts: list[bytes], order: list[int], headers: dict[str, str]) -> None:
         self.parts = parts
+        self.order = order
         self.headers = headers
 
     def render(self, leaves: list[str]) -> bytes | None:
         """The request with these string values, or None where lxml would refuse one."""
         out = [self.parts[0]]
-        for value, part in zip(leaves, self.parts[1:], strict=True):
+        for index, part in zip(self.order, self.parts[1:], strict=True):
+            value = leaves[index]
             if _NOT_XML.search(value):
                 return None
             out.append(_escape(value))
@@ -104,15 +108,21 @@ class Template:
         if any(texts.count(mark) != 1 for mark in marks):
             return None  # the schema type changed a value (or dropped it): not a plain slot
         body: bytes = _to_bytes(envelope)
-        parts, rest = [], body
-        for mark in marks:
+        # the slots in body order: the marks were made in sorted-key order, the schema's
+        # sequence puts the elements in its own (a multi-field request always differs)
+        slots = []
+        for index, mark in enumerate(marks):
             escaped = _escape(mark)
-            if rest.count(escaped) != 1:
+            if body.count(escaped) != 1:
                 return None
-            head, rest = rest.split(escaped)
-            parts.append(head)
-        parts.append(rest)
-        return cls(parts, dict(headers))
+            slots.append((body.index(escaped), len(escaped), index))
+        slots.sort()
+        parts, at = [], 0
+        for start, size, _index in slots:
+            parts.append(body[at:start])
+            at = start + size
+        parts.append(body[at:])
+        return cls(parts, [index for _start, _size, index in slots], dict(headers))
 
 
 class Templates:
