@@ -10,6 +10,7 @@ import io
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -448,3 +449,74 @@ async def test_a_refusal_of_an_earlier_request_is_not_carried_into_a_new_record(
     await conn.ledger.record_sent(envelope(), f"{KEY}.json", dt.datetime.now(dt.UTC))
     entry = await conn.ledger.read(KEY)
     assert entry is not None and "refused" not in entry
+
+
+# -- trips to the storage's worker thread ---------------------------------------------------------
+
+
+def _count_trips(conn: FiledropConnector) -> list[str]:
+    """Every trip the connector's local storage makes to a worker thread, by what it did."""
+    storage = conn.storage
+    trips: list[str] = []
+    run = storage._run  # type: ignore[attr-defined]
+
+    async def counted(what: str, fn: Any) -> Any:
+        trips.append(what)
+        return await run(what, fn)
+
+    storage._run = counted  # type: ignore[attr-defined]
+    return trips
+
+
+async def test_a_new_request_and_its_results_take_few_trips_to_the_worker_thread(
+    tmp_path: Path, http: httpx.AsyncClient
+) -> None:
+    """A trip to a worker thread costs more CPU than the file operations it runs (the city
+    day's file-drop department made ~24 a case): a new request is one look (no ledger entry,
+    no request anywhere), the request and its ledger record; a pull reads its results in one
+    trip; settling a result is its move to the archive (under a free name, with its done
+    marker and documents) and its ledger note."""
+    conn = make_connector(
+        local_options(tmp_path, result={"stable_seconds": 0}, folders={"processed": "done"}),
+        http,
+    )
+    await conn.share.prepare()
+    trips = _count_trips(conn)
+    await conn.submit(envelope(materials=[]))
+    assert len(trips) == 3, trips
+    (tmp_path / "done").mkdir()  # the department takes it
+    (tmp_path / "inbox" / f"{KEY}.json").rename(tmp_path / "done" / f"{KEY}.json")
+    drop(tmp_path, "MZ-1-1.json", result_json(KEY, "1"))
+    drop(tmp_path, "MZ-1-2.json", result_json(KEY, "9"))
+    trips.clear()
+    updates = await conn.pull_updates(10)
+    assert [u.status for u in updates] == ["1", "9"]
+    assert len(trips) == 2, trips  # the listing, then both results read in one trip
+    trips.clear()
+    for update in updates:
+        await conn.ack_update(update, "applied")
+    assert len(trips) == 4, trips
+    archived = sorted(p.name for p in (tmp_path / "archive").iterdir())
+    assert archived == ["MZ-1-1.json", "MZ-1-2.json"]
+    entry = await conn.ledger.read(KEY)
+    assert entry is not None and entry["status"] == "9"
+    trips.clear()
+    await conn.submit(envelope(materials=[]))  # sent before: nothing written again
+    assert not (tmp_path / "inbox" / f"{KEY}.json").exists()
+
+
+def test_results_are_read_in_groups_of_bounded_size() -> None:
+    from gateway_filedrop.result_files import _GROUP_BYTES, _groups
+    from gateway_filedrop.storage import Entry
+
+    small = [Entry(f"r{i}.json", 1000, 0.0, "file") for i in range(5)]
+    assert [len(g) for g in _groups(small)] == [5]
+    big = Entry("big.json", _GROUP_BYTES, 0.0, "file")
+    half = Entry("half.json", _GROUP_BYTES // 2, 0.0, "file")
+    assert [[e.name for e in g] for g in _groups([half, half, half, big, small[0]])] == [
+        ["half.json", "half.json"],
+        ["half.json"],
+        ["big.json"],
+        ["r0.json"],
+    ]
+    assert _groups([]) == []

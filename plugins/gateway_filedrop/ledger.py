@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from gateway.connector import Envelope
-from gateway.errors import ConnectorError
 from gateway_filedrop.storage import FileTooLarge, Storage, UnsafeFile
 
 __all__ = ["Ledger", "iso"]
@@ -24,6 +23,17 @@ _ENTRY_BYTES = 65536
 
 def iso(value: dt.datetime) -> str:
     return value.isoformat().replace("+00:00", "Z")
+
+
+def _entry(data: bytes | None) -> dict[str, Any] | None:
+    """An entry from its file's bytes: None if there is no file, ``{}`` if unreadable."""
+    if data is None:
+        return None
+    try:
+        entry = json.loads(data)
+    except ValueError:
+        return {}
+    return entry if isinstance(entry, dict) else {}
 
 
 def _at(value: Any) -> dt.datetime:
@@ -45,13 +55,10 @@ class Ledger:
     async def read(self, key: str) -> dict[str, Any] | None:
         """The entry; None if there is none, ``{}`` if it is there but unreadable (the request
         was written: it must not be written again)."""
-        if not await self.storage.exists(self.path(key)):
-            return None
         try:
-            entry = json.loads(await self.storage.read(self.path(key), _ENTRY_BYTES))
-        except (FileTooLarge, ValueError):
+            return _entry(await self.storage.read_if_exists(self.path(key), _ENTRY_BYTES))
+        except FileTooLarge:
             return {}
-        return entry if isinstance(entry, dict) else {}
 
     async def record_sent(self, envelope: Envelope, name: str, started: dt.datetime) -> None:
         """Record the request ``name`` written; ``started``: when its writing began. A refusal
@@ -70,25 +77,36 @@ class Ledger:
             "status": None,
             "updated_at": now,
         }
-        before = await self.read(key)
-        if before and before.get("refused") and _at(before.get("updated_at")) >= started:
-            entry["refused"] = before["refused"]
-        await self._write(key, entry)
+
+        def change(old: bytes | None) -> bytes:
+            before = _entry(old)
+            if before and before.get("refused") and _at(before.get("updated_at")) >= started:
+                entry["refused"] = before["refused"]
+            return json.dumps(entry).encode()
+
+        try:  # read and written in one trip
+            await self.storage.update(self.path(key), change, _ENTRY_BYTES)
+        except FileTooLarge:  # an unreadable entry is replaced
+            await self.storage.write(self.path(key), change(None), atomic=True)
 
     async def note(self, key: str, at: dt.datetime | None, **changes: Any) -> None:
         """Record what became of a request (changes that are None are left as they are)."""
-        try:
-            entry = await self.read(key)
-        except (UnsafeFile, ConnectorError):
-            return
-        if entry is None and changes.get("refused"):
-            # refused before the request's own record was written (see record_sent)
-            entry = {"case_id": key, "idempotency_key": key, "status": None}
-        if not entry:
-            return  # no request of ours (or unreadable): list_cases just won't show it
-        entry.update({k: v for k, v in changes.items() if v is not None})
-        entry["updated_at"] = iso(at or dt.datetime.now(dt.UTC))
-        await self._write(key, entry)
+
+        def change(old: bytes | None) -> bytes | None:
+            entry = _entry(old)
+            if entry is None and changes.get("refused"):
+                # refused before the request's own record was written (see record_sent)
+                entry = {"case_id": key, "idempotency_key": key, "status": None}
+            if not entry:
+                return None  # no request of ours (or unreadable): list_cases just won't show it
+            entry.update({k: v for k, v in changes.items() if v is not None})
+            entry["updated_at"] = iso(at or dt.datetime.now(dt.UTC))
+            return json.dumps(entry).encode()
+
+        try:  # read and written in one trip
+            await self.storage.update(self.path(key), change, _ENTRY_BYTES)
+        except (FileTooLarge, UnsafeFile):
+            return  # unreadable (too large, a link): left as it is
 
     async def entries(self, names: list[str]) -> AsyncIterator[dict[str, Any]]:
         """The readable entries among the folder's file ``names``, in name order."""
@@ -101,6 +119,3 @@ class Ledger:
                 continue
             if isinstance(entry, dict) and isinstance(entry.get("idempotency_key"), str):
                 yield entry
-
-    async def _write(self, key: str, entry: dict[str, Any]) -> None:
-        await self.storage.write(self.path(key), json.dumps(entry).encode(), atomic=True)

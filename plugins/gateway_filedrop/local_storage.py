@@ -21,9 +21,12 @@ from typing import TypeVar
 from gateway.errors import TransientError
 from gateway_filedrop.options import LocalTarget
 from gateway_filedrop.storage import (
+    Change,
     Entry,
     FileTooLarge,
     UnsafeFile,
+    files_of,
+    free_name,
     kind_of,
     not_a,
     split,
@@ -123,102 +126,155 @@ class LocalStorage:
         return await self._run(f"list {folder}", run)
 
     async def exists(self, path: str) -> bool:
-        def run() -> bool:
-            folder, name = split(path)
-            try:
-                with self._folder(folder) as fd:
-                    os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                return False
-            return True
-
-        return await self._run(f"check {path}", run)
+        return await self._run(f"check {path}", lambda: self._exists(path))
 
     async def read(self, path: str, max_bytes: int) -> bytes:
-        def run() -> bytes:
-            folder, name = split(path)
-            with self._folder(folder) as dir_fd:
-                kind = kind_of(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
-                if kind != "file":
-                    raise not_a(path, kind, "file")
-                try:
-                    fd = os.open(name, _READ, dir_fd=dir_fd)
-                except OSError as exc:
-                    if exc.errno == errno.ELOOP:  # became a link since the lstat
-                        raise not_a(path, "symbolic link", "file") from exc
-                    raise
-            try:
-                kind = kind_of(os.fstat(fd).st_mode)
-                if kind != "file":
-                    raise not_a(path, kind, "file")
-                chunks, size = [], 0
-                while size <= max_bytes:
-                    chunk = os.read(fd, min(_CHUNK, max_bytes + 1 - size))
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    size += len(chunk)
-            finally:
-                os.close(fd)
-            if size > max_bytes:
-                raise FileTooLarge(path)
-            return b"".join(chunks)
-
-        return await self._run(f"read {path}", run)
+        return await self._run(f"read {path}", lambda: self._read(path, max_bytes))
 
     async def write(self, path: str, data: bytes, *, atomic: bool) -> None:
-        def run() -> None:
-            folder, name = split(path)
-            with self._folder(folder) as dir_fd:
-                if atomic:
-                    temp = split(temp_name(path))[1]
-                    # a stale temporary file, or a link planted where we write: drop the name
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(temp, dir_fd=dir_fd)
-                    fd = os.open(temp, _CREATE, 0o666, dir_fd=dir_fd)
-                    try:
-                        _write_all(fd, data)
-                        os.fsync(fd)
-                    except BaseException:
-                        os.close(fd)
-                        os.unlink(temp, dir_fd=dir_fd)
-                        raise
-                    os.close(fd)
-                    os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-                    return
-                try:
-                    kind = kind_of(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
-                except FileNotFoundError:
-                    kind = "file"
-                if kind != "file":
-                    raise not_a(path, kind, "file")
-                try:
-                    fd = os.open(name, _OVERWRITE, 0o666, dir_fd=dir_fd)
-                except OSError as exc:
-                    if exc.errno in (errno.ELOOP, errno.ENXIO):  # swapped for a link or FIFO
-                        raise not_a(path, "special file", "file") from exc
-                    raise
-            try:
-                if kind_of(os.fstat(fd).st_mode) != "file":
-                    raise not_a(path, "special file", "file")
-                _write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-        await self._run(f"write {path}", run)
+        await self._run(f"write {path}", lambda: self._write(path, data, atomic=atomic))
 
     async def move(self, src: str, dst: str) -> bool:
         def run() -> bool:
             (src_folder, src_name), (dst_folder, dst_name) = split(src), split(dst)
             with self._folder(src_folder) as src_fd, self._folder(dst_folder) as dst_fd:
-                try:
-                    os.rename(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
-                except FileNotFoundError:
-                    return False
-            return True
+                return _rename(src_name, src_fd, dst_name, dst_fd)
 
         return await self._run(f"move {src}", run)
+
+    async def read_if_exists(self, path: str, max_bytes: int) -> bytes | None:
+        return await self._run(f"read {path}", lambda: self._read_if_exists(path, max_bytes))
+
+    async def read_many(self, paths: list[str], max_bytes: int) -> list[bytes | Exception]:
+        def run() -> list[bytes | Exception]:
+            out: list[bytes | Exception] = []
+            for path in paths:
+                try:
+                    out.append(self._read(path, max_bytes))
+                except (FileTooLarge, UnsafeFile) as exc:
+                    out.append(exc)
+            return out
+
+        return await self._run(f"read {paths[0]}", run)
+
+    async def any_exists(self, paths: list[str]) -> bool:
+        return await self._run(f"check {paths[0]}", lambda: any(map(self._exists, paths)))
+
+    async def update(self, path: str, change: Change, max_bytes: int) -> None:
+        def run() -> None:
+            data = change(self._read_if_exists(path, max_bytes))
+            if data is not None:
+                self._write(path, data, atomic=True)
+
+        await self._run(f"update {path}", run)
+
+    async def move_free(
+        self, src: str, name: str, folder: str, done_suffix: str | None
+    ) -> str | None:
+        def run() -> str | None:
+            with self._folder(src) as src_fd, self._folder(folder) as dst_fd:
+
+                def taken(candidate: str) -> bool:
+                    try:
+                        os.stat(candidate, dir_fd=dst_fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        return False
+                    return True
+
+                dest = free_name(name, taken)
+                if not _rename(name, src_fd, dest, dst_fd):
+                    return None
+                if done_suffix is not None:
+                    _rename(name + done_suffix, src_fd, dest + done_suffix, dst_fd)
+                    _rename(files_of(name), src_fd, files_of(dest), dst_fd)
+                return dest
+
+        return await self._run(f"move {src}/{name}", run)
+
+    # -- in the worker thread ----------------------------------------------------------------
+
+    def _exists(self, path: str) -> bool:
+        folder, name = split(path)
+        try:
+            with self._folder(folder) as fd:
+                os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _read_if_exists(self, path: str, max_bytes: int) -> bytes | None:
+        try:
+            return self._read(path, max_bytes)
+        except FileNotFoundError:  # the file or a folder on its path
+            return None
+
+    def _read(self, path: str, max_bytes: int) -> bytes:
+        folder, name = split(path)
+        with self._folder(folder) as dir_fd:
+            kind = kind_of(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+            if kind != "file":
+                raise not_a(path, kind, "file")
+            try:
+                fd = os.open(name, _READ, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:  # became a link since the lstat
+                    raise not_a(path, "symbolic link", "file") from exc
+                raise
+        try:
+            kind = kind_of(os.fstat(fd).st_mode)
+            if kind != "file":
+                raise not_a(path, kind, "file")
+            chunks, size = [], 0
+            while size <= max_bytes:
+                chunk = os.read(fd, min(_CHUNK, max_bytes + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        finally:
+            os.close(fd)
+        if size > max_bytes:
+            raise FileTooLarge(path)
+        return b"".join(chunks)
+
+    def _write(self, path: str, data: bytes, *, atomic: bool) -> None:
+        folder, name = split(path)
+        with self._folder(folder) as dir_fd:
+            if atomic:
+                temp = split(temp_name(path))[1]
+                # a stale temporary file, or a link planted where we write: drop the name
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp, dir_fd=dir_fd)
+                fd = os.open(temp, _CREATE, 0o666, dir_fd=dir_fd)
+                try:
+                    _write_all(fd, data)
+                    os.fsync(fd)
+                except BaseException:
+                    os.close(fd)
+                    os.unlink(temp, dir_fd=dir_fd)
+                    raise
+                os.close(fd)
+                os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                return
+            try:
+                kind = kind_of(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+            except FileNotFoundError:
+                kind = "file"
+            if kind != "file":
+                raise not_a(path, kind, "file")
+            try:
+                fd = os.open(name, _OVERWRITE, 0o666, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENXIO):  # swapped for a link or FIFO
+                    raise not_a(path, "special file", "file") from exc
+                raise
+        try:
+            if kind_of(os.fstat(fd).st_mode) != "file":
+                raise not_a(path, "special file", "file")
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     async def health(self, folders: list[str]) -> str:
         def run() -> None:
@@ -231,6 +287,15 @@ class LocalStorage:
 
     async def aclose(self) -> None:
         """Nothing held."""
+
+
+def _rename(src: str, src_fd: int, dst: str, dst_fd: int) -> bool:
+    """Rename within the two folders; False if ``src`` is gone."""
+    try:
+        os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _write_all(fd: int, data: bytes) -> None:

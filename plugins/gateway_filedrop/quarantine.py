@@ -15,7 +15,7 @@ from gateway_filedrop.ledger import iso
 from gateway_filedrop.options import FolderOptions
 from gateway_filedrop.storage import Storage
 
-__all__ = ["Held", "free_name", "held", "move_free", "note", "requeue"]
+__all__ = ["Held", "held", "note", "requeue"]
 
 _NOTE_BYTES = 4096
 
@@ -90,39 +90,3 @@ async def requeue(storage: Storage, folders: FolderOptions, name: str, done_suff
         note = f"{name}.reason.{n}"
     await storage.move(f"{src}/{name}.reason", f"{folders.archive}/{note}")
     return f"{name} is back in {dst}/ (its note is in {folders.archive}/{note})"
-
-
-async def free_name(storage: Storage, name: str, folder: str) -> str:
-    """A name for ``name`` in ``folder`` that is free there (``x.dup1.json``...: neither it nor
-    its ``<stem>.files`` exists). Each candidate is looked up on its own (two look-ups), never
-    by listing ``folder``: the archive grows by every result, and listing it for each move made
-    reading results quadratic in their number."""
-    stem = name.rpartition(".")[0] or name
-    ext = name[len(stem) :]
-    dest, n = name, 1
-    while await storage.exists(f"{folder}/{dest}") or await storage.exists(
-        f"{folder}/{dest.rpartition('.')[0] or dest}.files"
-    ):
-        dest, n = f"{stem}.dup{n}{ext}", n + 1
-    return dest
-
-
-async def move_free(
-    storage: Storage,
-    src: str,
-    name: str,
-    folder: str,
-    dest: str,
-    done_suffix: str | None,
-) -> str | None:
-    """Move ``src/name`` into ``folder`` as ``dest`` (a :func:`free_name`); with
-    ``done_suffix``, its done marker and ``<stem>.files`` folder go along. The name used, or
-    None if the file was gone (another daemon moved it first)."""
-    stem = name.rpartition(".")[0] or name
-    if not await storage.move(f"{src}/{name}", f"{folder}/{dest}"):
-        return None
-    if done_suffix is not None:
-        dest_stem = dest.rpartition(".")[0] or dest
-        await storage.move(f"{src}/{name}{done_suffix}", f"{folder}/{dest}{done_suffix}")
-        await storage.move(f"{src}/{stem}.files", f"{folder}/{dest_stem}.files")
-    return dest

@@ -161,6 +161,8 @@ def document_refs(record: dict[str, Any], options: ResultOptions) -> list[Docume
 def beside(result_name: str, names: set[str], patterns: list[str]) -> list[str]:
     """Names among ``names`` that ``patterns`` (``{stem}`` = the result's stem) give to the
     result ``result_name``, sorted."""
+    if not patterns:
+        return []  # not a scan of the whole outbox for every result it holds
     stem = stem_of(result_name)
     escaped = re.sub(r"([\[\]*?])", r"[\1]", stem)
     wanted = [p.replace("{stem}", escaped) for p in patterns]

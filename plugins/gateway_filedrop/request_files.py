@@ -42,20 +42,12 @@ class RequestWriter:
         folders, request = self.share.folders, self.share.options.request
         name = key + EXTENSIONS[request.format]
         receipt = Receipt(case_id=key)
-        ledger = await self.ledger.read(key)
-        if ledger is not None and not ledger.get("refused"):
-            if ledger.get("status") or await self._at_department(name) is not False:
-                return receipt
-            ledger = None  # the department lost it (reconciliation's re-send): write it again
         inbox_path = f"{folders.inbox}/{name}"
-        if ledger is None and (
-            await self.storage.exists(inbox_path)
-            or (folders.processed and await self.storage.exists(f"{folders.processed}/{name}"))
-        ):
-            # an earlier attempt wrote the request and stopped before recording it
-            if request.commit == "done_marker" and await self.storage.exists(inbox_path):
-                await self.storage.write(inbox_path + request.done_suffix, b"", atomic=False)
-            await self.ledger.record_sent(envelope, name, dt.datetime.now(dt.UTC))
+        written = [inbox_path] + ([f"{folders.processed}/{name}"] if folders.processed else [])
+        # the usual case, a request never written, is one look: no ledger entry, no request
+        if await self.storage.any_exists(
+            [self.ledger.path(key), *written]
+        ) and await self._written_before(envelope, name, inbox_path, written):
             return receipt
         # new, or refused by the department and now sent again (an operator's replay)
         started = dt.datetime.now(dt.UTC)
@@ -80,16 +72,33 @@ class RequestWriter:
         await self.ledger.record_sent(envelope, name, started)
         return receipt
 
+    async def _written_before(
+        self, envelope: Envelope, name: str, inbox_path: str, written: list[str]
+    ) -> bool:
+        """Whether the request was written before and stands (nothing to write now; its
+        ledger entry made if an earlier attempt stopped before it)."""
+        request = self.share.options.request
+        ledger = await self.ledger.read(envelope.idempotency_key)
+        if ledger is not None and not ledger.get("refused"):
+            if ledger.get("status") or await self._at_department(name) is not False:
+                return True
+            ledger = None  # the department lost it (reconciliation's re-send): write it again
+        if ledger is None and await self.storage.any_exists(written):
+            # an earlier attempt wrote the request and stopped before recording it
+            if request.commit == "done_marker" and await self.storage.exists(inbox_path):
+                await self.storage.write(inbox_path + request.done_suffix, b"", atomic=False)
+            await self.ledger.record_sent(envelope, name, dt.datetime.now(dt.UTC))
+            return True
+        return False
+
     async def _at_department(self, name: str) -> bool | None:
         """Whether the request ``name`` is in the department's inbox, processed or error
         folder; None when that cannot be known (no processed folder: taken requests vanish)."""
         folders = self.share.folders
         if not folders.processed:
             return None
-        for folder in (folders.inbox, folders.processed, folders.errors):
-            if folder and await self.storage.exists(f"{folder}/{name}"):
-                return True
-        return False
+        where = (folders.inbox, folders.processed, folders.errors)
+        return await self.storage.any_exists([f"{f}/{name}" for f in where if f])
 
     async def _payload(self, envelope: Envelope, key: str) -> dict[str, Any]:
         request = self.share.options.request

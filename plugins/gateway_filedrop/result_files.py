@@ -31,6 +31,24 @@ QUARANTINED = Counter(
 )
 
 
+#: how many bytes (as listed) of results are read in one trip to the storage
+_GROUP_BYTES = 8 << 20
+
+
+def _groups(entries: list[Entry]) -> list[list[Entry]]:
+    """``entries`` in groups read together: one trip each, at most :data:`_GROUP_BYTES` as
+    listed (a larger file alone), so a pull never holds more than that unread."""
+    groups: list[list[Entry]] = []
+    size = _GROUP_BYTES
+    for entry in entries:
+        if size + entry.size > _GROUP_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(entry)
+        size += entry.size
+    return groups
+
+
 class ResultReader:
     """The outbox of one department. Remembers between scans what it saw of each file (for
     ``stable`` completion and for documents still to come)."""
@@ -55,28 +73,40 @@ class ResultReader:
         self.seen = {n: s for n, s in self.seen.items() if n in names}
         self._waiting = {n: s for n, s in self._waiting.items() if n in names}
         files = {e.name for e in entries if e.kind == "file"}
-        updates: list[CaseUpdate] = []
+        chosen: list[Entry] = []
         for entry in sorted(entries, key=lambda e: (e.mtime, e.name)):
-            if len(updates) >= limit:
+            if len(chosen) >= limit:
                 break
             if not self._candidate(entry):
                 continue
             if entry.kind != "file":  # never opened, followed, or waited for
                 await self.quarantine(entry.name, f"{outbox}/{entry.name} is a {entry.kind}")
                 continue
-            if not self._complete(entry, names):
-                continue
-            try:
-                updates.append(await self._read(entry, files))
-            except DocumentNotYet as exc:
-                first = self._waiting.setdefault(entry.name, self.clock())
-                wait = self.share.options.result.missing_document_wait_seconds
-                if self.clock() - first >= wait:
+            if self._complete(entry, names):
+                chosen.append(entry)
+        updates: list[CaseUpdate] = []
+        for group in _groups(chosen):
+            results = [e for e in group if self._is_result(e.name)]
+            read = (
+                await self.share.storage.read_many(
+                    [f"{outbox}/{e.name}" for e in results], self.max_bytes
+                )
+                if results
+                else []
+            )
+            contents = dict(zip((e.name for e in results), read, strict=True))
+            for entry in group:
+                try:
+                    updates.append(await self._read(entry, contents.get(entry.name), files))
+                except DocumentNotYet as exc:
+                    first = self._waiting.setdefault(entry.name, self.clock())
+                    wait = self.share.options.result.missing_document_wait_seconds
+                    if self.clock() - first >= wait:
+                        await self.quarantine(entry.name, str(exc))
+                except ResultFileError as exc:
                     await self.quarantine(entry.name, str(exc))
-            except ResultFileError as exc:
-                await self.quarantine(entry.name, str(exc))
-            except FileTooLarge:
-                await self.quarantine(entry.name, f"larger than {self.max_bytes} bytes")
+                except FileTooLarge:
+                    await self.quarantine(entry.name, f"larger than {self.max_bytes} bytes")
         return updates
 
     async def settle(self, update: CaseUpdate, outcome: UpdateOutcome, reason: str) -> None:
@@ -132,12 +162,15 @@ class ResultReader:
             return result.stable_seconds == 0
         return now - seen[2] >= result.stable_seconds
 
-    async def _read(self, entry: Entry, files: set[str]) -> CaseUpdate:
+    async def _read(
+        self, entry: Entry, data: bytes | Exception | None, files: set[str]
+    ) -> CaseUpdate:
+        """The update of a result file (``data``: its bytes, or what reading it raised)."""
         result = self.share.options.result
-        if not self._is_result(entry.name):
+        if data is None or not self._is_result(entry.name):
             raise ResultFileError(f"not a {EXTENSIONS[result.format]} file")
-        path = f"{self.share.folders.outbox}/{entry.name}"
-        data = await self.share.storage.read(path, self.max_bytes)
+        if isinstance(data, Exception):
+            raise data
         record = decode_result(data, result.format, encoding=result.encoding)
         return await self._case_update(record, entry.name, files)
 

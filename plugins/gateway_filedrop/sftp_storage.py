@@ -21,10 +21,13 @@ import asyncssh
 from gateway.errors import PermanentError, TransientError
 from gateway_filedrop.options import SftpTarget
 from gateway_filedrop.storage import (
+    Change,
     Entry,
     FileTooLarge,
     Kind,
     UnsafeFile,
+    candidates,
+    files_of,
     kind_of,
     not_a,
     split,
@@ -296,6 +299,49 @@ class SftpStorage:
             return True
 
         return await self._run(f"move {src}", run)
+
+    # The compound operations as their parts: each part a round trip to the server anyway.
+
+    async def read_if_exists(self, path: str, max_bytes: int) -> bytes | None:
+        if not await self.exists(path):
+            return None
+        return await self.read(path, max_bytes)
+
+    async def read_many(self, paths: list[str], max_bytes: int) -> list[bytes | Exception]:
+        out: list[bytes | Exception] = []
+        for path in paths:
+            try:
+                out.append(await self.read(path, max_bytes))
+            except (FileTooLarge, UnsafeFile) as exc:
+                out.append(exc)
+        return out
+
+    async def any_exists(self, paths: list[str]) -> bool:
+        for path in paths:
+            if await self.exists(path):
+                return True
+        return False
+
+    async def update(self, path: str, change: Change, max_bytes: int) -> None:
+        data = change(await self.read_if_exists(path, max_bytes))
+        if data is not None:
+            await self.write(path, data, atomic=True)
+
+    async def move_free(
+        self, src: str, name: str, folder: str, done_suffix: str | None
+    ) -> str | None:
+        for dest in candidates(name):
+            if not (
+                await self.exists(f"{folder}/{dest}")
+                or await self.exists(f"{folder}/{files_of(dest)}")
+            ):
+                break
+        if not await self.move(f"{src}/{name}", f"{folder}/{dest}"):
+            return None
+        if done_suffix is not None:
+            await self.move(f"{src}/{name}{done_suffix}", f"{folder}/{dest}{done_suffix}")
+            await self.move(f"{src}/{files_of(name)}", f"{folder}/{files_of(dest)}")
+        return dest
 
     async def health(self, folders: list[str]) -> str:
         async def run(sftp: asyncssh.SFTPClient) -> str:

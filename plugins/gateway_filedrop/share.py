@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 
 from gateway.errors import PermanentError, TransientError
-from gateway_filedrop import quarantine
 from gateway_filedrop.local_storage import LocalStorage
 from gateway_filedrop.options import FiledropOptions, LocalTarget
 from gateway_filedrop.storage import Entry, Storage, UnsafeFile
@@ -87,12 +86,11 @@ class Share:
     ) -> str | None:
         """Move ``src/name`` into ``folder`` under a free name (``also_files``: with its done
         marker and ``.files`` folder); the name used, or None if it was gone."""
+        suffix = self.options.result.done_suffix if also_files else None
         try:
-            dest = await quarantine.free_name(self.storage, name, folder)
+            return await self.storage.move_free(src, name, folder, suffix)
         except UnsafeFile as exc:
             raise self.unsafe(exc) from exc
-        suffix = self.options.result.done_suffix if also_files else None
-        return await quarantine.move_free(self.storage, src, name, folder, dest, suffix)
 
     async def aclose(self) -> None:
         await self.storage.aclose()

@@ -19,13 +19,27 @@ paths, by ``lstat`` of each component and ``realpath`` containment before a file
 
 from __future__ import annotations
 
+import itertools
 import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from gateway_filedrop.formats import ResultFileError
 
-__all__ = ["Entry", "FileTooLarge", "Kind", "Storage", "UnsafeFile", "kind_of", "temp_name"]
+__all__ = [
+    "Change",
+    "Entry",
+    "FileTooLarge",
+    "Kind",
+    "Storage",
+    "UnsafeFile",
+    "candidates",
+    "files_of",
+    "free_name",
+    "kind_of",
+    "temp_name",
+]
 
 Kind = Literal["file", "folder", "symbolic link", "FIFO", "device", "socket", "special file"]
 
@@ -85,6 +99,32 @@ def temp_name(path: str) -> str:
     return f"{folder}/.{name}.tmp" if folder else f".{name}.tmp"
 
 
+#: a file's new content from its current one (None: there is none); None: leave it as it is
+Change = Callable[[bytes | None], bytes | None]
+
+
+def candidates(name: str) -> Iterator[str]:
+    """``name``, then ``x.dup1.json``, ``x.dup2.json``...: the names :func:`free_name` tries."""
+    stem = name.rpartition(".")[0] or name
+    ext = name[len(stem) :]
+    yield name
+    for n in itertools.count(1):
+        yield f"{stem}.dup{n}{ext}"
+
+
+def files_of(name: str) -> str:
+    """The ``<stem>.files`` folder that goes with a result file ``name``."""
+    return f"{name.rpartition('.')[0] or name}.files"
+
+
+def free_name(name: str, taken: Callable[[str], bool]) -> str:
+    """The first of :func:`candidates` for which neither it nor its :func:`files_of` is
+    ``taken`` in the folder. Each is looked up on its own, never by listing the folder: the
+    archive grows by every result, and listing it for each move made reading results
+    quadratic in their number."""
+    return next(n for n in candidates(name) if not (taken(n) or taken(files_of(n))))
+
+
 class Storage(Protocol):
     async def prepare(self, folders: list[str]) -> None:
         """Check the root exists and create ``folders`` (and their parents) if missing."""
@@ -106,6 +146,35 @@ class Storage(Protocol):
     async def move(self, src: str, dst: str) -> bool:
         """Rename (a link is moved as a link); False if ``src`` is gone (another daemon
         moved it first)."""
+        ...
+
+    # Compound operations: what the connector does per request and per result, each one trip
+    # to a worker thread locally (a trip cost more CPU than the file operations it ran).
+
+    async def read_if_exists(self, path: str, max_bytes: int) -> bytes | None:
+        """:meth:`read`, or None if nothing has this name."""
+        ...
+
+    async def read_many(self, paths: list[str], max_bytes: int) -> list[bytes | Exception]:
+        """:meth:`read` of each path: its bytes, or the :class:`FileTooLarge` or
+        :class:`UnsafeFile` it raised (anything else raises for all)."""
+        ...
+
+    async def any_exists(self, paths: list[str]) -> bool:
+        """Whether any of ``paths`` exists (:meth:`exists`)."""
+        ...
+
+    async def update(self, path: str, change: Change, max_bytes: int) -> None:
+        """Read ``path`` (as :meth:`read_if_exists`, raising as it does), and write what
+        ``change`` makes of it atomically (nothing if it returns None). ``change`` may run in
+        a worker thread: a pure function of the bytes."""
+
+    async def move_free(
+        self, src: str, name: str, folder: str, done_suffix: str | None
+    ) -> str | None:
+        """Move ``src/name`` into ``folder`` under a :func:`free_name` there; with
+        ``done_suffix``, its done marker and ``<stem>.files`` folder go along. The name
+        used, or None if the file was gone (another daemon moved it first)."""
         ...
 
     async def health(self, folders: list[str]) -> str:
