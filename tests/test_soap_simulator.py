@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
+from typing import Any
+from xml.sax.saxutils import escape
 
 import httpx
 import pytest
@@ -20,6 +22,7 @@ from gateway.simulators.soap_department import (
     SoapSimulatorSettings,
     create_soap_department,
 )
+from gateway.simulators.soap_plain import SUBMIT_FIELDS
 
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 T0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
@@ -224,3 +227,91 @@ def test_the_simulator_does_not_collect_garbage_after_every_second_call() -> Non
     import gateway.simulators.soap_department  # noqa: F401  (sets it on import)
 
     assert math.inf == const.MIN_GC_INTERVAL
+
+
+def full_submit(key: str, version: str = "1", order: tuple[str, ...] = SUBMIT_FIELDS) -> bytes:
+    """A submission with every field, as zeep writes it (prefix ns0, schema order)."""
+    values = {
+        "IdempotencyKey": key,
+        "ReceiptNumber": "C01-20260302-0001",
+        "MatterCode": "XK00301000",
+        "Region": "",
+        "ApplicantName": "张三 & <李四>\r\n",
+        "ApplicantIdNo": "110101199003074514",
+        "Version": version,
+        "FormJson": '{"note": "city day 1"}',
+    }
+    fields = "".join(
+        f"<ns0:{name}>{escape(values[name])}</ns0:{name}>" for name in order if name in values
+    )
+    return (
+        f"<?xml version='1.0' encoding='utf-8'?>\n<soap-env:Envelope xmlns:soap-env='{SOAP_ENV}'>"
+        f"<soap-env:Body><ns0:SubmitApplication xmlns:ns0='{NAMESPACE}'><ns0:Request>{fields}"
+        "</ns0:Request></ns0:SubmitApplication></soap-env:Body></soap-env:Envelope>"
+    ).encode()
+
+
+@contextlib.asynccontextmanager
+async def counted(settings: SoapSimulatorSettings) -> AsyncIterator[tuple[Sim, Any, list[int]]]:
+    """The simulator, its app, and how many calls reached spyne."""
+    clock = Clock()
+    app, state = create_soap_department(settings, clock=clock)
+    spyne_calls = [0]
+    wsgi = app.wsgi
+
+    async def through_spyne(scope: Any, receive: Any, send: Any) -> None:
+        spyne_calls[0] += 1
+        await wsgi(scope, receive, send)
+
+    app.wsgi = through_spyne
+    async with serve_asgi(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as client:
+        yield (client, clock, state), app, spyne_calls
+
+
+@pytest.mark.parametrize("outcome", ["approve", "reject", "supplement", "not_accept"])
+async def test_plain_calls_are_answered_without_spyne_as_spyne_answers_them(outcome: str) -> None:
+    for delay in (0, 10):
+        settings = SoapSimulatorSettings(decision_delay_seconds=delay, mix={outcome: 1.0})
+        async with counted(settings) as ((client, clock, state), app, spyne_calls):
+            for n, micro in enumerate((0, 123456)):
+                clock.now = T0.replace(microsecond=micro)
+                key = f"ow-a{n}&<b>-v{n + 1}"
+                app.plain, calls = True, spyne_calls[0]
+                plain = await post(client, full_submit(key, version=f"{n + 1}"))
+                assert spyne_calls[0] == calls  # answered without spyne
+                app.plain = False  # the same submission again: spyne answers (same case)
+                by_spyne = await post(client, full_submit(key, version=f"{n + 1}"))
+                assert spyne_calls[0] == calls + 1
+                assert (plain.status_code, plain.content) == (
+                    by_spyne.status_code,
+                    by_spyne.content,
+                )
+                assert plain.headers["content-type"] == by_spyne.headers["content-type"]
+                case_id = text(plain.content, "CaseId")
+                assert case_id is not None
+                assert state.cases[case_id].body["Version"] == n + 1
+                for seconds in (0, 4, 6, 8, 11):
+                    clock.now = T0 + dt.timedelta(seconds=seconds, microseconds=micro)
+                    app.plain = True
+                    plain = await post(client, query_envelope(case_id))
+                    app.plain = False
+                    assert plain.content == (await post(client, query_envelope(case_id))).content
+
+
+async def test_calls_of_any_other_shape_go_to_spyne() -> None:
+    settings = SoapSimulatorSettings(decision_delay_seconds=0, mix={"approve": 1.0})
+    async with counted(settings) as ((client, _clock, _state), _app, spyne_calls):
+        order = tuple(reversed(SUBMIT_FIELDS))
+        others = [
+            submit_envelope("k1", header_key="h1"),  # a SOAP header
+            submit_envelope(None),  # no key: spyne's fault
+            full_submit("k2", version="x"),  # not an integer
+            full_submit("k3", order=order),  # out of schema order
+            query_envelope("NRP-404"),  # no such case: spyne's fault
+            query_envelope("<x/>").replace(b"&lt;x/&gt;", b"<t:x/>"),
+        ]
+        for n, body in enumerate(others, start=1):
+            await post(client, body)
+            assert spyne_calls[0] == n, body
+        await post(client, full_submit("k4"))
+        assert spyne_calls[0] == len(others)
