@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import contextlib
 import datetime as dt
 import hashlib
@@ -48,7 +49,7 @@ import logging
 import time
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -183,6 +184,8 @@ class SimCase:
     version: Any = None
     #: a status set by a drift helper (see RestDepartmentState.force_status), and since when
     forced: tuple[str, dt.datetime] | None = None
+    #: the last view made and what it was made from (see :meth:`view`)
+    _view: tuple[Any, dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     def phase(self, now: dt.datetime, delay: float) -> tuple[str, dt.datetime]:
         """The status at ``now`` and when the case entered it."""
@@ -213,6 +216,19 @@ class SimCase:
     def view(self, now: dt.datetime, delay: float, style: str = "list") -> dict[str, Any]:
         status, updated = self.phase(now, delay)
         final = status == _FINAL_STATUS[self.outcome] and now >= self.decided_at(delay)
+        # a change feed shows a case again on every page of every tick while it is in the
+        # window: the view is made again only when something it shows changed
+        made_of: tuple[Any, ...] = (status, updated, final, style, self.outcome, self.id)
+        made_of += (self.idempotency_key, self.version, self.created_at)
+        if self._view is not None and self._view[0] == made_of:
+            return dict(self._view[1])
+        view = self._make_view(status, updated, final, style)
+        self._view = (made_of, view)
+        return dict(view)
+
+    def _make_view(
+        self, status: str, updated: dt.datetime, final: bool, style: str
+    ) -> dict[str, Any]:
         documents: list[dict[str, str]] = []
         if final and self.outcome == "approve":
             documents.append(
@@ -735,14 +751,16 @@ def create_rest_department(
         def item(case: SimCase) -> dict[str, Any]:
             return state.view(case) if full else case.summary(now, delay)
 
-        matching = [
-            case
-            for case in state.cases.values()  # insertion order is seq order
-            if (lower is None or case.phase(now, delay)[1] >= lower)
-            and (upper is None or case.phase(now, delay)[1] < upper)
-        ]
+        def in_window(cases: Iterable[SimCase]) -> Iterator[SimCase]:
+            for case in cases:
+                changed = case.phase(now, delay)[1]
+                if (lower is None or changed >= lower) and (upper is None or changed < upper):
+                    yield case
+
+        cases = list(state.cases.values())  # insertion order is seq order
         result: dict[str, Any]
         if settings.listing in ("page", "offset"):
+            matching = list(in_window(cases))
             start = (max(page, 1) - 1) * size if settings.listing == "page" else max(offset, 0)
             chosen = matching[start : start + size]
             result = {
@@ -750,7 +768,11 @@ def create_rest_department(
                 "total": len(matching),
             }
         else:
-            rest = [c for c in matching if c.seq > after]
+            # a cursor page reads from the cursor on, and no further than one case past the
+            # page: a change feed re-reads its window page after page, and reading every case
+            # for every page made each tick quadratic in the cases of the window
+            first = bisect.bisect_right(cases, after, key=lambda c: c.seq)
+            rest = list(itertools.islice(in_window(cases[first:]), size + 1))
             chosen = rest[:size]
             more = len(rest) > size
             cursor = str(chosen[-1].seq) if more else None
