@@ -16,8 +16,12 @@ that also moves the watermark to the batch's last number, so nothing is applied 
 overlap window is needed. Changes of a time feed are applied a batch (``BATCH``) per transaction
 too; its watermark moves once the whole window is committed.
 
-The overlap means a time feed hands the same change over again and again: every tick re-reads
-``changes_overlap_seconds`` of changes (~60 times each with the example's 120 s and 2 s). A
+Not every tick reaches back the whole overlap: that re-read every change ~60 times (120 s at a
+2 s interval), and a city day's hrss feed was then a seventh of the daemon's CPU. A tick reaches
+back one interval before the watermark; once per ``changes_overlap_seconds`` (and on this
+process's first tick) a tick reaches back the overlap before the watermark of the last such
+tick, so every change stamped within the overlap of becoming visible is still read, a late one
+at most one overlap later than before, and each change is read about four times. A
 change costs one read per batch (:func:`~gateway.results.match_many`: its case, status and
 version); one this process has already judged is skipped there, before any lock or write.
 "Already judged" is exact: the same change (every field the department sent, the version it
@@ -25,14 +29,15 @@ is about and the state its code maps to) was applied or found a no-op by the sta
 a committed transaction, and its case still has the status and version it had right after
 (``Ended``). Judging it again from there would change nothing; anything that moved the case
 since (a retry, a re-send, another channel) sends it through the state machine again. The
-memory holds only the cases of the last round's window (per daemon process; another process,
-or this one after a restart, judges each change once more).
+memory holds only the cases seen since the last full tick began (per daemon process; another
+process, or this one after a restart, judges each change once more).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -43,6 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import metrics
 from gateway.clock import now
+from gateway.config.models import SyncSettings
 from gateway.connector import CaseUpdate
 from gateway.departments import DepartmentLink
 from gateway.events import Source
@@ -87,11 +93,16 @@ class _Judged:
 
 @dataclass
 class _Memory:
-    """One department's judged changes, case by case, for the cases of the last round."""
+    """One department's judged changes, case by case, for the cases seen since the last full
+    tick began."""
 
     cases: dict[str, _Judged] = field(default_factory=dict)
-    #: cases seen in the round under way (the others are dropped when it completes)
+    #: cases seen since the last full tick began (the others are dropped when the next completes)
     round: set[str] = field(default_factory=set)
+    #: the last tick that reached back the whole overlap: its watermark and when it ran
+    #: (``time.monotonic()``); None until this process's first
+    full_from: dt.datetime | None = None
+    full_at: float = 0.0
 
     def judged(self, hit: Hit, mark: bytes) -> bool:
         self.round.add(hit.app_id)
@@ -113,6 +124,27 @@ class _Memory:
     def round_done(self) -> None:
         self.cases = {k: v for k, v in self.cases.items() if k in self.round}
         self.round = set()
+
+    def reach(self, mark: watermarks.Watermark, settings: SyncSettings) -> tuple[dt.datetime, bool]:
+        """Where this tick's window starts, and whether it is a full tick (see the module
+        doc): the overlap before the last full tick's watermark, or one interval before this
+        one's."""
+        overlap = dt.timedelta(seconds=settings.changes_overlap_seconds)
+        step = dt.timedelta(
+            seconds=min(settings.changes_interval_seconds, settings.changes_overlap_seconds)
+        )
+        due = time.monotonic() - self.full_at >= settings.changes_overlap_seconds
+        if self.full_from is None or due:
+            start = min(self.full_from or mark.watermark, mark.watermark) - overlap
+            # not further than two overlaps and intervals: with several daemons this one's
+            # last full tick can be old, and the others' full ticks (one at least every
+            # overlap and interval, whoever wins it) covered what lies before
+            return max(start, mark.watermark - 2 * (overlap + step)), True
+        return mark.watermark - step, False
+
+    def full_done(self, watermark: dt.datetime) -> None:
+        self.full_from, self.full_at = watermark, time.monotonic()
+        self.round_done()
 
 
 _memories: weakref.WeakKeyDictionary[Runtime, dict[str, _Memory]] = weakref.WeakKeyDictionary()
@@ -157,9 +189,13 @@ async def sync_department(runtime: Runtime, code: str) -> dict[str, Any]:
         mark = await watermarks.get(conn, code)
     if link.changes_by_sequence():
         return await _by_sequence(runtime, link, code, mark)
+    memory = _memory(runtime, code)
     since, until = window(
         mark, now(), settings.changes_overlap_seconds, settings.poll_ceiling_seconds
     )
+    full = True
+    if mark is not None:
+        since, full = memory.reach(mark, settings)
     tally = _Tally()
     batch: list[CaseUpdate] = []
     async for upd in link.changes(since, until):
@@ -171,11 +207,13 @@ async def sync_department(runtime: Runtime, code: str) -> dict[str, Any]:
     # only now, every change of the window committed: a crash before this asks again
     async with runtime.engine.begin() as conn:
         await watermarks.advance(conn, code, until, tally.applied)
-    _memory(runtime, code).round_done()
+    if full:
+        memory.full_done(until)
     _done(code, tally)
     return {
         "since": since.isoformat(),
         "until": until.isoformat(),
+        "full": full,
         "seen": tally.seen,
         "applied": tally.applied,
         "unmatched": tally.unmatched,

@@ -110,8 +110,9 @@ async def test_a_change_committed_late_is_caught_by_the_overlap(
     runtime: Runtime, city: SimulatedCity, api: httpx.AsyncClient, centre_headers: dict[str, str]
 ) -> None:
     """The department stamps a decision with a time the gateway's watermark has already passed
-    (its clock is behind, or it committed late): within the overlap it is still read; a stamp
-    older than the overlap is left to the safety-net poll and reconciliation."""
+    (its clock is behind, or it committed late): within the overlap it is still read, by the
+    next tick that reaches back the whole overlap; a stamp older than the overlap is left to
+    the safety-net poll and reconciliation."""
     late_id, late = await delivered(runtime, city, api, centre_headers, "feed-late")
     old_id, old = await delivered(runtime, city, api, centre_headers, "feed-too-old")
     await changes.sync_department(runtime, "amr")
@@ -121,8 +122,15 @@ async def test_a_change_committed_late_is_caught_by_the_overlap(
 
     late.forced = ("9", mark.watermark - dt.timedelta(seconds=60))
     old.forced = ("9", mark.watermark - dt.timedelta(seconds=600))
+    # a tick between two full ones reaches back one interval (each change is read about four
+    # times, not once per tick of the overlap): the late stamp waits for the next full tick
     out = await changes.sync_department(runtime, "amr")
-    assert out["applied"] >= 1
+    assert out["full"] is False and out["applied"] == 0
+    assert (await status_of(api, centre_headers, late_id))["status"] == "delivered"
+    overlap = city.config.departments["amr"].sync.changes_overlap_seconds
+    changes._memory(runtime, "amr").full_at -= overlap  # an overlap has passed since
+    out = await changes.sync_department(runtime, "amr")
+    assert out["full"] is True and out["applied"] >= 1
     assert (await status_of(api, centre_headers, late_id))["status"] in (
         "approved",
         "ready_for_pickup",

@@ -254,8 +254,9 @@ class SyncSettings(_Strict):
     """A department's ``[sync]`` table: how the daemon learns of status changes it is not told
     about (docs/ops.md, "Status sync"). With a change feed (the connector offers one) the
     daemon asks "what changed since the watermark" every ``changes_interval_seconds``, going
-    back ``changes_overlap_seconds`` before the watermark so clock skew and changes committed
-    late are still seen; per-case polls then run only every ``feed_poll_seconds`` while the feed
+    back one interval before it, and once per ``changes_overlap_seconds`` back that overlap
+    before the last such tick's watermark, so clock skew and changes committed late are still
+    seen; per-case polls then run only every ``feed_poll_seconds`` while the feed
     keeps up (a feed that has not synced for three intervals hands its cases back to adaptive
     polling: quiet cases every ``poll_ceiling_seconds`` at most)."""
 
