@@ -17,7 +17,9 @@ from pathlib import Path
 import structlog
 
 from gateway import reload as reloading
-from gateway import snapshot
+from gateway import snapshot, workdays
+from gateway.clock import now
+from gateway.clocks import CHINA
 from gateway.config.loader import Config
 from gateway.daemon import Daemon
 from gateway.dispatcher import Dispatcher
@@ -140,6 +142,7 @@ async def serve_until_signalled(
             metrics_host=metrics_host,
         ) as (dispatcher, url):
             parts["dispatcher"] = dispatcher
+            workdays.warm(now().astimezone(CHINA).date())  # before the heap settles: kept
             settle_heap()
             log.info(
                 "gateway running", api=url, daemon=daemon, unavailable=runtime.unavailable or None
