@@ -148,6 +148,12 @@ async def receive(
 #: department): a database slower than the departments makes them wait instead of this
 #: process's memory growing
 QUEUE_LIMIT = 1000
+#: how long a callback that arrives alone waits for others to share its transaction: a
+#: department pushes as its cases are decided, one at a time (the city day: ~80 % of the
+#: batches held one or two), and a batch's statements (match, dedupe, lock, documents, moves,
+#: outbox, handovers: ~20) cost several times what one more callback in it adds. The
+#: department's answer comes this much later at most; it is still sent after the commit
+LINGER_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -164,7 +170,13 @@ _DUPLICATE: _Outcome = (None, Applied([], duplicate=True))
 
 
 def _group(runtime: Runtime) -> GroupCommit[_Pushed, _Outcome]:
-    return shared(runtime, "callbacks", lambda: _applier(runtime), max_queue=QUEUE_LIMIT)
+    return shared(
+        runtime,
+        "callbacks",
+        lambda: _applier(runtime),
+        max_queue=QUEUE_LIMIT,
+        linger=LINGER_SECONDS,
+    )
 
 
 def _applier(runtime: Runtime) -> Store[_Pushed, _Outcome]:

@@ -179,3 +179,32 @@ async def test_a_connection_lost_at_commit_is_retried_only_for_an_idempotent_sto
         await plain.aclose()
         await again.aclose()
         await engine.dispose()
+
+
+async def test_a_lingering_batch_takes_items_that_come_after_its_first(tmp_path: Path) -> None:
+    """With ``linger`` a batch begun by an item that came alone waits for more (here: until
+    it is full) instead of paying a transaction for that one item."""
+    engine = await _table_t(tmp_path)
+    batches: list[list[int]] = []
+
+    async def store(conn: AsyncConnection, items: list[int]) -> list[int]:
+        batches.append(list(items))
+        return items
+
+    group: GroupCommit[int, int] = GroupCommit(engine, store, max_batch=3, linger=60.0)
+    try:
+        first = asyncio.ensure_future(group.submit(1))
+        while group._gathering is None:  # the loop took the first item and lingers
+            await asyncio.sleep(0)
+        later = [asyncio.ensure_future(group.submit(v)) for v in (2, 3)]
+        assert await asyncio.gather(first, *later) == [1, 2, 3]  # full: no 60 s wait
+        assert batches == [[1, 2, 3]]
+    finally:
+        await group.aclose()
+        await engine.dispose()
+
+
+async def test_callbacks_linger_for_company(runtime: Runtime) -> None:
+    from gateway.callbacks import LINGER_SECONDS, _group
+
+    assert LINGER_SECONDS > 0 and _group(runtime).linger == LINGER_SECONDS

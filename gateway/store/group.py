@@ -13,7 +13,9 @@ really gone fails the reconnect instead, and that is answered at once). A connec
 the COMMIT itself leaves unknown whether the batch was stored: it is retried only for an
 ``idempotent`` store. The queue is bounded
 (``max_queue``): when it is full ``submit`` raises :class:`~gateway.errors.Overloaded`
-instead of letting memory grow.
+instead of letting memory grow. ``linger``: a batch that starts with fewer than ``max_batch``
+items waiting waits that long for more (or until it is full) before it begins; for items
+that trickle in one at a time, where each would otherwise pay a whole transaction.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class GroupCommit(Generic[I, R]):
         max_batch: int = 64,
         max_queue: int = 0,
         idempotent: bool = False,
+        linger: float = 0.0,
     ) -> None:
         self.engine = engine
         #: ``store`` run again after a COMMIT whose outcome is unknown finds what the first run
@@ -63,6 +66,9 @@ class GroupCommit(Generic[I, R]):
         self.store = store
         self.max_batch = max_batch
         self.max_queue = max_queue  # 0: unbounded (callers bound themselves)
+        self.linger = linger
+        #: set while a batch lingers: done once the timer fires or the batch is full
+        self._gathering: asyncio.Future[None] | None = None
         self._queue: asyncio.Queue[tuple[I, asyncio.Future[R]]] = asyncio.Queue(max_queue)
         self._task: asyncio.Task[None] | None = None
 
@@ -76,6 +82,9 @@ class GroupCommit(Generic[I, R]):
             raise Overloaded(
                 f"{self.max_queue} items are already waiting to be stored", retry_after=1.0
             ) from None
+        gathering = self._gathering
+        if gathering is not None and self._queue.qsize() + 1 >= self.max_batch:
+            _wake(gathering)
         return await future
 
     async def aclose(self) -> None:
@@ -85,6 +94,8 @@ class GroupCommit(Generic[I, R]):
     async def _loop(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            if self.linger > 0 and self._queue.qsize() + 1 < self.max_batch:
+                await self._linger()
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
@@ -98,6 +109,16 @@ class GroupCommit(Generic[I, R]):
                 continue
             for (_item, future), result in zip(batch, results, strict=True):
                 _settle(future, result)
+
+    async def _linger(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._gathering = gathering = loop.create_future()
+        timer = loop.call_later(self.linger, _wake, gathering)
+        try:
+            await gathering
+        finally:
+            timer.cancel()
+            self._gathering = None
 
     async def _one_by_one(self, batch: list[tuple[I, asyncio.Future[R]]]) -> None:
         """A failure reaches only its own caller (until the database itself fails)."""
@@ -157,6 +178,11 @@ class _NotSent(Exception):
     def __init__(self, error: DatabaseUnavailable) -> None:
         self.error = error
         super().__init__(str(error))
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _settle(future: asyncio.Future[R], outcome: R | BaseException) -> None:
