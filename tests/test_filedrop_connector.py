@@ -520,3 +520,28 @@ def test_results_are_read_in_groups_of_bounded_size() -> None:
         ["r0.json"],
     ]
     assert _groups([]) == []
+
+
+async def test_a_status_note_is_not_fsynced_a_request_its_record_and_a_refusal_are(
+    tmp_path: Path, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Durable: the request before it counts as sent, its ledger record, and a refusal (what
+    lets a replay write the request again). A result's status in the ledger is not: the
+    gateway's database has the case's."""
+    import os
+
+    synced: list[int] = []
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), fsync(fd))[1])
+    conn = make_connector(local_options(tmp_path, result={"stable_seconds": 0}), http)
+    await conn.submit(envelope(materials=[]))
+    assert len(synced) == 2  # the request, then its record
+    drop(tmp_path, "MZ-1-2.json", result_json(KEY, "9"))
+    (update,) = await conn.pull_updates(10)
+    synced.clear()
+    await conn.ack_update(update, "applied")
+    assert synced == []
+    entry = await conn.ledger.read(KEY)
+    assert entry is not None and entry["status"] == "9"
+    await conn.ledger.note(KEY, None, refused="第2行：申请人证件号码校验未通过")
+    assert len(synced) == 1

@@ -103,8 +103,15 @@ class Ledger:
             entry["updated_at"] = iso(at or dt.datetime.now(dt.UTC))
             return json.dumps(entry).encode()
 
+        # A refusal must survive a power cut: it is what lets a replay write the request again
+        # (see record_sent). A status is not fsynced (one fsync a result, the pull's slowest
+        # step under I/O load): the case's own is in the gateway's database (the result is
+        # moved out only after it is applied there); a status lost with the page cache sends
+        # submit's duplicate check to the department's folders, and list_cases shows the
+        # status noted before it until the case's next result.
+        durable = bool(changes.get("refused"))
         try:  # read and written in one trip
-            await self.storage.update(self.path(key), change, _ENTRY_BYTES)
+            await self.storage.update(self.path(key), change, _ENTRY_BYTES, durable=durable)
         except (FileTooLarge, UnsafeFile):
             return  # unreadable (too large, a link): left as it is
 

@@ -160,11 +160,13 @@ class LocalStorage:
     async def any_exists(self, paths: list[str]) -> bool:
         return await self._run(f"check {paths[0]}", lambda: any(map(self._exists, paths)))
 
-    async def update(self, path: str, change: Change, max_bytes: int) -> None:
+    async def update(
+        self, path: str, change: Change, max_bytes: int, *, durable: bool = True
+    ) -> None:
         def run() -> None:
             data = change(self._read_if_exists(path, max_bytes))
             if data is not None:
-                self._write(path, data, atomic=True)
+                self._write(path, data, atomic=True, durable=durable)
 
         await self._run(f"update {path}", run)
 
@@ -237,7 +239,7 @@ class LocalStorage:
             raise FileTooLarge(path)
         return b"".join(chunks)
 
-    def _write(self, path: str, data: bytes, *, atomic: bool) -> None:
+    def _write(self, path: str, data: bytes, *, atomic: bool, durable: bool = True) -> None:
         folder, name = split(path)
         with self._folder(folder) as dir_fd:
             if atomic:
@@ -248,7 +250,8 @@ class LocalStorage:
                 fd = os.open(temp, _CREATE, 0o666, dir_fd=dir_fd)
                 try:
                     _write_all(fd, data)
-                    os.fsync(fd)
+                    if durable:
+                        os.fsync(fd)
                 except BaseException:
                     os.close(fd)
                     os.unlink(temp, dir_fd=dir_fd)

@@ -322,7 +322,10 @@ class SftpStorage:
                 return True
         return False
 
-    async def update(self, path: str, change: Change, max_bytes: int) -> None:
+    async def update(
+        self, path: str, change: Change, max_bytes: int, *, durable: bool = True
+    ) -> None:
+        # durable or not: SFTP writes are the server's to sync (no fsync is asked for)
         data = change(await self.read_if_exists(path, max_bytes))
         if data is not None:
             await self.write(path, data, atomic=True)

@@ -164,10 +164,13 @@ class Storage(Protocol):
         """Whether any of ``paths`` exists (:meth:`exists`)."""
         ...
 
-    async def update(self, path: str, change: Change, max_bytes: int) -> None:
+    async def update(
+        self, path: str, change: Change, max_bytes: int, *, durable: bool = True
+    ) -> None:
         """Read ``path`` (as :meth:`read_if_exists`, raising as it does), and write what
         ``change`` makes of it atomically (nothing if it returns None). ``change`` may run in
-        a worker thread: a pure function of the bytes."""
+        a worker thread: a pure function of the bytes. ``durable``: on disk before it is
+        renamed into place (the rename is atomic either way: the old content or the new)."""
 
     async def move_free(
         self, src: str, name: str, folder: str, done_suffix: str | None
