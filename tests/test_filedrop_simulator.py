@@ -200,3 +200,22 @@ async def test_runs_on_one_workdir_keep_to_folders_of_their_own(tmp_path: Path) 
         (one.root / "outbox" / leftover.name).write_text("{}")
         assert list((other.root / "outbox").iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outbox"]  # each run's folder removed
+
+
+async def test_a_request_that_cannot_be_taken_leaves_those_taken_before_it_decided(
+    tmp_path: Path,
+) -> None:
+    """A scan takes its requests in one worker-thread trip: one failing (here a folder with a
+    request's name) must not leave the cases taken before it in that scan undecided."""
+    sim = settings(tmp_path, decision_delay_seconds=0, scan_interval_seconds=3600)
+    dept = FiledropDepartmentState(settings=sim)
+    async with dept.running():
+        inbox = tmp_path / "inbox"
+        (inbox / "ow-a1-v1.json").write_text('{"a": 1}')
+        (inbox / "ow-a2-v1.json").mkdir()  # not a file: reading it fails
+        (inbox / "ow-a3-v1.json").write_text('{"a": 3}')
+        with pytest.raises(OSError):
+            await dept.scan()
+        await wait_for(lambda: dept.stats()["results_written"] >= 1, 30)
+    assert [c.idempotency_key for c in dept.cases.values()] == ["ow-a1-v1"]
+    assert dept.cases["ow-a1-v1"].results

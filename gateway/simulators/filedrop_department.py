@@ -291,20 +291,37 @@ class FiledropDepartmentState:
         ext = _EXT[s.format]
         inbox = self.root / s.inbox
         names = set(await asyncio.to_thread(lambda: [p.name for p in inbox.iterdir()]))
-        taken = 0
+        requests = []
         for name in sorted(names):
             if name.startswith(".") or not name.endswith(ext):
                 continue
             if s.request_commit == "done_marker" and name + s.done_suffix not in names:
                 continue
             key = name[: -len(ext)]
-            if not _KEY.fullmatch(key):
-                continue
-            case = await asyncio.to_thread(self._take, key, name, names)
+            if _KEY.fullmatch(key):
+                requests.append((key, name))
+        if not requests:
+            return 0
+        # one trip to a worker thread a scan, not one a request (a trip cost more than a take)
+        cases, failed = await asyncio.to_thread(self._take_all, requests, names)
+        for case in cases:
             if case is not None:
                 self._spawn(self._decide(case))
-            taken += 1
-        return taken
+        if failed is not None:
+            raise failed  # after deciding what was taken before it
+        return len(requests)
+
+    def _take_all(
+        self, requests: list[tuple[str, str]], names: set[str]
+    ) -> tuple[list[FileCase | None], OSError | None]:
+        """:meth:`_take` of each (key, name), up to the first that fails (and that failure)."""
+        cases: list[FileCase | None] = []
+        for key, name in requests:
+            try:
+                cases.append(self._take(key, name, names))
+            except OSError as exc:
+                return cases, exc
+        return cases, None
 
     def _take(self, key: str, name: str, names: set[str]) -> FileCase | None:
         """Move a request into ``processed/``; the new case, or None for a repeat."""
