@@ -545,3 +545,24 @@ async def test_a_status_note_is_not_fsynced_a_request_its_record_and_a_refusal_a
     assert entry is not None and entry["status"] == "9"
     await conn.ledger.note(KEY, None, refused="第2行：申请人证件号码校验未通过")
     assert len(synced) == 1
+
+
+def test_the_intake_check_follows_a_reloaded_department() -> None:
+    """The request encoding is looked up once per department config (the options were
+    validated for every application); a reload's new config is read afresh."""
+    from gateway_filedrop.intake import encoding_problems
+
+    from gateway.config.models import DepartmentConfig
+    from gateway.connector import Applicant
+
+    def civil(encoding: str) -> DepartmentConfig:
+        options = {**local_options(Path("/nowhere")), "request": {"encoding": encoding}}
+        return DepartmentConfig(code="civil", name="民政局", connector="filedrop", options=options)
+
+    applicant = Applicant(name="𠮷田", id_number="110101199003074514")
+    gbk = civil("gbk")
+    for _ in range(2):  # the second time from what the first looked up
+        problems = encoding_problems({}, applicant, gbk)
+        assert problems and problems[0].startswith("applicant.name: character")
+    assert encoding_problems({}, applicant, civil("utf-8")) is None
+    assert encoding_problems({}, applicant, civil("gbk"))
