@@ -130,11 +130,16 @@ async def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 
 
 def configure_for_test(config: Config, tmp_path: Path, db_url: str) -> Config:
+    # a new PostgreSQL connection may take more than the 5 s default on a CI machine at load
+    # 13 with several suites connecting at once (two "database unreachable: TimeoutError"
+    # failures in one make test); tests of an unreachable database set their own
+    database = config.gateway.database.model_copy(update={"connect_timeout_seconds": 30.0})
     settings = config.gateway.model_copy(
         update={
             "database_url": db_url,
             "data_dir": tmp_path / "var",
             "api": config.gateway.api.model_copy(update={"port": 0}),
+            "database": database,
         }
     )
     return dataclasses.replace(config, gateway=settings)
