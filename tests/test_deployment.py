@@ -173,9 +173,11 @@ async def test_the_deployment_guide_on_postgresql(tmp_path: Path) -> None:
                     (f"daemon{i}", d, f"http://127.0.0.1:{p}/healthz")
                     for i, (d, p) in enumerate(zip(daemons, metrics, strict=True))
                 ]
+                # a process that exits fails at once (up); one alive and silent gets 300 s, as
+                # a start at CI's load can take a minute
                 for name, proc, url in waits:
                     await wait_for(
-                        lambda n=name, p=proc, u=url: up(n, p, u), timeout=60, interval=0.2
+                        lambda n=name, p=proc, u=url: up(n, p, u), timeout=300, interval=0.2
                     )
 
                 headers = {"Authorization": f"Bearer {key}"}
