@@ -5,10 +5,9 @@ A case the department reports ``approved`` with no document cannot be handed out
 WARNING and counts ``gateway_documents_missing_total``; ``GET /v1/ops/undocumented`` and
 ``gateway refetch --list`` show the cases. The daemon's ``refetch`` task asks the department again
 for every such case (``[gateway.schedule] refetch_seconds``; every waiting case each tick, a page
-at a time), and an operator can do it now for
-named cases or all of them (``POST /v1/ops/refetch``, ``gateway refetch``). A re-fetch polls the
-department through its link and applies the answer like any poll: documents that arrive take
-the case on to ``ready_for_pickup``.
+at a time), and an operator can do it now for named cases or all of them (``POST /v1/ops/refetch``,
+``gateway refetch``). A re-fetch polls the department through its link and applies the answer
+like any poll: documents that arrive take the case on to ``ready_for_pickup``.
 """
 
 from __future__ import annotations

@@ -326,7 +326,7 @@ async def claim(
 
 async def due_departments(runtime: Runtime) -> list[str]:
     """The departments with a pending withdrawal request due now (or whose lease ran out),
-    in code order; one read, no locks."""
+    in code order; one read, no row locks and no write."""
     q = (
         select(applications.c.department)
         .join(withdrawals, withdrawals.c.application_id == applications.c.id)
