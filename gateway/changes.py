@@ -190,11 +190,12 @@ async def sync_department(runtime: Runtime, code: str) -> dict[str, Any]:
     if link.changes_by_sequence():
         return await _by_sequence(runtime, link, code, mark)
     memory = _memory(runtime, code)
-    since, until = window(
-        mark, now(), settings.changes_overlap_seconds, settings.poll_ceiling_seconds
-    )
-    full = True
-    if mark is not None:
+    until, full = now(), True
+    if mark is None:
+        since, _until = window(
+            None, until, settings.changes_overlap_seconds, settings.poll_ceiling_seconds
+        )
+    else:
         since, full = memory.reach(mark, settings)
     tally = _Tally()
     batch: list[CaseUpdate] = []

@@ -283,7 +283,7 @@ async def test_a_wake_up_during_a_dispatch_tick_sweeps_again(runtime: Runtime) -
     """A slot freed while the dispatch tick runs (its sweep found nothing) is swept at once:
     APScheduler drops the run_soon of a tick still running, so it used to wait an interval."""
     daemon = Daemon(runtime)
-    daemon._watch_task = asyncio.create_task(daemon._watch_wakeup())
+    watcher = asyncio.create_task(daemon._watch_wakeup())
     sweeps: list[int] = []
 
     async def sweep(*, skip_empty: bool = False) -> int:
@@ -297,7 +297,7 @@ async def test_a_wake_up_during_a_dispatch_tick_sweeps_again(runtime: Runtime) -
     try:
         await daemon._dispatch()
     finally:
-        daemon._watch_task.cancel()
+        watcher.cancel()
     assert sweeps == [0, 1]
 
 

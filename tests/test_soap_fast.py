@@ -61,14 +61,20 @@ async def test_every_answer_of_the_simulator_reads_as_zeep_reads_it() -> None:
                 assert update is not None and update.case_id == ids[0]
 
 
+async def _templates(connector: Any, operation: str) -> tuple[Any, Any]:
+    """The connector's zeep service and the operation's request templates (which exist)."""
+    service = await connector._proxy()
+    templates = fast.templates_for(
+        service._binding, service._client, service._binding_options, operation
+    )
+    assert templates is not None
+    return service, templates
+
+
 async def test_requests_from_a_template_are_zeep_s_bytes() -> None:
     async with httpx.AsyncClient(timeout=60) as http, soap_department() as (url, _state):
         connector = make_connector(http, url)
-        service = await connector._proxy()
-        templates = fast.templates_for(
-            service._binding, service._client, service._binding_options, "QueryStatus"
-        )
-        assert templates is not None
+        service, templates = await _templates(connector, "QueryStatus")
         for case_id in ["NRP-1", "  a&b<c>d\r\n\t 中文 ]]> ", "", "x" * 5000]:
             made = templates.request({"CaseId": case_id})
             assert made is not None
@@ -88,11 +94,7 @@ async def test_a_submission_comes_from_a_template_with_zeep_s_bytes() -> None:
     first, ApplicantIdNo late): the slots follow the body, and the bytes are zeep's."""
     async with httpx.AsyncClient(timeout=60) as http, soap_department() as (url, _state):
         connector = make_connector(http, url)
-        service = await connector._proxy()
-        templates = fast.templates_for(
-            service._binding, service._client, service._binding_options, "SubmitApplication"
-        )
-        assert templates is not None
+        service, templates = await _templates(connector, "SubmitApplication")
         for key, name in [("ow-a1-v1", "张三"), ("ow-a2-v1", "a&b <c> \r\n\t 李四")]:
             kwargs = await connector._arguments(envelope(key, applicant=_applicant(name)))
             kwargs["Request"]["IdempotencyKey"] = key
