@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
 import httpx
 import pytest
 
+from gateway.intake import ApplicationAccepted
 from gateway.runtime import Runtime
 from tests.conftest import application
 
@@ -441,6 +443,83 @@ async def test_a_body_is_answered_alike_on_the_fast_path_and_fastapis(
         answers.append((resp.status_code, {k: body.get(k) for k in ("code", "errors", "detail")}))
     assert answers[0] == answers[1]
     assert answers[0][0] in (400, 422)
+
+
+_VOLATILE = ("id", "receipt_number", "pickup_code")
+
+
+async def test_the_intake_shortcut_answers_as_fastapis_route(
+    api: httpx.AsyncClient,
+    centre_headers: dict[str, str],
+    ops_headers: dict[str, str],
+) -> None:
+    """``POST /v1/applications`` with a JSON body is answered by the front middleware's
+    shortcut, anything else by FastAPI's route: status, headers (the security headers, the
+    Idempotent-Replayed of a replay, in the same order) and body are the same both ways, for an
+    accepted application, its replay and every kind of refusal."""
+    food = application(matter_code="XK00123000", form=FOOD_FORM)
+    keys = [key(), key()]
+    cases: list[tuple[dict[str, str] | list[dict[str, str]], Any, int]] = [
+        ([{**centre_headers, **k} for k in keys], food, 201),  # accepted
+        ([{**centre_headers, **k} for k in keys], food, 201),  # replayed
+        ([{**centre_headers, **k} for k in keys], {**food, "form": {}}, 409),
+        (centre_headers, food, 400),  # no Idempotency-Key
+        ({**key(), "Authorization": "Bearer owk_wrong"}, food, 401),
+        ({**ops_headers, **key()}, food, 403),
+        ({**centre_headers, **key()}, application(matter_code="XK99999000"), 422),
+        ({**centre_headers, **key()}, application(matter_code="XK00123000"), 422),  # form
+        ({**centre_headers, **key()}, {**food, "delivery": {"centre": "C99"}}, 422),
+        ({**centre_headers, **key()}, {**food, "region": "1"}, 422),  # FastAPI's both ways
+    ]
+    for headers, body, status in cases:
+        answers = []
+        for i, content_type in enumerate(("application/json", "application/json; x=1")):
+            one = headers[i] if isinstance(headers, list) else headers
+            resp = await api.post(
+                "/v1/applications",
+                content=json.dumps(body, ensure_ascii=False).encode(),
+                headers={**one, "content-type": content_type},
+            )
+            got = resp.json()
+            if resp.status_code == 201:
+                assert list(got) == [*ApplicationAccepted.model_fields]  # the contract's order
+                assert len(resp.content) == int(resp.headers["content-length"])
+                got = {k: "-" if k in _VOLATILE else v for k, v in got.items()}
+            raw = [
+                (name, b"-" if name == b"content-length" and status == 201 else value)
+                for name, value in resp.headers.raw
+            ]
+            answers.append((resp.status_code, raw, got))
+        assert answers[0] == answers[1], (status, body)
+        assert answers[0][0] == status, answers[0]
+        if status == 201:
+            assert (b"x-content-type-options", b"nosniff") in answers[0][1]
+
+
+async def test_the_intake_shortcut_does_not_walk_the_routes(
+    api: httpx.AsyncClient, centre_headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A JSON application is answered before Starlette's router matches it against every
+    route; another content type still goes through the router."""
+    import starlette.routing
+
+    walked: list[str] = []
+    through = starlette.routing.Router.__call__
+
+    async def counting(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        walked.append(scope["path"])
+        await through(self, scope, receive, send)
+
+    monkeypatch.setattr(starlette.routing.Router, "__call__", counting)
+    body = application(matter_code="XK00123000", form=FOOD_FORM)
+    resp = await api.post("/v1/applications", json=body, headers={**centre_headers, **key()})
+    assert resp.status_code == 201 and walked == []
+    resp = await api.post(
+        "/v1/applications",
+        content=json.dumps(body).encode(),
+        headers={**centre_headers, **key(), "content-type": "application/json; charset=utf-8"},
+    )
+    assert resp.status_code == 201 and walked == ["/v1/applications"]
 
 
 def test_the_body_fingerprint_is_stable_across_versions() -> None:

@@ -1,4 +1,5 @@
-"""The access log: one INFO line per API request (``gateway.access``), PII masked.
+"""The access log: one INFO line per API request (``gateway.access``), PII masked; written by
+:class:`gateway.api.front.Front` once the request is answered.
 
 Fields: ``method``, ``path`` (with the query string, ID and phone numbers masked), ``status``,
 ``ms``, ``client`` and, when the caller sent one, its W3C ``traceparent`` (so a front desk's
@@ -12,7 +13,7 @@ import logging
 import time
 
 import structlog
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from gateway.pii import scrub
 
@@ -23,30 +24,7 @@ PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 _MAX_PATH = 300  # a hostile URL must not make a hostile log line
 
 
-class AccessLog:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500  # what the client sees if the app dies before answering
-
-        async def recording_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, recording_send)
-        finally:
-            _log_request(scope, status, started)
-
-
-def _log_request(scope: Scope, status: int, started: float) -> None:
+def log_request(scope: Scope, status: int, started: float) -> None:
     path: str = scope["path"]
     probe = path in PROBES
     if not _stdlib_log.isEnabledFor(logging.DEBUG if probe else logging.INFO):

@@ -10,11 +10,10 @@ from fastapi.routing import APIRoute
 
 from gateway import metrics
 from gateway.api import exposure, openapi, problems
-from gateway.api.access import AccessLog
 from gateway.api.auth import KeyRing
-from gateway.api.exposure import SecurityHeaders
-from gateway.api.limits import BodyLimit
+from gateway.api.front import Front
 from gateway.api.quotas import RateLimiter
+from gateway.api.routes_applications import intake_shortcut
 from gateway.api.routes_applications import router as applications_router
 from gateway.api.routes_audit import router as audit_router
 from gateway.api.routes_callbacks import router as callbacks_router
@@ -98,11 +97,10 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(webhooks_router)
     app.include_router(console_router)  # /console: the ops console (issue 14)
     app.add_middleware(
-        BodyLimit,
-        default=api.max_body_bytes,
-        per_path={"/v1/materials": api.material_max_bytes + 64 * 1024},
+        Front,  # the body limit, the security headers, the access log; the intake shortcut
+        default_limit=api.max_body_bytes,
+        limits={"/v1/materials": api.material_max_bytes + 64 * 1024},
+        access_log=api.access_log,
+        shortcuts={"/v1/applications": intake_shortcut},
     )
-    app.add_middleware(SecurityHeaders)
-    if api.access_log:
-        app.add_middleware(AccessLog)  # added last: outermost, so it sees every answer
     return app

@@ -22,7 +22,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message
 
 from gateway.api.auth import ClientDep, authenticate, require_ops
 
@@ -35,30 +35,18 @@ _HEADERS = [
 _API_POLICY = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
 _NO_STORE = (b"cache-control", b"no-store")
 _DOC_PAGES = ("/docs", "/redoc")
+_PAGE_HEADERS = (*_HEADERS, _NO_STORE)  # the documentation pages set a policy of their own
+_API_HEADERS = (*_HEADERS, _NO_STORE, _API_POLICY)
 
 
-class SecurityHeaders:
-    """Adds the headers above to every answer that does not set them itself."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        page = scope["path"] in _DOC_PAGES
-
-        async def with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers") or [])
-                present = {name.lower() for name, _v in headers}
-                wanted = [*_HEADERS, _NO_STORE] + ([] if page else [_API_POLICY])
-                headers += [(n, v) for n, v in wanted if n not in present]
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, with_headers)
+def security_headers(message: Message, path: str) -> Message:
+    """An answer's ``http.response.start`` with the headers above added (those it does not set
+    itself); :class:`gateway.api.front.Front` applies it to every answer."""
+    headers = list(message.get("headers") or [])
+    present = {name.lower() for name, _v in headers}
+    wanted = _PAGE_HEADERS if path in _DOC_PAGES else _API_HEADERS
+    headers += [(n, v) for n, v in wanted if n not in present]
+    return {**message, "headers": headers}
 
 
 def install_docs(app: FastAPI, setting: str) -> None:

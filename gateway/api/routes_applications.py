@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Annotated, Any
+from collections.abc import Awaitable
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, UploadFile
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import insert
 
@@ -131,30 +130,21 @@ _IDEMPOTENCY_HEADER = {
 }
 
 
-class _IntakeRoute(APIRoute):
-    """``POST /v1/applications``, the hottest endpoint: a JSON body is validated by pydantic
-    straight from its bytes (``model_validate_json``) and handed to the endpoint, without
-    FastAPI's parse (``json.loads``, then ``validate_python``) and its dependency solving.
-    Anything else (another content type, no body, a body pydantic refuses) goes FastAPI's
-    own way, so every refusal is answered exactly as before; the route is declared as usual,
-    so the OpenAPI document is unchanged."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        standard = super().get_route_handler()
-
-        async def handler(request: Request) -> Response:
-            if request.headers.get("content-type") == "application/json":
-                raw = await request.body()
-                if raw:
-                    try:
-                        body = intake.ApplicationIn.model_validate_json(raw)
-                    except ValidationError:
-                        pass  # FastAPI answers it, as always
-                    else:
-                        return await submit_application(body, request)
-            return await standard(request)
-
-        return handler
+async def intake_shortcut(request: Request, raw: bytes) -> Response | None:
+    """``POST /v1/applications`` with ``Content-Type: application/json``, the hottest
+    endpoint, as :class:`gateway.api.front.Front` hands it over (before Starlette's routing):
+    the body is validated by pydantic straight from its bytes (``model_validate_json``) and
+    handed to the endpoint, without FastAPI's parse (``json.loads``, then ``validate_python``)
+    and its dependency solving. A body pydantic refuses (or none) is left to FastAPI (None),
+    so every refusal is answered exactly as before; the route below is declared as usual, so
+    the OpenAPI document is unchanged."""
+    if not raw:
+        return None
+    try:
+        body = intake.ApplicationIn.model_validate_json(raw)
+    except ValidationError:
+        return None  # FastAPI answers it, as always
+    return await submit_application(body, request)
 
 
 async def submit_application(body: intake.ApplicationIn, request: Request) -> Response:
@@ -195,7 +185,6 @@ router.add_api_route(
     # the key and the Idempotency-Key are read from the request directly (the hottest
     # endpoint: no dependency to solve); both are documented here instead
     openapi_extra={"parameters": [_IDEMPOTENCY_HEADER], "security": [{"HTTPBearer": []}]},
-    route_class_override=_IntakeRoute,
 )
 # a body FastAPI refuses (422) is answered after the key's checks, as before the body
 KEY_FIRST[submit_application] = authenticate
