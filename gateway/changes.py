@@ -185,7 +185,7 @@ async def sync_department(runtime: Runtime, code: str) -> dict[str, Any]:
     if link is None or not link.offers_changes() or link.breaker_open():
         return {"skipped": True}  # the watermark stays: the next round asks from it
     settings = runtime.config.departments[code].sync
-    async with runtime.engine.connect() as conn:
+    async with runtime.reader.connect() as conn:
         mark = await watermarks.get(conn, code)
     if link.changes_by_sequence():
         return await _by_sequence(runtime, link, code, mark)

@@ -362,7 +362,7 @@ async def _hourly(runtime: Runtime, since: dt.datetime, at: dt.datetime) -> None
     """Recount ``hourly_deliveries`` for every hour with a delivery since ``since`` and drop
     the hours older than ``HOURLY_DAYS`` (no write when there was no delivery)."""
     e, h = events.c, hourly_deliveries.c
-    async with runtime.engine.connect() as conn:
+    async with runtime.reader.connect() as conn:
         # the first and last delivery since then (not every one: a busy hour holds thousands)
         q = select(func.min(e.at), func.max(e.at)).where(
             e.to_status == State.DELIVERED.value, e.at >= since
@@ -437,7 +437,7 @@ async def refresh(runtime: Runtime, *, budget: int | None = None) -> bool:
     if budget == 0:
         return False
     began = now()
-    async with runtime.engine.connect() as conn:
+    async with runtime.reader.connect() as conn:
         mark = await _watermark(conn)
     since = mark - OVERLAP if mark is not None else began - dt.timedelta(days=HOURLY_DAYS)
     await _hourly(runtime, since, began)
@@ -486,7 +486,7 @@ def _seen(runtime: Runtime) -> dict[str, dt.datetime]:
 
 async def as_of(runtime: Runtime) -> dt.datetime | None:
     """The watermark: every case changed before it is in the figures."""
-    async with runtime.engine.connect() as conn:
+    async with runtime.reader.connect() as conn:
         return await _watermark(conn)
 
 

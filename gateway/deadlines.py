@@ -116,7 +116,7 @@ async def listing(
     brought up to date (:func:`gateway.clocks.refresh`)."""
     on = on or today()
     await clocks.refresh(runtime)
-    async with runtime.engine.connect() as conn:
+    async with runtime.reader.connect() as conn:
         rows = await clocks.listed(conn, on, within_days, department=department)
     items = [deadline_at(r, r.paused_days, r.paused_since, on) for r in rows]
     overdue = sorted(
@@ -141,7 +141,7 @@ async def most_overdue(
     ``budget``: see :func:`gateway.clocks.refresh`."""
     on = on or today()
     await clocks.refresh(runtime, budget=budget)
-    async with runtime.engine.connect() as conn:
+    async with runtime.reader.connect() as conn:
         rows = await clocks.listed(
             conn, on, 0, department=department, overdue_only=True, limit=limit
         )
@@ -161,7 +161,7 @@ async def counts(
     """Per department: how many cases :func:`listing` lists as overdue and as due soon (read
     without listing them). ``budget``: see :func:`gateway.clocks.refresh`."""
     await clocks.refresh(runtime, budget=budget)
-    async with runtime.engine.connect() as conn:
+    async with runtime.reader.connect() as conn:
         return await clocks.counts(conn, on or today(), within_days, department=department)
 
 
@@ -187,7 +187,7 @@ async def refresh_promised_dates(runtime: Runtime) -> int:
         applications.c.promised_by,
     )
     while True:
-        async with runtime.engine.connect() as conn:
+        async with runtime.reader.connect() as conn:
             q = (
                 select(*cols)
                 .where(

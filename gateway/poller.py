@@ -138,7 +138,7 @@ async def feed_keeps_up(runtime: Runtime, link: DepartmentLink) -> bool:
     department without a feed polls them."""
     if not link.offers_changes():
         return False
-    async with runtime.engine.connect() as conn:
+    async with runtime.reader.connect() as conn:
         mark = await watermarks.get(conn, link.code)
     if mark is None:
         return False

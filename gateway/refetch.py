@@ -55,7 +55,7 @@ async def waiting(
     after: Sequence[Any] | None = None,
 ) -> Sequence[Row[Any]]:
     """Approved cases without documents (oldest first; ``after``: (updated_at, id))."""
-    async with runtime.engine.connect() as conn:
+    async with runtime.reader.connect() as conn:
         return await documents.undocumented(
             conn, department=department, app_ids=app_ids, limit=limit, after=after
         )

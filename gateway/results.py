@@ -57,7 +57,7 @@ async def match_many(
     """:func:`match` for a batch of updates with one statement; None where nothing matches."""
     if not updates:
         return []
-    async with runtime.engine.connect() as conn:
+    async with runtime.reader.connect() as conn:
         return await match_in(conn, department, updates)
 
 

@@ -28,7 +28,7 @@ from gateway.logs import ensure_configured
 from gateway.pii_crypto import use as use_cipher
 from gateway.plugin_manager import Plugins, load_plugins
 from gateway.store import breakers, pii_keys
-from gateway.store.db import create_engine, migrate, needs_migration
+from gateway.store.db import create_engine, create_reader, migrate, needs_migration
 
 if TYPE_CHECKING:
     from gateway.config.loader import Config
@@ -60,6 +60,10 @@ class Runtime:
         #: ID and phone numbers are encrypted at rest with it ([gateway.security] pii_key)
         self.pii_cipher = settings.security.cipher()
         use_cipher(self.engine.sync_engine.dialect, self.pii_cipher)
+        #: for work that only reads (gateway.store.db.create_reader: on SQLite no write lock)
+        self.reader = create_reader(self.engine)
+        if self.reader is not self.engine:
+            use_cipher(self.reader.sync_engine.dialect, self.pii_cipher)
         self.blobs = BlobStore(
             settings.data_dir / "blobs", min_free_bytes=settings.data_dir_min_free_mb * 2**20
         )
@@ -225,4 +229,6 @@ class Runtime:
         for client in self._clients:
             await client.aclose()
         await self.http.aclose()
+        if self.reader is not self.engine:
+            await self.reader.dispose()
         await self.engine.dispose()

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import httpx
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import Row, and_, exists, func, insert, select, update
+from sqlalchemy import Row, and_, bindparam, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.callbacks import sign
@@ -474,6 +474,23 @@ async def _post(runtime: Runtime, sub: Any, delivery: Any, event: Any, app: Any)
     return f"HTTP {resp.status_code}"
 
 
+_DUE = (
+    select(webhook_deliveries.c.id)
+    .where(
+        webhook_deliveries.c.state.in_((PENDING, LEASED)),
+        webhook_deliveries.c.next_attempt_at <= bindparam("_at"),
+    )
+    .limit(1)
+)
+
+
+async def _any_due(runtime: Runtime) -> bool:
+    """Whether any delivery may be due (what :func:`claim` would lease, less its order and
+    subscription checks): one read, no lock."""
+    async with runtime.reader.connect() as conn:
+        return (await conn.execute(_DUE, {"_at": now()})).first() is not None
+
+
 async def sweep(runtime: Runtime, owner: str) -> dict[str, int] | None:
     """Deliver what is due; keeps going while deliveries succeed (a case's next event becomes
     due as soon as the one before it is delivered)."""
@@ -485,11 +502,16 @@ async def sweep(runtime: Runtime, owner: str) -> dict[str, int] | None:
     )
     sent = failed = 0
     for _ in range(100):
+        # a read first: the round runs every sweep interval, nearly always with nothing due,
+        # and the claim is a write transaction (on SQLite the file's write lock, which the
+        # API's intake waits for)
+        if not await _any_due(runtime):
+            break
         async with runtime.engine.begin() as conn:
             claimed = await claim(conn, owner, settings.batch_size, settings.lease_seconds)
         if not claimed:
             break
-        async with runtime.engine.connect() as conn:
+        async with runtime.reader.connect() as conn:
             subs = {
                 r.id: r
                 for r in (

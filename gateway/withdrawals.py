@@ -336,7 +336,7 @@ async def due_departments(runtime: Runtime) -> list[str]:
         )
         .distinct()
     )
-    async with runtime.engine.connect() as conn:
+    async with runtime.reader.connect() as conn:
         found = {r[0] for r in (await conn.execute(q)).all()}
     return sorted(code for code in found if code in runtime.config.departments)
 

@@ -260,6 +260,48 @@ def create_engine(
     return engine
 
 
+def create_reader(engine: AsyncEngine, *, watch: bool = True) -> AsyncEngine:
+    """An engine for work that only reads, beside ``engine`` (the one it reads the database of).
+
+    On a SQLite file: its own connection, each transaction a plain (deferred) BEGIN with the
+    connection ``query_only``. ``engine`` begins every transaction IMMEDIATE, taking the file's
+    write lock, so a read there (a daemon's tick finding nothing to do) makes every other
+    process's write wait, and queues behind this process's writes on its one connection; a
+    WAL reader takes no lock and sees the last commit as of its first statement. A write
+    through the reader fails ("attempt to write a readonly database"): what must stay true
+    until a write (a read that decides what to write) belongs in ``engine``'s transaction.
+    Anything else (PostgreSQL, where reads take no lock anyway; SQLite in memory): ``engine``
+    itself."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return engine
+    reader = create_async_engine(
+        url,
+        poolclass=_Pool,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=120,
+        **sqlite.engine_options(),
+    )
+    if watch:
+        _OUTAGES[reader.sync_engine] = outage_of(engine)  # one database, one outage to tell
+        _watch(reader)
+
+    @event.listens_for(reader.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        for pragma in (f"busy_timeout={sqlite.BUSY_TIMEOUT_MS}", "query_only=ON"):
+            cur.execute(f"PRAGMA {pragma}")
+        cur.close()
+
+    @event.listens_for(reader.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")  # deferred: a read lock (a WAL snapshot) at first read
+
+    return reader
+
+
 def _ping(dbapi_connection: Any) -> bool:
     """Is this pooled PostgreSQL connection alive: the check is the transaction's own BEGIN.
 
