@@ -32,7 +32,7 @@ from gateway.identity import RESIDENT_ID, check_phone, check_resident_id
 from gateway.runtime import Runtime
 from gateway.states import State
 from gateway.store import driver, jobs, outbox
-from gateway.store.chain import seal_events
+from gateway.store.chain import canonical_time, seal_first_event
 from gateway.store.clients import Client, find_many
 from gateway.store.group import GroupCommit, shared
 from gateway.store.lists import is_postgresql
@@ -594,6 +594,7 @@ async def _insert(
     at = now()
     receipts = await _receipt_numbers(conn, [item.client.centre or "" for item, _r in ok], at)
     today = at.astimezone(CHINA).date()
+    at_text = canonical_time(at)  # the events' time as their hash chain writes it
     apps, evs, jbs, idem, hand = [], [], [], [], []
     promised: dict[int, tuple[dt.date, bool]] = {}  # a batch's matters share a few deadlines
     answers: list[tuple[_Pending, IntakeResult | IntakeProblem]] = []
@@ -640,7 +641,7 @@ async def _insert(
             "to_status": State.RECEIVED.value,
             "detail": {"receipt_number": receipt},
         }
-        apps[-1]["events_hash"] = seal_events(None, [event])
+        apps[-1]["events_hash"] = seal_first_event(event, at_text)
         evs.append(event)
         jbs.append(jobs.new_job_row(app_id, 1, matter.department, at))
         row, code = new_handover(app_id, delivery, client.centre or "")
@@ -654,13 +655,22 @@ async def _insert(
             promised_by_final=covered,
             pickup_code=code,
         )
+        response = {  # accepted.model_dump(mode="json"), written out
+            "id": app_id,
+            "receipt_number": receipt,
+            "status": State.RECEIVED.value,
+            "department": matter.department,
+            "promised_by": promised_by.isoformat(),
+            "promised_by_final": covered,
+            "pickup_code": code,
+        }
         idem.append(
             {
                 "client_id": client.id,
                 "key": item.key,
                 "request_hash": item.digest,
                 "status_code": 201,
-                "response": accepted.model_dump(mode="json"),
+                "response": response,
                 "created_at": at,
             }
         )

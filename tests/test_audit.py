@@ -299,3 +299,44 @@ def test_an_event_hash_is_the_canonical_json_of_the_row_as_stored() -> None:
             "detail": detail,
         }
         assert event_hash("prev", row) == reference("prev", row), detail
+
+
+def test_a_new_cases_event_is_sealed_as_the_general_way_seals_it() -> None:
+    """``seal_first_event`` (intake's one event per new case, written straight) gives the hash
+    ``seal_events`` gives, whatever the strings hold, and falls back to it for any row that
+    is not of its plain shape."""
+    import datetime as dt
+
+    from gateway.store.chain import canonical_time, seal_events, seal_first_event
+
+    at = dt.datetime(2026, 12, 1, 9, 30, 1, 5, tzinfo=dt.timezone(dt.timedelta(hours=8)))
+    odd = '王\n"x"\\\u2028\x00\x7f\ud7ff😀</script>'
+    plain: dict[str, Any] = {
+        "application_id": "a1",
+        "version": 1,
+        "at": at,
+        "source": "api",
+        "actor": "C01/王",
+        "from_status": None,
+        "to_status": "received",
+        "detail": {"receipt_number": "C01-20261201-00001"},
+    }
+    rows: list[dict[str, Any]] = [
+        plain,
+        {**plain, "actor": odd, "application_id": odd, "source": odd, "to_status": odd},
+        {**plain, "detail": {"z": odd, "a": "", odd: "k"}},
+        {**plain, "detail": {}},
+        {**plain, "version": 12345678901234567890},
+        # not the plain shape: sealed the general way
+        {**plain, "from_status": "received"},
+        {**plain, "version": True},
+        {**plain, "detail": {"n": 1}},
+        {**plain, "detail": {"nested": {"a": "b"}}},
+        {**plain, "at": at.isoformat()},
+    ]
+    for row in rows:
+        expected = seal_events(None, [dict(row)])
+        for given in (None, canonical_time(at) if type(row["at"]) is dt.datetime else None):
+            copy = dict(row)
+            assert seal_first_event(copy, given) == expected, row
+            assert copy["hash"] == expected

@@ -73,6 +73,55 @@ def seal_events(prev: str | None, rows: list[dict[str, Any]]) -> str:
     return head
 
 
+#: how _CANONICAL_JSON writes a string (ensure_ascii=False: the C encoder's own function)
+_STRING = json.encoder.encode_basestring
+
+
+def seal_first_event(row: dict[str, Any], at: str | None = None) -> str:
+    """``seal_events(None, [row])`` for a new case's one event (intake: one per application),
+    written straight instead of through the encoder's walk of a dict built for it: the same
+    text, so the same hash (tests/test_audit.py holds them equal). ``at``: the row's time in
+    its canonical form, when the caller has it (a batch shares one). A row whose values are
+    not the plain ones this writes (strings, an int version, no from_status, a flat detail of
+    strings) is sealed the general way."""
+    detail = row["detail"]
+    if (
+        type(row["version"]) is not int
+        or row["from_status"] is not None
+        or type(row["at"]) is not dt.datetime
+        or type(detail) is not dict
+        or not all(type(row[f]) is str for f in ("application_id", "source", "actor", "to_status"))
+        or not all(type(k) is str and type(v) is str for k, v in detail.items())
+    ):
+        return seal_events(None, [row])
+    text = "".join(
+        (
+            '{"actor":',
+            _STRING(row["actor"]),
+            ',"application_id":',
+            _STRING(row["application_id"]),
+            ',"at":',
+            _STRING(at if at is not None else _canonical(row["at"])),
+            ',"detail":{',
+            ",".join(f"{_STRING(k)}:{_STRING(v)}" for k, v in sorted(detail.items())),
+            '},"from_status":null,"source":',
+            _STRING(row["source"]),
+            ',"to_status":',
+            _STRING(row["to_status"]),
+            ',"version":',
+            int.__repr__(row["version"]),
+            "}",
+        )
+    )
+    row["hash"] = head = hashlib.sha256(b"\n" + text.encode()).hexdigest()
+    return head
+
+
+def canonical_time(at: dt.datetime) -> str:
+    """A time as the chains' canonical JSON writes it."""
+    return str(_canonical(at))
+
+
 async def append_audit(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
     """Append audit rows in the caller's transaction. The head row is locked (PostgreSQL) or
     the database is (SQLite's one writer), so appends from many processes form one chain."""
