@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
+from typing import Any
 
+import pytest
 from sqlalchemy import text
 
 from gateway.store.db import create_engine
@@ -100,5 +102,44 @@ async def test_a_statement_is_one_trip_to_the_drivers_thread(tmp_path: Path) -> 
             finally:
                 del driver._execute
         assert rows == ["a", "b"] and trips == 1
+    finally:
+        await engine.dispose()
+
+
+async def test_a_committed_transaction_is_given_back_without_a_rollback_trip(
+    tmp_path: Path,
+) -> None:
+    # the pool rolls back every connection given back to it: after COMMIT that was a trip to
+    # the driver's thread for nothing; a transaction that did not commit is still rolled back
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'g.db'}")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (v TEXT)"))
+        async with engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        trips: list[str] = []
+        run = driver._execute
+
+        async def counted(fn: Any, *args: object, **kwargs: object) -> object:
+            trips.append(getattr(fn, "__name__", ""))
+            return await run(fn, *args, **kwargs)
+
+        driver._execute = counted
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text("INSERT INTO t VALUES ('kept')"))
+            assert trips == ["poll_begin", "_run", "commit"]
+            trips.clear()
+            with pytest.raises(RuntimeError):
+                async with engine.begin() as conn:
+                    await conn.execute(text("INSERT INTO t VALUES ('dropped')"))
+                    raise RuntimeError("a failed transaction")
+            assert trips == ["poll_begin", "_run", "rollback"]
+        finally:
+            del driver._execute
+        async with engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT v FROM t"))).scalars().all()
+        assert rows == ["kept"]
     finally:
         await engine.dispose()

@@ -181,6 +181,19 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
     __slots__ = ()
     _cursor_cls = OneTripCursor  # type: ignore[assignment]  # a subclass; typed as exact
 
+    def rollback(self) -> None:
+        """ROLLBACK, unless nothing is begun: the pool rolls back every connection given back
+        to it, and after a COMMIT that was a trip to the driver's thread for nothing (a
+        quarter of a one-statement transaction's trips). Whether a transaction is open is
+        SQLite's own flag (``sqlite3_get_autocommit``), read while the connection is idle."""
+        raw = getattr(self._connection, "_conn", None)
+        try:
+            idle = raw is not None and not raw.in_transaction
+        except (sqlite3.Error, ValueError):  # closed: the adapter's rollback says what it says then
+            idle = False
+        if not idle:
+            super().rollback()
+
 
 class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
     """The adapter's DBAPI module, whose connections make :class:`OneTripCursor` cursors."""
