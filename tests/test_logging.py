@@ -196,6 +196,67 @@ async def test_access_log_masks_pii(
     assert access[1]["traceparent"].startswith("00-abab")
 
 
+@pytest.mark.parametrize("fmt", logs.FORMATS)
+def test_a_line_written_directly_is_the_line_structlog_writes(
+    fmt: str, capsys: pytest.CaptureFixture[str], restore_logging: None
+) -> None:
+    """``logs.info_line`` (the access log's way) writes, byte for byte but the time stamp, the
+    line ``structlog.get_logger(name).info(...)`` writes: fields in order, PII masked, the
+    context's variables merged; and writes nothing (the caller logs the usual way) once the
+    set-up is not ``configure``'s."""
+    logs.configure("INFO", fmt=fmt)
+    access = logging.getLogger("gateway.access")
+    fields: dict[str, Any] = {
+        "method": "GET",
+        "path": f"/v1/pickups?id_number={ID_NUMBER}&q='\"王 x",
+        "status": 201,
+        "ms": 1.5,
+        "client": "127.0.0.1",
+        "traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01",
+    }
+    structlog.contextvars.bind_contextvars(request_id="r1", phone=PHONE)
+    try:
+        assert logs.info_line(access, "request", dict(fields))
+        structlog.get_logger("gateway.access").info("request", **fields)
+    finally:
+        structlog.contextvars.clear_contextvars()
+    direct, usual = capsys.readouterr().err.splitlines()
+    stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+    assert stamp.search(direct) and stamp.sub("T", direct) == stamp.sub("T", usual)
+    assert ID_NUMBER not in direct and PHONE not in direct and "request_id" in direct
+    with capture_logs():
+        assert not logs.info_line(access, "request", dict(fields))
+    other = logging.StreamHandler(sys.stdout)
+    logging.getLogger("gateway").addHandler(other)
+    try:
+        assert not logs.info_line(access, "request", dict(fields))
+    finally:
+        logging.getLogger("gateway").removeHandler(other)
+    logs.configure("WARNING", fmt=fmt)  # structlog would drop an INFO record
+    assert not logs.info_line(access, "request", dict(fields))
+    assert capsys.readouterr().err == ""
+
+
+async def test_the_access_log_line_is_written_directly(
+    runtime: Runtime,
+    centre_headers: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    restore_logging: None,
+) -> None:
+    logs.configure("INFO", fmt="json")
+    transport = httpx.ASGITransport(app=create_app(runtime))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as api:
+        created = await api.post(
+            f"/v1/applications?note={ID_NUMBER}",
+            json=application(),
+            headers={**centre_headers, "Idempotency-Key": "log-2"},
+        )
+    assert created.status_code == 201
+    lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if "gateway.access" in x]
+    assert [(x["method"], x["status"], x["level"]) for x in lines] == [("POST", 201, "info")]
+    assert ID_NUMBER not in lines[0]["path"] and lines[0]["path"].startswith("/v1/applications?")
+
+
 def test_trace_id_of_a_case_is_stable_and_names_the_application() -> None:
     trace = tracing.trace_id_for(APP_ID)
     assert re.fullmatch(r"[0-9a-f]{32}", trace) and trace.startswith(APP_ID[1:])

@@ -15,6 +15,7 @@ import time
 import structlog
 from starlette.types import Scope
 
+from gateway.logs import info_line
 from gateway.pii import scrub
 
 log = structlog.get_logger("gateway.access")
@@ -42,5 +43,5 @@ def log_request(scope: Scope, status: int, started: float) -> None:
             fields["traceparent"] = value.decode("latin-1")[:64]
     if probe:
         log.debug("request", **fields)
-    else:
+    elif not info_line(_stdlib_log, "request", fields):  # written directly, or:
         log.info("request", **fields)
