@@ -37,12 +37,13 @@ from gateway.errors import (
     TransientError,
 )
 from gateway.events import Source, StatusChange
+from gateway.notifications import with_contacts
 from gateway.runtime import Runtime
 from gateway.states import State
 from gateway.store import cases, jobs
 from gateway.store.group import GroupCommit
 from gateway.store.tables import applications
-from gateway.updates import Move, announce, move, move_many, with_contact
+from gateway.updates import Move, announce, move, move_many
 
 log = structlog.get_logger("gateway.dispatcher")
 
@@ -251,7 +252,7 @@ class Dispatcher:
         if writes:
             written = await cases.write_many(conn, writes, source=Source.DISPATCH, actor=self.owner)
             for w, steps in zip(writes, written, strict=True):
-                changes += [with_contact(c, w.app.applicant) for c in steps]
+                changes += with_contacts(steps, w.app.applicant)
         return ready, changes
 
     async def _deliver(self, job: Row[Any], envelope: Envelope, link: DepartmentLink) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from gateway.events import StatusChange
+from gateway.events import StatusChange, trusted
 from gateway.pii import mask_phone
 
 
@@ -44,14 +44,25 @@ class NotifiedChange(StatusChange):
 
 
 def with_contact(change: StatusChange, applicant: dict[str, Any] | None) -> StatusChange:
-    if applicant is None:
-        return change
-    # the change's values were validated when it was made: no second validation; they are
-    # its __dict__ (StatusChange keeps no extras), copied without BaseModel.__iter__: a
-    # delivery makes three or four of these (half of their ~10 us went to dict(change))
-    values = dict(change.__dict__)
-    values["contact"] = Contact.from_applicant(applicant)
-    return NotifiedChange.model_construct(**values)
+    [made] = with_contacts([change], applicant)
+    return made
+
+
+def with_contacts(
+    changes: list[StatusChange], applicant: dict[str, Any] | None
+) -> list[StatusChange]:
+    """:func:`with_contact` for several changes of one case (one contact for all)."""
+    if applicant is None or not changes:
+        return changes
+    contact = Contact.from_applicant(applicant)  # frozen: the case's changes share it
+    out: list[StatusChange] = []
+    for change in changes:
+        # the change's values were validated when it was made: no second validation; they
+        # are its __dict__ (StatusChange keeps no extras), copied without BaseModel.__iter__
+        values = dict(change.__dict__)
+        values["contact"] = contact
+        out.append(trusted(NotifiedChange, values))
+    return out
 
 
 def split(change: StatusChange) -> tuple[StatusChange, Contact | None]:
@@ -59,5 +70,5 @@ def split(change: StatusChange) -> tuple[StatusChange, Contact | None]:
     if isinstance(change, NotifiedChange):
         plain = dict(change.__dict__)
         del plain["contact"]
-        return StatusChange.model_construct(**plain), change.contact
+        return trusted(StatusChange, plain), change.contact
     return change, None

@@ -22,7 +22,7 @@ from gateway.metrics import (
     STATUS_CHANGES,
     child,
 )
-from gateway.notifications import split, with_contact
+from gateway.notifications import split, with_contact, with_contacts
 from gateway.runtime import Runtime
 from gateway.states import DECIDED, State
 from gateway.store import cases
@@ -177,7 +177,7 @@ async def _move_once(
         if changes[-1].to_status is State.READY_FOR_PICKUP:
             became_ready.append(app.id)
             at = changes[-1].at
-        out.append([with_contact(change, app.applicant) for change in changes])
+        out.append(with_contacts(changes, app.applicant))
     if at is not None:
         await handover.mark_ready(conn, became_ready, at)
     return out

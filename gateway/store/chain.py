@@ -68,8 +68,13 @@ def audit_hash(prev: str, row: Mapping[str, Any]) -> str:
 def seal_events(prev: str | None, rows: list[dict[str, Any]]) -> str:
     """Give each event row of ONE case its ``hash``, in order; returns the new head."""
     head = prev or GENESIS
+    seen: Any = None
+    at = ""
     for row in rows:
-        row["hash"] = head = event_hash(head, row)
+        if row["at"] is not seen:  # a batch's events share their time: converted once
+            seen = row["at"]
+            at = _canonical(seen)
+        row["hash"] = head = _event_digest(head, row, at)
     return head
 
 
@@ -120,6 +125,40 @@ def seal_first_event(row: dict[str, Any], at: str | None = None) -> str:
 def canonical_time(at: dt.datetime) -> str:
     """A time as the chains' canonical JSON writes it."""
     return str(_canonical(at))
+
+
+_TEXT = (
+    '{"actor":%s,"application_id":%s,"at":%s,"detail":%s,"from_status":%s,"source":%s,'
+    '"to_status":%s,"version":%s}'
+)
+
+
+def _event_digest(prev: str, row: Mapping[str, Any], at: Any) -> str:
+    """:func:`event_hash` with ``at`` already canonical: the canonical JSON written out in
+    its sorted key order (``_TEXT``) when the fields are plain strings and an int, so only
+    the detail goes through the sorting encoder (~2x faster); any other row the usual way.
+    The same text either way (tests/test_store_write_path.py)."""
+    fields = (row["actor"], row["application_id"], row["from_status"], row["source"])
+    to, version = row["to_status"], row["version"]
+    if (
+        type(at) is not str
+        or type(to) is not str
+        or type(version) is not int
+        or any(type(f) is not str for f in fields)
+    ):
+        return event_hash(prev, row)
+    actor, app, src, source = fields
+    text = _TEXT % (
+        _STRING(actor),
+        _STRING(app),
+        _STRING(at),
+        _CANONICAL_JSON.encode(_as_stored(row["detail"])),
+        _STRING(src),
+        _STRING(source),
+        _STRING(to),
+        int.__repr__(version),
+    )
+    return hashlib.sha256(prev.encode() + b"\n" + text.encode()).hexdigest()
 
 
 async def append_audit(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:

@@ -1,5 +1,6 @@
 """Statements sent straight through the database driver on SQLite, inside the caller's
-SQLAlchemy transaction (the intake group commit's hot path).
+SQLAlchemy transaction (the hot paths: the intake group commit; the dispatch path's status
+writes, events and outbox fan-out in :func:`gateway.store.cases.write_many`).
 
 SQLAlchemy builds an execution context around each statement (parameters processed, result
 metadata), and its asyncio cursor adapter handed each statement to aiosqlite's thread three or
@@ -92,6 +93,23 @@ async def insert_many(conn: AsyncConnection, table: Table, rows: Sequence[dict[s
     await _send(conn, lambda driver: driver.executemany(sql, values))
 
 
+async def execute_many(
+    conn: AsyncConnection, stmt: Executable, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """``conn.execute(stmt, rows)`` for a prebuilt statement whose every parameter is bound by
+    name (no column defaults, no expanding parameters; each row gives them all): one
+    ``executemany``. The statement object is its cache key: build it once."""
+    if not rows:
+        return
+    if conn.dialect.name != "sqlite":
+        await conn.execute(stmt, list(rows))
+        return
+    sql, binds, _r = _compile(conn.dialect, stmt, stmt, None)
+    columns = [_column([row[name] for row in rows], process) for name, process in binds]
+    values = list(zip(*columns, strict=True))
+    await _send(conn, lambda driver: driver.executemany(sql, values))
+
+
 def _column(values: list[Any], process: Processor) -> list[Any]:
     if process is None:
         return values
@@ -128,3 +146,12 @@ class Query:
             tuple([v if p is None else p(v) for v, p in zip(row, results, strict=True)])
             for row in rows
         ]
+
+    async def run(self, conn: AsyncConnection, params: Mapping[str, Any]) -> None:
+        """The statement for its effect (an INSERT or UPDATE without RETURNING)."""
+        if conn.dialect.name != "sqlite":
+            await conn.execute(self._engines.for_(conn), dict(params))
+            return
+        sql, binds, _r = _compile(conn.dialect, self, self._sqlite, None)
+        values = _values(binds, params)
+        await _send(conn, lambda driver: driver.execute_fetchall(sql, values))

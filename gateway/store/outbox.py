@@ -29,7 +29,8 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.clock import now
-from gateway.store.lists import OneOf, PerEngine
+from gateway.store import driver
+from gateway.store.lists import OneOf
 from gateway.store.tables import (
     UTCDateTime,
     applications,
@@ -98,13 +99,14 @@ async def fan_out(conn: AsyncConnection, app_ids: Sequence[str], at: dt.datetime
     """Queue the events just written at ``at`` for these cases (inside the caller's
     transaction; one statement, nothing when no subscription follows them)."""
     params = {"_apps": list(app_ids), "_at": at, "_stamp": now()}
-    await conn.execute(_fan_out_statement().for_(conn), params)
+    await _fan_out_statement().run(conn, params)
 
 
 @functools.cache
-def _fan_out_statement() -> PerEngine[Insert]:
+def _fan_out_statement() -> driver.Query:
     # prebuilt: every status change runs it, and building the join each time cost more CPU
-    # than SQLite's answer (usually: no subscription follows the case)
+    # than SQLite's answer (usually: no subscription follows the case); on SQLite sent
+    # through the driver (gateway.store.driver), the list as one JSON array
     def build(one_of: OneOf) -> Insert:
         q = followers(
             one_of(events.c.application_id, "_apps"),
@@ -113,4 +115,4 @@ def _fan_out_statement() -> PerEngine[Insert]:
         )
         return insert(webhook_deliveries).from_select(COLUMNS, q)
 
-    return PerEngine(build)
+    return driver.Query(build)
