@@ -275,15 +275,14 @@ async def _wait_turn(
     task: Task,
     tick: dt.datetime,
     owner: str,
-    reported: dict[str, dt.datetime] | None,
+    reported: dict[str, dt.datetime],
+    why: dict[str, str] | None,
 ) -> dict[str, str] | None:
-    """None once this tick may run, else why not. A holder whose lease ends before this
+    """None once this tick may run, else why not; ``why``: the first look's answer
+    (:func:`_clear_way`, in the claim's transaction). A holder whose lease ends before this
     task's next tick is waited for: a live holder renews its lease while it works, so a
     lease that runs out means its daemon stopped (killed, on any host), and the task resumes
     then, within one interval of the holder's last renewal, saying so."""
-    reported = {} if reported is None else reported  # named once while this tick waits
-    async with runtime.engine.begin() as conn:
-        why = await _clear_way(conn, task, tick, owner, reported)
     step = _interval_of(task.trigger)
     waited = time.monotonic()
     while why is not None and step is not None:
@@ -379,14 +378,20 @@ async def run_leased(
     reported: dict[str, dt.datetime] | None = None,
 ) -> dict[str, Any] | None:
     """Run one tick of a leased task if this owner wins it; the outcome lands on the row.
-    ``reported``: the caller's memory of holders already named (see :func:`_clear_way`)."""
+    ``reported``: the caller's memory of holders already named (see :func:`_clear_way`).
+
+    The claim and the first look for an earlier tick still running are one transaction (a
+    tick is two write transactions with its end, not three: the result pulls and change feeds
+    tick every few seconds, nearly always finding the way clear)."""
+    reported = {} if reported is None else reported  # named once while this tick waits
     async with runtime.engine.begin() as conn:
         if not await claim_tick(conn, task.name, tick, owner, task.lease_seconds):
             return None
+        why = await _clear_way(conn, task, tick, owner, reported)
     outcome, detail = "failed", None
     renewing = asyncio.create_task(_keep_lease(runtime, task, tick, owner))
     try:
-        if why := await _wait_turn(runtime, task, tick, owner, reported):
+        if why := await _wait_turn(runtime, task, tick, owner, reported, why):
             outcome, detail = "skipped", why
             return None
         log.debug("tick won", task=task.name, tick=tick.isoformat(), owner=owner)

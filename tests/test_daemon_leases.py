@@ -19,7 +19,7 @@ from typing import Any, cast
 import httpx
 import structlog
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import insert, select, update
+from sqlalchemy import event, insert, select, update
 
 from gateway.clock import now
 from gateway.daemon import (
@@ -105,6 +105,29 @@ async def test_a_dead_daemons_tick_is_abandoned_at_once(runtime: Runtime) -> Non
     found = await rows(runtime)
     assert found[killed] == ("abandoned", {"why": f"{killed} is gone"})
     assert found["me"] == ("done", {"n": 1})
+
+
+async def test_a_tick_with_the_way_clear_is_two_write_transactions(runtime: Runtime) -> None:
+    # the result pulls and change feeds tick every few seconds: the claim and the look for an
+    # earlier tick still running are one transaction, the tick's end the other (it was three)
+    runs: list[int] = []
+    begun: list[object] = []
+    count = begun.append  # one bound method, so that remove finds it
+    event.listen(runtime.engine.sync_engine, "begin", count)
+    try:
+        assert await run_leased(runtime, probe(runs), "me", T0) == {"n": 1}
+    finally:
+        event.remove(runtime.engine.sync_engine, "begin", count)
+    assert len(begun) == 2
+    assert (await rows(runtime))["me"] == ("done", {"n": 1})
+    # a tick another daemon won is one transaction: the claim that found the row taken
+    begun.clear()
+    event.listen(runtime.engine.sync_engine, "begin", count)
+    try:
+        assert await run_leased(runtime, probe(runs), "other", T0) is None
+    finally:
+        event.remove(runtime.engine.sync_engine, "begin", count)
+    assert len(begun) == 1 and runs == [1]
 
 
 async def test_a_live_holder_is_named_once(runtime: Runtime) -> None:
