@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from gateway import clocks, refetch, webhooks, withdrawals
+from gateway import clocks, poller, refetch, webhooks, withdrawals
 from gateway.config.loader import load_config
 from gateway.connector import CaseUpdate
 from gateway.results import match_many
@@ -122,3 +122,7 @@ async def test_ticks_that_only_look_run_while_another_process_writes(
     assert await match_many(rt, "civil", [update]) == [None]
     assert list(await refetch.waiting(rt)) == []
     assert await clocks.as_of(rt) is None
+    link = rt.link("nrp")
+    assert link is not None
+    link.polls_scheduled = True  # the once-per-start write (cases with no poll time) is done
+    assert await poller.poll_department(rt, "nrp") == 0
