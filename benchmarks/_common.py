@@ -78,15 +78,38 @@ def load_average() -> str:
 
 
 def loop_name() -> str:
-    return type(asyncio.get_event_loop_policy()).__module__.split(".")[0]
+    from gateway.eventloop import loop_factory
+
+    return "asyncio" if loop_factory() is None else "uvloop"
 
 
 def http_parser() -> str:
-    try:
-        import httptools  # noqa: F401
-    except ImportError:
-        return "uvicorn h11 parser (no uvicorn[standard])"
-    return "uvicorn httptools parser"
+    from gateway.eventloop import http_parser as parser
+
+    return f"uvicorn {parser()} parser ({STACK_ENV}={os.environ.get(STACK_ENV, 'standard')})"
+
+
+STACK_ENV = "GATEWAY_SERVER_STACK"  # gateway.eventloop.STACK_ENV, without importing the gateway
+
+
+def add_stack_option(parser: Any, default: str) -> None:
+    """``--stack``: the event loop and HTTP parser of every process of the run, both sides."""
+    parser.add_argument(
+        "--stack",
+        choices=["standard", "plain"],
+        default=default,
+        help="standard: uvloop + httptools (the gateway's default); plain: asyncio + h11 "
+        f"(the stack of the figures before session 7). Default {default}",
+    )
+
+
+def run(coro: Any, stack: str | None = None) -> Any:
+    """``asyncio.run`` on the stack ``stack`` chooses (set for the processes started later too)."""
+    if stack is not None:
+        os.environ[STACK_ENV] = stack
+    from gateway.eventloop import run as run_on_stack
+
+    return run_on_stack(coro)
 
 
 def example_config(tmp: Path, database_url: str | None = None) -> Any:
@@ -178,7 +201,7 @@ async def aiohttp_load(
 
 
 def _load_in_process(kwargs: dict[str, Any]) -> LoadResult:
-    return asyncio.run(aiohttp_load(**kwargs))
+    return run(aiohttp_load(**kwargs))
 
 
 class LoadClient:

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import BENCH_SECRETS, ROOT, machine  # type: ignore[import-not-found]
+from _common import BENCH_SECRETS, ROOT, add_stack_option, machine, run  # type: ignore[import-not-found]
 
 from gateway.testing.ports import free_port
 
@@ -412,4 +412,6 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait")
     parser.add_argument("--quick", action="store_true", help="200 applications (smoke test)")
-    sys.exit(asyncio.run(main(parser.parse_args())))
+    add_stack_option(parser, default="standard")
+    args = parser.parse_args()
+    sys.exit(run(main(args), args.stack))

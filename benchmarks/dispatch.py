@@ -64,7 +64,7 @@ def _simulator_process(concurrency: int, conn: Any) -> None:
                 await loop.run_in_executor(None, conn.recv)  # EOF when the parent is done
 
     with contextlib.suppress(EOFError):
-        asyncio.run(serve())
+        c.run(serve())
 
 
 def pointed_at(config: Any, base_url: str, concurrency: int) -> Any:
@@ -416,7 +416,7 @@ def _daemon_process(
         finally:
             await runtime.aclose()
 
-    asyncio.run(run())
+    c.run(run())
 
 
 @contextlib.asynccontextmanager
@@ -605,6 +605,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "`gateway daemon` does once started (gateway.service.settle_heap); off by default, so "
         "figures stay comparable with earlier runs",
     )
+    c.add_stack_option(p, default="plain")
     p.add_argument("--quick", action="store_true", help="tiny run for smoke tests")
     args = p.parse_args(argv)
     if args.quick:
@@ -613,4 +614,5 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(parse()))
+    args = parse()
+    c.run(main(args), args.stack)

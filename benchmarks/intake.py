@@ -14,7 +14,6 @@ compared::
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import sys
@@ -243,6 +242,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "`gateway serve` does (gateway.service.settle_heap); off by default, so figures stay "
         "comparable with earlier runs",
     )
+    c.add_stack_option(p, default="plain")
     p.add_argument("--quick", action="store_true", help="tiny run for smoke tests")
     args = p.parse_args(argv)
     if args.quick:
@@ -251,4 +251,5 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(parse()))
+    args = parse()
+    c.run(main(args), args.stack)

@@ -22,6 +22,8 @@ from typing import Any
 
 import uvicorn
 
+from gateway.eventloop import http_parser
+
 __all__ = ["serve_asgi"]
 
 _log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ async def serve_asgi(
         host=host,
         port=port,
         lifespan=lifespan,  # type: ignore[arg-type]
+        http=http_parser(),
         log_level="warning",
         # uvicorn's own handlers would bypass the gateway's format (JSON); its records go to
         # the root logger that gateway.logs sets up

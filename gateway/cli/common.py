@@ -85,14 +85,20 @@ _CHECK = {
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a command's work; a database or disk failure, or a schema this code cannot use,
-    ends it with its cause, not a traceback (exit 1)."""
-    import asyncio
-
+    """Run a command's work on the process's event loop (:mod:`gateway.eventloop`); a database
+    or disk failure, or a schema this code cannot use, ends it with its cause, not a traceback
+    (exit 1)."""
     from gateway.errors import InfrastructureError, SchemaOutdated
+    from gateway.eventloop import run as run_on_stack
+    from gateway.eventloop import stack
 
     try:
-        return asyncio.run(coro)
+        stack()
+    except ValueError as exc:  # a misspelt GATEWAY_SERVER_STACK
+        err.print(str(exc), markup=False, highlight=False)
+        raise typer.Exit(2) from exc
+    try:
+        return run_on_stack(coro)
     except SchemaOutdated as exc:  # says what to run
         err.print(str(exc), markup=False, highlight=False)
         raise typer.Exit(1) from exc

@@ -65,13 +65,16 @@ def outage_of(engine: AsyncEngine) -> Outage:
     return found
 
 
-def unavailable(exc: BaseException, *, disconnect: bool = False) -> InfrastructureError | None:
-    """The infrastructure error ``exc`` (or an exception it was raised from) means, if any."""
+def unavailable(
+    exc: BaseException, *, disconnect: bool = False, server: str | None = None
+) -> InfrastructureError | None:
+    """The infrastructure error ``exc`` (or an exception it was raised from) means, if any;
+    ``server`` (host:port) is named when the server could not be reached."""
     if isinstance(exc, InfrastructureError):
         return exc
     seen: BaseException | None = exc
     while seen is not None:
-        found = _one(seen)
+        found = _one(seen, server)
         if found is not None:
             return found
         seen = seen.__cause__ or seen.__context__
@@ -84,7 +87,7 @@ def unavailable(exc: BaseException, *, disconnect: bool = False) -> Infrastructu
     return None
 
 
-def _one(exc: BaseException) -> InfrastructureError | None:
+def _one(exc: BaseException, server: str | None = None) -> InfrastructureError | None:
     if isinstance(exc, sqlite3.OperationalError):
         text = str(exc).lower()
         if "database or disk is full" in text:
@@ -107,7 +110,10 @@ def _one(exc: BaseException) -> InfrastructureError | None:
     if isinstance(exc, OSError | TimeoutError) and not isinstance(exc, FileNotFoundError):
         if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
             return StorageFull(f"no space left for the database: {exc}", retry_after=60.0)
-        return DatabaseUnavailable(f"database unreachable: {_short(exc)}", retry_after=RETRY_AFTER)
+        at = f" at {server}" if server else ""
+        return DatabaseUnavailable(
+            f"database unreachable{at}: {_short(exc)}", retry_after=RETRY_AFTER
+        )
     if (
         type(exc).__module__.startswith("asyncpg")
         and "ConnectionDoesNotExist" in type(exc).__name__
@@ -167,7 +173,9 @@ def _watch(engine: AsyncEngine) -> None:
         try:
             return dialect.connect(*cargs, **cparams)
         except Exception as exc:
-            found = unavailable(exc)
+            # the server's address, never the credentials: uvloop's refusals do not name it
+            where = f"{cparams.get('host') or 'localhost'}:{cparams.get('port') or 5432}"
+            found = unavailable(exc, server=where)
             if found is None:
                 raise
             outage.failed(str(found))
