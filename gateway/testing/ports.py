@@ -17,6 +17,9 @@ __all__ = ["free_port"]
 
 _RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _LOWEST = 10000
+#: ports this process handed out: several picked before any is bound (a city's four simulators
+#: and its API) must differ, and a bind check alone cannot tell
+_GIVEN: set[int] = set()
 
 
 def _ephemeral_start() -> int:
@@ -36,8 +39,9 @@ def _binds(port: int) -> bool:
 
 
 def free_port() -> int:
-    """A loopback TCP port nothing is bound to now, outside the ephemeral range (random, so two
-    tests picking at once rarely meet; the bind check catches the rest of today's holders)."""
+    """A loopback TCP port nothing is bound to now, outside the ephemeral range and not handed
+    out before by this process (random, so two processes picking at once rarely meet; the bind
+    check catches the rest of today's holders)."""
     top = _ephemeral_start()
     if top <= _LOWEST + 1000:  # an unusual range: fall back to the kernel's pick
         with socket.socket() as s:
@@ -46,6 +50,7 @@ def free_port() -> int:
     picks = random.SystemRandom()
     for _ in range(200):
         port = picks.randrange(_LOWEST, top)
-        if _binds(port):
+        if port not in _GIVEN and _binds(port):
+            _GIVEN.add(port)
             return port
     raise RuntimeError(f"no free loopback port in {_LOWEST}-{top - 1} after 200 tries")
