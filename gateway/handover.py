@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import documents
 from gateway.states import State, Verdict, judge
-from gateway.store.lists import PerEngine
+from gateway.store import driver
 from gateway.store.tables import UTCDateTime, handovers, result_documents
 
 # No 0/O, 1/I/L: read aloud and typed at a counter. 32**8 = 2**40 codes.
@@ -93,9 +93,8 @@ async def readiness(
     if not candidates:
         return {}
     # each case's handover row and whether it holds a document: one read
-    q = _HANDOVERS.for_(conn)
     params = {"_ids": [app.id for app, _state in candidates]}
-    rows = {r.application_id: r for r in (await conn.execute(q, params)).all()}
+    rows = {r.application_id: r for r in await _HANDOVERS.rows(conn, params)}
     held = {app_id for app_id, r in rows.items() if r.held}
     # a case from before handovers existed has no row: its documents are asked for alone
     orphans = [a.id for a, state in candidates if state is State.APPROVED and a.id not in rows]
@@ -110,7 +109,8 @@ async def readiness(
     return out
 
 
-_HANDOVERS = PerEngine(
+#: these two on SQLite through the driver (gateway.store.driver): the recorder's path
+_HANDOVERS = driver.Query(
     lambda one_of: select(
         handovers,
         exists()
@@ -119,7 +119,7 @@ _HANDOVERS = PerEngine(
     ).where(one_of(handovers.c.application_id, "_ids"))
 )
 
-_MARK_READY = PerEngine(
+_MARK_READY = driver.Query(
     lambda one_of: (
         update(handovers)
         .where(one_of(handovers.c.application_id, "_ids"))
@@ -131,7 +131,7 @@ _MARK_READY = PerEngine(
 async def mark_ready(conn: AsyncConnection, app_ids: list[str], at: dt.datetime) -> None:
     """Stamp the handovers of cases that just became ready for pickup (one statement)."""
     if app_ids:
-        await conn.execute(_MARK_READY.for_(conn), {"_ids": app_ids, "_at": at})
+        await _MARK_READY.run(conn, {"_ids": app_ids, "_at": at})
 
 
 __all__ = [

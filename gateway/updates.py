@@ -25,7 +25,7 @@ from gateway.metrics import (
 from gateway.notifications import split, with_contact, with_contacts
 from gateway.runtime import Runtime
 from gateway.states import DECIDED, State
-from gateway.store import cases
+from gateway.store import cases, driver
 from gateway.store.tables import applications, callback_events
 
 log = structlog.get_logger("gateway.updates")
@@ -165,7 +165,7 @@ async def _move_once(
         writes.append(cases.Write(app, full, m.extra))
     written = iter(await cases.write_many(conn, writes, source=source, actor=actor))
     for columns, params in kept.items():  # nothing moved, but the columns are still worth keeping
-        await conn.execute(cases.update_statement(columns), params)
+        await driver.execute_many(conn, cases.update_statement(columns), params)
     out: list[list[StatusChange]] = []
     became_ready: list[str] = []
     at = None

@@ -25,6 +25,26 @@ async def runtime(example_config: Config) -> AsyncIterator[Runtime]:
         yield rt
 
 
+def _spy_on_the_driver(monkeypatch: pytest.MonkeyPatch, sent: list[tuple[str, Any]]) -> None:
+    """Statements sent straight through the driver (gateway.store.driver: SQLite's hot paths)
+    are no cursor executes SQLAlchemy sees: note them in ``sent`` too, in order."""
+    from gateway.store import driver
+
+    def noting(name: str, original: Any, *, method: bool) -> Any:
+        async def call(*args: Any) -> Any:
+            sent.append((name, args[2] if method else args[1:]))
+            return await original(*args)
+
+        return call
+
+    for name in ("all", "rows", "run"):
+        monkeypatch.setattr(
+            driver.Query, name, noting(name, getattr(driver.Query, name), method=True)
+        )
+    for name in ("execute_many", "insert_many"):
+        monkeypatch.setattr(driver, name, noting(name, getattr(driver, name), method=False))
+
+
 def _flat(value: Any) -> Iterator[Any]:
     if isinstance(value, list | tuple):
         for item in value:
@@ -37,7 +57,7 @@ def _flat(value: Any) -> Iterator[Any]:
 
 
 async def test_a_feed_page_locks_its_cases_in_id_order_before_applying_any(
-    runtime: Runtime,
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ids = await submit_many(runtime, 4)
     page = [(i, CaseUpdate(case_id=f"AMR-{i}", status="5"), None) for i in sorted(ids)[::-1]]
@@ -46,6 +66,7 @@ async def test_a_feed_page_locks_its_cases_in_id_order_before_applying_any(
     def spy(_c: Any, _cur: Any, statement: str, parameters: Any, *_rest: Any) -> None:
         sent.append((statement, parameters))
 
+    _spy_on_the_driver(monkeypatch, sent)
     event.listen(runtime.engine.sync_engine, "before_cursor_execute", spy)
     try:
         await apply_case_updates(runtime, page, source=Source.POLL, actor="poll/amr")
@@ -57,7 +78,7 @@ async def test_a_feed_page_locks_its_cases_in_id_order_before_applying_any(
 
 
 async def test_a_recorder_batch_with_failures_locks_its_cases_in_id_order_first(
-    runtime: Runtime,
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from sqlalchemy import update
 
@@ -80,6 +101,7 @@ async def test_a_recorder_batch_with_failures_locks_its_cases_in_id_order_first(
         sent.append((statement, parameters))
 
     dispatcher = Dispatcher(runtime, owner="me")
+    _spy_on_the_driver(monkeypatch, sent)
     event.listen(runtime.engine.sync_engine, "before_cursor_execute", spy)
     try:
         async with runtime.engine.begin() as conn:

@@ -5,21 +5,22 @@ stores; the hash chain's fast path hashes what ``event_hash`` hashes; changes ma
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
-from sqlalchemy import Executable, Table, insert, text
+from sqlalchemy import Executable, Table, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.events import Source, StatusChange, trusted
 from gateway.notifications import Contact, NotifiedChange, split, with_contact, with_contacts
 from gateway.states import State
-from gateway.store import cases, chain, driver
+from gateway.store import cases, chain, driver, jobs
 from gateway.store.db import create_engine
-from gateway.store.tables import applications, webhook_subscriptions
+from gateway.store.tables import applications, dispatch_jobs, webhook_subscriptions
 from tests.test_store_driver import _application
 
 AT = dt.datetime(2026, 12, 2, 1, 30, 15, 654321, tzinfo=dt.UTC)
@@ -50,7 +51,12 @@ async def _through_sqlalchemy(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(driver, "execute_many", execute_many)
     monkeypatch.setattr(driver, "insert_many", insert_many)
+
+    async def rows(self: driver.Query, conn: AsyncConnection, params: Mapping[str, Any]) -> Any:
+        return (await conn.execute(self._engines.for_(conn), dict(params))).all()
+
     monkeypatch.setattr(driver.Query, "run", run)
+    monkeypatch.setattr(driver.Query, "rows", rows)
 
 
 async def _write(engine: AsyncEngine, ids: list[str]) -> list[list[StatusChange]]:
@@ -254,3 +260,35 @@ def test_changes_with_their_contact_and_split_again() -> None:
     assert contact == Contact.from_applicant(applicant)
     assert with_contacts([change], None) == [change]
     assert json.loads(one.model_dump_json()) == json.loads(change.model_dump_json())
+
+
+async def test_rows_read_through_the_driver_are_what_sqlalchemy_reads(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(insert(applications), [_application(i) for i in ("a1", "a2", "a3")])
+        for app_id in ("a1", "a2", "a3"):
+            await jobs.enqueue(conn, app_id, 1, "amr", at=AT)
+    async with engine.begin() as conn:
+        core = (
+            await conn.execute(
+                select(applications).where(applications.c.id.in_(["a3", "a1"])).order_by("id")
+            )
+        ).all()
+        fast = await cases.lock_applications(conn, ["a3", "a1"])
+        assert await cases.lock_applications(conn, []) == []
+        one = await cases.lock_application(conn, "a2")
+        assert await cases.lock_application(conn, "nope") is None
+    assert [tuple(r) for r in fast] == [tuple(r) for r in core]
+    assert [r._mapping for r in fast] == [r._mapping for r in core]
+    assert [type(v) for v in fast[0]] == [type(v) for v in core[0]]
+    assert fast[0].created_at.tzinfo is not None and fast[0].applicant == core[0].applicant
+    assert one is not None and one.id == "a2"
+    # the claim: the jobs as the table then holds them, oldest first, their cases locked
+    async with engine.begin() as conn:
+        claimed, apps = await jobs.claim_cases(conn, "amr", "me", 2, 60)
+        held = (
+            await conn.execute(select(dispatch_jobs).where(dispatch_jobs.c.lease_owner == "me"))
+        ).all()
+        assert await jobs.finish_delivered(conn, [claimed[0].id, 999], "me") == {claimed[0].id}
+    assert sorted(dataclasses.astuple(j) for j in claimed) == sorted(tuple(r) for r in held)
+    assert [j.application_id for j in claimed] == ["a1", "a2"]
+    assert [a.id for a in apps] == ["a1", "a2"] and all(j.state == "leased" for j in claimed)

@@ -30,7 +30,7 @@ from gateway.events import Source, StatusChange, trusted
 from gateway.states import DECIDED, State, Verdict, judge
 from gateway.store import driver, outbox
 from gateway.store.chain import seal_events
-from gateway.store.lists import PerEngine, is_postgresql
+from gateway.store.lists import is_postgresql
 from gateway.store.tables import (
     UTCDateTime,
     applications,
@@ -54,10 +54,15 @@ _LOCK_ONE = select(applications).where(applications.c.id == bindparam("_id")).wi
 async def lock_application(conn: AsyncConnection, app_id: str) -> Row[Any] | None:
     """Read an application for update (row lock on PostgreSQL; SQLite's transaction is
     already exclusive)."""
+    if not is_postgresql(conn):
+        found = await _LOCK_MANY.rows(conn, {"_ids": [app_id]})
+        return found[0] if found else None
     return (await conn.execute(_LOCK_ONE, {"_id": app_id})).first()
 
 
-_LOCK_MANY = PerEngine(
+#: on SQLite through the driver (gateway.store.driver): the claim and the recorder read
+#: their batch's cases with it
+_LOCK_MANY = driver.Query(
     lambda one_of: (
         select(applications)
         .where(one_of(applications.c.id, "_ids"))
@@ -69,7 +74,7 @@ _LOCK_MANY = PerEngine(
 
 async def lock_applications(conn: AsyncConnection, app_ids: list[str]) -> Sequence[Row[Any]]:
     """Several applications for update, in id order (a fixed order cannot deadlock)."""
-    return (await conn.execute(_LOCK_MANY.for_(conn), {"_ids": list(app_ids)})).all()
+    return await _LOCK_MANY.rows(conn, {"_ids": list(app_ids)})
 
 
 async def change_status(

@@ -26,16 +26,28 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import JSON, ColumnElement, Dialect, Executable, Table, bindparam, func, insert
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Dialect,
+    Executable,
+    Row,
+    Table,
+    bindparam,
+    func,
+    insert,
+)
 from sqlalchemy import select as sa_select
+from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.db import failed, outage_of
 from gateway.store.lists import OneOf, PerEngine
 
 Processor = Callable[[Any], Any] | None
-#: SQL, the parameters' names and bind processors in order, the result columns' processors
-_Compiled = tuple[str, tuple[tuple[str, Processor], ...], tuple[Processor, ...]]
+#: SQL, the parameters' names and bind processors in order, the result columns' processors,
+#: the values of parameters the statement holds itself (``.values(state="leased")``)
+_Compiled = tuple[str, tuple[tuple[str, Processor], ...], tuple[Processor, ...], Mapping[str, Any]]
 
 _COMPILED: weakref.WeakKeyDictionary[Dialect, dict[object, _Compiled]] = weakref.WeakKeyDictionary()
 
@@ -56,7 +68,14 @@ def _compile(dialect: Dialect, key: object, stmt: Any, keys: Sequence[str] | Non
         col.type.dialect_impl(dialect).result_processor(dialect, None)
         for col in getattr(stmt, "exported_columns", ())
     )
-    found = _COMPILED[dialect][key] = (compiled.string, binds, results)
+    fixed = {}
+    for name in order:
+        bind = compiled.binds[name]
+        if bind.callable is not None:
+            raise ValueError(f"parameter {name} has a value computed at run time")
+        if not bind.required:
+            fixed[name] = bind.value
+    found = _COMPILED[dialect][key] = (compiled.string, binds, results, fixed)
     return found
 
 
@@ -87,7 +106,7 @@ async def insert_many(conn: AsyncConnection, table: Table, rows: Sequence[dict[s
         await conn.execute(insert(table), list(rows))
         return
     keys = tuple(rows[0])
-    sql, binds, _r = _compile(conn.dialect, (table.name, keys), insert(table), keys)
+    sql, binds, _r, _f = _compile(conn.dialect, (table.name, keys), insert(table), keys)
     columns = [_column([row[name] for row in rows], process) for name, process in binds]
     values = list(zip(*columns, strict=True))
     await _send(conn, lambda driver: driver.executemany(sql, values))
@@ -104,7 +123,9 @@ async def execute_many(
     if conn.dialect.name != "sqlite":
         await conn.execute(stmt, list(rows))
         return
-    sql, binds, _r = _compile(conn.dialect, stmt, stmt, None)
+    sql, binds, _r, fixed = _compile(conn.dialect, stmt, stmt, None)
+    if fixed:
+        rows = [{**fixed, **row} for row in rows]
     columns = [_column([row[name] for row in rows], process) for name, process in binds]
     values = list(zip(*columns, strict=True))
     await _send(conn, lambda driver: driver.executemany(sql, values))
@@ -134,24 +155,46 @@ class Query:
     def __init__(self, build: Callable[[OneOf], Executable]) -> None:
         self._engines = PerEngine(build)
         self._sqlite = build(_json_each)
+        self._meta: weakref.WeakKeyDictionary[Dialect, SimpleResultMetaData] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def all(self, conn: AsyncConnection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         if conn.dialect.name != "sqlite":
             result = await conn.execute(self._engines.for_(conn), dict(params))
             return [tuple(row) for row in result.all()]
-        sql, binds, results = _compile(conn.dialect, self, self._sqlite, None)
-        values = _values(binds, params)
+        sql, binds, results, fixed = _compile(conn.dialect, self, self._sqlite, None)
+        values = _values(binds, {**fixed, **params} if fixed else params)
         rows = await _send(conn, lambda driver: driver.execute_fetchall(sql, values))
         return [
             tuple([v if p is None else p(v) for v, p in zip(row, results, strict=True)])
             for row in rows
         ]
 
+    async def rows(self, conn: AsyncConnection, params: Mapping[str, Any]) -> list[Row[Any]]:
+        """The rows as SQLAlchemy's ``Row`` (by name, ``_mapping``), as ``conn.execute(...)
+        .all()`` gives them; each value converted by its column's result processor."""
+        if conn.dialect.name != "sqlite":
+            return list((await conn.execute(self._engines.for_(conn), dict(params))).all())
+        sql, binds, results, fixed = _compile(conn.dialect, self, self._sqlite, None)
+        values = _values(binds, {**fixed, **params} if fixed else params)
+        found = await _send(conn, lambda driver: driver.execute_fetchall(sql, values))
+        if not found:
+            return []
+        meta = self._meta.get(conn.dialect)
+        if meta is None:  # per dialect, as the processors are (a PII cipher is an engine's)
+            names = [c.key for c in getattr(self._sqlite, "exported_columns", ())]
+            processors: list[Any] = list(results)
+            meta = self._meta[conn.dialect] = SimpleResultMetaData(names, _processors=processors)
+        # the processors run in SQLAlchemy's compiled row code, as for conn.execute
+        result: IteratorResult[Any] = IteratorResult(meta, iter(found))
+        return list(result.all())
+
     async def run(self, conn: AsyncConnection, params: Mapping[str, Any]) -> None:
         """The statement for its effect (an INSERT or UPDATE without RETURNING)."""
         if conn.dialect.name != "sqlite":
             await conn.execute(self._engines.for_(conn), dict(params))
             return
-        sql, binds, _r = _compile(conn.dialect, self, self._sqlite, None)
-        values = _values(binds, params)
+        sql, binds, _r, fixed = _compile(conn.dialect, self, self._sqlite, None)
+        values = _values(binds, {**fixed, **params} if fixed else params)
         await _send(conn, lambda driver: driver.execute_fetchall(sql, values))

@@ -20,6 +20,7 @@ from sqlalchemy import (
     case,
     func,
     insert,
+    literal,
     select,
     text,
     update,
@@ -28,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import ReturningUpdate
 
 from gateway.clock import now
-from gateway.store import cases, leases
+from gateway.store import cases, driver, leases
 from gateway.store.lists import PerEngine, is_postgresql
 from gateway.store.tables import UNFINISHED_JOB, UTCDateTime, applications, dispatch_jobs
 
@@ -124,11 +125,12 @@ async def claim_cases(
         # SQLite: the claim as one prebuilt UPDATE of the due rows (the transaction holds
         # SQLite's one write lock from its BEGIN IMMEDIATE, so nothing can take them between
         # the choice and the update), then the cases locked in id order
-        rows = (await conn.execute(_claim_statement_sqlite(), params)).all()
-        if not rows:
+        # (through the driver: gateway.store.driver; the job's columns in ClaimedJob's order)
+        claimed = [ClaimedJob(*r) for r in await _CLAIM_SQLITE.all(conn, params)]
+        if not claimed:
             return [], []
-        apps = await cases.lock_applications(conn, [r.application_id for r in rows])
-        return [ClaimedJob(**r._mapping) for r in rows], list(apps)
+        apps = await cases.lock_applications(conn, [j.application_id for j in claimed])
+        return claimed, list(apps)
     rows = (await conn.execute(_claim_cases_statement(), params)).all()
     first = len(applications.c)  # the job's columns follow the case's
     return [ClaimedJob(*r[first:]) for r in rows], list(rows)
@@ -158,15 +160,17 @@ def _claim_cases_statement() -> Select[Any]:
     )
 
 
-@functools.cache
 def _claim_statement_sqlite() -> ReturningUpdate[Any]:
     """:func:`claim_cases`' claim elsewhere than PostgreSQL, prebuilt (:func:`claim` builds
     the SELECT of the due rows and the UPDATE of their ids on every call): the same due rows,
     oldest first, and the same stamp, in one ``UPDATE ... WHERE id IN (SELECT ... LIMIT)``."""
     at = bindparam("_now", type_=UTCDateTime())
-    due = leases.due_rows(LEASED_JOBS, _claimable(bindparam("_department")), 0, at).limit(
-        bindparam("_limit")
+    # the states as bound values, not an expanding IN: the driver sends it as compiled once
+    waiting = and_(
+        dispatch_jobs.c.department == bindparam("_department"),
+        dispatch_jobs.c.state.in_([literal(PENDING), literal(LEASED)]),
     )
+    due = leases.due_rows(LEASED_JOBS, waiting, 0, at).limit(bindparam("_limit"))
     return (
         update(dispatch_jobs)
         .where(dispatch_jobs.c.id.in_(due))
@@ -185,6 +189,9 @@ def _claimable(department: str | BindParameter[Any]) -> ColumnElement[bool]:
         dispatch_jobs.c.department == department,
         dispatch_jobs.c.state.in_((PENDING, LEASED)),
     )
+
+
+_CLAIM_SQLITE = driver.Query(lambda _one_of: _claim_statement_sqlite())
 
 
 async def finish(
@@ -210,7 +217,8 @@ async def finish(
     return bool((await conn.execute(_finish_statement(frozenset(values)), params)).rowcount)
 
 
-_FINISH_DELIVERED = PerEngine(
+#: through the driver on SQLite (gateway.store.driver): the recorder's fence
+_FINISH_DELIVERED = driver.Query(
     lambda one_of: (
         update(dispatch_jobs)
         .where(
@@ -255,7 +263,7 @@ async def finish_delivered(conn: AsyncConnection, job_ids: list[int], owner: str
     """Settle leased jobs whose delivery was answered (done, one attempt more): one statement
     for a batch. Returns the ids this owner still held (the others' leases were lost)."""
     params = {"_ids": job_ids, "_owner": owner, "_at": now()}
-    return {r[0] for r in (await conn.execute(_FINISH_DELIVERED.for_(conn), params)).all()}
+    return {r[0] for r in await _FINISH_DELIVERED.all(conn, params)}
 
 
 @functools.cache
