@@ -522,6 +522,37 @@ async def test_the_intake_shortcut_does_not_walk_the_routes(
     assert resp.status_code == 201 and walked == ["/v1/applications"]
 
 
+async def test_the_shortcut_finds_the_handler_the_router_would(
+    runtime: Runtime, centre_headers: dict[str, str]
+) -> None:
+    """An exception on the shortcut is answered by the handler Starlette's exception
+    middleware would pick: a handler for an HTTPException's status before one for its class."""
+    from fastapi.responses import PlainTextResponse
+
+    from gateway.api.app import create_app
+
+    app = create_app(runtime)
+
+    async def by_status(_request: Any, exc: Any) -> PlainTextResponse:
+        return PlainTextResponse(f"status handler {exc.status_code}", status_code=413)
+
+    app.add_exception_handler(413, by_status)
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(40):
+            yield b"x" * 65536
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as api:
+        for content_type in ("application/json", "application/json; charset=utf-8"):
+            resp = await api.post(
+                "/v1/applications",
+                content=chunks(),
+                headers={**centre_headers, **key(), "content-type": content_type},
+            )
+            assert (resp.status_code, resp.text) == (413, "status handler 413"), content_type
+
+
 def test_the_body_fingerprint_is_stable_across_versions() -> None:
     """Idempotency records keep the fingerprint an earlier version computed: a resend after an
     upgrade must still match it (the value below is what the gateway has computed since the

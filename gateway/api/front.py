@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -164,8 +165,10 @@ async def _body(ex: _Exchange) -> bytes | None:
 
 
 def _handler(handlers: dict[Any, Any], exc: Exception) -> Any:
-    # as Starlette's ExceptionMiddleware looks one up; Exception's own (500) is
-    # ServerErrorMiddleware's, outside this middleware
+    # as Starlette's ExceptionMiddleware looks one up (an HTTPException's status first);
+    # Exception's own (500) is ServerErrorMiddleware's, outside this middleware
+    if isinstance(exc, HTTPException) and exc.status_code in handlers:
+        return handlers[exc.status_code]
     for cls in type(exc).__mro__:
         if cls is Exception:
             return None
