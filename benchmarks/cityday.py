@@ -395,7 +395,10 @@ async def main(args: argparse.Namespace) -> int:
         f"city day: {n:,} applications, first submit to last decision {wall:.1f} s ({verdict}; "
         f"{n / wall:.0f} decided/s, 25,000 would need {25_000 / TARGET_SECONDS:.0f}/s)"
     )
-    shutil.rmtree(folder, ignore_errors=True)
+    if args.keep:
+        print(f"kept: {folder} (config, logs, var/gateway.db)")
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 
@@ -412,6 +415,9 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait")
     parser.add_argument("--quick", action="store_true", help="200 applications (smoke test)")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the run's folder (database, logs) to study it"
+    )
     add_stack_option(parser, default="standard")
     args = parser.parse_args()
     sys.exit(run(main(args), args.stack))
