@@ -104,46 +104,77 @@ class Dispatcher:
         ``skip_empty`` (the loops): do not claim again from a department whose last claim came
         back short until new local work is committed or, after half a sweep interval, one
         read for all such departments says it has work due."""
-        claimed = 0
         clock = time.monotonic()
         if self._work_seen != self.runtime.work_added:
             self._work_seen = self.runtime.work_added
             self._empty_until.clear()
         if skip_empty:
             await self._recheck_empty(clock)
+        wanted: list[tuple[DepartmentLink, int]] = []
         for link in self.runtime.links():
-            if self.stopping.is_set():
-                break
             if skip_empty and self._empty_until.get(link.code, 0.0) > clock:
                 continue
             # slots first: a claimed job never waits for one (its lease covers the call only)
             slots = link.reserve(self.settings.batch_size)
-            if slots <= 0:
+            if slots > 0:
+                wanted.append((link, slots))
+        # On SQLite every transaction holds the one write lock, so the departments' claims
+        # take one transaction together (a sweep of four departments was four transactions
+        # one after the other, each queued behind the recorder's and the API's); PostgreSQL
+        # claims each department in its own (row locks, taken in id order per transaction)
+        each = self.runtime.engine.dialect.name == "postgresql"
+        groups = [[w] for w in wanted] if each else [wanted]
+        claimed = 0
+        for group in groups:
+            if self.stopping.is_set():
+                for link, slots in group:
+                    link.unreserve(slots)
                 continue
-            try:
-                async with self.runtime.engine.begin() as conn:
-                    rows, apps = await jobs.claim_cases(
+            claimed += await self._claim(group, clock)
+        return claimed
+
+    async def _claim(self, group: list[tuple[DepartmentLink, int]], clock: float) -> int:
+        """Claim for each department of ``group`` (with its reserved slots) in one
+        transaction and start delivering what was claimed."""
+        if not group:
+            return 0
+        try:
+            async with self.runtime.engine.begin() as conn:
+                rows: list[Any] = []
+                apps: list[Row[Any]] = []
+                short: list[str] = []
+                for link, slots in group:
+                    got, locked = await jobs.claim_cases(
                         conn,
                         link.code,
                         self.owner,
                         slots,
                         link.lease_seconds(self.settings.lease_seconds),
                     )
-                    ready, changes = await self._prepare(conn, rows, apps) if rows else ([], [])
-            except BaseException:
+                    if len(got) < slots:  # nothing more is due there now
+                        short.append(link.code)
+                    rows += got
+                    apps += locked
+                ready, changes = await self._prepare(conn, rows, apps) if rows else ([], [])
+        except BaseException:
+            for link, slots in group:
                 link.unreserve(slots)
-                raise
-            link.unreserve(slots - len(ready))
-            if len(rows) < slots:  # nothing more is due there now
-                self._empty_until[link.code] = clock + self.settings.sweep_interval_seconds / 2
-            announce(self.runtime, changes)
-            for job, envelope in ready:
-                self.inflight[link.code] = self.inflight.get(link.code, 0) + 1
-                task = asyncio.create_task(self._deliver(job, envelope, link))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
-            claimed += len(rows)
-        return claimed
+            raise
+        for code in short:
+            self._empty_until[code] = clock + self.settings.sweep_interval_seconds / 2
+        announce(self.runtime, changes)
+        links = {link.code: link for link, _slots in group}
+        used = dict.fromkeys(links, 0)
+        for job, envelope in ready:
+            link = links[job.department]
+            used[link.code] += 1
+            self.inflight[link.code] = self.inflight.get(link.code, 0) + 1
+            task = asyncio.create_task(self._deliver(job, envelope, link))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        for link, slots in group:
+            link.unreserve(slots - used[link.code])
+        return len(rows)
 
     async def _recheck_empty(self, clock: float) -> None:
         """Departments found empty whose pause ran out: one read says which have work due

@@ -505,3 +505,35 @@ async def _done_jobs(runtime: Runtime, n: int | None = None) -> int | bool:
         q = select(func.count()).select_from(dispatch_jobs).where(dispatch_jobs.c.state == "done")
         done = int((await conn.execute(q)).scalar_one())
     return done if n is None else done == n
+
+
+async def test_a_sweep_claims_every_department_in_one_transaction_on_sqlite(
+    runtime: Runtime, city: SimulatedCity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite every transaction takes the one write lock: a sweep's claims for all the
+    departments with free slots are one transaction (they were one each, queued one after the
+    other behind the recorder's and the API's). PostgreSQL keeps one per department."""
+    for code in ("amr", "hrss"):
+        city.states[code].mode = "timeout"  # deliveries hang: slots stay taken
+    ids = await submit_many(runtime, 3)
+    ids += await submit_many(runtime, 2, matter_code="GF00101000", region="339900")
+    claimed_in: list[tuple[str, object]] = []
+    claim = jobs.claim_cases
+
+    async def watched(conn: Any, department: str, *args: Any) -> Any:
+        claimed_in.append((department, conn.get_transaction()))
+        return await claim(conn, department, *args)
+
+    monkeypatch.setattr(jobs, "claim_cases", watched)
+    dispatcher = Dispatcher(runtime, owner="one-sweep")
+    try:
+        assert await dispatcher.sweep() == 5
+        assert dispatcher.inflight == {"amr": 3, "hrss": 2}
+        # every department with free slots was asked (those with nothing due too)
+        assert {d for d, _t in claimed_in} == {link.code for link in runtime.links()}
+        transactions = {id(t) for _d, t in claimed_in}
+        each = runtime.engine.dialect.name == "postgresql"
+        assert len(transactions) == (len(claimed_in) if each else 1)
+        assert set((await statuses(runtime, ids)).values()) == {"dispatching"}
+    finally:
+        await dispatcher.stop(grace_seconds=0.1)
