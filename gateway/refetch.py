@@ -22,13 +22,13 @@ import structlog
 from sqlalchemy import Row
 
 from gateway import documents
-from gateway.connector import Receipt
+from gateway.connector import CaseUpdate, Receipt
 from gateway.errors import ConnectorError
-from gateway.events import Source
+from gateway.events import Source, StatusChange
 from gateway.metrics import REFETCHES
 from gateway.runtime import Runtime
 from gateway.states import State
-from gateway.updates import apply_case_update
+from gateway.updates import apply_case_update, apply_case_updates
 
 log = structlog.get_logger("gateway.refetch")
 
@@ -87,6 +87,17 @@ async def refetch(
 
 
 async def _one(runtime: Runtime, row: Row[Any], *, actor: str, source: Source) -> Refetched:
+    asked = await _ask(runtime, row)
+    if isinstance(asked, Refetched):
+        return asked
+    changes = await apply_case_update(
+        runtime, row.id, asked, source=source, actor=actor, version=row.version
+    )
+    return _outcome(row, changes)
+
+
+async def _ask(runtime: Runtime, row: Row[Any]) -> CaseUpdate | Refetched:
+    """The department's answer about a waiting case, or what became of asking."""
     code = row.department
     link = runtime.link(code)
     if link is None or not row.department_case_id:
@@ -99,9 +110,11 @@ async def _one(runtime: Runtime, row: Row[Any], *, actor: str, source: Source) -
         return Refetched(row.id, code, "failed", str(exc)[:300])
     if update is None:
         return Refetched(row.id, code, "not_polled", "the department cannot be polled")
-    changes = await apply_case_update(
-        runtime, row.id, update, source=source, actor=actor, version=row.version
-    )
+    return update
+
+
+def _outcome(row: Row[Any], changes: list[StatusChange]) -> Refetched:
+    code = row.department
     ready = any(c.to_status is State.READY_FOR_PICKUP for c in changes)
     status = changes[-1].to_status.value if changes else row.status
     if ready:
@@ -144,16 +157,34 @@ async def sweep(
 
 
 async def _page(runtime: Runtime, rows: Sequence[Row[Any]]) -> list[Refetched]:
-    """One page's re-fetches together, each department's within its concurrency cap."""
+    """One page's re-fetches: the polls together, each department's within its concurrency
+    cap, then the answers applied in one transaction (as a page of a change feed is), not one
+    each: a city day's thousands of receipts that decided without documents were a
+    transaction apiece, each taking SQLite's write lock from the API's intake."""
     caps: dict[str, asyncio.Semaphore] = {}
 
-    async def one(row: Row[Any]) -> Refetched:
+    async def ask(row: Row[Any]) -> CaseUpdate | Refetched:
         link = runtime.link(row.department)
         cap = link.dept.concurrency if link is not None else 1
         async with caps.setdefault(row.department, asyncio.Semaphore(cap)):
-            return await _one(runtime, row, actor="daemon/refetch", source=Source.POLL)
+            return await _ask(runtime, row)
 
-    return list(await asyncio.gather(*(one(r) for r in rows)))
+    asked = list(await asyncio.gather(*(ask(r) for r in rows)))
+    answered = [(row, a) for row, a in zip(rows, asked, strict=True) if isinstance(a, CaseUpdate)]
+    applied = iter(
+        await apply_case_updates(
+            runtime,
+            [(row.id, update, row.version) for row, update in answered],
+            source=Source.POLL,
+            actor="daemon/refetch",
+        )
+        if answered
+        else []
+    )
+    return [
+        a if isinstance(a, Refetched) else _outcome(row, next(applied))
+        for row, a in zip(rows, asked, strict=True)
+    ]
 
 
 __all__ = ["Refetched", "refetch", "sweep", "waiting"]

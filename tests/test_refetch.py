@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 from prometheus_client import REGISTRY
+from sqlalchemy import event
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
@@ -183,3 +184,32 @@ async def test_daemon_task_fetches_every_waiting_case_a_page_at_a_time(
     assert await refetch.sweep(runtime, page=1, budget_seconds=0) == {"collected": 1}
     assert await refetch.sweep(runtime, page=1) == {"collected": 2}
     assert [await case_status(runtime, a) for a, _c in waiting] == ["ready_for_pickup"] * 3
+
+
+async def test_a_pages_answers_are_applied_in_one_transaction(
+    runtime: Runtime, city: SimulatedCity, api: httpx.AsyncClient, centre_headers: dict[str, str]
+) -> None:
+    """A page's polls run together and their answers are applied together, as a change
+    feed's page is: a city day's thousands of waiting cases were a write transaction each."""
+    waiting = []
+    for i in range(2):
+
+        async def submit(i: int = i) -> str:
+            headers = {**centre_headers, "Idempotency-Key": f"undocumented-batch-{i}"}
+            resp = await api.post("/v1/applications", json=application(), headers=headers)
+            return str(resp.json()["id"])
+
+        waiting.append(await approved_without_certificate(runtime, city, submit))
+    city.states["amr"].approve(waiting[0][1].id)  # the other one's certificate is still to come
+    begun: list[object] = []
+    count = begun.append  # one bound method, so that remove finds it
+    event.listen(runtime.engine.sync_engine, "begin", count)
+    try:
+        found = await refetch.sweep(runtime)
+    finally:
+        event.remove(runtime.engine.sync_engine, "begin", count)
+    assert found == {"collected": 1, "still_missing": 1}
+    # one write transaction (and on PostgreSQL the page's read, its reader being the engine)
+    assert len(begun) == 1 + (runtime.reader is runtime.engine)
+    statuses = [await case_status(runtime, a) for a, _c in waiting]
+    assert statuses == ["ready_for_pickup", "approved"]
