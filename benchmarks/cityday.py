@@ -18,6 +18,9 @@ delivered and decided, and every process's CPU.
     python benchmarks/cityday.py                 # 25,000 applications
     python benchmarks/cityday.py --n 2000        # quicker
     python benchmarks/cityday.py --quick         # smoke (200)
+    python benchmarks/cityday.py --pg postgresql+asyncpg://postgres@127.0.0.1:5432/test --daemons 2
+                                                 # on PostgreSQL (a throw-away schema), as the
+                                                 # deployment guide runs it, with two daemons
 """
 
 from __future__ import annotations
@@ -40,7 +43,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import BENCH_SECRETS, ROOT, add_stack_option, machine, run  # type: ignore[import-not-found]
+from _common import (  # type: ignore[import-not-found]
+    BENCH_SECRETS,
+    ROOT,
+    add_stack_option,
+    machine,
+    pg_schema,
+    run,
+)
 
 from gateway.testing.ports import free_port
 
@@ -60,9 +70,10 @@ SIM_PORTS = {"amr": 18081, "hrss": 18082, "nrp": 18083, "civil": 18084}
 UNDECIDED = ("received", "dispatching", "delivered", "accepted", "in_review", "suspended")
 
 
-def write_config(folder: Path) -> tuple[Path, int, dict[str, str]]:
-    """The example config in ``folder`` with free ports, decision delay 0, the mix above and a
-    key per centre (``${CITYDAY_KEY_<centre>}``); returns (gateway.toml, API port, env)."""
+def write_config(folder: Path, database_url: str | None) -> tuple[Path, int, dict[str, str]]:
+    """The example config in ``folder`` with free ports, decision delay 0, the mix above, a key
+    per centre (``${CITYDAY_KEY_<centre>}``) and ``database_url`` (None: the example's SQLite
+    file); returns (gateway.toml, API port, env)."""
     config = folder / "config"
     shutil.copytree(ROOT / "config", config)
     api_port = free_port()
@@ -70,6 +81,11 @@ def write_config(folder: Path) -> tuple[Path, int, dict[str, str]]:
     main = config / "gateway.toml"
     text = main.read_text()
     text = text.replace("port = 8080", f"port = {api_port}", 1)
+    if database_url is not None:
+        text, count = re.subn(
+            r"^database_url = .*$", f'database_url = "{database_url}"', text, count=1, flags=re.M
+        )
+        assert count == 1, "the example config has no database_url line"
     env = {f"CITYDAY_KEY_{c}": secrets.token_urlsafe(24) for c in CENTRES}
     for centre in CENTRES:
         text += (
@@ -236,11 +252,16 @@ async def submit_all(
 
 
 class Watch:
-    """Reads the gateway's database (read-only) for how many cases are past dispatch and
-    decided."""
+    """Reads the gateway's database (read-only on SQLite) for how many cases are past dispatch
+    and decided."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, database_url: str | None) -> None:
         self.path = folder / "var" / "gateway.db"
+        self.engine: Any = None
+        if database_url is not None:
+            from gateway.store.db import create_engine
+
+            self.engine = create_engine(database_url, pool_size=1, max_overflow=0, watch=False)
 
     def _sqlite(self, sql: str) -> list[tuple[Any, ...]]:
         con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
@@ -250,7 +271,16 @@ class Watch:
             con.close()
 
     async def query(self, sql: str) -> list[tuple[Any, ...]]:
-        return await asyncio.to_thread(self._sqlite, sql)
+        if self.engine is None:
+            return await asyncio.to_thread(self._sqlite, sql)
+        from sqlalchemy import text
+
+        async with self.engine.connect() as conn:
+            return [tuple(r) for r in (await conn.execute(text(sql))).all()]
+
+    async def aclose(self) -> None:
+        if self.engine is not None:
+            await self.engine.dispose()
 
     async def counts(self) -> tuple[int, int, int]:
         undecided = ", ".join(f"'{s}'" for s in UNDECIDED)
@@ -299,20 +329,33 @@ def _load() -> str:
 
 
 async def main(args: argparse.Namespace) -> int:
+    if args.pg is None:
+        return await city_day(args, None)
+    async with pg_schema(args.pg) as url:
+        return await city_day(args, url)
+
+
+async def city_day(args: argparse.Namespace, database_url: str | None) -> int:
     n = 200 if args.quick else args.n
     print(f"machine: {machine()}")
+    where = "SQLite" if database_url is None else "PostgreSQL"
+    print(
+        f"database: {where}; daemons: {args.daemons}"
+        + ("" if database_url is None else " (PostgreSQL's own CPU is not counted below)")
+    )
     folder = Path(tempfile.mkdtemp(prefix="cityday-"))
-    config, api_port, keys = write_config(folder)
+    config, api_port, keys = write_config(folder, database_url)
     env = {**os.environ, **BENCH_SECRETS, **keys, "PYTHONWARNINGS": "ignore"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     procs = Processes(folder, config, env)
-    watch = Watch(folder)
+    watch = Watch(folder, database_url)
     api = f"http://127.0.0.1:{api_port}"
     try:
         procs.run("migrate")
         procs.start("simulators", "simulate")
         procs.start("api", "serve", "--no-daemon", "--no-migrate")
-        procs.start("daemon", "daemon", "--no-migrate")
+        for i in range(args.daemons):
+            procs.start("daemon" if i == 0 else f"daemon{i + 1}", "daemon", "--no-migrate")
         sim_ports = [int(p) for p in re.findall(r"port = (\d+)", _simulator_ports(config))]
         await _wait_ready(api, procs, sim_ports, timeout=120)
         cpu_before = procs.cpu()
@@ -330,7 +373,7 @@ async def main(args: argparse.Namespace) -> int:
             procs.check()
             if submitting.done():
                 submitting.result()  # a failed load generator fails the run
-            with contextlib.suppress(sqlite3.OperationalError):
+            with contextlib.suppress(sqlite3.OperationalError):  # the file is being made
                 last = await watch.counts()
             total, delivered, decided = last
             if submitting.done() and total >= n:
@@ -348,6 +391,7 @@ async def main(args: argparse.Namespace) -> int:
         load_after = _load()
     finally:
         procs.stop()
+        await watch.aclose()
     del started
     last_decision = max((_epoch(r[2]) or 0.0) for r in rows) if rows else 0.0
     print(f"load after: {load_after}")
@@ -415,6 +459,17 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait")
     parser.add_argument("--quick", action="store_true", help="200 applications (smoke test)")
+    parser.add_argument(
+        "--pg",
+        metavar="URL",
+        help="run on this PostgreSQL (a throw-away schema) instead of the example's SQLite file",
+    )
+    parser.add_argument(
+        "--daemons",
+        type=int,
+        default=1,
+        help="daemon processes (default 1; several belong on --pg)",
+    )
     parser.add_argument(
         "--keep", action="store_true", help="keep the run's folder (database, logs) to study it"
     )
