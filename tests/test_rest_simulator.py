@@ -465,3 +465,52 @@ async def test_settings_changed_while_running_apply_to_every_endpoint() -> None:
         withdrawn = await client.post(f"{base}/api/v1/cases/{case_id}/withdraw")
     assert [item["status"] for item in listed] == ["0"]
     assert withdrawn.status_code == 200, withdrawn.text
+
+
+async def test_callbacks_share_one_connection_and_carry_the_signed_headers() -> None:
+    """The callback sender (aiohttp, one session per department): every event signed over the
+    exact body, JSON typed, with its event id and a traceparent, over one kept-alive connection."""
+    seen: list[tuple[Any, dict[str, str], bytes]] = []
+    receiver = FastAPI()
+
+    @receiver.post("/v1/callbacks/amr")
+    async def callback(request: Request) -> Response:
+        seen.append((request.client, dict(request.headers), await request.body()))
+        return Response(status_code=204)
+
+    async with serve_asgi(receiver) as receiver_url:
+        settings = RestSimulatorSettings(
+            decision_delay_seconds=0,
+            callbacks=True,
+            callback_url=f"{receiver_url}/v1/callbacks/amr",
+            callback_secret="cb-secret",
+        )
+        app, state = create_rest_department(settings)
+        async with serve_asgi(app) as base, httpx.AsyncClient() as client:
+            for i in range(3):
+                await _submit(client, base, f"k-{i}")
+                await wait_for(lambda i=i: state.stats()["callbacks_sent"] == i + 1)
+    assert len({client for client, _headers, _body in seen}) == 1  # one connection, kept alive
+    for _client, headers, body in seen:
+        assert headers["content-type"] == "application/json"
+        assert headers["x-signature"] == sign("cb-secret", headers["x-timestamp"], body)
+        assert headers["x-event-id"] == json.loads(body)["event_id"]
+        assert headers["traceparent"].startswith("00-")
+    assert state.http is None  # closed with the app
+
+
+async def test_a_callback_nobody_answers_is_counted_failed() -> None:
+    """A refused connection is a failed attempt like a 5xx: tried again, then given up."""
+    settings = RestSimulatorSettings(
+        decision_delay_seconds=0,
+        callbacks=True,
+        callback_url="http://127.0.0.1:9/v1/callbacks/amr",
+        callback_attempts=2,
+        callback_backoff_seconds=0.01,
+    )
+    app, state = create_rest_department(settings)
+    async with serve_asgi(app) as base:
+        async with httpx.AsyncClient() as client:
+            await _submit(client, base, "k-refused")
+        await wait_for(lambda: state.stats()["callbacks_failed"] == 1)
+    assert state.stats()["callbacks_sent"] == 0
