@@ -32,9 +32,11 @@ MESSAGES: dict[State, str] = {
 
 @hookimpl
 def status_changed(change: StatusChange, contact: Contact | None) -> None:
-    outbox = os.environ.get("GATEWAY_SMS_OUTBOX")
     template = MESSAGES.get(change.to_status)
-    if not outbox or template is None or contact is None or contact.phone is None:
+    if template is None or contact is None or contact.phone is None:
+        return  # most changes (delivered, decided): no text, and no environment read
+    outbox = os.environ.get("GATEWAY_SMS_OUTBOX")
+    if not outbox:
         return
     text = template.format(
         receipt=change.receipt_number,
