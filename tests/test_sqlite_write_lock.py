@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
-from gateway.store import sqlite as store_sqlite
-from gateway.store.db import create_engine, create_reader
+from gateway.store.db import create_engine
 from gateway.store.sqlite import BUSY_TIMEOUT_MS, poll_begin
 
 
@@ -81,73 +79,29 @@ def test_a_driver_it_cannot_reach_into_begins_the_usual_way() -> None:
     assert begin_immediate(object()) is False  # the caller sends BEGIN IMMEDIATE itself
 
 
-async def test_a_statement_is_one_trip_to_the_drivers_thread_outside_a_transaction_none_in_one(
-    tmp_path: Path,
-) -> None:
-    # SQLAlchemy's adapter made four (cursor, execute, fetch, close), each handing the GIL over;
-    # inside a transaction nothing waits for a lock, and a statement runs in the loop's thread
-    path = tmp_path / "g.db"
-    engine = create_engine(f"sqlite+aiosqlite:///{path}")
-    reader = create_reader(engine)
+async def test_a_statement_is_one_trip_to_the_drivers_thread(tmp_path: Path) -> None:
+    # SQLAlchemy's adapter made four (cursor, execute, fetch, close), each handing the GIL over
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'g.db'}")
     try:
         async with engine.begin() as conn:
             await conn.execute(text("CREATE TABLE t (v TEXT)"))
             await conn.execute(text("INSERT INTO t VALUES ('a'), ('b')"))
-        for db in (engine, reader):
-            async with db.connect() as conn:
-                driver = (await conn.get_raw_connection()).driver_connection
+            driver = (await conn.get_raw_connection()).driver_connection
             assert driver is not None
-            trips: list[str] = []
+            trips = 0
             run = driver._execute
 
-            async def counted(
-                fn: Any, *args: object, trips: list[str] = trips, run: Any = run, **kwargs: object
-            ) -> object:
-                trips.append(getattr(fn, "__name__", ""))
-                return await run(fn, *args, **kwargs)
+            async def counted(*args: object, **kwargs: object) -> object:
+                nonlocal trips
+                trips += 1
+                return await run(*args, **kwargs)
 
             driver._execute = counted
             try:
-                async with db.connect() as conn:
-                    rows = (await conn.execute(text("SELECT v FROM t ORDER BY v"))).scalars().all()
-                    more = (await conn.execute(text("SELECT count(*) FROM t"))).scalar()
+                rows = (await conn.execute(text("SELECT v FROM t ORDER BY v"))).scalars().all()
             finally:
                 del driver._execute
-            assert rows == ["a", "b"] and more == 2
-            # the engine: BEGIN IMMEDIATE (polled in the thread), the reads here, ROLLBACK; the
-            # reader: its deferred BEGIN is a statement outside a transaction (one trip)
-            assert trips == (["poll_begin", "rollback"] if db is engine else ["_run", "rollback"])
-    finally:
-        await reader.dispose()
-        await engine.dispose()
-
-
-async def test_a_statement_outside_a_transaction_runs_in_the_drivers_thread(
-    tmp_path: Path,
-) -> None:
-    # what may wait for another connection's lock is never run in the loop's thread
-    path = tmp_path / "g.db"
-    engine = create_engine(f"sqlite+aiosqlite:///{path}")
-    try:
-        async with engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            driver = raw.driver_connection
-            assert driver is not None
-            threads: list[int] = []
-
-            def where(_conn: sqlite3.Connection, *_args: object) -> object:
-                threads.append(threading.get_ident())
-                return (None, [], -1, None)
-
-            await conn.rollback()  # nothing begun: the cursor's statement is outside one
-            cursor = raw.dbapi_connection.cursor()
-            original = store_sqlite._run
-            store_sqlite._run = where  # type: ignore[assignment]
-            try:
-                await conn.run_sync(lambda _c: cursor.execute("SELECT 1"))
-            finally:
-                store_sqlite._run = original
-        assert threads and threads[0] != threading.get_ident()
+        assert rows == ["a", "b"] and trips == 1
     finally:
         await engine.dispose()
 
@@ -175,13 +129,13 @@ async def test_a_committed_transaction_is_given_back_without_a_rollback_trip(
         try:
             async with engine.begin() as conn:
                 await conn.execute(text("INSERT INTO t VALUES ('kept')"))
-            assert trips == ["poll_begin", "commit"]  # the statement: in the loop's thread
+            assert trips == ["poll_begin", "_run", "commit"]
             trips.clear()
             with pytest.raises(RuntimeError):
                 async with engine.begin() as conn:
                     await conn.execute(text("INSERT INTO t VALUES ('dropped')"))
                     raise RuntimeError("a failed transaction")
-            assert trips == ["poll_begin", "rollback"]
+            assert trips == ["poll_begin", "_run", "rollback"]
         finally:
             del driver._execute
         async with engine.connect() as conn:

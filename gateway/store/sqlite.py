@@ -7,15 +7,6 @@ cursor is made, run, read and closed in the thread (:class:`OneTripCursor`). In 
 run the trips were a fifth of the daemon's time holding the GIL, more than any one of its
 tasks.
 
-Inside a transaction a statement makes no trip at all: it runs in the event loop's thread.
-Once BEGIN IMMEDIATE holds the write lock (or a deferred BEGIN has its WAL snapshot), no
-statement of the transaction waits for another connection's lock, so what it costs is its own
-work, a few tens of microseconds for the gateway's statements, against ~85 us of CPU for the
-trip (a queued call, a thread wake-up, the loop's wake-up). What may wait stays in the
-thread: BEGIN (the lock), COMMIT (SQLite checkpoints the WAL there, with an fsync), ROLLBACK,
-and any statement outside a transaction (the connection's PRAGMAs). A long statement now
-holds the loop while it runs, as any CPU-bound step does.
-
 Waiting for another process's write lock: SQLite's busy handler sleeps 1, 2, 5 ... 25, 50,
 100 ms between tries, so while another process (API beside daemon) writes in a steady stream,
 a waiter wakes too late for the gaps between its transactions and waits whole batches out (in
@@ -88,20 +79,6 @@ def poll_begin(conn: sqlite3.Connection, poll: float | None = None) -> bool:
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
-async def _here(fn: Any, *args: Any) -> Any:
-    # run in the loop's thread; awaited through await_only, as SQLAlchemy's adapter requires
-    return fn(*args)
-
-
-def _trip(conn: Any, fn: Any, *args: Any) -> Any:
-    """``fn(raw connection, *args)``: in the loop's thread inside a transaction (nothing in it
-    waits for a lock), else in aiosqlite's thread (see the module doc)."""
-    raw = conn._conn
-    if raw.in_transaction:
-        return await_only(_here(fn, raw, *args))
-    return await_only(conn._execute(fn, raw, *args))
-
-
 def _run(
     conn: sqlite3.Connection, operation: str, parameters: Any
 ) -> tuple[Any, list[Any], int, int | None]:
@@ -130,9 +107,8 @@ def _run_many(
 
 
 class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
-    """The adapter's cursor, each statement run, read to its last row and closed in one go (in
-    the loop's thread inside a transaction, else one trip to the connection's thread); the
-    rows are then served from memory, as the adapter's are."""
+    """The adapter's cursor, each statement one trip to the connection's thread (execute, read
+    every row, close); the rows are then served from memory, as the adapter's are."""
 
     __slots__ = ("_description", "_lastrowid", "_rowcount", "_size")
 
@@ -176,7 +152,7 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
     def execute(self, operation: Any, parameters: Any = None) -> Any:
         conn = self._connection
         try:
-            found = _trip(conn, _run, operation, parameters)
+            found = await_only(conn._execute(_run, conn._conn, operation, parameters))
         except Exception as error:
             self._adapt_connection._handle_exception(error)
         self._description, rows, self._rowcount, self._lastrowid = found
@@ -186,7 +162,7 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
     def executemany(self, operation: Any, seq_of_parameters: Any) -> Any:
         conn = self._connection
         try:
-            found = _trip(conn, _run_many, operation, seq_of_parameters)
+            found = await_only(conn._execute(_run_many, conn._conn, operation, seq_of_parameters))
         except Exception as error:
             self._adapt_connection._handle_exception(error)
         self._rowcount, self._lastrowid = found
@@ -223,9 +199,6 @@ class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
     """The adapter's DBAPI module, whose connections make :class:`OneTripCursor` cursors."""
 
     def connect(self, *arg: Any, **kw: Any) -> AsyncAdapt_aiosqlite_connection:
-        # used from the loop's thread too (a transaction's statements), never at once with
-        # aiosqlite's: each call waits for the one before it
-        kw["check_same_thread"] = False
         connection = super().connect(*arg, **kw)
         connection.__class__ = OneTripConnection  # same slots: only the cursor class differs
         return connection
