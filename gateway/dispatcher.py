@@ -16,7 +16,7 @@ import random
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -65,6 +65,20 @@ class _Outcome:
     move: Move
 
 
+@dataclass
+class _Claim:
+    """A sweep's claims for some departments, each with its reserved slots. On SQLite it is
+    stored in the recorder's batch (:meth:`Dispatcher._claim`); what was claimed is left here
+    for the sweep, which reads it after the commit."""
+
+    group: list[tuple[DepartmentLink, int]]
+    rows: list[Any] = field(default_factory=list)
+    ready: list[tuple[Any, Envelope]] = field(default_factory=list)
+    changes: list[StatusChange] = field(default_factory=list)
+    #: departments whose claim came back short: nothing more is due there now
+    short: list[str] = field(default_factory=list)
+
+
 _DISPATCHABLE = (State.RECEIVED.value, State.DISPATCHING.value)
 
 
@@ -83,7 +97,7 @@ class Dispatcher:
         self._empty_until: dict[str, float] = {}
         self._work_seen = runtime.work_added
         # outcomes of finished deliveries are committed together (one transaction per batch)
-        self._recorder: GroupCommit[_Work | _Outcome, list[StatusChange]] = GroupCommit(
+        self._recorder: GroupCommit[_Work | _Outcome | _Claim, list[StatusChange]] = GroupCommit(
             runtime.engine, self._store
         )
         runtime.on_close.append(self._recorder.aclose)
@@ -138,34 +152,28 @@ class Dispatcher:
         transaction and start delivering what was claimed."""
         if not group:
             return 0
+        claim = _Claim(group)
         try:
-            async with self.runtime.engine.begin() as conn:
-                rows: list[Any] = []
-                apps: list[Row[Any]] = []
-                short: list[str] = []
-                for link, slots in group:
-                    got, locked = await jobs.claim_cases(
-                        conn,
-                        link.code,
-                        self.owner,
-                        slots,
-                        link.lease_seconds(self.settings.lease_seconds),
-                    )
-                    if len(got) < slots:  # nothing more is due there now
-                        short.append(link.code)
-                    rows += got
-                    apps += locked
-                ready, changes = await self._prepare(conn, rows, apps) if rows else ([], [])
+            if self.runtime.engine.dialect.name == "postgresql":
+                async with self.runtime.engine.begin() as conn:
+                    await self._claim_in(conn, claim)
+            else:
+                # SQLite: the claim joins the recorder's batch. The slots it fills were freed
+                # by calls whose answers are being recorded, and SQLite's one connection and
+                # write lock would take the two transactions one after the other; now the
+                # answers and the next claim are often one. Read after the commit: submit
+                # returns once the batch is committed (a retried batch claims again).
+                await self._recorder.submit(claim)
         except BaseException:
             for link, slots in group:
                 link.unreserve(slots)
             raise
-        for code in short:
+        for code in claim.short:
             self._empty_until[code] = clock + self.settings.sweep_interval_seconds / 2
-        announce(self.runtime, changes)
+        announce(self.runtime, claim.changes)
         links = {link.code: link for link, _slots in group}
         used = dict.fromkeys(links, 0)
-        for job, envelope in ready:
+        for job, envelope in claim.ready:
             link = links[job.department]
             used[link.code] += 1
             self.inflight[link.code] = self.inflight.get(link.code, 0) + 1
@@ -174,7 +182,24 @@ class Dispatcher:
             task.add_done_callback(self.tasks.discard)
         for link, slots in group:
             link.unreserve(slots - used[link.code])
-        return len(rows)
+        return len(claim.rows)
+
+    async def _claim_in(self, conn: AsyncConnection, claim: _Claim) -> None:
+        """The claims of ``claim`` in ``conn``'s transaction, its received -> dispatching
+        writes and envelopes; the outcome left in ``claim``."""
+        rows: list[Any] = []
+        apps: list[Row[Any]] = []
+        short: list[str] = []
+        for link, slots in claim.group:
+            got, locked = await jobs.claim_cases(
+                conn, link.code, self.owner, slots, link.lease_seconds(self.settings.lease_seconds)
+            )
+            if len(got) < slots:
+                short.append(link.code)
+            rows += got
+            apps += locked
+        ready, changes = await self._prepare(conn, rows, apps) if rows else ([], [])
+        claim.rows, claim.ready, claim.changes, claim.short = rows, ready, changes, short
 
     async def _recheck_empty(self, clock: float) -> None:
         """Departments found empty whose pause ran out: one read says which have work due
@@ -230,13 +255,14 @@ class Dispatcher:
             await asyncio.gather(*set(self.tasks), return_exceptions=True)
 
     async def _store(
-        self, conn: AsyncConnection, items: list[_Work | _Outcome]
+        self, conn: AsyncConnection, items: list[_Work | _Outcome | _Claim]
     ) -> list[list[StatusChange]]:
         """The recorder's store: answers (receipts, rejections) of the batch together; other
-        work (failures, retries) one by one."""
+        work (failures, retries) one by one; then the sweeps' claims (on SQLite)."""
         results: list[list[StatusChange]] = [[] for _ in items]
         answers = [(i, o) for i, o in enumerate(items) if isinstance(o, _Outcome)]
         work = [(i, w) for i, w in enumerate(items) if isinstance(w, _Work)]
+        claims = [c for c in items if isinstance(c, _Claim)]
         if work and len(items) > 1:
             # every case of the batch locked first, in id order, as every multi-case write
             # does: the work's own updates would lock in arrival order (answers alone need not:
@@ -255,6 +281,8 @@ class Dispatcher:
                 results[i] = changes
         for i, w in work:
             results[i] = await w.run(conn)
+        for claim in claims:  # last: the slots the answers freed (SQLite only; see _claim)
+            await self._claim_in(conn, claim)
         return results
 
     # -- one delivery ----------------------------------------------------------------------------
