@@ -133,9 +133,9 @@ class Dispatcher:
             if slots > 0:
                 wanted.append((link, slots))
         # On SQLite every transaction holds the one write lock, so the departments' claims
-        # take one transaction together (a sweep of four departments was four transactions
-        # one after the other, each queued behind the recorder's and the API's); PostgreSQL
-        # claims each department in its own (row locks, taken in id order per transaction)
+        # are one item of the recorder's batch (a sweep of four departments was four
+        # transactions one after the other, each queued behind the recorder's and the API's);
+        # PostgreSQL claims each department in its own (row locks, in id order per transaction)
         each = self.runtime.engine.dialect.name == "postgresql"
         groups = [[w] for w in wanted] if each else [wanted]
         claimed = 0
