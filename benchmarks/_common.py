@@ -25,6 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
+from gateway.eventloop import STACK_ENV, loop_factory  # noqa: E402  (once ROOT is on the path)
+from gateway.eventloop import http_parser as stack_parser  # noqa: E402
+from gateway.eventloop import run as run_on_stack  # noqa: E402
+
 EXAMPLE = ROOT / "config" / "gateway.toml"
 # The example config refers to these secrets; benchmarks only need *some* value.
 BENCH_SECRETS = {
@@ -78,18 +82,11 @@ def load_average() -> str:
 
 
 def loop_name() -> str:
-    from gateway.eventloop import loop_factory
-
     return "asyncio" if loop_factory() is None else "uvloop"
 
 
 def http_parser() -> str:
-    from gateway.eventloop import http_parser as parser
-
-    return f"uvicorn {parser()} parser ({STACK_ENV}={os.environ.get(STACK_ENV, 'standard')})"
-
-
-STACK_ENV = "GATEWAY_SERVER_STACK"  # gateway.eventloop.STACK_ENV, without importing the gateway
+    return f"uvicorn {stack_parser()} parser ({STACK_ENV}={os.environ.get(STACK_ENV, 'standard')})"
 
 
 def add_stack_option(parser: Any, default: str) -> None:
@@ -107,8 +104,6 @@ def run(coro: Any, stack: str | None = None) -> Any:
     """``asyncio.run`` on the stack ``stack`` chooses (set for the processes started later too)."""
     if stack is not None:
         os.environ[STACK_ENV] = stack
-    from gateway.eventloop import run as run_on_stack
-
     return run_on_stack(coro)
 
 

@@ -235,6 +235,30 @@ def create_engine(
     # SQLite has one writer. One pooled connection serialises this process's transactions in an
     # async queue (no busy-wait); BEGIN IMMEDIATE makes other processes wait for the write lock
     # instead of failing on a read-to-write upgrade (gateway.store.sqlite: how they wait).
+    engine = _sqlite_engine(
+        url,
+        echo,
+        (
+            "journal_mode=WAL",
+            "synchronous=NORMAL",
+            f"busy_timeout={sqlite.BUSY_TIMEOUT_MS}",
+            "foreign_keys=ON",
+        ),
+    )
+    if watch:
+        _watch(engine)
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if not sqlite.begin_immediate(conn.connection.driver_connection):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _sqlite_engine(url: Any, echo: bool, pragmas: tuple[str, ...]) -> AsyncEngine:
+    """A SQLite engine of one pooled connection (transactions queue for it in this process),
+    the driver's own transaction handling off, ``pragmas`` set on every new connection."""
     engine = create_async_engine(
         url,
         echo=echo,
@@ -244,26 +268,14 @@ def create_engine(
         pool_timeout=120,
         **sqlite.engine_options(),
     )
-    if watch:
-        _watch(engine)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        for pragma in (
-            "journal_mode=WAL",
-            "synchronous=NORMAL",
-            f"busy_timeout={sqlite.BUSY_TIMEOUT_MS}",
-            "foreign_keys=ON",
-        ):
+        for pragma in pragmas:
             cur.execute(f"PRAGMA {pragma}")
         cur.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        if not sqlite.begin_immediate(conn.connection.driver_connection):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
@@ -283,25 +295,10 @@ def create_reader(engine: AsyncEngine, *, watch: bool = True) -> AsyncEngine:
     url = engine.url
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
         return engine
-    reader = create_async_engine(
-        url,
-        poolclass=_Pool,
-        pool_size=1,
-        max_overflow=0,
-        pool_timeout=120,
-        **sqlite.engine_options(),
-    )
+    reader = _sqlite_engine(url, False, (f"busy_timeout={sqlite.BUSY_TIMEOUT_MS}", "query_only=ON"))
     if watch:
         _OUTAGES[reader.sync_engine] = outage_of(engine)  # one database, one outage to tell
         _watch(reader)
-
-    @event.listens_for(reader.sync_engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        for pragma in (f"busy_timeout={sqlite.BUSY_TIMEOUT_MS}", "query_only=ON"):
-            cur.execute(f"PRAGMA {pragma}")
-        cur.close()
 
     @event.listens_for(reader.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
