@@ -84,41 +84,11 @@ _STRING = json.encoder.encode_basestring
 
 def seal_first_event(row: dict[str, Any], at: str | None = None) -> str:
     """``seal_events(None, [row])`` for a new case's one event (intake: one per application),
-    written straight instead of through the encoder's walk of a dict built for it: the same
-    text, so the same hash (tests/test_audit.py holds them equal). ``at``: the row's time in
-    its canonical form, when the caller has it (a batch shares one). A row whose values are
-    not the plain ones this writes (strings, an int version, no from_status, a flat detail of
-    strings) is sealed the general way."""
-    detail = row["detail"]
-    if (
-        type(row["version"]) is not int
-        or row["from_status"] is not None
-        or type(row["at"]) is not dt.datetime
-        or type(detail) is not dict
-        or not all(type(row[f]) is str for f in ("application_id", "source", "actor", "to_status"))
-        or not all(type(k) is str and type(v) is str for k, v in detail.items())
-    ):
+    with ``at``, the row's time in its canonical form, when the caller has it (a batch shares
+    one): the same text, so the same hash (tests/test_audit.py holds them equal)."""
+    if at is None or type(row["at"]) is not dt.datetime:
         return seal_events(None, [row])
-    text = "".join(
-        (
-            '{"actor":',
-            _STRING(row["actor"]),
-            ',"application_id":',
-            _STRING(row["application_id"]),
-            ',"at":',
-            _STRING(at if at is not None else _canonical(row["at"])),
-            ',"detail":{',
-            ",".join(f"{_STRING(k)}:{_STRING(v)}" for k, v in sorted(detail.items())),
-            '},"from_status":null,"source":',
-            _STRING(row["source"]),
-            ',"to_status":',
-            _STRING(row["to_status"]),
-            ',"version":',
-            int.__repr__(row["version"]),
-            "}",
-        )
-    )
-    row["hash"] = head = hashlib.sha256(b"\n" + text.encode()).hexdigest()
+    row["hash"] = head = _event_digest(GENESIS, row, at)
     return head
 
 
@@ -135,25 +105,33 @@ _TEXT = (
 
 def _event_digest(prev: str, row: Mapping[str, Any], at: Any) -> str:
     """:func:`event_hash` with ``at`` already canonical: the canonical JSON written out in
-    its sorted key order (``_TEXT``) when the fields are plain strings and an int, so only
-    the detail goes through the sorting encoder (~2x faster); any other row the usual way.
-    The same text either way (tests/test_store_write_path.py)."""
-    fields = (row["actor"], row["application_id"], row["from_status"], row["source"])
-    to, version = row["to_status"], row["version"]
+    its sorted key order (``_TEXT``) when the fields are plain strings (``from_status`` may be
+    null: a case's first event) and an int, a flat detail of strings written out too, any
+    other detail through the sorting encoder (~2x faster); any other row the usual way. The
+    same text either way (tests/test_store_write_path.py, tests/test_audit.py)."""
+    fields = (row["actor"], row["application_id"], row["source"])
+    src, to, version, detail = row["from_status"], row["to_status"], row["version"], row["detail"]
     if (
         type(at) is not str
         or type(to) is not str
         or type(version) is not int
         or any(type(f) is not str for f in fields)
+        or (src is not None and type(src) is not str)
     ):
         return event_hash(prev, row)
-    actor, app, src, source = fields
+    if type(detail) is dict and all(type(k) is str and type(v) is str for k, v in detail.items()):
+        written = (
+            "{" + ",".join(f"{_STRING(k)}:{_STRING(v)}" for k, v in sorted(detail.items())) + "}"
+        )
+    else:
+        written = _CANONICAL_JSON.encode(_as_stored(detail))
+    actor, app, source = fields
     text = _TEXT % (
         _STRING(actor),
         _STRING(app),
         _STRING(at),
-        _CANONICAL_JSON.encode(_as_stored(row["detail"])),
-        _STRING(src),
+        written,
+        "null" if src is None else _STRING(src),
         _STRING(source),
         _STRING(to),
         int.__repr__(version),
