@@ -185,10 +185,12 @@ async def test_database_slowed_by_a_lock(tmp_path: Path) -> None:
                 locked = time.monotonic()
                 await asyncio.sleep(hold)  # the fault's length
                 slowest = await _slowest_answer(gw.url)
+                # taken while the lock is still held: the batch waiting behind it commits the
+                # moment it goes, and its 201s can reach this loop while ``close`` is awaited
+                released = time.monotonic()
                 await tx.rollback()
             finally:
                 await locker.close()
-            released = time.monotonic()
             accepted_while_locked = sum(1 for t in desk.accepted_at if locked + 1 < t < released)
             await wait_for(lambda: any(t > released for t in desk.accepted_at), timeout=60)
             recovery = min(t for t in desk.accepted_at if t > released) - released
