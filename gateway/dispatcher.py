@@ -1,9 +1,10 @@
 """The dispatcher: claims due jobs with leases and delivers them through the department links.
 
 Per department: take free slots from its link (cap, rate limit, breaker), claim as many due
-jobs, ask the link to submit each, record the outcome. Retry state lives in the database
-(attempts, next_attempt_at, last_error): the link retries only briefly inside one call; across
-calls the job waits with exponential backoff and jitter (at least Retry-After), and after the
+jobs and up to the department's concurrency more, ask the link to submit each (the extra ones
+wait in a local queue for the slot a call frees), record the outcome. Retry state lives in the
+database (attempts, next_attempt_at, last_error): the link retries only briefly inside one call;
+across calls the job waits with exponential backoff and jitter (at least Retry-After), and after the
 department's budget the case goes to ``failed`` with the reason.
 """
 
@@ -15,6 +16,7 @@ import os
 import random
 import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +30,7 @@ from gateway.cancelling import cancel_and_wait
 from gateway.clock import new_id, now
 from gateway.config.models import DepartmentConfig
 from gateway.connector import Envelope, Receipt
-from gateway.departments import DepartmentLink, backoff
+from gateway.departments import RECORD_MARGIN_SECONDS, DepartmentLink, backoff
 from gateway.envelopes import envelope_for
 from gateway.errors import (
     DepartmentRejected,
@@ -65,13 +67,32 @@ class _Outcome:
     move: Move
 
 
+@dataclass(frozen=True)
+class _Release:
+    """Claimed jobs never called, handed back (due again at once): the breaker opened while
+    they were queued."""
+
+    ids: list[str]
+
+
+@dataclass(frozen=True)
+class _Queued:
+    """A claimed job waiting in its department's queue for a slot. ``start_by`` (the
+    dispatcher's clock): the latest its call may start so that the call and the recording of
+    its answer end within the lease (:meth:`Dispatcher._start_by`)."""
+
+    job: Any
+    envelope: Envelope
+    start_by: float
+
+
 @dataclass
 class _Claim:
-    """A sweep's claims for some departments, each with its reserved slots. On SQLite it is
-    stored in the recorder's batch (:meth:`Dispatcher._claim`); what was claimed is left here
-    for the sweep, which reads it after the commit."""
+    """A sweep's claims for some departments, each with its reserved slots and how many more
+    it may queue. On SQLite it is stored in the recorder's batch (:meth:`Dispatcher._claim`);
+    what was claimed is left here for the sweep, which reads it after the commit."""
 
-    group: list[tuple[DepartmentLink, int]]
+    group: list[tuple[DepartmentLink, int, int]]
     rows: list[Any] = field(default_factory=list)
     ready: list[tuple[Any, Envelope]] = field(default_factory=list)
     changes: list[StatusChange] = field(default_factory=list)
@@ -83,11 +104,26 @@ _DISPATCHABLE = (State.RECEIVED.value, State.DISPATCHING.value)
 
 
 class Dispatcher:
-    def __init__(self, runtime: Runtime, *, owner: str | None = None, seed: int | None = None):
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        owner: str | None = None,
+        seed: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.runtime = runtime
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-6:]}"
         self.settings = runtime.config.gateway.dispatch
+        #: monotonic seconds (tests steer it): the queued jobs' start-by times, the empty pauses
+        self.clock = clock
         self.inflight: dict[str, int] = {}
+        #: department -> claimed jobs waiting for a slot, oldest first (at most its concurrency)
+        self._queues: dict[str, deque[_Queued]] = {}
+        #: department -> queued jobs dropped past their start-by time (their leases ran out)
+        self.late: dict[str, int] = {}
+        #: department -> jobs being claimed for its queue (a sweep's claim under way)
+        self._claiming: dict[str, int] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = asyncio.Event()
         self._rng = random.Random(seed)
@@ -97,12 +133,16 @@ class Dispatcher:
         self._empty_until: dict[str, float] = {}
         self._work_seen = runtime.work_added
         # outcomes of finished deliveries are committed together (one transaction per batch)
-        self._recorder: GroupCommit[_Work | _Outcome | _Claim, list[StatusChange]] = GroupCommit(
-            runtime.engine, self._store
+        self._recorder: GroupCommit[_Work | _Outcome | _Claim | _Release, list[StatusChange]] = (
+            GroupCommit(runtime.engine, self._store)
         )
         runtime.on_close.append(self._recorder.aclose)
         #: more lines for the process snapshot (the daemon driving this dispatcher: its ticks)
         self.more_to_tell: Callable[[], list[str]] | None = None
+
+    def queued(self) -> dict[str, int]:
+        """Claimed jobs waiting for a slot, per department (only those with some)."""
+        return {code: len(q) for code, q in self._queues.items() if q}
 
     def skipping_empty(self) -> dict[str, float]:
         """Departments skipped as having nothing due, with until when (``time.monotonic()``)."""
@@ -113,25 +153,37 @@ class Dispatcher:
         return bool(link and link.breaker_open())
 
     async def sweep(self, *, skip_empty: bool = False) -> int:
-        """Claim what every available department can take now and start delivering it.
+        """Start queued jobs in the free slots, claim what every available department can take
+        now (and up to its concurrency more, queued) and start delivering it. Returns how many
+        jobs were claimed.
 
         ``skip_empty`` (the loops): do not claim again from a department whose last claim came
         back short until new local work is committed or, after half a sweep interval, one
         read for all such departments says it has work due."""
-        clock = time.monotonic()
+        clock = self.clock()
         if self._work_seen != self.runtime.work_added:
             self._work_seen = self.runtime.work_added
             self._empty_until.clear()
         if skip_empty:
             await self._recheck_empty(clock)
-        wanted: list[tuple[DepartmentLink, int]] = []
+        wanted: list[tuple[DepartmentLink, int, int]] = []
         for link in self.runtime.links():
-            if skip_empty and self._empty_until.get(link.code, 0.0) > clock:
-                continue
-            # slots first: a claimed job never waits for one (its lease covers the call only)
+            # Slots first: a claimed job is called only in a slot taken for it, and only by its
+            # start-by time (the lease less one call and the recording margin), so a job waits
+            # in the queue at most as long as the lease rule allows a wait for a slot; past it,
+            # it is dropped and its lease runs out (DepartmentLink.lease_seconds)
             slots = link.reserve(self.settings.batch_size)
-            if slots > 0:
-                wanted.append((link, slots))
+            if self._queues.get(link.code):
+                slots = self._start_queued(link, slots)
+            if skip_empty and self._empty_until.get(link.code, 0.0) > clock:
+                link.unreserve(slots)
+                continue
+            more = self._room(link, clock)
+            if slots > 0 or more * 2 >= link.dept.concurrency > 0:
+                # a free slot, or a queue at most half full: a call ending finds one waiting
+                wanted.append((link, slots, more))
+            else:
+                link.unreserve(slots)
         # On SQLite every transaction holds the one write lock, so the departments' claims
         # are one item of the recorder's batch (a sweep of four departments was four
         # transactions one after the other, each queued behind the recorder's and the API's);
@@ -141,18 +193,42 @@ class Dispatcher:
         claimed = 0
         for group in groups:
             if self.stopping.is_set():
-                for link, slots in group:
+                for link, slots, _more in group:
                     link.unreserve(slots)
                 continue
             claimed += await self._claim(group, clock)
         return claimed
 
-    async def _claim(self, group: list[tuple[DepartmentLink, int]], clock: float) -> int:
-        """Claim for each department of ``group`` (with its reserved slots) in one
-        transaction and start delivering what was claimed."""
+    def _room(self, link: DepartmentLink, clock: float) -> int:
+        """How many more claimed jobs the department's queue may take: up to its concurrency
+        (so a queued job waits for at most one call per slot), none while the breaker is not
+        closed or anything waits for a slot, and no more than its rate limit can start before
+        their start-by time."""
+        if link.breaker.tripped or link.slots.waiting:
+            return 0
+        room = link.dept.concurrency
+        if link.bucket is not None:
+            room = min(room, int(link.bucket.rate * (self._start_by(link, clock) - clock)))
+        queued = len(self._queues.get(link.code, ())) + self._claiming.get(link.code, 0)
+        return max(0, room - queued)
+
+    def _start_by(self, link: DepartmentLink, clock: float) -> float:
+        """The latest a job claimed at ``clock`` (taken before the claim's transaction) may
+        be called: its lease runs until at least ``clock + lease``, and the call (at most
+        ``call_seconds``) and the recording of its answer (``RECORD_MARGIN_SECONDS``) must end
+        within it, so no other worker can have taken the job when it is called or answered."""
+        lease = link.lease_seconds(self.settings.lease_seconds)
+        return clock + lease - link.call_seconds - RECORD_MARGIN_SECONDS
+
+    async def _claim(self, group: list[tuple[DepartmentLink, int, int]], clock: float) -> int:
+        """Claim for each department of ``group`` (with its reserved slots, and how many more
+        it may queue) in one transaction; start delivering what was claimed in the reserved
+        slots and queue the rest."""
         if not group:
             return 0
         claim = _Claim(group)
+        for link, _slots, more in group:
+            self._claiming[link.code] = self._claiming.get(link.code, 0) + more
         try:
             if self.runtime.engine.dialect.name == "postgresql":
                 async with self.runtime.engine.begin() as conn:
@@ -165,24 +241,95 @@ class Dispatcher:
                 # returns once the batch is committed (a retried batch claims again).
                 await self._recorder.submit(claim)
         except BaseException:
-            for link, slots in group:
+            for link, slots, _more in group:
                 link.unreserve(slots)
             raise
+        finally:
+            for link, _slots, more in group:
+                self._claiming[link.code] -= more
         for code in claim.short:
             self._empty_until[code] = clock + self.settings.sweep_interval_seconds / 2
         announce(self.runtime, claim.changes)
-        links = {link.code: link for link, _slots in group}
-        used = dict.fromkeys(links, 0)
+        links = {link.code: (link, slots) for link, slots, _more in group}
+        free = {code: slots for code, (_link, slots) in links.items()}
         for job, envelope in claim.ready:
-            link = links[job.department]
-            used[link.code] += 1
-            self.inflight[link.code] = self.inflight.get(link.code, 0) + 1
-            task = asyncio.create_task(self._deliver(job, envelope, link))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-        for link, slots in group:
-            link.unreserve(slots - used[link.code])
+            link, _slots = links[job.department]
+            if free[link.code] > 0:
+                free[link.code] -= 1
+                self._start(link, job, envelope)
+            elif not self.stopping.is_set():  # stop(): the leases are released (or run out)
+                start_by = self._start_by(link, clock)
+                self._queues.setdefault(link.code, deque()).append(_Queued(job, envelope, start_by))
+        for link, _slots in links.values():
+            link.unreserve(free[link.code])
+            if self._queues.get(link.code):
+                # calls that ended during the claim found the queue empty: their slots now
+                self._start_queued(link)
         return len(claim.rows)
+
+    def _start(
+        self,
+        link: DepartmentLink,
+        job: Any,
+        envelope: Envelope,
+        start_by: float | None = None,
+    ) -> None:
+        """Deliver ``job`` in a slot already taken for it."""
+        self.inflight[link.code] = self.inflight.get(link.code, 0) + 1
+        task = asyncio.create_task(self._deliver(job, envelope, link, start_by))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _start_queued(self, link: DepartmentLink, reserved: int = 0) -> int:
+        """Start the department's queued jobs, oldest first: in ``reserved`` slots already
+        taken, then in any the link gives now (slot and rate token, as any start takes).
+        Jobs past their start-by time are dropped (their leases run out: another sweep
+        claims them again); with the breaker open the queue is handed back. Returns the
+        reserved slots left unused."""
+        queue = self._queues.get(link.code)
+        if not queue:
+            return reserved
+        if link.breaker_open():
+            self._hand_back(link)
+            return reserved
+        clock = self.clock()
+        while queue:
+            if queue[0].start_by < clock:
+                self._drop_late(link, queue.popleft())
+                continue
+            if reserved > 0:
+                reserved -= 1
+            elif self.stopping.is_set() or not link.reserve(1):
+                break
+            entry = queue.popleft()
+            self._start(link, entry.job, entry.envelope, entry.start_by)
+        return reserved
+
+    def _drop_late(self, link: DepartmentLink, entry: _Queued) -> None:
+        self.late[link.code] = self.late.get(link.code, 0) + 1
+        log.info(
+            "queued job not called: past its start-by time; its lease runs out",
+            department=link.code,
+            application=entry.job.application_id,
+        )
+
+    def _hand_back(self, link: DepartmentLink) -> None:
+        """The breaker is open: the department's queued jobs are released (due again at
+        once, for whichever worker's breaker lets a call through first), never called here."""
+        queue = self._queues.pop(link.code, None)
+        if not queue:
+            return
+        ids = [entry.job.id for entry in queue]
+        log.info("breaker open: queued jobs handed back", department=link.code, count=len(ids))
+        task = asyncio.create_task(self._release(ids))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _release(self, ids: list[str]) -> None:
+        try:
+            await self._recorder.submit(_Release(ids))
+        except Exception:  # the leases run out instead
+            log.warning("queued jobs not handed back; their leases run out", count=len(ids))
 
     async def _claim_in(self, conn: AsyncConnection, claim: _Claim) -> None:
         """The claims of ``claim`` in ``conn``'s transaction, its received -> dispatching
@@ -190,11 +337,15 @@ class Dispatcher:
         rows: list[Any] = []
         apps: list[Row[Any]] = []
         short: list[str] = []
-        for link, slots in claim.group:
+        for link, slots, more in claim.group:
             got, locked = await jobs.claim_cases(
-                conn, link.code, self.owner, slots, link.lease_seconds(self.settings.lease_seconds)
+                conn,
+                link.code,
+                self.owner,
+                slots + more,
+                link.lease_seconds(self.settings.lease_seconds),
             )
-            if len(got) < slots:
+            if len(got) < slots + more:
                 short.append(link.code)
             rows += got
             apps += locked
@@ -239,8 +390,10 @@ class Dispatcher:
             stopper.cancel()
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
-        """Stop claiming, let in-flight calls finish for ``grace_seconds``, release the rest."""
+        """Stop claiming, drop the queued jobs, let in-flight calls finish for
+        ``grace_seconds``, release the rest (the queued jobs' leases with them)."""
         self.stopping.set()
+        self._queues.clear()
         if self.tasks:
             _done, pending = await asyncio.wait(set(self.tasks), timeout=grace_seconds)
             await cancel_and_wait(pending)
@@ -255,7 +408,7 @@ class Dispatcher:
             await asyncio.gather(*set(self.tasks), return_exceptions=True)
 
     async def _store(
-        self, conn: AsyncConnection, items: list[_Work | _Outcome | _Claim]
+        self, conn: AsyncConnection, items: list[_Work | _Outcome | _Claim | _Release]
     ) -> list[list[StatusChange]]:
         """The recorder's store: answers (receipts, rejections) of the batch together; other
         work (failures, retries) one by one; then the sweeps' claims (on SQLite)."""
@@ -281,6 +434,8 @@ class Dispatcher:
                 results[i] = changes
         for i, w in work:
             results[i] = await w.run(conn)
+        for release in (r for r in items if isinstance(r, _Release)):
+            await jobs.release(conn, self.owner, ids=release.ids)
         for claim in claims:  # last: the slots the answers freed (SQLite only; see _claim)
             await self._claim_in(conn, claim)
         return results
@@ -314,9 +469,17 @@ class Dispatcher:
                 changes += with_contacts(steps, w.app.applicant)
         return ready, changes
 
-    async def _deliver(self, job: Row[Any], envelope: Envelope, link: DepartmentLink) -> None:
+    async def _deliver(
+        self, job: Row[Any], envelope: Envelope, link: DepartmentLink, start_by: float | None
+    ) -> None:
         code = link.code
         try:
+            if start_by is not None and start_by < self.clock():
+                # a queued job whose task started too late (a busy loop): not called
+                link.unreserve(1)
+                self._drop_late(link, _Queued(job, envelope, start_by))
+                self._start_queued(link)
+                return
             await self._deliver_job(job, envelope, link)
         except asyncio.CancelledError:
             raise
@@ -337,8 +500,11 @@ class Dispatcher:
                 with tracing.case(envelope.application_id):
                     receipt = await link.submit(envelope, reserved=True)
             finally:
-                # the call's slot is free: the next claim need not wait for this answer's
-                # transaction (on SQLite, behind the daemon's other transactions)
+                # the call's slot is free: the next queued job starts in it now, and the next
+                # claim need not wait for this answer's transaction (on SQLite, behind the
+                # daemon's other transactions)
+                if self._queues.get(link.code):
+                    self._start_queued(link)
                 self.runtime.wakeup.set()
         except DepartmentRejected as exc:
             outcome = "rejected"

@@ -45,9 +45,12 @@ def dispatcher_line(dispatcher: Dispatcher) -> str:
         for code, until in sorted(dispatcher.skipping_empty().items())
         if until > clock
     }
+    late = {code: n for code, n in sorted(dispatcher.late.items()) if n}
     return (
         f"dispatcher {dispatcher.owner}: {len(dispatcher.tasks)} deliveries running "
-        f"{inflight or ''}; skipped as empty for (s): {skipped or 'none'}"
+        f"{inflight or ''}; queued {dispatcher.queued() or 'none'}"
+        f"{f' (dropped late so far {late})' if late else ''}"
+        f"; skipped as empty for (s): {skipped or 'none'}"
         f"{'; stopping' if dispatcher.stopping.is_set() else ''}"
     )
 

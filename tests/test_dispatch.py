@@ -15,6 +15,7 @@ from sqlalchemy import func, select, update
 from gateway.api.app import create_app
 from gateway.clock import now
 from gateway.config.loader import Config
+from gateway.departments import RECORD_MARGIN_SECONDS, DepartmentLink
 from gateway.dispatcher import Dispatcher, _Claim
 from gateway.envelopes import idempotency_key
 from gateway.events import Source
@@ -23,6 +24,7 @@ from gateway.operations import replay
 from gateway.poller import poll_sweep
 from gateway.runtime import Runtime
 from gateway.simulators.city import SimulatedCity, simulated_city
+from gateway.snapshot import dispatcher_line
 from gateway.states import FINAL, State
 from gateway.store import jobs
 from gateway.store.clients import Client, create_client
@@ -322,33 +324,116 @@ def _with_department(runtime: Runtime, **changes: Any) -> Runtime:
     return Runtime(dataclasses.replace(cfg, departments=depts), engine=runtime.engine)
 
 
-async def test_concurrency_cap_limits_claims(runtime: Runtime, city: SimulatedCity) -> None:
+def _link(runtime: Runtime, code: str = "amr") -> DepartmentLink:
+    link = runtime.link(code)
+    assert link is not None
+    return link
+
+
+def _count_calls(runtime: Runtime, department: str = "amr") -> list[str]:
+    """The application ids the department's connector is called with, in order (each a call
+    at the department)."""
+    connector = _link(runtime, department).connector
+    call, calls = connector.submit, []
+
+    async def counted(envelope: Any) -> Any:
+        calls.append(envelope.application_id)
+        return await call(envelope)
+
+    connector.submit = counted  # type: ignore[method-assign]
+    return calls
+
+
+async def test_concurrency_cap_limits_calls_and_the_queue(
+    runtime: Runtime, city: SimulatedCity
+) -> None:
     city.states["amr"].mode = "timeout"  # deliveries hang: slots stay taken
     await submit_many(runtime, 5)
     capped = _with_department(runtime, concurrency=2)
+    calls = _count_calls(capped)
     dispatcher = Dispatcher(capped, owner="capped")
     try:
-        assert await dispatcher.sweep() == 2
-        assert await dispatcher.sweep() == 0  # both slots busy
-        assert dispatcher.inflight["amr"] == 2
+        # two calls in the two slots, two more claimed into the queue (at most the
+        # concurrency), the fifth left in the database
+        assert await dispatcher.sweep() == 4
+        assert dispatcher.inflight["amr"] == 2 and dispatcher.queued() == {"amr": 2}
+        await wait_for(lambda: len(calls) == 2)
+        assert await dispatcher.sweep() == 0  # both slots busy, the queue full
+        assert dispatcher.inflight["amr"] == 2 and dispatcher.queued() == {"amr": 2}
+        assert _link(capped).slots.used == 2
+        assert "queued {'amr': 2}" in dispatcher_line(dispatcher)
+        async with capped.engine.connect() as conn:
+            held = await conn.execute(
+                select(func.count()).where(dispatch_jobs.c.lease_owner == "capped")
+            )
+            assert held.scalar_one() == 4
     finally:
         await dispatcher.stop(grace_seconds=0.1)
         await capped.http.aclose()
+    assert len(calls) == 2  # the queued jobs were never called
 
 
-async def test_rate_limit_limits_claims(runtime: Runtime, city: SimulatedCity) -> None:
+async def test_queued_jobs_never_exceed_the_cap_in_calls(
+    runtime: Runtime, city: SimulatedCity
+) -> None:
+    """However the queue fills, calls at the department stay within the concurrency."""
+    ids = await submit_many(runtime, 12)
+    capped = _with_department(runtime, concurrency=2)
+    connector = _link(capped).connector
+    call, gate = connector.submit, asyncio.Event()
+    now_in, most = [0], [0]
+
+    async def watched(envelope: Any) -> Any:
+        now_in[0] += 1
+        most[0] = max(most[0], now_in[0])
+        try:
+            await gate.wait()
+            return await call(envelope)
+        finally:
+            now_in[0] -= 1
+
+    connector.submit = watched  # type: ignore[method-assign]
+    dispatcher = Dispatcher(capped, owner="capped")
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        await wait_for(lambda: now_in[0] == 2 and dispatcher.queued() == {"amr": 2})
+        assert await dispatcher.sweep() == 0 and now_in[0] == 2
+        gate.set()
+        await wait_for(lambda: all_in(runtime, ids, AT_OR_PAST_DELIVERY))
+    finally:
+        gate.set()
+        await dispatcher.stop(grace_seconds=1)
+        await task
+        await capped.http.aclose()
+    assert most[0] == 2
+    stats = city.states["amr"].stats()
+    assert stats["cases"] == 12 and stats["duplicates"] == 0
+
+
+async def test_rate_limit_limits_calls_and_the_queue(runtime: Runtime, city: SimulatedCity) -> None:
     city.states["amr"].mode = "timeout"
     await submit_many(runtime, 10)
     # one call per 1000 s: a full bucket holds one call and the next token is 1000 s away, so no
     # pause between the two sweeps (a busy machine) can refill it
     limited = _with_department(runtime, rate_limit_per_second=0.001, concurrency=50)
+    calls = _count_calls(limited)
     dispatcher = Dispatcher(limited, owner="limited")
+    # a lease of an hour: the rate can start 3 more calls before their start-by time (about
+    # an hour less a call and the margin); with the default lease (60 s) none
+    dispatcher.settings = dispatcher.settings.model_copy(update={"lease_seconds": 3600.0})
+    short = Dispatcher(limited, owner="short-lease")
     try:
-        assert await dispatcher.sweep() == 1
-        assert await dispatcher.sweep() == 0
+        assert await dispatcher.sweep() == 4
+        assert dispatcher.inflight == {"amr": 1} and dispatcher.queued() == {"amr": 3}
+        assert await dispatcher.sweep() == 0  # no token for a call, the queue as big as the rate
+        assert dispatcher.inflight == {"amr": 1} and dispatcher.queued() == {"amr": 3}
+        assert await short.sweep() == 0  # no token, and the rate starts none within its lease
+        await wait_for(lambda: len(calls) == 1)
     finally:
         await dispatcher.stop(grace_seconds=0.1)
+        await short.stop(grace_seconds=0.1)
         await limited.http.aclose()
+    assert len(calls) == 1
 
 
 async def test_breaker_opens_after_repeated_transient_failures(
@@ -458,17 +543,23 @@ async def test_a_receipt_recorded_after_the_case_failed_keeps_the_reason(
     assert row.last_error == "the department refused the request file"
 
 
-async def test_a_freed_slot_is_claimed_before_the_answer_is_recorded(
-    runtime: Runtime, city: SimulatedCity
+async def test_a_finished_call_starts_the_next_queued_job_at_once(
+    runtime: Runtime, city: SimulatedCity, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The dispatcher is woken when a call ends, not after its answer's transaction (on
-    SQLite that transaction queues behind the daemon's others: the slot sat idle for it)."""
+    """When a call ends, the next queued job is called in its slot: no claim transaction and
+    no recording in between (the first answer is held unrecorded), and no sweep."""
     await submit_many(runtime, 2)
     one_slot = _with_department(runtime, concurrency=1)
     dispatcher = Dispatcher(one_slot, owner="one-slot")
-    connector = one_slot.link("amr").connector
+    connector = _link(one_slot).connector
     call_may_end, recording = asyncio.Event(), asyncio.Event()
     call, record = connector.submit, dispatcher._recorder.submit
+    claims: list[str] = []
+    claim = jobs.claim_cases
+
+    async def counted(conn: Any, department: str, *args: Any) -> Any:
+        claims.append(department)
+        return await claim(conn, department, *args)
 
     async def gated(envelope: Any) -> Any:
         receipt = await call(envelope)
@@ -480,17 +571,21 @@ async def test_a_freed_slot_is_claimed_before_the_answer_is_recorded(
             await recording.wait()
         return await record(item)
 
+    monkeypatch.setattr(jobs, "claim_cases", counted)
     connector.submit = gated  # type: ignore[method-assign]
     dispatcher._recorder.submit = held  # type: ignore[method-assign]
     try:
-        assert await dispatcher.sweep() == 1
-        assert await dispatcher.sweep() == 0  # the one slot is busy
+        assert await dispatcher.sweep() == 2  # one called, one queued
+        assert dispatcher.queued() == {"amr": 1}
+        asked = len(claims)
+        await wait_for(lambda: city.states["amr"].stats()["cases"] == 1)
         one_slot.wakeup.clear()
         call_may_end.set()
-        await wait_for(one_slot.wakeup.is_set)
-        assert await _done_jobs(runtime) == 0  # woken with the first answer unrecorded
-        assert await dispatcher.sweep() == 1
         await wait_for(lambda: city.states["amr"].stats()["cases"] == 2)
+        assert await _done_jobs(runtime) == 0  # the first answer is still unrecorded
+        assert len(claims) == asked  # no claim in between
+        assert dispatcher.queued() == {}
+        assert one_slot.wakeup.is_set()  # and the loop was woken to fill the queue again
         recording.set()
         await wait_for(lambda: _done_jobs(runtime, 2))
     finally:
@@ -498,6 +593,146 @@ async def test_a_freed_slot_is_claimed_before_the_answer_is_recorded(
         recording.set()
         await dispatcher.stop(grace_seconds=2)
         await one_slot.http.aclose()
+    assert city.states["amr"].stats()["duplicates"] == 0
+
+
+async def test_a_queued_job_past_its_start_by_is_not_called(
+    runtime: Runtime, city: SimulatedCity
+) -> None:
+    """A queued job is called only while its call and the recording of its answer end within
+    its lease: past its start-by time it is dropped, its lease left to run out, and another
+    claim delivers it (once)."""
+    ids = await submit_many(runtime, 2)
+    one_slot = _with_department(runtime, concurrency=1)
+    clock = [1000.0]
+    dispatcher = Dispatcher(one_slot, owner="slow", clock=lambda: clock[0])
+    calls = _count_calls(one_slot)
+    connector = _link(one_slot).connector
+    call, call_may_end = connector.submit, asyncio.Event()
+
+    async def gated(envelope: Any) -> Any:
+        receipt = await call(envelope)
+        await call_may_end.wait()
+        return receipt
+
+    connector.submit = gated  # type: ignore[method-assign]
+    link = _link(one_slot)
+    start_by = (
+        1000.0
+        + link.lease_seconds(dispatcher.settings.lease_seconds)
+        - link.call_seconds
+        - RECORD_MARGIN_SECONDS
+    )
+    try:
+        assert await dispatcher.sweep() == 2
+        [queued] = dispatcher._queues["amr"]
+        assert queued.start_by == start_by
+        assert start_by - 1000.0 >= link.call_seconds  # one call's wait, as the lease allows
+        await wait_for(lambda: len(calls) == 1)
+        clock[0] = start_by + 0.001  # the first call took (nearly) all the queued job's time
+        call_may_end.set()
+        await wait_for(lambda: dispatcher.late == {"amr": 1})
+        await wait_for(lambda: _done_jobs(runtime, 1))
+        assert len(calls) == 1 and dispatcher.queued() == {}
+        late = [i for i in ids if i != calls[0]]
+        async with runtime.engine.begin() as conn:
+            job = await jobs.job_for(conn, late[0], 1)
+            assert job is not None and (job.state, job.lease_owner) == (jobs.LEASED, "slow")
+            # its lease runs out
+            await conn.execute(
+                update(dispatch_jobs)
+                .where(dispatch_jobs.c.id == job.id)
+                .values(next_attempt_at=now())
+            )
+        other = Dispatcher(runtime, owner="other")
+        assert await other.sweep() == 1
+        await other.drain()
+    finally:
+        call_may_end.set()
+        await dispatcher.stop(grace_seconds=2)
+        await one_slot.http.aclose()
+    assert await all_in(runtime, ids, AT_OR_PAST_DELIVERY)
+    assert calls == [calls[0]]
+    stats = city.states["amr"].stats()
+    assert stats["cases"] == 2 and stats["submissions"] == 2 and stats["duplicates"] == 0
+
+
+async def test_an_open_breaker_hands_the_queue_back(example_config: Config) -> None:
+    """The breaker opens under queued jobs: they are not called but released (due again at
+    once), and delivered when the department is back."""
+    retry = FAST_RETRY | {"max_attempts": 50}
+    breaker = {"threshold": 1, "cooldown_seconds": 3600}
+    async with await _with_city(
+        example_config, amr={"retry": retry, "breaker": breaker, "concurrency": 1}
+    ) as city:
+        runtime = Runtime(city.config)
+        await runtime.prepare_database()
+        city.states["amr"].mode = "fail503"
+        calls = _count_calls(runtime)
+        dispatcher = Dispatcher(runtime, owner="breaker")
+        task = None
+        try:
+            ids = await submit_many(runtime, 2)
+            assert await dispatcher.sweep() == 2  # one called (and failing), one queued
+            await wait_for(lambda: _held_by(runtime, "breaker", 0))
+            assert dispatcher.breaker_open("amr") and dispatcher.queued() == {}
+            assert len(calls) == 1
+            async with runtime.engine.connect() as conn:
+                second = await jobs.job_for(conn, next(i for i in ids if i != calls[0]), 1)
+            assert second is not None and second.state == jobs.PENDING
+            assert second.attempts == 0  # never tried: handed back as it was
+            assert await dispatcher.sweep() == 0  # open: nothing claimed
+            city.states["amr"].mode = "ok"
+            breaker_ = _link(runtime).breaker
+            breaker_.clock = lambda: breaker_.open_until + 1  # the cool-down is over
+            task = asyncio.create_task(dispatcher.run())
+            await wait_for(lambda: all_in(runtime, ids, AT_OR_PAST_DELIVERY))
+        finally:
+            await dispatcher.stop(grace_seconds=1)
+            if task is not None:
+                await task
+            await runtime.aclose()
+        assert len(calls) == 3  # the failed one, then each once
+        stats = city.states["amr"].stats()
+        assert stats["cases"] == 2 and stats["duplicates"] == 0
+
+
+async def test_stop_clears_the_queue_and_its_jobs_are_claimable(
+    runtime: Runtime, city: SimulatedCity
+) -> None:
+    city.states["amr"].mode = "timeout"
+    ids = await submit_many(runtime, 3)
+    one_slot = _with_department(runtime, concurrency=1)
+    calls = _count_calls(one_slot)
+    dispatcher = Dispatcher(one_slot, owner="stopping")
+    try:
+        assert await dispatcher.sweep() == 2
+        assert dispatcher.queued() == {"amr": 1}
+        await wait_for(lambda: len(calls) == 1)
+    finally:
+        await dispatcher.stop(grace_seconds=0.1)
+    assert dispatcher.queued() == {}
+    assert await _held_by(runtime, "stopping", 0)
+    city.states["amr"].mode = "ok"
+    other = Dispatcher(runtime, owner="next")
+    try:
+        assert await other.sweep() == 3
+        await other.drain()
+        assert await all_in(runtime, ids, AT_OR_PAST_DELIVERY)
+    finally:
+        await one_slot.http.aclose()
+    assert len(calls) == 1  # the queued job was not called before stop
+    stats = city.states["amr"].stats()
+    assert stats["cases"] == 3 and stats["duplicates"] == 0
+
+
+async def _held_by(runtime: Runtime, owner: str, n: int) -> bool:
+    """Whether ``owner`` holds exactly ``n`` leased jobs."""
+    async with runtime.engine.connect() as conn:
+        q = select(func.count()).where(
+            dispatch_jobs.c.lease_owner == owner, dispatch_jobs.c.state == jobs.LEASED
+        )
+        return int((await conn.execute(q)).scalar_one()) == n
 
 
 async def _done_jobs(runtime: Runtime, n: int | None = None) -> int | bool:
@@ -553,7 +788,8 @@ async def test_on_sqlite_a_claim_joins_the_answers_being_recorded(
     await submit_many(runtime, 3)
     one_slot = _with_department(runtime, concurrency=1)
     dispatcher = Dispatcher(one_slot, owner="joined")
-    connector = one_slot.link("amr").connector
+    calls = _count_calls(one_slot)
+    connector = _link(one_slot).connector
     call_may_end, entered, unblock = asyncio.Event(), asyncio.Event(), asyncio.Event()
     call, store = connector.submit, dispatcher._recorder.store
     batches: list[list[str]] = []
@@ -577,17 +813,19 @@ async def test_on_sqlite_a_claim_joins_the_answers_being_recorded(
     queue = dispatcher._recorder._queue
     blocker = None
     try:
-        assert await dispatcher.sweep() == 1
+        assert await dispatcher.sweep() == 2  # one called, one queued
         blocker = asyncio.create_task(dispatcher._recorder.submit(_Work("blocker", blocking)))
         await wait_for(entered.is_set)
-        call_may_end.set()  # the first call ends: its answer queues behind the blocker
-        await wait_for(lambda: queue.qsize() == 1)
-        sweeping = asyncio.create_task(dispatcher.sweep())  # its freed slot's claim queues too
-        await wait_for(lambda: queue.qsize() == 2)
+        # the first call ends, the queued job is called in its slot and ends: both answers
+        # queue behind the blocker
+        call_may_end.set()
+        await wait_for(lambda: queue.qsize() == 2 and len(calls) == 2)
+        sweeping = asyncio.create_task(dispatcher.sweep())  # the freed slot's claim queues too
+        await wait_for(lambda: queue.qsize() == 3)
         unblock.set()
         assert await sweeping == 1
-        assert ["_Outcome", "_Claim"] in batches, batches
-        await wait_for(lambda: _done_jobs(runtime, 2))
+        assert ["_Outcome", "_Outcome", "_Claim"] in batches, batches
+        await wait_for(lambda: _done_jobs(runtime, 3))
     finally:
         call_may_end.set()
         unblock.set()

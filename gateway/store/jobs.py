@@ -281,11 +281,15 @@ def _finish_statement(columns: frozenset[str]) -> Update:
     )
 
 
-async def release(conn: AsyncConnection, owner: str) -> int:
-    """Hand back every job this owner holds (graceful shutdown): due again at once."""
+async def release(conn: AsyncConnection, owner: str, *, ids: Sequence[str] | None = None) -> int:
+    """Hand back every job this owner holds (graceful shutdown), or only those of ``ids``
+    (claimed and never called): due again at once."""
+    held = and_(dispatch_jobs.c.lease_owner == owner, dispatch_jobs.c.state == LEASED)
+    if ids is not None:
+        held = and_(held, dispatch_jobs.c.id.in_(list(ids)))
     q = (
         update(dispatch_jobs)
-        .where(and_(dispatch_jobs.c.lease_owner == owner, dispatch_jobs.c.state == LEASED))
+        .where(held)
         .values(state=PENDING, lease_owner=None, next_attempt_at=now(), updated_at=now())
     )
     return int((await conn.execute(q)).rowcount)
