@@ -12,9 +12,9 @@ through the department's ``status_map``, whose defaults accept the gateway's own
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
@@ -143,6 +143,17 @@ OptionsT = TypeVar("OptionsT", bound=BaseModel)
 #: default cap on one answer from a department (decompressed bytes; ``max_answer_bytes``)
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
 UpdateOutcome = Literal["applied", "duplicate", "unmatched"]
+
+
+class Ack(NamedTuple):
+    """One pulled update to settle (:meth:`Connector.ack_updates`): what became of it and,
+    for ``unmatched``, why."""
+
+    update: CaseUpdate
+    outcome: UpdateOutcome
+    reason: str = ""
+
+
 MaterialReader = Callable[[MaterialRef], Awaitable[bytes]]
 PayloadMapper = Callable[[Envelope], "dict[str, Any] | None"]
 
@@ -250,7 +261,8 @@ class Connector:
         """Updates the department left where the gateway reads them (result files, a queue).
 
         The daemon calls this on a schedule, applies each update through the state machine,
-        commits, and only then calls :meth:`ack_update`. An update not yet acknowledged must be
+        commits, and only then calls :meth:`ack_updates` (whose default calls
+        :meth:`ack_update` for each). An update not yet acknowledged must be
         returned again by a later call (a crash between apply and ack re-applies it, which the
         state machine makes a no-op). Departments without such a channel return [].
         """
@@ -261,6 +273,20 @@ class Connector:
     ) -> None:
         """Settle a pulled update: ``applied`` or ``duplicate`` (archive it) or ``unmatched``
         (no such case: quarantine it with ``reason``)."""
+
+    async def ack_updates(self, acks: Sequence[Ack]) -> None:
+        """Settle the pulled updates of one batch, all committed by the gateway (optional).
+
+        The default settles each with :meth:`ack_update`, in order. A connector that can settle
+        many at once more cheaply (a file share: one trip for a page's files instead of one or
+        two per file) overrides it; the daemon then makes one call per batch (of at most 100)
+        under the department's timeout, where it made one call per update. The contract is
+        :meth:`ack_update`'s for each: an update this call did not settle (it raised part way,
+        or timed out) must come back with a later :meth:`pull_updates`, and the daemon applies
+        it again (a no-op) and settles it then; an update settled twice must do no harm.
+        Connectors that only implement :meth:`ack_update` keep working unchanged."""
+        for ack in acks:
+            await self.ack_update(ack.update, ack.outcome, ack.reason)
 
     async def withdraw(self, receipt: Receipt) -> None:
         """Withdraw a case at the applicant's request, before the department decides (optional).
@@ -284,6 +310,7 @@ __all__ = [
     "FIELD_NAMES",
     "MAX_ANSWER_BYTES",
     "PUBLIC_KEY",
+    "Ack",
     "Applicant",
     "CaseSummary",
     "CaseUpdate",

@@ -1,6 +1,8 @@
 """Pulled updates (result files and the like): match each to its case, apply it, then ack it.
 
-Both the pull and each ack go through the department's link (cap, deadline, breaker).
+Both the pull and the acks go through the department's link (cap, deadline, breaker): a
+batch's acks are one ``ack_updates`` call where the connector settles many at once, else one
+``ack_update`` call each.
 
 Matching uses the gateway's idempotency key when the department echoes it (it names the
 application and version), else the department's case id. Apply-then-ack means a crash in
@@ -17,7 +19,7 @@ import structlog
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.connector import CaseUpdate
+from gateway.connector import Ack, CaseUpdate
 from gateway.events import Source
 from gateway.runtime import Runtime
 from gateway.store.tables import applications
@@ -130,6 +132,7 @@ async def pull_department(runtime: Runtime, code: str, limit: int = 500) -> int:
         done = iter(
             await apply_case_updates(runtime, found, source=Source.POLL, actor=f"results/{code}")
         )
+        acks: list[Ack] = []
         for upd, hit in zip(batch, hits, strict=True):
             if hit is None:
                 why = "no case with this idempotency key or case id"
@@ -140,11 +143,13 @@ async def pull_department(runtime: Runtime, code: str, limit: int = 500) -> int:
                     idempotency_key=upd.idempotency_key,
                     reason=why,
                 )
-                await link.ack_update(upd, "unmatched", why)
+                acks.append(Ack(upd, "unmatched", why))
                 continue
             changes = next(done)
             applied += bool(changes)
-            await link.ack_update(upd, "applied" if changes else "duplicate")
+            acks.append(Ack(upd, "applied" if changes else "duplicate"))
+        # after the batch committed; one call for the batch where the connector can
+        await link.ack_updates(acks)
     return applied
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from gateway import operations
 from gateway.config.loader import Config
-from gateway.connector import CaseUpdate, UpdateOutcome
+from gateway.connector import Ack, CaseUpdate, Connector, UpdateOutcome
 from gateway.dispatcher import Dispatcher
 from gateway.envelopes import idempotency_key
 from gateway.errors import TransientError
@@ -168,14 +168,14 @@ async def test_crash_between_apply_and_archive(
     record = dept.result_record(dept.cases[key], "9", final=True)
     await dept.write_file("MZ-result.json", json.dumps(record).encode())
 
-    real_ack = connector.ack_update
+    real_ack = connector.ack_updates
     acks: list[UpdateOutcome] = []
 
-    async def crashing_ack(update: CaseUpdate, outcome: UpdateOutcome, reason: str = "") -> None:
-        acks.append(outcome)
+    async def crashing_ack(batch: Sequence[Ack]) -> None:
+        acks.extend(ack.outcome for ack in batch)
         raise Crash("daemon killed before the file was archived")
 
-    connector.ack_update = crashing_ack  # type: ignore[method-assign]
+    connector.ack_updates = crashing_ack  # type: ignore[method-assign]
 
     async def applied() -> bool:
         try:
@@ -192,7 +192,7 @@ async def test_crash_between_apply_and_archive(
     outbox: Path = dept.root / "outbox"
     assert (outbox / "MZ-result.json").exists()  # not lost
 
-    connector.ack_update = real_ack  # type: ignore[method-assign]
+    connector.ack_updates = real_ack  # type: ignore[method-assign]
     assert await pull_department(rt, "civil") == 0  # a duplicate now
     assert not (outbox / "MZ-result.json").exists()
     assert (dept.root / "archive" / "MZ-result.json").exists()
@@ -258,3 +258,101 @@ async def test_a_refused_request_fails_the_case_visibly_and_a_replay_resends_it(
             await dispatcher.stop(grace_seconds=2)
             await task
             await rt.aclose()
+
+
+@pytest.mark.parametrize("civil", [QUIET], indirect=True)
+async def test_a_pulled_batch_is_settled_with_one_call_after_it_is_stored(
+    rt: Runtime, civil: SimulatedCity, dispatching: Dispatcher
+) -> None:
+    """The file drop settles a batch with one ``ack_updates`` (its files archived in one trip
+    to the share), called once the batch is stored; nothing goes through ``ack_update``."""
+    dept: FiledropDepartmentState = civil.states["civil"]
+    ids = await submit_civil(rt, 3)
+    keys = [idempotency_key(app_id, 1) for app_id in ids]
+
+    async def taken() -> bool:
+        return all(key in dept.cases for key in keys)
+
+    await wait_for(taken)
+    connector = rt.connectors["civil"]
+    assert isinstance(connector, FiledropConnector)
+    for i, key in enumerate(keys):
+        record = dept.result_record(dept.cases[key], "9", final=True)
+        await dept.write_file(f"MZ-{i}.json", json.dumps(record).encode())
+    # all three seen in one scan, then stable in the next: one batch
+    connector.results.clock = lambda: 0.0
+    assert await pull_department(rt, "civil") == 0
+    assert sorted(connector.results.seen) == [f"MZ-{i}.json" for i in range(3)]
+    connector.results.clock = lambda: 1e12
+
+    batches: list[tuple[list[UpdateOutcome], dict[str, str]]] = []
+    singles: list[UpdateOutcome] = []
+    real_batch, real_single = connector.ack_updates, connector.ack_update
+
+    async def counting_batch(acks: Sequence[Ack]) -> None:
+        # what the database holds when the batch is acked
+        batches.append(([a.outcome for a in acks], await statuses(rt, ids)))
+        await real_batch(acks)
+
+    async def counting_single(update: CaseUpdate, outcome: UpdateOutcome, reason: str = "") -> None:
+        singles.append(outcome)
+        await real_single(update, outcome, reason)
+
+    connector.ack_updates = counting_batch  # type: ignore[method-assign]
+    connector.ack_update = counting_single  # type: ignore[method-assign]
+
+    async def applied() -> bool:
+        await pull_department(rt, "civil")
+        return bool(batches)
+
+    await wait_for(applied)
+    [(outcomes, stored)] = batches
+    assert outcomes == ["applied"] * 3 and singles == []
+    decided = {State.APPROVED, State.READY_FOR_PICKUP}
+    assert set(stored.values()) <= decided  # stored before the ack
+    outbox, archive = dept.root / "outbox", dept.root / "archive"
+    assert not any(outbox.glob("MZ-*.json"))
+    assert sorted(p.name for p in archive.glob("MZ-*.json")) == [f"MZ-{i}.json" for i in range(3)]
+    for key in keys:  # each result's status noted in the ledger
+        entry = json.loads((dept.root / "sent" / f"{key}.json").read_text())
+        assert entry["status"] == "9"
+    assert await pull_department(rt, "civil") == 0  # nothing comes back
+
+
+async def test_a_connector_without_ack_updates_is_acked_one_by_one(rt: Runtime) -> None:
+    """A plugin written before ``ack_updates`` (only ``ack_update``) keeps working: the daemon
+    settles its batch one update at a time, each through the link."""
+
+    class OneByOne(Connector):
+        kind = "one-by-one"
+
+        def __init__(self, context: Any) -> None:
+            super().__init__(context)
+            self.pending = [
+                CaseUpdate(case_id=f"NOPE-{i}", status="9", ref=f"r{i}") for i in range(3)
+            ]
+            self.acked: list[tuple[str | None, UpdateOutcome, str]] = []
+
+        async def pull_updates(self, limit: int) -> list[CaseUpdate]:
+            return self.pending[:limit]
+
+        async def ack_update(
+            self, update: CaseUpdate, outcome: UpdateOutcome, reason: str = ""
+        ) -> None:
+            self.acked.append((update.ref, outcome, reason))
+            self.pending.remove(update)
+
+    real = rt.connectors["civil"]
+    plugin = OneByOne(real.context)
+    rt.connectors["civil"] = plugin
+    try:
+        assert await pull_department(rt, "civil") == 0
+    finally:
+        rt.connectors["civil"] = real
+    assert [(ref, outcome) for ref, outcome, _ in plugin.acked] == [
+        ("r0", "unmatched"),
+        ("r1", "unmatched"),
+        ("r2", "unmatched"),
+    ]
+    assert all("no case" in reason for _, _, reason in plugin.acked)
+    assert plugin.pending == []

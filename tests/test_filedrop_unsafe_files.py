@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import stat
@@ -17,6 +18,7 @@ import httpx
 import pytest
 from gateway_filedrop.connector import FiledropConnector
 
+from gateway.connector import Ack
 from gateway.errors import PermanentError
 from gateway.simulators.sftp import SftpServer, sftp_server
 from tests.filedrop_helpers import (
@@ -230,6 +232,35 @@ async def test_a_configured_folder_that_is_a_symlink_is_refused(
     assert tree(share / "quarantine") == set()
 
 
+async def settle_batch(conn: FiledropConnector, share: Path, secret: Path) -> None:
+    """Two results settled in one ``ack_updates``: one result's ledger entry is a planted link
+    to ``secret``, the other's archive name is taken."""
+    other = "b0123456789abcdef"
+    await conn.submit(envelope())
+    await conn.submit(envelope(other))
+    planted = share / "sent" / f"ow-{other}-v1.json"
+    planted.unlink()
+    planted.symlink_to(secret)
+    (share / "archive" / "r1.json").write_bytes(b"an older result of the same name")
+    (share / "outbox" / "r1.json").write_bytes(result_json(KEY, "9"))
+    (share / "outbox" / "r2.json").write_bytes(result_json(f"ow-{other}-v1", "9"))
+    updates = await asyncio.wait_for(conn.pull_updates(10), PULL_TIMEOUT)
+    assert sorted(u.ref or "" for u in updates) == ["r1.json", "r2.json"]
+    await conn.ack_updates([Ack(u, "applied") for u in updates])
+    assert tree(share / "outbox") == set()
+    assert tree(share / "archive") == {"r1.json", "r1.dup1.json", "r2.json"}
+    assert json.loads((share / "sent" / f"{KEY}.json").read_bytes())["status"] == "9"
+    assert planted.is_symlink()  # left as it was: never written through
+    assert secret.read_bytes() == SECRET
+    assert await conn.pull_updates(10) == []
+
+
+async def test_a_batch_settled_at_once_never_writes_through_a_planted_link(
+    conn: FiledropConnector, share: Path, secret: Path
+) -> None:
+    await settle_batch(conn, share, secret)
+
+
 # -- SFTP ------------------------------------------------------------------------------------------
 
 
@@ -267,6 +298,12 @@ async def test_sftp_refuses_symlinked_results_and_documents(
     for name in ("r1.json", "r2.json", "r3.json"):
         assert "symbolic link" in reason(share, name), name
     assert secret.read_bytes() == SECRET
+
+
+async def test_sftp_batch_settled_at_once_never_writes_through_a_planted_link(
+    sftp_conn: FiledropConnector, share: Path, secret: Path
+) -> None:
+    await settle_batch(sftp_conn, share, secret)
 
 
 async def test_sftp_fifo_is_quarantined_unopened(sftp_conn: FiledropConnector, share: Path) -> None:

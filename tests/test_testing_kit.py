@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ from gateway_rest.connector import RestConnector
 
 from gateway.config.models import DepartmentConfig
 from gateway.connector import (
+    Ack,
     CaseUpdate,
     Connector,
     ConnectorContext,
@@ -406,6 +407,31 @@ async def test_ack_that_settles_nothing_fails_saying_why(outcome: str) -> None:
             )
     assert f"again after ack_update(..., {outcome!r})" in str(failed.value)
     assert ("quarantine it" if outcome == "unmatched" else "archive it") in str(failed.value)
+
+
+async def test_a_batch_acked_with_the_default_ack_updates_passes() -> None:
+    """The default ``ack_updates`` settles each with ``ack_update``: a connector written
+    before the batch method existed passes the batch check unchanged."""
+    box = _Box()
+    assert type(box).ack_updates is Connector.ack_updates
+    suite, _dept, make_envelope = _result_suite()
+    await suite.test_ack_updates_settles_every_update_of_a_batch(box, box, make_envelope)
+    assert box.pending == []
+
+
+async def test_ack_updates_that_settles_part_of_a_batch_fails_saying_why() -> None:
+    class SettlesFirst(_Box):
+        async def ack_updates(self, acks: Sequence[Ack]) -> None:
+            await self.ack_update(acks[0].update, acks[0].outcome, acks[0].reason)
+
+    box = SettlesFirst()
+    suite, _dept, make_envelope = _result_suite()
+    with pytest.raises(pytest.fail.Exception) as failed:
+        await suite.test_ack_updates_settles_every_update_of_a_batch(box, box, make_envelope)
+    message = str(failed.value)
+    assert "(ref 'FAKE-2.json') again after ack_updates settled it as 'duplicate'" in message
+    assert "in a batch of 3" in message
+    assert [u.ref for u in box.pending] == ["FAKE-2.json", "FAKE-3.json"]
 
 
 async def test_pull_that_never_shows_the_result_fails_saying_why() -> None:

@@ -31,7 +31,7 @@ import asyncio
 import datetime as dt
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Literal, TypeVar
 
 import structlog
@@ -39,6 +39,7 @@ import structlog
 from gateway import metrics, reachability
 from gateway.config.models import DepartmentConfig, RetryPolicy
 from gateway.connector import (
+    Ack,
     CaseSummary,
     CaseUpdate,
     Connector,
@@ -59,7 +60,15 @@ from gateway.pii import scrub
 log = structlog.get_logger("gateway.departments")
 
 Operation = Literal[
-    "submit", "poll", "withdraw", "list_cases", "changes", "pull_updates", "ack_update", "health"
+    "submit",
+    "poll",
+    "withdraw",
+    "list_cases",
+    "changes",
+    "pull_updates",
+    "ack_update",
+    "ack_updates",
+    "health",
 ]
 T = TypeVar("T")
 
@@ -194,6 +203,19 @@ class DepartmentLink:
         self, update: CaseUpdate, outcome: UpdateOutcome, reason: str = ""
     ) -> None:
         await self._call("ack_update", lambda: self.connector.ack_update(update, outcome, reason))
+
+    async def ack_updates(self, acks: Sequence[Ack]) -> None:
+        """Settle a committed batch: one call (``ack_updates``) where the connector settles
+        many at once, else :meth:`ack_update` for each, one call each, as before the batch
+        method existed (a connector not derived from :class:`Connector` included)."""
+        if not acks:
+            return
+        batched = getattr(type(self.connector), "ack_updates", Connector.ack_updates)
+        if batched is Connector.ack_updates:
+            for ack in acks:
+                await self.ack_update(ack.update, ack.outcome, ack.reason)
+            return
+        await self._call("ack_updates", lambda: self.connector.ack_updates(acks))
 
     async def health(self) -> Health:
         """The department's health; a failure or the deadline is an unhealthy answer, never an

@@ -81,6 +81,7 @@ from pydantic import ValidationError
 
 from gateway.config.models import DepartmentConfig
 from gateway.connector import (
+    Ack,
     CaseSummary,
     CaseUpdate,
     Connector,
@@ -930,6 +931,42 @@ class ConnectorConformance:
                 f"{update.ref!r}) again after ack_update(..., {outcome!r}): acknowledging must "
                 f"{what} it, or the daemon meets it again on every round"
             )
+
+    @pytest.mark.asyncio
+    async def test_ack_updates_settles_every_update_of_a_batch(
+        self,
+        department_system: Any,
+        connector: Connector,
+        make_envelope: MakeEnvelope,
+    ) -> None:
+        """The daemon settles a committed batch with one ``ack_updates`` call (the default
+        calls ``ack_update`` for each): every update of it, whatever its outcome, is settled."""
+        settled: list[CaseUpdate] = []
+        outcomes: list[UpdateOutcome] = ["applied", "duplicate", "unmatched"]
+        for _ in outcomes:
+            found = await self._result_case(department_system, connector, make_envelope)
+            if found is None:
+                return
+            envelope, receipt = found
+            settled.append(await self._pull_result(connector, receipt, envelope))
+        reason = "conformance check: no case with this idempotency key or case id"
+        acks = [
+            Ack(update, outcome, reason if outcome == "unmatched" else "")
+            for update, outcome in zip(settled, outcomes, strict=True)
+        ]
+        try:
+            await connector.ack_updates(acks)
+        except Exception as exc:
+            _fail(f"ack_updates(a batch of {len(acks)}) raised {type(exc).__name__}: {exc}")
+        after = await self._pull(connector, "pulling after ack_updates(...)")
+        for ack in acks:
+            if any(_same_update(u, ack.update) for u in after):
+                _fail(
+                    f"pull_updates returned the update for case {ack.update.case_id} (ref "
+                    f"{ack.update.ref!r}) again after ack_updates settled it as "
+                    f"{ack.outcome!r} in a batch of {len(acks)}: every update of the batch "
+                    "must be settled, or the daemon meets it again on every round"
+                )
 
     async def _expect_transient(
         self, connector: Connector, envelope: Envelope, what: str, bound: float

@@ -28,12 +28,13 @@ where ``gateway replay`` re-sends it.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import ClassVar
 
 from pydantic import BaseModel
 
 from gateway.connector import (
+    Ack,
     CaseSummary,
     CaseUpdate,
     Connector,
@@ -97,6 +98,18 @@ class FiledropConnector(Connector):
             await settle_refusal(self.share, self.ledger, update, outcome, reason)
         else:
             await self.results.settle(update, outcome, reason)
+
+    async def ack_updates(self, acks: Sequence[Ack]) -> None:
+        """A batch's results archived together (two trips to the storage for the batch);
+        refusals and unmatched results (rare) one by one, as :meth:`ack_update` does."""
+        archived = []
+        for ack in acks:
+            ref = ack.update.ref
+            if ref and not ref.startswith(ERR_REF) and ack.outcome != "unmatched":
+                archived.append(ack.update)
+            else:
+                await self.ack_update(ack.update, ack.outcome, ack.reason)
+        await self.results.archive_many(archived)
 
     def list_cases(self, since: dt.datetime, until: dt.datetime) -> AsyncIterator[CaseSummary]:
         return department_cases(self.share, self.ledger, since, until)

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from gateway.connector import Envelope
-from gateway_filedrop.storage import FileTooLarge, Storage, UnsafeFile
+from gateway_filedrop.storage import Change, FileTooLarge, Storage
 
 __all__ = ["Ledger", "iso"]
 
@@ -91,29 +91,40 @@ class Ledger:
 
     async def note(self, key: str, at: dt.datetime | None, **changes: Any) -> None:
         """Record what became of a request (changes that are None are left as they are)."""
+        await self.note_many([(key, at, changes)])
 
-        def change(old: bytes | None) -> bytes | None:
-            entry = _entry(old)
-            if entry is None and changes.get("refused"):
-                # refused before the request's own record was written (see record_sent)
-                entry = {"case_id": key, "idempotency_key": key, "status": None}
-            if not entry:
-                return None  # no request of ours (or unreadable): list_cases just won't show it
-            entry.update({k: v for k, v in changes.items() if v is not None})
-            entry["updated_at"] = iso(at or dt.datetime.now(dt.UTC))
-            return json.dumps(entry).encode()
+    async def note_many(self, notes: list[tuple[str, dt.datetime | None, dict[str, Any]]]) -> None:
+        """:meth:`note` for each (key, time, changes), in one trip to the storage."""
 
+        def changing(key: str, at: dt.datetime | None, changes: dict[str, Any]) -> Change:
+            def change(old: bytes | None) -> bytes | None:
+                entry = _entry(old)
+                if entry is None and changes.get("refused"):
+                    # refused before the request's own record was written (see record_sent)
+                    entry = {"case_id": key, "idempotency_key": key, "status": None}
+                if not entry:
+                    return None  # no request of ours (or unreadable): list_cases won't show it
+                entry.update({k: v for k, v in changes.items() if v is not None})
+                entry["updated_at"] = iso(at or dt.datetime.now(dt.UTC))
+                return json.dumps(entry).encode()
+
+            return change
+
+        if not notes:
+            return
         # A refusal must survive a power cut: it is what lets a replay write the request again
         # (see record_sent). A status is not fsynced (one fsync a result, the pull's slowest
         # step under I/O load): the case's own is in the gateway's database (the result is
         # moved out only after it is applied there); a status lost with the page cache sends
         # submit's duplicate check to the department's folders, and list_cases shows the
         # status noted before it until the case's next result.
-        durable = bool(changes.get("refused"))
-        try:  # read and written in one trip
-            await self.storage.update(self.path(key), change, _ENTRY_BYTES, durable=durable)
-        except (FileTooLarge, UnsafeFile):
-            return  # unreadable (too large, a link): left as it is
+        durable = any(changes.get("refused") for _, _, changes in notes)
+        # read and written in one trip; an unreadable entry (too large, a link) is left as it is
+        await self.storage.update_many(
+            [(self.path(key), changing(key, at, changes)) for key, at, changes in notes],
+            _ENTRY_BYTES,
+            durable=durable,
+        )
 
     async def entries(self, names: list[str]) -> AsyncIterator[dict[str, Any]]:
         """The readable entries among the folder's file ``names``, in name order."""

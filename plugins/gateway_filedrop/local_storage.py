@@ -24,6 +24,7 @@ from gateway_filedrop.storage import (
     Change,
     Entry,
     FileTooLarge,
+    Move,
     UnsafeFile,
     files_of,
     free_name,
@@ -170,30 +171,59 @@ class LocalStorage:
 
         await self._run(f"update {path}", run)
 
+    async def update_many(
+        self, changes: list[tuple[str, Change]], max_bytes: int, *, durable: bool = True
+    ) -> list[Exception | None]:
+        def run() -> list[Exception | None]:
+            out: list[Exception | None] = []
+            for path, change in changes:
+                try:
+                    data = change(self._read_if_exists(path, max_bytes))
+                    if data is not None:
+                        self._write(path, data, atomic=True, durable=durable)
+                except (FileTooLarge, UnsafeFile) as exc:
+                    out.append(exc)
+                else:
+                    out.append(None)
+            return out
+
+        if not changes:
+            return []
+        return await self._run(f"update {changes[0][0]}", run)
+
     async def move_free(
         self, src: str, name: str, folder: str, done_suffix: str | None
     ) -> str | None:
-        def run() -> str | None:
-            with self._folder(src) as src_fd, self._folder(folder) as dst_fd:
+        [dest] = await self.move_free_many([(src, name, folder, done_suffix)])
+        return dest
 
-                def taken(candidate: str) -> bool:
-                    try:
-                        os.stat(candidate, dir_fd=dst_fd, follow_symlinks=False)
-                    except FileNotFoundError:
-                        return False
-                    return True
+    async def move_free_many(self, moves: list[Move]) -> list[str | None]:
+        def run() -> list[str | None]:
+            return [self._move_free(*move) for move in moves]
 
-                dest = free_name(name, taken)
-                if not _rename(name, src_fd, dest, dst_fd):
-                    return None
-                if done_suffix is not None:
-                    _rename(name + done_suffix, src_fd, dest + done_suffix, dst_fd)
-                    _rename(files_of(name), src_fd, files_of(dest), dst_fd)
-                return dest
-
-        return await self._run(f"move {src}/{name}", run)
+        if not moves:
+            return []
+        return await self._run(f"move {moves[0][0]}/{moves[0][1]}", run)
 
     # -- in the worker thread ----------------------------------------------------------------
+
+    def _move_free(self, src: str, name: str, folder: str, done_suffix: str | None) -> str | None:
+        with self._folder(src) as src_fd, self._folder(folder) as dst_fd:
+
+            def taken(candidate: str) -> bool:
+                try:
+                    os.stat(candidate, dir_fd=dst_fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    return False
+                return True
+
+            dest = free_name(name, taken)
+            if not _rename(name, src_fd, dest, dst_fd):
+                return None
+            if done_suffix is not None:
+                _rename(name + done_suffix, src_fd, dest + done_suffix, dst_fd)
+                _rename(files_of(name), src_fd, files_of(dest), dst_fd)
+            return dest
 
     def _exists(self, path: str) -> bool:
         folder, name = split(path)

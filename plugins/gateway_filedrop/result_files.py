@@ -18,7 +18,7 @@ from gateway_filedrop.documents import DocumentNotYet, documents_beside, read_do
 from gateway_filedrop.formats import EXTENSIONS, ResultFileError, decode_result
 from gateway_filedrop.ledger import Ledger
 from gateway_filedrop.share import KEY, Share, plain_name
-from gateway_filedrop.storage import Entry, FileTooLarge
+from gateway_filedrop.storage import Entry, FileTooLarge, Move, UnsafeFile
 
 __all__ = ["QUARANTINED", "ResultReader"]
 
@@ -123,6 +123,43 @@ class ResultReader:
         if KEY.fullmatch(key):
             at = update.occurred_at
             await self.ledger.note(key, at, status=update.status, case_id=update.case_id)
+
+    async def archive_many(self, updates: list[CaseUpdate]) -> None:
+        """:meth:`settle` of results the gateway applied or found applied (``applied``,
+        ``duplicate``), together: their files archived in one trip to the storage, then
+        their ledger statuses noted in another (a result a trip each way, before)."""
+        outbox, archive = self.share.folders.outbox, self.share.folders.archive
+        suffix = self.share.options.result.done_suffix
+        moves: list[Move] = []
+        beside: list[list[str]] = []
+        for update in updates:
+            name = update.ref or ""
+            if not plain_name(name):
+                continue
+            self.seen.pop(name, None)
+            self._waiting.pop(name, None)
+            moves.append((outbox, name, archive, suffix))
+            beside.append(self._beside.pop(name, []))
+        try:
+            moved = await self.share.storage.move_free_many(moves)
+            # the documents beside each result moved (not of one that was gone), in one more
+            documents: list[Move] = [
+                (outbox, doc, archive, None)
+                for dest, docs in zip(moved, beside, strict=True)
+                if dest is not None
+                for doc in docs
+            ]
+            await self.share.storage.move_free_many(documents)
+        except UnsafeFile as exc:
+            raise self.share.unsafe(exc) from exc
+        await self.ledger.note_many(
+            [
+                (key, update.occurred_at, {"status": update.status, "case_id": update.case_id})
+                for update in updates
+                if plain_name(update.ref or "")
+                and KEY.fullmatch(key := update.idempotency_key or update.case_id)
+            ]
+        )
 
     async def quarantine(self, name: str, reason: str) -> None:
         moved = await self._move_out(name, self.share.folders.quarantine)

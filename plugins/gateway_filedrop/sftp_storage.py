@@ -25,6 +25,7 @@ from gateway_filedrop.storage import (
     Entry,
     FileTooLarge,
     Kind,
+    Move,
     UnsafeFile,
     candidates,
     files_of,
@@ -345,6 +346,22 @@ class SftpStorage:
             await self.move(f"{src}/{name}{done_suffix}", f"{folder}/{dest}{done_suffix}")
             await self.move(f"{src}/{files_of(name)}", f"{folder}/{files_of(dest)}")
         return dest
+
+    async def update_many(
+        self, changes: list[tuple[str, Change]], max_bytes: int, *, durable: bool = True
+    ) -> list[Exception | None]:
+        out: list[Exception | None] = []
+        for path, change in changes:
+            try:
+                await self.update(path, change, max_bytes, durable=durable)
+            except (FileTooLarge, UnsafeFile) as exc:
+                out.append(exc)
+            else:
+                out.append(None)
+        return out
+
+    async def move_free_many(self, moves: list[Move]) -> list[str | None]:
+        return [await self.move_free(*move) for move in moves]
 
     async def health(self, folders: list[str]) -> str:
         async def run(sftp: asyncssh.SFTPClient) -> str:

@@ -32,6 +32,7 @@ __all__ = [
     "Entry",
     "FileTooLarge",
     "Kind",
+    "Move",
     "Storage",
     "UnsafeFile",
     "candidates",
@@ -101,6 +102,8 @@ def temp_name(path: str) -> str:
 
 #: a file's new content from its current one (None: there is none); None: leave it as it is
 Change = Callable[[bytes | None], bytes | None]
+#: :meth:`Storage.move_free`'s arguments: (src folder, name, dest folder, done suffix)
+Move = tuple[str, str, str, str | None]
 
 
 def candidates(name: str) -> Iterator[str]:
@@ -178,6 +181,18 @@ class Storage(Protocol):
         """Move ``src/name`` into ``folder`` under a :func:`free_name` there; with
         ``done_suffix``, its done marker and ``<stem>.files`` folder go along. The name
         used, or None if the file was gone (another daemon moved it first)."""
+        ...
+
+    async def update_many(
+        self, changes: list[tuple[str, Change]], max_bytes: int, *, durable: bool = True
+    ) -> list[Exception | None]:
+        """:meth:`update` of each path in order; for each, None or the :class:`FileTooLarge`
+        or :class:`UnsafeFile` it raised (anything else raises for the rest)."""
+        ...
+
+    async def move_free_many(self, moves: list[Move]) -> list[str | None]:
+        """:meth:`move_free` of each in order (the names used); stops at the first that
+        raises (the moves before it stay done)."""
         ...
 
     async def health(self, folders: list[str]) -> str:
