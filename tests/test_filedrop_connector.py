@@ -19,6 +19,7 @@ from gateway_filedrop.options import FiledropOptions
 from lxml import etree
 from pydantic import ValidationError
 
+from gateway.connector import Ack
 from gateway.errors import PermanentError, TransientError
 from tests.filedrop_helpers import (
     KEY,
@@ -473,9 +474,9 @@ async def test_a_new_request_and_its_results_take_few_trips_to_the_worker_thread
 ) -> None:
     """A trip to a worker thread costs more CPU than the file operations it runs (the city
     day's file-drop department made ~24 a case): a new request is one look (no ledger entry,
-    no request anywhere), the request and its ledger record; a pull reads its results in one
-    trip; settling a result is its move to the archive (under a free name, with its done
-    marker and documents) and its ledger note."""
+    no request anywhere), the request and its ledger record, all in one trip; a pull reads its
+    results in one trip; settling a batch of results is their moves to the archive (under a
+    free name, with done markers and documents) in one trip and their ledger notes in one."""
     conn = make_connector(
         local_options(tmp_path, result={"stable_seconds": 0}, folders={"processed": "done"}),
         http,
@@ -483,7 +484,7 @@ async def test_a_new_request_and_its_results_take_few_trips_to_the_worker_thread
     await conn.share.prepare()
     trips = _count_trips(conn)
     await conn.submit(envelope(materials=[]))
-    assert len(trips) == 3, trips
+    assert len(trips) == 1, trips
     (tmp_path / "done").mkdir()  # the department takes it
     (tmp_path / "inbox" / f"{KEY}.json").rename(tmp_path / "done" / f"{KEY}.json")
     drop(tmp_path, "MZ-1-1.json", result_json(KEY, "1"))
@@ -493,9 +494,8 @@ async def test_a_new_request_and_its_results_take_few_trips_to_the_worker_thread
     assert [u.status for u in updates] == ["1", "9"]
     assert len(trips) == 2, trips  # the listing, then both results read in one trip
     trips.clear()
-    for update in updates:
-        await conn.ack_update(update, "applied")
-    assert len(trips) == 4, trips
+    await conn.ack_updates([Ack(update, "applied") for update in updates])
+    assert len(trips) == 2, trips
     archived = sorted(p.name for p in (tmp_path / "archive").iterdir())
     assert archived == ["MZ-1-1.json", "MZ-1-2.json"]
     entry = await conn.ledger.read(KEY)
@@ -545,6 +545,36 @@ async def test_a_status_note_is_not_fsynced_a_request_its_record_and_a_refusal_a
     assert entry is not None and entry["status"] == "9"
     await conn.ledger.note(KEY, None, refused="第2行：申请人证件号码校验未通过")
     assert len(synced) == 1
+
+
+async def test_a_new_request_without_material_files_is_one_trip_to_the_share(
+    conn: FiledropConnector, tmp_path: Path
+) -> None:
+    """The usual submit (nothing written before, no materials to write as files) looks, writes
+    the request and its ledger record in one trip to a worker thread; anything found goes the
+    step-by-step way, and writes nothing again."""
+    trips: list[str] = []
+    run = conn.storage._run  # type: ignore[attr-defined]
+
+    async def counted(what: str, fn: Any) -> Any:
+        trips.append(what)
+        return await run(what, fn)
+
+    await conn.share.prepare()  # the folders, once per connector
+    conn.storage._run = counted  # type: ignore[attr-defined]
+    await conn.submit(envelope(materials=[]))
+    assert trips == [f"write inbox/{KEY}.json"]
+    assert json.loads((tmp_path / "sent" / f"{KEY}.json").read_bytes())["file"] == f"{KEY}.json"
+    request = tmp_path / "inbox" / f"{KEY}.json"
+    stamp = request.stat().st_mtime_ns
+    trips.clear()
+    await conn.submit(envelope(materials=[]))  # again: found, not written again
+    assert request.stat().st_mtime_ns == stamp
+    assert trips[0] == f"write inbox/{KEY}.json" and len(trips) > 1
+    trips.clear()
+    await conn.submit(envelope(version=2))  # a material to write beside it: step by step
+    assert len(trips) > 1
+    assert (tmp_path / "inbox" / "ow-a0123456789abcdef-v2.m1.pdf").exists()
 
 
 def test_the_intake_check_follows_a_reloaded_department() -> None:

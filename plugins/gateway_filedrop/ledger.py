@@ -16,9 +16,11 @@ from typing import Any
 from gateway.connector import Envelope
 from gateway_filedrop.storage import Change, FileTooLarge, Storage
 
-__all__ = ["Ledger", "iso"]
+__all__ = ["ENTRY_BYTES", "Ledger", "iso"]
 
-_ENTRY_BYTES = 65536
+#: the largest ledger entry read
+ENTRY_BYTES = 65536
+_ENTRY_BYTES = ENTRY_BYTES
 
 
 def iso(value: dt.datetime) -> str:
@@ -65,6 +67,16 @@ class Ledger:
         noted since then is this request's (the department can take and refuse a request
         before this record is written, and the gateway read that refusal): it is kept, so a
         replay writes the request again."""
+        change = self.sent(envelope, name, started)
+        try:  # read and written in one trip
+            await self.storage.update(self.path(envelope.idempotency_key), change, _ENTRY_BYTES)
+        except FileTooLarge:  # an unreadable entry is replaced
+            await self.storage.write(
+                self.path(envelope.idempotency_key), change(None) or b"", atomic=True
+            )
+
+    def sent(self, envelope: Envelope, name: str, started: dt.datetime) -> Change:
+        """:meth:`record_sent`'s change of the entry (for :meth:`Storage.update`)."""
         key = envelope.idempotency_key
         now = iso(dt.datetime.now(dt.UTC))
         entry: dict[str, Any] = {
@@ -84,10 +96,7 @@ class Ledger:
                 entry["refused"] = before["refused"]
             return json.dumps(entry).encode()
 
-        try:  # read and written in one trip
-            await self.storage.update(self.path(key), change, _ENTRY_BYTES)
-        except FileTooLarge:  # an unreadable entry is replaced
-            await self.storage.write(self.path(key), change(None), atomic=True)
+        return change
 
     async def note(self, key: str, at: dt.datetime | None, **changes: Any) -> None:
         """Record what became of a request (changes that are None are left as they are)."""

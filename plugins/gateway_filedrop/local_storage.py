@@ -171,6 +171,21 @@ class LocalStorage:
 
         await self._run(f"update {path}", run)
 
+    async def create_new(
+        self, absent: list[str], path: str, data: bytes, then: tuple[str, Change, int]
+    ) -> bool:
+        def run() -> bool:
+            if any(map(self._exists, absent)):
+                return False
+            self._write(path, data, atomic=True)
+            after, change, max_bytes = then
+            new = change(self._read_if_exists(after, max_bytes))
+            if new is not None:
+                self._write(after, new, atomic=True)
+            return True
+
+        return await self._run(f"write {path}", run)
+
     async def update_many(
         self, changes: list[tuple[str, Change]], max_bytes: int, *, durable: bool = True
     ) -> list[Exception | None]:

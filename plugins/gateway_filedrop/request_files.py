@@ -11,6 +11,7 @@ from gateway.connector import ConnectorContext, Envelope, Receipt
 from gateway.errors import PermanentError
 from gateway.mapping import build_payload, put_path
 from gateway_filedrop.formats import EXTENSIONS, encode_request, unencodable
+from gateway_filedrop.ledger import ENTRY_BYTES as _ENTRY_BYTES
 from gateway_filedrop.ledger import Ledger
 from gateway_filedrop.share import KEY, Share
 from gateway_filedrop.storage import UnsafeFile
@@ -44,16 +45,45 @@ class RequestWriter:
         receipt = Receipt(case_id=key)
         inbox_path = f"{folders.inbox}/{name}"
         written = [inbox_path] + ([f"{folders.processed}/{name}"] if folders.processed else [])
-        # the usual case, a request never written, is one look: no ledger entry, no request
+        if request.commit == "rename" and not (request.materials == "files" and envelope.materials):
+            # the usual case, a request never written and no material files, in one trip: no
+            # ledger entry and no request found, the request written (and fsynced), then its
+            # ledger record (fsynced), in that order, as below
+            started = dt.datetime.now(dt.UTC)
+            try:
+                data = await self._encode(envelope, key)
+            except PermanentError:
+                data = None  # said below, after the look for an earlier request
+            if data is not None and await self.storage.create_new(
+                [self.ledger.path(key), *written],
+                inbox_path,
+                data,
+                (self.ledger.path(key), self.ledger.sent(envelope, name, started), _ENTRY_BYTES),
+            ):
+                return receipt
+        # materials as files, a done marker, or something found: one look, then each step
         if await self.storage.any_exists(
             [self.ledger.path(key), *written]
         ) and await self._written_before(envelope, name, inbox_path, written):
             return receipt
         # new, or refused by the department and now sent again (an operator's replay)
         started = dt.datetime.now(dt.UTC)
+        data = await self._encode(envelope, key)
+        if request.commit == "rename":
+            await self.storage.write(inbox_path, data, atomic=True)
+        else:
+            await self.storage.write(inbox_path, data, atomic=False)
+            await self.storage.write(inbox_path + request.done_suffix, b"", atomic=False)
+        await self.ledger.record_sent(envelope, name, started)
+        return receipt
+
+    async def _encode(self, envelope: Envelope, key: str) -> bytes:
+        """The request file's bytes (its materials written beside it first, if they go as
+        files)."""
+        request = self.share.options.request
         payload = await self._payload(envelope, key)
         try:
-            data = encode_request(
+            return encode_request(
                 payload, request.format, encoding=request.encoding, xml_root=request.xml_root
             )
         except UnicodeEncodeError as exc:
@@ -64,13 +94,6 @@ class RequestWriter:
                 f"{self._dept}: request field {path}: character {char} cannot be written in "
                 f"{request.encoding}"
             ) from exc
-        if request.commit == "rename":
-            await self.storage.write(inbox_path, data, atomic=True)
-        else:
-            await self.storage.write(inbox_path, data, atomic=False)
-            await self.storage.write(inbox_path + request.done_suffix, b"", atomic=False)
-        await self.ledger.record_sent(envelope, name, started)
-        return receipt
 
     async def _written_before(
         self, envelope: Envelope, name: str, inbox_path: str, written: list[str]

@@ -347,6 +347,15 @@ class SftpStorage:
             await self.move(f"{src}/{files_of(name)}", f"{folder}/{files_of(dest)}")
         return dest
 
+    async def create_new(
+        self, absent: list[str], path: str, data: bytes, then: tuple[str, Change, int]
+    ) -> bool:
+        if await self.any_exists(absent):
+            return False
+        await self.write(path, data, atomic=True)
+        await self.update(*then)
+        return True
+
     async def update_many(
         self, changes: list[tuple[str, Change]], max_bytes: int, *, durable: bool = True
     ) -> list[Exception | None]:

@@ -183,6 +183,15 @@ class Storage(Protocol):
         used, or None if the file was gone (another daemon moved it first)."""
         ...
 
+    async def create_new(
+        self, absent: list[str], path: str, data: bytes, then: tuple[str, Change, int]
+    ) -> bool:
+        """If none of ``absent`` exists (:meth:`any_exists`): write ``path`` atomically
+        (durable), then :meth:`update` ``then`` = (path, change, max_bytes); True. False, and
+        nothing written, if one exists. Locally one trip to a worker thread (a new request and
+        its ledger record, where they were three)."""
+        ...
+
     async def update_many(
         self, changes: list[tuple[str, Change]], max_bytes: int, *, durable: bool = True
     ) -> list[Exception | None]:
