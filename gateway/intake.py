@@ -15,7 +15,7 @@ from typing import Any, Literal, NamedTuple
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
-from sqlalchemy import Integer, bindparam, select, update
+from sqlalchemy import Integer, and_, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -33,10 +33,11 @@ from gateway.runtime import Runtime
 from gateway.states import State
 from gateway.store import driver, jobs, outbox
 from gateway.store.chain import canonical_time, seal_first_event
-from gateway.store.clients import Client, find_many
+from gateway.store.clients import Client, valid_key
 from gateway.store.group import GroupCommit, shared
 from gateway.store.lists import is_postgresql
 from gateway.store.tables import (
+    api_clients,
     applications,
     dispatch_jobs,
     events,
@@ -286,9 +287,9 @@ def form_at(form: Any, path: list[Any]) -> Any:
 
 
 async def _replay(
-    conn: AsyncConnection, client: Client, key: str, digest: str
+    conn: AsyncConnection, seen: _Seen, client: Client, key: str, digest: str
 ) -> IntakeResult | None:
-    rec = (await _records(conn, [(client.id, key)])).get((client.id, key))
+    rec = (await seen.get(conn, [(client.id, key)])).get((client.id, key))
     if rec is None:
         return None
     answer = _answer_replay(rec, digest)
@@ -429,19 +430,29 @@ def _writer(runtime: Runtime) -> GroupCommit[_Keyed, Answer]:
 
 
 async def _store_in_order(conn: AsyncConnection, batch: list[_Keyed]) -> list[Answer]:
-    resolved = await _resolve_keys(conn, batch)
+    seen = _Seen()
+    resolved = await _resolve_keys(conn, batch, seen)
     todo = [item for item in resolved if isinstance(item, _Pending)]
-    answers = {id(item): answer for item, answer in await _store_batch(conn, todo)}
+    answers = {id(item): answer for item, answer in await _store_batch(conn, todo, seen)}
     return [answers[id(item)] if isinstance(item, _Pending) else item for item in resolved]
 
 
-async def _resolve_keys(conn: AsyncConnection, batch: list[_Keyed]) -> list[_Pending | Answer]:
+async def _resolve_keys(
+    conn: AsyncConnection, batch: list[_Keyed], seen: _Seen
+) -> list[_Pending | Answer]:
     """One look-up for the batch's keys not judged yet, each judged by its ``admit``; then
-    what refuses an application from an admitted key, in :func:`submit_keyed`'s order."""
+    what refuses an application from an admitted key, in :func:`submit_keyed`'s order. The
+    look-up reads the found clients' idempotency records of the batch's keys with them (one
+    statement: ``seen``)."""
     unchecked = [i.check for i in batch if i.check.outcome is None]
     if unchecked:
         digests = {c.digest for c in unchecked if c.digest is not None}
-        found = await find_many(conn, sorted(digests)) if digests else {}
+        found: dict[str, Client] = {}
+        if digests:
+            # only keys that can be stored: a key the API refuses (a NUL in it, too long)
+            # must not fail the batch's look-up (it is refused by its ``admit`` after it)
+            keys = sorted({item.key for item in batch if _storable(item.key)})
+            found = await _keys_and_records(conn, sorted(digests), keys, seen)
         for c in unchecked:
             try:
                 c.outcome = c.admit(found.get(c.digest) if c.digest is not None else None)
@@ -465,7 +476,7 @@ async def _resolve_keys(conn: AsyncConnection, batch: list[_Keyed]) -> list[_Pen
             delivery = _delivery(item.runtime, client, item.body, checked.matter)
         except IntakeProblem as exc:
             try:  # an answer given to this key before still stands
-                replay = await _replay(conn, client, item.key, checked.digest)
+                replay = await _replay(conn, seen, client, item.key, checked.digest)
             except IntakeProblem as conflict:
                 out.append(conflict)
                 continue
@@ -476,12 +487,13 @@ async def _resolve_keys(conn: AsyncConnection, batch: list[_Keyed]) -> list[_Pen
 
 
 async def _store_batch(
-    conn: AsyncConnection, batch: list[_Pending]
+    conn: AsyncConnection, batch: list[_Pending], seen: _Seen | None = None
 ) -> list[tuple[_Pending, IntakeResult | IntakeProblem]]:
     """Store a batch in the caller's transaction; returns every item's answer (to be given
-    only after commit)."""
+    only after commit). ``seen``: the idempotency records the transaction has read already."""
     answers: list[tuple[_Pending, IntakeResult | IntakeProblem]] = []
-    stored = await _stored_records(conn, batch)
+    seen = seen or _Seen()
+    stored = await seen.get(conn, [(i.client.id, i.key) for i in batch])
     fresh: dict[tuple[str, str], _Pending] = {}
     repeats: list[_Pending] = []  # the same key twice in one batch: answered like the first
     for item in batch:
@@ -565,10 +577,84 @@ async def _records(
     }
 
 
-async def _stored_records(
-    conn: AsyncConnection, batch: list[_Pending]
-) -> dict[tuple[str, str], _Record]:
-    return await _records(conn, [(i.client.id, i.key) for i in batch])
+def _storable(key: str) -> bool:
+    return len(key) <= _KEY_LENGTH and key.isprintable()
+
+
+_KEY_LENGTH = 200  # idempotency_records.key's length (the API refuses a longer key)
+
+
+class _Seen:
+    """The idempotency records one batch's transaction has read. A (client id, key) pair is
+    known when it was asked for, or when its client is one the key look-up found and its key
+    one of the batch's (:func:`_keys_and_records`): its record is in ``records``, or it has
+    none. Others are read when asked for."""
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str], _Record] = {}
+        self.known: set[tuple[str, str]] = set()
+        self.clients: set[str] = set()  # found by the key look-up: of every key in ``keys``
+        self.keys: frozenset[str] = frozenset()
+
+    def _known(self, pair: tuple[str, str]) -> bool:
+        return pair in self.known or (pair[0] in self.clients and pair[1] in self.keys)
+
+    async def get(
+        self, conn: AsyncConnection, pairs: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], _Record]:
+        """The records of these pairs (read now if not known yet)."""
+        missing = [pair for pair in pairs if not self._known(pair)]
+        if missing:
+            self.records.update(await _records(conn, missing))
+            self.known.update(missing)
+        return {pair: self.records[pair] for pair in pairs if pair in self.records}
+
+
+#: the valid clients among some key digests, each with its idempotency records of some keys
+#: (a row per record, or one with a null key when it has none): the key look-up and the
+#: idempotency read of a batch in one statement (one round trip on PostgreSQL, one hand-off
+#: to SQLite's thread). The client's columns are :func:`gateway.store.clients.find_many`'s
+_KEYS_AND_RECORDS = driver.Query(
+    lambda one_of: (
+        select(
+            api_clients.c.key_hash,
+            api_clients.c.id,
+            api_clients.c.name,
+            api_clients.c.centre,
+            api_clients.c.ops,
+            idempotency_records.c.key,
+            idempotency_records.c.request_hash,
+            idempotency_records.c.response,
+        )
+        .select_from(
+            api_clients.outerjoin(
+                idempotency_records,
+                and_(
+                    idempotency_records.c.client_id == api_clients.c.id,
+                    one_of(idempotency_records.c.key, "keys"),
+                ),
+            )
+        )
+        .where(one_of(api_clients.c.key_hash, "hashes"), valid_key())
+    )
+)
+
+
+async def _keys_and_records(
+    conn: AsyncConnection, digests: list[str], keys: list[str], seen: _Seen
+) -> dict[str, Client]:
+    """The valid clients among these key digests (as :func:`find_many` finds them); their
+    idempotency records of ``keys`` go to ``seen``."""
+    found: dict[str, Client] = {}
+    rows = await _KEYS_AND_RECORDS.all(conn, {"hashes": digests, "keys": keys, "at": now()})
+    for key_hash, client_id, name, centre, ops, key, request_hash, response in rows:
+        if key_hash not in found:
+            found[key_hash] = Client(client_id, name, centre, ops)
+        if key is not None:
+            seen.records[(client_id, key)] = _Record(request_hash, response)
+    seen.clients.update(client.id for client in found.values())
+    seen.keys = frozenset(keys)
+    return found
 
 
 async def _batch_materials(

@@ -85,6 +85,12 @@ def _valid_at(at: dt.datetime | ColumnElement[Any]) -> ColumnElement[bool]:
     )
 
 
+def valid_key(at: str = "at") -> ColumnElement[bool]:
+    """A stored key valid at the time bound as ``at``: not revoked, not past its grace period
+    (the condition of :func:`find_many`, for a statement that looks keys up with more)."""
+    return _valid_at(bindparam(at, type_=UTCDateTime()))
+
+
 async def find_by_hash(conn: AsyncConnection, key_hash: str) -> Client | None:
     found = await find_many(conn, [key_hash])
     return found.get(key_hash)
@@ -101,7 +107,7 @@ _FIND_MANY = driver.Query(
         api_clients.c.ops,
     ).where(
         one_of(api_clients.c.key_hash, "hashes"),
-        _valid_at(bindparam("at", type_=UTCDateTime())),
+        valid_key(),
     )
 )
 
