@@ -1,6 +1,7 @@
 """Intake's group commit reads a batch's API keys and their idempotency records in one
 statement (``_keys_and_records``): a revoked key is still refused, a used Idempotency-Key still
-replays its stored answer or is a 409 with another body, on SQLite and PostgreSQL."""
+replays its stored answer or is a 409 with another body, on SQLite and PostgreSQL. On
+PostgreSQL the batch's INSERTs are one statement, storing what SQLAlchemy's would."""
 
 from __future__ import annotations
 
@@ -8,16 +9,25 @@ import asyncio
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway import intake
 from gateway.errors import IntakeProblem
 from gateway.runtime import Runtime
+from gateway.store import jobs
 from gateway.store.clients import Client, create_client, hash_key, revoke
+from gateway.store.db import create_engine
+from gateway.store.lists import is_postgresql
 from gateway.store.tables import (
     applications,
+    dispatch_jobs,
+    events,
+    handovers,
+    idempotency_records,
 )
 from tests.conftest import application
+from tests.test_store_driver import AT, _application, _record
 
 
 def _refuse_unknown(found: Client | None) -> Client:
@@ -124,3 +134,71 @@ async def test_a_client_known_before_the_batch_still_gets_its_records_read(
     assert isinstance(looked_up, intake.IntakeResult) and not looked_up.replayed
     assert looked_up.accepted.id != first.accepted.id
     assert await _count(runtime) == 2
+
+
+def _rows(app_id: str) -> tuple[tuple[Any, list[dict[str, Any]]], ...]:
+    """One application's rows in every table intake writes, as intake builds them."""
+    event = {
+        "application_id": app_id,
+        "version": 1,
+        "at": AT,
+        "source": "api",
+        "actor": "C01/王",
+        "from_status": None,
+        "to_status": "received",
+        "detail": {"receipt_number": f"C01-20261201-{app_id}", "list": [1, "二"]},
+    }
+    handover = {
+        "application_id": app_id,
+        "centre": "C01",
+        "method": "pickup",
+        "pickup_code": "12345678",
+        "code_failures": 0,
+    }
+    return (
+        (applications, [_application(app_id)]),
+        (events, [event]),
+        (dispatch_jobs, [jobs.new_job_row(app_id, 1, "amr", AT)]),
+        (handovers, [handover]),
+        (idempotency_records, [_record(f"k-{app_id}")]),
+    )
+
+
+async def _stored(engine: AsyncEngine, table: str, app_id: str) -> tuple[Any, ...]:
+    # the columns as the database holds them, but the ids a sequence gives
+    column = (
+        "key"
+        if table == "idempotency_records"
+        else ("id" if table == "applications" else "application_id")
+    )
+    value = f"k-{app_id}" if table == "idempotency_records" else app_id
+    async with engine.connect() as conn:
+        [row] = (
+            await conn.execute(text(f'SELECT * FROM {table} WHERE "{column}" = :v'), {"v": value})
+        ).all()
+    return tuple(v for k, v in row._mapping.items() if k != "id" or table == "applications")
+
+
+async def test_one_statement_stores_what_one_insert_a_table_stores(db_url: str) -> None:
+    engine = create_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            if not is_postgresql(conn):
+                pytest.skip("PostgreSQL's one-statement INSERT; SQLite goes through the driver")
+            batch = _rows("a1")
+            pairs = zip(batch, _rows("a2"), strict=True)
+            both = tuple((table, rows + other) for (table, rows), (_t, other) in pairs)
+            await intake._insert_at_once(conn, both)
+            for table, rows in _rows("b1"):
+                await conn.execute(insert(table), rows)
+        for table, _ in batch:
+            # the same but for the application's id (in its receipt number and keys too)
+            fast = repr(await _stored(engine, table.name, "a2")).replace("a2", "*")
+            core = repr(await _stored(engine, table.name, "b1")).replace("b1", "*")
+            assert fast == core, table.name
+        async with engine.connect() as conn:
+            read = (await conn.execute(select(applications).where(applications.c.id == "a1"))).one()
+        expected = _application("a1")
+        assert {k: read._mapping[k] for k in expected} == expected
+    finally:
+        await engine.dispose()
