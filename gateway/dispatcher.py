@@ -424,11 +424,17 @@ class Dispatcher:
             await cases.lock_applications(conn, sorted(ids))
         if answers:
             # the fence: only jobs this worker still holds are recorded (a lost lease: the new
-            # holder records the same answer)
-            held = await jobs.finish_delivered(conn, [o.job.id for _i, o in answers], self.owner)
+            # holder records the same answer); their cases locked with it, in id order
+            held, locked = await jobs.finish_delivered_locked(
+                conn, [o.job.id for _i, o in answers], self.owner
+            )
             live = [(i, o) for i, o in answers if o.job.id in held]
             moved = await move_many(
-                conn, [o.move for _i, o in live], source=Source.DISPATCH, actor=self.owner
+                conn,
+                [o.move for _i, o in live],
+                source=Source.DISPATCH,
+                actor=self.owner,
+                locked=locked,
             )
             for (i, _o), changes in zip(live, moved, strict=True):
                 results[i] = changes

@@ -26,9 +26,10 @@ async def runtime(example_config: Config) -> AsyncIterator[Runtime]:
 
 
 def _spy_on_the_driver(monkeypatch: pytest.MonkeyPatch, sent: list[tuple[str, Any]]) -> None:
-    """Statements sent straight through the driver (gateway.store.driver: SQLite's hot paths)
-    are no cursor executes SQLAlchemy sees: note them in ``sent`` too, in order."""
-    from gateway.store import driver
+    """Statements sent straight through the driver (gateway.store.driver: SQLite's hot paths;
+    gateway.store.driver_pg: PostgreSQL's) are no cursor executes SQLAlchemy sees: note them in
+    ``sent`` too, in order."""
+    from gateway.store import driver, driver_pg
 
     def noting(name: str, original: Any, *, method: bool) -> Any:
         async def call(*args: Any) -> Any:
@@ -43,6 +44,9 @@ def _spy_on_the_driver(monkeypatch: pytest.MonkeyPatch, sent: list[tuple[str, An
         )
     for name in ("execute_many", "insert_many"):
         monkeypatch.setattr(driver, name, noting(name, getattr(driver, name), method=False))
+    for name in ("fetch", "run"):
+        original = getattr(driver_pg.Statement, name)
+        monkeypatch.setattr(driver_pg.Statement, name, noting(name, original, method=True))
 
 
 def _flat(value: Any) -> Iterator[Any]:

@@ -1,6 +1,7 @@
 """The dispatch path's store writes (``cases.write_many``: status UPDATEs, events, the outbox
-fan-out) store on SQLite, through the driver, exactly what SQLAlchemy's ``conn.execute``
-stores; the hash chain's fast path hashes what ``event_hash`` hashes; changes made without
+fan-out) store through the driver (SQLite: gateway.store.driver; PostgreSQL:
+gateway.store.driver_pg) exactly what SQLAlchemy's ``conn.execute`` stores, and its reads read
+what it reads; the hash chain's fast path hashes what ``event_hash`` hashes; changes made without
 ``model_construct`` are the models ``model_construct`` makes."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway.events import Source, StatusChange, trusted
 from gateway.notifications import Contact, NotifiedChange, split, with_contact, with_contacts
 from gateway.states import State
-from gateway.store import cases, chain, driver, jobs
+from gateway.store import cases, chain, driver, driver_pg, jobs
 from gateway.store.db import create_engine
 from gateway.store.tables import applications, dispatch_jobs, webhook_subscriptions
 from tests.test_store_driver import _application
@@ -57,6 +58,20 @@ async def _through_sqlalchemy(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(driver.Query, "run", run)
     monkeypatch.setattr(driver.Query, "rows", rows)
+
+    # PostgreSQL's (gateway.store.driver_pg)
+    async def pg_run(
+        self: driver_pg.Statement, conn: AsyncConnection, params: Mapping[str, Any]
+    ) -> None:
+        await conn.execute(self.stmt, dict(params))
+
+    async def pg_rows(
+        self: driver_pg.Statement, conn: AsyncConnection, params: Mapping[str, Any]
+    ) -> Any:
+        return (await conn.execute(self.stmt, dict(params))).all()
+
+    monkeypatch.setattr(driver_pg.Statement, "run", pg_run)
+    monkeypatch.setattr(driver_pg.Statement, "rows", pg_rows)
 
 
 async def _write(engine: AsyncEngine, ids: list[str]) -> list[list[StatusChange]]:
@@ -292,3 +307,66 @@ async def test_rows_read_through_the_driver_are_what_sqlalchemy_reads(engine: As
     assert sorted(dataclasses.astuple(j) for j in claimed) == sorted(tuple(r) for r in held)
     assert [j.application_id for j in claimed] == ["a1", "a2"]
     assert [a.id for a in apps] == ["a1", "a2"] and all(j.state == "leased" for j in claimed)
+
+
+async def test_the_recorders_fence_locks_the_cases_of_the_jobs_still_held_only(
+    engine: AsyncEngine, db_url: str
+) -> None:
+    """``jobs.finish_delivered_locked`` (on PostgreSQL one statement): a job whose lease was
+    lost to another owner is neither finished nor its case locked; the held ones' cases come
+    back as ``conn.execute`` reads them, and stay locked until the transaction ends."""
+    from sqlalchemy import update
+    from sqlalchemy.exc import DBAPIError
+
+    async with engine.begin() as conn:
+        await conn.execute(insert(applications), [_application(i) for i in ("a1", "a2", "a3")])
+        for app_id in ("a1", "a2", "a3"):
+            await jobs.enqueue(conn, app_id, 1, "amr", at=AT)
+    async with engine.begin() as conn:
+        claimed, _apps = await jobs.claim_cases(conn, "amr", "me", 3, 60)
+    by_case = {j.application_id: j.id for j in claimed}
+    async with engine.begin() as conn:  # a2's lease ran out and another daemon took it
+        await conn.execute(
+            update(dispatch_jobs)
+            .where(dispatch_jobs.c.id == by_case["a2"])
+            .values(lease_owner="other")
+        )
+    ids = [by_case["a3"], by_case["a2"], by_case["a1"], 999]
+    probe = create_engine(db_url, watch=False)
+    try:
+        async with engine.begin() as conn:
+            held, locked = await jobs.finish_delivered_locked(conn, ids, "me")
+            core = (
+                await conn.execute(
+                    select(applications).where(applications.c.id.in_(["a1", "a3"])).order_by("id")
+                )
+            ).all()
+            assert held == {by_case["a1"], by_case["a3"]}
+            assert list(locked) == ["a1", "a3"]  # in id order
+            width = len(applications.c)
+            assert [tuple(r)[:width] for r in locked.values()] == [tuple(r) for r in core]
+            assert [type(v) for v in tuple(locked["a1"])[:width]] == [type(v) for v in core[0]]
+            assert locked["a1"].applicant == core[0].applicant
+            if engine.dialect.name == "postgresql":
+                nowait = text("SELECT id FROM applications WHERE id = :id FOR UPDATE NOWAIT")
+                async with probe.connect() as other:
+                    for app_id in ("a1", "a3"):
+                        with pytest.raises(DBAPIError, match="lock"):
+                            async with other.begin():
+                                await other.execute(nowait, {"id": app_id})
+                    async with other.begin():  # the lost job's case is not locked
+                        assert (await other.execute(nowait, {"id": "a2"})).scalar() == "a2"
+        async with engine.connect() as conn:
+            states = {
+                r.application_id: (r.state, r.lease_owner, r.attempts)
+                for r in (await conn.execute(select(dispatch_jobs))).all()
+            }
+        assert states == {
+            "a1": ("done", None, 1),
+            "a2": ("leased", "other", 0),
+            "a3": ("done", None, 1),
+        }
+        async with engine.begin() as conn:  # nothing held any more: nothing locked
+            assert await jobs.finish_delivered_locked(conn, ids, "me") == (set(), {})
+    finally:
+        await probe.dispose()

@@ -10,7 +10,6 @@ from typing import Any
 
 import structlog
 from sqlalchemy import (
-    Insert,
     Row,
     Table,
     Update,
@@ -28,7 +27,7 @@ from sqlalchemy.sql.selectable import TableValuedAlias
 from gateway.clock import now
 from gateway.events import Source, StatusChange, trusted
 from gateway.states import DECIDED, State, Verdict, judge
-from gateway.store import driver, outbox
+from gateway.store import driver, driver_pg, outbox
 from gateway.store.chain import seal_events
 from gateway.store.lists import is_postgresql
 from gateway.store.tables import (
@@ -310,13 +309,14 @@ async def _write_at_once(
             params[f"u{i}_{c}"] = [r[c] for r in rows]
     for c in event_columns:
         params[f"e_{c}"] = [r[c] for r in event_rows]
-    await conn.execute(_write_statement(tuple(updates), event_columns), params)
+    # straight through asyncpg (gateway.store.driver_pg: the same statement and values)
+    await _write_statement(tuple(updates), event_columns).run(conn, params)
 
 
 @functools.cache
 def _write_statement(
     updates: tuple[tuple[str, ...], ...], event_columns: tuple[str, ...]
-) -> Insert:
+) -> driver_pg.Statement:
     """The statement of :func:`_write_at_once` for these column sets (prebuilt, cached): the
     UPDATEs and the events INSERT are CTEs of the outbox's INSERT, which selects the
     followers (:func:`outbox.followers`) of the events the INSERT returns."""
@@ -337,7 +337,9 @@ def _write_statement(
     )
     fan_out = outbox.followers(stamp=bindparam("_stamp", type_=UTCDateTime()), written=written)
     # the UPDATEs are not read by the rest: add_cte keeps them at the top of the statement
-    return insert(webhook_deliveries).from_select(outbox.COLUMNS, fan_out).add_cte(*ctes)
+    return driver_pg.Statement(
+        insert(webhook_deliveries).from_select(outbox.COLUMNS, fan_out).add_cte(*ctes)
+    )
 
 
 def _rows(prefix: str, table: Table, names: tuple[str, ...], alias: str) -> TableValuedAlias:
