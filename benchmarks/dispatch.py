@@ -385,6 +385,7 @@ def _daemon_process(
 
         from gateway.dispatcher import Dispatcher
         from gateway.runtime import Runtime
+        from gateway.store import driver_pg
         from gateway.store.tables import events
 
         c.quiet_logs()
@@ -396,6 +397,16 @@ def _daemon_process(
             statements[0] += 1
 
         event.listen(runtime.engine.sync_engine, "before_cursor_execute", count)
+        # statements sent straight through asyncpg (gateway.store.driver_pg) are no cursor
+        # executes SQLAlchemy sees: counted here (rows() sends through fetch())
+        for name in ("fetch", "run"):
+            original = getattr(driver_pg.Statement, name)
+
+            def counted(self: Any, *args: Any, _original: Any = original) -> Any:
+                statements[0] += 1
+                return _original(self, *args)
+
+            setattr(driver_pg.Statement, name, counted)
         try:
             dispatcher = Dispatcher(runtime)
             loop = asyncio.get_running_loop()
