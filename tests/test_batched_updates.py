@@ -15,6 +15,7 @@ from gateway.config.loader import Config
 from gateway.connector import CaseUpdate, ResultDocument
 from gateway.events import Source
 from gateway.runtime import Runtime
+from gateway.store import driver_pg
 from gateway.store.tables import result_documents
 from gateway.updates import Ended, apply_case_updates
 from tests.handout_fixtures import quiet_runtime
@@ -38,11 +39,25 @@ async def _statements(runtime: Runtime, page: list[tuple[str, CaseUpdate, int | 
     def spy(_c: Any, _cur: Any, statement: str, *_rest: Any) -> None:
         sent.append(statement)
 
+    # and those sent straight through asyncpg (gateway.store.driver_pg)
+    originals = {name: getattr(driver_pg.Statement, name) for name in ("fetch", "run")}
+
+    def noting(original: Any) -> Any:
+        async def noted(self: driver_pg.Statement, *args: Any) -> Any:
+            sent.append(str(self.stmt))
+            return await original(self, *args)
+
+        return noted
+
     event.listen(runtime.engine.sync_engine, "before_cursor_execute", spy)
+    for name, original in originals.items():
+        setattr(driver_pg.Statement, name, noting(original))
     try:
         await apply_case_updates(runtime, page, source=Source.POLL, actor="poll/amr")
     finally:
         event.remove(runtime.engine.sync_engine, "before_cursor_execute", spy)
+        for name, original in originals.items():
+            setattr(driver_pg.Statement, name, original)
     return len(sent)
 
 

@@ -17,7 +17,7 @@ from gateway.events import Source
 from gateway.intake import ApplicationIn, submit
 from gateway.runtime import Runtime
 from gateway.states import State
-from gateway.store import cases
+from gateway.store import cases, driver_pg
 from gateway.store.clients import Client, create_client
 from gateway.webhooks import SubscriptionIn, deliveries, disable, subscribe
 from tests.conftest import application
@@ -41,7 +41,7 @@ def _to(url: str, scope: str) -> SubscriptionIn:
 
 
 async def test_a_batch_write_queues_each_event_for_exactly_the_cases_followers(
-    runtime: Runtime,
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     desk = await _client(runtime, "desk", "C01")
     other_desk = await _client(runtime, "other desk", "C01")
@@ -78,6 +78,15 @@ async def test_a_batch_write_queues_each_event_for_exactly_the_cases_followers(
         def spy(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
             sent.append(statement)
 
+        # and those sent straight through asyncpg (gateway.store.driver_pg)
+        for name in ("fetch", "run"):
+            original = getattr(driver_pg.Statement, name)
+
+            async def noted(self: Any, *args: Any, _original: Any = original) -> Any:
+                sent.append(str(self.stmt))
+                return await _original(self, *args)
+
+            monkeypatch.setattr(driver_pg.Statement, name, noted)
         event.listen(runtime.engine.sync_engine, "before_cursor_execute", spy)
         try:
             await cases.write_many(conn, writes, source=Source.DISPATCH, actor="test")
