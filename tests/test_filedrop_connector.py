@@ -505,6 +505,44 @@ async def test_a_new_request_and_its_results_take_few_trips_to_the_worker_thread
     assert not (tmp_path / "inbox" / f"{KEY}.json").exists()
 
 
+async def test_a_batch_is_archived_in_groups_and_a_cut_leaves_the_rest_to_come_again(
+    tmp_path: Path, http: httpx.AsyncClient
+) -> None:
+    """``ack_updates`` archives 25 results a group (a trip for the moves, one for the ledger
+    notes): a call cut short after the first group has that group archived and noted, and
+    the others still in the outbox, pulled and settled by the next round."""
+    from gateway_filedrop.result_files import SETTLE_GROUP
+
+    conn = make_connector(local_options(tmp_path, result={"stable_seconds": 0}), http)
+    keys = [f"ow-a{i:016x}-v1" for i in range(SETTLE_GROUP + 5)]
+    for i, key in enumerate(keys):
+        await conn.submit(envelope(f"a{i:016x}", materials=[]))
+        drop(tmp_path, f"MZ-{i:02d}.json", result_json(key, "9"))
+    updates = await conn.pull_updates(100)
+    assert len(updates) == len(keys)
+    trips = _count_trips(conn)
+    real = conn.storage.move_free_many
+
+    async def cut(moves: Any) -> Any:
+        if any(name == "MZ-25.json" for _src, name, _dst, _suffix in moves):
+            raise TransientError("civil: no answer within 10 s (ack_updates)")
+        return await real(moves)
+
+    conn.storage.move_free_many = cut  # type: ignore[method-assign]
+    with pytest.raises(TransientError):
+        await conn.ack_updates([Ack(u, "applied") for u in updates])
+    assert len(trips) == 2, trips  # the first group's moves, then its notes
+    assert len(list((tmp_path / "archive").iterdir())) == SETTLE_GROUP
+    noted = [json.loads((tmp_path / "sent" / f"{k}.json").read_bytes())["status"] for k in keys]
+    assert noted == ["9"] * SETTLE_GROUP + [None] * 5
+    conn.storage.move_free_many = real  # type: ignore[method-assign]
+    again = await conn.pull_updates(100)
+    assert sorted(u.ref or "" for u in again) == [f"MZ-{i}.json" for i in range(25, 30)]
+    await conn.ack_updates([Ack(u, "duplicate") for u in again])
+    assert len(list((tmp_path / "archive").iterdir())) == len(keys)
+    assert await conn.pull_updates(100) == []
+
+
 def test_results_are_read_in_groups_of_bounded_size() -> None:
     from gateway_filedrop.result_files import _GROUP_BYTES, _groups
     from gateway_filedrop.storage import Entry

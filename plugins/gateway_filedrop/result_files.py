@@ -31,6 +31,9 @@ QUARANTINED = Counter(
 )
 
 
+#: results archived together (:meth:`ResultReader.archive_many`)
+SETTLE_GROUP = 25
+
 #: how many bytes (as listed) of results are read in one trip to the storage
 _GROUP_BYTES = 8 << 20
 
@@ -126,8 +129,15 @@ class ResultReader:
 
     async def archive_many(self, updates: list[CaseUpdate]) -> None:
         """:meth:`settle` of results the gateway applied or found applied (``applied``,
-        ``duplicate``), together: their files archived in one trip to the storage, then
-        their ledger statuses noted in another (a result a trip each way, before)."""
+        ``duplicate``), :data:`SETTLE_GROUP` at a time: a group's files archived in one trip
+        to the storage, then their ledger statuses noted in another (a result a trip each
+        way, before). A call cut short (the department's timeout: over SFTP each file
+        operation is a round trip) leaves at most one group archived without its statuses
+        noted; the groups after it stay in the outbox and come again."""
+        for start in range(0, len(updates), SETTLE_GROUP):
+            await self._archive_group(updates[start : start + SETTLE_GROUP])
+
+    async def _archive_group(self, updates: list[CaseUpdate]) -> None:
         outbox, archive = self.share.folders.outbox, self.share.folders.archive
         suffix = self.share.options.result.done_suffix
         moves: list[Move] = []
