@@ -131,3 +131,29 @@ async def test_a_busy_database_is_an_infrastructure_error_and_an_outage(
             assert (await conn.execute(select(idempotency_records))).all() == []
     finally:
         await engine.dispose()
+
+
+async def test_a_statement_sent_straight_to_asyncpg_is_inside_the_transaction(
+    db_url: str,
+) -> None:
+    """On a new pooled connection (which the pool does not ping, so nothing has begun its
+    transaction yet) a statement sent straight through the driver as the first of
+    ``engine.begin()`` is still part of that transaction: rolled back with it."""
+    from gateway.store import driver_pg
+
+    store = driver_pg.Statement(insert(idempotency_records))
+    engine = create_engine(db_url)
+    try:
+        if engine.dialect.name != "postgresql":
+            pytest.skip("SQLite's transaction begins with BEGIN IMMEDIATE on the engine's begin")
+        with pytest.raises(RuntimeError, match="undo"):
+            async with engine.begin() as conn:
+                await store.run(conn, _record("k-first"))
+                raise RuntimeError("undo")
+        async with engine.begin() as conn:  # the same connection again, pinged this time
+            await store.run(conn, _record("k-second"))
+        async with engine.connect() as conn:
+            keys = (await conn.execute(select(idempotency_records.c.key))).scalars().all()
+        assert keys == ["k-second"]
+    finally:
+        await engine.dispose()
