@@ -16,7 +16,7 @@ from typing import Any, Literal, NamedTuple
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
-from sqlalchemy import Insert, Integer, Table, and_, bindparam, func, insert, select, update
+from sqlalchemy import Insert, Integer, Select, Table, and_, bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -33,11 +33,11 @@ from gateway.handover import new_handover
 from gateway.identity import RESIDENT_ID, check_phone, check_resident_id
 from gateway.runtime import Runtime
 from gateway.states import State
-from gateway.store import driver, jobs, outbox
+from gateway.store import driver, driver_pg, jobs, outbox
 from gateway.store.chain import canonical_time, seal_first_event
 from gateway.store.clients import Client, valid_key
 from gateway.store.group import GroupCommit, shared
-from gateway.store.lists import is_postgresql
+from gateway.store.lists import OneOf, PerEngine, is_postgresql
 from gateway.store.tables import (
     api_clients,
     applications,
@@ -616,8 +616,8 @@ class _Seen:
 #: (a row per record, or one with a null key when it has none): the key look-up and the
 #: idempotency read of a batch in one statement (one round trip on PostgreSQL, one hand-off
 #: to SQLite's thread). The client's columns are :func:`gateway.store.clients.find_many`'s
-_KEYS_AND_RECORDS = driver.Query(
-    lambda one_of: (
+def _keys_and_records_statement(one_of: OneOf) -> Select[Any]:
+    return (
         select(
             api_clients.c.key_hash,
             api_clients.c.id,
@@ -639,7 +639,11 @@ _KEYS_AND_RECORDS = driver.Query(
         )
         .where(one_of(api_clients.c.key_hash, "hashes"), valid_key())
     )
-)
+
+
+_KEYS_AND_RECORDS = driver.Query(_keys_and_records_statement)
+#: PostgreSQL: straight through asyncpg (gateway.store.driver_pg: the same statement and rows)
+_KEYS_AND_RECORDS_PG = driver_pg.Statement(PerEngine(_keys_and_records_statement).postgresql)
 
 
 async def _keys_and_records(
@@ -648,7 +652,11 @@ async def _keys_and_records(
     """The valid clients among these key digests (as :func:`find_many` finds them); their
     idempotency records of ``keys`` go to ``seen``."""
     found: dict[str, Client] = {}
-    rows = await _KEYS_AND_RECORDS.all(conn, {"hashes": digests, "keys": keys, "at": now()})
+    params = {"hashes": digests, "keys": keys, "at": now()}
+    if is_postgresql(conn):
+        rows: list[Any] = await _KEYS_AND_RECORDS_PG.rows(conn, params)
+    else:
+        rows = await _KEYS_AND_RECORDS.all(conn, params)
     for key_hash, client_id, name, centre, ops, key, request_hash, response in rows:
         if key_hash not in found:
             found[key_hash] = Client(client_id, name, centre, ops)
@@ -793,11 +801,16 @@ async def _insert_at_once(
         for i, (_table, rows) in enumerate(batch)
         for name in rows[0]
     }
-    await conn.execute(_insert_statement(shape), params)
+    await _insert_statement(shape).run(conn, params)
 
 
 @functools.cache
-def _insert_statement(shape: tuple[tuple[Table, tuple[str, ...]], ...]) -> Insert:
+def _insert_statement(shape: tuple[tuple[Table, tuple[str, ...]], ...]) -> driver_pg.Statement:
+    """:func:`_insert_at_once`'s statement, sent straight through asyncpg (prebuilt, cached)."""
+    return driver_pg.Statement(_insert_at_once_statement(shape))
+
+
+def _insert_at_once_statement(shape: tuple[tuple[Table, tuple[str, ...]], ...]) -> Insert:
     """The statement of :func:`_insert_at_once` for these tables and columns (prebuilt)."""
     inserts = []
     for i, (table, names) in enumerate(shape):
@@ -837,7 +850,7 @@ def _receipt_upsert(ins: Any) -> Any:
     )
 
 
-_RECEIPTS_PG = _receipt_upsert(pg_insert)
+_RECEIPTS_PG = driver_pg.Statement(_receipt_upsert(pg_insert))
 _RECEIPTS_SQLITE = driver.Query(lambda _one_of: _receipt_upsert(sqlite_insert))
 
 
@@ -849,7 +862,7 @@ async def _receipt_numbers(conn: AsyncConnection, centres: list[str], at: dt.dat
     for centre, n in wanted.items():
         params = {"centre": centre, "day": day, "n": n}
         if is_postgresql(conn):
-            last[centre] = (await conn.execute(_RECEIPTS_PG, params)).scalar_one()
+            [(last[centre],)] = await _RECEIPTS_PG.fetch(conn, params)
         else:
             [(last[centre],)] = await _RECEIPTS_SQLITE.all(conn, params)
     next_seq = {c: last[c] - n + 1 for c, n in wanted.items()}
