@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from sqlalchemy import text
 
 from gateway.store.db import create_engine
 from gateway.store.sqlite import BUSY_TIMEOUT_MS, poll_begin
+from tests.conftest import wait_for
 
 
 def _other_writer(path: Path) -> sqlite3.Connection:
@@ -141,5 +143,65 @@ async def test_a_committed_transaction_is_given_back_without_a_rollback_trip(
         async with engine.connect() as conn:
             rows = (await conn.execute(text("SELECT v FROM t"))).scalars().all()
         assert rows == ["kept"]
+    finally:
+        await engine.dispose()
+
+
+async def test_a_cancelled_begin_does_not_leave_the_connection_in_a_transaction(
+    tmp_path: Path,
+) -> None:
+    # A task cancelled while its BEGIN IMMEDIATE waits in the driver's thread (behind another
+    # call, or polling for the write lock) gives the connection back to the pool; the BEGIN
+    # runs after that. The pool's reset must roll back what it opens: it read SQLite's flag
+    # before the BEGIN ran and skipped the ROLLBACK, and then the next BEGIN failed ("cannot
+    # start a transaction within a transaction": test_daemon_leases under load) while the idle
+    # connection kept the write lock. (A statement cancelled the same way, the reader's plain
+    # BEGIN among them, makes SQLAlchemy invalidate the connection instead.)
+    path = tmp_path / "g.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (v TEXT)"))
+        async with engine.connect() as conn:  # the pool's one connection
+            driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        trips: list[str] = []
+        run = driver._execute
+
+        async def counted(fn: Any, *args: object, **kwargs: object) -> object:
+            trips.append(getattr(fn, "__name__", ""))
+            return await run(fn, *args, **kwargs)
+
+        driver._execute = counted
+        gate = threading.Event()
+        blocked = asyncio.ensure_future(run(gate.wait, 60))  # the driver's thread is busy
+
+        async def write() -> None:
+            async with engine.begin() as conn:
+                await conn.execute(text("SELECT v FROM t"))
+
+        task = asyncio.create_task(write())
+        try:
+            await wait_for(lambda: trips, timeout=30)  # its BEGIN waits behind the call
+            assert trips[0] in ("poll_begin", "_run")
+            task.cancel()
+            # the pool has the connection back (no ROLLBACK sent), or its ROLLBACK is queued
+            await wait_for(lambda: task.done() or "rollback" in trips, timeout=30)
+        finally:
+            gate.set()  # the BEGIN runs now
+        await asyncio.wait_for(blocked, timeout=30)
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=30)
+        del driver._execute
+        async with engine.begin() as conn:  # the next transaction on the same connection
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 0
+        assert not driver._conn.in_transaction  # idle in the pool
+        other = sqlite3.connect(path, isolation_level=None, timeout=30)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # nobody idle holds the write lock
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        assert "rollback" in trips  # queued behind the cancelled BEGIN
     finally:
         await engine.dispose()

@@ -55,13 +55,50 @@ def begin_immediate(driver: Any) -> bool:
     errors as every statement does."""
     run = getattr(driver, "_execute", None)
     raw = getattr(driver, "_conn", None)
-    return run is not None and raw is not None and bool(await_only(run(poll_begin, raw)))
+    if run is None or raw is None:
+        return False
+    return bool(await_only(run(poll_begin, raw, None, _sent(driver))))
 
 
-def poll_begin(conn: sqlite3.Connection, poll: float | None = None) -> bool:
+class _Trips:
+    """Calls sent to a connection's thread, and finished there. A call whose awaiting task is
+    cancelled still runs, later: a BEGIN among them opens a transaction after the pool took the
+    connection back, so the connection is idle only when none is pending (see
+    :meth:`OneTripConnection.rollback`)."""
+
+    __slots__ = ("done", "sent")
+
+    def __init__(self) -> None:
+        self.sent = 0  # written in the event loop's thread only
+        self.done = 0  # written in the connection's thread only
+
+    def pending(self) -> bool:
+        return self.sent != self.done
+
+
+def _sent(driver: Any) -> _Trips:
+    """The driver's trip counts, one more sent."""
+    trips: _Trips | None = getattr(driver, "_gateway_trips", None)
+    if trips is None:
+        trips = driver._gateway_trips = _Trips()
+    trips.sent += 1
+    return trips
+
+
+def poll_begin(
+    conn: sqlite3.Connection, poll: float | None = None, trips: _Trips | None = None
+) -> bool:
     """:func:`begin_immediate` in the connection's thread; ``poll`` seconds (default
-    BEGIN_POLL_SECONDS) before it gives up. The busy timeout is left as it was."""
-    limit = BEGIN_POLL_SECONDS if poll is None else poll
+    BEGIN_POLL_SECONDS) before it gives up. The busy timeout is left as it was. ``trips``: the
+    count this call finishes."""
+    try:
+        return _poll_begin(conn, BEGIN_POLL_SECONDS if poll is None else poll)
+    finally:
+        if trips is not None:
+            trips.done += 1
+
+
+def _poll_begin(conn: sqlite3.Connection, limit: float) -> bool:
     conn.execute("PRAGMA busy_timeout=0")
     try:
         deadline = time.monotonic() + limit
@@ -80,7 +117,7 @@ def poll_begin(conn: sqlite3.Connection, poll: float | None = None) -> bool:
 
 
 def _run(
-    conn: sqlite3.Connection, operation: str, parameters: Any
+    conn: sqlite3.Connection, operation: str, parameters: Any, trips: _Trips
 ) -> tuple[Any, list[Any], int, int | None]:
     cursor = conn.cursor()
     try:
@@ -93,10 +130,11 @@ def _run(
         return description, rows, cursor.rowcount, cursor.lastrowid
     finally:
         cursor.close()
+        trips.done += 1
 
 
 def _run_many(
-    conn: sqlite3.Connection, operation: str, parameters: Sequence[Any]
+    conn: sqlite3.Connection, operation: str, parameters: Sequence[Any], trips: _Trips
 ) -> tuple[int, int | None]:
     cursor = conn.cursor()
     try:
@@ -104,6 +142,7 @@ def _run_many(
         return cursor.rowcount, cursor.lastrowid
     finally:
         cursor.close()
+        trips.done += 1
 
 
 class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
@@ -152,7 +191,7 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
     def execute(self, operation: Any, parameters: Any = None) -> Any:
         conn = self._connection
         try:
-            found = await_only(conn._execute(_run, conn._conn, operation, parameters))
+            found = await_only(conn._execute(_run, conn._conn, operation, parameters, _sent(conn)))
         except Exception as error:
             self._adapt_connection._handle_exception(error)
         self._description, rows, self._rowcount, self._lastrowid = found
@@ -162,7 +201,9 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
     def executemany(self, operation: Any, seq_of_parameters: Any) -> Any:
         conn = self._connection
         try:
-            found = await_only(conn._execute(_run_many, conn._conn, operation, seq_of_parameters))
+            found = await_only(
+                conn._execute(_run_many, conn._conn, operation, seq_of_parameters, _sent(conn))
+            )
         except Exception as error:
             self._adapt_connection._handle_exception(error)
         self._rowcount, self._lastrowid = found
@@ -185,10 +226,20 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
         """ROLLBACK, unless nothing is begun: the pool rolls back every connection given back
         to it, and after a COMMIT that was a trip to the driver's thread for nothing (a
         quarter of a one-statement transaction's trips). Whether a transaction is open is
-        SQLite's own flag (``sqlite3_get_autocommit``), read while the connection is idle."""
-        raw = getattr(self._connection, "_conn", None)
+        SQLite's own flag (``sqlite3_get_autocommit``), read only while no call of ours is
+        pending in the connection's thread: a cancelled task's BEGIN still queued there would
+        open a transaction after the flag was read, and the connection would go back to the
+        pool inside it (the next BEGIN failing, the write lock held). The ROLLBACK queued
+        behind such a call ends what it opens."""
+        driver = self._connection
+        raw = getattr(driver, "_conn", None)
+        trips: _Trips | None = getattr(driver, "_gateway_trips", None)
         try:
-            idle = raw is not None and not raw.in_transaction
+            idle = (
+                raw is not None
+                and (trips is None or not trips.pending())
+                and not raw.in_transaction
+            )
         except (sqlite3.Error, ValueError):  # closed: the adapter's rollback says what it says then
             idle = False
         if not idle:
