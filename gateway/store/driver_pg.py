@@ -4,17 +4,18 @@ with their events and outbox fan-out).
 
 :mod:`gateway.store.driver` does this for SQLite. On PostgreSQL SQLAlchemy's execution of a
 prebuilt statement still builds an execution context per call: the parameters processed one by
-one (for an array parameter, every item through the item type's processor), the asyncpg
-cursor adapter entered through a greenlet, the result wrapped; on the dispatch benchmark that
-was about a quarter of the store path's CPU. Here a statement is a SQLAlchemy construct
-compiled once per dialect (``$n`` parameters with the dialect's casts, as SQLAlchemy sends
-them); every value goes through its parameter's own bind processor (an array's items through
-the item type's, a batch's shared datetimes converted once) and every result value through its
-column's result processor (naive-UTC datetimes, the applicant opened with the engine's PII
-cipher); JSON is decoded by the codec SQLAlchemy's dialect set on the connection. So what is
-stored and read is what ``conn.execute`` would store and read (tests/test_store_write_path.py
-compares the rows). asyncpg prepares each text once per connection (its statement cache).
-Errors are translated as the engine's ``handle_error`` hook does (:func:`gateway.store.db.failed`).
+one (for an array parameter, every item through the item type's processor), the asyncpg cursor
+adapter entered through a greenlet, the result wrapped: a large share of the dispatch store
+path's CPU (docs/performance.md, issue 16, session 8). Here a statement is a SQLAlchemy
+construct compiled once per dialect (``$n`` parameters with the dialect's casts, as SQLAlchemy
+sends them); every value goes through its parameter's own bind processor (an array's items
+through the item type's, a batch's shared datetimes converted once) and every result value
+through its column's result processor (naive-UTC datetimes, the applicant opened with the
+engine's PII cipher); JSON is decoded by the codec SQLAlchemy's dialect set on the connection.
+So what is stored and read is what ``conn.execute`` would store and read
+(tests/test_store_write_path.py compares the rows). asyncpg prepares each text once per
+connection (its statement cache). Errors are translated as the engine's ``handle_error`` hook
+does (:func:`gateway.store.db.failed`).
 """
 
 from __future__ import annotations
