@@ -370,3 +370,33 @@ async def test_the_recorders_fence_locks_the_cases_of_the_jobs_still_held_only(
             assert await jobs.finish_delivered_locked(conn, ids, "me") == (set(), {})
     finally:
         await probe.dispose()
+
+
+async def test_a_statement_whose_connection_broke_under_it_lost_its_connection(
+    engine: AsyncEngine,
+) -> None:
+    """PostgreSQL's path (gateway.store.driver_pg): a backend terminated mid-statement can
+    leave asyncpg's protocol broken ("another operation is in progress") before the socket's
+    end is read: that is a lost connection (retried), and the connection is closed so that
+    the pool drops it; an error of the statement itself stays what it is."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("asyncpg's path")
+    from asyncpg.exceptions import InternalClientError, UndefinedTableError
+
+    from gateway.errors import DatabaseUnavailable
+
+    async def broken(_driver: Any) -> None:
+        raise InternalClientError("cannot switch to state 12; another operation (2) is in progress")
+
+    async with engine.connect() as conn:
+        raw = (await conn.get_raw_connection()).driver_connection
+        with pytest.raises(UndefinedTableError):
+            await driver_pg._send(conn, lambda d: d.fetch("SELECT * FROM no_such_table"))
+        assert not raw.is_closed()
+        await conn.rollback()
+        with pytest.raises(DatabaseUnavailable) as caught:
+            await driver_pg._send(conn, broken)
+        assert caught.value.connection_lost and raw.is_closed()
+        await conn.invalidate()
+    async with engine.connect() as conn:  # the pool gives a working one
+        assert (await conn.execute(text("SELECT 1"))).scalar() == 1

@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import datetime as dt
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import ARRAY, Dialect, Executable, Row
 from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.store.driver import _send
+from gateway.store.db import failed, outage_of
+from gateway.store.driver import _begun
 
 Processor = Callable[[Any], Any] | None
 
@@ -79,6 +80,32 @@ def _compile(dialect: Dialect, stmt: Any) -> _Compiled:
         ]
         meta = SimpleResultMetaData([c.key for c in columns], _processors=processors)
     return _Compiled(compiled.string, tuple(binds), meta)
+
+
+async def _send(conn: AsyncConnection, call: Callable[[Any], Awaitable[Any]]) -> Any:
+    """``call(asyncpg connection)``; a failure translated as the engine's ``handle_error`` hook
+    translates one. A statement on a connection that closed under it, or whose protocol broke
+    (a backend terminated mid-statement: asyncpg's ``InternalClientError``, "another operation
+    is in progress", while the server's goodbye is being read) lost its connection: one retry
+    (gateway.store.group), not a bug. A broken one is closed here, so that the pool drops it."""
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    outage = outage_of(conn.engine)
+    try:
+        await _begun(raw.dbapi_connection)  # in the caller's transaction, begun if not yet
+        done = await call(driver)
+    except Exception as exc:
+        broken = any(c.__name__ == "InternalClientError" for c in type(exc).__mro__)
+        lost = broken or driver.is_closed()
+        if lost and not driver.is_closed():
+            driver.terminate()
+        found = failed(outage, exc, disconnect=lost)
+        if found is None:
+            raise
+        raise found from exc
+    outage.ok()
+    return done
 
 
 def _items(values: Sequence[Any], process: Processor) -> list[Any]:
