@@ -27,6 +27,20 @@ def _other_writer(path: Path) -> sqlite3.Connection:
     return other
 
 
+def _count_trips(driver: Any) -> list[str]:
+    """The names of the calls sent to the driver's thread from now on (until
+    ``del driver._execute``)."""
+    trips: list[str] = []
+    run = driver._execute
+
+    async def counted(fn: Any, *args: object, **kwargs: object) -> object:
+        trips.append(getattr(fn, "__name__", ""))
+        return await run(fn, *args, **kwargs)
+
+    driver._execute = counted
+    return trips
+
+
 async def test_a_transaction_waits_for_the_other_writer_and_then_begins(tmp_path: Path) -> None:
     path = tmp_path / "g.db"
     engine = create_engine(f"sqlite+aiosqlite:///{path}")
@@ -120,14 +134,7 @@ async def test_a_committed_transaction_is_given_back_without_a_rollback_trip(
         async with engine.connect() as conn:
             driver = (await conn.get_raw_connection()).driver_connection
         assert driver is not None
-        trips: list[str] = []
-        run = driver._execute
-
-        async def counted(fn: Any, *args: object, **kwargs: object) -> object:
-            trips.append(getattr(fn, "__name__", ""))
-            return await run(fn, *args, **kwargs)
-
-        driver._execute = counted
+        trips = _count_trips(driver)
         try:
             async with engine.begin() as conn:
                 await conn.execute(text("INSERT INTO t VALUES ('kept')"))
@@ -165,16 +172,9 @@ async def test_a_cancelled_begin_does_not_leave_the_connection_in_a_transaction(
         async with engine.connect() as conn:  # the pool's one connection
             driver = (await conn.get_raw_connection()).driver_connection
         assert driver is not None
-        trips: list[str] = []
-        run = driver._execute
-
-        async def counted(fn: Any, *args: object, **kwargs: object) -> object:
-            trips.append(getattr(fn, "__name__", ""))
-            return await run(fn, *args, **kwargs)
-
-        driver._execute = counted
         gate = threading.Event()
-        blocked = asyncio.ensure_future(run(gate.wait, 60))  # the driver's thread is busy
+        blocked = asyncio.ensure_future(driver._execute(gate.wait, 60))  # its thread is busy
+        trips = _count_trips(driver)
 
         async def write() -> None:
             async with engine.begin() as conn:
