@@ -657,6 +657,67 @@ async def test_a_queued_job_past_its_start_by_is_not_called(
     assert stats["cases"] == 2 and stats["submissions"] == 2 and stats["duplicates"] == 0
 
 
+async def test_a_queued_job_whose_task_starts_past_its_start_by_is_not_called(
+    runtime: Runtime, city: SimulatedCity
+) -> None:
+    """The queue hands a job to its task in time, but the task first runs after the job's
+    start-by time (a busy event loop): the task does not call it either. The slot is given
+    back, the job counted late and its lease left to run out."""
+    ids = await submit_many(runtime, 2)
+    one_slot = _with_department(runtime, concurrency=1)
+    reads: list[float] = []  # the clock's next readings, one a read; then the last one again
+    last = [1000.0]
+
+    def clock() -> float:
+        if reads:
+            last[0] = reads.pop(0)
+        return last[0]
+
+    dispatcher = Dispatcher(one_slot, owner="busy", clock=clock)
+    calls = _count_calls(one_slot)
+    link = _link(one_slot)
+    call, call_may_end = link.connector.submit, asyncio.Event()
+
+    async def gated(envelope: Any) -> Any:
+        receipt = await call(envelope)
+        await call_may_end.wait()
+        return receipt
+
+    link.connector.submit = gated  # type: ignore[method-assign]
+    handed: list[str] = []  # jobs given to a task of their own
+    start = dispatcher._start
+
+    def spied(link_: Any, job: Any, envelope: Any, start_by: float | None = None) -> None:
+        handed.append(job.application_id)
+        start(link_, job, envelope, start_by)
+
+    dispatcher._start = spied  # type: ignore[method-assign,assignment]
+    try:
+        assert await dispatcher.sweep() == 2
+        [queued] = dispatcher._queues["amr"]
+        await wait_for(lambda: len(calls) == 1)
+        # the first call ends in time for the queue to hand its job on (the queue's reading);
+        # the job's own task reads the clock past its start-by
+        reads[:] = [queued.start_by - 1.0, queued.start_by + 0.001]
+        call_may_end.set()
+        await wait_for(lambda: dispatcher.late == {"amr": 1})
+        await wait_for(lambda: _done_jobs(runtime, 1))
+        assert handed == [calls[0], queued.job.application_id]  # handed on, by the queue
+        assert calls == [calls[0]] and dispatcher.queued() == {}
+        await wait_for(lambda: dispatcher.inflight["amr"] == 0)
+        assert link.reserve(1) == 1  # its slot was given back
+        link.unreserve(1)
+        async with runtime.engine.connect() as conn:
+            job = await jobs.job_for(conn, queued.job.application_id, 1)
+        assert job is not None and (job.state, job.lease_owner) == (jobs.LEASED, "busy")
+    finally:
+        call_may_end.set()
+        await dispatcher.stop(grace_seconds=2)
+        await one_slot.http.aclose()
+    assert sorted(ids) == sorted({*calls, queued.job.application_id})
+    assert city.states["amr"].stats()["submissions"] == 1
+
+
 async def test_an_open_breaker_hands_the_queue_back(example_config: Config) -> None:
     """The breaker opens under queued jobs: they are not called but released (due again at
     once), and delivered when the department is back."""
