@@ -80,13 +80,10 @@ def _compile(dialect: Dialect, key: object, stmt: Any, keys: Sequence[str] | Non
 
 
 async def _send(conn: AsyncConnection, call: Callable[[Any], Awaitable[Any]]) -> Any:
-    raw = await conn.get_raw_connection()
-    driver = raw.driver_connection
+    driver = (await conn.get_raw_connection()).driver_connection
     assert driver is not None
     outage = outage_of(conn.engine)
     try:
-        if conn.dialect.name == "postgresql":
-            await _begun(raw.dbapi_connection)
         done = await call(driver)
     except Exception as exc:
         found = failed(outage, exc)
@@ -95,18 +92,6 @@ async def _send(conn: AsyncConnection, call: Callable[[Any], Awaitable[Any]]) ->
         raise found from exc
     outage.ok()
     return done
-
-
-async def _begun(adapter: Any) -> None:
-    """Inside the transaction asyncpg's adapter would run a statement of its own in: it
-    begins one lazily, before its first statement (unless autocommit). The pool's ping begins
-    it at checkout (gateway.store.db), but a new pooled connection is not pinged: without
-    this, a statement sent straight through asyncpg as the first of a transaction on a new
-    connection ran on its own, committed at once (its row locks gone with it)."""
-    if getattr(adapter, "_transaction", True) is None and (
-        getattr(adapter, "isolation_level", None) != "autocommit"
-    ):
-        await adapter._start_transaction()
 
 
 def _values(binds: tuple[tuple[str, Processor], ...], params: Mapping[str, Any]) -> tuple[Any, ...]:

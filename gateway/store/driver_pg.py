@@ -30,7 +30,6 @@ from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.db import failed, outage_of
-from gateway.store.driver import _begun
 
 Processor = Callable[[Any], Any] | None
 
@@ -106,6 +105,18 @@ async def _send(conn: AsyncConnection, call: Callable[[Any], Awaitable[Any]]) ->
         raise found from exc
     outage.ok()
     return done
+
+
+async def _begun(adapter: Any) -> None:
+    """Inside the transaction asyncpg's adapter would run a statement of its own in: it
+    begins one lazily, before its first statement (unless autocommit). The pool's ping begins
+    it at checkout (gateway.store.db), but a new pooled connection is not pinged: without
+    this, a statement sent straight through asyncpg as the first of a transaction on a new
+    connection ran on its own, committed at once (its row locks gone with it)."""
+    if getattr(adapter, "_transaction", True) is None and (
+        getattr(adapter, "isolation_level", None) != "autocommit"
+    ):
+        await adapter._start_transaction()
 
 
 def _items(values: Sequence[Any], process: Processor) -> list[Any]:
