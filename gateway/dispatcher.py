@@ -72,7 +72,7 @@ class _Release:
     """Claimed jobs never called, handed back (due again at once): the breaker opened while
     they were queued."""
 
-    ids: list[str]
+    ids: list[int]
 
 
 @dataclass(frozen=True)
@@ -325,7 +325,7 @@ class Dispatcher:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _release(self, ids: list[str]) -> None:
+    async def _release(self, ids: list[int]) -> None:
         try:
             await self._recorder.submit(_Release(ids))
         except Exception:  # the leases run out instead

@@ -303,7 +303,8 @@ async def test_rows_read_through_the_driver_are_what_sqlalchemy_reads(engine: As
         held = (
             await conn.execute(select(dispatch_jobs).where(dispatch_jobs.c.lease_owner == "me"))
         ).all()
-        assert await jobs.finish_delivered(conn, [claimed[0].id, 999], "me") == {claimed[0].id}
+        fenced, _locked = await jobs.finish_delivered_locked(conn, [claimed[0].id, 999], "me")
+        assert fenced == {claimed[0].id}
     assert sorted(dataclasses.astuple(j) for j in claimed) == sorted(tuple(r) for r in held)
     assert [j.application_id for j in claimed] == ["a1", "a2"]
     assert [a.id for a in apps] == ["a1", "a2"] and all(j.state == "leased" for j in claimed)

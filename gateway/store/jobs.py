@@ -271,18 +271,12 @@ async def due_departments(conn: AsyncConnection, departments: list[str]) -> set[
     return {r[0] for r in (await conn.execute(_DUE_DEPARTMENTS.for_(conn), params)).all()}
 
 
-async def finish_delivered(conn: AsyncConnection, job_ids: list[int], owner: str) -> set[int]:
-    """Settle leased jobs whose delivery was answered (done, one attempt more): one statement
-    for a batch. Returns the ids this owner still held (the others' leases were lost)."""
-    params = {"_ids": job_ids, "_owner": owner, "_at": now()}
-    return {r[0] for r in await _FINISH_DELIVERED.all(conn, params)}
-
-
 async def finish_delivered_locked(
     conn: AsyncConnection, job_ids: list[int], owner: str
 ) -> tuple[set[int], dict[str, Row[Any]]]:
-    """:func:`finish_delivered`, and the cases of the jobs this owner still held locked in id
-    order (as :func:`cases.lock_applications` does): (held job ids, {case id: locked row}).
+    """Settle leased jobs whose delivery was answered (done, one attempt more), and lock the
+    cases of those this owner still held (the others' leases were lost), in id order (as
+    :func:`cases.lock_applications` does): (held job ids, {case id: locked row}).
     On PostgreSQL one statement (the fence as a common table expression, the cases' ``FOR
     UPDATE`` in id order after it: the order of the two statements elsewhere), one round trip
     fewer per recorded batch; a job whose lease was lost locks nothing."""
@@ -326,7 +320,7 @@ def _finish_statement(columns: frozenset[str]) -> Update:
     )
 
 
-async def release(conn: AsyncConnection, owner: str, *, ids: Sequence[str] | None = None) -> int:
+async def release(conn: AsyncConnection, owner: str, *, ids: Sequence[int] | None = None) -> int:
     """Hand back every job this owner holds (graceful shutdown), or only those of ``ids``
     (claimed and never called): due again at once."""
     held = and_(dispatch_jobs.c.lease_owner == owner, dispatch_jobs.c.state == LEASED)
