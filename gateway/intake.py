@@ -579,11 +579,13 @@ async def _records(
     }
 
 
+#: the longest Idempotency-Key (idempotency_records.key's length): the API refuses longer ones
+IDEMPOTENCY_KEY_LENGTH = 200
+
+
 def _storable(key: str) -> bool:
-    return len(key) <= _KEY_LENGTH and key.isprintable()
-
-
-_KEY_LENGTH = 200  # idempotency_records.key's length (the API refuses a longer key)
+    """A key the API accepts (and so one a look-up can bind): printable, not too long."""
+    return len(key) <= IDEMPOTENCY_KEY_LENGTH and key.isprintable()
 
 
 class _Seen:

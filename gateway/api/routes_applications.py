@@ -191,11 +191,11 @@ KEY_FIRST[submit_application] = authenticate
 
 
 def _check_idempotency_key(idempotency_key: str | None) -> None:
-    if idempotency_key is not None and len(idempotency_key) > 200:
+    if idempotency_key is not None and len(idempotency_key) > intake.IDEMPOTENCY_KEY_LENGTH:
         raise Problem(
             400,
             "Bad Idempotency-Key",
-            "the Idempotency-Key is longer than 200 characters",
+            f"the Idempotency-Key is longer than {intake.IDEMPOTENCY_KEY_LENGTH} characters",
             field="Idempotency-Key",
         )
     if idempotency_key and not idempotency_key.isprintable():
