@@ -194,7 +194,9 @@ async def test_three_daemons_share_one_database(
                     rows = (await conn.execute(select(applications.c.status))).all()
                 return len(rows) == n and all(r.status in SETTLED for r in rows)
 
-            await wait_for(all_decided, timeout=60)
+            # generous: three daemons and the simulators start on two busy cores (CI's load 15+
+            # ran out of 60 s)
+            await wait_for(all_decided, timeout=180)
 
             async def ticks_from_all() -> bool:
                 rows = await _lease_rows(runtime)

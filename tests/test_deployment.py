@@ -201,7 +201,9 @@ async def test_the_deployment_guide_on_postgresql(tmp_path: Path) -> None:
                 ]
                 for i in range(N // 2, N):
                     await submit(i)
-                start("daemon0-again", "daemon", "--no-migrate", "--metrics-port", str(metrics[0]))
+                again = start(
+                    "daemon0-again", "daemon", "--no-migrate", "--metrics-port", str(metrics[0])
+                )
 
                 async def views() -> list[dict[str, Any]]:
                     got = [
@@ -217,6 +219,15 @@ async def test_the_deployment_guide_on_postgresql(tmp_path: Path) -> None:
                     )
 
                 await wait_for(all_decided, timeout=240, interval=2.0)
+                # the restarted daemon up too before the stop below: the other daemon may have
+                # decided everything while it was still starting (CI, load 15), and a SIGTERM
+                # before its handler is installed ends it by the signal (-15), where systemd's
+                # stop of a running unit is what is checked here
+                await wait_for(
+                    lambda: up("daemon0-again", again, f"http://127.0.0.1:{metrics[0]}/healthz"),
+                    timeout=300,
+                    interval=0.2,
+                )
                 final = await views()
                 scraped = (await http.get(f"http://127.0.0.1:{metrics[1]}/metrics")).text
             # 7. nothing lost, nothing failed, no second case at a department

@@ -174,6 +174,8 @@ def test_names_derive_from_the_plugin_name() -> None:
 
 
 @pytest.mark.slow
+# a wheel built, a venv, two installs, a pytest run: the default 120 s ran out at CI's load
+@pytest.mark.timeout(900)
 def test_generated_plugin_filled_in_installed_and_conformant(tmp_path: Path) -> None:
     """Outside this repository, as a department's IT team has it: the gateway's wheel (what
     `make dist` builds) and the plugin installed into a fresh environment in a temporary
