@@ -17,7 +17,7 @@ from pathlib import Path
 import structlog
 
 from gateway import reload as reloading
-from gateway import snapshot, workdays
+from gateway import snapshot, stopping, workdays
 from gateway.clock import now
 from gateway.clocks import CHINA
 from gateway.config.loader import Config
@@ -113,8 +113,8 @@ async def serve_until_signalled(
     runtime = Runtime(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    stopping.on_loop(loop, stop.set)  # a SIGTERM held while this process started stops it now
     # from the start: a SIGUSR1 while the parts start must not end the process (its default)
     parts: dict[str, Dispatcher | None] = {"dispatcher": None}
     loop.add_signal_handler(

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from gateway import stopping
 from gateway.cli import app
 from gateway.cli.common import DEFAULT_CONFIG, ConfigOption, err, load, run
 from gateway.logs import configure
@@ -34,6 +35,7 @@ def serve(
     """Run the HTTP API (and, by default, the daemon loops: the embedded setup).
 
     SIGHUP (or 'gateway reload') re-reads the configuration; SIGTERM stops gracefully."""
+    stopping.hold()  # first: a SIGTERM while starting stops it once started
     from gateway.service import serve_until_signalled
 
     cfg = load(config)
@@ -69,6 +71,7 @@ def daemon(
     """Run the dispatcher and status polling; any number may share one PostgreSQL.
 
     SIGHUP (or 'gateway reload') re-reads the configuration; SIGTERM stops gracefully."""
+    stopping.hold()  # first: a SIGTERM while starting stops it once started
     from gateway.service import serve_until_signalled
 
     cfg = load(config)

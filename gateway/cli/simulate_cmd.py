@@ -155,11 +155,13 @@ async def _until_signalled(
     import asyncio
     import signal
 
+    from gateway import stopping
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        stopping.on_loop(loop, stop.set)  # a SIGTERM held while this process started stops it
 
     def ready(rows: list[RunningSimulator]) -> None:
         _print(rows, as_json)
@@ -184,6 +186,9 @@ def simulate(
     ] = False,
 ) -> None:
     """Run the config's simulated department systems until Ctrl-C."""
+    from gateway import stopping
+
+    stopping.hold()  # first: a SIGTERM while starting stops it once started
     from gateway.cli.output import unknown_name
     from gateway.config.loader import load_config
 
