@@ -219,10 +219,8 @@ async def test_the_deployment_guide_on_postgresql(tmp_path: Path) -> None:
                     )
 
                 await wait_for(all_decided, timeout=240, interval=2.0)
-                # the restarted daemon up too before the stop below: the other daemon may have
-                # decided everything while it was still starting (CI, load 15), and a SIGTERM
-                # before its handler is installed ends it by the signal (-15), where systemd's
-                # stop of a running unit is what is checked here
+                # the rolling restart is done when the restarted daemon is up too: the other
+                # daemon may have decided everything while it was still starting (CI, load 15)
                 await wait_for(
                     lambda: up("daemon0-again", again, f"http://127.0.0.1:{metrics[0]}/healthz"),
                     timeout=300,
