@@ -543,6 +543,40 @@ async def test_a_batch_is_archived_in_groups_and_a_cut_leaves_the_rest_to_come_a
     assert await conn.pull_updates(100) == []
 
 
+async def test_a_cases_results_settled_together_write_its_ledger_entry_once(
+    tmp_path: Path, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A case's "accepted" and its decision, settled in one batch, are noted on its ledger
+    entry read once and written once (each write is a new file renamed over the entry, the
+    result path's largest cost in a city day), leaving what noting them one after the other
+    leaves: the last status, the department's case number, the last result's time."""
+    import os
+
+    conn = make_connector(local_options(tmp_path, result={"stable_seconds": 0}), http)
+    await conn.submit(envelope(materials=[]))
+    other = "ow-a0000000000000002-v1"
+    await conn.submit(envelope("a0000000000000002", materials=[]))
+    drop(tmp_path, "MZ-1-1.json", result_json(KEY, "1", occurred_at="2025-01-01T00:00:00Z"))
+    drop(tmp_path, "MZ-1-2.json", result_json(KEY, "9"))
+    drop(tmp_path, "MZ-2-1.json", result_json(other, "4"))
+    updates = await conn.pull_updates(10)
+    assert sorted(u.status for u in updates) == ["1", "4", "9"]
+    replaced: list[str] = []
+    real = os.replace
+    monkeypatch.setattr(
+        os, "replace", lambda src, dst, **kw: (replaced.append(str(dst)), real(src, dst, **kw))[1]
+    )
+    await conn.ack_updates([Ack(update, "applied") for update in updates])
+    assert sorted(replaced) == sorted([f"{KEY}.json", f"{other}.json"])  # one write each
+    entry = await conn.ledger.read(KEY)
+    assert entry is not None
+    assert (entry["status"], entry["case_id"]) == ("9", "MZ-2025-000001")
+    assert entry["updated_at"] == "2025-01-02T03:04:05Z"
+    assert entry["file"] == f"{KEY}.json"  # the request's record kept
+    entry = await conn.ledger.read(other)
+    assert entry is not None and entry["status"] == "4"
+
+
 def test_results_are_read_in_groups_of_bounded_size() -> None:
     from gateway_filedrop.result_files import _GROUP_BYTES, _groups
     from gateway_filedrop.storage import Entry

@@ -103,24 +103,32 @@ class Ledger:
         await self.note_many([(key, at, changes)])
 
     async def note_many(self, notes: list[tuple[str, dt.datetime | None, dict[str, Any]]]) -> None:
-        """:meth:`note` for each (key, time, changes), in one trip to the storage."""
+        """:meth:`note` for each (key, time, changes), in one trip to the storage. The notes
+        of one key are applied in order to its entry read once and written once (a case's
+        results often come in one batch: "accepted", then the decision), as the same notes
+        one after the other would leave it; only that last state is written (each write of
+        an entry is a new file renamed over it, ~1 ms of CPU here)."""
 
-        def changing(key: str, at: dt.datetime | None, changes: dict[str, Any]) -> Change:
+        def changing(key: str, steps: list[tuple[dt.datetime | None, dict[str, Any]]]) -> Change:
             def change(old: bytes | None) -> bytes | None:
                 entry = _entry(old)
-                if entry is None and changes.get("refused"):
-                    # refused before the request's own record was written (see record_sent)
-                    entry = {"case_id": key, "idempotency_key": key, "status": None}
-                if not entry:
-                    return None  # no request of ours (or unreadable): list_cases won't show it
-                entry.update({k: v for k, v in changes.items() if v is not None})
-                entry["updated_at"] = iso(at or dt.datetime.now(dt.UTC))
-                return json.dumps(entry).encode()
+                for at, changes in steps:
+                    if entry is None and changes.get("refused"):
+                        # refused before the request's own record was written (see record_sent)
+                        entry = {"case_id": key, "idempotency_key": key, "status": None}
+                    if not entry:
+                        continue  # no request of ours (or unreadable): list_cases won't show it
+                    entry.update({k: v for k, v in changes.items() if v is not None})
+                    entry["updated_at"] = iso(at or dt.datetime.now(dt.UTC))
+                return json.dumps(entry).encode() if entry else None
 
             return change
 
         if not notes:
             return
+        by_key: dict[str, list[tuple[dt.datetime | None, dict[str, Any]]]] = {}
+        for key, at, changes in notes:
+            by_key.setdefault(key, []).append((at, changes))
         # A refusal must survive a power cut: it is what lets a replay write the request again
         # (see record_sent). A status is not fsynced (one fsync a result, the pull's slowest
         # step under I/O load): the case's own is in the gateway's database (the result is
@@ -130,7 +138,7 @@ class Ledger:
         durable = any(changes.get("refused") for _, _, changes in notes)
         # read and written in one trip; an unreadable entry (too large, a link) is left as it is
         await self.storage.update_many(
-            [(self.path(key), changing(key, at, changes)) for key, at, changes in notes],
+            [(self.path(key), changing(key, steps)) for key, steps in by_key.items()],
             _ENTRY_BYTES,
             durable=durable,
         )
