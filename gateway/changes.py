@@ -31,6 +31,12 @@ a committed transaction, and its case still has the status and version it had ri
 since (a retry, a re-send, another channel) sends it through the state machine again. The
 memory holds only the cases seen since the last full tick began (per daemon process; another
 process, or this one after a restart, judges each change once more).
+
+A change not judged yet whose case already stands where it would leave it (applied by another
+process: amr's callbacks land in the API process) is judged from one read, without a write
+transaction (:func:`~gateway.updates.changing_nothing`: one statement reads the case and its
+listed documents; only a change that would move no status, list no document, keep no case
+number and log nothing qualifies), counted ``unchanged`` and remembered as judged.
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ from gateway.results import Hit, match_many
 from gateway.runtime import Runtime
 from gateway.states import State
 from gateway.store import watermarks
-from gateway.updates import Ended, apply_case_updates
+from gateway.updates import Ended, apply_case_updates, changing_nothing
 
 log = structlog.get_logger("gateway.changes")
 
@@ -80,6 +86,8 @@ class _Tally:
     applied: int = 0
     unmatched: int = 0
     skipped: int = 0
+    #: judged from one read to change nothing (:func:`~gateway.updates.changing_nothing`)
+    unchanged: int = 0
 
 
 @dataclass
@@ -219,6 +227,7 @@ async def sync_department(runtime: Runtime, code: str) -> dict[str, Any]:
         "applied": tally.applied,
         "unmatched": tally.unmatched,
         "judged_before": tally.skipped,
+        "unchanged": tally.unchanged,
     }
 
 
@@ -270,8 +279,8 @@ async def _apply(
     process judged before, their case where they left it, are skipped (see the module doc)."""
     memory = _memory(runtime, code)
     dept = runtime.config.departments[code]
-    found: list[tuple[str, CaseUpdate, int | None]] = []
-    marks: list[bytes] = []
+    new: list[tuple[str, CaseUpdate, int | None, Ended]] = []
+    new_marks: list[bytes] = []
     skipped = 0
     for upd, hit in zip(batch, await match_many(runtime, code, batch), strict=True):
         tally.seen += 1
@@ -282,11 +291,26 @@ async def _apply(
         if memory.judged(hit, mark):
             skipped += 1
             continue
-        found.append((hit.app_id, upd, hit.version))
+        new.append((hit.app_id, upd, hit.version, Ended(hit.status, hit.stored_version)))
+        new_marks.append(mark)
+    # what would change nothing (another process applied it: amr's callbacks) is judged from
+    # one read, without the write transaction
+    found: list[tuple[str, CaseUpdate, int | None]] = []
+    marks: list[bytes] = []
+    unchanged = 0
+    for (app_id, upd, version, _read), mark, end in zip(
+        new, new_marks, await changing_nothing(runtime, code, new), strict=True
+    ):
+        if end is not None:
+            memory.note(app_id, end, mark)
+            unchanged += 1
+            continue
+        found.append((app_id, upd, version))
         marks.append(mark)
     tally.skipped += skipped
-    if skipped:
-        metrics.SYNC_CHANGES.labels(code, "unchanged").inc(skipped)
+    tally.unchanged += unchanged
+    if skipped + unchanged:
+        metrics.SYNC_CHANGES.labels(code, "unchanged").inc(skipped + unchanged)
     if not found and then is None:
         return
     ended: list[Ended | None] = []

@@ -82,10 +82,13 @@ async def _any_due(runtime: Runtime, link: DepartmentLink) -> bool:
         return (await conn.execute(q)).first() is not None
 
 
-async def _claim(runtime: Runtime, link: DepartmentLink, limit: int) -> Sequence[Row[Any]]:
+async def _claim(
+    runtime: Runtime, link: DepartmentLink, limit: int, *, looked: bool = False
+) -> Sequence[Row[Any]]:
     # a read first: a round runs every poll interval (2 s in the example city), nearly always
-    # with nothing due, and the claim is a write transaction (on SQLite the file's write lock)
-    if not await _any_due(runtime, link):
+    # with nothing due, and the claim is a write transaction (on SQLite the file's write lock);
+    # ``looked``: the round's first batch, whose read the round made already
+    if not looked and not await _any_due(runtime, link):
         return []
     async with runtime.engine.begin() as conn:
         return await leases.claim(
@@ -180,24 +183,31 @@ async def poll_department(runtime: Runtime, code: str, limit: int = 200) -> int:
     if link is None or not link.dept.poll_interval_seconds or link.breaker_open():
         return 0  # while the breaker is open the cases stay due: the next round asks
     await _schedule_unset(runtime, link)
+    if not await _any_due(runtime, link):
+        return 0  # nearly every round: nothing more to read (the feed's watermark, a claim)
     feed_ok = await feed_keeps_up(runtime, link) if link.offers_changes() else False
     interval = poll_every(link, feed_ok=feed_ok) or 0.0
-    started, applied = time.monotonic(), 0
+    started, applied, looked = time.monotonic(), 0, True
     while True:
-        done, claimed = await _poll_batch(runtime, link, limit, interval, feed_ok)
-        applied += done
+        done, claimed = await _poll_batch(runtime, link, limit, interval, feed_ok, looked)
+        applied, looked = applied + done, False
         spent = time.monotonic() - started
         if claimed < limit or link.breaker_open() or spent >= link.dept.poll_interval_seconds:
             return applied
 
 
 async def _poll_batch(
-    runtime: Runtime, link: DepartmentLink, limit: int, interval: float, feed_ok: bool
+    runtime: Runtime,
+    link: DepartmentLink,
+    limit: int,
+    interval: float,
+    feed_ok: bool,
+    looked: bool = False,
 ) -> tuple[int, int]:
     """Claim up to ``limit`` due cases and poll them: (changes applied, cases claimed)."""
     code = link.code
     claimed_at = now()
-    rows = await _claim(runtime, link, limit)
+    rows = await _claim(runtime, link, limit, looked=looked)
     applied = 0
     due: dict[str, dt.datetime] = {}
 

@@ -3,6 +3,7 @@ state machine, in one transaction, and telling the status_changed hook after com
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ from gateway.metrics import (
 )
 from gateway.notifications import split, with_contact, with_contacts
 from gateway.runtime import Runtime
-from gateway.states import DECIDED, State
+from gateway.states import DECIDED, State, Verdict, judge
 from gateway.store import cases, driver
 from gateway.store.tables import applications, callback_events
 
@@ -266,6 +267,71 @@ async def apply_case_updates(
     return [one.changes for one in done]
 
 
+def _may_change_nothing(
+    status: str, version: int, state: State | None, reported: int | None, upd: CaseUpdate
+) -> bool:
+    """Whether :func:`_apply_round` could do nothing with ``upd`` (mapped to ``state``, about
+    version ``reported``) for a case at ``status`` and ``version``, but list its documents
+    or keep its case number: no step the state machine applies or logs as illegal, no
+    documents completing a decided case, no approval warned about as undocumented."""
+    if state is None:
+        return False  # an unknown status code is logged where it is applied
+    current = State(status)
+    stale = reported is not None and reported < version  # the plan's stale check
+    if not stale and judge(current, state) not in (Verdict.DUPLICATE, Verdict.STALE):
+        return False
+    if upd.documents and state in DECIDED and current in DECIDED:
+        return False  # documents after the decision may hand the case out (the "late" path)
+    return not (state is State.APPROVED and current is State.APPROVED)  # the missing warning
+
+
+async def changing_nothing(
+    runtime: Runtime, department: str, reports: list[tuple[str, CaseUpdate, int | None, Ended]]
+) -> list[Ended | None]:
+    """For each ``(application id, update, version, the case as last read)``: where its case
+    stands if applying it now would change nothing at all (:func:`apply_reports`: no status
+    step, no document listed, no case number kept, nothing logged or told), else None. A
+    change feed's re-read of what another process applied (amr's callbacks land in the API
+    process) is judged so without a write transaction. From one statement (one snapshot,
+    on PostgreSQL as on SQLite's reader): the case's status, version and case number, and
+    the documents listed for it, which are only ever added to; so the verdict held at that
+    snapshot, as the same report judged in a transaction then would have found."""
+    dept = runtime.config.departments[department]
+    out: list[Ended | None] = [None] * len(reports)
+    todo = [
+        i
+        for i, (_a, upd, version, read) in enumerate(reports)
+        if _may_change_nothing(read.status, read.version, dept.map_status(upd.status), version, upd)
+    ]
+    if not todo:
+        return out
+    async with runtime.reader.connect() as conn:
+        rows = await cases.with_documents(conn, sorted({reports[i][0] for i in todo}))
+    for i in todo:
+        app_id, upd, version, _read = reports[i]
+        found = rows.get(app_id)
+        if found is None:
+            continue
+        state = dept.map_status(upd.status)
+        if not _may_change_nothing(found.status, found.version, state, version, upd):
+            continue
+        if (
+            found.department_case_id in (None, upd.idempotency_key)
+            and upd.case_id
+            and upd.case_id != found.department_case_id
+        ):
+            continue  # the department's own case number would be kept
+        if any(
+            (None, d.url) not in found.listed
+            if d.content is None
+            else (hashlib.sha256(d.content).hexdigest(), None) not in found.listed
+            for d in upd.documents
+        ):
+            continue  # a document to list
+        out[i] = Ended(found.status, found.version)
+    return out
+
+
 @dataclass(frozen=True)
 class Report:
     """A department's report about one case: the update, the case version it is about, its
@@ -505,6 +571,7 @@ __all__ = [
     "apply_case_update",
     "apply_case_updates",
     "apply_reports",
+    "changing_nothing",
     "move",
     "move_many",
     "settle",

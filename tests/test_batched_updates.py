@@ -16,8 +16,8 @@ from gateway.connector import CaseUpdate, ResultDocument
 from gateway.events import Source
 from gateway.runtime import Runtime
 from gateway.store import driver_pg
-from gateway.store.tables import result_documents
-from gateway.updates import Ended, apply_case_updates
+from gateway.store.tables import applications, events, result_documents
+from gateway.updates import Ended, apply_case_updates, changing_nothing
 from tests.handout_fixtures import quiet_runtime
 from tests.test_dispatch import statuses, submit_many
 
@@ -127,3 +127,87 @@ async def test_documents_are_written_before_the_transaction_begins(
     finally:
         event.remove(runtime.engine.sync_engine, "begin", spy_begin)
     assert order == ["put 3", "begin"]  # all three files in one trip, none under the lock
+
+
+async def _where(runtime: Runtime, app_id: str) -> tuple[Any, ...]:
+    """A case's row and what is listed and written for it (to see that nothing was)."""
+    async with runtime.engine.connect() as conn:
+        row = (await conn.execute(select(applications).where(applications.c.id == app_id))).one()
+        docs = (
+            await conn.execute(
+                select(func.count()).where(result_documents.c.application_id == app_id)
+            )
+        ).scalar()
+        written = (
+            await conn.execute(select(func.count()).where(events.c.application_id == app_id))
+        ).scalar()
+    return tuple(row), docs, written
+
+
+async def test_a_report_that_changes_nothing_is_known_from_one_read_as_the_state_machine_finds(
+    runtime: Runtime,
+) -> None:
+    """``changing_nothing`` (a change feed's re-read of what another process applied) calls a
+    report a no-op only where applying it changes and writes nothing, and says where its case
+    stands as applying it would (``Ended``); a new document, a step the state machine takes,
+    documents completing a decided case, an approval warned about as undocumented, an unknown
+    status code, a report about an older version with a new document: all go to be applied."""
+    ready, review, approved, keyed = await submit_many(runtime, 4)
+    await apply_case_updates(
+        runtime,
+        [
+            (ready, _approval(1, b"licence"), None),
+            (keyed, CaseUpdate(case_id=f"ow-{keyed}-v1", status="4"), None),  # our key for now
+            (review, CaseUpdate(case_id="AMR-2", status="5"), None),
+            (approved, CaseUpdate(case_id="AMR-3", status="9"), None),  # nothing to hand out
+        ],
+        source=Source.POLL,
+        actor="poll/amr",
+    )
+    link = ResultDocument(name="letter.pdf", url="https://amr.example/letter/1")
+    reports: list[tuple[str, CaseUpdate, int | None, bool]] = [
+        (ready, _approval(1, b"licence"), None, True),  # the same again
+        (ready, _approval(1, b"licence"), 1, True),
+        (ready, CaseUpdate(case_id="AMR-1", status="9"), None, True),  # stale: handed out
+        (ready, CaseUpdate(case_id="AMR-1", status="5"), None, True),
+        (ready, CaseUpdate(case_id="AMR-9", status="9"), None, True),  # its number kept
+        (ready, _approval(1, b"a second licence"), None, False),  # a document to list
+        (ready, CaseUpdate(case_id="AMR-1", status="9", documents=[link]), None, False),
+        (ready, _approval(1, b"a second licence"), 0, False),  # an older version's: listed
+        (review, CaseUpdate(case_id="AMR-2", status="5"), None, True),  # a duplicate
+        (review, CaseUpdate(case_id="AMR-2", status="9"), None, False),  # a step to take
+        (review, CaseUpdate(case_id="AMR-2", status="77"), None, False),  # an unknown code
+        (approved, CaseUpdate(case_id="AMR-3", status="9"), None, False),  # warned about
+        (approved, _approval(3, b"licence"), None, False),  # hands the case out
+        (approved, CaseUpdate(case_id="AMR-3", status="4"), None, True),  # stale: decided
+        (review, CaseUpdate(case_id="AMR-2", status="2"), None, False),  # illegal: logged
+        (keyed, CaseUpdate(case_id=f"ow-{keyed}-v1", status="4"), None, True),
+        # the department's own number at last, kept in place of our key
+        (
+            keyed,
+            CaseUpdate(case_id="AMR-4", idempotency_key=f"ow-{keyed}-v1", status="4"),
+            1,
+            False,
+        ),
+    ]
+    async with runtime.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(applications.c.id, applications.c.status, applications.c.version)
+            )
+        ).all()
+    read = {app_id: Ended(status, version) for app_id, status, version in rows}
+    verdicts = await changing_nothing(
+        runtime, "amr", [(a, upd, version, read[a]) for a, upd, version, _n in reports]
+    )
+    assert [v is not None for v in verdicts] == [nothing for *_r, nothing in reports]
+    for (app_id, upd, version, _n), verdict in zip(reports, verdicts, strict=True):
+        if verdict is None:
+            continue
+        before = await _where(runtime, app_id)
+        ended: list[Ended | None] = []
+        done = await apply_case_updates(
+            runtime, [(app_id, upd, version)], source=Source.POLL, actor="poll/amr", ended=ended
+        )
+        assert done == [[]] and ended == [verdict], upd
+        assert await _where(runtime, app_id) == before, upd  # nothing written

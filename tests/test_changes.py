@@ -359,3 +359,65 @@ async def test_a_change_judged_before_is_skipped_while_its_case_stays_where_it_l
         assert fresh["judged_before"] == 0 and fresh["seen"] >= 1 and fresh["applied"] == 0
     finally:
         await other.aclose()
+
+
+async def test_a_change_another_process_applied_is_judged_from_one_read_without_a_write(
+    runtime: Runtime,
+    city: SimulatedCity,
+    api: httpx.AsyncClient,
+    centre_headers: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """amr's callbacks are applied in the API process: the daemon's feed then reads changes
+    it never judged whose cases already stand where they leave them. Such a change is found
+    to change nothing from one read (no write transaction, nothing applied), counted
+    ``unchanged``, and remembered as judged like one this process applied."""
+    app_id, case = await delivered(runtime, city, api, centre_headers, "feed-elsewhere")
+    city.states["amr"].force_status(case.id, "5")  # in review
+    other = Runtime(city.config)  # the process that applied it
+    await other.prepare_database()
+    try:
+        assert (await changes.sync_department(other, "amr"))["applied"] == 1
+    finally:
+        await other.aclose()
+    assert (await status_of(api, centre_headers, app_id))["status"] == "in_review"
+
+    applied: list[int] = []
+    real = changes.apply_case_updates
+
+    async def spy(rt: Runtime, batch: Any, **kw: Any) -> Any:
+        applied.append(len(batch))
+        return await real(rt, batch, **kw)
+
+    monkeypatch.setattr(changes, "apply_case_updates", spy)
+    first = await changes.sync_department(runtime, "amr")
+    assert first["seen"] >= 1 and first["unchanged"] == first["seen"]
+    assert first["applied"] == 0 and first["judged_before"] == 0
+    assert applied == []  # no write transaction for them
+    again = await changes.sync_department(runtime, "amr")
+    assert again["judged_before"] == again["seen"] and applied == []
+
+
+async def test_a_poll_round_with_nothing_due_reads_once(
+    runtime: Runtime, city: SimulatedCity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poll round runs every poll interval (hrss: 2 s) and nearly always finds nothing due:
+    it looks once, and reads nothing else (not the feed's watermark)."""
+    from gateway import poller
+
+    looked: list[str] = []
+    real_any_due, real_keeps_up = poller._any_due, poller.feed_keeps_up
+
+    async def any_due(rt: Runtime, link: DepartmentLink) -> bool:
+        looked.append("due")
+        return await real_any_due(rt, link)
+
+    async def keeps_up(rt: Runtime, link: DepartmentLink) -> bool:
+        looked.append("watermark")
+        return await real_keeps_up(rt, link)
+
+    monkeypatch.setattr(poller, "_any_due", any_due)
+    monkeypatch.setattr(poller, "feed_keeps_up", keeps_up)
+    assert runtime.link("amr") is not None and runtime.link("amr").offers_changes()  # type: ignore[union-attr]
+    assert await poll_department(runtime, "amr") == 0
+    assert looked == ["due"]

@@ -29,11 +29,12 @@ from gateway.events import Source, StatusChange, trusted
 from gateway.states import DECIDED, State, Verdict, judge
 from gateway.store import driver, driver_pg, outbox
 from gateway.store.chain import seal_events
-from gateway.store.lists import is_postgresql
+from gateway.store.lists import PerEngine, is_postgresql
 from gateway.store.tables import (
     UTCDateTime,
     applications,
     events,
+    result_documents,
     webhook_deliveries,
 )
 
@@ -388,6 +389,55 @@ async def _chain_head(conn: AsyncConnection, app_id: str) -> str | None:
     q = select(applications.c.events_hash).where(applications.c.id == app_id)
     head: str | None = (await conn.execute(q)).scalar()
     return head
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A case's status, version and department case number, and its listed result documents
+    as ``(sha256, None)`` for content or ``(None, url)`` for a link (see :func:`with_documents`)."""
+
+    status: str
+    version: int
+    department_case_id: str | None
+    listed: frozenset[tuple[str | None, str | None]]
+
+
+_WITH_DOCUMENTS = PerEngine(
+    lambda one_of: (
+        select(
+            applications.c.id,
+            applications.c.status,
+            applications.c.version,
+            applications.c.department_case_id,
+            result_documents.c.sha256,
+            result_documents.c.url,
+        )
+        .select_from(
+            applications.outerjoin(
+                result_documents, result_documents.c.application_id == applications.c.id
+            )
+        )
+        .where(one_of(applications.c.id, "_ids"))
+    )
+)
+
+
+async def with_documents(conn: AsyncConnection, app_ids: Sequence[str]) -> dict[str, Listed]:
+    """These cases with the documents listed for them, in one statement (one snapshot)."""
+    if not app_ids:
+        return {}
+    found: dict[str, tuple[str, int, str | None, set[tuple[str | None, str | None]]]] = {}
+    params = {"_ids": list(app_ids)}
+    for app_id, status, version, case_id, sha, url in (
+        await conn.execute(_WITH_DOCUMENTS.for_(conn), params)
+    ).all():
+        held = found.setdefault(app_id, (status, version, case_id, set()))[3]
+        if sha is not None or url is not None:
+            held.add((sha, None if sha is not None else url))
+    return {
+        app_id: Listed(status, version, case_id, frozenset(held))
+        for app_id, (status, version, case_id, held) in found.items()
+    }
 
 
 async def get_application(conn: AsyncConnection, app_id: str) -> Row[Any] | None:
