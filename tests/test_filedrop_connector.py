@@ -577,6 +577,40 @@ async def test_a_cases_results_settled_together_write_its_ledger_entry_once(
     assert entry is not None and entry["status"] == "4"
 
 
+async def test_a_requests_results_pulled_apart_are_settled_in_one_group(
+    tmp_path: Path, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pull lists a day's "accepted" results before their decisions: the batch is settled
+    in groups of whole requests (at most 25 results), so each ledger entry is still written
+    once, and the group after a cut still comes again whole."""
+    import os
+
+    from gateway_filedrop.result_files import SETTLE_GROUP
+
+    conn = make_connector(local_options(tmp_path, result={"stable_seconds": 0}), http)
+    keys = [f"ow-a{i:016x}-v1" for i in range(SETTLE_GROUP + 5)]
+    for i, key in enumerate(keys):
+        await conn.submit(envelope(f"a{i:016x}", materials=[]))
+        drop(tmp_path, f"MZ-{i:02d}-1.json", result_json(key, "1"))
+    for i, key in enumerate(keys):
+        drop(tmp_path, f"MZ-{i:02d}-2.json", result_json(key, "9"))
+    updates = await conn.pull_updates(100)
+    assert len(updates) == 2 * len(keys)
+    assert [u.status for u in updates[: len(keys)]] == ["1"] * len(keys)  # as listed
+    replaced: list[str] = []
+    real = os.replace
+    monkeypatch.setattr(
+        os, "replace", lambda src, dst, **kw: (replaced.append(str(dst)), real(src, dst, **kw))[1]
+    )
+    trips = _count_trips(conn)
+    await conn.ack_updates([Ack(u, "applied") for u in updates])
+    assert sorted(replaced) == sorted(f"{k}.json" for k in keys)  # once each
+    assert len(trips) == 2 * 3, trips  # 12, 12 and 6 requests: moves and notes each
+    assert len(list((tmp_path / "archive").iterdir())) == len(updates)
+    noted = [json.loads((tmp_path / "sent" / f"{k}.json").read_bytes())["status"] for k in keys]
+    assert noted == ["9"] * len(keys)
+
+
 def test_results_are_read_in_groups_of_bounded_size() -> None:
     from gateway_filedrop.result_files import _GROUP_BYTES, _groups
     from gateway_filedrop.storage import Entry

@@ -133,9 +133,24 @@ class ResultReader:
         to the storage, then their ledger statuses noted in another (a result a trip each
         way, before). A call cut short (the department's timeout: over SFTP each file
         operation is a round trip) leaves at most one group archived without its statuses
-        noted; the groups after it stay in the outbox and come again."""
-        for start in range(0, len(updates), SETTLE_GROUP):
-            await self._archive_group(updates[start : start + SETTLE_GROUP])
+        noted; the groups after it stay in the outbox and come again.
+
+        A request's results are settled in one group (in the order they came, the requests
+        in the order of their first result; a group is whole requests, at most
+        :data:`SETTLE_GROUP` results unless one request has more): its ledger entry is then
+        noted once for them all. A pull lists many "accepted" results before their decisions,
+        and each write of an entry is a new file (~1 ms of CPU here)."""
+        by_request: dict[str, list[CaseUpdate]] = {}
+        for update in updates:
+            by_request.setdefault(update.idempotency_key or update.case_id, []).append(update)
+        group: list[CaseUpdate] = []
+        for same in by_request.values():
+            if group and len(group) + len(same) > SETTLE_GROUP:
+                await self._archive_group(group)
+                group = []
+            group += same
+        if group:
+            await self._archive_group(group)
 
     async def _archive_group(self, updates: list[CaseUpdate]) -> None:
         outbox, archive = self.share.folders.outbox, self.share.folders.archive
