@@ -351,3 +351,94 @@ async def test_callbacks_that_arrive_together_are_judged_in_one_transaction(
     async with runtime.engine.begin() as conn:  # the events were recorded with the changes
         again = await _applier(runtime)(conn, batch[:2])
     assert [o[1].duplicate for o in again if o] == [True, True]
+
+
+async def test_the_callback_shortcut_answers_as_fastapis_route(
+    runtime: Runtime,
+    api: httpx.AsyncClient,
+    centre_headers: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A callback with ``Content-Type: application/json`` is answered by the front
+    middleware's shortcut, without Starlette's router; any other spelling by FastAPI's route.
+    Status, headers (in order) and body are the same both ways, for an applied callback, a
+    duplicate, an unchanged one and every kind of refusal."""
+    import starlette.routing
+
+    walked: list[str] = []
+    through = starlette.routing.Router.__call__
+
+    async def counting(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        walked.append(scope["path"])
+        await through(self, scope, receive, send)
+
+    monkeypatch.setattr(starlette.routing.Router, "__call__", counting)
+    case_ids = []
+    for i in range(2):
+        resp = await api.post(
+            "/v1/applications",
+            json=application(),
+            headers={**centre_headers, "Idempotency-Key": f"shortcut-{i}"},
+        )
+        assert resp.status_code == 201
+    dispatcher = Dispatcher(runtime)
+    await dispatcher.sweep()
+    await dispatcher.drain()
+    listed = (await api.get("/v1/applications", headers=centre_headers)).json()["items"]
+    case_ids = [item["department_case_id"] for item in listed]
+    assert len(case_ids) == 2 and all(case_ids)
+    walked.clear()
+
+    def both(body: dict[str, Any], event_id: str) -> list[tuple[bytes, dict[str, str]]]:
+        return [signed(body, event_id=event_id), signed(body, event_id=event_id)]
+
+    bad_sig = {"X-Signature": "sha256=" + "1" * 64}
+    cases: list[tuple[str, list[tuple[bytes, dict[str, str]]], dict[str, str], int, str]] = [
+        (
+            "amr",
+            [signed({"case_id": c, "status": "5"}, event_id=f"s-{c}") for c in case_ids],
+            {},
+            200,
+            "applied",
+        ),
+        (
+            "amr",
+            both({"case_id": case_ids[0], "status": "5"}, f"s-{case_ids[0]}"),
+            {},
+            200,
+            "duplicate",
+        ),
+        (
+            "amr",
+            [signed({"case_id": case_ids[i], "status": "5"}, event_id=f"u-{i}") for i in range(2)],
+            {},
+            200,
+            "unchanged",
+        ),
+        ("amr", both({"case_id": case_ids[0], "status": "9"}, "b"), bad_sig, 401, ""),
+        ("amr", both({"case_id": case_ids[0], "status": "9"}, "b"), {"X-Event-Id": "x"}, 401, ""),
+        ("amr", both({"case_id": "NO-SUCH-CASE", "status": "9"}, "n"), {}, 404, ""),
+        ("amr", both({"status": "9"}, "m"), {}, 422, ""),
+        ("nope", both({"case_id": case_ids[0], "status": "9"}, "d"), {}, 404, ""),
+        ("hrss", both({"case_id": case_ids[0], "status": "9"}, "h"), {}, 404, ""),
+        ("amr", [(b"", {}), (b"", {})], {}, 401, ""),  # unsigned, empty
+    ]
+    for department, pair, extra, status, outcome in cases:
+        answers = []
+        for (raw, headers), content_type in zip(
+            pair, ("application/json", "application/json; charset=utf-8"), strict=True
+        ):
+            walked.clear()
+            resp = await api.post(
+                f"/v1/callbacks/{department}",
+                content=raw,
+                headers={**headers, **extra, "content-type": content_type},
+            )
+            assert walked == ([] if content_type == "application/json" else [resp.request.url.path])
+            got = resp.json()
+            if status == 200:
+                assert got["status"] == outcome
+                got["application_id"] = "-" if got["application_id"] else None
+            answers.append((resp.status_code, resp.headers.raw, got))
+        assert answers[0] == answers[1], (department, status, outcome)
+        assert answers[0][0] == status, answers[0]

@@ -16,6 +16,8 @@ from gateway.api.quotas import RateLimiter
 from gateway.api.routes_applications import intake_shortcut
 from gateway.api.routes_applications import router as applications_router
 from gateway.api.routes_audit import router as audit_router
+from gateway.api.routes_callbacks import PREFIX as CALLBACKS_PREFIX
+from gateway.api.routes_callbacks import callback_shortcut
 from gateway.api.routes_callbacks import router as callbacks_router
 from gateway.api.routes_keys import router as keys_router
 from gateway.api.routes_ops import router as ops_router
@@ -97,10 +99,11 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(webhooks_router)
     app.include_router(console_router)  # /console: the ops console (issue 14)
     app.add_middleware(
-        Front,  # the body limit, the security headers, the access log; the intake shortcut
+        Front,  # the body limit, the security headers, the access log; the shortcuts
         default_limit=api.max_body_bytes,
         limits={"/v1/materials": api.material_max_bytes + 64 * 1024},
         access_log=api.access_log,
         shortcuts={"/v1/applications": intake_shortcut},
+        last_segment_shortcuts={CALLBACKS_PREFIX: callback_shortcut},
     )
     return app

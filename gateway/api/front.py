@@ -6,7 +6,9 @@
 - the security headers (:mod:`gateway.api.exposure`) on every answer that does not set them;
 - the access log line (:mod:`gateway.api.access`), when ``access_log`` is on;
 - shortcuts: a ``POST`` of a JSON body to a path in ``shortcuts`` (``POST /v1/applications``,
-  the hottest endpoint) is read here and handed to its shortcut, without Starlette's routing
+  the hottest endpoint), or to a path of one more segment under a prefix in
+  ``last_segment_shortcuts`` (``POST /v1/callbacks/{department}``, a department's pushes), is
+  read here and handed to its shortcut, without Starlette's routing
   through every route, FastAPI's request wrapper and dependency solving. A shortcut answers
   with a response, or with ``None`` to let the application answer as usual (it then reads the
   same body, replayed); what a shortcut raises is answered by the application's own exception
@@ -46,11 +48,14 @@ class Front:
         limits: dict[str, int],
         access_log: bool,
         shortcuts: dict[str, Shortcut],
+        last_segment_shortcuts: dict[str, Shortcut] | None = None,
     ) -> None:
         self.app = app
         self.default_limit, self.limits = default_limit, limits
         self.access_log = access_log
         self.shortcuts = shortcuts
+        #: prefix (ending in "/") -> shortcut for the paths of one non-empty segment more
+        self.last_segment_shortcuts = last_segment_shortcuts or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -77,7 +82,12 @@ class Front:
             return
         shortcut = None
         if scope["method"] == "POST" and content_type == b"application/json":
-            shortcut = self.shortcuts.get(scope["path"])
+            path = scope["path"]
+            shortcut = self.shortcuts.get(path)
+            if shortcut is None and self.last_segment_shortcuts:
+                head, _slash, last = path.rpartition("/")
+                if last:
+                    shortcut = self.last_segment_shortcuts.get(head + "/")
         if shortcut is not None and not scope.get("root_path"):
             await self._shortcut(ex, shortcut)
             return
