@@ -7,6 +7,8 @@ process: SQLite's file locks are the same between connections."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -14,9 +16,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
+from gateway.store import sqlite as sqlite_store
 from gateway.store.db import create_engine
-from gateway.store.sqlite import BUSY_TIMEOUT_MS, poll_begin
+from gateway.store.sqlite import BUSY_TIMEOUT_MS, LOCK_SUFFIX, WriteLock, poll_begin
 from tests.conftest import wait_for
 
 
@@ -205,3 +209,220 @@ async def test_a_cancelled_begin_does_not_leave_the_connection_in_a_transaction(
         assert "rollback" in trips  # queued behind the cancelled BEGIN
     finally:
         await engine.dispose()
+
+
+# --- the gateway's writers' lock (gateway.store.sqlite.WriteLock): another gateway process ---
+# A plain sqlite3 connection with a WriteLock of its own (its own file description of
+# ``<database>-writers``, as another process has) stands in for the other gateway process.
+
+
+class _OtherGatewayWriter:
+    def __init__(self, path: Path) -> None:
+        self.lock = WriteLock(str(path) + LOCK_SUFFIX)
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+    def begin(self, *, lock_only: bool = False) -> None:
+        assert self.lock.acquire(30)
+        if not lock_only:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute("INSERT INTO t VALUES ('other')")
+
+    def commit(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("COMMIT")
+        self.lock.release()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _lock_is_free(path: Path) -> bool:
+    fd = os.open(str(path) + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # closing lets go of it too
+    return True
+
+
+async def _engine_with_table(path: Path) -> Any:
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE t (v TEXT)"))
+    return engine
+
+
+async def test_a_writer_waits_for_another_gateway_process_without_trying_begin(
+    tmp_path: Path,
+) -> None:
+    # Polling BEGIN IMMEDIATE every 0.1-1 ms while the other process wrote cost ~110 us of CPU
+    # a try; waiting on the writers' lock costs none, and the kernel wakes the waiter at once.
+    path = tmp_path / "g.db"
+    engine = await _engine_with_table(path)
+    other = _OtherGatewayWriter(path)
+    try:
+        async with engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        tries: list[str] = []
+        driver._conn.set_trace_callback(tries.append)
+        other.begin()
+
+        async def write() -> None:
+            async with engine.begin() as conn:
+                await conn.execute(text("INSERT INTO t VALUES ('ours')"))
+
+        task = asyncio.create_task(write())
+        done, _ = await asyncio.wait({task}, timeout=0.3)
+        assert not done  # it waits for the other process's transaction
+        other.commit()
+        await asyncio.wait_for(task, timeout=60)
+        assert [s for s in tries if s.startswith("BEGIN")] == ["BEGIN IMMEDIATE"]  # one try
+        async with engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT v FROM t ORDER BY v"))).scalars().all()
+        assert rows == ["other", "ours"]
+        assert _lock_is_free(path)  # given back with the COMMIT
+    finally:
+        other.close()
+        await engine.dispose()
+
+
+async def test_the_writers_lock_is_held_for_the_transaction_and_given_back_however_it_ends(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "g.db"
+    engine = await _engine_with_table(path)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO t VALUES ('a')"))
+            assert not _lock_is_free(path)
+        assert _lock_is_free(path)
+        with pytest.raises(RuntimeError):
+            async with engine.begin() as conn:
+                await conn.execute(text("INSERT INTO t VALUES ('b')"))
+                raise RuntimeError("rolled back")
+        assert _lock_is_free(path)
+        with pytest.raises(IntegrityError):
+            async with engine.begin() as conn:
+                await conn.execute(text("CREATE UNIQUE INDEX u ON t (v)"))
+                await conn.execute(text("INSERT INTO t VALUES ('a')"))  # a statement fails
+        assert _lock_is_free(path)
+        async with engine.begin() as conn:  # a read-only transaction ends the same way
+            await conn.execute(text("SELECT count(*) FROM t"))
+        assert _lock_is_free(path)
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert not _lock_is_free(path)
+            await conn.invalidate()  # the connection closed inside its transaction
+        assert driver is not None and driver._connection is None
+        assert _lock_is_free(path)
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT v FROM t"))).scalars().all() == ["a"]
+    finally:
+        await engine.dispose()
+    assert _lock_is_free(path)
+
+
+async def test_a_cancelled_begin_gives_the_writers_lock_back(tmp_path: Path) -> None:
+    # the BEGIN runs after its task was cancelled (see the test above): the ROLLBACK the pool
+    # queues behind it gives the lock back, or every other process would wait for good
+    path = tmp_path / "g.db"
+    engine = await _engine_with_table(path)
+    other = _OtherGatewayWriter(path)
+    try:
+        other.begin(lock_only=True)  # the BEGIN waits for the lock in the driver's thread
+
+        async def write() -> None:
+            async with engine.begin() as conn:
+                await conn.execute(text("INSERT INTO t VALUES ('never')"))
+
+        task = asyncio.create_task(write())
+        done, _ = await asyncio.wait({task}, timeout=0.3)
+        assert not done
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=30)
+        other.commit()  # now the cancelled BEGIN gets the lock, and begins
+        await wait_for(lambda: _lock_is_free(path), timeout=30)
+        async with engine.begin() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 0
+        assert _lock_is_free(path)
+    finally:
+        other.close()
+        await engine.dispose()
+
+
+async def test_a_writers_lock_never_given_back_is_waited_for_a_bounded_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a stopped process holding the lock (but not SQLite's) must not stop this one's writes for
+    # good: past the polling's limit the transaction begins without it; and a process that died
+    # holding it wakes nobody (the kernel lets go of its flock): a sleeper looks again
+    monkeypatch.setattr(sqlite_store, "BEGIN_POLL_SECONDS", 0.3)
+    path = tmp_path / "g.db"
+    engine = await _engine_with_table(path)
+    stopped = os.open(str(path) + LOCK_SUFFIX, os.O_RDWR)
+    try:
+        fcntl.flock(stopped, fcntl.LOCK_EX)
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO t VALUES ('ours')"))
+        async with engine.begin() as conn:  # and again
+            await conn.execute(text("INSERT INTO t VALUES ('again')"))
+        assert not _lock_is_free(path)
+        monkeypatch.setattr(sqlite_store, "BEGIN_POLL_SECONDS", 60.0)
+
+        async def write() -> None:
+            async with engine.begin() as conn:
+                await conn.execute(text("INSERT INTO t VALUES ('after')"))
+
+        task = asyncio.create_task(write())
+        done, _ = await asyncio.wait({task}, timeout=0.3)
+        assert not done
+        os.close(stopped)  # as the process dies: its flock goes, with no wake-up
+        stopped = -1
+        await asyncio.wait_for(task, timeout=30)
+        assert _lock_is_free(path)
+        async with engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT v FROM t ORDER BY v"))).scalars().all()
+        assert rows == ["after", "again", "ours"]
+    finally:
+        if stopped >= 0:
+            os.close(stopped)
+        await engine.dispose()
+
+
+async def test_two_engines_of_one_process_on_one_file_write_in_turn(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    first = await _engine_with_table(path)
+    second = create_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+
+        async def writes(engine: Any, name: str) -> None:
+            for i in range(30):
+                async with engine.begin() as conn:
+                    await conn.execute(text("INSERT INTO t VALUES (:v)"), {"v": f"{name}{i}"})
+
+        await asyncio.wait_for(
+            asyncio.gather(writes(first, "a"), writes(second, "b"), writes(first, "c")), 60
+        )
+        async with second.connect() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 90
+        assert _lock_is_free(path)
+    finally:
+        await first.dispose()
+        await second.dispose()
+
+
+def test_only_the_locks_own_descriptor_holds_it(tmp_path: Path) -> None:
+    # the futex word's mapping has a descriptor of its own: a duplicate of the lock's would
+    # keep the flock held after the holder lets its descriptor go (a process that died, a
+    # forked child's copy)
+    path = tmp_path / "g.db"
+    lock = WriteLock(str(path) + LOCK_SUFFIX)
+    assert lock.acquire(1.0)
+    assert not _lock_is_free(path)
+    os.close(lock._fd)
+    assert _lock_is_free(path)
