@@ -41,7 +41,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiosqlite
@@ -75,7 +75,7 @@ def begin_immediate(driver: Any) -> bool:
     raw = getattr(driver, "_conn", None)
     if run is None or raw is None:
         return False
-    hold: _Hold | None = getattr(driver, "_gateway_hold", None)
+    hold = _hold_of(driver)
     if hold is None:
         hold = driver._gateway_hold = _Hold()
     return bool(await_only(run(poll_begin, raw, None, _sent(driver), hold)))
@@ -371,18 +371,19 @@ def _run_many(
 
 def commit(conn: sqlite3.Connection, trips: _Trips, hold: _Hold | None) -> None:
     """COMMIT in the connection's thread, the writers' lock given back after it."""
-    try:
-        conn.commit()
-    finally:
-        if hold is not None:
-            hold.end(conn)
-        trips.done += 1
+    _end(conn.commit, conn, trips, hold)
 
 
 def rollback(conn: sqlite3.Connection, trips: _Trips, hold: _Hold | None) -> None:
     """ROLLBACK in the connection's thread, the writers' lock given back after it."""
+    _end(conn.rollback, conn, trips, hold)
+
+
+def _end(
+    how: Callable[[], None], conn: sqlite3.Connection, trips: _Trips, hold: _Hold | None
+) -> None:
     try:
-        conn.rollback()
+        how()
     finally:
         if hold is not None:
             hold.end(conn)
@@ -500,42 +501,45 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
             if hold is not None:
                 hold.end(raw)  # nothing pending in the thread: safe from here
             return
-        if hold is None or raw is None or not driver._connection:
+        if not self._end(committing=False):
             super().rollback()
-            return
-        try:
-            await_only(driver._execute(rollback, raw, _sent(driver), hold))
-        except Exception as error:
-            self._handle_exception(error)
 
     def commit(self) -> None:
         """COMMIT, the writers' lock given back in the same trip."""
+        if not self._end(committing=True):
+            super().commit()
+
+    def _end(self, *, committing: bool) -> bool:
+        """COMMIT or ROLLBACK with the writers' lock given back in the same trip; False where
+        the connection takes no part in the lock (the adapter's own call then)."""
         driver = self._connection
         raw = getattr(driver, "_conn", None)
         hold = _hold_of(driver)
         if hold is None or raw is None or not driver._connection:
-            super().commit()
-            return
+            return False
         try:
-            await_only(driver._execute(commit, raw, _sent(driver), hold))
+            ending = commit if committing else rollback
+            await_only(driver._execute(ending, raw, _sent(driver), hold))
         except Exception as error:
             self._handle_exception(error)
+        return True
 
     def close(self) -> None:
         try:
             super().close()
         finally:
-            hold = _hold_of(self._connection)
-            if hold is not None:
-                hold.end(None)  # a closed connection's transaction is over
+            self._let_go()
 
     def terminate(self) -> None:  # invalidated: closed without a ROLLBACK
         try:
             super().terminate()
         finally:
-            hold = _hold_of(self._connection)
-            if hold is not None:
-                hold.end(None)
+            self._let_go()
+
+    def _let_go(self) -> None:
+        hold = _hold_of(self._connection)
+        if hold is not None:
+            hold.end(None)  # a closed connection's transaction is over
 
 
 def _hold_of(driver: Any) -> _Hold | None:
