@@ -207,10 +207,7 @@ class BoundedTransport(httpx.AsyncBaseTransport):
         client's hooks run as :meth:`_send` runs them; aiohttp's errors become httpx's as the
         transport maps them."""
         request.headers["Accept-Encoding"] = ACCEPT_ENCODING
-        shared = self._shared
-        hooks = shared.event_hooks
-        for hook in hooks["request"]:
-            await hook(request)
+        await self._request_hooks(request)
         session = transport.client
         if not isinstance(session, aiohttp.ClientSession):
             session = transport.client = transport.get_client()
@@ -256,12 +253,7 @@ class BoundedTransport(httpx.AsyncBaseTransport):
         )
         response.read()
         response.elapsed = dt.timedelta(seconds=time.perf_counter() - started)
-        try:
-            for hook in hooks["response"]:
-                await hook(response)
-        except BaseException:
-            await response.aclose()
-            raise
+        await self._response_hooks(response)
         return response
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
@@ -272,20 +264,25 @@ class BoundedTransport(httpx.AsyncBaseTransport):
         this request: the shared client must neither follow redirects (it did not) nor keep a
         department's cookies (they are the department client's, not every department's and
         webhook's)."""
-        shared = self._shared
-        hooks = shared.event_hooks
-        for hook in hooks["request"]:
-            await hook(request)
+        await self._request_hooks(request)
         # the shared client's transport for this URL (its mounts and proxies respected)
-        raw = await shared._transport_for_url(request.url).handle_async_request(request)
+        raw = await self._shared._transport_for_url(request.url).handle_async_request(request)
         raw.request = request
-        try:
-            for hook in hooks["response"]:
-                await hook(raw)
-        except BaseException:
-            await raw.aclose()
-            raise
+        await self._response_hooks(raw)
         return raw
+
+    async def _request_hooks(self, request: httpx.Request) -> None:
+        for hook in self._shared.event_hooks["request"]:
+            await hook(request)
+
+    async def _response_hooks(self, response: httpx.Response) -> None:
+        """The shared client's response hooks; the answer closed if one of them raises."""
+        try:
+            for hook in self._shared.event_hooks["response"]:
+                await hook(response)
+        except BaseException:
+            await response.aclose()
+            raise
 
     async def aclose(self) -> None:
         """The shared client is the gateway's to close."""
