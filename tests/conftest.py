@@ -249,6 +249,23 @@ def anyio_backend() -> Iterator[str]:
     yield "asyncio"
 
 
+@pytest.fixture
+def routes_walked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths Starlette's router is called for from now on: a request the front
+    middleware's shortcut answers (gateway.api.front) never reaches it."""
+    import starlette.routing
+
+    walked: list[str] = []
+    through = starlette.routing.Router.__call__
+
+    async def counting(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        walked.append(scope["path"])
+        await through(self, scope, receive, send)
+
+    monkeypatch.setattr(starlette.routing.Router, "__call__", counting)
+    return walked
+
+
 # -- the end of the run: what was left out and why, one line per reason -----------------------
 
 
